@@ -1,0 +1,18 @@
+"""The `careledger` command: one entry point, one sub-group per part of the system."""
+
+from __future__ import annotations
+
+import click
+
+from network.cli import network
+
+
+@click.group()
+def main() -> None:
+    """CareLedger: a Hyperledger Fabric consortium for healthcare data."""
+
+
+main.add_command(network)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+package contracts
+
+import (
+	"encoding/json"
+	"fmt"
+	"regexp"
+
+	"github.com/hyperledger/fabric-contract-api-go/v2/contractapi"
+)
+
+// Probe proves that a channel accepts, orders and commits transactions end to end. Operators and tests write a
+// short marker and read it back from any member peer; it holds no health data.
+type Probe struct {
+	contractapi.Contract
+}
+
+func newProbe() *Probe {
+	p := &Probe{}
+	p.Name = "Probe"
+	return p
+}
+
+const (
+	probeKeyType     = "probe"
+	maxProbeValueLen = 256
+)
+
+var probeKeyPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+// ProbeRecord is what a probe write stores and what its event carries.
+type ProbeRecord struct {
+	Key    string `json:"key"`
+	Value  string `json:"value"`
+	Writer string `json:"writer"`
+	TxID   string `json:"txId"`
+}
+
+// Write stores value under key, replacing any earlier value, and emits Probe.Written.
+func (p *Probe) Write(ctx contractapi.TransactionContextInterface, key, value string) error {
+	if !probeKeyPattern.MatchString(key) {
+		return fmt.Errorf("invalid probe key %q: 1-64 characters of A-Z a-z 0-9 . _ -", key)
+	}
+	if len(value) > maxProbeValueLen {
+		return fmt.Errorf("probe value is %d bytes; at most %d", len(value), maxProbeValueLen)
+	}
+	msp, err := ctx.GetClientIdentity().GetMSPID()
+	if err != nil {
+		return fmt.Errorf("reading caller MSP: %w", err)
+	}
+	stub := ctx.GetStub()
+	rec := ProbeRecord{Key: key, Value: value, Writer: msp, TxID: stub.GetTxID()}
+	raw, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	stateKey, err := stub.CreateCompositeKey(probeKeyType, []string{key})
+	if err != nil {
+		return err
+	}
+	if err := stub.PutState(stateKey, raw); err != nil {
+		return err
+	}
+	return stub.SetEvent("Probe.Written", raw)
+}
+
+// Read returns the record stored under key.
+func (p *Probe) Read(ctx contractapi.TransactionContextInterface, key string) (*ProbeRecord, error) {
+	if !probeKeyPattern.MatchString(key) {
+		return nil, fmt.Errorf("invalid probe key %q", key)
+	}
+	stateKey, err := ctx.GetStub().CreateCompositeKey(probeKeyType, []string{key})
+	if err != nil {
+		return nil, err
+	}
+	raw, err := ctx.GetStub().GetState(stateKey)
+	if err != nil {
+		return nil, err
+	}
+	if raw == nil {
+		return nil, fmt.Errorf("no probe record %q", key)
+	}
+	var rec ProbeRecord
+	if err := json.Unmarshal(raw, &rec); err != nil {
+		return nil, err
+	}
+	return &rec, nil
+}

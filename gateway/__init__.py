@@ -1,0 +1,1 @@
+"""FHIR gateway: the REST API each member org runs (see issue: FHIR gateway)."""

@@ -1,0 +1,1 @@
+"""The Fabric consortium: definition, identities, channels, node processes, chaincode deployment."""

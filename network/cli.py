@@ -1,0 +1,57 @@
+"""`careledger network ...`: bring the consortium up, inspect it, take it down."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from network import control
+from network import topology as topo
+from network.errors import NetworkError
+
+
+@click.group()
+def network() -> None:
+    """The Fabric consortium on this machine (orderers, peers, chaincode, redis)."""
+
+
+@network.command()
+def up() -> None:
+    """Create or resume the whole network; safe to run again."""
+    t = topo.load()
+    click.echo(f"CareLedger network in {t.home} (ports from {t.port_base})")
+    try:
+        control.up(t, progress=click.echo)
+    except NetworkError as e:
+        click.secho(f"network up failed: {e}", fg="red", err=True)
+        sys.exit(1)
+
+
+@network.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the stable JSON form.")
+def status(as_json: bool) -> None:
+    """Health of every node, block heights per channel and peer, committed chaincode."""
+    t = topo.load()
+    state = control.status(t)
+    if as_json:
+        click.echo(json.dumps(state, indent=2))
+        return
+    for node in state["nodes"]:
+        mark = click.style("healthy", fg="green") if node["healthy"] else click.style("DOWN", fg="red")
+        click.echo(f"  {node['kind']:8} {node['name']:18} {node['org']:12} {mark}")
+    for name, ch in state["channels"].items():
+        heights = ", ".join(f"{p}={h if h is not None else '?'}" for p, h in ch["heights"].items())
+        ccs = ", ".join(f"{d['name']} v{d['version']} seq {d['sequence']}" for d in ch["chaincodes"]) or "none"
+        click.echo(f"  channel {name:10} members {', '.join(ch['members'])}")
+        click.echo(f"          heights {heights}; chaincode {ccs}")
+    if not all(n["healthy"] for n in state["nodes"]):
+        sys.exit(1)
+
+
+@network.command()
+@click.option("--purge", is_flag=True, help="Also delete ledgers, crypto material and logs.")
+def down(purge: bool) -> None:
+    """Stop everything `up` started."""
+    control.down(topo.load(), purge=purge, progress=click.echo)

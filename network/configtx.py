@@ -1,0 +1,145 @@
+"""The consortium's channel configuration: our configtx.yaml, rendered into the run folder from the topology.
+
+Policies (the same on every channel):
+- an org's Readers: its admins, peers and clients; Writers: its admins and clients; Admins: its admins;
+  Endorsement: its peers;
+- channel and application Admins: a MAJORITY of member orgs' Admins;
+- LifecycleEndorsement and the default chaincode Endorsement: a MAJORITY of member orgs' peers.
+Capabilities: channel V3_0 (so orderer endpoints are per org, no global list), orderer V2_0, application V2_5
+(needed for private data purge).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from network.binaries import FabricBinaries
+from network.errors import CommandFailed
+from network.topology import Org, Topology
+
+
+def _signature(rule: str) -> dict[str, str]:
+    return {"Type": "Signature", "Rule": rule}
+
+
+def _implicit(rule: str) -> dict[str, str]:
+    return {"Type": "ImplicitMeta", "Rule": rule}
+
+
+def _roles(org: Org, *roles: str) -> str:
+    return "OR(" + ", ".join(f"'{org.msp_id}.{r}'" for r in roles) + ")"
+
+
+def organization(topology: Topology, org: Org) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "Name": org.name,
+        "ID": org.msp_id,
+        "MSPDir": str(topology.org_msp_dir(org)),
+        "Policies": {
+            "Readers": _signature(_roles(org, "admin", "peer", "client")),
+            "Writers": _signature(_roles(org, "admin", "client")),
+            "Admins": _signature(_roles(org, "admin")),
+        },
+    }
+    if org.is_orderer:
+        entry["Policies"]["Readers"] = _signature(_roles(org, "member"))
+        entry["Policies"]["Writers"] = _signature(_roles(org, "member"))
+        entry["OrdererEndpoints"] = [n.address for n in topology.orderers]
+    else:
+        entry["Policies"]["Endorsement"] = _signature(_roles(org, "peer"))
+        peer = topology.peer_of(org)
+        entry["AnchorPeers"] = [{"Host": peer.host, "Port": peer.port}]
+    return entry
+
+
+def orderer_section(topology: Topology) -> dict[str, Any]:
+    o = topology.ordering
+    consenters = []
+    for node in topology.orderers:
+        tls = topology.node_dir(node) / "tls" / "server.crt"
+        consenters.append({"Host": node.host, "Port": node.port, "ClientTLSCert": str(tls), "ServerTLSCert": str(tls)})
+    return {
+        "OrdererType": "etcdraft",
+        "BatchTimeout": o.batch_timeout,
+        "BatchSize": {
+            "MaxMessageCount": o.max_message_count,
+            "AbsoluteMaxBytes": o.absolute_max_bytes,
+            "PreferredMaxBytes": o.preferred_max_bytes,
+        },
+        "EtcdRaft": {
+            "Consenters": consenters,
+            "Options": {
+                "TickInterval": o.tick_interval,
+                "ElectionTick": o.election_tick,
+                "HeartbeatTick": o.heartbeat_tick,
+                "MaxInflightBlocks": 5,
+                "SnapshotIntervalSize": "16 MB",
+            },
+        },
+        "Organizations": [organization(topology, topology.orderer_org)],
+        "Policies": {
+            "Readers": _implicit("ANY Readers"),
+            "Writers": _implicit("ANY Writers"),
+            "Admins": _implicit("MAJORITY Admins"),
+            "BlockValidation": _implicit("ANY Writers"),
+        },
+        "Capabilities": {"V2_0": True},
+    }
+
+
+def channel_profile(topology: Topology, channel: str) -> dict[str, Any]:
+    members = topology.channels[channel]
+    return {
+        "Policies": {
+            "Readers": _implicit("ANY Readers"),
+            "Writers": _implicit("ANY Writers"),
+            "Admins": _implicit("MAJORITY Admins"),
+        },
+        "Capabilities": {"V3_0": True},
+        "Orderer": orderer_section(topology),
+        "Application": {
+            "Organizations": [organization(topology, org) for org in members],
+            "Policies": {
+                "Readers": _implicit("ANY Readers"),
+                "Writers": _implicit("ANY Writers"),
+                "Admins": _implicit("MAJORITY Admins"),
+                "LifecycleEndorsement": _implicit("MAJORITY Endorsement"),
+                "Endorsement": _implicit("MAJORITY Endorsement"),
+            },
+            "Capabilities": {"V2_5": True},
+        },
+    }
+
+
+def render(topology: Topology) -> Path:
+    """Write configtx.yaml (one profile per channel) into the run folder; return its folder."""
+    out = topology.generated_config_dir
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"Profiles": {ch: channel_profile(topology, ch) for ch in topology.channels}}
+    (out / "configtx.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return out
+
+
+def genesis_block(topology: Topology, binaries: FabricBinaries, channel: str) -> Path:
+    """The channel's genesis block, created once; orderers and peers join the channel with it."""
+    block = topology.channel_artifacts_dir / f"{channel}.block"
+    if block.exists():
+        return block
+    block.parent.mkdir(parents=True, exist_ok=True)
+    config_dir = render(topology)
+    argv = [
+        binaries.tool("configtxgen"),
+        "-configPath", str(config_dir),
+        "-profile", channel,
+        "-channelID", channel,
+        "-outputBlock", str(block),
+    ]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        block.unlink(missing_ok=True)
+        raise CommandFailed(f"configtxgen for channel {channel}", argv, proc.stdout + proc.stderr)
+    return block

@@ -1,0 +1,107 @@
+"""Bring the consortium up, report its state, take it down.
+
+`up` is idempotent: every step first looks at what exists (crypto, running processes, joined channels, committed
+definitions) and only does what is missing, so it both creates a new network and resumes a stopped one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from network import binaries, channels, crypto, nodes, redis_server
+from network import chaincode as cc
+from network.admin import Admin
+from network.errors import CommandFailed
+from network.processes import ManagedProcess
+from network.topology import Topology
+
+Progress = Callable[[str], None]
+
+
+def up(topology: Topology, progress: Progress = print) -> None:
+    started = time.monotonic()
+
+    def step(msg: str) -> None:
+        progress(f"[{time.monotonic() - started:6.1f}s] {msg}")
+
+    fabric = binaries.ensure(step)
+    step(f"Fabric {topology.fabric_version} binaries ready")
+    if crypto.ensure(topology, fabric):
+        step("generated crypto material for every org (cryptogen, NodeOUs on)")
+    if redis_server.start(topology):
+        step(f"starting redis on {topology.host}:{topology.redis_port}")
+    for group in (topology.orderers, topology.peers):
+        starting = [n for n in group if nodes.start(topology, fabric, n)]
+        for node in starting:
+            step(f"starting {node.kind} {node.name} on {node.address}")
+        with ThreadPoolExecutor(max_workers=len(group)) as pool:
+            list(pool.map(lambda n: nodes.wait_healthy(topology, n), group))
+        step(f"{len(group)} {group[0].kind}s healthy")
+    redis_server.wait_ready(topology)
+    admin = Admin(topology, fabric)
+    for line in channels.ensure_joined(topology, fabric, admin):
+        step(line)
+    step(f"channels ready: {', '.join(topology.channels)}")
+    _, lines = cc.ensure_deployed(admin)
+    for line in lines:
+        step(line)
+    step("network is up")
+
+
+def managed_processes(topology: Topology) -> list[ManagedProcess]:
+    """Every process the run folder has a pid file for: nodes, chaincode, redis, and later gateways/workers."""
+    pid_dir = topology.home / "pids"
+    if not pid_dir.exists():
+        return []
+    return [ManagedProcess(p.stem, p, topology.log_file(p.stem)) for p in sorted(pid_dir.glob("*.pid"))]
+
+
+def down(topology: Topology, purge: bool = False, progress: Progress = print) -> None:
+    # Stop clients before servers: workers and gateways, then chaincode and peers, then orderers, redis last.
+    order = {"redis": 9}
+    for n in topology.orderers:
+        order[n.name] = 8
+    for n in topology.peers:
+        order[n.name] = 7
+    order[cc.SERVER_NAME] = 6
+    procs = sorted(managed_processes(topology), key=lambda p: order.get(p.name, 0))
+    for proc in procs:
+        if proc.stop():
+            progress(f"stopped {proc.name}")
+    if purge and topology.home.exists():
+        shutil.rmtree(topology.home)
+        progress(f"removed {topology.home} (ledgers, crypto material, logs)")
+
+
+def status(topology: Topology) -> dict[str, Any]:
+    """The network's state in the stable form `careledger network status --json` prints."""
+    node_list = [
+        {"name": n.name, "kind": n.kind, "org": n.org.msp_id, "healthy": nodes.healthy(n)} for n in topology.nodes
+    ]
+    healthy_peers = {e["name"] for e in node_list if e["kind"] == "peer" and e["healthy"]}
+    chans: dict[str, Any] = {}
+    fabric = binaries.cached() if healthy_peers else None
+    admin = Admin(topology, fabric) if fabric else None
+    for channel, members in topology.channels.items():
+        heights: dict[str, int | None] = {}
+        definitions: list[dict[str, Any]] = []
+        for org in members:
+            peer = topology.peer_of(org)
+            heights[peer.name] = None
+            if admin is None or peer.name not in healthy_peers:
+                continue
+            try:
+                heights[peer.name] = channels.block_height(admin, org, channel)
+                if not definitions:
+                    definitions = [
+                        {"name": d.name, "version": d.version, "sequence": d.sequence}
+                        for d in cc.committed(admin, org, channel)
+                    ]
+            except CommandFailed:
+                pass
+        chans[channel] = {"members": [o.msp_id for o in members], "heights": heights, "chaincodes": definitions}
+    return {"nodes": node_list, "channels": chans}

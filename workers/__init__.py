@@ -1,0 +1,1 @@
+"""Celery workers: chain event listeners, claim adjudication, notifications."""
