@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
 from network.binaries import FabricBinaries
@@ -37,13 +38,23 @@ class Admin:
     def orderer_flags(self, org: Org, orderer: Node | None = None) -> list[str]:
         """Flags for peer commands that send a transaction to the ordering service."""
         t = self.topology
-        orderer = orderer or t.orderers[0]
+        orderer = orderer or self.reachable_orderer()
         admin_tls = t.user_dir(org) / "tls"
         return [
             "-o", orderer.address,
             "--tls", "--cafile", str(t.tls_ca_cert(t.orderer_org)),
             "--clientauth", "--certfile", str(admin_tls / "client.crt"), "--keyfile", str(admin_tls / "client.key"),
         ]  # fmt: skip
+
+    def reachable_orderer(self) -> Node:
+        """The first orderer that accepts a connection: the peer CLI takes one endpoint, so fail over here."""
+        for orderer in self.topology.orderers:
+            try:
+                with socket.create_connection((orderer.host, orderer.port), timeout=1):
+                    return orderer
+            except OSError:
+                continue
+        return self.topology.orderers[0]
 
     def peer(self, org: Org, args: list[str], step: str, peer: Node | None = None) -> str:
         argv = [self.binaries.tool("peer"), *args]

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import json
 import re
+import time
+import urllib.error
+import urllib.request
 
 from network.admin import Admin
 from network.binaries import FabricBinaries
 from network.configtx import genesis_block
+from network.errors import NetworkError
 from network.topology import Node, Org, Topology
 
 
@@ -54,3 +58,26 @@ def ensure_joined(topology: Topology, binaries: FabricBinaries, admin: Admin) ->
                 admin.peer(org, ["channel", "join", "-b", str(block)], f"join {org.name}'s peer to {channel}")
                 done.append(f"{topology.peer_of(org).name} joined {channel}")
     return done
+
+
+def raft_leader(topology: Topology, channel: str) -> Node | None:
+    """The orderer leading the channel's Raft cluster, read from the orderers' Prometheus metrics."""
+    pattern = re.compile(rf'^consensus_etcdraft_is_leader\{{channel="{re.escape(channel)}"\}} 1(\.0)?$', re.M)
+    for orderer in topology.orderers:
+        try:
+            with urllib.request.urlopen(orderer.ops_url + "/metrics", timeout=2) as resp:
+                if pattern.search(resp.read().decode()):
+                    return orderer
+        except (urllib.error.URLError, OSError):
+            continue
+    return None
+
+
+def wait_for_leaders(topology: Topology, timeout: float = 30.0) -> None:
+    """Orderers report healthy before Raft has elected a leader; transactions sent earlier are refused."""
+    deadline = time.monotonic() + timeout
+    for channel in topology.channels:
+        while raft_leader(topology, channel) is None:
+            if time.monotonic() > deadline:
+                raise NetworkError(f"channel {channel} has no Raft leader after {timeout:.0f}s; see the orderer logs")
+            time.sleep(0.1)

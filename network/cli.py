@@ -7,8 +7,9 @@ import sys
 
 import click
 
-from network import control
+from network import binaries, control, probe
 from network import topology as topo
+from network.admin import Admin
 from network.errors import NetworkError
 
 
@@ -26,6 +27,39 @@ def up() -> None:
         control.up(t, progress=click.echo)
     except NetworkError as e:
         click.secho(f"network up failed: {e}", fg="red", err=True)
+        sys.exit(1)
+
+
+@network.command()
+def build() -> None:
+    """Build (or find cached) Fabric binaries at the pinned version."""
+    try:
+        fabric = binaries.ensure(click.echo)
+    except NetworkError as e:
+        click.secho(str(e), fg="red", err=True)
+        sys.exit(1)
+    click.echo(f"Fabric binaries in {fabric.bin_dir}")
+
+
+@network.command()
+def check() -> None:
+    """Write a probe transaction on every channel and read it back from every member peer."""
+    t = topo.load()
+    fabric = binaries.cached()
+    if fabric is None:
+        click.secho("Fabric binaries are not built; run `careledger network up` first", fg="red", err=True)
+        sys.exit(1)
+    try:
+        results = probe.check(Admin(t, fabric))
+    except NetworkError as e:
+        click.secho(f"check failed: {e}", fg="red", err=True)
+        sys.exit(1)
+    ok = True
+    for r in results:
+        seen = ", ".join(f"{peer} {'ok' if good else 'MISSING'}" for peer, good in r.readers.items())
+        click.echo(f"  {r.channel:10} written by {r.writer} in {r.commit_seconds:.2f}s; read back: {seen}")
+        ok = ok and all(r.readers.values())
+    if not ok:
         sys.exit(1)
 
 

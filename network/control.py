@@ -45,7 +45,8 @@ def up(topology: Topology, progress: Progress = print) -> None:
     admin = Admin(topology, fabric)
     for line in channels.ensure_joined(topology, fabric, admin):
         step(line)
-    step(f"channels ready: {', '.join(topology.channels)}")
+    channels.wait_for_leaders(topology)
+    step(f"channels ready, each with a Raft leader: {', '.join(topology.channels)}")
     _, lines = cc.ensure_deployed(admin)
     for line in lines:
         step(line)

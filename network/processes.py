@@ -32,13 +32,16 @@ class ManagedProcess:
             pid = int(pid_text)
         except (FileNotFoundError, ValueError):
             return None
+        state = _state(pid)
+        if state is None or state == "exited":
+            return None
+        if state == "exiting":
+            return pid  # its main thread has gone, other threads still hold files and sockets
         try:
             running = os.readlink(f"/proc/{pid}/exe")
         except OSError:
             return None
         if os.path.realpath(exe.strip()) != running.removesuffix(" (deleted)"):
-            return None
-        if _is_zombie(pid):
             return None
         return pid
 
@@ -108,12 +111,24 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
 
 
-def _is_zombie(pid: int) -> bool:
+def _state(pid: int) -> str | None:
+    """'running', 'exiting', 'exited' (a zombie, reaped here if it is our child), or None when there is no pid.
+
+    A multi-threaded program (every Go binary) shows its main thread as a zombie while its other threads are
+    still exiting and holding sockets, so the process only counts as exited once no thread is left but the main one.
+    """
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        threads = len(os.listdir(f"/proc/{pid}/task"))
     except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+        return None
+    if state != "Z":
+        return "running"
+    if threads > 1:
+        return "exiting"
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    return "exited"
 
 
 def ensure_port_free(owner: str, host: str, port: int) -> None:

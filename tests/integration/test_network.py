@@ -1,0 +1,175 @@
+"""The consortium as issue #2 defines it, tested against the real Fabric network."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from network import chaincode as cc
+from network import channels, control, nodes, probe
+from network.admin import Admin
+from network.errors import CommandFailed, PortInUse
+from network.topology import Node, Topology
+
+pytestmark = pytest.mark.network
+
+
+def test_each_peer_joined_exactly_its_channels(network: Topology, admin: Admin) -> None:
+    for org in network.member_orgs:
+        assert channels.peer_channels(admin, org) == set(network.channels_of(org)), org.name
+    assert channels.peer_channels(admin, network.org("InsurerOrg")) == {"claims"}
+    assert channels.peer_channels(admin, network.org("PharmaOrg")) == {"pharma"}
+    for orderer in network.orderers:
+        assert channels.orderer_channels(admin, orderer) == set(network.channels)
+
+
+def test_status_reports_every_node_channel_and_definition(network: Topology) -> None:
+    state = control.status(network)
+    assert {n["name"] for n in state["nodes"]} == {n.name for n in network.nodes}
+    assert all(n["healthy"] for n in state["nodes"])
+    assert set(state["channels"]) == {"providers", "claims", "pharma"}
+    claims = state["channels"]["claims"]
+    assert claims["members"] == ["HospitalMSP", "ClinicMSP", "InsurerMSP"]
+    assert set(claims["heights"]) == {"peer0.hospital", "peer0.clinic", "peer0.insurer"}
+    assert all(isinstance(h, int) and h >= 2 for h in claims["heights"].values())
+    for channel in state["channels"].values():
+        assert [(d["name"], d["version"]) for d in channel["chaincodes"]] == [("careledger", cc.source_digest())]
+
+
+def test_chaincode_is_committed_on_all_channels(network: Topology, admin: Admin) -> None:
+    for channel, members in network.channels.items():
+        for org in members:
+            defs = cc.committed(admin, org, channel)
+            assert [d.name for d in defs] == ["careledger"], (channel, org.name)
+
+
+def test_invoke_on_claims_is_readable_by_members_only(network: Topology, admin: Admin) -> None:
+    hospital = network.org("HospitalOrg")
+    probe.write(admin, "claims", hospital, "claims-visibility", "v1")
+    for name in ("HospitalOrg", "ClinicOrg", "InsurerOrg"):
+        record = probe.read(admin, "claims", network.org(name), "claims-visibility")
+        assert record["value"] == "v1"
+        assert record["writer"] == "HospitalMSP"
+    # PharmaOrg's peer holds no claims ledger: the query is refused.
+    with pytest.raises(CommandFailed) as refused:
+        probe.read(admin, "claims", network.org("PharmaOrg"), "claims-visibility")
+    assert "claims" in refused.value.output
+    # And PharmaOrg's admin cannot read it through a claims member's peer either.
+    with pytest.raises(CommandFailed):
+        call = json.dumps({"function": "Probe:Read", "Args": ["claims-visibility"]})
+        args = ["chaincode", "query", "-C", "claims", "-n", "careledger", "-c", call]
+        admin.peer(network.org("PharmaOrg"), args, "foreign read", peer=network.peer_of("HospitalOrg"))
+
+
+def _orderer_height(admin: Admin, orderer: Node, channel: str) -> int:
+    out = admin.osnadmin(orderer, ["channel", "list", "--channelID", channel], "channel info")
+    return int(json.loads(out[out.index("{") :])["height"])
+
+
+def test_channels_survive_the_loss_of_one_orderer(network: Topology, admin: Admin) -> None:
+    leader = channels.raft_leader(network, "claims")
+    assert leader is not None
+    survivor = next(o for o in network.orderers if o != leader)
+    hospital = network.org("HospitalOrg")
+    nodes.process(network, leader).stop()
+    try:
+        for i in range(3):
+            # Sent through a surviving orderer; a new leader is elected within the Raft election timeout.
+            for attempt in range(20):
+                try:
+                    probe.write(admin, "claims", hospital, f"failover-{i}", str(i))
+                    break
+                except CommandFailed:
+                    if attempt == 19:
+                        raise
+                    time.sleep(0.5)
+        assert probe.read(admin, "claims", network.org("InsurerOrg"), "failover-2")["value"] == "2"
+    finally:
+        fabric = admin.binaries
+        nodes.start(network, fabric, leader)
+        nodes.wait_healthy(network, leader)
+    target = _orderer_height(admin, survivor, "claims")
+    deadline = time.monotonic() + 30
+    while _orderer_height(admin, leader, "claims") < target:
+        assert time.monotonic() < deadline, "restarted orderer did not catch up"
+        time.sleep(0.5)
+    assert _orderer_height(admin, leader, "claims") >= target
+
+
+def _pids(network: Topology) -> dict[str, int | None]:
+    return {p.name: p.pid() for p in control.managed_processes(network)}
+
+
+def test_up_on_a_running_network_changes_nothing(network: Topology) -> None:
+    before_pids = _pids(network)
+    before = control.status(network)["channels"]
+    lines: list[str] = []
+    control.up(network, progress=lines.append)
+    assert _pids(network) == before_pids
+    assert control.status(network)["channels"] == before
+    changes = [ln for ln in lines if re.search(r"starting|joined|installed|committed .* at sequence|generated", ln)]
+    assert changes == [], changes
+
+
+def test_down_then_up_keeps_the_ledgers(network: Topology, admin: Admin) -> None:
+    hospital = network.org("HospitalOrg")
+    probe.write(admin, "providers", hospital, "survives-restart", "kept")
+    before = control.status(network)["channels"]
+    control.down(network, progress=lambda _m: None)
+    assert all(p.pid() is None for p in control.managed_processes(network))
+    control.up(network, progress=lambda _m: None)
+    after = control.status(network)["channels"]
+    for channel, state in before.items():
+        assert after[channel]["chaincodes"] == state["chaincodes"]
+        for peer, height in state["heights"].items():
+            assert after[channel]["heights"][peer] >= height
+    assert probe.read(admin, "providers", network.org("ClinicOrg"), "survives-restart")["value"] == "kept"
+
+
+def test_a_changed_chaincode_redeploys_with_the_next_sequence(
+    network: Topology, admin: Admin, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sequences = {ch: cc.committed(admin, m[0], ch)[0].sequence for ch, m in network.channels.items()}
+    changed = tmp_path / "chaincode"
+    import shutil
+
+    shutil.copytree(cc.SOURCE_DIR, changed)
+    (changed / "revision.go").write_text("package main\n\n// revision marks a changed build for the upgrade test.\n")
+    monkeypatch.setattr(cc, "SOURCE_DIR", changed)
+    pkg, _ = cc.ensure_deployed(admin)
+    for channel, members in network.channels.items():
+        (definition,) = cc.committed(admin, members[0], channel)
+        assert definition.sequence == sequences[channel] + 1
+        assert definition.version == pkg.version
+    # The upgraded chaincode serves transactions.
+    probe.write(admin, "pharma", network.org("PharmaOrg"), "after-upgrade", "ok")
+    assert probe.read(admin, "pharma", network.org("HospitalOrg"), "after-upgrade")["value"] == "ok"
+    monkeypatch.undo()
+    cc.ensure_deployed(admin)  # back to the working tree's chaincode, at the sequence after that
+    for channel, members in network.channels.items():
+        assert cc.committed(admin, members[0], channel)[0].sequence == sequences[channel] + 2
+
+
+def test_package_is_reproducible(network: Topology) -> None:
+    first, second = cc.package(network), cc.package(network)
+    assert first.package_id == second.package_id
+    assert first.path.read_bytes() == second.path.read_bytes()
+
+
+def test_a_taken_port_fails_fast_and_names_it(network: Topology, tmp_path) -> None:
+    import socket
+
+    from network import topology as topo
+
+    other = topo.load(home=tmp_path / "net", port_base=28000)
+    with socket.socket() as s:
+        s.bind((other.host, other.redis_port))
+        s.listen()
+        started = time.monotonic()
+        with pytest.raises(PortInUse, match=f"{other.host}:{other.redis_port}"):
+            control.up(other, progress=lambda _m: None)
+        assert time.monotonic() - started < 30
+    control.down(other, purge=True, progress=lambda _m: None)

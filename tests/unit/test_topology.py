@@ -1,0 +1,88 @@
+"""The consortium definition renders to distinct addresses, the channel layout the design names, and sane config."""
+
+from pathlib import Path
+
+import pytest
+
+from network import configtx, crypto
+from network import topology as topo
+
+
+@pytest.fixture
+def t(tmp_path: Path) -> topo.Topology:
+    return topo.load(home=tmp_path, port_base=20000)
+
+
+def all_ports(t: topo.Topology) -> list[int]:
+    ports = [p for n in t.nodes for p in (n.port, n.second_port, n.ops_port)]
+    ports += [int(t.chaincode_address.rsplit(":", 1)[1]), t.redis_port]
+    ports += [t.gateway_port(o) for o in t.member_orgs]
+    return ports
+
+
+def test_every_listener_has_its_own_port(t: topo.Topology) -> None:
+    ports = all_ports(t)
+    assert len(ports) == len(set(ports))
+
+
+def test_two_port_bases_do_not_overlap(tmp_path: Path) -> None:
+    a = set(all_ports(topo.load(home=tmp_path, port_base=17000)))
+    b = set(all_ports(topo.load(home=tmp_path, port_base=27000)))
+    assert not a & b
+
+
+def test_channel_membership_matches_the_design(t: topo.Topology) -> None:
+    members = {ch: sorted(o.name for o in orgs) for ch, orgs in t.channels.items()}
+    assert members == {
+        "providers": ["ClinicOrg", "HospitalOrg"],
+        "claims": ["ClinicOrg", "HospitalOrg", "InsurerOrg"],
+        "pharma": ["ClinicOrg", "HospitalOrg", "PharmaOrg"],
+    }
+    assert t.channels_of(t.org("InsurerOrg")) == ["claims"]
+    assert t.channels_of(t.org("PharmaMSP")) == ["pharma"]
+
+
+def test_naming_conventions(t: topo.Topology) -> None:
+    for org in [t.orderer_org, *t.member_orgs]:
+        assert org.name.endswith("Org")
+        assert org.msp_id.endswith("MSP")
+    assert len(t.orderers) == 3
+
+
+def test_unknown_org_is_a_clear_error(t: topo.Topology) -> None:
+    with pytest.raises(KeyError, match="unknown org 'NopeOrg'"):
+        t.org("NopeOrg")
+
+
+def test_every_path_is_inside_the_run_folder(t: topo.Topology) -> None:
+    for node in t.nodes:
+        for path in (t.node_dir(node), t.data_dir(node.name), t.log_file(node.name), t.pid_file(node.name)):
+            assert path.is_relative_to(t.home)
+
+
+def test_configtx_policies_and_capabilities(t: topo.Topology) -> None:
+    profile = configtx.channel_profile(t, "claims")
+    app = profile["Application"]
+    assert app["Policies"]["Endorsement"] == {"Type": "ImplicitMeta", "Rule": "MAJORITY Endorsement"}
+    assert app["Policies"]["LifecycleEndorsement"]["Rule"] == "MAJORITY Endorsement"
+    assert app["Policies"]["Admins"]["Rule"] == "MAJORITY Admins"
+    assert app["Capabilities"] == {"V2_5": True}
+    assert profile["Capabilities"] == {"V3_0": True}
+    assert [o["ID"] for o in app["Organizations"]] == ["HospitalMSP", "ClinicMSP", "InsurerMSP"]
+    hospital = app["Organizations"][0]
+    assert hospital["Policies"]["Writers"]["Rule"] == "OR('HospitalMSP.admin', 'HospitalMSP.client')"
+    assert hospital["AnchorPeers"] == [{"Host": "127.0.0.1", "Port": t.peer_of("HospitalOrg").port}]
+    orderer = profile["Orderer"]
+    assert orderer["OrdererType"] == "etcdraft"
+    assert len(orderer["EtcdRaft"]["Consenters"]) == 3
+    assert orderer["BatchTimeout"] == "250ms"
+    # V3_0 forbids a global orderer address list: endpoints are per orderer org.
+    assert "Addresses" not in orderer
+    assert orderer["Organizations"][0]["OrdererEndpoints"] == [n.address for n in t.orderers]
+
+
+def test_tls_certificates_name_the_loopback_address(t: topo.Topology) -> None:
+    config = crypto.cryptogen_config(t)
+    specs = [s for org in config["OrdererOrgs"] + config["PeerOrgs"] for s in org["Specs"]]
+    assert specs and all("127.0.0.1" in s["SANS"] for s in specs)
+    assert all(org["EnableNodeOUs"] for org in config["PeerOrgs"])
