@@ -6,7 +6,10 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+import redis
 
+from gateway import connect
+from gateway.fabric import Gateway
 from network import binaries, control
 from network import topology as topo
 from network.admin import Admin
@@ -31,3 +34,14 @@ def admin(network: topo.Topology) -> Admin:
     fabric = binaries.cached()
     assert fabric is not None
     return Admin(network, fabric)
+
+
+@pytest.fixture(scope="session")
+def hospital(network: topo.Topology) -> Iterator[Gateway]:
+    with connect.gateway(network, "HospitalOrg") as gw:
+        yield gw
+
+
+@pytest.fixture(scope="session")
+def redis_client(network: topo.Topology) -> redis.Redis:
+    return redis.Redis.from_url(network.redis_url)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"strconv"
 
 	"github.com/hyperledger/fabric-contract-api-go/v2/contractapi"
 )
@@ -84,4 +85,22 @@ func (p *Probe) Read(ctx contractapi.TransactionContextInterface, key string) (*
 		return nil, err
 	}
 	return &rec, nil
+}
+
+// Increment reads the counter stored under key (0 when absent), stores it plus one and returns the new value.
+// Because it reads before it writes, two concurrent increments of one key conflict at commit (MVCC): clients use
+// it to prove their conflict handling.
+func (p *Probe) Increment(ctx contractapi.TransactionContextInterface, key string) (int, error) {
+	current := 0
+	rec, err := p.Read(ctx, key)
+	if err == nil {
+		if current, err = strconv.Atoi(rec.Value); err != nil {
+			return 0, fmt.Errorf("probe %q does not hold a counter", key)
+		}
+	}
+	next := strconv.Itoa(current + 1)
+	if err := p.Write(ctx, key, next); err != nil {
+		return 0, err
+	}
+	return current + 1, nil
 }

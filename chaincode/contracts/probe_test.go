@@ -2,6 +2,7 @@ package contracts
 
 import (
 	"encoding/json"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -60,5 +61,44 @@ func TestProbeReadBack(t *testing.T) {
 	}
 	if _, err := p.Read(newContext(t, stub, "HospitalMSP"), "missing"); err == nil {
 		t.Fatal("reading a missing key must fail")
+	}
+}
+
+func TestProbeIncrement(t *testing.T) {
+	cases := []struct {
+		name    string
+		initial string // "" = no record
+		want    int
+		wantErr string
+	}{
+		{"absent starts at one", "", 1, ""},
+		{"counts up", "41", 42, ""},
+		{"not a counter", "hello", 0, "does not hold a counter"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			stub := newFakeStub()
+			p := newProbe()
+			ctx := newContext(t, stub, "ClinicMSP")
+			if tc.initial != "" {
+				if err := p.Write(ctx, "c", tc.initial); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := p.Increment(ctx, "c")
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("want error %q, got %v", tc.wantErr, err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("Increment = %d, %v; want %d", got, err, tc.want)
+			}
+			rec, _ := p.Read(ctx, "c")
+			if rec.Value != strconv.Itoa(tc.want) {
+				t.Fatalf("stored %q, want %d", rec.Value, tc.want)
+			}
+		})
 	}
 }

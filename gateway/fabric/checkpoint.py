@@ -94,5 +94,8 @@ class RedisCheckpointer:
         tx_id = data[b"tx_id"]
         return Checkpoint(int(data[b"block_number"]), tx_id.decode() if isinstance(tx_id, bytes) else str(tx_id))
 
-    def save(self, checkpoint: Checkpoint) -> None:
-        self.client.hset(self.key, mapping={"block_number": checkpoint.block_number, "tx_id": checkpoint.tx_id})
+    def save(self, checkpoint: Checkpoint, pipeline: redis.client.Pipeline | None = None) -> None:
+        """Save now, or as part of `pipeline` (a MULTI transaction) so the checkpoint moves together with the
+        effect of handling the event: a crash then leaves both or neither, never a repeat or a gap."""
+        target = pipeline if pipeline is not None else self.client
+        target.hset(self.key, mapping={"block_number": checkpoint.block_number, "tx_id": checkpoint.tx_id})

@@ -12,8 +12,10 @@ each taking the signature of the previous value's digest.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from fabric_protos.gateway import gateway_pb2, gateway_pb2_grpc
@@ -88,6 +90,13 @@ class Gateway:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _call(self, stage: str, rpc: Callable[..., Any], request: Any, timeout: float) -> Any:
+        started = time.monotonic()
+        try:
+            return rpc(request, timeout=timeout)
+        except grpc.RpcError as e:
+            raise from_rpc_error(stage, e, deadline_passed=time.monotonic() - started >= timeout) from None
+
     def _sign(self, digest: bytes, signature: bytes | None) -> bytes:
         if signature is not None:
             return signature
@@ -113,10 +122,7 @@ class Gateway:
     ) -> m.PreparedTransaction:
         signed = proposal.signed(self._sign(proposal.digest, signature))
         request = m.endorse_request(proposal.tx_id, proposal.channel, signed, proposal.endorsing_orgs)
-        try:
-            response = self._stub.Endorse(request, timeout=timeout or self.timeouts.endorse)
-        except grpc.RpcError as e:
-            raise from_rpc_error("endorse", e) from None
+        response = self._call("endorse", self._stub.Endorse, request, timeout or self.timeouts.endorse)
         return m.prepared(proposal, response)
 
     def send(
@@ -124,20 +130,14 @@ class Gateway:
     ) -> m.CommitRequest:
         """Send an endorsed transaction for ordering; returns the request to read its commit status with."""
         request = tx.submit_request(self._sign(tx.digest, signature))
-        try:
-            self._stub.Submit(request, timeout=timeout or self.timeouts.submit)
-        except grpc.RpcError as e:
-            raise from_rpc_error("submit", e) from None
+        self._call("submit", self._stub.Submit, request, timeout or self.timeouts.submit)
         return m.commit_request(self.identity, tx)
 
     def commit_status(
         self, request: m.CommitRequest, signature: bytes | None = None, timeout: float | None = None
     ) -> m.CommitStatus:
         signed = request.signed(self._sign(request.digest, signature))
-        try:
-            response = self._stub.CommitStatus(signed, timeout=timeout or self.timeouts.commit_status)
-        except grpc.RpcError as e:
-            raise from_rpc_error("commit_status", e) from None
+        response = self._call("commit_status", self._stub.CommitStatus, signed, timeout or self.timeouts.commit_status)
         return m.commit_status(request.tx_id, response)
 
     # ----- the usual calls -------------------------------------------------------------------------------------
@@ -155,10 +155,7 @@ class Gateway:
         proposal = self.proposal(channel, chaincode, function, args, transient, target_orgs)
         signed = proposal.signed(self._sign(proposal.digest, None))
         request = m.evaluate_request(proposal.tx_id, channel, signed, proposal.endorsing_orgs)
-        try:
-            response = self._stub.Evaluate(request, timeout=timeout or self.timeouts.evaluate)
-        except grpc.RpcError as e:
-            raise from_rpc_error("evaluate", e) from None
+        response = self._call("evaluate", self._stub.Evaluate, request, timeout or self.timeouts.evaluate)
         return bytes(response.result.payload)
 
     def submit_async(

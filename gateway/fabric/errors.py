@@ -106,14 +106,18 @@ def peer_details(trailing_metadata: Any) -> tuple[PeerDetail, ...]:
     return ()
 
 
-def from_rpc_error(stage: str, err: grpc.RpcError) -> GatewayError:
-    """Map a gRPC failure (blocking or asyncio) to the typed error for its stage."""
+def from_rpc_error(stage: str, err: grpc.RpcError, deadline_passed: bool = False) -> GatewayError:
+    """Map a gRPC failure (blocking or asyncio) to the typed error for its stage.
+
+    A call whose deadline passed is a timeout even when the server got there first and reset the stream
+    (CANCELLED), which it does for very short deadlines.
+    """
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     message = err.details() if hasattr(err, "details") else str(err)
     trailers = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
     details = peer_details(trailers)
     name = code.name if code is not None else "UNKNOWN"
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED or (deadline_passed and code == grpc.StatusCode.CANCELLED):
         return GatewayTimeout(stage, name, message or "deadline exceeded", details)
     if code == grpc.StatusCode.UNAVAILABLE:
         return PeerUnavailable(stage, name, message or "unavailable", details)
