@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from network import binaries, channels, crypto, nodes, redis_server
+from network import binaries, channels, crypto, endorsers, nodes, redis_server
 from network import chaincode as cc
 from network.admin import Admin
 from network.errors import CommandFailed
@@ -50,6 +50,8 @@ def up(topology: Topology, progress: Progress = print) -> None:
     _, lines = cc.ensure_deployed(admin)
     for line in lines:
         step(line)
+    endorsers.wait_until_ready(topology)
+    step("every org's Gateway can endorse on each of its channels (gossip has converged)")
     step("network is up")
 
 

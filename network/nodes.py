@@ -84,6 +84,9 @@ def peer_env(topology: Topology, binaries: FabricBinaries, node: Node) -> dict[s
         "CORE_PEER_CHAINCODELISTENADDRESS": f"{node.host}:{node.second_port}",
         "CORE_PEER_GOSSIP_BOOTSTRAP": node.address,
         "CORE_PEER_GOSSIP_EXTERNALENDPOINT": node.address,
+        # A peer that joins a channel first cannot yet authenticate the other orgs' anchor peers ("could not acquire
+        # policy manager"); it retries after reconnectInterval, 25 s by default. Retry quickly on one machine.
+        "CORE_PEER_GOSSIP_RECONNECTINTERVAL": "2s",
         "CORE_PEER_LOCALMSPID": node.org.msp_id,
         "CORE_PEER_MSPCONFIGPATH": str(topology.node_dir(node) / "msp"),
         "CORE_PEER_TLS_ENABLED": "true",

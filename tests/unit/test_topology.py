@@ -75,7 +75,7 @@ def test_configtx_policies_and_capabilities(t: topo.Topology) -> None:
     orderer = profile["Orderer"]
     assert orderer["OrdererType"] == "etcdraft"
     assert len(orderer["EtcdRaft"]["Consenters"]) == 3
-    assert orderer["BatchTimeout"] == "250ms"
+    assert orderer["BatchTimeout"] == "100ms"
     # V3_0 forbids a global orderer address list: endpoints are per orderer org.
     assert "Addresses" not in orderer
     assert orderer["Organizations"][0]["OrdererEndpoints"] == [n.address for n in t.orderers]

@@ -1,0 +1,143 @@
+"""Committed transactions per second and latency of CareLedger's Python Gateway client, beside the official Go
+client doing the same writes against the same network in the same run.
+
+    .venv/bin/python bench/gateway_client.py [--reuse-network]
+
+Starts its own network in run/bench (ports from 37000) unless --reuse-network. Each scenario submits Probe:Write
+with unique keys (no conflicts) on `claims` and waits for every commit. Prints `name  throughput  p50  p99  rss`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import subprocess
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from gateway import connect
+from gateway.fabric import load_msp
+from gateway.fabric.aio import AsyncGateway
+from network import control
+from network import topology as topo
+
+GO_DIR = Path(__file__).with_name("gogateway")
+SCENARIOS = [(1, 150), (16, 1200), (64, 2400)]  # (concurrency, transactions)
+ORG = "HospitalOrg"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def line(name: str, n: int, seconds: float, latencies_ms: list[float], rss_mib: float) -> str:
+    return (
+        f"{name:26} {n / seconds:8.1f} tx/s  p50 {statistics.median(latencies_ms):7.1f} ms"
+        f"  p99 {percentile(latencies_ms, 0.99):7.1f} ms  rss {rss_mib:6.1f} MiB"
+    )
+
+
+def self_rss_mib() -> float:
+    """This process's resident-memory high-water mark."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_python_threads(t: topo.Topology, concurrency: int, count: int) -> tuple[float, list[float]]:
+    prefix = f"py-{uuid.uuid4().hex[:6]}"
+    latencies = [0.0] * count
+    with connect.gateway(t, ORG) as gw:
+
+        def one(i: int) -> None:
+            t0 = time.perf_counter()
+            gw.submit("claims", t.chaincode_name, "Probe:Write", [f"{prefix}-{i}", "v"])
+            latencies[i] = (time.perf_counter() - t0) * 1000
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            list(pool.map(one, range(count)))
+        return time.perf_counter() - started, latencies
+
+
+def run_python_asyncio(t: topo.Topology, concurrency: int, count: int) -> tuple[float, list[float]]:
+    org = t.org(ORG)
+    identity, signer = load_msp(t.user_dir(org, "User1") / "msp", org.msp_id)
+    prefix = f"pya-{uuid.uuid4().hex[:6]}"
+    latencies = [0.0] * count
+
+    async def main() -> float:
+        async with AsyncGateway(connect.endpoint(t, org), identity, signer) as gw:
+            queue: asyncio.Queue[int] = asyncio.Queue()
+            for i in range(count):
+                queue.put_nowait(i)
+
+            async def worker() -> None:
+                while not queue.empty():
+                    i = queue.get_nowait()
+                    t0 = time.perf_counter()
+                    await gw.submit("claims", t.chaincode_name, "Probe:Write", [f"{prefix}-{i}", "v"])
+                    latencies[i] = (time.perf_counter() - t0) * 1000
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return time.perf_counter() - started
+
+    return asyncio.run(main()), latencies
+
+
+def build_go() -> Path:
+    binary = Path(os.environ.get("TMPDIR", "/tmp")) / "careledger-bench-gogateway"
+    subprocess.run(["go", "build", "-o", str(binary), "."], cwd=GO_DIR, check=True)
+    return binary
+
+
+def run_go(binary: Path, t: topo.Topology, concurrency: int, count: int) -> tuple[float, list[float], float]:
+    org = t.org(ORG)
+    tls = t.user_dir(org, "User1") / "tls"
+    argv = [
+        str(binary),
+        "-peer", t.peer_of(org).address, "-tls-ca", str(t.tls_ca_cert(org)),
+        "-client-cert", str(tls / "client.crt"), "-client-key", str(tls / "client.key"),
+        "-msp", str(t.user_dir(org, "User1") / "msp"), "-msp-id", org.msp_id,
+        "-channel", "claims", "-chaincode", t.chaincode_name, "-prefix", f"go-{uuid.uuid4().hex[:6]}",
+        "-count", str(count), "-concurrency", str(concurrency),
+    ]  # fmt: skip
+    result = json.loads(subprocess.run(argv, capture_output=True, check=True).stdout)
+    if result["failed"]:
+        raise RuntimeError(f"Go client: {result['failed']} transactions failed")
+    return result["seconds"], result["latencies_ms"], result["peak_rss_kib"] / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--reuse-network", action="store_true", help="use the network of CARELEDGER_HOME")
+    args = parser.parse_args()
+    t = topo.load() if args.reuse_network else topo.load(home=topo.REPO_ROOT / "run" / "bench", port_base=37000)
+    if not args.reuse_network:
+        control.down(t, purge=True, progress=lambda _m: None)
+    control.up(t, progress=lambda _m: None)
+    binary = build_go()
+    try:
+        run_python_threads(t, 8, 100)  # warm up connections, chaincode and JIT-free paths alike
+        for concurrency, count in SCENARIOS:
+            py_s, py_lat = run_python_threads(t, concurrency, count)
+            print(line(f"python-threads c={concurrency}", count, py_s, py_lat, self_rss_mib()), flush=True)
+            pa_s, pa_lat = run_python_asyncio(t, concurrency, count)
+            print(line(f"python-asyncio c={concurrency}", count, pa_s, pa_lat, self_rss_mib()), flush=True)
+            go_s, go_lat, go_rss = run_go(binary, t, concurrency, count)
+            print(line(f"go-official c={concurrency}", count, go_s, go_lat, go_rss), flush=True)
+            best = max(count / py_s, count / pa_s)
+            print(f"{'ratio python/go':26} {best / (count / go_s):8.2f}", flush=True)
+    finally:
+        if not args.reuse_network:
+            control.down(t, purge=True, progress=lambda _m: None)
+
+
+if __name__ == "__main__":
+    main()
