@@ -7,6 +7,7 @@
 //	CHAINCODE_SERVER_ADDRESS  host:port to listen on
 //	CHAINCODE_TLS_CERT, CHAINCODE_TLS_KEY   server certificate and key (PEM files)
 //	CHAINCODE_TLS_CLIENT_CA   CA that signs the peers' client certificate; makes TLS mutual
+//	CARELEDGER_CHAINCODE_CONFIG  JSON: each member MSP's kind and each channel's contracts (contracts.Config)
 package main
 
 import (
@@ -27,7 +28,11 @@ func main() {
 }
 
 func run() error {
-	cc, err := contractapi.NewChaincode(contracts.All()...)
+	cfg, err := contracts.ParseConfig([]byte(mustEnv("CARELEDGER_CHAINCODE_CONFIG")))
+	if err != nil {
+		return err
+	}
+	cc, err := contractapi.NewChaincode(contracts.All(cfg)...)
 	if err != nil {
 		return fmt.Errorf("building chaincode: %w", err)
 	}

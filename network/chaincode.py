@@ -2,8 +2,9 @@
 
 The package holds only connection.json (where peers dial the server, with mutual TLS material). It is built
 byte-for-byte reproducibly, so the package id (label + SHA-256 of the archive) only changes when the chaincode's
-source or the network's crypto/addresses change. The version is the digest of the chaincode source: a changed
-chaincode gets a new version and is approved and committed with the next sequence on every channel.
+source or the network's crypto/addresses change. The version is the digest of the chaincode source and of its
+consortium config and collections (network/chaincode_config.py): a change to any of them gets a new version, approved
+and committed with the next sequence on every channel.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from network import chaincode_config
 from network.admin import Admin
 from network.binaries import cache_root
 from network.errors import BuildFailed, CommandFailed
@@ -48,6 +50,12 @@ class Definition:
 
 
 # ----- build and package --------------------------------------------------------------------------------------
+
+
+def chaincode_version(topology: Topology) -> str:
+    h = hashlib.sha256(source_digest().encode())
+    h.update(chaincode_config.digest(topology))
+    return h.hexdigest()[:12]
 
 
 def source_digest() -> str:
@@ -118,15 +126,14 @@ def _targz(files: dict[str, bytes]) -> bytes:
 
 
 def package(topology: Topology) -> Package:
-    version = source_digest()
-    label = f"{topology.chaincode_name}_{version}"
+    label = f"{topology.chaincode_name}_{chaincode_version(topology)}"
     code = _targz({"connection.json": connection_json(topology)})
     metadata = json.dumps({"type": "ccaas", "label": label}).encode()
     archive = _targz({"metadata.json": metadata, "code.tar.gz": code})
     path = topology.home / "chaincode" / f"{label}.tar.gz"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(archive)
-    return Package(label, version, path, f"{label}:{hashlib.sha256(archive).hexdigest()}")
+    return Package(label, chaincode_version(topology), path, f"{label}:{hashlib.sha256(archive).hexdigest()}")
 
 
 # ----- the server process -------------------------------------------------------------------------------------
@@ -158,6 +165,7 @@ def ensure_server(topology: Topology, pkg: Package) -> bool:
         "CHAINCODE_TLS_CERT": str(tls["server_cert"]),
         "CHAINCODE_TLS_KEY": str(tls["server_key"]),
         "CHAINCODE_TLS_CLIENT_CA": str(tls["ca"]),
+        "CARELEDGER_CHAINCODE_CONFIG": chaincode_config.contracts_config(topology),
     }
     proc.start([str(binary)], env)
     proc.wait_until(lambda: _accepts(host, int(port)), "listening", 20)
@@ -189,7 +197,9 @@ def committed(admin: Admin, org: Org, channel: str) -> list[Definition]:
 
 
 def _definition_flags(topology: Topology, channel: str, version: str, sequence: int) -> list[str]:
-    return ["-C", channel, "-n", topology.chaincode_name, "--version", version, "--sequence", str(sequence)]
+    flags = ["-C", channel, "-n", topology.chaincode_name, "--version", version, "--sequence", str(sequence)]
+    collections = chaincode_config.collections_file(topology, channel)
+    return [*flags, "--collections-config", str(collections)] if collections else flags
 
 
 def _approvals(admin: Admin, org: Org, flags: list[str], channel: str) -> dict[str, bool]:

@@ -177,6 +177,12 @@ class Topology:
     def channels_of(self, org: Org) -> list[str]:
         return [ch for ch, members in self.channels.items() if org in members]
 
+    @cached_property
+    def contracts(self) -> dict[str, list[str]]:
+        """Channel name -> the contracts that serve on it."""
+        declared = self.definition["chaincode"].get("contracts") or {}
+        return {ch: list(declared.get(ch) or []) for ch in self.channels}
+
     # ----- other services -------------------------------------------------------------------------------------
 
     @property

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -45,3 +45,18 @@ def hospital(network: topo.Topology) -> Iterator[Gateway]:
 @pytest.fixture(scope="session")
 def redis_client(network: topo.Topology) -> redis.Redis:
     return redis.Redis.from_url(network.redis_url)
+
+
+@pytest.fixture(scope="session")
+def gateway_as(network: topo.Topology) -> Iterator[Callable[..., Gateway]]:
+    """gateway_as("ClinicOrg") or gateway_as("HospitalOrg", "User2"): one shared Gateway per org and user."""
+    opened: dict[tuple[str, str], Gateway] = {}
+
+    def get(org: str, user: str = "User1") -> Gateway:
+        if (org, user) not in opened:
+            opened[(org, user)] = connect.gateway(network, org, user)
+        return opened[(org, user)]
+
+    yield get
+    for gw in opened.values():
+        gw.close()

@@ -4,9 +4,16 @@ package contracts
 
 import "github.com/hyperledger/fabric-contract-api-go/v2/contractapi"
 
-// All lists the contracts the chaincode serves, on every channel.
-func All() []contractapi.ContractInterface {
+// All lists the contracts the chaincode serves. Probe runs on every channel; each other contract refuses to run
+// on a channel the config does not assign it to.
+func All(cfg Config) []contractapi.ContractInterface {
 	return []contractapi.ContractInterface{
 		newProbe(),
+		newRecords(cfg),
+		newConsent(cfg),
+		newAudit(cfg),
+		newTrials(cfg),
+		newClaims(cfg),
+		newSupply(cfg),
 	}
 }

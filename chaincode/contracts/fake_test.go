@@ -1,20 +1,37 @@
 package contracts
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"sort"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/hyperledger/fabric-chaincode-go/v2/pkg/cid"
 	"github.com/hyperledger/fabric-chaincode-go/v2/shim"
 	"github.com/hyperledger/fabric-contract-api-go/v2/contractapi"
+	"github.com/hyperledger/fabric-protos-go-apiv2/ledger/queryresult"
+	"github.com/hyperledger/fabric-protos-go-apiv2/peer"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-// fakeStub is an in-memory world state for contract unit tests. It embeds the stub interface so that calling a
-// method the fake does not implement panics loudly instead of silently doing nothing.
-type fakeStub struct {
-	shim.ChaincodeStubInterface
-	state  map[string][]byte
-	txID   string
-	events []fakeEvent
+// world is an in-memory channel ledger for contract unit tests. Like Fabric, a transaction reads committed state
+// only (no read-your-writes) and its writes and events take effect only when it succeeds.
+type world struct {
+	channel string
+	now     time.Time
+	state   map[string][]byte
+	private map[string]map[string][]byte // collection -> key -> value
+	purged  []string                     // "collection/key" of purged private keys
+	events  []fakeEvent                  // events of committed transactions
+	txs     int
 }
 
 type fakeEvent struct {
@@ -22,26 +39,164 @@ type fakeEvent struct {
 	Payload []byte
 }
 
-func newFakeStub() *fakeStub {
-	return &fakeStub{state: map[string][]byte{}, txID: "tx1"}
+var testConfig = Config{
+	OrgKinds: map[string]string{
+		"HospitalMSP": KindProvider, "ClinicMSP": KindProvider, "InsurerMSP": KindInsurer, "PharmaMSP": KindManufacturer,
+	},
+	Channels: map[string][]string{
+		"providers": {"Records", "Consent", "Audit", "Trials"},
+		"claims":    {"Claims"},
+		"pharma":    {"Supply"},
+	},
 }
 
-func (s *fakeStub) GetTxID() string { return s.txID }
+func newWorld(channel string) *world {
+	return &world{
+		channel: channel,
+		now:     time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC),
+		state:   map[string][]byte{},
+		private: map[string]map[string][]byte{},
+	}
+}
 
-func (s *fakeStub) GetState(key string) ([]byte, error) { return s.state[key], nil }
+// actor is a caller: an org, a role from the certificate's OU, and the certificate itself.
+type actor struct {
+	msp  string
+	cert *x509.Certificate
+}
+
+var testKey, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+
+func newActor(t *testing.T, msp, role, name string) actor {
+	t.Helper()
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: name, OrganizationalUnit: []string{role}},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &testKey.PublicKey, testKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return actor{msp: msp, cert: cert}
+}
+
+func client(t *testing.T, msp string) actor { return newActor(t, msp, "client", "User1@"+msp) }
+
+func (a actor) pem() string {
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.cert.Raw}))
+}
+
+// call runs one transaction of a contract as the actor, through the contract's BeforeTransaction hook like the
+// contract API does, and commits its writes and events if it succeeds.
+func call[T any](w *world, a actor, c contractapi.ContractInterface, transient map[string][]byte,
+	fn func(contractapi.TransactionContextInterface) (T, error)) (T, error) {
+	w.txs++
+	stub := &fakeStub{w: w, txID: fmt.Sprintf("tx%d", w.txs), transient: transient,
+		writes: map[string][]byte{}, pwrites: map[string]map[string][]byte{}}
+	ctx := &contractapi.TransactionContext{}
+	ctx.SetStub(stub)
+	ctx.SetClientIdentity(fakeIdentity{msp: a.msp, cert: a.cert})
+	var zero T
+	if hook, ok := c.GetBeforeTransaction().(func(contractapi.TransactionContextInterface) error); ok {
+		if err := hook(ctx); err != nil {
+			return zero, err
+		}
+	}
+	out, err := fn(ctx)
+	if err != nil {
+		return out, err
+	}
+	stub.commit()
+	return out, nil
+}
+
+// fakeStub is one transaction's view of the world. It embeds the stub interface so that calling a method the fake
+// does not implement panics loudly instead of silently doing nothing.
+type fakeStub struct {
+	shim.ChaincodeStubInterface
+	w         *world
+	txID      string
+	transient map[string][]byte
+	writes    map[string][]byte            // nil value: delete
+	pwrites   map[string]map[string][]byte // collection -> key -> value
+	purges    []string
+	events    []fakeEvent
+}
+
+func (s *fakeStub) commit() {
+	for k, v := range s.writes {
+		if v == nil {
+			delete(s.w.state, k)
+		} else {
+			s.w.state[k] = v
+		}
+	}
+	for coll, kvs := range s.pwrites {
+		if s.w.private[coll] == nil {
+			s.w.private[coll] = map[string][]byte{}
+		}
+		for k, v := range kvs {
+			s.w.private[coll][k] = v
+		}
+	}
+	for _, p := range s.purges {
+		coll, k, _ := strings.Cut(p, "/")
+		delete(s.w.private[coll], k)
+		s.w.purged = append(s.w.purged, p)
+	}
+	s.w.events = append(s.w.events, s.events...)
+}
+
+func (s *fakeStub) GetTxID() string      { return s.txID }
+func (s *fakeStub) GetChannelID() string { return s.w.channel }
+
+func (s *fakeStub) GetTxTimestamp() (*timestamppb.Timestamp, error) {
+	return timestamppb.New(s.w.now), nil
+}
+
+func (s *fakeStub) GetTransient() (map[string][]byte, error) { return s.transient, nil }
+
+func (s *fakeStub) GetState(key string) ([]byte, error) { return s.w.state[key], nil }
 
 func (s *fakeStub) PutState(key string, value []byte) error {
-	s.state[key] = append([]byte(nil), value...)
+	if value == nil {
+		value = []byte{}
+	}
+	s.writes[key] = append([]byte(nil), value...)
 	return nil
 }
 
 func (s *fakeStub) DelState(key string) error {
-	delete(s.state, key)
+	s.writes[key] = nil
 	return nil
 }
 
 func (s *fakeStub) SetEvent(name string, payload []byte) error {
-	s.events = append(s.events, fakeEvent{name, append([]byte(nil), payload...)})
+	// Fabric keeps one event per transaction: the last one set.
+	s.events = []fakeEvent{{name, append([]byte(nil), payload...)}}
+	return nil
+}
+
+func (s *fakeStub) GetPrivateData(collection, key string) ([]byte, error) {
+	return s.w.private[collection][key], nil
+}
+
+func (s *fakeStub) PutPrivateData(collection, key string, value []byte) error {
+	if s.pwrites[collection] == nil {
+		s.pwrites[collection] = map[string][]byte{}
+	}
+	s.pwrites[collection][key] = append([]byte(nil), value...)
+	return nil
+}
+
+func (s *fakeStub) PurgePrivateData(collection, key string) error {
+	s.purges = append(s.purges, collection+"/"+key)
 	return nil
 }
 
@@ -53,24 +208,110 @@ func (s *fakeStub) SplitCompositeKey(key string) (string, []string, error) {
 	return (&shim.ChaincodeStub{}).SplitCompositeKey(key)
 }
 
+func (s *fakeStub) sortedKeys(match func(string) bool) []string {
+	var keys []string
+	for k := range s.w.state {
+		if match(k) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func (s *fakeStub) iterator(keys []string) *fakeIterator {
+	it := &fakeIterator{}
+	for _, k := range keys {
+		it.kvs = append(it.kvs, &queryresult.KV{Key: k, Value: s.w.state[k]})
+	}
+	return it
+}
+
+func (s *fakeStub) GetStateByPartialCompositeKey(objectType string, keys []string) (shim.StateQueryIteratorInterface, error) {
+	prefix, err := shim.CreateCompositeKey(objectType, keys)
+	if err != nil {
+		return nil, err
+	}
+	return s.iterator(s.sortedKeys(func(k string) bool { return strings.HasPrefix(k, prefix) })), nil
+}
+
+// page cuts a sorted key list at the bookmark (the first key of the page) and the page size, like the peer does.
+func page(keys []string, pageSize int32, bookmark string) ([]string, *peer.QueryResponseMetadata) {
+	start := 0
+	if bookmark != "" {
+		start = sort.SearchStrings(keys, bookmark)
+	}
+	keys = keys[start:]
+	next := ""
+	if int32(len(keys)) > pageSize {
+		next = keys[pageSize]
+		keys = keys[:pageSize]
+	}
+	return keys, &peer.QueryResponseMetadata{FetchedRecordsCount: int32(len(keys)), Bookmark: next}
+}
+
+func (s *fakeStub) GetStateByPartialCompositeKeyWithPagination(objectType string, keys []string, pageSize int32, bookmark string) (shim.StateQueryIteratorInterface, *peer.QueryResponseMetadata, error) {
+	prefix, err := shim.CreateCompositeKey(objectType, keys)
+	if err != nil {
+		return nil, nil, err
+	}
+	all := s.sortedKeys(func(k string) bool { return strings.HasPrefix(k, prefix) })
+	got, meta := page(all, pageSize, bookmark)
+	return s.iterator(got), meta, nil
+}
+
+func (s *fakeStub) GetStateByRangeWithPagination(startKey, endKey string, pageSize int32, bookmark string) (shim.StateQueryIteratorInterface, *peer.QueryResponseMetadata, error) {
+	all := s.sortedKeys(func(k string) bool { return !strings.HasPrefix(k, "\x00") && k >= startKey && k < endKey })
+	got, meta := page(all, pageSize, bookmark)
+	return s.iterator(got), meta, nil
+}
+
+type fakeIterator struct {
+	kvs []*queryresult.KV
+	i   int
+}
+
+func (it *fakeIterator) HasNext() bool { return it.i < len(it.kvs) }
+func (it *fakeIterator) Close() error  { return nil }
+func (it *fakeIterator) Next() (*queryresult.KV, error) {
+	it.i++
+	return it.kvs[it.i-1], nil
+}
+
 // fakeIdentity is the caller as the contract sees it through cid.ClientIdentity.
 type fakeIdentity struct {
 	cid.ClientIdentity
-	msp   string
-	attrs map[string]string
+	msp  string
+	cert *x509.Certificate
 }
 
-func (f fakeIdentity) GetMSPID() (string, error) { return f.msp, nil }
+func (f fakeIdentity) GetMSPID() (string, error)                      { return f.msp, nil }
+func (f fakeIdentity) GetX509Certificate() (*x509.Certificate, error) { return f.cert, nil }
 
-func (f fakeIdentity) GetAttributeValue(name string) (string, bool, error) {
-	v, ok := f.attrs[name]
-	return v, ok, nil
-}
+// --- helpers for assertions --------------------------------------------------------------------------------------
 
-func newContext(t *testing.T, stub *fakeStub, msp string) *contractapi.TransactionContext {
+func wantErr(t *testing.T, err error, code, contains string) {
 	t.Helper()
-	ctx := &contractapi.TransactionContext{}
-	ctx.SetStub(stub)
-	ctx.SetClientIdentity(fakeIdentity{msp: msp})
-	return ctx
+	if err == nil {
+		t.Fatalf("want %s error containing %q, got success", code, contains)
+	}
+	var ce *ContractError
+	if !asContractError(err, &ce) || ce.Code != code || !strings.Contains(ce.Message, contains) {
+		t.Fatalf("want %s error containing %q, got %v", code, contains, err)
+	}
+}
+
+func mustOK(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("unexpected error: %v", err)
+	}
+}
+
+func lastEvent(t *testing.T, w *world) fakeEvent {
+	t.Helper()
+	if len(w.events) == 0 {
+		t.Fatal("no event was emitted")
+	}
+	return w.events[len(w.events)-1]
 }

@@ -2,9 +2,10 @@ package contracts
 
 import (
 	"encoding/json"
-	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/hyperledger/fabric-contract-api-go/v2/contractapi"
 )
 
 func TestProbeWriteValidatesInput(t *testing.T) {
@@ -20,85 +21,66 @@ func TestProbeWriteValidatesInput(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			stub := newFakeStub()
-			err := newProbe().Write(newContext(t, stub, "HospitalMSP"), tc.key, tc.value)
+			w := newWorld("claims")
+			p := newProbe()
+			_, err := call(w, client(t, "HospitalMSP"), p, nil, func(ctx contractapi.TransactionContextInterface) (any, error) {
+				return nil, p.Write(ctx, tc.key, tc.value)
+			})
 			if tc.wantErr == "" {
-				if err != nil {
-					t.Fatalf("unexpected error: %v", err)
-				}
-				if len(stub.events) != 1 || stub.events[0].Name != "Probe.Written" {
-					t.Fatalf("want one Probe.Written event, got %+v", stub.events)
+				mustOK(t, err)
+				if len(w.events) != 1 || w.events[0].Name != "Probe.Written" {
+					t.Fatalf("want one Probe.Written event, got %+v", w.events)
 				}
 				return
 			}
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Fatalf("want error containing %q, got %v", tc.wantErr, err)
 			}
-			if len(stub.state) != 0 || len(stub.events) != 0 {
+			if len(w.state) != 0 || len(w.events) != 0 {
 				t.Fatalf("a rejected write changed state or emitted events")
 			}
 		})
 	}
 }
 
-func TestProbeReadBack(t *testing.T) {
-	stub := newFakeStub()
+func TestProbeReadBackAndIncrement(t *testing.T) {
+	w := newWorld("claims")
 	p := newProbe()
-	if err := p.Write(newContext(t, stub, "InsurerMSP"), "k1", "v1"); err != nil {
-		t.Fatal(err)
-	}
-	rec, err := p.Read(newContext(t, stub, "HospitalMSP"), "k1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, err := call(w, client(t, "InsurerMSP"), p, nil, func(ctx contractapi.TransactionContextInterface) (any, error) {
+		return nil, p.Write(ctx, "k1", "v1")
+	})
+	mustOK(t, err)
+	rec, err := call(w, client(t, "HospitalMSP"), p, nil, func(ctx contractapi.TransactionContextInterface) (*ProbeRecord, error) {
+		return p.Read(ctx, "k1")
+	})
+	mustOK(t, err)
 	want := ProbeRecord{Key: "k1", Value: "v1", Writer: "InsurerMSP", TxID: "tx1"}
 	if *rec != want {
 		t.Fatalf("got %+v, want %+v", *rec, want)
 	}
 	var evt ProbeRecord
-	if err := json.Unmarshal(stub.events[0].Payload, &evt); err != nil || evt != want {
-		t.Fatalf("event payload %s does not match the record", stub.events[0].Payload)
+	if err := json.Unmarshal(w.events[0].Payload, &evt); err != nil || evt != want {
+		t.Fatalf("event payload %s does not match the record", w.events[0].Payload)
 	}
-	if _, err := p.Read(newContext(t, stub, "HospitalMSP"), "missing"); err == nil {
-		t.Fatal("reading a missing key must fail")
+	for want := 1; want <= 3; want++ {
+		got, err := call(w, client(t, "HospitalMSP"), p, nil, func(ctx contractapi.TransactionContextInterface) (int, error) {
+			return p.Increment(ctx, "counter")
+		})
+		mustOK(t, err)
+		if got != want {
+			t.Fatalf("increment %d returned %d", want, got)
+		}
+	}
+	_, err = call(w, client(t, "HospitalMSP"), p, nil, func(ctx contractapi.TransactionContextInterface) (int, error) {
+		return p.Increment(ctx, "k1")
+	})
+	if err == nil || !strings.Contains(err.Error(), "does not hold a counter") {
+		t.Fatalf("incrementing a non-counter: %v", err)
 	}
 }
 
-func TestProbeIncrement(t *testing.T) {
-	cases := []struct {
-		name    string
-		initial string // "" = no record
-		want    int
-		wantErr string
-	}{
-		{"absent starts at one", "", 1, ""},
-		{"counts up", "41", 42, ""},
-		{"not a counter", "hello", 0, "does not hold a counter"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			stub := newFakeStub()
-			p := newProbe()
-			ctx := newContext(t, stub, "ClinicMSP")
-			if tc.initial != "" {
-				if err := p.Write(ctx, "c", tc.initial); err != nil {
-					t.Fatal(err)
-				}
-			}
-			got, err := p.Increment(ctx, "c")
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("want error %q, got %v", tc.wantErr, err)
-				}
-				return
-			}
-			if err != nil || got != tc.want {
-				t.Fatalf("Increment = %d, %v; want %d", got, err, tc.want)
-			}
-			rec, _ := p.Read(ctx, "c")
-			if rec.Value != strconv.Itoa(tc.want) {
-				t.Fatalf("stored %q, want %d", rec.Value, tc.want)
-			}
-		})
+func TestChaincodeBuildsFromAllContracts(t *testing.T) {
+	if _, err := contractapi.NewChaincode(All(testConfig)...); err != nil {
+		t.Fatalf("the contract API rejects the contracts: %v", err)
 	}
 }

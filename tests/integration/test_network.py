@@ -36,7 +36,9 @@ def test_status_reports_every_node_channel_and_definition(network: Topology) -> 
     assert set(claims["heights"]) == {"peer0.hospital", "peer0.clinic", "peer0.insurer"}
     assert all(isinstance(h, int) and h >= 2 for h in claims["heights"].values())
     for channel in state["channels"].values():
-        assert [(d["name"], d["version"]) for d in channel["chaincodes"]] == [("careledger", cc.source_digest())]
+        assert [(d["name"], d["version"]) for d in channel["chaincodes"]] == [
+            ("careledger", cc.chaincode_version(network))
+        ]
 
 
 def test_chaincode_is_committed_on_all_channels(network: Topology, admin: Admin) -> None:

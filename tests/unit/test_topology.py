@@ -1,10 +1,11 @@
 """The consortium definition renders to distinct addresses, the channel layout the design names, and sane config."""
 
+import json
 from pathlib import Path
 
 import pytest
 
-from network import configtx, crypto
+from network import chaincode_config, configtx, crypto
 from network import topology as topo
 
 
@@ -86,3 +87,29 @@ def test_tls_certificates_name_the_loopback_address(t: topo.Topology) -> None:
     specs = [s for org in config["OrdererOrgs"] + config["PeerOrgs"] for s in org["Specs"]]
     assert specs and all("127.0.0.1" in s["SANS"] for s in specs)
     assert all(org["EnableNodeOUs"] for org in config["PeerOrgs"])
+
+
+def test_chaincode_config_names_kinds_and_contracts_per_channel(t: topo.Topology) -> None:
+    config = json.loads(chaincode_config.contracts_config(t))
+    assert config["orgKinds"] == {
+        "HospitalMSP": "provider",
+        "ClinicMSP": "provider",
+        "InsurerMSP": "insurer",
+        "PharmaMSP": "manufacturer",
+    }
+    assert config["channels"] == {
+        "providers": ["Records", "Consent", "Audit", "Trials"],
+        "claims": ["Claims"],
+        "pharma": ["Supply"],
+    }
+
+
+def test_claim_lines_collections_pair_each_provider_with_the_insurer(t: topo.Topology) -> None:
+    assert chaincode_config.collections(t, "providers") == []
+    cols = {c["name"]: c for c in chaincode_config.collections(t, "claims")}
+    assert set(cols) == {"lines_HospitalMSP_InsurerMSP", "lines_ClinicMSP_InsurerMSP"}
+    hospital = cols["lines_HospitalMSP_InsurerMSP"]
+    assert hospital["policy"] == "OR('HospitalMSP.member','InsurerMSP.member')"
+    assert hospital["memberOnlyRead"] and hospital["memberOnlyWrite"]
+    path = chaincode_config.collections_file(t, "claims")
+    assert path is not None and json.loads(path.read_text()) == chaincode_config.collections(t, "claims")

@@ -1,0 +1,108 @@
+package contracts
+
+import (
+	"testing"
+	"time"
+
+	"github.com/hyperledger/fabric-contract-api-go/v2/contractapi"
+)
+
+func access(t *testing.T, w *world, a actor, req AccessRequest) (*AuditEntry, error) {
+	t.Helper()
+	c := newAudit(testConfig)
+	return call(w, a, c, nil, func(ctx contractapi.TransactionContextInterface) (*AuditEntry, error) {
+		return c.RecordAccess(ctx, mustJSON(t, req))
+	})
+}
+
+func TestAuditRecordsPermitAndDeny(t *testing.T) {
+	w, hospital, patient := consentWorld(t)
+	_, err := doGrant(t, w, patient, grant("c-obs", "ClinicMSP", []string{"Observation"}, "TREAT", "2026-03-01T00:00:00Z", "2026-04-01T00:00:00Z"))
+	mustOK(t, err)
+	cases := []struct {
+		name     string
+		req      AccessRequest
+		decision string
+	}{
+		{"consented type", AccessRequest{patientA, "ClinicMSP", "Observation/o1", "TREAT"}, "permit"},
+		{"other type", AccessRequest{patientA, "ClinicMSP", "Condition/c1", "TREAT"}, "deny"},
+		{"whole record needs a * grant", AccessRequest{patientA, "ClinicMSP", "Patient/p1/$everything", "TREAT"}, "deny"},
+		{"no consent at all", AccessRequest{patientA, "InsurerMSP", "Observation/o1", "HPAYMT"}, "deny"},
+	}
+	for _, tc := range cases {
+		w.now = w.now.Add(time.Minute)
+		e, err := access(t, w, hospital, tc.req)
+		mustOK(t, err)
+		if e.Decision != tc.decision || e.Custodian != "HospitalMSP" {
+			t.Fatalf("%s: %+v", tc.name, e)
+		}
+		if ev := lastEvent(t, w); ev.Name != "Audit.Logged" {
+			t.Fatalf("%s: event %s", tc.name, ev.Name)
+		}
+	}
+	_, err = doGrant(t, w, patient, grant("c-all", "ClinicMSP", []string{"*"}, "TREAT", "2026-03-01T00:00:00Z", ""))
+	mustOK(t, err)
+	w.now = w.now.Add(time.Minute)
+	e, err := access(t, w, hospital, AccessRequest{patientA, "ClinicMSP", "Patient/p1/$everything", "TREAT"})
+	mustOK(t, err)
+	if e.Decision != "permit" || e.ConsentID != "c-all" {
+		t.Fatalf("everything with a * grant: %+v", e)
+	}
+
+	c := newAudit(testConfig)
+	byPatient, err := call(w, hospital, c, nil, func(ctx contractapi.TransactionContextInterface) (*AuditPage, error) {
+		return c.ByPatient(ctx, patientA, "2026-03-01T00:00:00Z", "2026-03-02T00:00:00Z", 100, "")
+	})
+	mustOK(t, err)
+	if len(byPatient.Entries) != 5 || byPatient.Entries[0].Resource != "Observation/o1" || byPatient.Entries[4].Decision != "permit" {
+		t.Fatalf("by patient: %+v", byPatient.Entries)
+	}
+	window, err := call(w, hospital, c, nil, func(ctx contractapi.TransactionContextInterface) (*AuditPage, error) {
+		return c.ByPeriod(ctx, "2026-03-01T12:01:30Z", "2026-03-01T12:03:30Z", 1, "")
+	})
+	mustOK(t, err)
+	if len(window.Entries) != 1 || window.Bookmark == "" || window.Entries[0].Resource != "Condition/c1" {
+		t.Fatalf("first page of the period: %+v", window)
+	}
+	next, err := call(w, hospital, c, nil, func(ctx contractapi.TransactionContextInterface) (*AuditPage, error) {
+		return c.ByPeriod(ctx, "2026-03-01T12:01:30Z", "2026-03-01T12:03:30Z", 1, window.Bookmark)
+	})
+	mustOK(t, err)
+	if len(next.Entries) != 1 || next.Entries[0].Resource != "Patient/p1/$everything" {
+		t.Fatalf("second page of the period: %+v", next)
+	}
+}
+
+func TestAuditRejections(t *testing.T) {
+	w, hospital, _ := consentWorld(t)
+	cases := []struct {
+		name   string
+		caller actor
+		req    AccessRequest
+		code   string
+		msg    string
+	}{
+		{"not a custodian", client(t, "ClinicMSP"), AccessRequest{patientA, "InsurerMSP", "Observation/o1", "HPAYMT"}, CodeForbidden, "holds no records"},
+		{"insurer cannot log", client(t, "InsurerMSP"), AccessRequest{patientA, "InsurerMSP", "Observation/o1", "HPAYMT"}, CodeForbidden, "only provider"},
+		{"bad resource", hospital, AccessRequest{patientA, "ClinicMSP", "Observation", "TREAT"}, CodeInvalid, "Type/id"},
+		{"bad everything", hospital, AccessRequest{patientA, "ClinicMSP", "Observation/o1/$everything", "TREAT"}, CodeInvalid, "Type/id"},
+		{"bad patient", hospital, AccessRequest{"Jane", "ClinicMSP", "Observation/o1", "TREAT"}, CodeInvalid, "pseudonym"},
+		{"bad accessor", hospital, AccessRequest{patientA, "clinic", "Observation/o1", "TREAT"}, CodeInvalid, "grantee"},
+		{"bad purpose", hospital, AccessRequest{patientA, "ClinicMSP", "Observation/o1", "X"}, CodeInvalid, "purpose"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(w.state)
+			_, err := access(t, w, tc.caller, tc.req)
+			wantErr(t, err, tc.code, tc.msg)
+			if len(w.state) != before {
+				t.Fatal("a rejected request was logged")
+			}
+		})
+	}
+	c := newAudit(testConfig)
+	_, err := call(w, hospital, c, nil, func(ctx contractapi.TransactionContextInterface) (*AuditPage, error) {
+		return c.ByPeriod(ctx, "2026-03-02T00:00:00Z", "2026-03-01T00:00:00Z", 10, "")
+	})
+	wantErr(t, err, CodeInvalid, "after from")
+}

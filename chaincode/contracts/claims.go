@@ -1,0 +1,659 @@
+package contracts
+
+import (
+	"encoding/json"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hyperledger/fabric-contract-api-go/v2/contractapi"
+)
+
+// Claims is the insurance claim state machine:
+//
+//	submitted --Adjudicate--> adjudicated (outcome approved | partial | denied) --Pay--> paid
+//	submitted --Cancel--> cancelled
+//
+// The public state holds the summary (parties, status, totals, service date, digest). The claim lines live in the
+// private data collection of the provider–insurer pair, arrive as transient data, and are purged once the
+// adjudication's retention period has passed. Private values carry a client-chosen random salt, because Fabric
+// puts unsalted hashes of private keys and values on chain and claim lines are otherwise easy to guess.
+type Claims struct {
+	contractapi.Contract
+	cfg Config
+}
+
+func newClaims(cfg Config) *Claims {
+	c := &Claims{cfg: cfg}
+	c.Name = "Claims"
+	c.BeforeTransaction = onChannel(cfg, c.Name)
+	return c
+}
+
+const (
+	keyClaim           = "claim"      // claimId -> Claim (public)
+	keyClaimLines      = "lines"      // claimId -> ClaimDetail (private)
+	keyClaimAdjudicate = "adjudicate" // claimId -> Adjudication (private)
+	keyClaimIndex      = "claimIndex" // patient -> claimIndex (private): duplicate detection
+	transientClaim     = "claim"
+	transientAdjudge   = "adjudication"
+	maxClaimLines      = 999
+	maxAmountCents     = int64(1_000_000_000_00) // one billion in any currency's minor unit
+	maxRetention       = 10 * 366 * 24 * time.Hour
+)
+
+// Claim statuses and adjudication outcomes.
+const (
+	StatusSubmitted   = "submitted"
+	StatusAdjudicated = "adjudicated"
+	StatusPaid        = "paid"
+	StatusCancelled   = "cancelled"
+	OutcomeApproved   = "approved"
+	OutcomePartial    = "partial"
+	OutcomeDenied     = "denied"
+)
+
+var (
+	currencyPattern = regexp.MustCompile(`^[A-Z]{3}$`)
+	saltPattern     = regexp.MustCompile(`^[0-9a-f]{32,128}$`)
+	reasonPattern   = regexp.MustCompile(`^[A-Z0-9]{1,5}$`) // X12 claim adjustment reason codes: 18, 45, 197, A1, ...
+)
+
+// LinesCollection names the private data collection a provider shares with an insurer. The network definition
+// declares one for every provider–insurer pair on the claims channel, with the same names.
+func LinesCollection(provider, insurer string) string { return "lines_" + provider + "_" + insurer }
+
+// ClaimSubmission is the public part of a new claim (the function argument).
+type ClaimSubmission struct {
+	ClaimID     string `json:"claimId"`
+	Patient     string `json:"patient"`
+	Insurer     string `json:"insurer"`
+	ServiceDate string `json:"serviceDate"`
+	Currency    string `json:"currency"`
+	TotalCents  int64  `json:"totalCents"`
+	Digest      string `json:"digest"` // keyed digest of the FHIR Claim held by the provider
+}
+
+// ClaimLine is one billed item: a procedure or product code, how many, at what price.
+type ClaimLine struct {
+	Sequence       int    `json:"sequence"`
+	Code           string `json:"code"`
+	Quantity       int64  `json:"quantity"`
+	UnitPriceCents int64  `json:"unitPriceCents"`
+	NetCents       int64  `json:"netCents"`
+}
+
+// ClaimDetail is the private part of a claim (transient "claim").
+type ClaimDetail struct {
+	ClaimID  string      `json:"claimId"`
+	Lines    []ClaimLine `json:"lines"`
+	Coverage string      `json:"coverage"` // reference to the insurer's Coverage, e.g. "Coverage/123"
+	Salt     string      `json:"salt"`
+}
+
+// Claim is the public state of a claim.
+type Claim struct {
+	ClaimID       string `json:"claimId"`
+	Provider      string `json:"provider"`
+	Insurer       string `json:"insurer"`
+	Patient       string `json:"patient"`
+	Status        string `json:"status"`
+	Outcome       string `json:"outcome"`
+	ServiceDate   string `json:"serviceDate"`
+	Currency      string `json:"currency"`
+	TotalCents    int64  `json:"totalCents"`
+	ApprovedCents int64  `json:"approvedCents"`
+	Digest        string `json:"digest"`
+	Collection    string `json:"collection"`
+	SubmittedAt   string `json:"submittedAt"`
+	AdjudicatedAt string `json:"adjudicatedAt"`
+	PurgeAfter    string `json:"purgeAfter"`
+	PaymentRef    string `json:"paymentRef"`
+	PaidCents     int64  `json:"paidCents"`
+	PaidAt        string `json:"paidAt"`
+	CancelledAt   string `json:"cancelledAt"`
+	CancelReason  string `json:"cancelReason"`
+	LinesPurged   bool   `json:"linesPurged"`
+	TxID          string `json:"txId"`
+}
+
+// LineAdjudication is the insurer's decision on one line.
+type LineAdjudication struct {
+	Sequence      int      `json:"sequence"`
+	Outcome       string   `json:"outcome"`
+	ApprovedCents int64    `json:"approvedCents"`
+	Reasons       []string `json:"reasons"`
+}
+
+// AdjudicationInput is the insurer's decision (transient "adjudication").
+type AdjudicationInput struct {
+	Lines            []LineAdjudication `json:"lines"`
+	RetentionSeconds int64              `json:"retentionSeconds"`
+}
+
+// Adjudication is the private record of the decision.
+type Adjudication struct {
+	ClaimID string             `json:"claimId"`
+	Outcome string             `json:"outcome"`
+	Lines   []LineAdjudication `json:"lines"`
+	Salt    string             `json:"salt"`
+}
+
+type claimIndex struct {
+	Entries []claimIndexEntry `json:"entries"`
+}
+
+type claimIndexEntry struct {
+	ClaimID     string `json:"claimId"`
+	ServiceDate string `json:"serviceDate"`
+	Codes       string `json:"codes"`
+	Salt        string `json:"salt"`
+}
+
+func (s ClaimSubmission) validate(cfg Config, today time.Time) error {
+	if err := matches(idPattern, "claimId", s.ClaimID, "a claim id"); err != nil {
+		return err
+	}
+	if err := pseudonym("patient", s.Patient); err != nil {
+		return err
+	}
+	if cfg.kindOf(s.Insurer) != KindInsurer {
+		return invalid("insurer %q is not an insurer of the consortium", s.Insurer)
+	}
+	d, err := date("serviceDate", s.ServiceDate)
+	if err != nil {
+		return err
+	}
+	if d.After(today) {
+		return invalid("serviceDate %s is in the future", s.ServiceDate)
+	}
+	if err := matches(currencyPattern, "currency", s.Currency, "an ISO 4217 code"); err != nil {
+		return err
+	}
+	if s.TotalCents <= 0 || s.TotalCents > maxAmountCents {
+		return invalid("totalCents %d is out of range", s.TotalCents)
+	}
+	return digestField("digest", s.Digest)
+}
+
+func (d ClaimDetail) validate(claimID string, totalCents int64) error {
+	if d.ClaimID != claimID {
+		return invalid("transient claim.claimId %q does not match %q", d.ClaimID, claimID)
+	}
+	if err := matches(saltPattern, "claim.salt", d.Salt, "32 to 128 hex characters of randomness"); err != nil {
+		return err
+	}
+	if err := matches(refPattern, "claim.coverage", d.Coverage, "a Coverage reference"); err != nil {
+		return err
+	}
+	if len(d.Lines) == 0 || len(d.Lines) > maxClaimLines {
+		return invalid("a claim has 1 to %d lines", maxClaimLines)
+	}
+	seen := map[int]bool{}
+	var sum int64
+	for i, l := range d.Lines {
+		switch {
+		case l.Sequence < 1 || seen[l.Sequence]:
+			return invalid("claim.lines[%d].sequence %d is not a new positive number", i, l.Sequence)
+		case !codePattern.MatchString(l.Code):
+			return invalid("claim.lines[%d].code %q is not a billing code", i, l.Code)
+		case l.Quantity < 1 || l.Quantity > 100_000:
+			return invalid("claim.lines[%d].quantity %d is out of range", i, l.Quantity)
+		case l.UnitPriceCents < 0 || l.UnitPriceCents > maxAmountCents:
+			return invalid("claim.lines[%d].unitPriceCents is out of range", i)
+		case l.NetCents != l.Quantity*l.UnitPriceCents:
+			return invalid("claim.lines[%d].netCents %d is not quantity x unitPriceCents", i, l.NetCents)
+		}
+		seen[l.Sequence] = true
+		sum += l.NetCents
+	}
+	if sum != totalCents {
+		return invalid("totalCents %d is not the sum of the lines (%d)", totalCents, sum)
+	}
+	return nil
+}
+
+// codesKey is the sorted list of line codes: what makes two claims of a patient on one day the same claim.
+func (d ClaimDetail) codesKey() string {
+	codes := make([]string, len(d.Lines))
+	for i, l := range d.Lines {
+		codes[i] = l.Code
+	}
+	sort.Strings(codes)
+	return strings.Join(codes, ",")
+}
+
+func transient(ctx contractapi.TransactionContextInterface, name string, v any) error {
+	tm, err := ctx.GetStub().GetTransient()
+	if err != nil {
+		return err
+	}
+	raw, ok := tm[name]
+	if !ok {
+		return invalid("transient data %q is missing; private parts travel as transient data", name)
+	}
+	return decode("transient "+name, string(raw), v)
+}
+
+func (c *Claims) load(ctx contractapi.TransactionContextInterface, claimID string) (*Claim, string, error) {
+	if err := matches(idPattern, "claimId", claimID, "a claim id"); err != nil {
+		return nil, "", err
+	}
+	k, err := key(ctx, keyClaim, claimID)
+	if err != nil {
+		return nil, "", err
+	}
+	var cl Claim
+	if found, err := getJSON(ctx, k, &cl); err != nil {
+		return nil, "", err
+	} else if !found {
+		return nil, "", notFound("claim %s does not exist", claimID)
+	}
+	return &cl, k, nil
+}
+
+func getPrivate(ctx contractapi.TransactionContextInterface, collection, k string, v any) (bool, error) {
+	raw, err := ctx.GetStub().GetPrivateData(collection, k)
+	if err != nil {
+		return false, err
+	}
+	if raw == nil {
+		return false, nil
+	}
+	return true, json.Unmarshal(raw, v)
+}
+
+func putPrivate(ctx contractapi.TransactionContextInterface, collection, k string, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return ctx.GetStub().PutPrivateData(collection, k, raw)
+}
+
+// Submit files a claim from the caller's (provider) org to an insurer. The lines come as transient "claim".
+// A claim for the same patient, provider, service date and line codes as an open or decided one is refused.
+func (c *Claims) Submit(ctx contractapi.TransactionContextInterface, submissionJSON string) (*Claim, error) {
+	caller, err := writerOfKind(ctx, c.cfg, KindProvider, "Claims.Submit")
+	if err != nil {
+		return nil, err
+	}
+	now, err := txTime(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var s ClaimSubmission
+	if err := decode("submission", submissionJSON, &s); err != nil {
+		return nil, err
+	}
+	if err := s.validate(c.cfg, now); err != nil {
+		return nil, err
+	}
+	var detail ClaimDetail
+	if err := transient(ctx, transientClaim, &detail); err != nil {
+		return nil, err
+	}
+	if err := detail.validate(s.ClaimID, s.TotalCents); err != nil {
+		return nil, err
+	}
+	k, err := key(ctx, keyClaim, s.ClaimID)
+	if err != nil {
+		return nil, err
+	}
+	if ok, err := exists(ctx, k); err != nil {
+		return nil, err
+	} else if ok {
+		return nil, conflict("claim %s exists already", s.ClaimID)
+	}
+	collection := LinesCollection(caller.MSP, s.Insurer)
+	index, indexKey, err := c.index(ctx, collection, s.Patient)
+	if err != nil {
+		return nil, err
+	}
+	codes := detail.codesKey()
+	for _, e := range index.Entries {
+		if e.ServiceDate == s.ServiceDate && e.Codes == codes {
+			return nil, conflict("duplicate claim: %s has the same patient, provider, service date and line codes", e.ClaimID)
+		}
+	}
+	index.Entries = append(index.Entries, claimIndexEntry{ClaimID: s.ClaimID, ServiceDate: s.ServiceDate, Codes: codes, Salt: detail.Salt})
+	if err := putPrivate(ctx, collection, indexKey, index); err != nil {
+		return nil, err
+	}
+	linesKey, err := key(ctx, keyClaimLines, s.ClaimID)
+	if err != nil {
+		return nil, err
+	}
+	if err := putPrivate(ctx, collection, linesKey, detail); err != nil {
+		return nil, err
+	}
+	cl := Claim{
+		ClaimID: s.ClaimID, Provider: caller.MSP, Insurer: s.Insurer, Patient: s.Patient, Status: StatusSubmitted,
+		ServiceDate: s.ServiceDate, Currency: s.Currency, TotalCents: s.TotalCents, Digest: s.Digest,
+		Collection: collection, SubmittedAt: timeText(now), TxID: ctx.GetStub().GetTxID(),
+	}
+	if err := putJSON(ctx, k, cl); err != nil {
+		return nil, err
+	}
+	return &cl, emit(ctx, "Claims.Submitted", cl)
+}
+
+func (c *Claims) index(ctx contractapi.TransactionContextInterface, collection, patient string) (*claimIndex, string, error) {
+	k, err := key(ctx, keyClaimIndex, patient)
+	if err != nil {
+		return nil, "", err
+	}
+	idx := &claimIndex{}
+	if _, err := getPrivate(ctx, collection, k, idx); err != nil {
+		return nil, "", err
+	}
+	return idx, k, nil
+}
+
+func (c *Claims) dropFromIndex(ctx contractapi.TransactionContextInterface, cl *Claim) error {
+	idx, k, err := c.index(ctx, cl.Collection, cl.Patient)
+	if err != nil {
+		return err
+	}
+	kept := idx.Entries[:0]
+	for _, e := range idx.Entries {
+		if e.ClaimID != cl.ClaimID {
+			kept = append(kept, e)
+		}
+	}
+	idx.Entries = kept
+	return putPrivate(ctx, cl.Collection, k, idx)
+}
+
+// Adjudicate records the insurer's per-line decision (transient "adjudication"). A claim is adjudicated once: a
+// second call is refused, which lets a retried adjudication task treat CONFLICT as done.
+func (c *Claims) Adjudicate(ctx contractapi.TransactionContextInterface, claimID string) (*Claim, error) {
+	caller, err := writerOfKind(ctx, c.cfg, KindInsurer, "Claims.Adjudicate")
+	if err != nil {
+		return nil, err
+	}
+	cl, k, err := c.load(ctx, claimID)
+	if err != nil {
+		return nil, err
+	}
+	if cl.Insurer != caller.MSP {
+		return nil, forbidden("claim %s is addressed to %s", claimID, cl.Insurer)
+	}
+	if cl.Status != StatusSubmitted {
+		return nil, conflict("claim %s is %s; only a submitted claim is adjudicated", claimID, cl.Status)
+	}
+	var in AdjudicationInput
+	if err := transient(ctx, transientAdjudge, &in); err != nil {
+		return nil, err
+	}
+	linesKey, err := key(ctx, keyClaimLines, claimID)
+	if err != nil {
+		return nil, err
+	}
+	var detail ClaimDetail
+	if found, err := getPrivate(ctx, cl.Collection, linesKey, &detail); err != nil {
+		return nil, err
+	} else if !found {
+		return nil, notFound("the lines of claim %s are not readable here", claimID)
+	}
+	outcome, approved, err := judge(detail, in)
+	if err != nil {
+		return nil, err
+	}
+	now, err := txTime(ctx)
+	if err != nil {
+		return nil, err
+	}
+	adjKey, err := key(ctx, keyClaimAdjudicate, claimID)
+	if err != nil {
+		return nil, err
+	}
+	adj := Adjudication{ClaimID: claimID, Outcome: outcome, Lines: in.Lines, Salt: detail.Salt}
+	if err := putPrivate(ctx, cl.Collection, adjKey, adj); err != nil {
+		return nil, err
+	}
+	cl.Status, cl.Outcome, cl.ApprovedCents = StatusAdjudicated, outcome, approved
+	cl.AdjudicatedAt = timeText(now)
+	cl.PurgeAfter = timeText(now.Add(time.Duration(in.RetentionSeconds) * time.Second))
+	cl.TxID = ctx.GetStub().GetTxID()
+	if err := putJSON(ctx, k, cl); err != nil {
+		return nil, err
+	}
+	return cl, emit(ctx, "Claims.Adjudicated", cl)
+}
+
+// judge checks the decision against the claim's lines and derives the claim outcome and approved total.
+func judge(detail ClaimDetail, in AdjudicationInput) (string, int64, error) {
+	if in.RetentionSeconds < 0 || time.Duration(in.RetentionSeconds)*time.Second > maxRetention {
+		return "", 0, invalid("retentionSeconds %d is out of range (0 to ten years)", in.RetentionSeconds)
+	}
+	if len(in.Lines) != len(detail.Lines) {
+		return "", 0, invalid("the adjudication has %d lines; the claim has %d", len(in.Lines), len(detail.Lines))
+	}
+	net := map[int]int64{}
+	for _, l := range detail.Lines {
+		net[l.Sequence] = l.NetCents
+	}
+	var approved int64
+	counts := map[string]int{}
+	for i, l := range in.Lines {
+		billed, ok := net[l.Sequence]
+		if !ok {
+			return "", 0, invalid("adjudication.lines[%d].sequence %d is not a line of the claim", i, l.Sequence)
+		}
+		delete(net, l.Sequence)
+		if err := l.check(i, billed); err != nil {
+			return "", 0, err
+		}
+		counts[l.Outcome]++
+		approved += l.ApprovedCents
+	}
+	switch {
+	case counts[OutcomeApproved] == len(in.Lines):
+		return OutcomeApproved, approved, nil
+	case counts[OutcomeDenied] == len(in.Lines):
+		return OutcomeDenied, 0, nil
+	default:
+		return OutcomePartial, approved, nil
+	}
+}
+
+func (l LineAdjudication) check(i int, billed int64) error {
+	for _, r := range l.Reasons {
+		if !reasonPattern.MatchString(r) {
+			return invalid("adjudication.lines[%d]: reason %q is not a claim adjustment reason code", i, r)
+		}
+	}
+	switch l.Outcome {
+	case OutcomeApproved:
+		if l.ApprovedCents != billed {
+			return invalid("adjudication.lines[%d]: an approved line pays what was billed (%d)", i, billed)
+		}
+	case OutcomePartial:
+		if l.ApprovedCents <= 0 || l.ApprovedCents >= billed || len(l.Reasons) == 0 {
+			return invalid("adjudication.lines[%d]: a partial line pays less than billed, more than 0, with a reason", i)
+		}
+	case OutcomeDenied:
+		if l.ApprovedCents != 0 || len(l.Reasons) == 0 {
+			return invalid("adjudication.lines[%d]: a denied line pays 0 and gives a reason", i)
+		}
+	default:
+		return invalid("adjudication.lines[%d].outcome %q is not approved, partial or denied", i, l.Outcome)
+	}
+	return nil
+}
+
+// Pay records the insurer's payment of an approved or partially approved claim.
+func (c *Claims) Pay(ctx contractapi.TransactionContextInterface, claimID, paymentRef string) (*Claim, error) {
+	caller, err := writerOfKind(ctx, c.cfg, KindInsurer, "Claims.Pay")
+	if err != nil {
+		return nil, err
+	}
+	cl, k, err := c.load(ctx, claimID)
+	if err != nil {
+		return nil, err
+	}
+	if cl.Insurer != caller.MSP {
+		return nil, forbidden("claim %s is addressed to %s", claimID, cl.Insurer)
+	}
+	if err := matches(refPattern, "paymentRef", paymentRef, "a payment reference"); err != nil {
+		return nil, err
+	}
+	if cl.Status != StatusAdjudicated {
+		return nil, conflict("claim %s is %s; only an adjudicated claim is paid", claimID, cl.Status)
+	}
+	if cl.Outcome == OutcomeDenied {
+		return nil, conflict("claim %s was denied; there is nothing to pay", claimID)
+	}
+	now, err := txTime(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cl.Status, cl.PaymentRef, cl.PaidCents, cl.PaidAt = StatusPaid, paymentRef, cl.ApprovedCents, timeText(now)
+	cl.TxID = ctx.GetStub().GetTxID()
+	if err := putJSON(ctx, k, cl); err != nil {
+		return nil, err
+	}
+	return cl, emit(ctx, "Claims.Paid", cl)
+}
+
+// Cancel withdraws a claim its provider submitted, before adjudication. The same claim may then be filed again.
+func (c *Claims) Cancel(ctx contractapi.TransactionContextInterface, claimID, reason string) (*Claim, error) {
+	caller, err := writerOfKind(ctx, c.cfg, KindProvider, "Claims.Cancel")
+	if err != nil {
+		return nil, err
+	}
+	cl, k, err := c.load(ctx, claimID)
+	if err != nil {
+		return nil, err
+	}
+	if cl.Provider != caller.MSP {
+		return nil, forbidden("claim %s was submitted by %s", claimID, cl.Provider)
+	}
+	if err := matches(codePattern, "reason", reason, "a short reason code"); err != nil {
+		return nil, err
+	}
+	if cl.Status != StatusSubmitted {
+		return nil, conflict("claim %s is %s; only a submitted claim can be cancelled", claimID, cl.Status)
+	}
+	now, err := txTime(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.dropFromIndex(ctx, cl); err != nil {
+		return nil, err
+	}
+	cl.Status, cl.CancelledAt, cl.CancelReason, cl.PurgeAfter = StatusCancelled, timeText(now), reason, timeText(now)
+	cl.TxID = ctx.GetStub().GetTxID()
+	if err := putJSON(ctx, k, cl); err != nil {
+		return nil, err
+	}
+	return cl, emit(ctx, "Claims.Cancelled", cl)
+}
+
+// PurgeLines removes a decided claim's private lines and adjudication from every peer and from their history
+// (Fabric's purge), once the retention period has passed. Either party may run it; the hashes stay on chain.
+func (c *Claims) PurgeLines(ctx contractapi.TransactionContextInterface, claimID string) (*Claim, error) {
+	caller, err := writer(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cl, k, err := c.load(ctx, claimID)
+	if err != nil {
+		return nil, err
+	}
+	if caller.MSP != cl.Provider && caller.MSP != cl.Insurer {
+		return nil, forbidden("only %s or %s may purge the lines of claim %s", cl.Provider, cl.Insurer, claimID)
+	}
+	if cl.Status == StatusSubmitted {
+		return nil, conflict("claim %s is not decided yet", claimID)
+	}
+	if cl.LinesPurged {
+		return nil, conflict("the lines of claim %s are purged already", claimID)
+	}
+	now, err := txTime(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if after, _ := time.Parse(time.RFC3339Nano, cl.PurgeAfter); now.Before(after) {
+		return nil, conflict("the lines of claim %s are retained until %s", claimID, cl.PurgeAfter)
+	}
+	if cl.Status != StatusCancelled {
+		if err := c.dropFromIndex(ctx, cl); err != nil {
+			return nil, err
+		}
+	}
+	for _, kind := range []string{keyClaimLines, keyClaimAdjudicate} {
+		pk, err := key(ctx, kind, claimID)
+		if err != nil {
+			return nil, err
+		}
+		if err := ctx.GetStub().PurgePrivateData(cl.Collection, pk); err != nil {
+			return nil, err
+		}
+	}
+	cl.LinesPurged = true
+	cl.TxID = ctx.GetStub().GetTxID()
+	if err := putJSON(ctx, k, cl); err != nil {
+		return nil, err
+	}
+	return cl, emit(ctx, "Claims.LinesPurged", cl)
+}
+
+// Get returns a claim's public state.
+func (c *Claims) Get(ctx contractapi.TransactionContextInterface, claimID string) (*Claim, error) {
+	cl, _, err := c.load(ctx, claimID)
+	return cl, err
+}
+
+// Lines returns a claim's private lines; only the provider's and the insurer's peers hold them.
+func (c *Claims) Lines(ctx contractapi.TransactionContextInterface, claimID string) (*ClaimDetail, error) {
+	cl, _, err := c.load(ctx, claimID)
+	if err != nil {
+		return nil, err
+	}
+	var d ClaimDetail
+	if err := c.private(ctx, cl, keyClaimLines, &d); err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
+// AdjudicationOf returns the insurer's per-line decision; only the provider's and the insurer's peers hold it.
+func (c *Claims) AdjudicationOf(ctx contractapi.TransactionContextInterface, claimID string) (*Adjudication, error) {
+	cl, _, err := c.load(ctx, claimID)
+	if err != nil {
+		return nil, err
+	}
+	var a Adjudication
+	if err := c.private(ctx, cl, keyClaimAdjudicate, &a); err != nil {
+		return nil, err
+	}
+	return &a, nil
+}
+
+func (c *Claims) private(ctx contractapi.TransactionContextInterface, cl *Claim, kind string, v any) error {
+	caller, err := callerOf(ctx)
+	if err != nil {
+		return err
+	}
+	if caller.MSP != cl.Provider && caller.MSP != cl.Insurer {
+		return forbidden("the private part of claim %s is shared by %s and %s only", cl.ClaimID, cl.Provider, cl.Insurer)
+	}
+	pk, err := key(ctx, kind, cl.ClaimID)
+	if err != nil {
+		return err
+	}
+	// Read even after a purge: what the peer returns, not a flag, shows that the purge really happened.
+	found, err := getPrivate(ctx, cl.Collection, pk, v)
+	switch {
+	case err != nil:
+		return err
+	case !found && cl.LinesPurged:
+		return notFound("the private part of claim %s was purged after retention", cl.ClaimID)
+	case !found:
+		return notFound("claim %s has no %s on this peer", cl.ClaimID, kind)
+	}
+	return nil
+}

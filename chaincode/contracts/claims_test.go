@@ -1,0 +1,339 @@
+package contracts
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hyperledger/fabric-contract-api-go/v2/contractapi"
+)
+
+var salt = strings.Repeat("5a", 16)
+
+func submission(id string) ClaimSubmission {
+	return ClaimSubmission{ClaimID: id, Patient: patientA, Insurer: "InsurerMSP", ServiceDate: "2026-02-27",
+		Currency: "USD", TotalCents: 27500, Digest: digest1}
+}
+
+func detail(id string) ClaimDetail {
+	return ClaimDetail{ClaimID: id, Coverage: "Coverage/cov-1", Salt: salt, Lines: []ClaimLine{
+		{Sequence: 1, Code: "99213", Quantity: 1, UnitPriceCents: 12500, NetCents: 12500},
+		{Sequence: 2, Code: "80053", Quantity: 2, UnitPriceCents: 7500, NetCents: 15000},
+	}}
+}
+
+func submit(t *testing.T, w *world, a actor, s ClaimSubmission, d ClaimDetail) (*Claim, error) {
+	t.Helper()
+	c := newClaims(testConfig)
+	tm := map[string][]byte{transientClaim: []byte(mustJSON(t, d))}
+	return call(w, a, c, tm, func(ctx contractapi.TransactionContextInterface) (*Claim, error) {
+		return c.Submit(ctx, mustJSON(t, s))
+	})
+}
+
+func adjudicate(t *testing.T, w *world, a actor, id string, in AdjudicationInput) (*Claim, error) {
+	t.Helper()
+	c := newClaims(testConfig)
+	tm := map[string][]byte{transientAdjudge: []byte(mustJSON(t, in))}
+	return call(w, a, c, tm, func(ctx contractapi.TransactionContextInterface) (*Claim, error) {
+		return c.Adjudicate(ctx, id)
+	})
+}
+
+func claimStep(w *world, a actor, fn func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error)) (*Claim, error) {
+	c := newClaims(testConfig)
+	return call(w, a, c, nil, func(ctx contractapi.TransactionContextInterface) (*Claim, error) { return fn(c, ctx) })
+}
+
+func approveAll(retention int64) AdjudicationInput {
+	return AdjudicationInput{RetentionSeconds: retention, Lines: []LineAdjudication{
+		{Sequence: 1, Outcome: OutcomeApproved, ApprovedCents: 12500, Reasons: []string{}},
+		{Sequence: 2, Outcome: OutcomeApproved, ApprovedCents: 15000, Reasons: []string{}},
+	}}
+}
+
+func TestClaimsSubmitValidation(t *testing.T) {
+	cases := []struct {
+		name   string
+		caller string
+		sub    func(*ClaimSubmission)
+		det    func(*ClaimDetail)
+		code   string
+		msg    string
+	}{
+		{"insurer cannot submit", "InsurerMSP", nil, nil, CodeForbidden, "only provider orgs"},
+		{"pharma cannot submit", "PharmaMSP", nil, nil, CodeForbidden, "only provider orgs"},
+		{"bad claim id", "", func(s *ClaimSubmission) { s.ClaimID = "a b" }, nil, CodeInvalid, "claimId"},
+		{"patient name", "", func(s *ClaimSubmission) { s.Patient = "John Smith" }, nil, CodeInvalid, "pseudonym"},
+		{"insurer not an insurer", "", func(s *ClaimSubmission) { s.Insurer = "ClinicMSP" }, nil, CodeInvalid, "not an insurer"},
+		{"future service date", "", func(s *ClaimSubmission) { s.ServiceDate = "2026-03-02" }, nil, CodeInvalid, "future"},
+		{"bad date", "", func(s *ClaimSubmission) { s.ServiceDate = "27/02/2026" }, nil, CodeInvalid, "YYYY-MM-DD"},
+		{"bad currency", "", func(s *ClaimSubmission) { s.Currency = "usd" }, nil, CodeInvalid, "ISO 4217"},
+		{"zero total", "", func(s *ClaimSubmission) { s.TotalCents = 0 }, nil, CodeInvalid, "totalCents"},
+		{"total differs from lines", "", func(s *ClaimSubmission) { s.TotalCents = 27501 }, nil, CodeInvalid, "sum of the lines"},
+		{"no salt", "", nil, func(d *ClaimDetail) { d.Salt = "" }, CodeInvalid, "salt"},
+		{"transient for another claim", "", nil, func(d *ClaimDetail) { d.ClaimID = "other" }, CodeInvalid, "does not match"},
+		{"no lines", "", nil, func(d *ClaimDetail) { d.Lines = nil }, CodeInvalid, "1 to 999 lines"},
+		{"repeated sequence", "", nil, func(d *ClaimDetail) { d.Lines[1].Sequence = 1 }, CodeInvalid, "sequence"},
+		{"bad code", "", nil, func(d *ClaimDetail) { d.Lines[0].Code = "" }, CodeInvalid, "billing code"},
+		{"net is not qty x price", "", nil, func(d *ClaimDetail) { d.Lines[1].NetCents = 14000 }, CodeInvalid, "quantity x unitPriceCents"},
+		{"zero quantity", "", nil, func(d *ClaimDetail) { d.Lines[0].Quantity = 0 }, CodeInvalid, "quantity"},
+		{"bad coverage ref", "", nil, func(d *ClaimDetail) { d.Coverage = "" }, CodeInvalid, "Coverage"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld("claims")
+			s, d := submission("cl-1"), detail("cl-1")
+			if tc.sub != nil {
+				tc.sub(&s)
+			}
+			if tc.det != nil {
+				tc.det(&d)
+			}
+			caller := "HospitalMSP"
+			if tc.caller != "" {
+				caller = tc.caller
+			}
+			_, err := submit(t, w, client(t, caller), s, d)
+			wantErr(t, err, tc.code, tc.msg)
+			if len(w.state) != 0 || len(w.private) != 0 {
+				t.Fatal("a rejected claim changed state")
+			}
+		})
+	}
+	t.Run("lines must come as transient data", func(t *testing.T) {
+		w := newWorld("claims")
+		c := newClaims(testConfig)
+		_, err := call(w, client(t, "HospitalMSP"), c, nil, func(ctx contractapi.TransactionContextInterface) (*Claim, error) {
+			return c.Submit(ctx, mustJSON(t, submission("cl-1")))
+		})
+		wantErr(t, err, CodeInvalid, "transient data \"claim\" is missing")
+	})
+	t.Run("only on the claims channel", func(t *testing.T) {
+		_, err := submit(t, newWorld("providers"), client(t, "HospitalMSP"), submission("cl-1"), detail("cl-1"))
+		wantErr(t, err, CodeForbidden, "does not serve channel")
+	})
+}
+
+func TestClaimsSubmitKeepsLinesPrivate(t *testing.T) {
+	w := newWorld("claims")
+	cl, err := submit(t, w, client(t, "HospitalMSP"), submission("cl-1"), detail("cl-1"))
+	mustOK(t, err)
+	if cl.Status != StatusSubmitted || cl.Collection != "lines_HospitalMSP_InsurerMSP" || cl.Provider != "HospitalMSP" {
+		t.Fatalf("claim %+v", cl)
+	}
+	for k, v := range w.state {
+		if strings.Contains(string(v), "99213") || strings.Contains(k, "99213") {
+			t.Fatalf("a line code reached public state: %q", k)
+		}
+	}
+	if ev := lastEvent(t, w); ev.Name != "Claims.Submitted" || strings.Contains(string(ev.Payload), "99213") {
+		t.Fatalf("event %s %s", ev.Name, ev.Payload)
+	}
+	if len(w.private[cl.Collection]) != 2 {
+		t.Fatalf("private writes: %d keys", len(w.private[cl.Collection]))
+	}
+	c := newClaims(testConfig)
+	for _, who := range []string{"HospitalMSP", "InsurerMSP"} {
+		d, err := call(w, client(t, who), c, nil, func(ctx contractapi.TransactionContextInterface) (*ClaimDetail, error) {
+			return c.Lines(ctx, "cl-1")
+		})
+		mustOK(t, err)
+		if len(d.Lines) != 2 || d.Lines[0].Code != "99213" {
+			t.Fatalf("%s reads %+v", who, d)
+		}
+	}
+	_, err = call(w, client(t, "ClinicMSP"), c, nil, func(ctx contractapi.TransactionContextInterface) (*ClaimDetail, error) {
+		return c.Lines(ctx, "cl-1")
+	})
+	wantErr(t, err, CodeForbidden, "shared by HospitalMSP and InsurerMSP only")
+}
+
+func TestClaimsDuplicates(t *testing.T) {
+	w := newWorld("claims")
+	hospital := client(t, "HospitalMSP")
+	_, err := submit(t, w, hospital, submission("cl-1"), detail("cl-1"))
+	mustOK(t, err)
+	_, err = submit(t, w, hospital, submission("cl-1"), detail("cl-1"))
+	wantErr(t, err, CodeConflict, "exists already")
+
+	// Same patient, provider, date and codes (in another order) under a new id: a duplicate.
+	d := detail("cl-2")
+	d.Lines[0], d.Lines[1] = d.Lines[1], d.Lines[0]
+	_, err = submit(t, w, hospital, submission("cl-2"), d)
+	wantErr(t, err, CodeConflict, "duplicate claim: cl-1")
+
+	// Another day, or another provider, is not a duplicate.
+	s := submission("cl-3")
+	s.ServiceDate = "2026-02-28"
+	_, err = submit(t, w, hospital, s, detail("cl-3"))
+	mustOK(t, err)
+	_, err = submit(t, w, client(t, "ClinicMSP"), submission("cl-4"), detail("cl-4"))
+	mustOK(t, err)
+
+	// A cancelled claim may be filed again.
+	_, err = claimStep(w, hospital, func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error) {
+		return c.Cancel(ctx, "cl-1", "wrong-payer")
+	})
+	mustOK(t, err)
+	_, err = submit(t, w, hospital, submission("cl-5"), detail("cl-5"))
+	mustOK(t, err)
+}
+
+func TestClaimsStateMachine(t *testing.T) {
+	hospital, insurer, clinic := client(t, "HospitalMSP"), client(t, "InsurerMSP"), client(t, "ClinicMSP")
+	pay := func(w *world, a actor, id string) (*Claim, error) {
+		return claimStep(w, a, func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error) {
+			return c.Pay(ctx, id, "EFT-0001")
+		})
+	}
+	cancel := func(w *world, a actor, id string) (*Claim, error) {
+		return claimStep(w, a, func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error) {
+			return c.Cancel(ctx, id, "duplicate-entry")
+		})
+	}
+	purge := func(w *world, a actor, id string) (*Claim, error) {
+		return claimStep(w, a, func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error) {
+			return c.PurgeLines(ctx, id)
+		})
+	}
+
+	t.Run("approve, pay, purge after retention", func(t *testing.T) {
+		w := newWorld("claims")
+		_, err := submit(t, w, hospital, submission("cl-1"), detail("cl-1"))
+		mustOK(t, err)
+		_, err = pay(w, insurer, "cl-1")
+		wantErr(t, err, CodeConflict, "only an adjudicated claim is paid")
+		_, err = adjudicate(t, w, hospital, "cl-1", approveAll(3600))
+		wantErr(t, err, CodeForbidden, "only insurer orgs")
+		cl, err := adjudicate(t, w, insurer, "cl-1", approveAll(3600))
+		mustOK(t, err)
+		if cl.Status != StatusAdjudicated || cl.Outcome != OutcomeApproved || cl.ApprovedCents != 27500 {
+			t.Fatalf("adjudicated %+v", cl)
+		}
+		if ev := lastEvent(t, w); ev.Name != "Claims.Adjudicated" {
+			t.Fatalf("event %s", ev.Name)
+		}
+		_, err = adjudicate(t, w, insurer, "cl-1", approveAll(3600))
+		wantErr(t, err, CodeConflict, "only a submitted claim is adjudicated")
+		_, err = cancel(w, hospital, "cl-1")
+		wantErr(t, err, CodeConflict, "only a submitted claim can be cancelled")
+		_, err = pay(w, hospital, "cl-1")
+		wantErr(t, err, CodeForbidden, "only insurer orgs")
+		cl, err = pay(w, insurer, "cl-1")
+		mustOK(t, err)
+		if cl.Status != StatusPaid || cl.PaidCents != 27500 || cl.PaymentRef != "EFT-0001" {
+			t.Fatalf("paid %+v", cl)
+		}
+		_, err = pay(w, insurer, "cl-1")
+		wantErr(t, err, CodeConflict, "is paid")
+
+		_, err = purge(w, hospital, "cl-1")
+		wantErr(t, err, CodeConflict, "retained until")
+		_, err = purge(w, clinic, "cl-1")
+		wantErr(t, err, CodeForbidden, "only HospitalMSP or InsurerMSP")
+		w.now = w.now.Add(2 * time.Hour)
+		cl, err = purge(w, insurer, "cl-1")
+		mustOK(t, err)
+		if !cl.LinesPurged || len(w.purged) != 2 || len(w.private[cl.Collection]) != 1 {
+			t.Fatalf("purge: %+v, purged %v, left %d", cl, w.purged, len(w.private[cl.Collection]))
+		}
+		_, err = purge(w, insurer, "cl-1")
+		wantErr(t, err, CodeConflict, "purged already")
+		c := newClaims(testConfig)
+		_, err = call(w, hospital, c, nil, func(ctx contractapi.TransactionContextInterface) (*ClaimDetail, error) {
+			return c.Lines(ctx, "cl-1")
+		})
+		wantErr(t, err, CodeNotFound, "purged")
+	})
+
+	t.Run("partial and denied", func(t *testing.T) {
+		w := newWorld("claims")
+		_, err := submit(t, w, hospital, submission("cl-1"), detail("cl-1"))
+		mustOK(t, err)
+		partial := AdjudicationInput{Lines: []LineAdjudication{
+			{Sequence: 1, Outcome: OutcomeApproved, ApprovedCents: 12500, Reasons: []string{}},
+			{Sequence: 2, Outcome: OutcomePartial, ApprovedCents: 10000, Reasons: []string{"45"}},
+		}}
+		cl, err := adjudicate(t, w, insurer, "cl-1", partial)
+		mustOK(t, err)
+		if cl.Outcome != OutcomePartial || cl.ApprovedCents != 22500 {
+			t.Fatalf("partial %+v", cl)
+		}
+		c := newClaims(testConfig)
+		adj, err := call(w, hospital, c, nil, func(ctx contractapi.TransactionContextInterface) (*Adjudication, error) {
+			return c.AdjudicationOf(ctx, "cl-1")
+		})
+		mustOK(t, err)
+		if adj.Lines[1].Reasons[0] != "45" {
+			t.Fatalf("adjudication %+v", adj)
+		}
+
+		s := submission("cl-2")
+		s.ServiceDate = "2026-02-20"
+		_, err = submit(t, w, hospital, s, detail("cl-2"))
+		mustOK(t, err)
+		denied := AdjudicationInput{Lines: []LineAdjudication{
+			{Sequence: 1, Outcome: OutcomeDenied, Reasons: []string{"27"}},
+			{Sequence: 2, Outcome: OutcomeDenied, Reasons: []string{"27"}},
+		}}
+		cl, err = adjudicate(t, w, insurer, "cl-2", denied)
+		mustOK(t, err)
+		if cl.Outcome != OutcomeDenied || cl.ApprovedCents != 0 {
+			t.Fatalf("denied %+v", cl)
+		}
+		_, err = pay(w, insurer, "cl-2")
+		wantErr(t, err, CodeConflict, "denied")
+	})
+
+	t.Run("adjudication must match the lines", func(t *testing.T) {
+		cases := []struct {
+			name string
+			in   AdjudicationInput
+			msg  string
+		}{
+			{"too few lines", AdjudicationInput{Lines: approveAll(0).Lines[:1]}, "has 1 lines; the claim has 2"},
+			{"unknown sequence", AdjudicationInput{Lines: []LineAdjudication{approveAll(0).Lines[0], {Sequence: 9, Outcome: OutcomeApproved}}}, "not a line"},
+			{"approved pays less", AdjudicationInput{Lines: []LineAdjudication{approveAll(0).Lines[0], {Sequence: 2, Outcome: OutcomeApproved, ApprovedCents: 1}}}, "pays what was billed"},
+			{"partial without reason", AdjudicationInput{Lines: []LineAdjudication{approveAll(0).Lines[0], {Sequence: 2, Outcome: OutcomePartial, ApprovedCents: 100}}}, "with a reason"},
+			{"partial pays all", AdjudicationInput{Lines: []LineAdjudication{approveAll(0).Lines[0], {Sequence: 2, Outcome: OutcomePartial, ApprovedCents: 15000, Reasons: []string{"45"}}}}, "pays less than billed"},
+			{"denied pays", AdjudicationInput{Lines: []LineAdjudication{approveAll(0).Lines[0], {Sequence: 2, Outcome: OutcomeDenied, ApprovedCents: 5, Reasons: []string{"27"}}}}, "pays 0"},
+			{"bad reason", AdjudicationInput{Lines: []LineAdjudication{approveAll(0).Lines[0], {Sequence: 2, Outcome: OutcomeDenied, Reasons: []string{"too expensive"}}}}, "reason"},
+			{"bad outcome", AdjudicationInput{Lines: []LineAdjudication{approveAll(0).Lines[0], {Sequence: 2, Outcome: "maybe"}}}, "outcome"},
+			{"negative retention", AdjudicationInput{RetentionSeconds: -1, Lines: approveAll(0).Lines}, "retentionSeconds"},
+		}
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				w := newWorld("claims")
+				_, err := submit(t, w, hospital, submission("cl-1"), detail("cl-1"))
+				mustOK(t, err)
+				_, err = adjudicate(t, w, insurer, "cl-1", tc.in)
+				wantErr(t, err, CodeInvalid, tc.msg)
+			})
+		}
+	})
+
+	t.Run("cancel", func(t *testing.T) {
+		w := newWorld("claims")
+		_, err := submit(t, w, hospital, submission("cl-1"), detail("cl-1"))
+		mustOK(t, err)
+		_, err = cancel(w, clinic, "cl-1")
+		wantErr(t, err, CodeForbidden, "submitted by HospitalMSP")
+		_, err = cancel(w, insurer, "cl-1")
+		wantErr(t, err, CodeForbidden, "only provider orgs")
+		cl, err := cancel(w, hospital, "cl-1")
+		mustOK(t, err)
+		if cl.Status != StatusCancelled {
+			t.Fatalf("cancelled %+v", cl)
+		}
+		if ev := lastEvent(t, w); ev.Name != "Claims.Cancelled" {
+			t.Fatalf("event %s", ev.Name)
+		}
+		_, err = adjudicate(t, w, insurer, "cl-1", approveAll(0))
+		wantErr(t, err, CodeConflict, "is cancelled")
+		_, err = cancel(w, hospital, "missing")
+		wantErr(t, err, CodeNotFound, "does not exist")
+		_, err = purge(w, hospital, "cl-1")
+		mustOK(t, err)
+	})
+}
