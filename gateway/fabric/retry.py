@@ -7,23 +7,36 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from gateway.fabric.errors import CommitFailed
+from gateway.fabric.errors import CommitFailed, EndorsementFailed, FabricError
 
 T = TypeVar("T")
 
 CONFLICT_CODES = frozenset({"MVCC_READ_CONFLICT", "PHANTOM_READ_CONFLICT"})
 
 
+def is_read_race(err: FabricError) -> bool:
+    """True when the transaction failed only because a concurrent write changed what it read.
+
+    At commit that is an MVCC or phantom read conflict. At endorsement it shows as endorsers that returned different
+    results ("ProposalResponsePayloads do not match"): one of them had already committed the competing write.
+    """
+    if isinstance(err, CommitFailed):
+        return err.code in CONFLICT_CODES
+    if isinstance(err, EndorsementFailed):
+        return any("ProposalResponsePayloads do not match" in m for m in err.chaincode_messages)
+    return False
+
+
 def retry_conflicts(attempt: Callable[[], T], attempts: int = 5, base_delay: float = 0.05) -> T:
-    """Run `attempt` (which must build and submit a NEW transaction each call) until it is not a read conflict.
+    """Run `attempt` (which must build and submit a NEW transaction each call) until it is not a read race.
 
     Backoff is exponential with full jitter, so competing writers spread out instead of colliding again.
     """
     for n in range(attempts):
         try:
             return attempt()
-        except CommitFailed as e:
-            if e.code not in CONFLICT_CODES or n == attempts - 1:
+        except (CommitFailed, EndorsementFailed) as e:
+            if not is_read_race(e) or n == attempts - 1:
                 raise
             time.sleep(random.uniform(0, base_delay * 2**n))
     raise AssertionError("unreachable")

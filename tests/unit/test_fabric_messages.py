@@ -152,3 +152,26 @@ def test_retry_conflicts_retries_only_read_conflicts() -> None:
 
     with pytest.raises(CommitFailed, match="ENDORSEMENT_POLICY_FAILURE"):
         retry_conflicts(policy_failure)
+
+
+def test_retry_conflicts_retries_endorsers_that_disagree_but_not_chaincode_errors() -> None:
+    from gateway.fabric.errors import EndorsementFailed, PeerDetail
+
+    def endorsement(message: str) -> EndorsementFailed:
+        return EndorsementFailed("endorse", "ABORTED", "failed", (PeerDetail("p:1", "ClinicMSP", message),))
+
+    calls: list[int] = []
+
+    def disagreeing() -> str:
+        calls.append(1)
+        if len(calls) < 2:
+            raise endorsement("ProposalResponsePayloads do not match")
+        return "done"
+
+    assert retry_conflicts(disagreeing, base_delay=0.001) == "done"
+
+    def refused() -> str:
+        raise endorsement("chaincode response 500, CONFLICT: taken")
+
+    with pytest.raises(EndorsementFailed):
+        retry_conflicts(refused)
