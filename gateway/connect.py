@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gateway.fabric import Endpoint, Gateway, Timeouts, load_msp
+from gateway.fabric.aio import AsyncGateway
 from gateway.fabric.client import DEFAULT_TIMEOUTS
 from network.topology import Org, Topology
 
@@ -18,3 +19,12 @@ def gateway(topology: Topology, org: Org | str, user: str = "User1", timeouts: T
     org = topology.org(org) if isinstance(org, str) else org
     identity, signer = load_msp(topology.user_dir(org, user) / "msp", org.msp_id)
     return Gateway(endpoint(topology, org, user), identity, signer, timeouts)
+
+
+def async_gateway(
+    topology: Topology, org: Org | str, user: str = "User1", timeouts: Timeouts = DEFAULT_TIMEOUTS
+) -> AsyncGateway:
+    """The asyncio form of `gateway`; create it inside the event loop that will use it."""
+    org = topology.org(org) if isinstance(org, str) else org
+    identity, signer = load_msp(topology.user_dir(org, user) / "msp", org.msp_id)
+    return AsyncGateway(endpoint(topology, org, user), identity, signer, timeouts)

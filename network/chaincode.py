@@ -156,7 +156,7 @@ def ensure_server(topology: Topology, pkg: Package) -> bool:
     proc.stop()
     binary = build_server()
     host, port = topology.chaincode_address.rsplit(":", 1)
-    ensure_port_free(SERVER_NAME, host, int(port))
+    ensure_port_free(SERVER_NAME, host, int(port), wait=10.0)  # the server we just stopped may still hold it
     tls = _tls_files(topology)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),

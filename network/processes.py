@@ -131,16 +131,24 @@ def _state(pid: int) -> str | None:
     return "exited"
 
 
-def ensure_port_free(owner: str, host: str, port: int) -> None:
-    """Fail fast, naming the port, when another process listens where a node is about to."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                raise PortInUse(owner, f"{host}:{port}") from None
-            raise
+def ensure_port_free(owner: str, host: str, port: int, wait: float = 0.0) -> None:
+    """Fail, naming the port, when another process listens where a node is about to.
+
+    `wait` gives a process we just stopped that long to let go of the port before it counts as taken.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+                return
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    raise
+        if time.monotonic() >= deadline:
+            raise PortInUse(owner, f"{host}:{port}")
+        time.sleep(0.1)
 
 
 def rss_bytes(pid: int) -> int:

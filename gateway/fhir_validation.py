@@ -1,0 +1,235 @@
+"""FHIR R4 input checks, before anything is stored or sent to the ledger.
+
+`fhir.resources` (R4 through its R4B models) checks structure and types. It does not check terminology: it accepts
+`Bundle.type = "nonsense"` and `Patient.gender = "xyz"`. So every coded element whose model lists `enum_values` (the
+required bindings) is checked here as well. Bundle rules come on top: supported types only, unique fullUrls, no
+dangling `urn:uuid:` references, and size limits. Every problem is an `Issue` that names the element.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+from fhir.resources.R4B import get_fhir_model_class
+from fhir_core.fhirabstractmodel import FHIRAbstractModel
+
+# The resource types this gateway stores, each with the element that names its patient (None: it is the patient).
+PATIENT_ELEMENT: dict[str, str | None] = {
+    "Patient": None,
+    "AllergyIntolerance": "patient",
+    "CarePlan": "subject",
+    "Claim": "patient",
+    "Condition": "subject",
+    "Consent": "patient",
+    "Coverage": "beneficiary",
+    "DiagnosticReport": "subject",
+    "Encounter": "subject",
+    "Immunization": "patient",
+    "MedicationDispense": "subject",
+    "MedicationRequest": "subject",
+    "MedicationStatement": "subject",
+    "Observation": "subject",
+    "Procedure": "subject",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int = 10 * 1024 * 1024
+    max_entries: int = 5000
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem, as an OperationOutcome issue: FHIR issue code, the element's FHIRPath, and what is wrong."""
+
+    code: str  # structure | required | value | code-invalid | not-supported | too-costly | invariant
+    expression: str
+    diagnostics: str
+
+
+class FhirInvalid(Exception):
+    """The input breaks FHIR or this server's rules. `status` is the HTTP status it deserves."""
+
+    def __init__(self, issues: list[Issue], status: int = 422) -> None:
+        super().__init__("; ".join(f"{i.expression}: {i.diagnostics}" for i in issues))
+        self.issues = issues
+        self.status = status
+
+
+@dataclass
+class Entry:
+    index: int
+    full_url: str
+    method: str  # POST | PUT
+    resource: dict[str, Any]
+    resource_id: str | None  # the id a PUT names; None for POST (the server assigns one)
+
+
+@dataclass
+class Envelope:
+    """A Bundle whose own fields are valid; its entries are checked by `transaction_entries` or `entry`."""
+
+    type: str  # transaction | batch
+    raw_entries: list[Any] = field(default_factory=list)
+
+
+def parse_json(body: bytes, limits: Limits) -> Any:
+    if len(body) > limits.max_bytes:
+        raise FhirInvalid(
+            [Issue("too-costly", "Bundle", f"the request is {len(body)} bytes; at most {limits.max_bytes}")], 413
+        )
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FhirInvalid([Issue("structure", "Bundle", f"the body is not JSON: {e}")], 400) from None
+
+
+def _path(prefix: str, loc: tuple[int | str, ...]) -> str:
+    out = prefix
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _binding_issues(model: FHIRAbstractModel, path: str) -> Iterator[Issue]:
+    """Coded elements with a required binding whose value is not one of the bound codes, at any depth."""
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name, None)
+        if value is None:
+            continue
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        enum = extra.get("enum_values")
+        allowed = [str(a) for a in enum] if isinstance(enum, list) else []
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            where = f"{path}.{info.alias or name}" + (f"[{i}]" if isinstance(value, list) else "")
+            if allowed and isinstance(item, str) and item not in allowed:
+                codes = ", ".join(allowed)
+                yield Issue("code-invalid", where, f"{item!r} is not one of the required codes: {codes}")
+            elif isinstance(item, FHIRAbstractModel):
+                yield from _binding_issues(item, where)
+
+
+def validate_resource(data: Any, path: str) -> FHIRAbstractModel:
+    """Parse one resource with its R4 model and check its required bindings; raise FhirInvalid naming elements."""
+    if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+        raise FhirInvalid([Issue("structure", path, "a resource is a JSON object with a resourceType")], 400)
+    resource_type = data["resourceType"]
+    try:
+        model_class = get_fhir_model_class(resource_type)
+    except (KeyError, ValueError):
+        raise FhirInvalid(
+            [Issue("not-supported", f"{path}.resourceType", f"unknown resource type {resource_type!r}")]
+        ) from None
+    if resource_type not in PATIENT_ELEMENT:
+        supported = ", ".join(sorted(PATIENT_ELEMENT))
+        raise FhirInvalid(
+            [
+                Issue(
+                    "not-supported",
+                    f"{path}.resourceType",
+                    f"{resource_type} is not stored here; supported: {supported}",
+                )
+            ]
+        )
+    try:
+        model = model_class.model_validate(data)
+    except pydantic.ValidationError as e:
+        issues = [Issue("structure", _path(path, tuple(err["loc"])), err["msg"]) for err in e.errors()]
+        raise FhirInvalid(issues) from None
+    issues = list(_binding_issues(model, path))
+    if issues:
+        raise FhirInvalid(issues)
+    return model
+
+
+def references(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    """Every Reference.reference in a JSON tree, with its FHIRPath."""
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str):
+            yield ref, f"{path}.reference"
+        for k, v in node.items():
+            yield from references(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from references(v, f"{path}[{i}]")
+
+
+def entry(raw: Any, i: int) -> Entry:
+    """Check one Bundle entry: a POST or PUT of a supported, valid resource."""
+    at = f"Bundle.entry[{i}]"
+    if not isinstance(raw, dict):
+        raise FhirInvalid([Issue("structure", at, "an entry is a JSON object")], 400)
+    request = raw.get("request") or {}
+    method = str(request.get("method") or "")
+    url = str(request.get("url") or "")
+    if method not in ("POST", "PUT"):
+        raise FhirInvalid(
+            [Issue("not-supported", f"{at}.request.method", f"{method or 'no method'}: entries are POST or PUT")]
+        )
+    model = validate_resource(raw.get("resource"), f"{at}.resource")
+    resource: dict[str, Any] = raw["resource"]
+    rtype = model.get_resource_type()
+    resource_id: str | None = None
+    if method == "PUT":
+        parts = url.split("/")
+        if len(parts) != 2 or parts[0] != rtype or not parts[1]:
+            raise FhirInvalid([Issue("value", f"{at}.request.url", f"a PUT names {rtype}/<id>, not {url!r}")])
+        resource_id = parts[1]
+        if resource.get("id") not in (None, resource_id):
+            raise FhirInvalid([Issue("value", f"{at}.resource.id", f"the id differs from the request url {url}")])
+    elif url != rtype:
+        raise FhirInvalid([Issue("value", f"{at}.request.url", f"a POST of a {rtype} goes to {rtype!r}, not {url!r}")])
+    full_url = str(raw.get("fullUrl") or "")
+    return Entry(i, full_url, method, resource, resource_id)
+
+
+def envelope(body: bytes, limits: Limits = Limits()) -> Envelope:
+    """Check the Bundle itself: size, JSON, resourceType, type (transaction | batch), entry count."""
+    data = parse_json(body, limits)
+    if not isinstance(data, dict) or data.get("resourceType") != "Bundle":
+        raise FhirInvalid([Issue("structure", "Bundle", "POST /fhir takes a Bundle")], 400)
+    bundle_type = data.get("type")
+    if bundle_type not in ("transaction", "batch"):
+        raise FhirInvalid(
+            [Issue("code-invalid", "Bundle.type", f"{bundle_type!r}: POST /fhir takes a transaction or batch")]
+        )
+    raw_entries = data.get("entry") or []
+    if not isinstance(raw_entries, list):
+        raise FhirInvalid([Issue("structure", "Bundle.entry", "entry is a list")], 400)
+    if len(raw_entries) > limits.max_entries:
+        raise FhirInvalid(
+            [Issue("too-costly", "Bundle.entry", f"{len(raw_entries)} entries; at most {limits.max_entries}")], 413
+        )
+    return Envelope(str(bundle_type), raw_entries)
+
+
+def transaction_entries(env: Envelope) -> list[Entry]:
+    """Every entry of a transaction, checked together: one bad entry rejects the whole bundle."""
+    entries = [entry(raw, i) for i, raw in enumerate(env.raw_entries)]
+    seen: dict[str, int] = {}
+    for e in entries:
+        if not e.full_url:
+            continue
+        if e.full_url in seen:
+            raise FhirInvalid(
+                [
+                    Issue(
+                        "invariant",
+                        f"Bundle.entry[{e.index}].fullUrl",
+                        f"{e.full_url} repeats entry {seen[e.full_url]}",
+                    )
+                ]
+            )
+        seen[e.full_url] = e.index
+    for e in entries:
+        for ref, where in references(e.resource, f"Bundle.entry[{e.index}].resource"):
+            if ref.startswith("urn:uuid:") and ref not in seen:
+                raise FhirInvalid([Issue("invariant", where, f"{ref} names no entry of this bundle")])
+    return entries

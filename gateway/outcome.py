@@ -1,0 +1,68 @@
+"""Errors become FHIR OperationOutcomes with a fitting HTTP status, here and nowhere else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.fabric import FabricError, GatewayTimeout, PeerUnavailable
+from gateway.fhir_validation import FhirInvalid, Issue
+from gateway.ledger import LedgerConflict, LedgerForbidden, LedgerInvalid, LedgerNotFound, LedgerRefused
+from gateway.records import LedgerOutcomeUnknown
+from gateway.store import PatientErased, Tampered, VersionTaken
+
+FHIR_JSON = "application/fhir+json"
+
+
+class HttpProblem(Exception):
+    """A request the edge answers with an OperationOutcome: not found, precondition failed, unauthorised, ..."""
+
+    def __init__(self, status: int, code: str, diagnostics: str, expression: str = "") -> None:
+        super().__init__(diagnostics)
+        self.status = status
+        self.issue = Issue(code, expression, diagnostics)
+
+
+def operation_outcome(issues: list[Issue], severity: str = "error") -> dict[str, Any]:
+    out: list[dict[str, Any]] = []
+    for i in issues:
+        issue: dict[str, Any] = {"severity": severity, "code": i.code, "diagnostics": i.diagnostics}
+        if i.expression:
+            issue["expression"] = [i.expression]
+        out.append(issue)
+    return {"resourceType": "OperationOutcome", "issue": out}
+
+
+_LEDGER_STATUS: list[tuple[type[Exception], int, str]] = [
+    (LedgerConflict, 409, "conflict"),
+    (LedgerForbidden, 403, "forbidden"),
+    (LedgerNotFound, 404, "not-found"),
+    (LedgerInvalid, 422, "invalid"),
+    (VersionTaken, 409, "conflict"),
+    (PatientErased, 410, "deleted"),
+    (Tampered, 500, "exception"),
+    (LedgerOutcomeUnknown, 504, "timeout"),
+    (GatewayTimeout, 504, "timeout"),
+    (PeerUnavailable, 503, "transient"),
+    (FabricError, 502, "exception"),
+]
+
+
+KNOWN_ERRORS: tuple[type[Exception], ...] = (
+    FhirInvalid,
+    HttpProblem,
+    LedgerRefused,
+    *(c for c, _, _ in _LEDGER_STATUS),
+)
+
+
+def problem(err: Exception) -> tuple[int, dict[str, Any]] | None:
+    """The status and OperationOutcome for an error the gateway knows, or None for a bug (500 upstream)."""
+    if isinstance(err, FhirInvalid):
+        return err.status, operation_outcome(err.issues)
+    if isinstance(err, HttpProblem):
+        return err.status, operation_outcome([err.issue])
+    for cls, status, code in _LEDGER_STATUS:
+        if isinstance(err, cls):
+            text = err.message if isinstance(err, LedgerRefused) else str(err)
+            return status, operation_outcome([Issue(code, "", text)])
+    return None

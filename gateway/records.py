@@ -1,0 +1,223 @@
+"""This org's FHIR records: the write path (validated entries → encrypted store → one ledger transaction) and the
+reads, verification and erasure that follow from it.
+
+A transaction bundle is all-or-nothing across both stores: its rows are staged pending, every entry is registered
+in ONE Records:Register transaction, and the rows are committed only when that transaction is valid. When the ledger
+refuses, the staged rows are discarded; when the outcome is unknown (timeout), the ledger is asked what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway import digests
+from gateway.fabric import CommitStatusFailed, GatewayTimeout
+from gateway.fhir_validation import PATIENT_ELEMENT, Entry, FhirInvalid, Issue
+from gateway.ledger import Ledger, LedgerNotFound
+from gateway.store import Row, Store, Stored
+
+
+@dataclass(frozen=True)
+class Written:
+    """One stored resource version, as the transaction-response reports it."""
+
+    type: str
+    id: str
+    version: int
+    last_updated: str
+    created: bool
+    resource: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    reason: str
+    ledger_digest: str
+    store_digest: str
+    tx_id: str
+
+
+class LedgerOutcomeUnknown(Exception):
+    """The ledger did not confirm the bundle and it is not registered (yet): the client should retry."""
+
+
+def now_instant() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Records:
+    def __init__(self, store: Store, ledger: Ledger, consortium_key: bytes, mpi_system: str) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.consortium_key = consortium_key
+        self.mpi_system = mpi_system
+
+    # ----- patients --------------------------------------------------------------------------------------------
+
+    def pseudonym_of_patient(self, patient: dict[str, Any], where: str) -> str:
+        for ident in patient.get("identifier") or []:
+            if ident.get("system") == self.mpi_system and ident.get("value"):
+                return digests.pseudonym(self.consortium_key, self.mpi_system, ident["value"])
+        raise FhirInvalid(
+            [
+                Issue(
+                    "required",
+                    f"{where}.identifier",
+                    f"a Patient needs its consortium identifier (system {self.mpi_system})",
+                )
+            ]
+        )
+
+    def pseudonym_of_local_patient(self, patient_id: str) -> str | None:
+        head = self.store.head("Patient", patient_id)
+        return head[1] if head else None
+
+    # ----- writes ----------------------------------------------------------------------------------------------
+
+    async def transaction(self, entries: list[Entry]) -> list[Written]:
+        """Store and register the entries as one unit; raises FhirInvalid, LedgerRefused or a Fabric error."""
+        if not entries:
+            return []
+        ids = self._assign_ids(entries)
+        patients = self._patients(entries, ids)
+        stamp = now_instant()
+        batch = uuid.uuid4().hex
+        rows: list[Row] = []
+        ledger_entries: list[dict[str, Any]] = []
+        written: list[Written] = []
+        targets = {e.full_url: f"{ids[e.index][0]}/{ids[e.index][1]}" for e in entries if e.full_url}
+        for e in entries:
+            rtype, rid, version = ids[e.index]
+            resource = _rewrite_references(e.resource, targets)
+            resource["id"] = rid
+            resource["meta"] = {**(resource.get("meta") or {}), "versionId": str(version), "lastUpdated": stamp}
+            content = digests.canonical_json(resource)
+            patient = patients[e.index]
+            digest = digests.resource_digest(self.store.digest_key(patient), resource)
+            rows.append(Row(rtype, rid, version, patient, stamp, content))
+            ledger_entries.append(
+                {
+                    "patient": patient,
+                    "resourceType": rtype,
+                    "id": rid,
+                    "version": version,
+                    "digest": digest,
+                    "lastUpdated": stamp,
+                    "size": len(content),
+                }
+            )
+            written.append(Written(rtype, rid, version, stamp, version == 1, resource))
+        self.store.stage(batch, rows)
+        await self._register(batch, ledger_entries)
+        return written
+
+    def _assign_ids(self, entries: list[Entry]) -> dict[int, tuple[str, str, int]]:
+        out: dict[int, tuple[str, str, int]] = {}
+        for e in entries:
+            rtype = e.resource["resourceType"]
+            if e.resource_id is None:
+                out[e.index] = (rtype, str(uuid.uuid4()), 1)
+            else:
+                head = self.store.head(rtype, e.resource_id)
+                out[e.index] = (rtype, e.resource_id, head[0] + 1 if head else 1)
+        return out
+
+    def _patients(self, entries: list[Entry], ids: dict[int, tuple[str, str, int]]) -> dict[int, str]:
+        """The pseudonym each entry is filed under: its own (Patient) or its patient element's."""
+        by_url = {e.full_url: e for e in entries if e.full_url}
+        out: dict[int, str] = {}
+        for e in entries:
+            where = f"Bundle.entry[{e.index}].resource"
+            if e.resource["resourceType"] == "Patient":
+                out[e.index] = self.pseudonym_of_patient(e.resource, where)
+        for e in entries:
+            element = PATIENT_ELEMENT[e.resource["resourceType"]]
+            if element is None:
+                continue
+            where = f"Bundle.entry[{e.index}].resource.{element}"
+            ref = str((e.resource.get(element) or {}).get("reference") or "")
+            target = by_url.get(ref)
+            if target is not None and target.resource["resourceType"] == "Patient":
+                out[e.index] = out[target.index]
+            elif ref.startswith("Patient/") and (p := self.pseudonym_of_local_patient(ref.split("/", 1)[1])):
+                out[e.index] = p
+            else:
+                raise FhirInvalid(
+                    [
+                        Issue(
+                            "invariant",
+                            where,
+                            f"{ref or 'no reference'}: must name a Patient held here or in this bundle",
+                        )
+                    ]
+                )
+        return out
+
+    async def _register(self, batch: str, entries: list[dict[str, Any]]) -> None:
+        try:
+            committed = await self.ledger.register(entries)
+        except (GatewayTimeout, CommitStatusFailed) as e:
+            # Ordered or not? Ask the ledger rather than guess.
+            if await self.reconcile(batch):
+                return
+            raise LedgerOutcomeUnknown(f"the ledger did not confirm the bundle, and it is not registered: {e}") from e
+        except BaseException:
+            self.store.discard(batch)
+            raise
+        self.store.commit(batch, committed.tx_id)
+
+    async def reconcile(self, batch: str) -> bool:
+        """Settle a staged batch by asking the ledger: commit it if its first row is registered, else discard."""
+        rows = self.store.batch_rows(batch)
+        if not rows:
+            return False
+        rtype, rid, version = rows[0]
+        try:
+            record = await self.ledger.record(rtype, rid, version)
+        except LedgerNotFound:
+            self.store.discard(batch)
+            return False
+        self.store.commit(batch, str(record.get("txId", "")))
+        return True
+
+    # ----- reads, verification, erasure -------------------------------------------------------------------------
+
+    def read(self, rtype: str, rid: str, version: int | None = None) -> Stored | None:
+        return self.store.read(rtype, rid, version)
+
+    async def verify(self, stored: Stored) -> Verification:
+        """Recompute the stored content's digest and compare it with the one registered on chain."""
+        record = await self.ledger.record(stored.type, stored.id, stored.version)
+        resource = json.loads(stored.content)
+        mine = digests.resource_digest(self.store.digest_key(stored.patient), resource)
+        ok = mine == record["digest"]
+        reason = (
+            "the stored content matches the ledger" if ok else "the stored content differs from what was registered"
+        )
+        return Verification(ok, reason, str(record["digest"]), mine, str(record.get("txId", "")))
+
+    async def erase(self, patient: str) -> str:
+        """Crypto-shred the patient's data here and record the erasure on chain; returns the transaction id."""
+        self.store.erase(patient, now_instant())
+        return (await self.ledger.record_erasure(patient)).tx_id
+
+
+def _rewrite_references(resource: dict[str, Any], targets: dict[str, str]) -> dict[str, Any]:
+    """A copy of the resource with in-bundle (urn:uuid:) references pointing at the stored Type/id."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {k: walk(v) for k, v in node.items()}
+            if isinstance(out.get("reference"), str) and out["reference"] in targets:
+                out["reference"] = targets[out["reference"]]
+            return out
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return dict(walk(resource))

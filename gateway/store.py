@@ -1,0 +1,259 @@
+"""The custodian's off-chain store: FHIR content encrypted at rest, one data key per patient.
+
+- Content: AES-256-GCM with a random 96-bit nonce; the associated data binds a ciphertext to its
+  `Type/id/version`, so rows cannot be swapped unnoticed.
+- Keys: each patient's 256-bit data key is stored wrapped (AES-256-GCM) by the org's master key, with the patient's
+  pseudonym as associated data. The digest key, which keys the digests on chain, is derived from the data key:
+  destroying the data key (erasure) makes the content unreadable and the digests unlinkable.
+- Writes are two-phase with the ledger: rows are staged `pending`, the bundle is registered on chain, then the rows
+  become `committed`, or are discarded when the ledger refuses. Reads see committed rows only. A crash in between
+  leaves pending rows that `pending_batches` lists for reconciliation against the ledger.
+
+SQLite in the run folder is the embedded default. The class's public methods are the whole interface the gateway
+uses, so another database (PostgreSQL) can stand behind the same methods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+DIGEST_KEY_LABEL = b"careledger/digest-key/v1"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS patient_keys (
+    patient    TEXT PRIMARY KEY,
+    wrapped    BLOB,            -- NULL once erased
+    erased_at  TEXT
+);
+CREATE TABLE IF NOT EXISTS resources (
+    type         TEXT NOT NULL,
+    id           TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    patient      TEXT NOT NULL,
+    state        TEXT NOT NULL,   -- pending | committed
+    batch        TEXT NOT NULL,
+    tx_id        TEXT,
+    last_updated TEXT NOT NULL,
+    nonce        BLOB NOT NULL,
+    ciphertext   BLOB NOT NULL,
+    PRIMARY KEY (type, id, version)
+);
+CREATE INDEX IF NOT EXISTS resources_by_patient ON resources (patient, type, last_updated);
+CREATE INDEX IF NOT EXISTS resources_by_batch ON resources (batch);
+"""
+
+
+class PatientErased(Exception):
+    """The patient's data key was destroyed; their content cannot be read or written any more."""
+
+
+class Tampered(Exception):
+    """A stored ciphertext failed authentication: it was changed outside the gateway."""
+
+
+class VersionTaken(Exception):
+    """Another write staged or committed this resource version first."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """A resource version to stage: plaintext here, encrypted by the store."""
+
+    type: str
+    id: str
+    version: int
+    patient: str
+    last_updated: str
+    content: bytes
+
+
+@dataclass(frozen=True)
+class Stored:
+    type: str
+    id: str
+    version: int
+    patient: str
+    last_updated: str
+    content: bytes
+    tx_id: str | None
+
+
+class Store:
+    def __init__(self, path: Path, master_key: bytes) -> None:
+        if len(master_key) != 32:
+            raise ValueError("the master key is 32 bytes (AES-256)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._master = AESGCM(master_key)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # ----- keys ------------------------------------------------------------------------------------------------
+
+    def _data_key(self, db: sqlite3.Connection, patient: str, create: bool) -> bytes | None:
+        row = db.execute("SELECT wrapped, erased_at FROM patient_keys WHERE patient = ?", (patient,)).fetchone()
+        if row is not None:
+            if row[0] is None:
+                raise PatientErased(f"the patient's data was erased at {row[1]}")
+            wrapped = bytes(row[0])
+            return self._master.decrypt(wrapped[:12], wrapped[12:], patient.encode())
+        if not create:
+            return None
+        key = AESGCM.generate_key(256)
+        nonce = os.urandom(12)
+        wrapped = nonce + self._master.encrypt(nonce, key, patient.encode())
+        db.execute("INSERT INTO patient_keys (patient, wrapped) VALUES (?, ?)", (patient, wrapped))
+        return key
+
+    def digest_key(self, patient: str) -> bytes:
+        """The key of the patient's on-chain digests; creates the patient's data key on first use."""
+        with self._tx() as db:
+            key = self._data_key(db, patient, create=True)
+        assert key is not None
+        return hmac.new(key, DIGEST_KEY_LABEL, hashlib.sha256).digest()
+
+    def erase(self, patient: str, at: str) -> bool:
+        """Crypto-shred: destroy the patient's data key and their ciphertexts. False if nothing was held."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE patient_keys SET wrapped = NULL, erased_at = ? WHERE patient = ? AND wrapped IS NOT NULL",
+                (at, patient),
+            )
+            db.execute("UPDATE resources SET ciphertext = x'', nonce = x'' WHERE patient = ?", (patient,))
+            return cur.rowcount > 0
+
+    def is_erased(self, patient: str) -> bool:
+        row = self._db.execute("SELECT wrapped IS NULL FROM patient_keys WHERE patient = ?", (patient,)).fetchone()
+        return bool(row and row[0])
+
+    # ----- writes ----------------------------------------------------------------------------------------------
+
+    def stage(self, batch: str, rows: Sequence[Row]) -> None:
+        """Encrypt and insert rows as pending, all or none."""
+        try:
+            with self._tx() as db:
+                for r in rows:
+                    key = self._data_key(db, r.patient, create=True)
+                    assert key is not None
+                    nonce = os.urandom(12)
+                    ct = AESGCM(key).encrypt(nonce, r.content, _aad(r.type, r.id, r.version))
+                    db.execute(
+                        "INSERT INTO resources (type, id, version, patient, state, batch, last_updated, nonce,"
+                        " ciphertext) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                        (r.type, r.id, r.version, r.patient, batch, r.last_updated, nonce, ct),
+                    )
+        except sqlite3.IntegrityError as e:
+            raise VersionTaken(str(e)) from None
+
+    def commit(self, batch: str, tx_id: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE resources SET state = 'committed', tx_id = ? WHERE batch = ?", (tx_id, batch))
+
+    def discard(self, batch: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM resources WHERE batch = ? AND state = 'pending'", (batch,))
+
+    def pending_batches(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT DISTINCT batch FROM resources WHERE state = 'pending'")]
+
+    def batch_rows(self, batch: str) -> list[tuple[str, str, int]]:
+        return [
+            (r[0], r[1], int(r[2]))
+            for r in self._db.execute("SELECT type, id, version FROM resources WHERE batch = ?", (batch,))
+        ]
+
+    # ----- reads -----------------------------------------------------------------------------------------------
+
+    def head(self, type_: str, id_: str) -> tuple[int, str] | None:
+        """(newest committed version, patient) of a resource, or None."""
+        row = self._db.execute(
+            "SELECT version, patient FROM resources WHERE type = ? AND id = ? AND state = 'committed'"
+            " ORDER BY version DESC LIMIT 1",
+            (type_, id_),
+        ).fetchone()
+        return (int(row[0]), str(row[1])) if row else None
+
+    def read(self, type_: str, id_: str, version: int | None = None) -> Stored | None:
+        sql = "SELECT type, id, version, patient, last_updated, nonce, ciphertext, tx_id FROM resources"
+        sql += " WHERE type = ? AND id = ? AND state = 'committed'"
+        args: tuple[object, ...] = (type_, id_)
+        if version is not None:
+            sql += " AND version = ?"
+            args += (version,)
+        row = self._db.execute(sql + " ORDER BY version DESC LIMIT 1", args).fetchone()
+        return self._open(row) if row else None
+
+    def history(self, type_: str, id_: str) -> list[Stored]:
+        rows = self._db.execute(
+            "SELECT type, id, version, patient, last_updated, nonce, ciphertext, tx_id FROM resources"
+            " WHERE type = ? AND id = ? AND state = 'committed' ORDER BY version DESC",
+            (type_, id_),
+        ).fetchall()
+        return [self._open(r) for r in rows]
+
+    def patient_resources(self, patient: str) -> list[Stored]:
+        """The newest committed version of every resource of the patient."""
+        rows = self._db.execute(
+            "SELECT type, id, version, patient, last_updated, nonce, ciphertext, tx_id FROM resources r"
+            " WHERE patient = ? AND state = 'committed' AND version ="
+            " (SELECT MAX(version) FROM resources WHERE type = r.type AND id = r.id AND state = 'committed')"
+            " ORDER BY type, id",
+            (patient,),
+        ).fetchall()
+        return [self._open(r) for r in rows]
+
+    def _open(self, row: tuple[object, ...]) -> Stored:
+        type_, id_, version, patient = str(row[0]), str(row[1]), int(str(row[2])), str(row[3])
+        key = self._data_key(self._db, patient, create=False)
+        if key is None:
+            raise Tampered(f"{type_}/{id_} has no data key")
+        try:
+            nonce, ciphertext = row[5], row[6]
+            assert isinstance(nonce, bytes) and isinstance(ciphertext, bytes)
+            content = AESGCM(key).decrypt(nonce, ciphertext, _aad(type_, id_, version))
+        except InvalidTag:
+            raise Tampered(
+                f"{type_}/{id_}/_history/{version} fails authentication: it was changed in the store"
+            ) from None
+        return Stored(type_, id_, version, patient, str(row[4]), content, None if row[7] is None else str(row[7]))
+
+
+def _aad(type_: str, id_: str, version: int) -> bytes:
+    return f"{type_}/{id_}/{version}".encode()
+
+
+def load_master_key(path: Path) -> bytes:
+    """The org's master key file, created (0600) on first use. In production it comes from a KMS or HSM."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(AESGCM.generate_key(256))
+    return path.read_bytes()
