@@ -301,10 +301,8 @@ func (c *Claims) Submit(ctx contractapi.TransactionContextInterface, submissionJ
 	if err != nil {
 		return nil, err
 	}
-	if ok, err := exists(ctx, k); err != nil {
+	if err := mustBeNew(ctx, k, "claim %s exists already", s.ClaimID); err != nil {
 		return nil, err
-	} else if ok {
-		return nil, conflict("claim %s exists already", s.ClaimID)
 	}
 	collection := LinesCollection(caller.MSP, s.Insurer)
 	index, indexKey, err := c.index(ctx, collection, s.Patient)
@@ -416,11 +414,7 @@ func (c *Claims) Adjudicate(ctx contractapi.TransactionContextInterface, claimID
 	cl.Status, cl.Outcome, cl.ApprovedCents = StatusAdjudicated, outcome, approved
 	cl.AdjudicatedAt = timeText(now)
 	cl.PurgeAfter = timeText(now.Add(time.Duration(in.RetentionSeconds) * time.Second))
-	cl.TxID = ctx.GetStub().GetTxID()
-	if err := putJSON(ctx, k, cl); err != nil {
-		return nil, err
-	}
-	return cl, emit(ctx, "Claims.Adjudicated", cl)
+	return cl, c.save(ctx, k, cl, "Claims.Adjudicated")
 }
 
 // judge checks the decision against the claim's lines and derives the claim outcome and approved total.
@@ -511,11 +505,7 @@ func (c *Claims) Pay(ctx contractapi.TransactionContextInterface, claimID, payme
 		return nil, err
 	}
 	cl.Status, cl.PaymentRef, cl.PaidCents, cl.PaidAt = StatusPaid, paymentRef, cl.ApprovedCents, timeText(now)
-	cl.TxID = ctx.GetStub().GetTxID()
-	if err := putJSON(ctx, k, cl); err != nil {
-		return nil, err
-	}
-	return cl, emit(ctx, "Claims.Paid", cl)
+	return cl, c.save(ctx, k, cl, "Claims.Paid")
 }
 
 // Cancel withdraws a claim its provider submitted, before adjudication. The same claim may then be filed again.
@@ -545,11 +535,7 @@ func (c *Claims) Cancel(ctx contractapi.TransactionContextInterface, claimID, re
 		return nil, err
 	}
 	cl.Status, cl.CancelledAt, cl.CancelReason, cl.PurgeAfter = StatusCancelled, timeText(now), reason, timeText(now)
-	cl.TxID = ctx.GetStub().GetTxID()
-	if err := putJSON(ctx, k, cl); err != nil {
-		return nil, err
-	}
-	return cl, emit(ctx, "Claims.Cancelled", cl)
+	return cl, c.save(ctx, k, cl, "Claims.Cancelled")
 }
 
 // PurgeLines removes a decided claim's private lines and adjudication from every peer and from their history
@@ -594,11 +580,16 @@ func (c *Claims) PurgeLines(ctx contractapi.TransactionContextInterface, claimID
 		}
 	}
 	cl.LinesPurged = true
+	return cl, c.save(ctx, k, cl, "Claims.LinesPurged")
+}
+
+// save stores a changed claim under its key, stamped with this transaction, and announces the change.
+func (c *Claims) save(ctx contractapi.TransactionContextInterface, k string, cl *Claim, event string) error {
 	cl.TxID = ctx.GetStub().GetTxID()
 	if err := putJSON(ctx, k, cl); err != nil {
-		return nil, err
+		return err
 	}
-	return cl, emit(ctx, "Claims.LinesPurged", cl)
+	return emit(ctx, event, cl)
 }
 
 // Get returns a claim's public state.

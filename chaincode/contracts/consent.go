@@ -237,10 +237,8 @@ func (c *Consent) Grant(ctx contractapi.TransactionContextInterface, grantJSON s
 	if err != nil {
 		return nil, err
 	}
-	if ok, err := exists(ctx, k); err != nil {
+	if err := mustBeNew(ctx, k, "consent %s exists already; revoke it and grant under a new id", g.ConsentID); err != nil {
 		return nil, err
-	} else if ok {
-		return nil, conflict("consent %s exists already; revoke it and grant under a new id", g.ConsentID)
 	}
 	now, err := txTime(ctx)
 	if err != nil {

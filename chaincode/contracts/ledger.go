@@ -56,6 +56,18 @@ func exists(ctx contractapi.TransactionContextInterface, k string) (bool, error)
 	return raw != nil, err
 }
 
+// mustBeNew refuses to create what exists: a CONFLICT with the message given.
+func mustBeNew(ctx contractapi.TransactionContextInterface, k, format string, a ...any) error {
+	ok, err := exists(ctx, k)
+	if err != nil {
+		return err
+	}
+	if ok {
+		return conflict(format, a...)
+	}
+	return nil
+}
+
 func emit(ctx contractapi.TransactionContextInterface, name string, payload any) error {
 	raw, err := json.Marshal(payload)
 	if err != nil {

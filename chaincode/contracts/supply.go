@@ -200,10 +200,8 @@ func (c *Supply) Commission(ctx contractapi.TransactionContextInterface, unitJSO
 	if err != nil {
 		return nil, err
 	}
-	if ok, err := exists(ctx, k); err != nil {
+	if err := mustBeNew(ctx, k, "unit %s/%s is commissioned already", id.GTIN, id.Serial); err != nil {
 		return nil, err
-	} else if ok {
-		return nil, conflict("unit %s/%s is commissioned already", id.GTIN, id.Serial)
 	}
 	u := &Unit{GTIN: id.GTIN, Serial: id.Serial, Lot: id.Lot, Expiry: id.Expiry, Manufacturer: caller.MSP, Custodian: caller.MSP, State: UnitActive}
 	return u, c.record(ctx, u, k, "Commissioned", CustodyEvent{BizStep: "commissioning", To: caller.MSP, By: caller.MSP})
@@ -350,10 +348,8 @@ func (c *Supply) RecallLot(ctx contractapi.TransactionContextInterface, gtin, lo
 	if err != nil {
 		return nil, err
 	}
-	if ok, err := exists(ctx, k); err != nil {
+	if err := mustBeNew(ctx, k, "lot %s of %s is recalled already", lot, gtin); err != nil {
 		return nil, err
-	} else if ok {
-		return nil, conflict("lot %s of %s is recalled already", lot, gtin)
 	}
 	now, err := txTime(ctx)
 	if err != nil {

@@ -77,10 +77,8 @@ func (c *Trials) RegisterStudy(ctx contractapi.TransactionContextInterface, stud
 	if err != nil {
 		return nil, err
 	}
-	if ok, err := exists(ctx, k); err != nil {
+	if err := mustBeNew(ctx, k, "study %s is registered already; its protocol cannot change", studyID); err != nil {
 		return nil, err
-	} else if ok {
-		return nil, conflict("study %s is registered already; its protocol cannot change", studyID)
 	}
 	now, err := txTime(ctx)
 	if err != nil {
@@ -141,10 +139,8 @@ func (c *Trials) Enrol(ctx contractapi.TransactionContextInterface, studyID, sub
 	if err != nil {
 		return nil, err
 	}
-	if ok, err := exists(ctx, k); err != nil {
+	if err := mustBeNew(ctx, k, "the subject is enrolled in %s already", studyID); err != nil {
 		return nil, err
-	} else if ok {
-		return nil, conflict("the subject is enrolled in %s already", studyID)
 	}
 	e := Enrolment{StudyID: studyID, Subject: subject, ConsentID: consentID, EnrolledBy: caller.MSP, EnrolledAt: timeText(now), TxID: ctx.GetStub().GetTxID()}
 	if err := putJSON(ctx, k, e); err != nil {
@@ -184,10 +180,8 @@ func (c *Trials) AnchorDataset(ctx contractapi.TransactionContextInterface, stud
 	if err != nil {
 		return nil, err
 	}
-	if ok, err := exists(ctx, k); err != nil {
+	if err := mustBeNew(ctx, k, "dataset %s of %s is anchored already", version, studyID); err != nil {
 		return nil, err
-	} else if ok {
-		return nil, conflict("dataset %s of %s is anchored already", version, studyID)
 	}
 	now, err := txTime(ctx)
 	if err != nil {
