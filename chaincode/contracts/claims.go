@@ -367,16 +367,9 @@ func (c *Claims) dropFromIndex(ctx contractapi.TransactionContextInterface, cl *
 // Adjudicate records the insurer's per-line decision (transient "adjudication"). A claim is adjudicated once: a
 // second call is refused, which lets a retried adjudication task treat CONFLICT as done.
 func (c *Claims) Adjudicate(ctx contractapi.TransactionContextInterface, claimID string) (*Claim, error) {
-	caller, err := writerOfKind(ctx, c.cfg, KindInsurer, "Claims.Adjudicate")
+	cl, k, err := c.partyClaim(ctx, claimID, KindInsurer, "Claims.Adjudicate")
 	if err != nil {
 		return nil, err
-	}
-	cl, k, err := c.load(ctx, claimID)
-	if err != nil {
-		return nil, err
-	}
-	if cl.Insurer != caller.MSP {
-		return nil, forbidden("claim %s is addressed to %s", claimID, cl.Insurer)
 	}
 	if cl.Status != StatusSubmitted {
 		return nil, conflict("claim %s is %s; only a submitted claim is adjudicated", claimID, cl.Status)
@@ -480,16 +473,9 @@ func (l LineAdjudication) check(i int, billed int64) error {
 
 // Pay records the insurer's payment of an approved or partially approved claim.
 func (c *Claims) Pay(ctx contractapi.TransactionContextInterface, claimID, paymentRef string) (*Claim, error) {
-	caller, err := writerOfKind(ctx, c.cfg, KindInsurer, "Claims.Pay")
+	cl, k, err := c.partyClaim(ctx, claimID, KindInsurer, "Claims.Pay")
 	if err != nil {
 		return nil, err
-	}
-	cl, k, err := c.load(ctx, claimID)
-	if err != nil {
-		return nil, err
-	}
-	if cl.Insurer != caller.MSP {
-		return nil, forbidden("claim %s is addressed to %s", claimID, cl.Insurer)
 	}
 	if err := matches(refPattern, "paymentRef", paymentRef, "a payment reference"); err != nil {
 		return nil, err
@@ -510,16 +496,9 @@ func (c *Claims) Pay(ctx contractapi.TransactionContextInterface, claimID, payme
 
 // Cancel withdraws a claim its provider submitted, before adjudication. The same claim may then be filed again.
 func (c *Claims) Cancel(ctx contractapi.TransactionContextInterface, claimID, reason string) (*Claim, error) {
-	caller, err := writerOfKind(ctx, c.cfg, KindProvider, "Claims.Cancel")
+	cl, k, err := c.partyClaim(ctx, claimID, KindProvider, "Claims.Cancel")
 	if err != nil {
 		return nil, err
-	}
-	cl, k, err := c.load(ctx, claimID)
-	if err != nil {
-		return nil, err
-	}
-	if cl.Provider != caller.MSP {
-		return nil, forbidden("claim %s was submitted by %s", claimID, cl.Provider)
 	}
 	if err := matches(codePattern, "reason", reason, "a short reason code"); err != nil {
 		return nil, err
@@ -581,6 +560,25 @@ func (c *Claims) PurgeLines(ctx contractapi.TransactionContextInterface, claimID
 	}
 	cl.LinesPurged = true
 	return cl, c.save(ctx, k, cl, "Claims.LinesPurged")
+}
+
+// partyClaim loads a claim for a step only one party may take: its insurer (kind insurer) or its provider.
+func (c *Claims) partyClaim(ctx contractapi.TransactionContextInterface, claimID, kind, action string) (*Claim, string, error) {
+	caller, err := writerOfKind(ctx, c.cfg, kind, action)
+	if err != nil {
+		return nil, "", err
+	}
+	cl, k, err := c.load(ctx, claimID)
+	if err != nil {
+		return nil, "", err
+	}
+	if kind == KindInsurer && cl.Insurer != caller.MSP {
+		return nil, "", forbidden("claim %s is addressed to %s", claimID, cl.Insurer)
+	}
+	if kind == KindProvider && cl.Provider != caller.MSP {
+		return nil, "", forbidden("claim %s was submitted by %s", claimID, cl.Provider)
+	}
+	return cl, k, nil
 }
 
 // save stores a changed claim under its key, stamped with this transaction, and announces the change.

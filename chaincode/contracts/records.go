@@ -40,17 +40,11 @@ type RecordEntry struct {
 	Size         int64  `json:"size"`
 }
 
-// Record is a registered resource version.
+// Record is a registered resource version: the entry as registered, by whom, in which transaction.
 type Record struct {
-	Patient      string `json:"patient"`
-	ResourceType string `json:"resourceType"`
-	ID           string `json:"id"`
-	Version      int    `json:"version"`
-	Digest       string `json:"digest"`
-	LastUpdated  string `json:"lastUpdated"`
-	Size         int64  `json:"size"`
-	Custodian    string `json:"custodian"`
-	TxID         string `json:"txId"`
+	RecordEntry
+	Custodian string `json:"custodian"`
+	TxID      string `json:"txId"`
 }
 
 // RecordHead points at a resource's newest version and fixes who holds it.
@@ -201,10 +195,7 @@ func (c *Records) registerOne(ctx contractapi.TransactionContextInterface, msp s
 	} else if e.Version != 1 {
 		return false, conflict("entries[%d]: %s/%s is not registered; its first version is 1, not %d", i, e.ResourceType, e.ID, e.Version)
 	}
-	rec := Record{
-		Patient: e.Patient, ResourceType: e.ResourceType, ID: e.ID, Version: e.Version, Digest: e.Digest,
-		LastUpdated: e.LastUpdated, Size: e.Size, Custodian: msp, TxID: ctx.GetStub().GetTxID(),
-	}
+	rec := Record{RecordEntry: e, Custodian: msp, TxID: ctx.GetStub().GetTxID()}
 	if err := putJSON(ctx, recKey, rec); err != nil {
 		return false, err
 	}

@@ -161,6 +161,18 @@ func (c *Supply) load(ctx contractapi.TransactionContextInterface, gtin, serial 
 	return &u, k, nil
 }
 
+// heldBy loads a unit that the caller's org must hold.
+func (c *Supply) heldBy(ctx contractapi.TransactionContextInterface, caller Caller, gtin, serial string) (*Unit, string, error) {
+	u, k, err := c.load(ctx, gtin, serial)
+	if err != nil {
+		return nil, "", err
+	}
+	if u.Custodian != caller.MSP {
+		return nil, "", forbidden("%s is not the custodian of %s/%s", caller.MSP, gtin, serial)
+	}
+	return u, k, nil
+}
+
 // record saves the unit and appends the event to its history, then announces it as Supply.<name>.
 func (c *Supply) record(ctx contractapi.TransactionContextInterface, u *Unit, k, name string, ev CustodyEvent) error {
 	now, err := txTime(ctx)
@@ -213,12 +225,9 @@ func (c *Supply) Ship(ctx contractapi.TransactionContextInterface, gtin, serial,
 	if err != nil {
 		return nil, err
 	}
-	u, k, err := c.load(ctx, gtin, serial)
+	u, k, err := c.heldBy(ctx, caller, gtin, serial)
 	if err != nil {
 		return nil, err
-	}
-	if u.Custodian != caller.MSP {
-		return nil, forbidden("%s is not the custodian of %s/%s", caller.MSP, gtin, serial)
 	}
 	if c.cfg.kindOf(to) == "" || to == caller.MSP {
 		return nil, invalid("to %q is not another member org", to)
@@ -254,12 +263,9 @@ func (c *Supply) Dispense(ctx contractapi.TransactionContextInterface, gtin, ser
 	if err != nil {
 		return nil, err
 	}
-	u, k, err := c.load(ctx, gtin, serial)
+	u, k, err := c.heldBy(ctx, caller, gtin, serial)
 	if err != nil {
 		return nil, err
-	}
-	if u.Custodian != caller.MSP {
-		return nil, forbidden("%s is not the custodian of %s/%s", caller.MSP, gtin, serial)
 	}
 	if err := c.saleable(ctx, u, "dispense"); err != nil {
 		return nil, err

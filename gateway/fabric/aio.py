@@ -15,13 +15,13 @@ from fabric_protos.gateway import gateway_pb2, gateway_pb2_grpc
 
 from gateway.fabric import messages as m
 from gateway.fabric.checkpoint import Checkpoint
-from gateway.fabric.client import DEFAULT_TIMEOUTS, Submitted, Timeouts
+from gateway.fabric.client import DEFAULT_TIMEOUTS, Signing, Submitted, Timeouts
 from gateway.fabric.connection import Endpoint
 from gateway.fabric.errors import CommitFailed, from_rpc_error
 from gateway.fabric.identity import Identity, Signer, digest
 
 
-class AsyncGateway:
+class AsyncGateway(Signing):
     def __init__(
         self,
         endpoint: Endpoint,
@@ -29,9 +29,7 @@ class AsyncGateway:
         signer: Signer | None = None,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
     ) -> None:
-        self.identity = identity
-        self.signer = signer
-        self.timeouts = timeouts
+        super().__init__(identity, signer, timeouts)
         self._channel = endpoint.aio_channel()
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
 
@@ -50,13 +48,6 @@ class AsyncGateway:
             return await rpc(request, timeout=timeout)
         except grpc.RpcError as e:
             raise from_rpc_error(stage, e, deadline_passed=time.monotonic() - started >= timeout) from None
-
-    def _sign(self, message_digest: bytes, signature: bytes | None) -> bytes:
-        if signature is not None:
-            return signature
-        if self.signer is None:
-            raise ValueError("this gateway has no signer: pass the signature of the digest")
-        return self.signer(message_digest)
 
     async def endorse(
         self, proposal: m.Proposal, signature: bytes | None = None, timeout: float | None = None

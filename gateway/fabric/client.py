@@ -67,7 +67,24 @@ class Pending:
         return Submitted(self.tx_id, self.result, status)
 
 
-class Gateway:
+class Signing:
+    """What both clients hold besides their gRPC channel: who signs, how, and the call deadlines."""
+
+    def __init__(self, identity: Identity, signer: Signer | None, timeouts: Timeouts) -> None:
+        self.identity = identity
+        self.signer = signer
+        self.timeouts = timeouts
+
+    def _sign(self, message_digest: bytes, signature: bytes | None) -> bytes:
+        """The caller's signature when it gives one (offline signing), else the signer's."""
+        if signature is not None:
+            return signature
+        if self.signer is None:
+            raise ValueError("this gateway has no signer: pass the signature of the digest")
+        return self.signer(message_digest)
+
+
+class Gateway(Signing):
     def __init__(
         self,
         endpoint: Endpoint,
@@ -75,9 +92,7 @@ class Gateway:
         signer: Signer | None = None,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
     ) -> None:
-        self.identity = identity
-        self.signer = signer
-        self.timeouts = timeouts
+        super().__init__(identity, signer, timeouts)
         self._channel = endpoint.channel()
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
 
@@ -96,13 +111,6 @@ class Gateway:
             return rpc(request, timeout=timeout)
         except grpc.RpcError as e:
             raise from_rpc_error(stage, e, deadline_passed=time.monotonic() - started >= timeout) from None
-
-    def _sign(self, digest: bytes, signature: bytes | None) -> bytes:
-        if signature is not None:
-            return signature
-        if self.signer is None:
-            raise ValueError("this gateway has no signer: pass the signature of the digest")
-        return self.signer(digest)
 
     # ----- steps -----------------------------------------------------------------------------------------------
 

@@ -116,22 +116,15 @@ def test_consent_grant_check_revoke_and_expiry(gateway_as: GatewayAs, network: T
     def decision(grantee: str, resource_type: str) -> dict[str, Any]:
         return dict(ask(clinic, "providers", "Consent:Check", pseud, grantee, resource_type, "TREAT"))
 
+    def clinic_reads_observation() -> dict[str, Any]:
+        """HospitalMSP, about to serve ClinicMSP an Observation, logs the access decision."""
+        request = {"patient": pseud, "accessor": "ClinicMSP", "resource": "Observation/obs-hb", "purpose": "TREAT"}
+        return dict(call(hospital, "providers", "Audit:RecordAccess", json.dumps(request)))
+
     assert decision("ClinicMSP", "Observation")["decision"] == "permit"
     assert decision("ClinicMSP", "Condition")["decision"] == "deny"
     assert decision("practitioner:npi|1234567893", "Condition")["decision"] == "permit"
-    logged = call(
-        hospital,
-        "providers",
-        "Audit:RecordAccess",
-        json.dumps(
-            {
-                "patient": pseud,
-                "accessor": "ClinicMSP",
-                "resource": "Observation/obs-hb",
-                "purpose": "TREAT",
-            }
-        ),
-    )
+    logged = clinic_reads_observation()
     assert logged["decision"] == "permit" and logged["consentId"] == short["consentId"]
 
     # The patient revokes the surgeon's access; the lab's expires with its period.
@@ -140,19 +133,7 @@ def test_consent_grant_check_revoke_and_expiry(gateway_as: GatewayAs, network: T
     time.sleep(max(0.0, (now + timedelta(seconds=6.5) - datetime.now(UTC)).total_seconds()))
     expired = decision("ClinicMSP", "Observation")
     assert expired["decision"] == "deny" and "expired at" in expired["reason"]
-    denied = call(
-        hospital,
-        "providers",
-        "Audit:RecordAccess",
-        json.dumps(
-            {
-                "patient": pseud,
-                "accessor": "ClinicMSP",
-                "resource": "Observation/obs-hb",
-                "purpose": "TREAT",
-            }
-        ),
-    )
+    denied = clinic_reads_observation()
     assert denied["decision"] == "deny"
 
     log = ask(
