@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from gateway.cli import gateway
 from network.cli import network
 
 
@@ -13,6 +14,7 @@ def main() -> None:
 
 
 main.add_command(network)
+main.add_command(gateway)
 
 if __name__ == "__main__":
     main()

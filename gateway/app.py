@@ -7,18 +7,25 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from gateway import fhir_validation as fv
+from gateway import search
+from gateway.audit_events import audit_event
 from gateway.auth import Client, TokenPolicy, authenticate, require
+from gateway.federation import Disclosed, Federation, Withheld
 from gateway.outcome import FHIR_JSON, KNOWN_ERRORS, HttpProblem, operation_outcome, problem
 from gateway.records import Records, Written
 from gateway.store import Stored, Tampered
+
+PURPOSE_DEFAULT = "TREAT"
+AUDIT_FROM, AUDIT_TO = "1970-01-01T00:00:00Z", "9999-12-31T23:59:59Z"
 
 log = logging.getLogger("careledger.gateway")
 
@@ -28,6 +35,7 @@ class GatewayConfig:
     org: str
     tokens: TokenPolicy
     limits: fv.Limits = field(default_factory=fv.Limits)
+    federation: Federation | None = None  # None: this gateway neither asks nor answers other members
 
 
 class FhirResponse(JSONResponse):
@@ -91,6 +99,7 @@ def create_app(config: GatewayConfig, records: Records) -> FastAPI:
         return FhirResponse(capability_statement(config))
 
     @app.post("/fhir")
+    @app.post("/fhir/")
     async def bundle(request: Request) -> FhirResponse:
         env = fv.envelope(await body_of(request), config.limits)
         for raw in env.raw_entries:
@@ -125,12 +134,25 @@ def create_app(config: GatewayConfig, records: Records) -> FastAPI:
             status, outcome = mapped
             return {"response": {"status": str(status), "outcome": outcome}}
 
+    conditional_creates = asyncio.Lock()  # one conditional create at a time: the check and the write are one step
+
     @app.post("/fhir/{rtype}")
     async def create(rtype: str, request: Request) -> FhirResponse:
         client(request, rtype, "write")
         resource = fv.parse_json(await body_of(request), config.limits)
         entry = fv.entry({"resource": resource, "request": {"method": "POST", "url": rtype}}, 0)
-        (w,) = await records.transaction([entry])
+        condition = request.headers.get("if-none-exist")
+        if condition is None:
+            (w,) = await records.transaction([entry])
+        else:
+            system, value = _identifier_condition(condition)
+            async with conditional_creates:
+                matches = records.store.with_identifier(rtype, system, value)
+                if len(matches) > 1:
+                    raise HttpProblem(412, "duplicate", f"If-None-Exist matches {len(matches)} {rtype} resources")
+                if matches:
+                    return _resource_response(stored_or_404(rtype, matches[0][0]))
+                (w,) = await records.transaction([entry])
         headers = {"Location": f"{w.type}/{w.id}/_history/{w.version}", "ETag": _etag(w.version)}
         return FhirResponse(w.resource, status_code=201, headers=headers)
 
@@ -155,6 +177,102 @@ def create_app(config: GatewayConfig, records: Records) -> FastAPI:
             what = f"{rtype}/{rid}" + (f"/_history/{version}" if version else "")
             raise HttpProblem(404, "not-found", f"{what} is not held here")
         return stored
+
+    @app.get("/fhir/AuditEvent")
+    async def audit_log(request: Request, patient: str) -> FhirResponse:
+        """The on-chain access log of a patient held here, as AuditEvents (newest last)."""
+        client(request, "AuditEvent", "read")
+        pid = patient.removeprefix("Patient/")
+        pseudonym = records.pseudonym_of_local_patient(pid)
+        if pseudonym is None:
+            raise HttpProblem(404, "not-found", f"Patient/{pid} is not held here")
+        entries = await records.ledger.audit_by_patient(pseudonym, AUDIT_FROM, AUDIT_TO)
+        events = [audit_event(e, f"Patient/{pid}") for e in entries]
+        return FhirResponse(_searchset(request, events, len(events)))
+
+    @app.get("/fhir/Patient/$everything")
+    async def everything_by_identifier(request: Request, identifier: str, purpose: str = PURPOSE_DEFAULT) -> Response:
+        """The longitudinal record of a patient named by the consortium identifier (system|value)."""
+        client(request, "*", "read")
+        system, value = _identifier_condition(f"identifier={identifier}")
+        if system != records.mpi_system:
+            raise HttpProblem(
+                400, "value", f"name the patient by the consortium identifier (system {records.mpi_system})"
+            )
+        return await everything(request, records.pseudonym_of_identifier(system, value), purpose)
+
+    @app.get("/fhir/Patient/{rid}/$everything")
+    async def everything_of_patient(rid: str, request: Request, purpose: str = PURPOSE_DEFAULT) -> Response:
+        """The longitudinal record of a patient held here: what this org holds, and what every other custodian on
+        the ledger's index discloses to this org under the patient's consent."""
+        client(request, "*", "read")
+        pseudonym = records.pseudonym_of_local_patient(rid)
+        if pseudonym is None:
+            raise HttpProblem(404, "not-found", f"Patient/{rid} is not held here")
+        return await everything(request, pseudonym, purpose)
+
+    async def everything(request: Request, pseudonym: str, purpose: str) -> Response:
+        custodians = {c["custodian"] for c in await records.ledger.custodians(pseudonym)}
+        own = records.store.patient_resources(pseudonym) if config.org in custodians else []
+        others = sorted(custodians - {config.org})
+        if others and config.federation is None:
+            raise HttpProblem(503, "not-supported", "this gateway is not configured to reach other members")
+        answers = await config.federation.everything(others, pseudonym, purpose) if config.federation else []
+        base = str(request.base_url).rstrip("/")
+        entries = [_match(f"{base}/fhir/{s.type}/{s.id}", json.loads(s.content)) for s in own]
+        withheld: list[Withheld] = []
+        for a in answers:
+            if isinstance(a, Disclosed):
+                entries += [_match(f"{a.base_url}/fhir/{r['resourceType']}/{r['id']}", r) for r in a.resources]
+            else:
+                withheld.append(a)
+        if not custodians:
+            raise HttpProblem(404, "not-found", "no member holds records of this patient")
+        if withheld and not entries:
+            status = 403 if any(w.status == 403 for w in withheld) else 502
+            issues = [i for w in withheld for i in w.outcome.get("issue", [])]
+            return FhirResponse({"resourceType": "OperationOutcome", "issue": issues}, status_code=status)
+        entries += [{"resource": w.outcome, "search": {"mode": "outcome"}} for w in withheld]
+        log.info(
+            "everything", extra={"custodians": len(custodians), "entries": len(entries), "withheld": len(withheld)}
+        )
+        return FhirResponse({"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries})
+
+    @app.get("/federation/everything/{pseudonym}")
+    async def disclose(pseudonym: str, request: Request, purpose: str = PURPOSE_DEFAULT) -> FhirResponse:
+        """Org-to-org: another member asks for this org's records of a patient. The TLS client certificate names
+        the asking org; consent is checked and the access logged on chain in one transaction, permit or deny."""
+        if config.federation is None:
+            raise HttpProblem(404, "not-supported", "this gateway does not answer other members")
+        tls = request.scope.get("extensions", {}).get("tls", {})
+        chain = tls.get("client_cert_chain") or []
+        accessor = config.federation.caller(chain[0] if chain else None)
+        if accessor is None:
+            raise HttpProblem(401, "login", "org-to-org calls need a member gateway's TLS client certificate")
+        pid = records.store.patient_of_pseudonym(pseudonym)
+        if pid is None:
+            raise HttpProblem(404, "not-found", "no records of this patient are held here")
+        decision = await records.ledger.record_access(pseudonym, accessor, f"Patient/{pid}/$everything", purpose)
+        log.info("disclosure", extra={"accessor": accessor, "decision": decision["decision"], "tx": decision["txId"]})
+        if decision["decision"] != "permit":
+            raise HttpProblem(403, "forbidden", f"{config.org} refused {accessor}: {decision['reason']}")
+        held = records.store.patient_resources(pseudonym)
+        entries = [{"resource": json.loads(s.content)} for s in held]
+        return FhirResponse({"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries})
+
+    @app.get("/fhir/{rtype}")
+    async def search_type(rtype: str, request: Request) -> FhirResponse:
+        client(request, rtype, "read")
+        if rtype not in fv.PATIENT_ELEMENT:
+            raise HttpProblem(404, "not-supported", f"{rtype} is not stored here")
+        wanted = search.parse(rtype, list(request.query_params.multi_items()), records.pseudonym_of_local_patient)
+        query = wanted.query
+        if wanted.identifier is not None:
+            ids = tuple(i for i, _ in records.store.with_identifier(rtype, *wanted.identifier))
+            query = replace(query, ids=tuple(set(ids) & set(query.ids)) if query.ids is not None else ids)
+        total, page = records.store.search(query)
+        resources = [json.loads(s.content) for s in page]
+        return FhirResponse(_searchset(request, resources, total, query.offset, query.count))
 
     @app.get("/fhir/{rtype}/{rid}")
     async def read(rtype: str, rid: str, request: Request) -> FhirResponse:
@@ -216,6 +334,38 @@ def create_app(config: GatewayConfig, records: Records) -> FastAPI:
         app.add_exception_handler(known, to_outcome)
     app.add_exception_handler(Exception, to_outcome)
     return app
+
+
+def _identifier_condition(condition: str) -> tuple[str, str]:
+    """`identifier=system|value` (an If-None-Exist header or the identifier parameter) as (system, value)."""
+    name, _, token = condition.partition("=")
+    system, sep, value = token.partition("|")
+    if name.strip() != "identifier" or not sep or not system or not value:
+        raise HttpProblem(400, "value", f"{condition!r}: the condition is identifier=system|value")
+    return system, value
+
+
+def _match(full_url: str, resource: dict[str, Any]) -> dict[str, Any]:
+    return {"fullUrl": full_url, "resource": resource, "search": {"mode": "match"}}
+
+
+def _searchset(
+    request: Request, resources: list[dict[str, Any]], total: int, offset: int = 0, count: int | None = None
+) -> dict[str, Any]:
+    """A searchset Bundle with self/next/previous links that repeat the query with another `_offset`."""
+    base = str(request.base_url).rstrip("/")
+
+    def link(relation: str, at: int) -> dict[str, str]:
+        params = [(k, v) for k, v in request.query_params.multi_items() if k != "_offset"] + [("_offset", str(at))]
+        return {"relation": relation, "url": f"{base}{request.url.path}?{urlencode(params)}"}
+
+    links = [link("self", offset)]
+    if count is not None and offset + count < total:
+        links.append(link("next", offset + count))
+    if count is not None and offset > 0:
+        links.append(link("previous", max(0, offset - count)))
+    entries = [_match(f"{base}/fhir/{r['resourceType']}/{r['id']}", r) for r in resources]
+    return {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries}
 
 
 def capability_statement(config: GatewayConfig) -> dict[str, Any]:

@@ -23,6 +23,7 @@ PATIENT_ELEMENT: dict[str, str | None] = {
     "AllergyIntolerance": "patient",
     "CarePlan": "subject",
     "Claim": "patient",
+    "ClaimResponse": "patient",
     "Condition": "subject",
     "Consent": "patient",
     "Coverage": "beneficiary",

@@ -103,7 +103,39 @@ class Ledger:
     async def record_erasure(self, patient: str) -> Committed:
         return await self.submit(PROVIDERS, "Records:RecordErasure", patient)
 
+    # ----- Claims ----------------------------------------------------------------------------------------------
+
+    async def submit_claim(self, submission: Mapping[str, Any], detail: Mapping[str, Any]) -> Committed:
+        return await self.submit(CLAIMS, "Claims:Submit", json.dumps(submission), transient={"claim": detail})
+
+    async def claim(self, claim_id: str) -> dict[str, Any]:
+        return dict(await self.evaluate(CLAIMS, "Claims:Get", claim_id))
+
+    async def cancel_claim(self, claim_id: str, reason: str) -> Committed:
+        return await self.submit(CLAIMS, "Claims:Cancel", claim_id, reason)
+
+    async def claim_lines(self, claim_id: str) -> dict[str, Any]:
+        return dict(await self.evaluate(CLAIMS, "Claims:Lines", claim_id))
+
+    async def adjudication(self, claim_id: str) -> dict[str, Any]:
+        return dict(await self.evaluate(CLAIMS, "Claims:AdjudicationOf", claim_id))
+
+    async def adjudicate(self, claim_id: str, decision: Mapping[str, Any]) -> Committed:
+        return await self.submit(CLAIMS, "Claims:Adjudicate", claim_id, transient={"adjudication": decision})
+
+    async def pay(self, claim_id: str, payment_ref: str) -> Committed:
+        return await self.submit(CLAIMS, "Claims:Pay", claim_id, payment_ref)
+
     # ----- Consent and audit -----------------------------------------------------------------------------------
+
+    async def grant(self, grant: Mapping[str, Any]) -> Committed:
+        return await self.submit(PROVIDERS, "Consent:Grant", json.dumps(grant))
+
+    async def revoke(self, consent_id: str, document_digest: str) -> Committed:
+        return await self.submit(PROVIDERS, "Consent:Revoke", consent_id, document_digest)
+
+    async def consent(self, consent_id: str) -> dict[str, Any]:
+        return dict(await self.evaluate(PROVIDERS, "Consent:Get", consent_id))
 
     async def record_access(self, patient: str, accessor: str, resource: str, purpose: str) -> dict[str, Any]:
         request = {"patient": patient, "accessor": accessor, "resource": resource, "purpose": purpose}

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway import digests
+from gateway import digests, fhir_claim, fhir_consent
 from gateway.fabric import CommitStatusFailed, GatewayTimeout
 from gateway.fhir_validation import PATIENT_ELEMENT, Entry, FhirInvalid, Issue
-from gateway.ledger import Ledger, LedgerNotFound
+from gateway.ledger import Committed, Ledger, LedgerNotFound
 from gateway.store import Row, Store, Stored
 
 
@@ -50,19 +51,47 @@ def now_instant() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+ROUTES = {
+    "Claim": "claim",  # Claims:Submit on the claims channel (summary public, lines private)
+    "Consent": "consent",  # Consent:Grant / Consent:Revoke on the providers channel
+    "Coverage": "held",  # insurer-held: stored here, not indexed on chain
+    "ClaimResponse": "held",
+}
+ALLOWED_ROUTES = {"provider": {"records", "claim", "consent"}, "insurer": {"held"}, "manufacturer": set()}
+
+
+def route_of(resource_type: str) -> str:
+    """Which ledger call registers a resource type: "records" (Records:Register) unless listed in ROUTES."""
+    return ROUTES.get(resource_type, "records")
+
+
+@dataclass(frozen=True)
+class Custodian:
+    """The org this gateway keeps records for, and its kind in the consortium."""
+
+    msp: str
+    kind: str  # provider | insurer | manufacturer
+
+
 class Records:
-    def __init__(self, store: Store, ledger: Ledger, consortium_key: bytes, mpi_system: str) -> None:
+    def __init__(
+        self, store: Store, ledger: Ledger, consortium_key: bytes, mpi_system: str, custodian: Custodian
+    ) -> None:
         self.store = store
         self.ledger = ledger
         self.consortium_key = consortium_key
         self.mpi_system = mpi_system
+        self.custodian = custodian
 
     # ----- patients --------------------------------------------------------------------------------------------
+
+    def pseudonym_of_identifier(self, system: str, value: str) -> str:
+        return digests.pseudonym(self.consortium_key, system, value)
 
     def pseudonym_of_patient(self, patient: dict[str, Any], where: str) -> str:
         for ident in patient.get("identifier") or []:
             if ident.get("system") == self.mpi_system and ident.get("value"):
-                return digests.pseudonym(self.consortium_key, self.mpi_system, ident["value"])
+                return self.pseudonym_of_identifier(self.mpi_system, ident["value"])
         raise FhirInvalid(
             [
                 Issue(
@@ -83,6 +112,7 @@ class Records:
         """Store and register the entries as one unit; raises FhirInvalid, LedgerRefused or a Fabric error."""
         if not entries:
             return []
+        route = self._route(entries)
         ids = self._assign_ids(entries)
         patients = self._patients(entries, ids)
         stamp = now_instant()
@@ -99,7 +129,7 @@ class Records:
             content = digests.canonical_json(resource)
             patient = patients[e.index]
             digest = digests.resource_digest(self.store.digest_key(patient), resource)
-            rows.append(Row(rtype, rid, version, patient, stamp, content))
+            rows.append(Row(rtype, rid, version, patient, stamp, content, _identifiers(resource)))
             ledger_entries.append(
                 {
                     "patient": patient,
@@ -112,9 +142,58 @@ class Records:
                 }
             )
             written.append(Written(rtype, rid, version, stamp, version == 1, resource))
+        submit = self._ledger_call(route, written[0].resource, ledger_entries)
         self.store.stage(batch, rows)
-        await self._register(batch, ledger_entries)
+        if submit is None:
+            self.store.commit(batch, "")
+        else:
+            await self._settle(batch, submit)
         return written
+
+    def _route(self, entries: list[Entry]) -> str:
+        routes = {route_of(e.resource["resourceType"]) for e in entries}
+        if len(routes) > 1 or (len(entries) > 1 and routes & {"claim", "consent"}):
+            raise FhirInvalid(
+                [
+                    Issue(
+                        "not-supported",
+                        "Bundle.entry",
+                        "Claim and Consent each become their own ledger transaction: post them on their own",
+                    )
+                ]
+            )
+        route = routes.pop()
+        if route not in ALLOWED_ROUTES.get(self.custodian.kind, set()):
+            kind = self.custodian.kind
+            what = entries[0].resource["resourceType"]
+            raise FhirInvalid([Issue("forbidden", "Bundle.entry", f"a {kind} org does not keep {what} here")], 403)
+        return route
+
+    def _ledger_call(
+        self, route: str, resource: dict[str, Any], entries: list[dict[str, Any]]
+    ) -> Callable[[], Awaitable[Committed]] | None:
+        """The one ledger transaction that registers the write (None: the resource is only held here)."""
+        first = entries[0]
+        rid, patient, digest, version = first["id"], first["patient"], first["digest"], first["version"]
+        if route == "records":
+            return lambda: self.ledger.register(entries)
+        if route == "claim":
+            if version == 1:
+                claim = fhir_claim.for_ledger(resource, rid, patient, digest)
+                return lambda: self.ledger.submit_claim(claim.submission, claim.detail)
+            if resource.get("status") == "cancelled":
+                return lambda: self.ledger.cancel_claim(rid, "cancelled by the provider")
+            raise FhirInvalid([Issue("not-supported", "Claim.status", "a submitted claim can only be cancelled")])
+        if route == "consent":
+            if version == 1:
+                grant = fhir_consent.grant(resource, rid, patient, digest)
+                return lambda: self.ledger.grant(grant)
+            if fhir_consent.revokes(resource):
+                return lambda: self.ledger.revoke(rid, digest)
+            raise FhirInvalid(
+                [Issue("not-supported", "Consent.status", "a granted consent can only be revoked (status inactive)")]
+            )
+        return None
 
     def _assign_ids(self, entries: list[Entry]) -> dict[int, tuple[str, str, int]]:
         out: dict[int, tuple[str, str, int]] = {}
@@ -128,7 +207,8 @@ class Records:
         return out
 
     def _patients(self, entries: list[Entry], ids: dict[int, tuple[str, str, int]]) -> dict[int, str]:
-        """The pseudonym each entry is filed under: its own (Patient) or its patient element's."""
+        """The pseudonym each entry is filed under: its own (Patient) or its patient element's, which names a
+        Patient of this bundle, a Patient held here, or the patient's consortium identifier (logical reference)."""
         by_url = {e.full_url: e for e in entries if e.full_url}
         out: dict[int, str] = {}
         for e in entries:
@@ -140,32 +220,37 @@ class Records:
             if element is None:
                 continue
             where = f"Bundle.entry[{e.index}].resource.{element}"
-            ref = str((e.resource.get(element) or {}).get("reference") or "")
+            value = e.resource.get(element) or {}
+            ref = str(value.get("reference") or "")
+            ident = value.get("identifier") or {}
             target = by_url.get(ref)
             if target is not None and target.resource["resourceType"] == "Patient":
                 out[e.index] = out[target.index]
             elif ref.startswith("Patient/") and (p := self.pseudonym_of_local_patient(ref.split("/", 1)[1])):
                 out[e.index] = p
+            elif not ref and ident.get("system") == self.mpi_system and ident.get("value"):
+                out[e.index] = self.pseudonym_of_identifier(self.mpi_system, str(ident["value"]))
             else:
                 raise FhirInvalid(
                     [
                         Issue(
                             "invariant",
                             where,
-                            f"{ref or 'no reference'}: must name a Patient held here or in this bundle",
+                            f"{ref or 'no reference'}: must name a Patient held here or in this bundle,"
+                            f" or the patient's identifier of system {self.mpi_system}",
                         )
                     ]
                 )
         return out
 
-    async def _register(self, batch: str, entries: list[dict[str, Any]]) -> None:
+    async def _settle(self, batch: str, submit: Callable[[], Awaitable[Committed]]) -> None:
         try:
-            committed = await self.ledger.register(entries)
+            committed = await submit()
         except (GatewayTimeout, CommitStatusFailed) as e:
             # Ordered or not? Ask the ledger rather than guess.
             if await self.reconcile(batch):
                 return
-            raise LedgerOutcomeUnknown(f"the ledger did not confirm the bundle, and it is not registered: {e}") from e
+            raise LedgerOutcomeUnknown(f"the ledger did not confirm the write, and it is not registered: {e}") from e
         except BaseException:
             self.store.discard(batch)
             raise
@@ -176,14 +261,28 @@ class Records:
         rows = self.store.batch_rows(batch)
         if not rows:
             return False
-        rtype, rid, version = rows[0]
-        try:
-            record = await self.ledger.record(rtype, rid, version)
-        except LedgerNotFound:
+        tx_id = await self._registered(*rows[0])
+        if tx_id is None:
             self.store.discard(batch)
             return False
-        self.store.commit(batch, str(record.get("txId", "")))
+        self.store.commit(batch, tx_id)
         return True
+
+    async def _registered(self, rtype: str, rid: str, version: int) -> str | None:
+        """The id of the transaction that registered this version, or None when the ledger does not have it."""
+        try:
+            route = route_of(rtype)
+            if route == "claim":
+                claim = await self.ledger.claim(rid)
+                return str(claim["txId"]) if version == 1 or claim["status"] == "cancelled" else None
+            if route == "consent":
+                consent = await self.ledger.consent(rid)
+                return str(consent["txId"]) if version == 1 or consent["status"] == "revoked" else None
+            if route == "held":
+                return ""
+            return str((await self.ledger.record(rtype, rid, version)).get("txId", ""))
+        except LedgerNotFound:
+            return None
 
     # ----- reads, verification, erasure -------------------------------------------------------------------------
 
@@ -192,7 +291,21 @@ class Records:
 
     async def verify(self, stored: Stored) -> Verification:
         """Recompute the stored content's digest and compare it with the one registered on chain."""
-        record = await self.ledger.record(stored.type, stored.id, stored.version)
+        route = route_of(stored.type)
+        if route in ("claim", "consent") and stored.version > 1:
+            # The chain keeps the digest of what was submitted or granted; later versions only change its status.
+            first = self.store.read(stored.type, stored.id, 1)
+            assert first is not None
+            stored = first
+        if route == "claim":
+            record = await self.ledger.claim(stored.id)
+        elif route == "consent":
+            record = await self.ledger.consent(stored.id)
+            record["digest"] = record["documentDigest"]
+        elif route == "held":
+            raise FhirInvalid([Issue("not-supported", stored.type, f"{stored.type} is not registered on chain")])
+        else:
+            record = await self.ledger.record(stored.type, stored.id, stored.version)
         resource = json.loads(stored.content)
         mine = digests.resource_digest(self.store.digest_key(stored.patient), resource)
         ok = mine == record["digest"]
@@ -221,3 +334,11 @@ def _rewrite_references(resource: dict[str, Any], targets: dict[str, str]) -> di
         return node
 
     return dict(walk(resource))
+
+
+def _identifiers(resource: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        (str(i["system"]), str(i["value"]))
+        for i in resource.get("identifier") or []
+        if isinstance(i, dict) and i.get("system") and i.get("value")
+    )

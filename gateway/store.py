@@ -15,6 +15,7 @@ uses, so another database (PostgreSQL) can stand behind the same methods.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -29,6 +30,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 DIGEST_KEY_LABEL = b"careledger/digest-key/v1"
+INDEX_KEY_LABEL = b"careledger/identifier-index/v1"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS patient_keys (
@@ -50,7 +52,15 @@ CREATE TABLE IF NOT EXISTS resources (
     PRIMARY KEY (type, id, version)
 );
 CREATE INDEX IF NOT EXISTS resources_by_patient ON resources (patient, type, last_updated);
+CREATE INDEX IF NOT EXISTS resources_by_type ON resources (type, last_updated);
 CREATE INDEX IF NOT EXISTS resources_by_batch ON resources (batch);
+CREATE TABLE IF NOT EXISTS identifiers (  -- keyed hashes of Type + identifier, for conditional create and search
+    token   TEXT NOT NULL,
+    type    TEXT NOT NULL,
+    id      TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (token, type, id, version)
+);
 """
 
 
@@ -76,6 +86,7 @@ class Row:
     patient: str
     last_updated: str
     content: bytes
+    identifiers: tuple[tuple[str, str], ...] = ()  # (system, value) pairs, indexed as keyed hashes
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,19 @@ class Stored:
     tx_id: str | None
 
 
+@dataclass(frozen=True)
+class Query:
+    """A search over one resource type; times are `lastUpdated` instants as stored (UTC, ISO 8601)."""
+
+    type: str
+    patient: str | None = None
+    updated_from: str | None = None
+    updated_before: str | None = None
+    ids: tuple[str, ...] | None = None
+    count: int = 50
+    offset: int = 0
+
+
 class Store:
     def __init__(self, path: Path, master_key: bytes) -> None:
         if len(master_key) != 32:
@@ -100,6 +124,7 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
+        self._index_key = hmac.new(master_key, INDEX_KEY_LABEL, hashlib.sha256).digest()
 
     def close(self) -> None:
         self._db.close()
@@ -147,6 +172,11 @@ class Store:
                 (at, patient),
             )
             db.execute("UPDATE resources SET ciphertext = x'', nonce = x'' WHERE patient = ?", (patient,))
+            db.execute(
+                "DELETE FROM identifiers WHERE (type, id, version) IN"
+                " (SELECT type, id, version FROM resources WHERE patient = ?)",
+                (patient,),
+            )
             return cur.rowcount > 0
 
     def is_erased(self, patient: str) -> bool:
@@ -169,6 +199,10 @@ class Store:
                         " ciphertext) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
                         (r.type, r.id, r.version, r.patient, batch, r.last_updated, nonce, ct),
                     )
+                    db.executemany(
+                        "INSERT OR IGNORE INTO identifiers (token, type, id, version) VALUES (?, ?, ?, ?)",
+                        [(self._token(r.type, s, v), r.type, r.id, r.version) for s, v in r.identifiers],
+                    )
         except sqlite3.IntegrityError as e:
             raise VersionTaken(str(e)) from None
 
@@ -178,6 +212,11 @@ class Store:
 
     def discard(self, batch: str) -> None:
         with self._tx() as db:
+            db.execute(
+                "DELETE FROM identifiers WHERE (type, id, version) IN"
+                " (SELECT type, id, version FROM resources WHERE batch = ? AND state = 'pending')",
+                (batch,),
+            )
             db.execute("DELETE FROM resources WHERE batch = ? AND state = 'pending'", (batch,))
 
     def pending_batches(self) -> list[str]:
@@ -229,6 +268,57 @@ class Store:
         ).fetchall()
         return [self._open(r) for r in rows]
 
+    def with_identifier(self, type_: str, system: str, value: str) -> list[tuple[str, int]]:
+        """(id, version) of the newest committed versions of `type_` resources that carry the identifier."""
+        rows = self._db.execute(
+            "SELECT i.id, i.version FROM identifiers i JOIN resources r"
+            " ON r.type = i.type AND r.id = i.id AND r.version = i.version"
+            " WHERE i.token = ? AND i.type = ? AND r.state = 'committed' AND r.version ="
+            " (SELECT MAX(version) FROM resources WHERE type = r.type AND id = r.id AND state = 'committed')",
+            (self._token(type_, system, value), type_),
+        ).fetchall()
+        return [(str(r[0]), int(r[1])) for r in rows]
+
+    def search(self, query: Query) -> tuple[int, list[Stored]]:
+        """The newest committed versions matching the query: (total count, the requested page), oldest first."""
+        where = ["r.type = ?", "r.state = 'committed'"]
+        args: list[object] = [query.type]
+        where.append(
+            "r.version = (SELECT MAX(version) FROM resources WHERE type = r.type AND id = r.id AND state = 'committed')"
+        )
+        if query.patient is not None:
+            where.append("r.patient = ?")
+            args.append(query.patient)
+        if query.updated_from is not None:
+            where.append("r.last_updated >= ?")
+            args.append(query.updated_from)
+        if query.updated_before is not None:
+            where.append("r.last_updated < ?")
+            args.append(query.updated_before)
+        if query.ids is not None:
+            where.append(f"r.id IN ({','.join('?' * len(query.ids))})")
+            args += list(query.ids)
+        sql = " FROM resources r WHERE " + " AND ".join(where)
+        (total,) = self._db.execute("SELECT COUNT(*)" + sql, args).fetchone()
+        rows = self._db.execute(
+            "SELECT r.type, r.id, r.version, r.patient, r.last_updated, r.nonce, r.ciphertext, r.tx_id"
+            + sql
+            + " ORDER BY r.last_updated, r.id LIMIT ? OFFSET ?",
+            [*args, query.count, query.offset],
+        ).fetchall()
+        return int(total), [self._open(r) for r in rows]
+
+    def patient_of_pseudonym(self, patient: str) -> str | None:
+        """The id of this store's Patient resource filed under the pseudonym, if any."""
+        row = self._db.execute(
+            "SELECT id FROM resources WHERE type = 'Patient' AND patient = ? AND state = 'committed' LIMIT 1",
+            (patient,),
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def _token(self, type_: str, system: str, value: str) -> str:
+        return hmac.new(self._index_key, f"{type_}|{system}|{value}".encode(), hashlib.sha256).hexdigest()
+
     def _open(self, row: tuple[object, ...]) -> Stored:
         type_, id_, version, patient = str(row[0]), str(row[1]), int(str(row[2])), str(row[3])
         key = self._data_key(self._db, patient, create=False)
@@ -253,7 +343,11 @@ def load_master_key(path: Path) -> bytes:
     """The org's master key file, created (0600) on first use. In production it comes from a KMS or HSM."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(AESGCM.generate_key(256))
+        with contextlib.suppress(FileExistsError):  # another process created it first: use theirs
+            os.link(tmp, path)
+        tmp.unlink()
     return path.read_bytes()

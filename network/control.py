@@ -32,6 +32,8 @@ def up(topology: Topology, progress: Progress = print) -> None:
     step(f"Fabric {topology.fabric_version} binaries ready")
     if crypto.ensure(topology, fabric):
         step("generated crypto material for every org (cryptogen, NodeOUs on)")
+    if [org for org in topology.member_orgs if crypto.ensure_gateway_tls(topology, org)]:
+        step("issued the FHIR gateways' TLS certificates from each org's TLS CA")
     if redis_server.start(topology):
         step(f"starting redis on {topology.host}:{topology.redis_port}")
     for group in (topology.orderers, topology.peers):

@@ -6,10 +6,16 @@ Every TLS certificate carries the IP SAN of the node's host, so clients can dial
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import subprocess
 from typing import Any
 
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from network.binaries import FabricBinaries
 from network.errors import CommandFailed
@@ -58,4 +64,57 @@ def ensure(topology: Topology, binaries: FabricBinaries) -> bool:
     if proc.returncode != 0:
         raise CommandFailed("cryptogen", argv, proc.stdout + proc.stderr)
     marker.write_text("ok\n")
+    return True
+
+
+def ensure_gateway_tls(topology: Topology, org: Org) -> bool:
+    """Issue the org's gateway TLS certificate from the org's own TLS CA, unless it exists. Returns True when issued.
+
+    One key pair serves both directions: the gateway's HTTPS server, and the client side of mutual TLS when it calls
+    another member's gateway. Other members trust it because it chains to the org's TLS CA in the channel config.
+    """
+    out = topology.gateway_tls_dir(org)
+    if (out / "server.crt").exists():
+        return False
+    ca_dir = topology.tls_ca_cert(org).parent
+    ca_cert = x509.load_pem_x509_certificate(topology.tls_ca_cert(org).read_bytes())
+    ca_key = serialization.load_pem_private_key((ca_dir / "priv_sk").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = f"gateway.{org.domain}"
+    now = datetime.datetime.now(datetime.UTC)
+    sans: list[x509.GeneralName] = [x509.DNSName(name), x509.DNSName("localhost")]
+    try:
+        sans.append(x509.IPAddress(ipaddress.ip_address(topology.host)))
+    except ValueError:
+        sans.append(x509.DNSName(topology.host))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, org.domain),
+                    x509.NameAttribute(NameOID.COMMON_NAME, name),
+                ]
+            )
+        )
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(ca_cert.not_valid_after_utc)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (out / "server.key").write_bytes(key_pem)
+    (out / "server.key").chmod(0o600)
+    (out / "server.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return True

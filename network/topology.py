@@ -215,6 +215,14 @@ class Topology:
     def tls_ca_cert(self, org: Org) -> Path:
         return self.org_dir(org) / "tlsca" / f"tlsca.{org.domain}-cert.pem"
 
+    def gateway_tls_dir(self, org: Org) -> Path:
+        """The org's FHIR gateway TLS identity: server certificate, and client certificate for org-to-org calls."""
+        return self.org_dir(org) / "gateway" / "tls"
+
+    def gateway_home(self, org: Org) -> Path:
+        """Where the org's gateway keeps its store, keys and token issuer (development) files."""
+        return self.home / "gateway" / org.name
+
     def node_dir(self, node: Node) -> Path:
         sub = "orderers" if node.kind == "orderer" else "peers"
         return self.org_dir(node.org) / sub / node.tls_hostname

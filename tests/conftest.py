@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import ssl
 from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
 import redis
 
+from gateway import cli as gateway_cli
 from gateway import connect
 from gateway.fabric import Gateway
+from gateway.serve import GatewaySettings, dev_token
 from network import binaries, control
 from network import topology as topo
 from network.admin import Admin
@@ -60,3 +65,43 @@ def gateway_as(network: topo.Topology) -> Iterator[Callable[..., Gateway]]:
     yield get
     for gw in opened.values():
         gw.close()
+
+
+class GatewayHttp:
+    """An EHR's view of one org's running gateway: HTTPS with the org's TLS CA, bearer tokens from its issuer."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.ca = str(settings.topology.tls_ca_cert(settings.org))
+        self.base = f"{settings.url}/fhir"
+        self.http = httpx.Client(base_url=self.base, verify=ssl.create_default_context(cafile=self.ca), timeout=30)
+
+    def token(self, scope: str = "system/*.read system/*.write") -> str:
+        return dev_token(self.settings, "ehr-test", scope)
+
+    def headers(self, scope: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(scope) if scope else self.token()}"}
+
+    def get(self, path: str, **kw: object) -> httpx.Response:
+        return self.http.get(path, headers=self.headers(), **kw)  # type: ignore[arg-type]
+
+    def post(self, path: str, body: object, headers: dict[str, str] | None = None) -> httpx.Response:
+        h = {**self.headers(), "Content-Type": "application/fhir+json", **(headers or {})}
+        return self.http.post(path, content=json.dumps(body), headers=h)
+
+    def put(self, path: str, body: object) -> httpx.Response:
+        h = {**self.headers(), "Content-Type": "application/fhir+json"}
+        return self.http.put(path, content=json.dumps(body), headers=h)
+
+
+@pytest.fixture(scope="session")
+def gateways(network: topo.Topology) -> Iterator[dict[str, GatewayHttp]]:
+    """Every provider's and insurer's gateway running as its own process (`careledger gateway start`)."""
+    orgs = gateway_cli.orgs_with_gateways(network)
+    for org in orgs:
+        gateway_cli.start(network, org)
+    clients = {org: GatewayHttp(GatewaySettings.load(network, org)) for org in orgs}
+    yield clients
+    for org in orgs:
+        clients[org].http.close()
+        gateway_cli.process(network, org).stop()

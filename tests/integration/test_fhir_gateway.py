@@ -23,7 +23,7 @@ from gateway import connect
 from gateway.app import GatewayConfig, create_app
 from gateway.auth import TokenPolicy
 from gateway.ledger import Ledger
-from gateway.records import Records
+from gateway.records import Custodian, Records
 from gateway.store import Store
 from network.topology import Topology
 from tests import fhir_samples as fhir
@@ -66,8 +66,9 @@ async def hospital_gateway(network: Topology, tmp_path: Path) -> AsyncIterator[S
     db_path = tmp_path / "store.sqlite"
     store = Store(db_path, b"m" * 32)
     async with connect.async_gateway(network, "HospitalOrg") as gw:
-        records = Records(store, Ledger(gw), fhir.CONSORTIUM_KEY, fhir.MPI_SYSTEM)
-        app = create_app(GatewayConfig("HospitalOrg", TokenPolicy(PUBLIC_PEM, AUDIENCE, ISSUER)), records)
+        custodian = Custodian("HospitalMSP", "provider")
+        records = Records(store, Ledger(gw), fhir.CONSORTIUM_KEY, fhir.MPI_SYSTEM, custodian)
+        app = create_app(GatewayConfig("HospitalMSP", TokenPolicy(PUBLIC_PEM, AUDIENCE, ISSUER)), records)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
             yield Stack(http, records, db_path)
     store.close()

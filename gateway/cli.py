@@ -1,0 +1,100 @@
+"""`careledger gateway ...`: run a member org's FHIR gateway, in the foreground or in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import sys
+import urllib.request
+
+import click
+
+from gateway import logs
+from gateway.serve import GatewaySettings, dev_token, serve
+from network import topology as topo
+from network.errors import NetworkError
+from network.processes import ManagedProcess, ensure_port_free
+from network.topology import Topology
+
+MEMBER_ORGS_HELP = "member org name, e.g. HospitalOrg (repeatable; default: every member org that keeps records)"
+
+
+def process(topology: Topology, org: str) -> ManagedProcess:
+    name = f"gateway-{org}"
+    return ManagedProcess(name, topology.pid_file(name), topology.log_file(name))
+
+
+def healthy(settings: GatewaySettings) -> bool:
+    ctx = ssl.create_default_context(cafile=str(settings.topology.tls_ca_cert(settings.org)))
+    try:
+        with urllib.request.urlopen(f"{settings.url}/fhir/metadata", context=ctx, timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def start(topology: Topology, org: str) -> bool:
+    """Start the org's gateway in the background unless it runs; wait until it answers. True when started."""
+    settings = GatewaySettings.load(topology, org)
+    proc = process(topology, org)
+    if proc.running():
+        return False
+    ensure_port_free(proc.name, topology.host, settings.port, wait=5)
+    argv = [sys.executable, "-m", "careledger_cli", "gateway", "serve", "--org", org]
+    env = {**os.environ, "CARELEDGER_HOME": str(topology.home), "CARELEDGER_PORT_BASE": str(topology.port_base)}
+    proc.start(argv, env, cwd=topo.REPO_ROOT)
+    proc.wait_until(lambda: healthy(settings), f"answering on {settings.url}", timeout=30)
+    return True
+
+
+def orgs_with_gateways(topology: Topology) -> list[str]:
+    return [o.name for o in topology.member_orgs if o.kind in ("provider", "insurer")]
+
+
+@click.group()
+def gateway() -> None:
+    """Each member org's FHIR gateway (HTTPS; EHRs use bearer tokens, member gateways mutual TLS)."""
+
+
+@gateway.command(name="serve")
+@click.option("--org", required=True, help="member org name, e.g. HospitalOrg")
+def serve_command(org: str) -> None:
+    """Run the org's gateway in the foreground (logs: JSON lines on stderr)."""
+    logs.configure()
+    asyncio.run(serve(GatewaySettings.load(topo.load(), org)))
+
+
+@gateway.command(name="start")
+@click.option("--org", "orgs", multiple=True, help=MEMBER_ORGS_HELP)
+def start_command(orgs: tuple[str, ...]) -> None:
+    """Start gateways in the background (logs in run/logs/gateway-<org>.log); safe to run again."""
+    t = topo.load()
+    for org in orgs or orgs_with_gateways(t):
+        try:
+            started = start(t, org)
+        except NetworkError as e:
+            click.secho(f"gateway {org} failed: {e}", fg="red", err=True)
+            sys.exit(1)
+        settings = GatewaySettings.load(t, org)
+        click.echo(f"gateway {org}: {'started' if started else 'running'} at {settings.url}/fhir")
+
+
+@gateway.command(name="stop")
+@click.option("--org", "orgs", multiple=True, help=MEMBER_ORGS_HELP)
+def stop_command(orgs: tuple[str, ...]) -> None:
+    """Stop gateways started with `start`."""
+    t = topo.load()
+    for org in orgs or orgs_with_gateways(t):
+        if process(t, org).stop():
+            click.echo(f"stopped gateway {org}")
+
+
+@gateway.command(name="token")
+@click.option("--org", required=True)
+@click.option("--scope", default="system/*.read system/*.write", show_default=True)
+@click.option("--subject", default="ehr-dev", show_default=True)
+@click.option("--ttl", default=3600, show_default=True, help="seconds")
+def token_command(org: str, scope: str, subject: str, ttl: int) -> None:
+    """Print a bearer token from the org's development token issuer."""
+    click.echo(dev_token(GatewaySettings.load(topo.load(), org), subject, scope, ttl))

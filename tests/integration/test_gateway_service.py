@@ -1,0 +1,201 @@
+"""The gateways as they run in production: one process per org (`careledger gateway start`), HTTPS, bearer tokens
+for EHR clients, mutual TLS between member gateways, on the real network."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from fhirpy import SyncFHIRClient
+
+from gateway import synthetic
+from gateway.fabric import Gateway
+from tests.conftest import GatewayHttp
+
+pytestmark = pytest.mark.network
+
+
+def location_id(response_entry: dict[str, Any]) -> str:
+    return str(response_entry["response"]["location"].split("/")[1])
+
+
+def new_patient(gw: GatewayHttp, n: int = 5, seed: int | None = None) -> tuple[str, str, list[str]]:
+    """Post a visit; returns (patient id, MPI value, every location)."""
+    gen = synthetic.Synthetic.seeded(seed)
+    mpi = gen.mpi_value()
+    r = gw.post("", gen.transaction(n, mpi))
+    assert r.status_code == 200, r.text
+    entries = r.json()["entry"]
+    return location_id(entries[0]), mpi, [e["response"]["location"].split("/_history")[0] for e in entries]
+
+
+def consent(patient_id: str, grantee_msp: str, purpose: str = "TREAT") -> dict[str, Any]:
+    return {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{patient_id}"},
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+        "provision": {
+            "type": "permit",
+            "actor": [
+                {
+                    "role": {
+                        "coding": [
+                            {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}
+                        ]
+                    },
+                    "reference": {"identifier": {"system": "urn:careledger:msp", "value": grantee_msp}},
+                }
+            ],
+            "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": purpose}],
+        },
+    }
+
+
+def test_everything_across_orgs_follows_consent_and_is_audited(gateways: dict[str, GatewayHttp]) -> None:
+    hospital, clinic = gateways["HospitalOrg"], gateways["ClinicOrg"]
+    patient_id, mpi, locations = new_patient(hospital, 6)
+    everything = f"/Patient/$everything?identifier={synthetic.MPI_SYSTEM}|{mpi}&purpose=TREAT"
+
+    # No consent: the clinic is refused, with the custodian's reason, and the deny is on chain.
+    denied = clinic.get(everything)
+    assert denied.status_code == 403, denied.text
+    assert denied.json()["resourceType"] == "OperationOutcome"
+    assert "no consent" in denied.json()["issue"][0]["diagnostics"]
+
+    # The patient consents (the hospital records it as custodian): now the clinic gets the hospital's records.
+    granted = hospital.post("/Consent", consent(patient_id, "ClinicMSP"))
+    assert granted.status_code == 201, granted.text
+    consent_id = granted.json()["id"]
+    allowed = clinic.get(everything)
+    assert allowed.status_code == 200, allowed.text
+    got = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in allowed.json()["entry"]}
+    assert set(locations) <= got
+    assert all(e["fullUrl"].startswith(hospital.settings.url) for e in allowed.json()["entry"])
+
+    # Another purpose is not covered by the grant.
+    assert clinic.get(everything.replace("TREAT", "HRESCH")).status_code == 403
+
+    # Revocation (the Consent updated to inactive) takes effect at once.
+    revoked_consent = granted.json() | {"status": "inactive"}
+    revoked = hospital.put(f"/Consent/{consent_id}", revoked_consent)
+    assert revoked.status_code == 200, revoked.text
+    assert clinic.get(everything).status_code == 403
+
+    # The on-chain access log, as AuditEvents: deny, permit, deny (purpose), deny (revoked); accessor ClinicMSP.
+    log = hospital.get("/AuditEvent", params={"patient": patient_id})
+    assert log.status_code == 200, log.text
+    events = [e["resource"] for e in log.json()["entry"]]
+    assert [e["outcome"] for e in events] == ["4", "0", "4", "4"]
+    assert {e["agent"][0]["who"]["identifier"]["value"] for e in events} == {"ClinicMSP"}
+    assert events[1]["entity"][2]["what"]["identifier"]["value"] == consent_id
+    assert "revoked" in events[3]["outcomeDesc"] or "no consent" in events[3]["outcomeDesc"]
+
+
+def test_member_calls_need_a_member_certificate(gateways: dict[str, GatewayHttp]) -> None:
+    hospital = gateways["HospitalOrg"]
+    new_patient(hospital, 2)
+    # An EHR's bearer token is not an org identity: the org-to-org endpoint wants the TLS client certificate.
+    r = hospital.get(f"{hospital.settings.url}/federation/everything/{'0' * 64}")
+    assert r.status_code == 401 and r.json()["issue"][0]["code"] == "login"
+
+
+def test_search_paging_and_conditional_create(gateways: dict[str, GatewayHttp]) -> None:
+    hospital = gateways["HospitalOrg"]
+    patient_id, _, locations = new_patient(hospital, 8)
+    page = hospital.get("/Observation", params={"patient": f"Patient/{patient_id}", "_count": "3"})
+    assert page.status_code == 200, page.text
+    body = page.json()
+    observations = [loc for loc in locations if loc.startswith("Observation/")]
+    assert body["total"] == len(observations) and len(body["entry"]) == 3
+    seen = [e["resource"]["id"] for e in body["entry"]]
+    while nxt := [link["url"] for link in body["link"] if link["relation"] == "next"]:
+        body = hospital.get(nxt[0]).json()
+        seen += [e["resource"]["id"] for e in body["entry"]]
+    assert sorted(f"Observation/{i}" for i in seen) == sorted(observations)
+
+    since = hospital.get("/Observation", params={"patient": patient_id, "_lastUpdated": "gt2999-01-01"})
+    assert since.json()["total"] == 0
+    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m")
+    assert hospital.get("/Observation", params={"patient": patient_id, "_lastUpdated": today}).json()["total"] == len(
+        observations
+    )
+    assert hospital.get("/Observation", params={"colour": "red"}).status_code == 400
+
+    # Conditional create on the consortium identifier: the second POST finds the first and creates nothing.
+    gen = synthetic.Synthetic.seeded(7)
+    patient = gen.patient(gen.mpi_value())
+    condition = {"If-None-Exist": f"identifier={synthetic.MPI_SYSTEM}|{patient['identifier'][0]['value']}"}
+    first = hospital.post("/Patient", patient, headers=condition)
+    second = hospital.post("/Patient", patient, headers=condition)
+    assert (first.status_code, second.status_code) == (201, 200), second.text
+    assert first.json()["id"] == second.json()["id"]
+
+
+def test_fhirpy_creates_reads_and_searches(gateways: dict[str, GatewayHttp]) -> None:
+    hospital = gateways["HospitalOrg"]
+    client = SyncFHIRClient(
+        hospital.base, authorization=f"Bearer {hospital.token()}", requests_config={"verify": hospital.ca}
+    )
+    gen = synthetic.Synthetic.seeded(11)
+    patient = client.resource("Patient", **{k: v for k, v in gen.patient().items() if k != "resourceType"})
+    patient.save()
+    assert patient.id
+    obs = client.resource(
+        "Observation",
+        status="final",
+        code={"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        subject=patient.to_reference(),
+        valueQuantity={"value": 72, "unit": "/min"},
+    )
+    obs.save()
+    read = client.reference("Observation", obs.id).to_resource()
+    assert read["valueQuantity"]["value"] == 72 and read["meta"]["versionId"] == "1"
+    found = client.resources("Observation").search(patient=patient.id).fetch_all()
+    assert [o.id for o in found] == [obs.id]
+
+
+def test_claims_and_coverage_go_where_they_belong(
+    gateways: dict[str, GatewayHttp], gateway_as: Callable[..., Gateway]
+) -> None:
+    hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
+    patient_id, mpi, _ = new_patient(hospital, 2)
+    coverage = {
+        "resourceType": "Coverage",
+        "status": "active",
+        "beneficiary": {"identifier": {"system": synthetic.MPI_SYSTEM, "value": mpi}},
+        "payor": [{"identifier": {"system": "urn:careledger:msp", "value": "InsurerMSP"}}],
+        "period": {"start": "2026-01-01", "end": "2026-12-31"},
+    }
+    # The insurer keeps its Coverage; a provider does not, and an insurer keeps no clinical records.
+    assert insurer.post("/Coverage", coverage).status_code == 201
+    assert hospital.post("/Coverage", coverage).status_code == 403
+    assert insurer.post("", synthetic.Synthetic.seeded(3).transaction(2)).status_code == 403
+
+    today = datetime.date.today().isoformat()
+    claim = synthetic.claim(
+        patient_id, "InsurerMSP", [("99213", 1, "125.00"), ("85025", 2, "30.50")], today, "Coverage/1"
+    )
+    r = hospital.post("/Claim", claim)
+    assert r.status_code == 201, r.text
+    claim_id = r.json()["id"]
+
+    # On chain: the public summary for every member, the lines only for the provider and the insurer.
+    ins = gateway_as("InsurerOrg")
+    summary = json.loads(ins.evaluate("claims", "careledger", "Claims:Get", [claim_id]))
+    assert (summary["status"], summary["totalCents"], summary["provider"]) == ("submitted", 18600, "HospitalMSP")
+    lines = json.loads(ins.evaluate("claims", "careledger", "Claims:Lines", [claim_id]))
+    assert [(line["code"], line["netCents"]) for line in lines["lines"]] == [("99213", 12500), ("85025", 6100)]
+    assert hospital.get(f"/Claim/{claim_id}/$verify").json()["parameter"][0]["valueBoolean"] is True
+
+    # The same claim again is a duplicate the contract refuses, and nothing is stored for it.
+    dup = hospital.post("/Claim", claim)
+    assert dup.status_code == 409 and "duplicate" in dup.json()["issue"][0]["diagnostics"]
+    assert hospital.get("/Claim", params={"patient": patient_id}).json()["total"] == 1
