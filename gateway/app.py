@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
@@ -16,7 +17,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from gateway import fhir_validation as fv
-from gateway import search
+from gateway import search, supply_api
 from gateway.audit_events import audit_event
 from gateway.auth import Client, TokenPolicy, authenticate, require
 from gateway.federation import Disclosed, Federation, Withheld
@@ -72,11 +73,21 @@ def create_app(config: GatewayConfig, records: Records) -> FastAPI:
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Any) -> Response:
-        route = request.scope.get("route")
-        with latency.labels(request.method, getattr(route, "path", "other")).time():
-            response: Response = await call_next(request)
-        route = request.scope.get("route")
-        requests.labels(request.method, getattr(route, "path", "other"), str(response.status_code)).inc()
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        elapsed = time.perf_counter() - started
+        route = getattr(request.scope.get("route"), "path", "other")  # the template, never ids or query values
+        latency.labels(request.method, route).observe(elapsed)
+        requests.labels(request.method, route, str(response.status_code)).inc()
+        log.info(
+            "request",
+            extra={
+                "method": request.method,
+                "route": route,
+                "status": response.status_code,
+                "ms": round(elapsed * 1e3),
+            },
+        )
         return response
 
     def client(request: Request, resource_type: str, access: str) -> Client:
@@ -329,6 +340,8 @@ def create_app(config: GatewayConfig, records: Records) -> FastAPI:
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         return FhirResponse(outcome, status_code=status, headers=headers)
 
+    app.include_router(supply_api.router(records.ledger, client))
+
     # Known errors are answered by Starlette's exception middleware; anything else falls to the catch-all (500).
     for known in KNOWN_ERRORS:
         app.add_exception_handler(known, to_outcome)
@@ -370,19 +383,40 @@ def _searchset(
 
 def capability_statement(config: GatewayConfig) -> dict[str, Any]:
     """Exactly what this server supports."""
-    resources = [
-        {
+    search_params = [
+        {"name": "patient", "type": "reference"},
+        {"name": "_id", "type": "token"},
+        {"name": "identifier", "type": "token"},
+        {"name": "_lastUpdated", "type": "date"},
+        {"name": "_count", "type": "number"},
+    ]
+    interactions = ("read", "vread", "history-instance", "create", "update", "search-type")
+
+    def resource(t: str) -> dict[str, Any]:
+        operations = [{"name": "verify", "definition": "urn:careledger:operation:verify"}]
+        if t == "Patient":
+            operations += [
+                {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
+                {"name": "erase", "definition": "urn:careledger:operation:erase"},
+            ]
+        return {
             "type": t,
-            "interaction": [{"code": c} for c in ("read", "vread", "history-instance", "create", "update")],
+            "interaction": [{"code": c} for c in interactions],
             "versioning": "versioned",
             "readHistory": True,
             "updateCreate": True,
+            "conditionalCreate": True,
             "conditionalUpdate": False,
-            "operation": [{"name": "verify", "definition": "urn:careledger:operation:verify"}]
-            + ([{"name": "erase", "definition": "urn:careledger:operation:erase"}] if t == "Patient" else []),
+            "searchParam": search_params,
+            "operation": operations,
         }
-        for t in sorted(fv.PATIENT_ELEMENT)
-    ]
+
+    audit = {
+        "type": "AuditEvent",
+        "interaction": [{"code": "search-type"}],
+        "searchParam": [{"name": "patient", "type": "reference"}],
+    }
+    smart = {"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -395,20 +429,9 @@ def capability_statement(config: GatewayConfig) -> dict[str, Any]:
         "rest": [
             {
                 "mode": "server",
-                "security": {
-                    "service": [
-                        {
-                            "coding": [
-                                {
-                                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-                                    "code": "SMART-on-FHIR",
-                                }
-                            ]
-                        }
-                    ]
-                },
+                "security": {"service": [{"coding": [smart]}]},
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],
-                "resource": resources,
+                "resource": [resource(t) for t in sorted(fv.PATIENT_ELEMENT)] + [audit],
             }
         ],
     }

@@ -17,7 +17,7 @@ from network.errors import NetworkError
 from network.processes import ManagedProcess, ensure_port_free
 from network.topology import Topology
 
-MEMBER_ORGS_HELP = "member org name, e.g. HospitalOrg (repeatable; default: every member org that keeps records)"
+MEMBER_ORGS_HELP = "member org name, e.g. HospitalOrg (repeatable; default: every member org)"
 
 
 def process(topology: Topology, org: str) -> ManagedProcess:
@@ -49,7 +49,7 @@ def start(topology: Topology, org: str) -> bool:
 
 
 def orgs_with_gateways(topology: Topology) -> list[str]:
-    return [o.name for o in topology.member_orgs if o.kind in ("provider", "insurer")]
+    return [o.name for o in topology.member_orgs]
 
 
 @click.group()

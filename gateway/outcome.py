@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi.exceptions import RequestValidationError
+
 from gateway.fabric import FabricError, GatewayTimeout, PeerUnavailable
 from gateway.fhir_validation import FhirInvalid, Issue
 from gateway.ledger import LedgerConflict, LedgerForbidden, LedgerInvalid, LedgerNotFound, LedgerRefused
@@ -48,6 +50,7 @@ _LEDGER_STATUS: list[tuple[type[Exception], int, str]] = [
 
 
 KNOWN_ERRORS: tuple[type[Exception], ...] = (
+    RequestValidationError,
     FhirInvalid,
     HttpProblem,
     LedgerRefused,
@@ -61,6 +64,12 @@ def problem(err: Exception) -> tuple[int, dict[str, Any]] | None:
         return err.status, operation_outcome(err.issues)
     if isinstance(err, HttpProblem):
         return err.status, operation_outcome([err.issue])
+    if isinstance(err, RequestValidationError):  # path, query or JSON body parameters of the non-FHIR routes
+        issues = [
+            Issue("required" if e["type"] == "missing" else "value", ".".join(map(str, e["loc"])), e["msg"])
+            for e in err.errors()
+        ]
+        return (400 if any(e["loc"][0] == "query" for e in err.errors()) else 422), operation_outcome(issues)
     for cls, status, code in _LEDGER_STATUS:
         if isinstance(err, cls):
             text = err.message if isinstance(err, LedgerRefused) else str(err)

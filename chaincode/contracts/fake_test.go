@@ -164,6 +164,18 @@ func (s *fakeStub) GetTransient() (map[string][]byte, error) { return s.transien
 
 func (s *fakeStub) GetState(key string) ([]byte, error) { return s.w.state[key], nil }
 
+func (s *fakeStub) GetMultipleStates(keys ...string) ([][]byte, error) {
+	out := make([][]byte, len(keys))
+	for i, k := range keys {
+		out[i] = s.w.state[k]
+	}
+	return out, nil
+}
+
+// Writes are buffered until commit anyway; a write batch changes nothing a contract can observe.
+func (s *fakeStub) StartWriteBatch()        {}
+func (s *fakeStub) FinishWriteBatch() error { return nil }
+
 func (s *fakeStub) PutState(key string, value []byte) error {
 	if value == nil {
 		value = []byte{}

@@ -1,6 +1,7 @@
 package contracts
 
 import (
+	"encoding/json"
 	"fmt"
 
 	"github.com/hyperledger/fabric-contract-api-go/v2/contractapi"
@@ -140,15 +141,32 @@ func (c *Records) Register(ctx contractapi.TransactionContextInterface, entriesJ
 	if err != nil {
 		return 0, err
 	}
+	heads, err := c.heads(ctx, entries)
+	if err != nil {
+		return 0, err
+	}
 	written := []RecordEntry{}
-	for i, e := range entries {
-		changed, err := c.registerOne(ctx, caller.MSP, i, e, timeText(now))
-		if err != nil {
-			return 0, err
+	err = batched(ctx, func() error {
+		patients := map[string]bool{}
+		for i, e := range entries {
+			changed, err := c.registerOne(ctx, caller.MSP, i, e, heads[i])
+			if err != nil {
+				return err
+			}
+			if changed {
+				written = append(written, e)
+				patients[e.Patient] = true
+			}
 		}
-		if changed {
-			written = append(written, e)
+		for _, p := range sortedKeys(patients) {
+			if err := c.noteCustodian(ctx, p, caller.MSP, timeText(now)); err != nil {
+				return err
+			}
 		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
 	}
 	if len(written) > 0 {
 		ev := registeredEvent{Custodian: caller.MSP, TxID: ctx.GetStub().GetTxID(), Entries: written}
@@ -159,13 +177,36 @@ func (c *Records) Register(ctx contractapi.TransactionContextInterface, entriesJ
 	return len(written), nil
 }
 
-func (c *Records) registerOne(ctx contractapi.TransactionContextInterface, msp string, i int, e RecordEntry, now string) (bool, error) {
-	headKey, err := key(ctx, keyRecordHead, e.ResourceType, e.ID)
-	if err != nil {
-		return false, err
+// heads reads the current head of every entry's resource in one round trip to the peer.
+func (c *Records) heads(ctx contractapi.TransactionContextInterface, entries []RecordEntry) ([]*RecordHead, error) {
+	keys := make([]string, len(entries))
+	for i, e := range entries {
+		k, err := key(ctx, keyRecordHead, e.ResourceType, e.ID)
+		if err != nil {
+			return nil, err
+		}
+		keys[i] = k
 	}
-	var head RecordHead
-	found, err := getJSON(ctx, headKey, &head)
+	raws, err := ctx.GetStub().GetMultipleStates(keys...)
+	if err != nil {
+		return nil, err
+	}
+	heads := make([]*RecordHead, len(entries))
+	for i, raw := range raws {
+		if raw == nil {
+			continue
+		}
+		heads[i] = &RecordHead{}
+		if err := json.Unmarshal(raw, heads[i]); err != nil {
+			return nil, err
+		}
+	}
+	return heads, nil
+}
+
+// registerOne writes one entry as the next version of its resource; head is its current head (nil: new resource).
+func (c *Records) registerOne(ctx contractapi.TransactionContextInterface, msp string, i int, e RecordEntry, head *RecordHead) (bool, error) {
+	headKey, err := key(ctx, keyRecordHead, e.ResourceType, e.ID)
 	if err != nil {
 		return false, err
 	}
@@ -173,7 +214,7 @@ func (c *Records) registerOne(ctx contractapi.TransactionContextInterface, msp s
 	if err != nil {
 		return false, err
 	}
-	if found {
+	if head != nil {
 		if head.Custodian != msp {
 			return false, forbidden("entries[%d]: %s/%s is held by %s; only its custodian registers versions", i, e.ResourceType, e.ID, head.Custodian)
 		}
@@ -199,10 +240,7 @@ func (c *Records) registerOne(ctx contractapi.TransactionContextInterface, msp s
 	if err := putJSON(ctx, recKey, rec); err != nil {
 		return false, err
 	}
-	if err := putJSON(ctx, headKey, RecordHead{Patient: e.Patient, Custodian: msp, Version: e.Version}); err != nil {
-		return false, err
-	}
-	return true, c.noteCustodian(ctx, e.Patient, msp, now)
+	return true, putJSON(ctx, headKey, RecordHead{Patient: e.Patient, Custodian: msp, Version: e.Version})
 }
 
 func (c *Records) noteCustodian(ctx contractapi.TransactionContextInterface, patient, msp, now string) error {

@@ -199,3 +199,29 @@ def test_claims_and_coverage_go_where_they_belong(
     dup = hospital.post("/Claim", claim)
     assert dup.status_code == 409 and "duplicate" in dup.json()["issue"][0]["diagnostics"]
     assert hospital.get("/Claim", params={"patient": patient_id}).json()["total"] == 1
+
+
+def test_supply_api_follows_a_pack_and_flags_a_clone(gateways: dict[str, GatewayHttp]) -> None:
+    pharma, hospital, clinic = gateways["PharmaOrg"], gateways["HospitalOrg"], gateways["ClinicOrg"]
+    serial = f"SAPI{datetime.datetime.now().strftime('%H%M%S%f')}"
+    pack = {"gtin": "00300123456785", "serial": serial, "lot": "LOT9", "expiry": "2031-06-30"}
+    unit = f"{pharma.settings.url}/supply/units/{pack['gtin']}/{serial}"
+
+    assert pharma.post(f"{pharma.settings.url}/supply/units", pack).status_code == 201
+    assert pharma.post(f"{unit}/ship", {"to": "HospitalMSP"}).status_code == 200
+    # Only the addressee receives; the clinic is refused by the contract, as an OperationOutcome.
+    refused = clinic.post(f"{clinic.settings.url}/supply/units/{pack['gtin']}/{serial}/receive", {})
+    assert refused.status_code == 409 and "not in transit to ClinicMSP" in refused.json()["issue"][0]["diagnostics"]
+    hospital_unit = f"{hospital.settings.url}/supply/units/{pack['gtin']}/{serial}"
+    assert hospital.post(f"{hospital_unit}/receive", {}).status_code == 200
+    assert hospital.post(f"{hospital_unit}/dispense", {}).status_code == 200
+
+    # The same serial shows up again at the clinic: a clone of a dispensed pack.
+    verify = clinic.get(f"{clinic.settings.url}/supply/verify", params={"gtin": pack["gtin"], "serial": serial})
+    assert verify.status_code == 200, verify.text
+    assert verify.json()["authentic"] is False and "already_dispensed" in verify.json()["flags"]
+    steps = [e["bizStep"] for e in hospital.get(f"{hospital_unit}/history").json()]
+    assert steps == ["commissioning", "shipping", "receiving", "dispensing"]
+
+    bad = pharma.post(f"{pharma.settings.url}/supply/units", {"gtin": pack["gtin"]})
+    assert bad.status_code == 422 and bad.json()["resourceType"] == "OperationOutcome"
