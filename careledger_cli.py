@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
+from careledger_demo import demo
 from gateway.cli import gateway
 from network.cli import network
+from workers.cli import worker
 
 
 @click.group()
@@ -15,6 +17,8 @@ def main() -> None:
 
 main.add_command(network)
 main.add_command(gateway)
+main.add_command(worker)
+main.add_command(demo)
 
 if __name__ == "__main__":
     main()

@@ -22,10 +22,11 @@ from gateway.audit_events import audit_event
 from gateway.auth import Client, TokenPolicy, authenticate, require
 from gateway.federation import Disclosed, Federation, Withheld
 from gateway.outcome import FHIR_JSON, KNOWN_ERRORS, HttpProblem, operation_outcome, problem
-from gateway.records import Records, Written
+from gateway.records import Records, Written, claim_response_id
 from gateway.store import Stored, Tampered
 
 PURPOSE_DEFAULT = "TREAT"
+CLAIM_RESPONSE_WAIT_S = 5.0
 AUDIT_FROM, AUDIT_TO = "1970-01-01T00:00:00Z", "9999-12-31T23:59:59Z"
 
 log = logging.getLogger("careledger.gateway")
@@ -249,17 +250,39 @@ def create_app(config: GatewayConfig, records: Records) -> FastAPI:
         )
         return FhirResponse({"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries})
 
-    @app.get("/federation/everything/{pseudonym}")
-    async def disclose(pseudonym: str, request: Request, purpose: str = PURPOSE_DEFAULT) -> FhirResponse:
-        """Org-to-org: another member asks for this org's records of a patient. The TLS client certificate names
-        the asking org; consent is checked and the access logged on chain in one transaction, permit or deny."""
+    def member_caller(request: Request) -> str:
+        """The member org calling, named by the CA of its TLS client certificate."""
         if config.federation is None:
             raise HttpProblem(404, "not-supported", "this gateway does not answer other members")
         tls = request.scope.get("extensions", {}).get("tls", {})
         chain = tls.get("client_cert_chain") or []
-        accessor = config.federation.caller(chain[0] if chain else None)
-        if accessor is None:
+        caller = config.federation.caller(chain[0] if chain else None)
+        if caller is None:
             raise HttpProblem(401, "login", "org-to-org calls need a member gateway's TLS client certificate")
+        return caller
+
+    @app.get("/federation/claim-responses/{claim_id}")
+    async def claim_response_for_provider(claim_id: str, request: Request) -> FhirResponse:
+        """Org-to-org: the provider of a claim fetches the insurer's ClaimResponse to it. The ledger says whose
+        claim it is; nobody else gets it."""
+        caller = member_caller(request)
+        # The provider asks as soon as the adjudication commits, while this org's worker may still be storing the
+        # response: wait for it a little here rather than have the provider poll.
+        deadline = time.monotonic() + CLAIM_RESPONSE_WAIT_S
+        while records.read("ClaimResponse", claim_response_id(claim_id)) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        stored = stored_or_404("ClaimResponse", claim_response_id(claim_id))
+        # The requestor was written from the claim on chain when the response was built.
+        requestor = json.loads(stored.content).get("requestor", {}).get("identifier", {}).get("value")
+        if caller != requestor:
+            raise HttpProblem(403, "forbidden", f"claim {claim_id} is not a claim of {caller}")
+        return _resource_response(stored)
+
+    @app.get("/federation/everything/{pseudonym}")
+    async def disclose(pseudonym: str, request: Request, purpose: str = PURPOSE_DEFAULT) -> FhirResponse:
+        """Org-to-org: another member asks for this org's records of a patient. The TLS client certificate names
+        the asking org; consent is checked and the access logged on chain in one transaction, permit or deny."""
+        accessor = member_caller(request)
         pid = records.store.patient_of_pseudonym(pseudonym)
         if pid is None:
             raise HttpProblem(404, "not-found", "no records of this patient are held here")
@@ -333,6 +356,8 @@ def create_app(config: GatewayConfig, records: Records) -> FastAPI:
 
     async def to_outcome(request: Request, err: Exception) -> FhirResponse:
         mapped = problem(err)
+        if mapped is not None and mapped[0] >= 500:
+            log.warning("request failed", extra={"error": type(err).__name__, "detail": str(err)[:300]})
         if mapped is None:
             log.exception("unhandled error", extra={"route": request.url.path})
             mapped = 500, operation_outcome([fv.Issue("exception", "", "internal error; see the gateway log")])

@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.fabric import EndorsementFailed, EvaluateFailed, GatewayError
 from gateway.fabric.aio import AsyncGateway
+from gateway.fabric.retry import retry_conflicts_async
 
 CHAINCODE = "careledger"
 PROVIDERS, CLAIMS, PHARMA = "providers", "claims", "pharma"
@@ -76,8 +77,13 @@ class Ledger:
         self, channel: str, function: str, *args: str, transient: Mapping[str, Any] | None = None
     ) -> Committed:
         encoded = {k: json.dumps(v).encode() for k, v in (transient or {}).items()}
+
+        async def attempt() -> Any:
+            return await self.gateway.submit(channel, self.chaincode, function, list(args), transient=encoded or None)
+
         try:
-            done = await self.gateway.submit(channel, self.chaincode, function, list(args), transient=encoded or None)
+            # A transaction that lost a read race did not commit: submitting it anew is safe.
+            done = await retry_conflicts_async(attempt)
         except EndorsementFailed as e:
             raise (refusal(e) or e) from None
         return Committed(done.tx_id, json.loads(done.result) if done.result else None)

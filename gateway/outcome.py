@@ -6,7 +6,8 @@ from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 
-from gateway.fabric import FabricError, GatewayTimeout, PeerUnavailable
+from gateway.fabric import CommitFailed, EndorsementFailed, FabricError, GatewayTimeout, PeerUnavailable
+from gateway.fabric.retry import is_read_race
 from gateway.fhir_validation import FhirInvalid, Issue
 from gateway.ledger import LedgerConflict, LedgerForbidden, LedgerInvalid, LedgerNotFound, LedgerRefused
 from gateway.records import LedgerOutcomeUnknown
@@ -70,6 +71,9 @@ def problem(err: Exception) -> tuple[int, dict[str, Any]] | None:
             for e in err.errors()
         ]
         return (400 if any(e["loc"][0] == "query" for e in err.errors()) else 422), operation_outcome(issues)
+    if isinstance(err, (CommitFailed, EndorsementFailed)) and is_read_race(err):
+        # Concurrent writes to the same records kept winning, even after retries: nothing was written; try again.
+        return 503, operation_outcome([Issue("transient", "", f"busy, nothing was written; retry: {err}")])
     for cls, status, code in _LEDGER_STATUS:
         if isinstance(err, cls):
             text = err.message if isinstance(err, LedgerRefused) else str(err)

@@ -60,6 +60,11 @@ ROUTES = {
 ALLOWED_ROUTES = {"provider": {"records", "claim", "consent"}, "insurer": {"held"}, "manufacturer": set()}
 
 
+def claim_response_id(claim_id: str) -> str:
+    """The id of the insurer's ClaimResponse to a claim, the same at the insurer and at the provider."""
+    return f"cr-{claim_id}"
+
+
 def route_of(resource_type: str) -> str:
     """Which ledger call registers a resource type: "records" (Records:Register) unless listed in ROUTES."""
     return ROUTES.get(resource_type, "records")

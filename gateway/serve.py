@@ -149,11 +149,17 @@ def server_ssl_files(settings: GatewaySettings) -> tuple[Path, Path, Path]:
     return tls / "server.crt", tls / "server.key", bundle
 
 
+def member_client_ssl(settings: GatewaySettings) -> ssl.SSLContext:
+    """TLS for calling other members' gateways: trust every member's TLS CA, present this org's gateway cert."""
+    tls = settings.topology.gateway_tls_dir(settings.org)
+    ctx = ssl.create_default_context(cadata=_member_cas(settings.topology))
+    ctx.load_cert_chain(tls / "server.crt", tls / "server.key")
+    return ctx
+
+
 def federation(settings: GatewaySettings) -> Federation:
     t = settings.topology
-    tls = t.gateway_tls_dir(settings.org)
-    ctx = ssl.create_default_context(cadata=_member_cas(t))
-    ctx.load_cert_chain(tls / "server.crt", tls / "server.key")
+    ctx = member_client_ssl(settings)
     members = {
         o.msp_id: Member(
             o.msp_id,

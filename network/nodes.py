@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -138,5 +139,14 @@ def start(topology: Topology, binaries: FabricBinaries, node: Node) -> bool:
     return True
 
 
+def listening(node: Node) -> bool:
+    """Whether the node's gRPC port accepts connections (the operations server can answer before it does)."""
+    try:
+        with socket.create_connection((node.host, node.port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def wait_healthy(topology: Topology, node: Node, timeout: float = HEALTH_TIMEOUT) -> None:
-    process(topology, node).wait_until(lambda: healthy(node), "healthy", timeout)
+    process(topology, node).wait_until(lambda: healthy(node) and listening(node), "healthy and listening", timeout)

@@ -95,13 +95,19 @@ class GatewayHttp:
 
 
 @pytest.fixture(scope="session")
-def gateways(network: topo.Topology) -> Iterator[dict[str, GatewayHttp]]:
-    """Every provider's and insurer's gateway running as its own process (`careledger gateway start`)."""
+def gateway_clients(network: topo.Topology) -> Iterator[dict[str, GatewayHttp]]:
     orgs = gateway_cli.orgs_with_gateways(network)
-    for org in orgs:
-        gateway_cli.start(network, org)
     clients = {org: GatewayHttp(GatewaySettings.load(network, org)) for org in orgs}
     yield clients
     for org in orgs:
         clients[org].http.close()
         gateway_cli.process(network, org).stop()
+
+
+@pytest.fixture
+def gateways(network: topo.Topology, gateway_clients: dict[str, GatewayHttp]) -> dict[str, GatewayHttp]:
+    """Every member's gateway running as its own process (`careledger gateway start`). Started on first use and
+    again after a test that took the network down (which stops gateways too)."""
+    for org in gateway_clients:
+        gateway_cli.start(network, org)
+    return gateway_clients

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from gateway.fabric.errors import CommitFailed, EndorsementFailed, FabricError
@@ -39,4 +40,16 @@ def retry_conflicts(attempt: Callable[[], T], attempts: int = 5, base_delay: flo
             if not is_read_race(e) or n == attempts - 1:
                 raise
             time.sleep(random.uniform(0, base_delay * 2**n))
+    raise AssertionError("unreachable")
+
+
+async def retry_conflicts_async(attempt: Callable[[], Awaitable[T]], attempts: int = 5, base_delay: float = 0.05) -> T:
+    """`retry_conflicts` for coroutines."""
+    for n in range(attempts):
+        try:
+            return await attempt()
+        except (CommitFailed, EndorsementFailed) as e:
+            if not is_read_race(e) or n == attempts - 1:
+                raise
+            await asyncio.sleep(random.uniform(0, base_delay * 2**n))
     raise AssertionError("unreachable")

@@ -1,0 +1,292 @@
+"""Claims end to end with real processes: gateways, chain-event listeners and Celery workers (`careledger worker
+start`), Redis, Fabric. A webhook receiver in this process plays the insurer's and the hospital's back offices; it
+fails the first attempts of every delivery on purpose."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from gateway import cli as gateway_cli
+from gateway import synthetic
+from gateway.fabric import Gateway
+from network.topology import Topology
+from tests.conftest import GatewayHttp
+from workers import cli as worker_cli
+from workers.settings import CONFIG_DIR
+
+pytestmark = pytest.mark.network
+
+FAILURES_BEFORE_SUCCESS = 2
+SECRETS = {"InsurerOrg": b"insurer-test-secret", "HospitalOrg": b"hospital-test-secret"}
+
+
+@dataclass
+class Receiver:
+    """Webhook deliveries by path (/InsurerOrg, /HospitalOrg): every attempt, and the accepted ones."""
+
+    attempts: Counter[str] = field(default_factory=Counter)
+    accepted: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    bad_signatures: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def accepted_for(self, org: str, event: str) -> Counter[str]:
+        with self.lock:
+            return Counter(b["claim"]["claimId"] for o, b in self.accepted if o == org and b["event"] == event)
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[tuple[Receiver, str]]:
+    state = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            org = self.path.strip("/")
+            delivery = self.headers["X-CareLedger-Delivery"]
+            expected = "sha256=" + hmac.new(SECRETS[org], body, hashlib.sha256).hexdigest()
+            with state.lock:
+                state.attempts[delivery] += 1
+                fail = state.attempts[delivery] <= FAILURES_BEFORE_SUCCESS
+                if self.headers["X-CareLedger-Signature"] != expected:
+                    state.bad_signatures += 1
+                elif not fail:
+                    state.accepted.append((org, json.loads(body)))
+            self.send_response(503 if fail else 204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield state, f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def workers(
+    network: Topology, gateway_clients: dict[str, GatewayHttp], receiver: tuple[Receiver, str], tmp_path_factory: Any
+) -> Iterator[Topology]:
+    """Listeners and workers of every org on `claims`, configured to post to the receiver."""
+    _, url = receiver
+    for org in gateway_clients:
+        gateway_cli.start(network, org)
+    config_dir: Path = tmp_path_factory.mktemp("worker-config")
+    for org in worker_cli.orgs_with_workers(network):
+        cfg = yaml.safe_load((CONFIG_DIR / f"{org}.yaml").read_text())
+        secret = SECRETS.get(org, b"unused").decode()
+        cfg["webhook"] = {"url": f"{url}/{org}" if org in SECRETS else "", "secret": secret,
+                          "max_attempts": 6, "backoff_seconds": 0.2}  # fmt: skip
+        (config_dir / f"{org}.yaml").write_text(yaml.safe_dump(cfg))
+    saved = {k: os.environ.get(k) for k in ("CARELEDGER_WORKER_CONFIG_DIR", "CARELEDGER_VISIBILITY_TIMEOUT")}
+    os.environ["CARELEDGER_WORKER_CONFIG_DIR"] = str(config_dir)
+    os.environ["CARELEDGER_VISIBILITY_TIMEOUT"] = "12"  # a killed worker's tasks come back soon, yet after any task
+    for org in worker_cli.orgs_with_workers(network):
+        worker_cli.start_worker(network, org)
+        worker_cli.start_listener(network, org)
+    yield network
+    for org in worker_cli.orgs_with_workers(network):
+        worker_cli.listener_process(network, org).stop()
+        worker_cli.worker_process(network, org).stop(timeout=30)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@dataclass
+class Member:
+    patient_id: str
+    mpi: str
+
+
+def enrol(hospital: GatewayHttp, insurer: GatewayHttp, covered: bool = True) -> Member:
+    gen = synthetic.Synthetic.seeded(None)
+    mpi = gen.mpi_value()
+    r = hospital.post("", gen.transaction(2, mpi))
+    assert r.status_code == 200, r.text
+    member = Member(r.json()["entry"][0]["response"]["location"].split("/")[1], mpi)
+    if covered:
+        coverage = {
+            "resourceType": "Coverage",
+            "status": "active",
+            "beneficiary": {"identifier": {"system": synthetic.MPI_SYSTEM, "value": mpi}},
+            "payor": [{"identifier": {"system": "urn:careledger:msp", "value": "InsurerMSP"}}],
+            "period": {"start": "2026-01-01", "end": "2027-12-31"},
+        }
+        assert insurer.post("/Coverage", coverage).status_code == 201
+    return member
+
+
+TODAY = datetime.date.today().isoformat()
+
+
+def submit(hospital: GatewayHttp, member: Member, lines: list[tuple[str, int, str]]) -> str:
+    r = hospital.post("/Claim", synthetic.claim(member.patient_id, "InsurerMSP", lines, TODAY, "Coverage/test"))
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def claim_response(hospital: GatewayHttp, claim_id: str) -> dict[str, Any] | None:
+    r = hospital.get(f"/ClaimResponse/cr-{claim_id}")
+    return r.json() if r.status_code == 200 else None
+
+
+def reasons(response: dict[str, Any]) -> list[list[str]]:
+    out = []
+    for item in response["item"]:
+        benefit = item["adjudication"][1]
+        out.append([c["code"] for c in (benefit.get("reason") or {}).get("coding", [])])
+    return out
+
+
+def test_claims_are_adjudicated_in_seconds_by_the_rules(
+    workers: Topology, gateways: dict[str, GatewayHttp], gateway_as: Callable[..., Gateway]
+) -> None:
+    hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
+    member, stranger = enrol(hospital, insurer), enrol(hospital, insurer, covered=False)
+
+    started = time.monotonic()
+    overbilled = submit(hospital, member, [("99213", 1, "125.00"), ("85025", 2, "20.00")])
+    response = wait_for(lambda: claim_response(hospital, overbilled), 5, "the ClaimResponse at the hospital")
+    turnaround = time.monotonic() - started
+    assert turnaround < 5
+    assert response["outcome"] == "complete" and response["disposition"].startswith("partial: 150.00 of 165.00")
+    assert reasons(response) == [["45"], []]
+
+    uncovered = submit(hospital, stranger, [("85025", 1, "20.00")])
+    assert reasons(wait_for(lambda: claim_response(hospital, uncovered), 10, "uncovered"))[0] == ["31"]
+
+    # The same code for the member on the same day in another claim: that line is a duplicate.
+    again = submit(hospital, member, [("85025", 2, "20.00"), ("80053", 1, "30.00")])
+    dup = wait_for(lambda: claim_response(hospital, again), 10, "duplicate")
+    assert reasons(dup) == [["18"], []] and dup["disposition"].startswith("partial")
+
+    needs_auth = submit(hospital, member, [("27447", 1, "9000.00")])
+    auth = wait_for(lambda: claim_response(hospital, needs_auth), 10, "prior auth")
+    assert reasons(auth) == [["197"]] and auth["disposition"].startswith("denied")
+
+    # Approved money is paid once, with a PaymentReconciliation at the insurer; denied claims are not paid.
+    ins = gateway_as("InsurerOrg")
+
+    def status(claim_id: str) -> str:
+        return str(json.loads(ins.evaluate("claims", "careledger", "Claims:Get", [claim_id]))["status"])
+
+    wait_for(lambda: status(overbilled) == "paid", 10, "payment")
+    assert status(needs_auth) == "adjudicated"
+    payment = insurer.get(f"/PaymentReconciliation/pr-{overbilled}").json()
+    assert payment["paymentAmount"] == {"value": 150.0, "currency": "USD"}
+    print(f"turnaround POST Claim -> ClaimResponse at the hospital: {turnaround:.2f} s")
+
+
+def test_webhooks_get_every_claim_once_despite_failures(
+    workers: Topology, gateways: dict[str, GatewayHttp], receiver: tuple[Receiver, str]
+) -> None:
+    state, _ = receiver
+    hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
+    member = enrol(hospital, insurer)
+    claims = [submit(hospital, member, [(code, 1, "10.00")]) for code in ("86900", "86901", "87070")]
+    wait_for(lambda: all(state.accepted_for("InsurerOrg", "Claims.Submitted")[c] for c in claims), 30, "insurer hooks")
+    wait_for(lambda: all(state.accepted_for("HospitalOrg", "Claims.Adjudicated")[c] for c in claims), 30, "EHR hooks")
+    time.sleep(1.5)  # would a repeat arrive?
+    assert [state.accepted_for("InsurerOrg", "Claims.Submitted")[c] for c in claims] == [1, 1, 1]
+    assert [state.accepted_for("HospitalOrg", "Claims.Adjudicated")[c] for c in claims] == [1, 1, 1]
+    assert state.bad_signatures == 0
+    # Each was accepted on the third attempt: the receiver refused the first two, and the worker retried.
+    with state.lock:
+        ours = [b["delivery"] for _, b in state.accepted if b["claim"]["claimId"] in claims]
+        assert [state.attempts[d] for d in ours] == [FAILURES_BEFORE_SUCCESS + 1] * len(ours)
+    r = redis.Redis.from_url(workers.redis_url)
+    stream = [json.loads(f[b"claim"]) for _, f in r.xrange("careledger:stream:InsurerMSP:claims")]
+    assert Counter(c["claimId"] for c in stream if c["claimId"] in claims) == Counter(claims)
+
+
+def adjudications(gw: Gateway, claim_ids: set[str], expected: int, timeout: float) -> Counter[str]:
+    """Count Claims.Adjudicated events of these claims in the whole chain, waiting until `expected` have shown up
+    (and a little longer, so a duplicate would show up too)."""
+    seen: Counter[str] = Counter()
+    stream = gw.chaincode_events("claims", "careledger", start_block=0)
+
+    def read() -> None:
+        try:
+            for e in stream:
+                if e.name == "Claims.Adjudicated" and (cid := json.loads(e.payload)["claimId"]) in claim_ids:
+                    seen[cid] += 1
+        except Exception:
+            pass  # cancelled by close()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and sum(seen.values()) < expected:
+        time.sleep(0.2)
+    time.sleep(2)
+    stream.close()
+    return seen
+
+
+def test_a_worker_killed_mid_adjudication_loses_and_repeats_nothing(
+    workers: Topology, gateways: dict[str, GatewayHttp], gateway_as: Callable[..., Gateway]
+) -> None:
+    hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
+    member = enrol(hospital, insurer)
+    proc = worker_cli.worker_process(workers, "InsurerOrg")
+    claims = [submit(hospital, member, [(f"9{n:04d}", 1, "10.00")]) for n in range(12)]
+    # Kill -9 as soon as the first answer exists: other adjudications are in flight or queued.
+    wait_for(lambda: any(claim_response(insurer, c) for c in claims), 10, "a first adjudication")
+    assert proc.stop(timeout=0, sig=signal.SIGKILL)
+    worker_cli.start_worker(workers, "InsurerOrg")
+    ins = gateway_as("InsurerOrg")
+    counts = adjudications(ins, set(claims), len(claims), timeout=120)
+    states = {c: json.loads(ins.evaluate("claims", "careledger", "Claims:Get", [c]))["status"] for c in claims}
+    assert counts == Counter(claims), (counts, states)  # every claim adjudicated, each exactly once
+    for c in claims:
+        response = wait_for(lambda c=c: claim_response(insurer, c), 20, "the ClaimResponse")
+        assert response["meta"]["versionId"] == "1"
+
+
+def test_a_listener_restarted_while_claims_flow_misses_nothing(
+    workers: Topology, gateways: dict[str, GatewayHttp], receiver: tuple[Receiver, str]
+) -> None:
+    state, _ = receiver
+    hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
+    member = enrol(hospital, insurer)
+    listener = worker_cli.listener_process(workers, "InsurerOrg")
+    claims: list[str] = []
+    for n in range(9):
+        if n == 3:
+            assert listener.stop(timeout=0, sig=signal.SIGKILL)
+        if n == 6:
+            worker_cli.start_listener(workers, "InsurerOrg")
+        claims.append(submit(hospital, member, [(f"8{n:04d}", 1, "10.00")]))
+    wait_for(lambda: all(claim_response(insurer, c) for c in claims), 60, "every claim adjudicated")
+    wait_for(lambda: all(state.accepted_for("InsurerOrg", "Claims.Submitted")[c] for c in claims), 60, "hooks")
+    time.sleep(1.5)
+    assert [state.accepted_for("InsurerOrg", "Claims.Submitted")[c] for c in claims] == [1] * len(claims)

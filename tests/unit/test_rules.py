@@ -1,0 +1,126 @@
+"""The adjudication rules engine, table-driven, and what the listener dispatches for each event."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from workers import rules
+from workers.listener import tasks_for
+
+RULES = rules.Rules(
+    network_providers=frozenset({"HospitalMSP"}),
+    fee_schedule={"99213": 11000},
+    prior_auth_codes=frozenset({"27447"}),
+    prior_auth_action="deny",
+    duplicate_window_days=3,
+    retention_seconds=86400,
+)
+CLAIM = {"claimId": "c1", "insurer": "InsurerMSP", "provider": "HospitalMSP", "serviceDate": "2026-06-10"}
+COVERED = {
+    "resourceType": "Coverage",
+    "status": "active",
+    "payor": [{"identifier": {"system": "urn:careledger:msp", "value": "InsurerMSP"}}],
+    "period": {"start": "2026-01-01", "end": "2026-12-31"},
+}
+
+
+def line(seq: int, code: str, qty: int, unit: int) -> dict[str, Any]:
+    return {"sequence": seq, "code": code, "quantity": qty, "unitPriceCents": unit, "netCents": qty * unit}
+
+
+def outcomes(decision: rules.Decision) -> list[tuple[str, int, list[str]]]:
+    return [(d.outcome, d.approved_cents, d.reasons) for d in decision.lines]
+
+
+CASES = [
+    ("approved as billed", {}, [line(1, "85025", 2, 2000)], [COVERED], [], [("approved", 4000, [])]),
+    ("over the fee schedule", {}, [line(1, "99213", 1, 12500)], [COVERED], [], [("partial", 11000, ["45"])]),
+    ("no coverage at all", {}, [line(1, "85025", 1, 100)], [], [], [("denied", 0, ["31"])]),
+    (
+        "coverage ended",
+        {},
+        [line(1, "85025", 1, 100)],
+        [COVERED | {"period": {"start": "2025-01-01", "end": "2025-12-31"}}],
+        [],
+        [("denied", 0, ["27"])],
+    ),
+    (
+        "coverage not yet begun",
+        {},
+        [line(1, "85025", 1, 100)],
+        [COVERED | {"period": {"start": "2026-07-01"}}],
+        [],
+        [("denied", 0, ["26"])],
+    ),
+    (
+        "another insurer's coverage",
+        {},
+        [line(1, "85025", 1, 100)],
+        [COVERED | {"payor": [{"identifier": {"value": "OtherMSP"}}]}],
+        [],
+        [("denied", 0, ["31"])],
+    ),
+    ("out of network", {"provider": "ClinicMSP"}, [line(1, "85025", 1, 100)], [COVERED], [], [("denied", 0, ["242"])]),
+    ("prior authorisation", {}, [line(1, "27447", 1, 100)], [COVERED], [], [("denied", 0, ["197"])]),
+    (
+        "near-duplicate line within the window",
+        {},
+        [line(1, "85025", 1, 100), line(2, "80053", 1, 100)],
+        [COVERED],
+        [rules.PriorLine("c0", "85025", "2026-06-08")],
+        [("denied", 0, ["18"]), ("approved", 100, [])],
+    ),
+    (
+        "same code outside the window",
+        {},
+        [line(1, "85025", 1, 100)],
+        [COVERED],
+        [rules.PriorLine("c0", "85025", "2026-06-01")],
+        [("approved", 100, [])],
+    ),
+    (
+        "its own earlier lines are no duplicate (a retried task)",
+        {},
+        [line(1, "85025", 1, 100)],
+        [COVERED],
+        [rules.PriorLine("c1", "85025", "2026-06-10")],
+        [("approved", 100, [])],
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "claim_changes", "lines", "coverages", "history", "expected"), CASES)
+def test_rules(
+    name: str,
+    claim_changes: dict[str, Any],
+    lines: list[dict[str, Any]],
+    coverages: list[dict[str, Any]],
+    history: list[rules.PriorLine],
+    expected: list[tuple[str, int, list[str]]],
+) -> None:
+    decision = rules.decide(RULES, CLAIM | claim_changes, lines, coverages, history)
+    assert outcomes(decision) == expected, name
+
+
+def test_prior_authorisation_can_pend_the_claim() -> None:
+    pend = rules.Rules.from_config({"prior_authorization": {"codes": ["27447"], "action": "pend"}})
+    decision = rules.decide(pend, CLAIM, [line(1, "27447", 1, 100)], [COVERED], [])
+    assert decision.pended and decision.lines == [] and "27447" in decision.note
+    with pytest.raises(ValueError):
+        rules.Rules.from_config({"prior_authorization": {"action": "maybe"}})
+
+
+def test_listener_dispatch_per_org() -> None:
+    claim = {"claimId": "c1", "insurer": "InsurerMSP", "provider": "HospitalMSP"}
+    assert [d.task for d in tasks_for("InsurerMSP", "Claims.Submitted", "tx1", claim)] == [
+        "careledger.adjudicate",
+        "careledger.notify",
+    ]
+    assert tasks_for("HospitalMSP", "Claims.Submitted", "tx1", claim) == []
+    assert tasks_for("ClinicMSP", "Claims.Adjudicated", "tx2", claim) == []
+    fetch = tasks_for("HospitalMSP", "Claims.Adjudicated", "tx2", claim)
+    assert [d.task for d in fetch] == ["careledger.fetch_claim_response"]
+    assert fetch[0].task_id == "HospitalMSP:tx2:Claims.Adjudicated:fetch"  # a replayed event gets the same id
+    assert [d.task for d in tasks_for("InsurerMSP", "Claims.Adjudicated", "tx2", claim)] == ["careledger.pay"]

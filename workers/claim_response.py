@@ -1,0 +1,114 @@
+"""The insurer's answer as FHIR: a ClaimResponse built from the adjudication recorded on chain (never from a fresh
+decision, so a retried task builds the same answer), and a PaymentReconciliation for the payment.
+
+The patient is named by pseudonym only (the insurer never learns the provider's Patient id or identifiers beyond
+what the Coverage says); `request` names the provider's Claim by id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.fhir_claim import MSP_SYSTEM
+from gateway.records import claim_response_id
+
+PSEUDONYM_SYSTEM = "urn:careledger:patient-pseudonym"
+CARC_SYSTEM = "https://x12.org/codes/claim-adjustment-reason-codes"
+ADJUDICATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/adjudication"
+
+
+def _money(cents: int, currency: str) -> dict[str, Any]:
+    return {"value": cents / 100, "currency": currency}
+
+
+def _org(msp: str) -> dict[str, Any]:
+    return {"identifier": {"system": MSP_SYSTEM, "value": msp}}
+
+
+def _common(claim: dict[str, Any], created: str) -> dict[str, Any]:
+    return {
+        "resourceType": "ClaimResponse",
+        "id": claim_response_id(claim["claimId"]),
+        "status": "active",
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/claim-type", "code": "professional"}]},
+        "use": "claim",
+        "patient": {"identifier": {"system": PSEUDONYM_SYSTEM, "value": claim["patient"]}},
+        "created": created,
+        "insurer": _org(claim["insurer"]),
+        "requestor": _org(claim["provider"]),
+        "request": {"reference": f"Claim/{claim['claimId']}"},
+    }
+
+
+def adjudicated(claim: dict[str, Any], lines: list[dict[str, Any]], adjudication: dict[str, Any]) -> dict[str, Any]:
+    """The ClaimResponse for an adjudicated claim: per item what was billed, what is paid, and why not all."""
+    currency = str(claim["currency"])
+    billed = {int(line["sequence"]): int(line["netCents"]) for line in lines}
+    items = []
+    for d in adjudication["lines"]:
+        seq = int(d["sequence"])
+        entries: list[dict[str, Any]] = [
+            {
+                "category": {"coding": [{"system": ADJUDICATION_SYSTEM, "code": "submitted"}]},
+                "amount": _money(billed[seq], currency),
+            },
+            {
+                "category": {"coding": [{"system": ADJUDICATION_SYSTEM, "code": "benefit"}]},
+                "amount": _money(int(d["approvedCents"]), currency),
+                **(
+                    {"reason": {"coding": [{"system": CARC_SYSTEM, "code": r} for r in d["reasons"]]}}
+                    if d["reasons"]
+                    else {}
+                ),
+            },
+        ]
+        items.append({"itemSequence": seq, "adjudication": entries})
+    outcome = str(adjudication["outcome"])
+    return _common(claim, str(claim["adjudicatedAt"])[:19] + "Z") | {
+        "outcome": "complete",
+        "disposition": f"{outcome}: {int(claim['approvedCents']) / 100:.2f} of"
+        f" {int(claim['totalCents']) / 100:.2f} {currency}",
+        "item": items,
+        "total": [
+            {
+                "category": {"coding": [{"system": ADJUDICATION_SYSTEM, "code": "submitted"}]},
+                "amount": _money(int(claim["totalCents"]), currency),
+            },
+            {
+                "category": {"coding": [{"system": ADJUDICATION_SYSTEM, "code": "benefit"}]},
+                "amount": _money(int(claim["approvedCents"]), currency),
+            },
+        ],
+    }
+
+
+def pended(claim: dict[str, Any], note: str, created: str) -> dict[str, Any]:
+    """A ClaimResponse saying the claim waits for review; nothing is on chain for it yet."""
+    return _common(claim, created) | {"outcome": "queued", "disposition": note}
+
+
+def payment(claim: dict[str, Any], payment_ref: str, created: str) -> dict[str, Any]:
+    """The PaymentReconciliation of a paid claim."""
+    return {
+        "resourceType": "PaymentReconciliation",
+        "id": f"pr-{claim['claimId']}",
+        "status": "active",
+        "created": created,
+        "paymentIssuer": _org(claim["insurer"]),
+        "requestor": _org(claim["provider"]),
+        "outcome": "complete",
+        "disposition": f"payment {payment_ref} for claim {claim['claimId']}",
+        "paymentDate": created[:10],
+        "paymentAmount": _money(int(claim["approvedCents"]), str(claim["currency"])),
+        "paymentIdentifier": {"system": "urn:careledger:payment", "value": payment_ref},
+        "detail": [
+            {
+                "type": {
+                    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/payment-type", "code": "payment"}]
+                },
+                "request": {"reference": f"Claim/{claim['claimId']}"},
+                "response": {"reference": f"ClaimResponse/{claim_response_id(claim['claimId'])}"},
+                "amount": _money(int(claim["approvedCents"]), str(claim["currency"])),
+            }
+        ],
+    }

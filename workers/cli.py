@@ -1,0 +1,120 @@
+"""`careledger worker ...`: an org's chain-event listener and Celery workers, in the foreground or the background."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from gateway import logs
+from network import redis_server
+from network import topology as topo
+from network.errors import NetworkError
+from network.processes import ManagedProcess
+from network.topology import Topology
+from workers.settings import WorkerSettings
+
+WORKER_THREADS = 48  # tasks wait on the ledger and HTTP, not the CPU
+
+
+def orgs_with_workers(topology: Topology) -> list[str]:
+    """Orgs on the claims channel: providers hear about their claims, insurers adjudicate them."""
+    return [o.name for o in topology.member_orgs if "claims" in topology.channels_of(o)]
+
+
+def listener_process(topology: Topology, org: str) -> ManagedProcess:
+    name = f"listener-{org}"
+    return ManagedProcess(name, topology.pid_file(name), topology.log_file(name))
+
+
+def worker_process(topology: Topology, org: str) -> ManagedProcess:
+    name = f"worker-{org}"
+    return ManagedProcess(name, topology.pid_file(name), topology.log_file(name))
+
+
+def _env(topology: Topology, org: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CARELEDGER_HOME": str(topology.home),
+        "CARELEDGER_PORT_BASE": str(topology.port_base),
+        "CARELEDGER_ORG": org,
+    }
+
+
+def celery_argv(topology: Topology, org: str) -> list[str]:
+    settings = WorkerSettings.load(topology, org)
+    return [
+        sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+        "--queues", settings.queue,
+        "--pool", "threads", "--concurrency", str(WORKER_THREADS),
+        "--hostname", f"{org}@%h",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--loglevel", "INFO",
+    ]  # fmt: skip
+
+
+def start_worker(topology: Topology, org: str) -> bool:
+    proc = worker_process(topology, org)
+    if proc.running():
+        return False
+    proc.start(celery_argv(topology, org), _env(topology, org), cwd=topo.REPO_ROOT)
+    return True
+
+
+def start_listener(topology: Topology, org: str) -> bool:
+    proc = listener_process(topology, org)
+    if proc.running():
+        return False
+    argv = [sys.executable, "-m", "careledger_cli", "worker", "listen", "--org", org]
+    proc.start(argv, _env(topology, org), cwd=topo.REPO_ROOT)
+    return True
+
+
+@click.group()
+def worker() -> None:
+    """Each org's chain-event listener and Celery workers (claims: adjudication, payment, notifications)."""
+
+
+@worker.command()
+@click.option("--org", required=True, help="member org name, e.g. InsurerOrg")
+def listen(org: str) -> None:
+    """Stream the org's chain events into Celery tasks, resuming from the Redis checkpoint (foreground)."""
+    from workers.listener import listen as run_listener
+
+    logs.configure()
+    run_listener(WorkerSettings.load(topo.load(), org))
+
+
+@worker.command()
+@click.option("--org", required=True, help="member org name, e.g. InsurerOrg")
+def run(org: str) -> None:
+    """Run the org's Celery worker in the foreground (it consumes only the org's queue)."""
+    t = topo.load()
+    os.execve(sys.executable, celery_argv(t, org), _env(t, org))
+
+
+@worker.command(name="start")
+@click.option("--org", "orgs", multiple=True, help="member org name (repeatable; default: every org on claims)")
+def start_command(orgs: tuple[str, ...]) -> None:
+    """Start listeners and workers in the background (logs in run/logs/); safe to run again."""
+    t = topo.load()
+    try:
+        redis_server.wait_ready(t, timeout=5)
+    except NetworkError as e:
+        click.secho(f"redis is not running; run `careledger network up` first ({e})", fg="red", err=True)
+        sys.exit(1)
+    for org in orgs or orgs_with_workers(t):
+        w, li = start_worker(t, org), start_listener(t, org)
+        click.echo(f"{org}: worker {'started' if w else 'running'}, listener {'started' if li else 'running'}")
+
+
+@worker.command(name="stop")
+@click.option("--org", "orgs", multiple=True, help="member org name (repeatable; default: every org on claims)")
+def stop_command(orgs: tuple[str, ...]) -> None:
+    """Stop listeners and workers started with `start` (a worker finishes its running tasks first)."""
+    t = topo.load()
+    for org in orgs or orgs_with_workers(t):
+        for proc in (listener_process(t, org), worker_process(t, org)):
+            if proc.stop(timeout=30):
+                click.echo(f"stopped {proc.name}")

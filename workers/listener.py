@@ -1,0 +1,79 @@
+"""`careledger worker listen --org X`: chain events → Celery tasks, with a durable checkpoint in Redis.
+
+For each chaincode event on the org's `claims` channel, `tasks_for` names the tasks it means for this org; each is
+published to the org's queue with a task id made of (org, transaction id, event, task). Only then does the
+checkpoint (block, transaction id) move, so a crash between the two re-publishes on restart: never a gap, at worst
+a repeat, which the tasks absorb (they are idempotent). On a fresh start with no checkpoint, it reads from the
+channel's first block, so nothing that happened before the listener existed is missed either.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from gateway import connect
+from gateway.fabric import FabricError
+from gateway.fabric.checkpoint import RedisCheckpointer, after_event
+from gateway.ledger import CLAIMS
+from workers.app import app
+from workers.settings import WorkerSettings
+
+log = logging.getLogger("careledger.listener")
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    task: str
+    args: list[Any]
+    task_id: str
+
+
+def tasks_for(msp: str, event: str, tx_id: str, claim: dict[str, Any]) -> list[Dispatch]:
+    """What an event on the claims channel means for the org `msp`."""
+    key = f"{msp}:{tx_id}:{event}"
+    insurer, provider = claim.get("insurer") == msp, claim.get("provider") == msp
+    out: list[Dispatch] = []
+    if event == "Claims.Submitted" and insurer:
+        out.append(Dispatch("careledger.adjudicate", [claim], f"{key}:adjudicate"))
+        out.append(Dispatch("careledger.notify", [event, claim, f"{key}:notify"], f"{key}:notify"))
+    elif event == "Claims.Adjudicated":
+        if insurer:
+            out.append(Dispatch("careledger.pay", [claim], f"{key}:pay"))
+        if provider:
+            out.append(Dispatch("careledger.fetch_claim_response", [claim, f"{key}:notify"], f"{key}:fetch"))
+    elif (event == "Claims.Paid" and provider) or (event == "Claims.Cancelled" and insurer):
+        out.append(Dispatch("careledger.notify", [event, claim, f"{key}:notify"], f"{key}:notify"))
+    return out
+
+
+def listen(settings: WorkerSettings, stop: threading.Event | None = None) -> None:
+    """Run until `stop` is set (or forever), reconnecting after Fabric errors."""
+    t, org = settings.topology, settings.org
+    if CLAIMS not in t.channels_of(org):
+        log.info("no claims channel for this org; nothing to listen to", extra={"org": org.name})
+        return
+    checkpointer = RedisCheckpointer(redis.Redis.from_url(t.redis_url), f"{org.msp_id}:{CLAIMS}")
+    while stop is None or not stop.is_set():
+        try:
+            with connect.gateway(t, org) as gw:
+                checkpoint = checkpointer.load()
+                start = 0 if checkpoint.is_empty else None
+                log.info("listening", extra={"org": org.name, "block": checkpoint.block_number})
+                for event in gw.chaincode_events(CLAIMS, t.chaincode_name, start_block=start, checkpoint=checkpoint):
+                    if event.name.startswith("Claims."):
+                        claim = json.loads(event.payload)
+                        for d in tasks_for(org.msp_id, event.name, event.tx_id, claim):
+                            app.send_task(d.task, args=d.args, task_id=d.task_id, queue=settings.queue)
+                    checkpointer.save(after_event(event))
+                    if stop is not None and stop.is_set():
+                        return
+        except FabricError as e:
+            log.warning("event stream broke; reconnecting", extra={"error": str(e)[:200]})
+            time.sleep(1)

@@ -1,0 +1,154 @@
+"""Claim adjudication rules, as data: an insurer's YAML (config/workers/<Org>.yaml, `adjudication`) decides.
+
+The engine is pure: it gets the claim (public summary + private lines), the member's Coverage resources held by the
+insurer and the member's earlier claim lines, and returns one outcome per line with reason codes modelled on the X12
+claim adjustment reason codes (CARC):
+
+| rule | outcome | CARC |
+|---|---|---|
+| no Coverage of the member with this insurer | every line denied | 31 patient cannot be identified as our insured |
+| no Coverage active on the service date | every line denied | 27 after coverage terminated (26: before it began) |
+| provider not in network | every line denied | 242 services not provided by network providers |
+| code needs prior authorisation | line denied, or the claim pended | 197 precertification/authorization absent |
+| same code for the member within `window_days` in another claim | line denied | 18 exact duplicate claim/service |
+| unit price above the fee schedule | line partial at the maximum | 45 charge exceeds fee schedule/maximum allowable |
+| otherwise | approved as billed | |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+INSURED_UNKNOWN, AFTER_COVERAGE, BEFORE_COVERAGE = "31", "27", "26"
+OUT_OF_NETWORK, NO_PRIOR_AUTH, DUPLICATE, OVER_FEE_SCHEDULE = "242", "197", "18", "45"
+
+
+@dataclass(frozen=True)
+class Rules:
+    network_providers: frozenset[str]
+    fee_schedule: dict[str, int]  # code -> max unit price in cents
+    prior_auth_codes: frozenset[str]
+    prior_auth_action: str  # deny | pend
+    duplicate_window_days: int
+    retention_seconds: int
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> Rules:
+        prior = cfg.get("prior_authorization") or {}
+        action = str(prior.get("action", "deny"))
+        if action not in ("deny", "pend"):
+            raise ValueError(f"prior_authorization.action is deny or pend, not {action!r}")
+        return cls(
+            network_providers=frozenset(cfg.get("network_providers") or []),
+            fee_schedule={str(k): int(v) for k, v in (cfg.get("fee_schedule") or {}).items()},
+            prior_auth_codes=frozenset(str(c) for c in prior.get("codes") or []),
+            prior_auth_action=action,
+            duplicate_window_days=int((cfg.get("duplicates") or {}).get("window_days", 0)),
+            retention_seconds=int(cfg.get("retention_days", 30)) * 86400,
+        )
+
+
+@dataclass(frozen=True)
+class PriorLine:
+    """A line of an earlier claim of the same member, as the insurer remembers it."""
+
+    claim_id: str
+    code: str
+    service_date: str
+
+
+@dataclass(frozen=True)
+class LineDecision:
+    sequence: int
+    outcome: str  # approved | partial | denied
+    approved_cents: int
+    reasons: list[str] = field(default_factory=list)
+
+    def as_ledger(self) -> dict[str, Any]:
+        return {
+            "sequence": self.sequence,
+            "outcome": self.outcome,
+            "approvedCents": self.approved_cents,
+            "reasons": self.reasons,
+        }
+
+
+@dataclass(frozen=True)
+class Decision:
+    lines: list[LineDecision]
+    pended: bool = False  # a rule wants a person to look: nothing goes on chain yet
+    note: str = ""
+
+
+def _coverage_reason(coverages: list[dict[str, Any]], insurer: str, service_date: str) -> str | None:
+    """None when a Coverage of this insurer is active on the date; else the CARC that says why not."""
+    mine = [
+        c for c in coverages if any((p.get("identifier") or {}).get("value") == insurer for p in c.get("payor") or [])
+    ]
+    if not mine:
+        return INSURED_UNKNOWN
+    reason = AFTER_COVERAGE
+    for c in mine:
+        period = c.get("period") or {}
+        start, end = str(period.get("start") or "")[:10], str(period.get("end") or "")[:10]
+        if c.get("status") != "active":
+            continue
+        if start and service_date < start:
+            reason = BEFORE_COVERAGE
+            continue
+        if end and service_date > end:
+            continue
+        return None
+    return reason
+
+
+def _days_apart(a: str, b: str) -> int:
+    return abs((date.fromisoformat(a) - date.fromisoformat(b)).days)
+
+
+def decide(
+    rules: Rules,
+    claim: dict[str, Any],
+    lines: list[dict[str, Any]],
+    coverages: list[dict[str, Any]],
+    history: list[PriorLine],
+) -> Decision:
+    """Adjudicate a claim: `claim` is the ledger's public summary, `lines` the private lines."""
+    service_date = str(claim["serviceDate"])
+
+    def all_denied(reason: str, note: str) -> Decision:
+        return Decision([LineDecision(int(x["sequence"]), "denied", 0, [reason]) for x in lines], note=note)
+
+    if (reason := _coverage_reason(coverages, str(claim["insurer"]), service_date)) is not None:
+        return all_denied(reason, "no active coverage on the service date")
+    if rules.network_providers and claim["provider"] not in rules.network_providers:
+        return all_denied(OUT_OF_NETWORK, f"{claim['provider']} is not in network")
+    decided: list[LineDecision] = []
+    for line in lines:
+        seq, code, qty = int(line["sequence"]), str(line["code"]), int(line["quantity"])
+        billed = int(line["netCents"])
+        if code in rules.prior_auth_codes:
+            if rules.prior_auth_action == "pend":
+                return Decision([], pended=True, note=f"code {code} needs prior authorisation: pended for review")
+            decided.append(LineDecision(seq, "denied", 0, [NO_PRIOR_AUTH]))
+            continue
+        if any(
+            p.code == code
+            and p.claim_id != claim["claimId"]
+            and _days_apart(p.service_date, service_date) <= rules.duplicate_window_days
+            for p in history
+        ):
+            decided.append(LineDecision(seq, "denied", 0, [DUPLICATE]))
+            continue
+        maximum = rules.fee_schedule.get(code)
+        if maximum is not None and int(line["unitPriceCents"]) > maximum:
+            allowed = qty * maximum
+            if allowed > 0:
+                decided.append(LineDecision(seq, "partial", allowed, [OVER_FEE_SCHEDULE]))
+            else:
+                decided.append(LineDecision(seq, "denied", 0, [OVER_FEE_SCHEDULE]))
+            continue
+        decided.append(LineDecision(seq, "approved", billed))
+    return Decision(decided)

@@ -1,0 +1,72 @@
+"""What one org's workers need to know: its identity in the network, its webhook, its adjudication rules, and the
+broker settings that make delivery lossless.
+
+Per-org settings live in `config/workers/<Org>.yaml` (directory overridable by CARELEDGER_WORKER_CONFIG_DIR); the
+webhook secret can come from CARELEDGER_WEBHOOK_SECRET instead of the file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from network import topology as topo
+from network.topology import Org, Topology
+from workers.rules import Rules
+
+CONFIG_DIR = topo.REPO_ROOT / "config" / "workers"
+
+
+@dataclass(frozen=True)
+class Webhook:
+    url: str  # empty: no webhook
+    secret: bytes
+    max_attempts: int
+    backoff_seconds: float
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    topology: Topology
+    org: Org
+    webhook: Webhook
+    rules: Rules | None  # insurers only
+
+    @classmethod
+    def load(cls, topology: Topology, org_name: str) -> WorkerSettings:
+        org = topology.org(org_name)
+        config_dir = Path(os.environ.get("CARELEDGER_WORKER_CONFIG_DIR") or CONFIG_DIR)
+        path = config_dir / f"{org.name}.yaml"
+        cfg = yaml.safe_load(path.read_text()) if path.exists() else {}
+        hook = cfg.get("webhook") or {}
+        secret = os.environ.get("CARELEDGER_WEBHOOK_SECRET") or str(hook.get("secret") or "")
+        adjudication = cfg.get("adjudication")
+        return cls(
+            topology=topology,
+            org=org,
+            webhook=Webhook(
+                url=str(hook.get("url") or ""),
+                secret=secret.encode(),
+                max_attempts=int(hook.get("max_attempts", 6)),
+                backoff_seconds=float(hook.get("backoff_seconds", 0.5)),
+            ),
+            rules=Rules.from_config(adjudication) if adjudication is not None else None,
+        )
+
+    @property
+    def queue(self) -> str:
+        """The Celery queue this org's tasks go to; only this org's workers consume it."""
+        return f"careledger.{self.org.name}"
+
+    @property
+    def stream(self) -> str:
+        """The Redis stream of claim events for this org (XREAD / XREADGROUP)."""
+        return f"careledger:stream:{self.org.msp_id}:claims"
+
+    @property
+    def dead_letters(self) -> str:
+        """The Redis list of webhook deliveries given up on, newest first."""
+        return f"careledger:deadletter:{self.org.msp_id}"
