@@ -92,8 +92,8 @@ def demo(resources: int) -> None:
         return f"Coverage/{insurer.post('/Coverage', cov)['id']} held by InsurerOrg (not on chain)"
 
     def consent_and_share() -> str:
-        everything = f"/Patient/$everything?identifier={synthetic.MPI_SYSTEM}|{mpi}&purpose=TREAT"
-        before = clinic.get(everything).status_code
+        query = {"identifier": f"{synthetic.MPI_SYSTEM}|{mpi}", "purpose": "TREAT"}
+        before = clinic.get("/Patient/$everything", **query).status_code
         grant = {
             "resourceType": "Consent",
             "status": "active",
@@ -104,12 +104,21 @@ def demo(resources: int) -> None:
             "patient": {"reference": f"Patient/{state['patient']}"},
             "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
             "provision": {
-                "actor": [{"reference": {"identifier": {"system": "urn:careledger:msp", "value": "ClinicMSP"}}}],
+                "actor": [
+                    {
+                        "role": {
+                            "coding": [
+                                {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}
+                            ]
+                        },
+                        "reference": {"identifier": {"system": "urn:careledger:msp", "value": "ClinicMSP"}},
+                    }
+                ],
                 "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}],
             },
         }
         hospital.post("/Consent", grant)
-        after = clinic.get(everything)
+        after = clinic.get("/Patient/$everything", **query)
         n = len(after.json().get("entry", [])) if after.status_code == 200 else 0
         return f"ClinicOrg asks for the record: {before} before consent, {after.status_code} with {n} resources after"
 
