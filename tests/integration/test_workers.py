@@ -34,6 +34,7 @@ from workers.settings import CONFIG_DIR
 pytestmark = pytest.mark.network
 
 FAILURES_BEFORE_SUCCESS = 2
+ALWAYS_FAILING_TOTAL = "999.17"  # the receiver refuses every delivery about a claim of this total
 SECRETS = {"InsurerOrg": b"insurer-test-secret", "HospitalOrg": b"hospital-test-secret"}
 
 
@@ -61,9 +62,10 @@ def receiver() -> Iterator[tuple[Receiver, str]]:
             org = self.path.strip("/")
             delivery = self.headers["X-CareLedger-Delivery"]
             expected = "sha256=" + hmac.new(SECRETS[org], body, hashlib.sha256).hexdigest()
+            always_down = b'"totalCents": 99917' in body
             with state.lock:
                 state.attempts[delivery] += 1
-                fail = state.attempts[delivery] <= FAILURES_BEFORE_SUCCESS
+                fail = always_down or state.attempts[delivery] <= FAILURES_BEFORE_SUCCESS
                 if self.headers["X-CareLedger-Signature"] != expected:
                     state.bad_signatures += 1
                 elif not fail:
@@ -226,6 +228,24 @@ def test_webhooks_get_every_claim_once_despite_failures(
     r = redis.Redis.from_url(workers.redis_url)
     stream = [json.loads(f[b"claim"]) for _, f in r.xrange("careledger:stream:InsurerMSP:claims")]
     assert Counter(c["claimId"] for c in stream if c["claimId"] in claims) == Counter(claims)
+
+
+def test_a_webhook_that_keeps_failing_ends_in_the_dead_letter_list(
+    workers: Topology, gateways: dict[str, GatewayHttp], receiver: tuple[Receiver, str]
+) -> None:
+    state, _ = receiver
+    hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
+    r = redis.Redis.from_url(workers.redis_url)
+    claim_id = submit(hospital, enrol(hospital, insurer), [("86999", 1, ALWAYS_FAILING_TOTAL)])
+
+    def dead_letter() -> dict[str, Any] | None:
+        entries = [json.loads(e) for e in r.lrange("careledger:deadletter:InsurerMSP", 0, -1)]
+        return next((e for e in entries if e["claim"]["claimId"] == claim_id), None)
+
+    dead = wait_for(dead_letter, 30, "the dead letter")  # 6 attempts, 0.2 s backoff doubling: about 6 s
+    assert dead["attempts"] == 6 and dead["event"] == "Claims.Submitted" and "503" in dead["error"]
+    assert state.attempts[dead["delivery"]] == 6
+    assert state.accepted_for("InsurerOrg", "Claims.Submitted")[claim_id] == 0
 
 
 def adjudications(gw: Gateway, claim_ids: set[str], expected: int, timeout: float) -> Counter[str]:
