@@ -82,41 +82,14 @@ def demo(resources: int) -> None:
         return f"{len(out['entry'])} resources stored encrypted at HospitalOrg, registered on chain in one transaction"
 
     def coverage() -> str:
-        cov = {
-            "resourceType": "Coverage",
-            "status": "active",
-            "beneficiary": {"identifier": {"system": synthetic.MPI_SYSTEM, "value": mpi}},
-            "payor": [{"identifier": {"system": "urn:careledger:msp", "value": "InsurerMSP"}}],
-            "period": {"start": f"{datetime.date.today().year}-01-01", "end": f"{datetime.date.today().year}-12-31"},
-        }
+        year = datetime.date.today().year
+        cov = synthetic.coverage(mpi, "InsurerMSP", f"{year}-01-01", f"{year}-12-31")
         return f"Coverage/{insurer.post('/Coverage', cov)['id']} held by InsurerOrg (not on chain)"
 
     def consent_and_share() -> str:
         query = {"identifier": f"{synthetic.MPI_SYSTEM}|{mpi}", "purpose": "TREAT"}
         before = clinic.get("/Patient/$everything", **query).status_code
-        grant = {
-            "resourceType": "Consent",
-            "status": "active",
-            "scope": {
-                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]
-            },
-            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-            "patient": {"reference": f"Patient/{state['patient']}"},
-            "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
-            "provision": {
-                "actor": [
-                    {
-                        "role": {
-                            "coding": [
-                                {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}
-                            ]
-                        },
-                        "reference": {"identifier": {"system": "urn:careledger:msp", "value": "ClinicMSP"}},
-                    }
-                ],
-                "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}],
-            },
-        }
+        grant = synthetic.consent(state["patient"], "ClinicMSP")
         hospital.post("/Consent", grant)
         after = clinic.get("/Patient/$everything", **query)
         n = len(after.json().get("entry", [])) if after.status_code == 200 else 0

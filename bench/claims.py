@@ -54,13 +54,7 @@ async def enrol(hospital: httpx.AsyncClient, insurer: httpx.AsyncClient, n: int)
         mpi = gen.mpi_value()
         r = await hospital.post("", content=json.dumps(gen.transaction(1, mpi)))
         ids.append(r.json()["entry"][0]["response"]["location"].split("/")[1])
-        coverage = {
-            "resourceType": "Coverage",
-            "status": "active",
-            "beneficiary": {"identifier": {"system": synthetic.MPI_SYSTEM, "value": mpi}},
-            "payor": [{"identifier": {"system": "urn:careledger:msp", "value": "InsurerMSP"}}],
-            "period": {"start": "2026-01-01", "end": "2027-12-31"},
-        }
+        coverage = synthetic.coverage(mpi, "InsurerMSP", "2026-01-01", "2027-12-31")
         await insurer.post("/Coverage", content=json.dumps(coverage))
     return ids
 

@@ -135,3 +135,42 @@ def claim(
         "billablePeriod": {"start": service_date},
         "item": items,
     }
+
+
+def coverage(mpi_value: str, insurer_msp: str, start: str, end: str) -> dict[str, Any]:
+    """An insurer's active Coverage of the patient with this consortium identifier, for the period [start, end]."""
+    return {
+        "resourceType": "Coverage",
+        "status": "active",
+        "beneficiary": {"identifier": {"system": MPI_SYSTEM, "value": mpi_value}},
+        "payor": [{"identifier": {"system": "urn:careledger:msp", "value": insurer_msp}}],
+        "period": {"start": start, "end": end},
+    }
+
+
+def consent(patient_id: str, grantee_msp: str, purpose: str = "TREAT") -> dict[str, Any]:
+    """The patient's consent, recorded by the custodian, that another member org may read their record."""
+    return {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{patient_id}"},
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+        "provision": {
+            "type": "permit",
+            "actor": [
+                {
+                    "role": {
+                        "coding": [
+                            {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}
+                        ]
+                    },
+                    "reference": {"identifier": {"system": "urn:careledger:msp", "value": grantee_msp}},
+                }
+            ],
+            "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": purpose}],
+        },
+    }

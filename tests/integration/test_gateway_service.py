@@ -32,33 +32,6 @@ def new_patient(gw: GatewayHttp, n: int = 5, seed: int | None = None) -> tuple[s
     return location_id(entries[0]), mpi, [e["response"]["location"].split("/_history")[0] for e in entries]
 
 
-def consent(patient_id: str, grantee_msp: str, purpose: str = "TREAT") -> dict[str, Any]:
-    return {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {
-            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{patient_id}"},
-        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
-        "provision": {
-            "type": "permit",
-            "actor": [
-                {
-                    "role": {
-                        "coding": [
-                            {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}
-                        ]
-                    },
-                    "reference": {"identifier": {"system": "urn:careledger:msp", "value": grantee_msp}},
-                }
-            ],
-            "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": purpose}],
-        },
-    }
-
-
 def test_everything_across_orgs_follows_consent_and_is_audited(gateways: dict[str, GatewayHttp]) -> None:
     hospital, clinic = gateways["HospitalOrg"], gateways["ClinicOrg"]
     patient_id, mpi, locations = new_patient(hospital, 6)
@@ -71,7 +44,7 @@ def test_everything_across_orgs_follows_consent_and_is_audited(gateways: dict[st
     assert "no consent" in denied.json()["issue"][0]["diagnostics"]
 
     # The patient consents (the hospital records it as custodian): now the clinic gets the hospital's records.
-    granted = hospital.post("/Consent", consent(patient_id, "ClinicMSP"))
+    granted = hospital.post("/Consent", synthetic.consent(patient_id, "ClinicMSP"))
     assert granted.status_code == 201, granted.text
     consent_id = granted.json()["id"]
     allowed = clinic.get(everything)
@@ -167,13 +140,7 @@ def test_claims_and_coverage_go_where_they_belong(
 ) -> None:
     hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
     patient_id, mpi, _ = new_patient(hospital, 2)
-    coverage = {
-        "resourceType": "Coverage",
-        "status": "active",
-        "beneficiary": {"identifier": {"system": synthetic.MPI_SYSTEM, "value": mpi}},
-        "payor": [{"identifier": {"system": "urn:careledger:msp", "value": "InsurerMSP"}}],
-        "period": {"start": "2026-01-01", "end": "2026-12-31"},
-    }
+    coverage = synthetic.coverage(mpi, "InsurerMSP", "2026-01-01", "2026-12-31")
     # The insurer keeps its Coverage; a provider does not, and an insurer keeps no clinical records.
     assert insurer.post("/Coverage", coverage).status_code == 201
     assert hospital.post("/Coverage", coverage).status_code == 403

@@ -127,13 +127,7 @@ def enrol(hospital: GatewayHttp, insurer: GatewayHttp, covered: bool = True) -> 
     assert r.status_code == 200, r.text
     member = Member(r.json()["entry"][0]["response"]["location"].split("/")[1], mpi)
     if covered:
-        coverage = {
-            "resourceType": "Coverage",
-            "status": "active",
-            "beneficiary": {"identifier": {"system": synthetic.MPI_SYSTEM, "value": mpi}},
-            "payor": [{"identifier": {"system": "urn:careledger:msp", "value": "InsurerMSP"}}],
-            "period": {"start": "2026-01-01", "end": "2027-12-31"},
-        }
+        coverage = synthetic.coverage(mpi, "InsurerMSP", "2026-01-01", "2027-12-31")
         assert insurer.post("/Coverage", coverage).status_code == 201
     return member
 
