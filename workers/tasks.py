@@ -43,7 +43,7 @@ class NotYetAvailable(Exception):
     """What the task needs is not there yet (the insurer is still storing its answer): try again shortly."""
 
 
-MEMBER_LOCK_S = 15
+MEMBER_LOCK_S = 10
 TRANSIENT = (FabricError, httpx.TransportError, redis.ConnectionError, NotYetAvailable)
 # Backoff 1 s, 2 s, 4 s, 8 s, 8 s, ... (Celery's smallest factor is one second; shorter waits are explicit below).
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": True, "retry_backoff_max": 8, "retry_jitter": False}
@@ -183,7 +183,7 @@ def adjudicate(self: Any, claim: dict[str, Any]) -> str:
         with member_lock(ctx, claim["patient"]):
             result = _decide_on_chain(ctx, claim)
     except NotYetAvailable:  # a peer a block behind, or the member's previous claim still being decided
-        raise self.retry(countdown=min(0.2 * 2**self.request.retries, 2.0), max_retries=60) from None
+        raise self.retry(countdown=min(0.1 * 2**self.request.retries, 0.5), max_retries=240) from None
     if isinstance(result, str):
         log.info("claim not adjudicated here", extra={"claim": claim["claimId"], "why": result})
         return result
