@@ -124,6 +124,7 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
+        self._unsaved_keys: dict[str, bytes] = {}  # data keys of new patients, until their first rows are staged
         self._index_key = hmac.new(master_key, INDEX_KEY_LABEL, hashlib.sha256).digest()
 
     def close(self) -> None:
@@ -151,17 +152,19 @@ class Store:
             return self._master.decrypt(wrapped[:12], wrapped[12:], patient.encode())
         if not create:
             return None
-        key = AESGCM.generate_key(256)
+        key = self._unsaved_keys.pop(patient, None) or AESGCM.generate_key(256)
         nonce = os.urandom(12)
         wrapped = nonce + self._master.encrypt(nonce, key, patient.encode())
         db.execute("INSERT INTO patient_keys (patient, wrapped) VALUES (?, ?)", (patient, wrapped))
         return key
 
     def digest_key(self, patient: str) -> bytes:
-        """The key of the patient's on-chain digests; creates the patient's data key on first use."""
-        with self._tx() as db:
-            key = self._data_key(db, patient, create=True)
-        assert key is not None
+        """The key of the patient's on-chain digests. For a new patient the data key is made here but saved only
+        when their first rows are staged, so a request that is then refused leaves nothing behind."""
+        with self._lock:
+            key = self._data_key(self._db, patient, create=False)
+            if key is None:
+                key = self._unsaved_keys.setdefault(patient, AESGCM.generate_key(256))
         return hmac.new(key, DIGEST_KEY_LABEL, hashlib.sha256).digest()
 
     def erase(self, patient: str, at: str) -> bool:
