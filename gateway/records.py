@@ -187,7 +187,7 @@ class Records:
                 claim = fhir_claim.for_ledger(resource, rid, patient, digest)
                 return lambda: self.ledger.submit_claim(claim.submission, claim.detail)
             if resource.get("status") == "cancelled":
-                return lambda: self.ledger.cancel_claim(rid, "cancelled by the provider")
+                return lambda: self.ledger.cancel_claim(rid, "provider-cancelled")
             raise FhirInvalid([Issue("not-supported", "Claim.status", "a submitted claim can only be cancelled")])
         if route == "consent":
             if version == 1:

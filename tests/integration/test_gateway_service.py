@@ -167,6 +167,17 @@ def test_claims_and_coverage_go_where_they_belong(
     assert dup.status_code == 409 and "duplicate" in dup.json()["issue"][0]["diagnostics"]
     assert hospital.get("/Claim", params={"patient": patient_id}).json()["total"] == 1
 
+    # Before adjudication the provider may withdraw it: the Claim updated to cancelled cancels it on chain. Any
+    # other change to a submitted claim is refused.
+    stored = hospital.get(f"/Claim/{claim_id}").json()
+    assert hospital.put(f"/Claim/{claim_id}", stored | {"priority": {"text": "urgent"}}).status_code == 422
+    cancelled = hospital.put(f"/Claim/{claim_id}", stored | {"status": "cancelled"})
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["meta"]["versionId"] == "2"
+    summary = json.loads(ins.evaluate("claims", "careledger", "Claims:Get", [claim_id]))
+    assert summary["status"] == "cancelled"
+    assert hospital.get(f"/Claim/{claim_id}/$verify").json()["parameter"][0]["valueBoolean"] is True
+
 
 def test_supply_api_follows_a_pack_and_flags_a_clone(gateways: dict[str, GatewayHttp]) -> None:
     pharma, hospital, clinic = gateways["PharmaOrg"], gateways["HospitalOrg"], gateways["ClinicOrg"]
