@@ -11,7 +11,12 @@ claim adjustment reason codes (CARC):
 | provider not in network | every line denied | 242 services not provided by network providers |
 | code needs prior authorisation | line denied, or the claim pended | 197 precertification/authorization absent |
 | same code for the member within `window_days` in another claim | line denied | 18 exact duplicate claim/service |
+| code needs a records review and the provider refused access (no consent) | line denied | 252 documentation required |
 | unit price above the fee schedule | line partial at the maximum | 45 charge exceeds fee schedule/maximum allowable |
+
+A records review (`records_review.codes`) is a consent check for record access: the worker asks the provider's
+gateway for the patient's record for the purpose `records_review.purpose` (HPAYMT by default); the provider checks
+the patient's consent on chain and logs the access, permit or deny, before answering.
 | otherwise | approved as billed | |
 """
 
@@ -23,6 +28,7 @@ from typing import Any
 
 INSURED_UNKNOWN, AFTER_COVERAGE, BEFORE_COVERAGE = "31", "27", "26"
 OUT_OF_NETWORK, NO_PRIOR_AUTH, DUPLICATE, OVER_FEE_SCHEDULE = "242", "197", "18", "45"
+DOCUMENTATION_REQUIRED = "252"
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,8 @@ class Rules:
     prior_auth_action: str  # deny | pend
     duplicate_window_days: int
     retention_seconds: int
+    review_codes: frozenset[str] = frozenset()
+    review_purpose: str = "HPAYMT"
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> Rules:
@@ -47,7 +55,12 @@ class Rules:
             prior_auth_action=action,
             duplicate_window_days=int((cfg.get("duplicates") or {}).get("window_days", 0)),
             retention_seconds=int(cfg.get("retention_days", 30)) * 86400,
+            review_codes=frozenset(str(c) for c in (cfg.get("records_review") or {}).get("codes") or []),
+            review_purpose=str((cfg.get("records_review") or {}).get("purpose", "HPAYMT")),
         )
+
+    def needs_review(self, lines: list[dict[str, Any]]) -> bool:
+        return any(str(line["code"]) in self.review_codes for line in lines)
 
 
 @dataclass(frozen=True)
@@ -114,8 +127,10 @@ def decide(
     lines: list[dict[str, Any]],
     coverages: list[dict[str, Any]],
     history: list[PriorLine],
+    records_disclosed: bool | None = None,
 ) -> Decision:
-    """Adjudicate a claim: `claim` is the ledger's public summary, `lines` the private lines."""
+    """Adjudicate a claim: `claim` is the ledger's public summary, `lines` the private lines; `records_disclosed`
+    says whether the provider let the insurer read the patient's record (None: nobody asked)."""
     service_date = str(claim["serviceDate"])
 
     def all_denied(reason: str, note: str) -> Decision:
@@ -133,6 +148,9 @@ def decide(
             if rules.prior_auth_action == "pend":
                 return Decision([], pended=True, note=f"code {code} needs prior authorisation: pended for review")
             decided.append(LineDecision(seq, "denied", 0, [NO_PRIOR_AUTH]))
+            continue
+        if code in rules.review_codes and records_disclosed is not True:
+            decided.append(LineDecision(seq, "denied", 0, [DOCUMENTATION_REQUIRED]))
             continue
         if any(
             p.code == code

@@ -112,6 +112,18 @@ def _remember(ctx: OrgContext, claim: dict[str, Any], lines: list[dict[str, Any]
     ctx.redis.hset(_history_key(ctx, claim["patient"]), mapping=cast(Any, mapping))
 
 
+def _records_disclosed(ctx: OrgContext, claim: dict[str, Any]) -> bool:
+    """Ask the provider for the patient's record for the review purpose. The provider decides on the patient's
+    consent on chain and logs the access either way; 403 means no consent."""
+    assert ctx.settings.rules is not None
+    url = f"{ctx.member_url(claim['provider'])}/federation/everything/{claim['patient']}"
+    r = ctx.members.get(url, params={"purpose": ctx.settings.rules.review_purpose})
+    if r.status_code in (200, 403):
+        return r.status_code == 200
+    r.raise_for_status()
+    raise NotYetAvailable(f"the provider answered {r.status_code}")
+
+
 @contextlib.contextmanager
 def member_lock(ctx: OrgContext, patient: str) -> Iterator[None]:
     """One decision per member at a time, so that near-duplicate claims cannot pass each other. The lock expires by
@@ -149,7 +161,10 @@ def _decide_on_chain(
         raise NotYetAvailable(e.message) from None
     if on_chain["status"] == "submitted":
         patient = on_chain["patient"]
-        decision = rules.decide(ctx.settings.rules, on_chain, lines, _coverages(ctx, patient), _history(ctx, patient))
+        disclosed = _records_disclosed(ctx, on_chain) if ctx.settings.rules.needs_review(lines) else None
+        decision = rules.decide(
+            ctx.settings.rules, on_chain, lines, _coverages(ctx, patient), _history(ctx, patient), disclosed
+        )
         if decision.pended:
             keep(ctx, claim_response.pended(on_chain, decision.note, _now()), patient)
             return "pended"

@@ -189,6 +189,19 @@ def test_claims_are_adjudicated_in_seconds_by_the_rules(
     auth = wait_for(lambda: claim_response(hospital, needs_auth), 10, "prior auth")
     assert reasons(auth) == [["197"]] and auth["disposition"].startswith("denied")
 
+    # A code that needs a records review is paid only if the provider lets the insurer read the record, which
+    # depends on the patient's consent for payment purposes, checked and logged on chain by the provider.
+    consenting = enrol(hospital, insurer)
+    granted = hospital.post("/Consent", synthetic.consent(consenting.patient_id, "InsurerMSP", "HPAYMT"))
+    assert granted.status_code == 201, granted.text
+    for who, expected in ((member, [["252"]]), (consenting, [[]])):
+        review = submit(hospital, who, [("97110", 1, "60.00")])
+        assert reasons(wait_for(lambda c=review: claim_response(hospital, c), 10, "records review")) == expected
+    log = hospital.get("/AuditEvent", params={"patient": consenting.patient_id}).json()["entry"]
+    assert [(e["resource"]["outcome"], e["resource"]["agent"][0]["who"]["identifier"]["value"]) for e in log] == [
+        ("0", "InsurerMSP")
+    ]
+
     # Approved money is paid once, with a PaymentReconciliation at the insurer; denied claims are not paid.
     ins = gateway_as("InsurerOrg")
 

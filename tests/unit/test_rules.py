@@ -104,6 +104,16 @@ def test_rules(
     assert outcomes(decision) == expected, name
 
 
+def test_review_codes_are_paid_only_when_the_provider_disclosed_the_record() -> None:
+    review = rules.Rules.from_config({"records_review": {"codes": ["97110"]}})
+    lines = [line(1, "97110", 1, 100), line(2, "85025", 1, 100)]
+    assert review.needs_review(lines) and review.review_purpose == "HPAYMT"
+    refused = rules.decide(review, CLAIM, lines, [COVERED], [], records_disclosed=False)
+    assert outcomes(refused) == [("denied", 0, ["252"]), ("approved", 100, [])]
+    disclosed = rules.decide(review, CLAIM, lines, [COVERED], [], records_disclosed=True)
+    assert outcomes(disclosed) == [("approved", 100, []), ("approved", 100, [])]
+
+
 def test_prior_authorisation_can_pend_the_claim() -> None:
     pend = rules.Rules.from_config({"prior_authorization": {"codes": ["27447"], "action": "pend"}})
     decision = rules.decide(pend, CLAIM, [line(1, "27447", 1, 100)], [COVERED], [])
