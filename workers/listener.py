@@ -1,7 +1,8 @@
 """`careledger worker listen --org X`: chain events → Celery tasks, with a durable checkpoint in Redis.
 
 For each chaincode event on the org's `claims` channel, `tasks_for` names the tasks it means for this org; each is
-published to the org's queue with a task id made of (org, transaction id, event, task). Only then does the
+published to the org's queue (written down in its outbox first, see workers/outbox.py) with a task id made of
+(org, transaction id, event, task). Only then does the
 checkpoint (block, transaction id) move, so a crash between the two re-publishes on restart: never a gap, at worst
 a repeat, which the tasks absorb (they are idempotent). On a fresh start with no checkpoint, it reads from the
 channel's first block, so nothing that happened before the listener existed is missed either.
@@ -22,7 +23,7 @@ from gateway import connect
 from gateway.fabric import FabricError
 from gateway.fabric.checkpoint import RedisCheckpointer, after_event
 from gateway.ledger import CLAIMS
-from workers.app import app
+from workers import outbox
 from workers.settings import WorkerSettings
 
 log = logging.getLogger("careledger.listener")
@@ -59,7 +60,9 @@ def listen(settings: WorkerSettings, stop: threading.Event | None = None) -> Non
     if CLAIMS not in t.channels_of(org):
         log.info("no claims channel for this org; nothing to listen to", extra={"org": org.name})
         return
-    checkpointer = RedisCheckpointer(redis.Redis.from_url(t.redis_url), f"{org.msp_id}:{CLAIMS}")
+    r = redis.Redis.from_url(t.redis_url)
+    checkpointer = RedisCheckpointer(r, f"{org.msp_id}:{CLAIMS}")
+    threading.Thread(target=_sweeper, args=(r, org.msp_id, stop), name="outbox-sweeper", daemon=True).start()
     while stop is None or not stop.is_set():
         try:
             with connect.gateway(t, org) as gw:
@@ -70,10 +73,22 @@ def listen(settings: WorkerSettings, stop: threading.Event | None = None) -> Non
                     if event.name.startswith("Claims."):
                         claim = json.loads(event.payload)
                         for d in tasks_for(org.msp_id, event.name, event.tx_id, claim):
-                            app.send_task(d.task, args=d.args, task_id=d.task_id, queue=settings.queue)
+                            outbox.publish(r, org.msp_id, settings.queue, d.task, d.args, d.task_id)
                     checkpointer.save(after_event(event))
                     if stop is not None and stop.is_set():
                         return
         except FabricError as e:
             log.warning("event stream broke; reconnecting", extra={"error": str(e)[:200]})
             time.sleep(1)
+
+
+def _sweeper(r: redis.Redis, msp: str, stop: threading.Event | None, every_s: float = 5.0) -> None:
+    """Re-send the org's tasks that were sent but never finished (see workers/outbox.py)."""
+    while stop is None or not stop.wait(every_s):
+        try:
+            if resent := outbox.sweep(r, msp):
+                log.warning("re-sent unfinished tasks", extra={"org": msp, "tasks": resent})
+        except redis.RedisError as e:
+            log.warning("outbox sweep failed", extra={"error": str(e)})
+        if stop is None:
+            time.sleep(every_s)

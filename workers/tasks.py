@@ -26,13 +26,15 @@ from typing import Any, cast
 
 import httpx
 import redis
+from celery import states
+from celery.signals import task_postrun
 
 from gateway import digests
 from gateway.fabric import FabricError
 from gateway.ledger import LedgerConflict, LedgerNotFound
 from gateway.records import claim_response_id
 from gateway.store import Query, Row, VersionTaken
-from workers import claim_response, rules
+from workers import claim_response, outbox, rules
 from workers.app import app
 from workers.context import OrgContext, current
 
@@ -246,7 +248,10 @@ def fetch_claim_response(self: Any, claim: dict[str, Any], delivery_id: str) -> 
     response.pop("meta", None)
     keep(ctx, response, claim["patient"])
     summary = {**claim, "claimResponse": f"ClaimResponse/{claim_response_id(claim['claimId'])}"}
-    notify.apply_async(args=["Claims.Adjudicated", summary, delivery_id], task_id=delivery_id, queue=ctx.settings.queue)
+    msp, queue = ctx.settings.org.msp_id, ctx.settings.queue
+    outbox.publish(
+        ctx.redis, msp, queue, "careledger.notify", ["Claims.Adjudicated", summary, delivery_id], delivery_id
+    )
     return "kept"
 
 
@@ -269,8 +274,9 @@ def notify(self: Any, event: str, claim: dict[str, Any], delivery_id: str) -> st
             {"event": event, "claimId": claim["claimId"], "delivery": delivery_id, "claim": json.dumps(claim)},
         )
     if ctx.settings.webhook.url:
-        deliver.apply_async(
-            args=[event, claim, delivery_id], task_id=f"{delivery_id}:webhook", queue=ctx.settings.queue
+        msp, queue = ctx.settings.org.msp_id, ctx.settings.queue
+        outbox.publish(
+            ctx.redis, msp, queue, "careledger.deliver", [event, claim, delivery_id], f"{delivery_id}:webhook"
         )
     return "notified"
 
@@ -305,3 +311,12 @@ def deliver(self: Any, event: str, claim: dict[str, Any], delivery_id: str) -> s
         raise self.retry(countdown=hook.backoff_seconds * 2 ** (attempt - 1), exc=e) from None
     ctx.redis.set(marker, 1)
     return f"delivered after {attempt} attempt(s)"
+
+
+@task_postrun.connect
+def _settled(task_id: str | None = None, state: str | None = None, retval: Any = None, **_: Any) -> None:
+    """A task that finished (not one that will run again after a retry) leaves the org's outbox."""
+    if task_id is None or state not in (states.SUCCESS, states.FAILURE):
+        return
+    ctx = current()
+    outbox.settle(ctx.redis, ctx.settings.org.msp_id, task_id, repr(retval) if state == states.FAILURE else None)

@@ -45,6 +45,15 @@ def ask(gw: Gateway, channel: str, fn: str, *args: str) -> Any:
     return json.loads(gw.evaluate(channel, CC, fn, list(args)))
 
 
+def seen_by(gw: Gateway, check: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until the org's own peer has committed what another org just wrote: peers commit the same block a few
+    milliseconds apart, and a transaction endorsed by a peer one block behind is refused."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "the peer never caught up"
+        time.sleep(0.05)
+
+
 def iso(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -236,6 +245,7 @@ def test_counterfeit_packs_are_detected(gateway_as: GatewayAs) -> None:
         unit = {"gtin": gtin, "serial": serial, "lot": "LOT7", "expiry": "2030-01-31"}
         assert call(pharma, "pharma", "Supply:Commission", json.dumps(unit))["state"] == "active"
         call(pharma, "pharma", "Supply:Ship", gtin, serial, "HospitalMSP")
+        seen_by(hospital, lambda s=serial: ask(hospital, "pharma", "Supply:Get", gtin, s)["shippedTo"] == "HospitalMSP")
         call(hospital, "pharma", "Supply:Receive", gtin, serial)
     call(hospital, "pharma", "Supply:Dispense", gtin, resold)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -191,6 +192,10 @@ def test_supply_api_follows_a_pack_and_flags_a_clone(gateways: dict[str, Gateway
     refused = clinic.post(f"{clinic.settings.url}/supply/units/{pack['gtin']}/{serial}/receive", {})
     assert refused.status_code == 409 and "not in transit to ClinicMSP" in refused.json()["issue"][0]["diagnostics"]
     hospital_unit = f"{hospital.settings.url}/supply/units/{pack['gtin']}/{serial}"
+    deadline = time.monotonic() + 5  # the hospital's peer commits the shipment a moment after the pharma peer
+    while hospital.get(hospital_unit).json().get("shippedTo") != "HospitalMSP":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     assert hospital.post(f"{hospital_unit}/receive", {}).status_code == 200
     assert hospital.post(f"{hospital_unit}/dispense", {}).status_code == 200
 
