@@ -225,6 +225,8 @@ def create_app(config: GatewayConfig, records: Records) -> FastAPI:
 
     async def everything(request: Request, pseudonym: str, purpose: str) -> Response:
         custodians = {c["custodian"] for c in await records.ledger.custodians(pseudonym)}
+        if not custodians:
+            raise HttpProblem(404, "not-found", "no member holds records of this patient")
         own = records.store.patient_resources(pseudonym) if config.org in custodians else []
         others = sorted(custodians - {config.org})
         if others and config.federation is None:
@@ -238,8 +240,6 @@ def create_app(config: GatewayConfig, records: Records) -> FastAPI:
                 entries += [_match(f"{a.base_url}/fhir/{r['resourceType']}/{r['id']}", r) for r in a.resources]
             else:
                 withheld.append(a)
-        if not custodians:
-            raise HttpProblem(404, "not-found", "no member holds records of this patient")
         if withheld and not entries:
             status = 403 if any(w.status == 403 for w in withheld) else 502
             issues = [i for w in withheld for i in w.outcome.get("issue", [])]

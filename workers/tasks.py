@@ -63,15 +63,13 @@ def keep(ctx: OrgContext, resource: dict[str, Any], patient: str) -> bool:
     """Store a resource this org holds without registering it on chain (ClaimResponse, PaymentReconciliation), as
     the next version unless the newest version says the same. Returns True when it stored something."""
     rtype, rid = resource["resourceType"], resource["id"]
-    head = ctx.store.head(rtype, rid)
-    if head is not None:
-        current_content = ctx.store.read(rtype, rid)
-        if current_content is not None:
-            previous = json.loads(current_content.content)
-            previous.pop("meta", None)
-            if previous == resource:
-                return False
-    version = head[0] + 1 if head else 1
+    newest = ctx.store.read(rtype, rid)
+    if newest is not None:
+        previous = json.loads(newest.content)
+        previous.pop("meta", None)
+        if previous == resource:
+            return False
+    version = newest.version + 1 if newest else 1
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     stored = resource | {"meta": {"versionId": str(version), "lastUpdated": stamp}}
     batch = uuid.uuid4().hex
