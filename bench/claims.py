@@ -22,14 +22,14 @@ import uuid
 import httpx
 import redis
 
+from consortium import topology as topo
+from consortium.processes import cpu_seconds, rss_bytes
+from consortium.topology import Topology
 from gateway import cli as gateway_cli
-from gateway import synthetic
 from gateway.serve import GatewaySettings, dev_token
 from network import control
-from network import topology as topo
 from network.control import managed_processes
-from network.processes import cpu_seconds, rss_bytes
-from network.topology import Topology
+from records import synthetic
 from workers import cli as worker_cli
 
 RATES = [10, 50]

@@ -21,11 +21,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from gateway import connect
-from gateway.fabric import load_msp
-from gateway.fabric.aio import AsyncGateway
+from consortium import connect
+from consortium import topology as topo
+from fabric_gateway import load_msp
+from fabric_gateway.aio import AsyncGateway
 from network import control
-from network import topology as topo
 
 GO_DIR = Path(__file__).with_name("gogateway")
 SCENARIOS = [(1, 150), (16, 1200), (64, 2400)]  # (concurrency, transactions)

@@ -21,15 +21,15 @@ from pathlib import Path
 
 import httpx
 
-from gateway import digests
-from gateway import fhir_validation as fv
+from consortium import topology as topo
+from consortium.processes import rss_bytes
 from gateway.cli import process, start
 from gateway.serve import GatewaySettings, dev_token
-from gateway.store import Row, Store
-from gateway.synthetic import Synthetic
 from network import control
-from network import topology as topo
-from network.processes import rss_bytes
+from records import digests
+from records import validation as fv
+from records.store import Row, Store
+from records.synthetic import Synthetic
 
 ORG = "HospitalOrg"
 SCENARIOS = [(1, 32), (10, 16), (100, 8)]  # (entries per bundle, concurrent clients)

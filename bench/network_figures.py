@@ -15,15 +15,16 @@ import sys
 import tempfile
 import time
 
-from network import control, processes
-from network import topology as topo
+from consortium import processes
+from consortium import topology as topo
+from network import control
 
 
 def cold_build() -> float:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "CARELEDGER_CACHE": f"{tmp}/cl", "GOCACHE": f"{tmp}/gocache", "GOMODCACHE": f"{tmp}/mod"}
         started = time.monotonic()
-        subprocess.run([sys.executable, "-m", "careledger_cli", "network", "build"], env=env, check=True)
+        subprocess.run([sys.executable, "-m", "careledger.cli", "network", "build"], env=env, check=True)
         elapsed = time.monotonic() - started
         subprocess.run(["chmod", "-R", "u+w", tmp], check=True)  # the module cache is read-only
     return elapsed

@@ -1,1 +1,1 @@
-"""FHIR gateway: the REST API each member org runs (see issue: FHIR gateway)."""
+"""The FHIR REST API one member org runs: HTTP routers, authentication, and the mapping of errors to HTTP."""

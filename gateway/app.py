@@ -16,14 +16,15 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-from gateway import fhir_validation as fv
-from gateway import search, supply_api
-from gateway.audit_events import audit_event
+from gateway import supply_api
 from gateway.auth import Client, TokenPolicy, authenticate, require
-from gateway.federation import Disclosed, Federation, Withheld
 from gateway.outcome import FHIR_JSON, KNOWN_ERRORS, HttpProblem, operation_outcome, problem
-from gateway.records import Records, Written, claim_response_id
-from gateway.store import Stored, Tampered
+from records import search
+from records import validation as fv
+from records.audit_events import audit_event
+from records.federation import Disclosed, Federation, Withheld
+from records.service import Records, Written, claim_response_id
+from records.store import Stored, Tampered
 
 PURPOSE_DEFAULT = "TREAT"
 CLAIM_RESPONSE_WAIT_S = 5.0

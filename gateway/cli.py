@@ -10,12 +10,12 @@ import urllib.request
 
 import click
 
-from gateway import logs
+from consortium import logs
+from consortium import topology as topo
+from consortium.errors import NetworkError
+from consortium.processes import ManagedProcess, ensure_port_free
+from consortium.topology import Topology
 from gateway.serve import GatewaySettings, dev_token, serve
-from network import topology as topo
-from network.errors import NetworkError
-from network.processes import ManagedProcess, ensure_port_free
-from network.topology import Topology
 
 MEMBER_ORGS_HELP = "member org name, e.g. HospitalOrg (repeatable; default: every member org)"
 
@@ -41,7 +41,7 @@ def start(topology: Topology, org: str) -> bool:
     if proc.running():
         return False
     ensure_port_free(proc.name, topology.host, settings.port, wait=5)
-    argv = [sys.executable, "-m", "careledger_cli", "gateway", "serve", "--org", org]
+    argv = [sys.executable, "-m", "careledger.cli", "gateway", "serve", "--org", org]
     env = {**os.environ, "CARELEDGER_HOME": str(topology.home), "CARELEDGER_PORT_BASE": str(topology.port_base)}
     proc.start(argv, env, cwd=topo.REPO_ROOT)
     proc.wait_until(lambda: healthy(settings), f"answering on {settings.url}", timeout=30)

@@ -6,12 +6,12 @@ from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 
-from gateway.fabric import CommitFailed, EndorsementFailed, FabricError, GatewayTimeout, PeerUnavailable
-from gateway.fabric.retry import is_read_race
-from gateway.fhir_validation import FhirInvalid, Issue
-from gateway.ledger import LedgerConflict, LedgerForbidden, LedgerInvalid, LedgerNotFound, LedgerRefused
-from gateway.records import LedgerOutcomeUnknown
-from gateway.store import PatientErased, Tampered, VersionTaken
+from fabric_gateway import CommitFailed, EndorsementFailed, FabricError, GatewayTimeout, PeerUnavailable
+from fabric_gateway.retry import is_read_race
+from ledger.contracts import LedgerConflict, LedgerForbidden, LedgerInvalid, LedgerNotFound, LedgerRefused
+from records.service import LedgerOutcomeUnknown
+from records.store import PatientErased, Tampered, VersionTaken
+from records.validation import FhirInvalid, Issue
 
 FHIR_JSON = "application/fhir+json"
 

@@ -38,14 +38,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from gateway import connect
+from consortium import connect
+from consortium.topology import Org, Topology
 from gateway.app import GatewayConfig, create_app
 from gateway.auth import TokenPolicy
-from gateway.federation import Federation, Member
-from gateway.ledger import Ledger
-from gateway.records import Custodian, Records
-from gateway.store import Store, load_master_key
-from network.topology import Org, Topology
+from ledger.contracts import Ledger
+from records.federation import Federation, Member
+from records.service import Custodian, Records
+from records.store import Store, load_master_key
 
 MPI_SYSTEM_DEFAULT = "urn:oid:2.16.840.1.113883.3.4711.1"
 log = logging.getLogger("careledger.gateway")

@@ -30,7 +30,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from gateway.ledger import PHARMA, Ledger
+from ledger.contracts import PHARMA, Ledger
 
 SCOPE_TYPE = "Medication"
 

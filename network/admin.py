@@ -5,10 +5,10 @@ from __future__ import annotations
 import socket
 import subprocess
 
+from consortium.errors import CommandFailed
+from consortium.topology import Node, Org, Topology
 from network.binaries import FabricBinaries
-from network.errors import CommandFailed
 from network.nodes import base_env
-from network.topology import Node, Org, Topology
 
 TIMEOUT = 120.0
 

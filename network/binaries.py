@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from network.errors import BuildFailed, ToolMissing
+from consortium.errors import BuildFailed, ToolMissing
 
 BUILD_MODULE = Path(__file__).with_name("fabric_build")
 FABRIC_COMMANDS = ("peer", "orderer", "osnadmin", "configtxgen", "configtxlator", "cryptogen")

@@ -21,12 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from consortium.errors import BuildFailed, CommandFailed
+from consortium.processes import ManagedProcess, ensure_port_free
+from consortium.topology import REPO_ROOT, Org, Topology
 from network import chaincode_config
 from network.admin import Admin
 from network.binaries import cache_root
-from network.errors import BuildFailed, CommandFailed
-from network.processes import ManagedProcess, ensure_port_free
-from network.topology import REPO_ROOT, Org, Topology
 
 SOURCE_DIR = REPO_ROOT / "chaincode"
 SERVER_NAME = "chaincode"

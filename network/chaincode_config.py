@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from network.topology import Topology
+from consortium.topology import Topology
 
 CLAIMS_CONTRACT = "Claims"
 

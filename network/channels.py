@@ -11,11 +11,11 @@ import time
 import urllib.error
 import urllib.request
 
+from consortium.errors import NetworkError
+from consortium.topology import Node, Org, Topology
 from network.admin import Admin
 from network.binaries import FabricBinaries
 from network.configtx import genesis_block
-from network.errors import NetworkError
-from network.topology import Node, Org, Topology
 
 
 def orderer_channels(admin: Admin, orderer: Node) -> set[str]:

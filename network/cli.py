@@ -7,10 +7,10 @@ import sys
 
 import click
 
+from consortium import topology as topo
+from consortium.errors import NetworkError
 from network import binaries, control, probe
-from network import topology as topo
 from network.admin import Admin
-from network.errors import NetworkError
 
 
 @click.group()

@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
+from consortium.errors import CommandFailed
+from consortium.topology import Org, Topology
 from network.binaries import FabricBinaries
-from network.errors import CommandFailed
-from network.topology import Org, Topology
 
 
 def _signature(rule: str) -> dict[str, str]:

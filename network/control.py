@@ -12,12 +12,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from consortium.errors import CommandFailed
+from consortium.processes import ManagedProcess
+from consortium.topology import Topology
 from network import binaries, channels, crypto, endorsers, nodes, redis_server
 from network import chaincode as cc
 from network.admin import Admin
-from network.errors import CommandFailed
-from network.processes import ManagedProcess
-from network.topology import Topology
 
 Progress = Callable[[str], None]
 

@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from consortium.errors import CommandFailed
+from consortium.topology import Org, Topology
 from network.binaries import FabricBinaries
-from network.errors import CommandFailed
-from network.topology import Org, Topology
 
 
 def _sans(topology: Topology) -> list[str]:

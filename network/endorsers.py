@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import time
 
-from gateway import connect
-from gateway.fabric import GatewayError, Timeouts
-from network.errors import NetworkError
-from network.topology import Org, Topology
+from consortium import connect
+from consortium.errors import NetworkError
+from consortium.topology import Org, Topology
+from fabric_gateway import GatewayError, Timeouts
 
 PROBE_TIMEOUTS = Timeouts(evaluate=5.0, endorse=5.0, submit=5.0, commit_status=5.0)
 

@@ -14,9 +14,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from consortium.processes import ManagedProcess, ensure_port_free
+from consortium.topology import Node, Topology
 from network.binaries import FabricBinaries
-from network.processes import ManagedProcess, ensure_port_free
-from network.topology import Node, Topology
 
 HEALTH_TIMEOUT = 60.0
 

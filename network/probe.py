@@ -9,8 +9,8 @@ import json
 import time
 from dataclasses import dataclass
 
+from consortium.topology import Org, Topology
 from network.admin import Admin
-from network.topology import Org, Topology
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import shutil
 import socket
 
-from network.errors import ToolMissing
-from network.processes import ManagedProcess, ensure_port_free
-from network.topology import Topology
+from consortium.errors import ToolMissing
+from consortium.processes import ManagedProcess, ensure_port_free
+from consortium.topology import Topology
 
 NAME = "redis"
 

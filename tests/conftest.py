@@ -11,12 +11,12 @@ import httpx
 import pytest
 import redis
 
+from consortium import connect
+from consortium import topology as topo
+from fabric_gateway import Gateway
 from gateway import cli as gateway_cli
-from gateway import connect
-from gateway.fabric import Gateway
 from gateway.serve import GatewaySettings, dev_token
 from network import binaries, control
-from network import topology as topo
 from network.admin import Admin
 
 TEST_PORT_BASE = 27000

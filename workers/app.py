@@ -17,7 +17,7 @@ import os
 
 from celery import Celery
 
-from network import topology as topo
+from consortium import topology as topo
 
 VISIBILITY_TIMEOUT_S = float(os.environ.get("CARELEDGER_VISIBILITY_TIMEOUT") or 60)
 

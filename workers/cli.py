@@ -7,12 +7,12 @@ import sys
 
 import click
 
-from gateway import logs
+from consortium import logs
+from consortium import topology as topo
+from consortium.errors import NetworkError
+from consortium.processes import ManagedProcess
+from consortium.topology import Topology
 from network import redis_server
-from network import topology as topo
-from network.errors import NetworkError
-from network.processes import ManagedProcess
-from network.topology import Topology
 from workers.settings import WorkerSettings
 
 WORKER_THREADS = 48  # tasks wait on the ledger and HTTP, not the CPU
@@ -66,7 +66,7 @@ def start_listener(topology: Topology, org: str) -> bool:
     proc = listener_process(topology, org)
     if proc.running():
         return False
-    argv = [sys.executable, "-m", "careledger_cli", "worker", "listen", "--org", org]
+    argv = [sys.executable, "-m", "careledger.cli", "worker", "listen", "--org", org]
     proc.start(argv, _env(topology, org), cwd=topo.REPO_ROOT)
     return True
 

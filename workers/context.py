@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 import httpx
 import redis
 
-from gateway import connect
-from gateway.ledger import Ledger
+from consortium import connect
+from consortium import topology as topo
 from gateway.serve import GatewaySettings, member_client_ssl
-from gateway.store import Store, load_master_key
-from network import topology as topo
+from ledger.contracts import Ledger
+from records.store import Store, load_master_key
 from workers.settings import WorkerSettings
 
 T = TypeVar("T")

@@ -19,10 +19,10 @@ from typing import Any
 
 import redis
 
-from gateway import connect
-from gateway.fabric import FabricError
-from gateway.fabric.checkpoint import RedisCheckpointer, after_event
-from gateway.ledger import CLAIMS
+from consortium import connect
+from fabric_gateway import FabricError
+from fabric_gateway.checkpoint import RedisCheckpointer, after_event
+from ledger.contracts import CLAIMS
 from workers import outbox
 from workers.settings import WorkerSettings
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from network import topology as topo
-from network.topology import Org, Topology
+from consortium import topology as topo
+from consortium.topology import Org, Topology
 from workers.rules import Rules
 
 CONFIG_DIR = topo.REPO_ROOT / "config" / "workers"

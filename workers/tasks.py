@@ -29,11 +29,11 @@ import redis
 from celery import states
 from celery.signals import task_postrun
 
-from gateway import digests
-from gateway.fabric import FabricError
-from gateway.ledger import LedgerConflict, LedgerNotFound
-from gateway.records import claim_response_id
-from gateway.store import Query, Row, VersionTaken
+from fabric_gateway import FabricError
+from ledger.contracts import LedgerConflict, LedgerNotFound
+from records import digests
+from records.service import claim_response_id
+from records.store import Query, Row, VersionTaken
 from workers import claim_response, outbox, rules
 from workers.app import app
 from workers.context import OrgContext, current

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import redis
 
-from gateway import connect
-from gateway.fabric.checkpoint import RedisCheckpointer, after_event
-from network import topology as topo
+from consortium import connect
+from consortium import topology as topo
+from fabric_gateway.checkpoint import RedisCheckpointer, after_event
 
 
 def main() -> None:

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from gateway import digests
-from gateway.fabric import EndorsementFailed, EvaluateFailed, Gateway, GatewayError
-from network.topology import Topology
+from consortium.topology import Topology
+from fabric_gateway import EndorsementFailed, EvaluateFailed, Gateway, GatewayError
+from records import digests
 from tests import fhir_samples as fhir
 
 pytestmark = pytest.mark.network

@@ -19,13 +19,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway import connect
+from consortium import connect
+from consortium.topology import Topology
 from gateway.app import GatewayConfig, create_app
 from gateway.auth import TokenPolicy
-from gateway.ledger import Ledger
-from gateway.records import Custodian, Records
-from gateway.store import Store
-from network.topology import Topology
+from ledger.contracts import Ledger
+from records.service import Custodian, Records
+from records.store import Store
 from tests import fhir_samples as fhir
 
 pytestmark = pytest.mark.network
@@ -222,7 +222,7 @@ def test_verify_catches_tampering_and_erase_makes_content_unreadable(network: To
         assert "changed in the store" in bad.json()["parameter"][1]["valueString"]
 
         # An insider with the keys re-encrypts changed content: the ledger digest still catches it.
-        from gateway.store import Row
+        from records.store import Row
 
         stored = s.records.read(*locs[2].split("/"))
         assert stored is not None

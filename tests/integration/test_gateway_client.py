@@ -17,8 +17,9 @@ import pytest
 import redis
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway import connect
-from gateway.fabric import (
+from consortium import connect
+from consortium.topology import REPO_ROOT, Topology
+from fabric_gateway import (
     CommitFailed,
     EndorsementFailed,
     EvaluateFailed,
@@ -32,7 +33,6 @@ from gateway.fabric import (
 )
 from network import channels
 from network.admin import Admin
-from network.topology import REPO_ROOT, Topology
 
 pytestmark = pytest.mark.network
 CC = "careledger"
@@ -174,7 +174,7 @@ def test_listener_killed_half_way_resumes_from_its_checkpoint(
     network: Topology, admin: Admin, hospital: Gateway, redis_client: redis.Redis
 ) -> None:
     name, prefix = unique("listener"), unique("crash")
-    from gateway.fabric.checkpoint import Checkpoint, RedisCheckpointer
+    from fabric_gateway.checkpoint import Checkpoint, RedisCheckpointer
 
     RedisCheckpointer(redis_client, name).save(Checkpoint(_next_block(network, admin), ""))
     handled_key = f"test:handled:{name}"

@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 
-from gateway import connect
-from gateway.fabric import CommitFailed, EndorsementFailed, load_msp
-from gateway.fabric.aio import AsyncGateway
-from network.topology import Topology
+from consortium import connect
+from consortium.topology import Topology
+from fabric_gateway import CommitFailed, EndorsementFailed, load_msp
+from fabric_gateway.aio import AsyncGateway
 
 pytestmark = pytest.mark.network
 

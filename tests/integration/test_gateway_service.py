@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from fhirpy import SyncFHIRClient
 
-from gateway import synthetic
-from gateway.fabric import Gateway
+from fabric_gateway import Gateway
+from records import synthetic
 from tests.conftest import GatewayHttp
 
 pytestmark = pytest.mark.network

@@ -8,11 +8,11 @@ import time
 
 import pytest
 
+from consortium.errors import CommandFailed, PortInUse
+from consortium.topology import Node, Topology
 from network import chaincode as cc
 from network import channels, control, nodes, probe
 from network.admin import Admin
-from network.errors import CommandFailed, PortInUse
-from network.topology import Node, Topology
 
 pytestmark = pytest.mark.network
 

@@ -23,11 +23,11 @@ import pytest
 import redis
 import yaml
 
+from consortium.topology import Topology
+from fabric_gateway import Gateway
+from fabric_gateway.checkpoint import InMemoryCheckpointer, after_event
 from gateway import cli as gateway_cli
-from gateway import synthetic
-from gateway.fabric import Gateway
-from gateway.fabric.checkpoint import InMemoryCheckpointer, after_event
-from network.topology import Topology
+from records import synthetic
 from tests.conftest import GatewayHttp
 from workers import cli as worker_cli
 from workers.settings import CONFIG_DIR

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gateway import digests
+from records import digests
 
 
 def test_pseudonym_is_keyed_and_stable() -> None:

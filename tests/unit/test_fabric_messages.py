@@ -17,11 +17,11 @@ from fabric_protos.peer import chaincode_pb2, proposal_pb2
 from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
-from gateway.fabric import messages as m
-from gateway.fabric.checkpoint import Checkpoint, FileCheckpointer, InMemoryCheckpointer, after_block, after_event
-from gateway.fabric.errors import EndorsementFailed, GatewayTimeout, PeerUnavailable, from_rpc_error
-from gateway.fabric.identity import P256_ORDER, Identity, ecdsa_signer
-from gateway.fabric.retry import retry_conflicts
+from fabric_gateway import messages as m
+from fabric_gateway.checkpoint import Checkpoint, FileCheckpointer, InMemoryCheckpointer, after_block, after_event
+from fabric_gateway.errors import EndorsementFailed, GatewayTimeout, PeerUnavailable, from_rpc_error
+from fabric_gateway.identity import P256_ORDER, Identity, ecdsa_signer
+from fabric_gateway.retry import retry_conflicts
 
 CERT = b"-----BEGIN CERTIFICATE-----\nnot parsed by the client\n-----END CERTIFICATE-----\n"
 IDENTITY = Identity("HospitalMSP", CERT)
@@ -134,7 +134,7 @@ def test_checkpointers_round_trip(tmp_path: Path, make) -> None:  # type: ignore
 
 
 def test_retry_conflicts_retries_only_read_conflicts() -> None:
-    from gateway.fabric.errors import CommitFailed
+    from fabric_gateway.errors import CommitFailed
 
     calls: list[int] = []
 
@@ -155,7 +155,7 @@ def test_retry_conflicts_retries_only_read_conflicts() -> None:
 
 
 def test_retry_conflicts_retries_endorsers_that_disagree_but_not_chaincode_errors() -> None:
-    from gateway.fabric.errors import EndorsementFailed, PeerDetail
+    from fabric_gateway.errors import EndorsementFailed, PeerDetail
 
     def endorsement(message: str) -> EndorsementFailed:
         return EndorsementFailed("endorse", "ABORTED", "failed", (PeerDetail("p:1", "ClinicMSP", message),))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from network.errors import NodeUnhealthy, PortInUse
-from network.processes import ManagedProcess, ensure_port_free
+from consortium.errors import NodeUnhealthy, PortInUse
+from consortium.processes import ManagedProcess, ensure_port_free
 
 
 def managed(tmp_path: Path) -> ManagedProcess:

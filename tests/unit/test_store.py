@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store import PatientErased, Query, Row, Store, Tampered
+from records.store import PatientErased, Query, Row, Store, Tampered
 
 PATIENT = "a" * 64
 

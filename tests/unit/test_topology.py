@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from consortium import topology as topo
 from network import chaincode_config, configtx, crypto
-from network import topology as topo
 
 
 @pytest.fixture

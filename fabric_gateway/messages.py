@@ -21,7 +21,7 @@ from fabric_protos.orderer import ab_pb2
 from fabric_protos.peer import chaincode_pb2, proposal_pb2, proposal_response_pb2, transaction_pb2
 from google.protobuf import timestamp_pb2
 
-from gateway.fabric.identity import Identity, digest
+from fabric_gateway.identity import Identity, digest
 
 NONCE_BYTES = 24
 

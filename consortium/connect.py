@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from gateway.fabric import Endpoint, Gateway, Timeouts, load_msp
-from gateway.fabric.aio import AsyncGateway
-from gateway.fabric.client import DEFAULT_TIMEOUTS
-from network.topology import Org, Topology
+from consortium.topology import Org, Topology
+from fabric_gateway import Endpoint, Gateway, Timeouts, load_msp
+from fabric_gateway.aio import AsyncGateway
+from fabric_gateway.client import DEFAULT_TIMEOUTS
 
 
 def endpoint(topology: Topology, org: Org, user: str = "User1") -> Endpoint:

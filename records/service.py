@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway import digests, fhir_claim, fhir_consent
-from gateway.fabric import CommitStatusFailed, GatewayTimeout
-from gateway.fhir_validation import PATIENT_ELEMENT, Entry, FhirInvalid, Issue
-from gateway.ledger import Committed, Ledger, LedgerNotFound
-from gateway.store import Row, Store, Stored
+from fabric_gateway import CommitStatusFailed, GatewayTimeout
+from ledger.contracts import Committed, Ledger, LedgerNotFound
+from records import digests, fhir_claim, fhir_consent
+from records.store import Row, Store, Stored
+from records.validation import PATIENT_ELEMENT, Entry, FhirInvalid, Issue
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
-from gateway.fhir_validation import FhirInvalid, Issue
-from gateway.store import Query
+from records.store import Query
+from records.validation import FhirInvalid, Issue
 
 DEFAULT_COUNT, MAX_COUNT = 50, 500
 SUPPORTED = {"patient", "subject", "_id", "identifier", "_lastUpdated", "_count", "_offset", "_format"}

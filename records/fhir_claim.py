@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from gateway.fhir_validation import FhirInvalid, Issue
+from records.validation import FhirInvalid, Issue
 
 MSP_SYSTEM = "urn:careledger:msp"
 

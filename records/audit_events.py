@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.fhir_claim import MSP_SYSTEM
+from records.fhir_claim import MSP_SYSTEM
 
 FABRIC_TX_SYSTEM = "urn:careledger:fabric-tx"
 PURPOSE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActReason"

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from network.errors import NodeUnhealthy, PortInUse
+from consortium.errors import NodeUnhealthy, PortInUse
 
 
 class ManagedProcess:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from careledger_demo import demo
+from careledger.demo import demo
 from gateway.cli import gateway
 from network.cli import network
 from workers.cli import worker

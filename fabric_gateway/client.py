@@ -20,11 +20,11 @@ from typing import Any
 import grpc
 from fabric_protos.gateway import gateway_pb2, gateway_pb2_grpc
 
-from gateway.fabric import messages as m
-from gateway.fabric.checkpoint import Checkpoint
-from gateway.fabric.connection import Endpoint
-from gateway.fabric.errors import CommitFailed, from_rpc_error
-from gateway.fabric.identity import Identity, Signer, digest
+from fabric_gateway import messages as m
+from fabric_gateway.checkpoint import Checkpoint
+from fabric_gateway.connection import Endpoint
+from fabric_gateway.errors import CommitFailed, from_rpc_error
+from fabric_gateway.identity import Identity, Signer, digest
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from typing import Any
 import click
 import httpx
 
-from gateway import synthetic
+from consortium import topology as topo
+from consortium.topology import Topology
 from gateway.serve import GatewaySettings, dev_token
-from network import topology as topo
-from network.topology import Topology
+from records import synthetic
 
 
 class Ehr:

@@ -1,7 +1,7 @@
 """CareLedger's contracts as typed async calls, for the FHIR gateway.
 
 Contract errors arrive as "CODE: message" inside the peers' chaincode messages; they become the exceptions below,
-once, here. Everything else stays a `gateway.fabric` error (unavailable peer, timeout, commit failure).
+once, here. Everything else stays a `fabric_gateway` error (unavailable peer, timeout, commit failure).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.fabric import EndorsementFailed, EvaluateFailed, GatewayError
-from gateway.fabric.aio import AsyncGateway
-from gateway.fabric.retry import retry_conflicts_async
+from fabric_gateway import EndorsementFailed, EvaluateFailed, GatewayError
+from fabric_gateway.aio import AsyncGateway
+from fabric_gateway.retry import retry_conflicts_async
 
 CHAINCODE = "careledger"
 PROVIDERS, CLAIMS, PHARMA = "providers", "claims", "pharma"

@@ -1,15 +1,15 @@
 """CareLedger's Python client for the Fabric Gateway service (peer gRPC), modelled on the official clients."""
 
-from gateway.fabric.checkpoint import (
+from fabric_gateway.checkpoint import (
     Checkpoint,
     Checkpointer,
     FileCheckpointer,
     InMemoryCheckpointer,
     RedisCheckpointer,
 )
-from gateway.fabric.client import Gateway, Pending, Submitted, Timeouts
-from gateway.fabric.connection import Endpoint
-from gateway.fabric.errors import (
+from fabric_gateway.client import Gateway, Pending, Submitted, Timeouts
+from fabric_gateway.connection import Endpoint
+from fabric_gateway.errors import (
     CommitFailed,
     CommitStatusFailed,
     EndorsementFailed,
@@ -21,9 +21,9 @@ from gateway.fabric.errors import (
     PeerUnavailable,
     SubmitFailed,
 )
-from gateway.fabric.identity import Identity, Signer, ecdsa_signer, load_msp
-from gateway.fabric.messages import ChaincodeEvent, CommitStatus
-from gateway.fabric.retry import retry_conflicts
+from fabric_gateway.identity import Identity, Signer, ecdsa_signer, load_msp
+from fabric_gateway.messages import ChaincodeEvent, CommitStatus
+from fabric_gateway.retry import retry_conflicts
 
 __all__ = [
     "ChaincodeEvent",

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import redis
 
-from gateway.fabric.messages import ChaincodeEvent
+from fabric_gateway.messages import ChaincodeEvent
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from gateway.fabric.errors import CommitFailed, EndorsementFailed, FabricError
+from fabric_gateway.errors import CommitFailed, EndorsementFailed, FabricError
 
 T = TypeVar("T")
 

@@ -1,0 +1,1 @@
+"""CareLedger's contracts as typed calls, and their refusals as exceptions (one place for both)."""
