@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import ssl
 from collections.abc import Callable, Iterator
 
@@ -19,7 +20,8 @@ from gateway.serve import GatewaySettings, dev_token
 from network import binaries, control
 from network.admin import Admin
 
-TEST_PORT_BASE = 27000
+# Another checkout's test run can sit beside this one on other ports (CARELEDGER_TEST_PORT_BASE).
+TEST_PORT_BASE = int(os.environ.get("CARELEDGER_TEST_PORT_BASE") or 27000)
 log = logging.getLogger("careledger.tests")
 
 
