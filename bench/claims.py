@@ -24,6 +24,7 @@ import redis
 
 from consortium import topology as topo
 from consortium.processes import cpu_seconds, rss_bytes
+from consortium.redis_keys import OrgKeys
 from consortium.topology import Topology
 from gateway import cli as gateway_cli
 from gateway.serve import GatewaySettings, dev_token
@@ -64,7 +65,7 @@ class Arrivals:
 
     def __init__(self, t: Topology) -> None:
         self.r = redis.Redis.from_url(t.redis_url)
-        self.stream = "careledger:stream:HospitalMSP:claims"
+        self.stream = OrgKeys("HospitalMSP").stream("claims")
         self.at: dict[str, float] = {}
         self.stop = threading.Event()
         self.last = "$"

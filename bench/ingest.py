@@ -24,7 +24,8 @@ import httpx
 from consortium import topology as topo
 from consortium.processes import rss_bytes
 from gateway.cli import process, start
-from gateway.serve import GatewaySettings, dev_token
+from gateway.dev_issuer import dev_token
+from gateway.settings import GatewaySettings
 from network import control
 from records import digests
 from records import validation as fv

@@ -18,9 +18,11 @@ from typing import Any
 import click
 import httpx
 
+from consortium import readiness
 from consortium import topology as topo
 from consortium.topology import Topology
-from gateway.serve import GatewaySettings, dev_token
+from gateway.dev_issuer import dev_token
+from gateway.settings import GatewaySettings
 from records import synthetic
 
 
@@ -69,6 +71,13 @@ def wait_for(get: Callable[[], httpx.Response], seconds: float, what: str) -> di
 def demo(resources: int) -> None:
     """Run the main job against the running network, gateways and workers."""
     t = topo.load()
+    for org in ("HospitalOrg", "ClinicOrg", "InsurerOrg"):
+        readiness.require_peer(t, t.org(org))
+        settings = GatewaySettings.load(t, org)
+        if not readiness.answers(t.host, settings.port):
+            raise click.ClickException(
+                f"{org}'s gateway is not running at {settings.url}; run `careledger gateway start`"
+            )
     hospital, clinic, insurer = Ehr(t, "HospitalOrg"), Ehr(t, "ClinicOrg"), Ehr(t, "InsurerOrg")
     gen = synthetic.Synthetic.seeded(None)
     mpi = gen.mpi_value()

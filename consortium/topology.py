@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import yaml
 
+from consortium.errors import NetworkError
+
 DEFINITION_FILE = Path(__file__).with_name("consortium.yaml")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,6 +26,13 @@ PEER_BLOCK = 100  # peer j: base + 100 + 10*j + {0 listen, 1 chaincode, 2 operat
 CHAINCODE_PORT = 200
 REDIS_PORT = 300
 GATEWAY_BLOCK = 400  # gateway j: base + 400 + j
+
+
+class UnknownName(NetworkError, KeyError):
+    """An org or node name the consortium does not have."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0])
 
 
 @dataclass(frozen=True)
@@ -135,7 +144,9 @@ class Topology:
         for org in self.member_orgs:
             if name in (org.name, org.msp_id):
                 return org
-        raise KeyError(f"unknown org {name!r}; known: {', '.join(o.name for o in self.member_orgs)}")
+        raise UnknownName(
+            f"there is no member org {name!r}; the members are {', '.join(o.name for o in self.member_orgs)}"
+        )
 
     @cached_property
     def orderers(self) -> list[Node]:
@@ -166,7 +177,7 @@ class Topology:
         for n in self.nodes:
             if n.name == name:
                 return n
-        raise KeyError(f"unknown node {name!r}; known: {', '.join(n.name for n in self.nodes)}")
+        raise UnknownName(f"there is no node {name!r}; the nodes are {', '.join(n.name for n in self.nodes)}")
 
     # ----- channels -------------------------------------------------------------------------------------------
 
@@ -220,8 +231,24 @@ class Topology:
         return self.org_dir(org) / "gateway" / "tls"
 
     def gateway_home(self, org: Org) -> Path:
-        """Where the org's gateway keeps its store, keys and token issuer (development) files."""
+        """Where the org's gateway and workers keep its store and keys."""
         return self.home / "gateway" / org.name
+
+    def master_key_file(self, org: Org) -> Path:
+        """The org's master key (wraps every patient's data key); production: a KMS."""
+        return self.gateway_home(org) / "master.key"
+
+    def token_issuer_key_file(self, org: Org) -> Path:
+        """The development token issuer's signing key (stands in for the org's OAuth2 server)."""
+        return self.gateway_home(org) / "token-issuer.key"
+
+    def token_issuer_public_key_file(self, org: Org) -> Path:
+        return self.gateway_home(org) / "token-issuer.pub"
+
+    @property
+    def pseudonym_key_file(self) -> Path:
+        """The consortium pseudonym key every member holds (production: distributed out of band)."""
+        return self.home / "consortium" / "pseudonym.key"
 
     def node_dir(self, node: Node) -> Path:
         sub = "orderers" if node.kind == "orderer" else "peers"

@@ -10,12 +10,14 @@ import urllib.request
 
 import click
 
-from consortium import logs
+from consortium import logs, readiness
 from consortium import topology as topo
 from consortium.errors import NetworkError
 from consortium.processes import ManagedProcess, ensure_port_free
 from consortium.topology import Topology
-from gateway.serve import GatewaySettings, dev_token, serve
+from gateway.dev_issuer import dev_token
+from gateway.serve import serve
+from gateway.settings import GatewaySettings
 
 MEMBER_ORGS_HELP = "member org name, e.g. HospitalOrg (repeatable; default: every member org)"
 
@@ -40,6 +42,7 @@ def start(topology: Topology, org: str) -> bool:
     proc = process(topology, org)
     if proc.running():
         return False
+    readiness.require_peer(topology, settings.org)
     ensure_port_free(proc.name, topology.host, settings.port, wait=5)
     argv = [sys.executable, "-m", "careledger.cli", "gateway", "serve", "--org", org]
     env = {**os.environ, "CARELEDGER_HOME": str(topology.home), "CARELEDGER_PORT_BASE": str(topology.port_base)}
@@ -62,7 +65,9 @@ def gateway() -> None:
 def serve_command(org: str) -> None:
     """Run the org's gateway in the foreground (logs: JSON lines on stderr)."""
     logs.configure()
-    asyncio.run(serve(GatewaySettings.load(topo.load(), org)))
+    settings = GatewaySettings.load(topo.load(), org)
+    readiness.require_peer(settings.topology, settings.org)
+    asyncio.run(serve(settings))
 
 
 @gateway.command(name="start")

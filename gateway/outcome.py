@@ -1,4 +1,17 @@
-"""Errors become FHIR OperationOutcomes with a fitting HTTP status, here and nowhere else."""
+"""Errors become FHIR OperationOutcomes with a fitting HTTP status: here, and nowhere else.
+
+| error | status | OperationOutcome code |
+|---|---|---|
+| HttpProblem (authentication, scopes, HTTP-level checks) | its own | its own |
+| records.Malformed / TooCostly / NotKeptHere / FhirInvalid | 400 / 413 / 403 / 422 | per issue |
+| records.NotHeld / PreconditionFailed / VersionTaken / PatientErased | 404 / 412 / 409 / 410 | |
+| records.Refused (no consent) | 403 | forbidden |
+| records.OutcomeUnknown, Fabric timeouts | 504 (retry the same request) | timeout |
+| ledger refusals CONFLICT / FORBIDDEN / NOT_FOUND / INVALID_ARGUMENT | 409 / 403 / 404 / 422 | |
+| a write that kept losing read races, an unreachable peer | 503 with Retry-After | transient |
+| any other Fabric failure | 502 | exception |
+| a stored ciphertext that fails authentication | 500 | exception |
+"""
 
 from __future__ import annotations
 
@@ -8,16 +21,29 @@ from fastapi.exceptions import RequestValidationError
 
 from fabric_gateway import CommitFailed, EndorsementFailed, FabricError, GatewayTimeout, PeerUnavailable
 from fabric_gateway.retry import is_read_race
-from ledger.contracts import LedgerConflict, LedgerForbidden, LedgerInvalid, LedgerNotFound, LedgerRefused
-from records.service import LedgerOutcomeUnknown
-from records.store import PatientErased, Tampered, VersionTaken
-from records.validation import FhirInvalid, Issue
+from ledger.errors import LedgerConflict, LedgerForbidden, LedgerInvalid, LedgerNotFound, LedgerRefused
+from records.errors import (
+    FhirInvalid,
+    Issue,
+    Malformed,
+    NotHeld,
+    NotKeptHere,
+    OutcomeUnknown,
+    PatientErased,
+    PreconditionFailed,
+    RecordsError,
+    Refused,
+    Tampered,
+    TooCostly,
+    VersionTaken,
+)
 
 FHIR_JSON = "application/fhir+json"
+RETRY_AFTER_S = "2"
 
 
 class HttpProblem(Exception):
-    """A request the edge answers with an OperationOutcome: not found, precondition failed, unauthorised, ..."""
+    """A request the edge answers itself with an OperationOutcome: unauthenticated, forbidden by scope, ..."""
 
     def __init__(self, status: int, code: str, diagnostics: str, expression: str = "") -> None:
         super().__init__(diagnostics)
@@ -35,34 +61,39 @@ def operation_outcome(issues: list[Issue], severity: str = "error") -> dict[str,
     return {"resourceType": "OperationOutcome", "issue": out}
 
 
-_LEDGER_STATUS: list[tuple[type[Exception], int, str]] = [
+_INVALID_STATUS: list[tuple[type[FhirInvalid], int]] = [(Malformed, 400), (TooCostly, 413), (NotKeptHere, 403)]
+
+_STATUS: list[tuple[type[Exception], int, str]] = [
+    (NotHeld, 404, "not-found"),
+    (PreconditionFailed, 412, "conflict"),
+    (VersionTaken, 409, "conflict"),
+    (PatientErased, 410, "deleted"),
+    (Refused, 403, "forbidden"),
+    (Tampered, 500, "exception"),
+    (OutcomeUnknown, 504, "timeout"),
     (LedgerConflict, 409, "conflict"),
     (LedgerForbidden, 403, "forbidden"),
     (LedgerNotFound, 404, "not-found"),
     (LedgerInvalid, 422, "invalid"),
-    (VersionTaken, 409, "conflict"),
-    (PatientErased, 410, "deleted"),
-    (Tampered, 500, "exception"),
-    (LedgerOutcomeUnknown, 504, "timeout"),
     (GatewayTimeout, 504, "timeout"),
     (PeerUnavailable, 503, "transient"),
     (FabricError, 502, "exception"),
 ]
 
-
 KNOWN_ERRORS: tuple[type[Exception], ...] = (
     RequestValidationError,
-    FhirInvalid,
     HttpProblem,
+    RecordsError,
     LedgerRefused,
-    *(c for c, _, _ in _LEDGER_STATUS),
+    FabricError,
 )
 
 
 def problem(err: Exception) -> tuple[int, dict[str, Any]] | None:
     """The status and OperationOutcome for an error the gateway knows, or None for a bug (500 upstream)."""
     if isinstance(err, FhirInvalid):
-        return err.status, operation_outcome(err.issues)
+        status = next((s for cls, s in _INVALID_STATUS if isinstance(err, cls)), 422)
+        return status, operation_outcome(err.issues)
     if isinstance(err, HttpProblem):
         return err.status, operation_outcome([err.issue])
     if isinstance(err, RequestValidationError):  # path, query or JSON body parameters of the non-FHIR routes
@@ -74,8 +105,13 @@ def problem(err: Exception) -> tuple[int, dict[str, Any]] | None:
     if isinstance(err, (CommitFailed, EndorsementFailed)) and is_read_race(err):
         # Concurrent writes to the same records kept winning, even after retries: nothing was written; try again.
         return 503, operation_outcome([Issue("transient", "", f"busy, nothing was written; retry: {err}")])
-    for cls, status, code in _LEDGER_STATUS:
+    for cls, status, code in _STATUS:
         if isinstance(err, cls):
             text = err.message if isinstance(err, LedgerRefused) else str(err)
             return status, operation_outcome([Issue(code, "", text)])
     return None
+
+
+def retry_after(status: int) -> dict[str, str]:
+    """Transient answers tell the client when to try again."""
+    return {"Retry-After": RETRY_AFTER_S} if status in (503, 504) else {}

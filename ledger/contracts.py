@@ -1,7 +1,7 @@
-"""CareLedger's contracts as typed async calls, for the FHIR gateway.
+"""CareLedger's contracts as typed async calls: one method per contract function, JSON in and out.
 
-Contract errors arrive as "CODE: message" inside the peers' chaincode messages; they become the exceptions below,
-once, here. Everything else stays a `fabric_gateway` error (unavailable peer, timeout, commit failure).
+Refusals are `ledger.errors` exceptions; everything else a `Transport` raises (an unreachable peer, a timeout, a
+commit failure) passes through unchanged, so the caller can tell a refusal from an unknown outcome.
 """
 
 from __future__ import annotations
@@ -11,88 +11,33 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fabric_gateway import EndorsementFailed, EvaluateFailed, GatewayError
-from fabric_gateway.aio import AsyncGateway
-from fabric_gateway.retry import retry_conflicts_async
+from ledger.transport import Transport
 
-CHAINCODE = "careledger"
 PROVIDERS, CLAIMS, PHARMA = "providers", "claims", "pharma"
-
-
-class LedgerRefused(Exception):
-    """A contract refused the call on purpose; `code` says why in one word."""
-
-    code = ""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class LedgerInvalid(LedgerRefused):
-    code = "INVALID_ARGUMENT"
-
-
-class LedgerForbidden(LedgerRefused):
-    code = "FORBIDDEN"
-
-
-class LedgerNotFound(LedgerRefused):
-    code = "NOT_FOUND"
-
-
-class LedgerConflict(LedgerRefused):
-    code = "CONFLICT"
-
-
-_BY_CODE: dict[str, type[LedgerRefused]] = {
-    c.code: c for c in (LedgerInvalid, LedgerForbidden, LedgerNotFound, LedgerConflict)
-}
-
-
-def refusal(err: GatewayError) -> LedgerRefused | None:
-    """The contract's refusal inside a Gateway error, or None when the failure is not the contract's answer."""
-    for message in err.chaincode_messages:
-        for code, cls in _BY_CODE.items():
-            marker = f"{code}: "
-            if marker in message:
-                return cls(message[message.index(marker) + len(marker) :])
-    return None
 
 
 @dataclass(frozen=True)
 class Committed:
     tx_id: str
-    result: Any
+    result: Any  # the contract's JSON answer, decoded
+    block_number: int = 0
 
 
 class Ledger:
-    """The contracts, called as one org's identity through its own peer's Gateway."""
+    """The contracts, over a transport: Fabric as one org's identity, or the in-memory fake in unit tests."""
 
-    def __init__(self, gateway: AsyncGateway, chaincode: str = CHAINCODE) -> None:
-        self.gateway = gateway
-        self.chaincode = chaincode
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
 
     async def submit(
         self, channel: str, function: str, *args: str, transient: Mapping[str, Any] | None = None
     ) -> Committed:
         encoded = {k: json.dumps(v).encode() for k, v in (transient or {}).items()}
-
-        async def attempt() -> Any:
-            return await self.gateway.submit(channel, self.chaincode, function, list(args), transient=encoded or None)
-
-        try:
-            # A transaction that lost a read race did not commit: submitting it anew is safe.
-            done = await retry_conflicts_async(attempt)
-        except EndorsementFailed as e:
-            raise (refusal(e) or e) from None
-        return Committed(done.tx_id, json.loads(done.result) if done.result else None)
+        sent = await self.transport.submit(channel, function, list(args), encoded or None)
+        return Committed(sent.tx_id, json.loads(sent.result) if sent.result else None, sent.block_number)
 
     async def evaluate(self, channel: str, function: str, *args: str) -> Any:
-        try:
-            raw = await self.gateway.evaluate(channel, self.chaincode, function, list(args))
-        except EvaluateFailed as e:
-            raise (refusal(e) or e) from None
+        raw = await self.transport.evaluate(channel, function, list(args))
         return json.loads(raw) if raw else None
 
     # ----- Records ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from consortium import readiness
 from consortium import topology as topo
 from consortium.errors import NetworkError
 from network import binaries, control, probe
@@ -45,6 +46,8 @@ def build() -> None:
 def check() -> None:
     """Write a probe transaction on every channel and read it back from every member peer."""
     t = topo.load()
+    for org in t.member_orgs:
+        readiness.require_peer(t, org)
     fabric = binaries.cached()
     if fabric is None:
         click.secho("Fabric binaries are not built; run `careledger network up` first", fg="red", err=True)
@@ -80,7 +83,14 @@ def status(as_json: bool) -> None:
         ccs = ", ".join(f"{d['name']} v{d['version']} seq {d['sequence']}" for d in ch["chaincodes"]) or "none"
         click.echo(f"  channel {name:10} members {', '.join(ch['members'])}")
         click.echo(f"          heights {heights}; chaincode {ccs}")
-    if not all(n["healthy"] for n in state["nodes"]):
+    down = [n["name"] for n in state["nodes"] if not n["healthy"]]
+    if len(down) == len(state["nodes"]):
+        click.secho(f"the network is not running; {readiness.UP}", fg="red", err=True)
+    elif down:
+        click.secho(
+            f"{len(down)} node(s) down: {', '.join(down)}; `careledger network up` restarts them", fg="red", err=True
+        )
+    if down:
         sys.exit(1)
 
 

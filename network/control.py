@@ -15,7 +15,7 @@ from typing import Any
 from consortium.errors import CommandFailed
 from consortium.processes import ManagedProcess
 from consortium.topology import Topology
-from network import binaries, channels, crypto, endorsers, nodes, redis_server
+from network import binaries, channels, crypto, endorsers, nodes, org_secrets, redis_server
 from network import chaincode as cc
 from network.admin import Admin
 
@@ -34,6 +34,8 @@ def up(topology: Topology, progress: Progress = print) -> None:
         step("generated crypto material for every org (cryptogen, NodeOUs on)")
     if [org for org in topology.member_orgs if crypto.ensure_gateway_tls(topology, org)]:
         step("issued the FHIR gateways' TLS certificates from each org's TLS CA")
+    if org_secrets.ensure(topology):
+        step("made each org's master and token-issuer keys and the consortium pseudonym key")
     if redis_server.start(topology):
         step(f"starting redis on {topology.host}:{topology.redis_port}")
     for group in (topology.orderers, topology.peers):

@@ -21,6 +21,9 @@ import httpx
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from consortium import tls
+from consortium.topology import Org, Topology
+
 
 @dataclass(frozen=True)
 class Member:
@@ -47,6 +50,19 @@ class Federation:
     def __init__(self, members: Mapping[str, Member], client_ssl: ssl.SSLContext, timeout_s: float = 10.0) -> None:
         self.members = dict(members)
         self._client = httpx.AsyncClient(verify=client_ssl, timeout=timeout_s)
+
+    @classmethod
+    def for_org(cls, topology: Topology, org: Org) -> Federation:
+        """Every member's gateway, reached over mutual TLS as `org`."""
+        members = {
+            o.msp_id: Member(
+                o.msp_id,
+                tls.member_url(topology, o.msp_id),
+                x509.load_pem_x509_certificate(topology.tls_ca_cert(o).read_bytes()),
+            )
+            for o in topology.member_orgs
+        }
+        return cls(members, tls.member_client_context(topology, org))
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from records.validation import FhirInvalid, Issue
+from records.errors import FhirInvalid, Issue
 
 MSP_SYSTEM = "urn:careledger:msp"
 
@@ -129,3 +129,8 @@ def for_ledger(claim: dict[str, Any], claim_id: str, patient: str, digest: str) 
     }
     detail = {"claimId": claim_id, "lines": lines, "coverage": _coverage(claim), "salt": os.urandom(32).hex()}
     return ClaimForLedger(submission, detail)
+
+
+def claim_response_id(claim_id: str) -> str:
+    """The id of the insurer's ClaimResponse to a claim, the same at the insurer and at the provider."""
+    return f"cr-{claim_id}"

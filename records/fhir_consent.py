@@ -15,8 +15,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from records.errors import FhirInvalid, Issue
 from records.fhir_claim import MSP_SYSTEM
-from records.validation import FhirInvalid, Issue
 
 REVOKING_STATUSES = frozenset({"inactive", "rejected", "entered-in-error"})
 

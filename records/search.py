@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
+from records.errors import Issue, Malformed
 from records.store import Query
-from records.validation import FhirInvalid, Issue
 
 DEFAULT_COUNT, MAX_COUNT = 50, 500
 SUPPORTED = {"patient", "subject", "_id", "identifier", "_lastUpdated", "_count", "_offset", "_format"}
@@ -25,8 +25,8 @@ class Search:
     identifier: tuple[str, str] | None  # (system, value), resolved to ids by the caller
 
 
-def _bad(param: str, why: str) -> FhirInvalid:
-    return FhirInvalid([Issue("value", param, why)], 400)
+def _bad(param: str, why: str) -> Malformed:
+    return Malformed([Issue("value", param, why)])
 
 
 def _instant(t: datetime) -> str:
@@ -111,3 +111,12 @@ def parse(resource_type: str, params: list[tuple[str, str]], patient_pseudonym: 
         elif name == "_offset":
             query = replace(query, offset=_int("_offset", value, 0, 10**9))
     return Search(query, identifier)
+
+
+def identifier_condition(condition: str) -> tuple[str, str]:
+    """`identifier=system|value` (an If-None-Exist header or the identifier parameter) as (system, value)."""
+    name, _, token = condition.partition("=")
+    system, sep, value = token.partition("|")
+    if name.strip() != "identifier" or not sep or not system or not value:
+        raise _bad("If-None-Exist", f"{condition!r}: the condition is identifier=system|value")
+    return system, value

@@ -8,6 +8,7 @@ refuses, the staged rows are discarded; when the outcome is unknown (timeout), t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable
@@ -16,10 +17,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fabric_gateway import CommitStatusFailed, GatewayTimeout
-from ledger.contracts import Committed, Ledger, LedgerNotFound
-from records import digests, fhir_claim, fhir_consent
+from ledger.contracts import Committed, Ledger
+from records import digests
+from records.errors import FhirInvalid, Issue, NotHeld, NotKeptHere, OutcomeUnknown, PreconditionFailed, VersionTaken
+from records.routes import POSTABLE, Route, route_of
+from records.settings import CustodianSettings
 from records.store import Row, Store, Stored
-from records.validation import PATIENT_ELEMENT, Entry, FhirInvalid, Issue
+from records.validation import PATIENT_ELEMENT, Entry
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,11 @@ class Written:
     created: bool
     resource: dict[str, Any]
 
+    @classmethod
+    def of(cls, stored: Stored) -> Written:
+        """A version stored earlier, reported as found rather than created."""
+        return cls(stored.type, stored.id, stored.version, stored.last_updated, False, json.loads(stored.content))
+
 
 @dataclass(frozen=True)
 class Verification:
@@ -43,31 +52,12 @@ class Verification:
     tx_id: str
 
 
-class LedgerOutcomeUnknown(Exception):
-    """The ledger did not confirm the bundle and it is not registered (yet): the client should retry."""
+def etag(version: int) -> str:
+    return f'W/"{version}"'
 
 
 def now_instant() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-ROUTES = {
-    "Claim": "claim",  # Claims:Submit on the claims channel (summary public, lines private)
-    "Consent": "consent",  # Consent:Grant / Consent:Revoke on the providers channel
-    "Coverage": "held",  # insurer-held: stored here, not indexed on chain
-    "ClaimResponse": "held",
-}
-ALLOWED_ROUTES = {"provider": {"records", "claim", "consent"}, "insurer": {"held"}, "manufacturer": set()}
-
-
-def claim_response_id(claim_id: str) -> str:
-    """The id of the insurer's ClaimResponse to a claim, the same at the insurer and at the provider."""
-    return f"cr-{claim_id}"
-
-
-def route_of(resource_type: str) -> str:
-    """Which ledger call registers a resource type: "records" (Records:Register) unless listed in ROUTES."""
-    return ROUTES.get(resource_type, "records")
 
 
 @dataclass(frozen=True)
@@ -87,6 +77,13 @@ class Records:
         self.consortium_key = consortium_key
         self.mpi_system = mpi_system
         self.custodian = custodian
+        self._conditional_creates = asyncio.Lock()
+
+    @classmethod
+    def open(cls, settings: CustodianSettings, ledger: Ledger) -> Records:
+        """The org's records as its settings place them: its store, its keys, its kind in the consortium."""
+        custodian = Custodian(settings.org.msp_id, settings.org.kind)
+        return cls(settings.open_store(), ledger, settings.consortium_key(), settings.mpi_system, custodian)
 
     # ----- patients --------------------------------------------------------------------------------------------
 
@@ -120,22 +117,67 @@ class Records:
         route = self._route(entries)
         ids = self._assign_ids(entries)
         patients = self._patients(entries, ids)
-        stamp = now_instant()
-        batch = uuid.uuid4().hex
-        rows: list[Row] = []
-        ledger_entries: list[dict[str, Any]] = []
-        written: list[Written] = []
         targets = {e.full_url: f"{ids[e.index][0]}/{ids[e.index][1]}" for e in entries if e.full_url}
-        for e in entries:
-            rtype, rid, version = ids[e.index]
-            resource = _rewrite_references(e.resource, targets)
-            resource["id"] = rid
-            resource["meta"] = {**(resource.get("meta") or {}), "versionId": str(version), "lastUpdated": stamp}
+        resources = [_rewrite_references(e.resource, targets) for e in entries]
+        versions = [(*ids[e.index], patients[e.index]) for e in entries]
+        return await self._write(route, resources, versions)
+
+    async def keep(self, resource: dict[str, Any], patient: str) -> bool:
+        """Keep a resource this org's own workers made (a ClaimResponse, a PaymentReconciliation) as its next version,
+        unless the newest version says the same. True when something was stored."""
+        rtype, rid = resource["resourceType"], resource["id"]
+        newest = self.store.read(rtype, rid)
+        if newest is not None:
+            previous = json.loads(newest.content)
+            previous.pop("meta", None)
+            if previous == resource:
+                return False
+        try:
+            await self._write(route_of(rtype), [resource], [(rtype, rid, newest.version + 1 if newest else 1, patient)])
+        except VersionTaken:
+            return False  # a concurrent run kept it first
+        return True
+
+    async def create_unless_exists(self, entry: Entry, system: str, value: str) -> Written:
+        """Conditional create (If-None-Exist: identifier=system|value): the resource that carries the identifier
+        (`created` False), else the new one. The check and the write are one step."""
+        rtype = entry.resource["resourceType"]
+        async with self._conditional_creates:
+            matches = self.store.with_identifier(rtype, system, value)
+            if len(matches) > 1:
+                raise PreconditionFailed(f"If-None-Exist matches {len(matches)} {rtype} resources")
+            if matches:
+                return Written.of(self.read(rtype, matches[0][0]))
+            (written,) = await self.transaction([entry])
+            return written
+
+    async def update(self, entry: Entry, if_match: str | None) -> Written:
+        """PUT: the next version of the resource, or PreconditionFailed when If-Match names another version."""
+        rtype, rid = entry.resource["resourceType"], str(entry.resource_id)
+        if if_match:
+            head = self.store.head(rtype, rid)
+            current = etag(head[0]) if head else "none"
+            if if_match.strip() != current:
+                raise PreconditionFailed(f"If-Match {if_match} does not match the current version {current}")
+        (written,) = await self.transaction([entry])
+        return written
+
+    async def _write(
+        self, route: Route, resources: list[dict[str, Any]], versions: list[tuple[str, str, int, str]]
+    ) -> list[Written]:
+        """The one write path: version and stamp each resource, stage its encrypted row, register the write on
+        chain (unless the route keeps it here only), then commit the rows, or discard them when the ledger refuses."""
+        stamp = now_instant()
+        rows: list[Row] = []
+        entries: list[dict[str, Any]] = []
+        written: list[Written] = []
+        for resource, (rtype, rid, version, patient) in zip(resources, versions, strict=True):
+            meta = {**(resource.get("meta") or {}), "versionId": str(version), "lastUpdated": stamp}
+            resource = {**resource, "id": rid, "meta": meta}
             content = digests.canonical_json(resource)
-            patient = patients[e.index]
             digest = digests.resource_digest(self.store.digest_key(patient), resource)
             rows.append(Row(rtype, rid, version, patient, stamp, content, _identifiers(resource)))
-            ledger_entries.append(
+            entries.append(
                 {
                     "patient": patient,
                     "resourceType": rtype,
@@ -147,7 +189,8 @@ class Records:
                 }
             )
             written.append(Written(rtype, rid, version, stamp, version == 1, resource))
-        submit = self._ledger_call(route, written[0].resource, ledger_entries)
+        submit = route.call(self.ledger, written[0].resource, entries)
+        batch = uuid.uuid4().hex
         self.store.stage(batch, rows)
         if submit is None:
             self.store.commit(batch, "")
@@ -155,9 +198,9 @@ class Records:
             await self._settle(batch, submit)
         return written
 
-    def _route(self, entries: list[Entry]) -> str:
+    def _route(self, entries: list[Entry]) -> Route:
         routes = {route_of(e.resource["resourceType"]) for e in entries}
-        if len(routes) > 1 or (len(entries) > 1 and routes & {"claim", "consent"}):
+        if len(routes) > 1 or (len(entries) > 1 and any(r.alone for r in routes)):
             raise FhirInvalid(
                 [
                     Issue(
@@ -168,37 +211,11 @@ class Records:
                 ]
             )
         route = routes.pop()
-        if route not in ALLOWED_ROUTES.get(self.custodian.kind, set()):
+        if route.name not in POSTABLE.get(self.custodian.kind, frozenset()):
             kind = self.custodian.kind
             what = entries[0].resource["resourceType"]
-            raise FhirInvalid([Issue("forbidden", "Bundle.entry", f"a {kind} org does not keep {what} here")], 403)
+            raise NotKeptHere([Issue("forbidden", "Bundle.entry", f"a {kind} org does not keep {what} here")])
         return route
-
-    def _ledger_call(
-        self, route: str, resource: dict[str, Any], entries: list[dict[str, Any]]
-    ) -> Callable[[], Awaitable[Committed]] | None:
-        """The one ledger transaction that registers the write (None: the resource is only held here)."""
-        first = entries[0]
-        rid, patient, digest, version = first["id"], first["patient"], first["digest"], first["version"]
-        if route == "records":
-            return lambda: self.ledger.register(entries)
-        if route == "claim":
-            if version == 1:
-                claim = fhir_claim.for_ledger(resource, rid, patient, digest)
-                return lambda: self.ledger.submit_claim(claim.submission, claim.detail)
-            if resource.get("status") == "cancelled":
-                return lambda: self.ledger.cancel_claim(rid, "provider-cancelled")
-            raise FhirInvalid([Issue("not-supported", "Claim.status", "a submitted claim can only be cancelled")])
-        if route == "consent":
-            if version == 1:
-                grant = fhir_consent.grant(resource, rid, patient, digest)
-                return lambda: self.ledger.grant(grant)
-            if fhir_consent.revokes(resource):
-                return lambda: self.ledger.revoke(rid, digest)
-            raise FhirInvalid(
-                [Issue("not-supported", "Consent.status", "a granted consent can only be revoked (status inactive)")]
-            )
-        return None
 
     def _assign_ids(self, entries: list[Entry]) -> dict[int, tuple[str, str, int]]:
         out: dict[int, tuple[str, str, int]] = {}
@@ -255,7 +272,7 @@ class Records:
             # Ordered or not? Ask the ledger rather than guess.
             if await self.reconcile(batch):
                 return
-            raise LedgerOutcomeUnknown(f"the ledger did not confirm the write, and it is not registered: {e}") from e
+            raise OutcomeUnknown(f"the ledger did not confirm the write, and it is not registered: {e}") from e
         except BaseException:
             self.store.discard(batch)
             raise
@@ -266,58 +283,41 @@ class Records:
         rows = self.store.batch_rows(batch)
         if not rows:
             return False
-        tx_id = await self._registered(*rows[0])
+        rtype, rid, version = rows[0]
+        tx_id = await route_of(rtype).registered(self.ledger, rtype, rid, version)
         if tx_id is None:
             self.store.discard(batch)
             return False
         self.store.commit(batch, tx_id)
         return True
 
-    async def _registered(self, rtype: str, rid: str, version: int) -> str | None:
-        """The id of the transaction that registered this version, or None when the ledger does not have it."""
-        try:
-            route = route_of(rtype)
-            if route == "claim":
-                claim = await self.ledger.claim(rid)
-                return str(claim["txId"]) if version == 1 or claim["status"] == "cancelled" else None
-            if route == "consent":
-                consent = await self.ledger.consent(rid)
-                return str(consent["txId"]) if version == 1 or consent["status"] == "revoked" else None
-            if route == "held":
-                return ""
-            return str((await self.ledger.record(rtype, rid, version)).get("txId", ""))
-        except LedgerNotFound:
-            return None
-
     # ----- reads, verification, erasure -------------------------------------------------------------------------
 
-    def read(self, rtype: str, rid: str, version: int | None = None) -> Stored | None:
-        return self.store.read(rtype, rid, version)
+    def read(self, rtype: str, rid: str, version: int | None = None) -> Stored:
+        stored = self.store.read(rtype, rid, version)
+        if stored is None:
+            raise NotHeld(f"{rtype}/{rid}" + (f"/_history/{version}" if version else "") + " is not held here")
+        return stored
+
+    def history(self, rtype: str, rid: str) -> list[Stored]:
+        versions = self.store.history(rtype, rid)
+        if not versions:
+            raise NotHeld(f"{rtype}/{rid} is not held here")
+        return versions
 
     async def verify(self, stored: Stored) -> Verification:
         """Recompute the stored content's digest and compare it with the one registered on chain."""
         route = route_of(stored.type)
-        if route in ("claim", "consent") and stored.version > 1:
-            # The chain keeps the digest of what was submitted or granted; later versions only change its status.
-            first = self.store.read(stored.type, stored.id, 1)
-            assert first is not None
-            stored = first
-        if route == "claim":
-            record = await self.ledger.claim(stored.id)
-        elif route == "consent":
-            record = await self.ledger.consent(stored.id)
-            record["digest"] = record["documentDigest"]
-        elif route == "held":
-            raise FhirInvalid([Issue("not-supported", stored.type, f"{stored.type} is not registered on chain")])
-        else:
-            record = await self.ledger.record(stored.type, stored.id, stored.version)
+        on_chain = await route.on_chain(self.ledger, stored.type, stored.id, stored.version)
+        if on_chain.first_version_only and stored.version > 1:
+            stored = self.read(stored.type, stored.id, 1)
         resource = json.loads(stored.content)
         mine = digests.resource_digest(self.store.digest_key(stored.patient), resource)
-        ok = mine == record["digest"]
+        ok = mine == on_chain.digest
         reason = (
             "the stored content matches the ledger" if ok else "the stored content differs from what was registered"
         )
-        return Verification(ok, reason, str(record["digest"]), mine, str(record.get("txId", "")))
+        return Verification(ok, reason, on_chain.digest, mine, on_chain.tx_id)
 
     async def erase(self, patient: str) -> str:
         """Crypto-shred the patient's data here and record the erasure on chain; returns the transaction id."""

@@ -15,7 +15,6 @@ uses, so another database (PostgreSQL) can stand behind the same methods.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import os
@@ -28,6 +27,8 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from records.errors import PatientErased, Tampered, VersionTaken
 
 DIGEST_KEY_LABEL = b"careledger/digest-key/v1"
 INDEX_KEY_LABEL = b"careledger/identifier-index/v1"
@@ -62,18 +63,6 @@ CREATE TABLE IF NOT EXISTS identifiers (  -- keyed hashes of Type + identifier, 
     PRIMARY KEY (token, type, id, version)
 );
 """
-
-
-class PatientErased(Exception):
-    """The patient's data key was destroyed; their content cannot be read or written any more."""
-
-
-class Tampered(Exception):
-    """A stored ciphertext failed authentication: it was changed outside the gateway."""
-
-
-class VersionTaken(Exception):
-    """Another write staged or committed this resource version first."""
 
 
 @dataclass(frozen=True)
@@ -340,17 +329,3 @@ class Store:
 
 def _aad(type_: str, id_: str, version: int) -> bytes:
     return f"{type_}/{id_}/{version}".encode()
-
-
-def load_master_key(path: Path) -> bytes:
-    """The org's master key file, created (0600) on first use. In production it comes from a KMS or HSM."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(AESGCM.generate_key(256))
-        with contextlib.suppress(FileExistsError):  # another process created it first: use theirs
-            os.link(tmp, path)
-        tmp.unlink()
-    return path.read_bytes()

@@ -17,6 +17,8 @@ import pydantic
 from fhir.resources.R4B import get_fhir_model_class
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 
+from records.errors import FhirInvalid, Issue, Malformed, TooCostly
+
 # The resource types this gateway stores, each with the element that names its patient (None: it is the patient).
 PATIENT_ELEMENT: dict[str, str | None] = {
     "Patient": None,
@@ -44,24 +46,6 @@ class Limits:
     max_entries: int = 5000
 
 
-@dataclass(frozen=True)
-class Issue:
-    """One problem, as an OperationOutcome issue: FHIR issue code, the element's FHIRPath, and what is wrong."""
-
-    code: str  # structure | required | value | code-invalid | not-supported | too-costly | invariant
-    expression: str
-    diagnostics: str
-
-
-class FhirInvalid(Exception):
-    """The input breaks FHIR or this server's rules. `status` is the HTTP status it deserves."""
-
-    def __init__(self, issues: list[Issue], status: int = 422) -> None:
-        super().__init__("; ".join(f"{i.expression}: {i.diagnostics}" for i in issues))
-        self.issues = issues
-        self.status = status
-
-
 @dataclass
 class Entry:
     index: int
@@ -81,13 +65,13 @@ class Envelope:
 
 def parse_json(body: bytes, limits: Limits) -> Any:
     if len(body) > limits.max_bytes:
-        raise FhirInvalid(
-            [Issue("too-costly", "Bundle", f"the request is {len(body)} bytes; at most {limits.max_bytes}")], 413
+        raise TooCostly(
+            [Issue("too-costly", "Bundle", f"the request is {len(body)} bytes; at most {limits.max_bytes}")]
         )
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
-        raise FhirInvalid([Issue("structure", "Bundle", f"the body is not JSON: {e}")], 400) from None
+        raise Malformed([Issue("structure", "Bundle", f"the body is not JSON: {e}")]) from None
 
 
 def _path(prefix: str, loc: tuple[int | str, ...]) -> str:
@@ -119,7 +103,7 @@ def _binding_issues(model: FHIRAbstractModel, path: str) -> Iterator[Issue]:
 def validate_resource(data: Any, path: str) -> FHIRAbstractModel:
     """Parse one resource with its R4 model and check its required bindings; raise FhirInvalid naming elements."""
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
-        raise FhirInvalid([Issue("structure", path, "a resource is a JSON object with a resourceType")], 400)
+        raise Malformed([Issue("structure", path, "a resource is a JSON object with a resourceType")])
     resource_type = data["resourceType"]
     try:
         model_class = get_fhir_model_class(resource_type)
@@ -166,7 +150,7 @@ def entry(raw: Any, i: int) -> Entry:
     """Check one Bundle entry: a POST or PUT of a supported, valid resource."""
     at = f"Bundle.entry[{i}]"
     if not isinstance(raw, dict):
-        raise FhirInvalid([Issue("structure", at, "an entry is a JSON object")], 400)
+        raise Malformed([Issue("structure", at, "an entry is a JSON object")])
     request = raw.get("request") or {}
     method = str(request.get("method") or "")
     url = str(request.get("url") or "")
@@ -195,7 +179,7 @@ def envelope(body: bytes, limits: Limits = Limits()) -> Envelope:
     """Check the Bundle itself: size, JSON, resourceType, type (transaction | batch), entry count."""
     data = parse_json(body, limits)
     if not isinstance(data, dict) or data.get("resourceType") != "Bundle":
-        raise FhirInvalid([Issue("structure", "Bundle", "POST /fhir takes a Bundle")], 400)
+        raise Malformed([Issue("structure", "Bundle", "POST /fhir takes a Bundle")])
     bundle_type = data.get("type")
     if bundle_type not in ("transaction", "batch"):
         raise FhirInvalid(
@@ -203,10 +187,10 @@ def envelope(body: bytes, limits: Limits = Limits()) -> Envelope:
         )
     raw_entries = data.get("entry") or []
     if not isinstance(raw_entries, list):
-        raise FhirInvalid([Issue("structure", "Bundle.entry", "entry is a list")], 400)
+        raise Malformed([Issue("structure", "Bundle.entry", "entry is a list")])
     if len(raw_entries) > limits.max_entries:
-        raise FhirInvalid(
-            [Issue("too-costly", "Bundle.entry", f"{len(raw_entries)} entries; at most {limits.max_entries}")], 413
+        raise TooCostly(
+            [Issue("too-costly", "Bundle.entry", f"{len(raw_entries)} entries; at most {limits.max_entries}")]
         )
     return Envelope(str(bundle_type), raw_entries)
 

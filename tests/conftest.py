@@ -16,7 +16,8 @@ from consortium import connect
 from consortium import topology as topo
 from fabric_gateway import Gateway
 from gateway import cli as gateway_cli
-from gateway.serve import GatewaySettings, dev_token
+from gateway.dev_issuer import dev_token
+from gateway.settings import GatewaySettings
 from network import binaries, control
 from network.admin import Admin
 

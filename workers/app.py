@@ -8,6 +8,7 @@ Settings for no loss and no duplicate effect:
   before Redis hands it out again. It must exceed the longest task including its retries' countdowns (about 30 s
   here), or a slow task would be run twice; twice is still harmless because every task is idempotent, but it is work.
   After a crash, the stranded messages come back once this much time has passed.
+- No result backend: a task's effect is on chain and in the org's store, so nothing reads Celery results.
 - Tasks are idempotent: each is keyed by (transaction id, event, task) and the ledger refuses repeats.
 """
 
@@ -18,17 +19,19 @@ import os
 from celery import Celery
 
 from consortium import topology as topo
+from consortium.redis_keys import OrgKeys
 
 VISIBILITY_TIMEOUT_S = float(os.environ.get("CARELEDGER_VISIBILITY_TIMEOUT") or 60)
 
 app = Celery("careledger", include=["workers.tasks"])
-_redis = topo.load().redis_url
+_topology = topo.load()
+_org = os.environ.get("CARELEDGER_ORG")
+# Every key Celery writes for an org lives under the org's own prefix (see consortium.redis_keys).
+_prefix = {"global_keyprefix": OrgKeys(_topology.org(_org).msp_id).celery_prefix} if _org else {}
 app.conf.update(
-    broker_url=_redis,
-    result_backend=_redis,
-    result_expires=3600,
+    broker_url=_topology.redis_url,
+    task_ignore_result=True,  # effects are recorded on chain and in the org's store, never as Celery results
     task_serializer="json",
-    result_serializer="json",
     accept_content=["json"],
     task_acks_late=True,
     task_reject_on_worker_lost=True,
@@ -37,6 +40,7 @@ app.conf.update(
         "visibility_timeout": VISIBILITY_TIMEOUT_S,
         "unacked_restore_interval": 1,
         "unacked_restore_throttle": 1,
+        **_prefix,
     },
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,

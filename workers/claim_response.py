@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from records.fhir_claim import MSP_SYSTEM
-from records.service import claim_response_id
+from records.fhir_claim import MSP_SYSTEM, claim_response_id
 
 PSEUDONYM_SYSTEM = "urn:careledger:patient-pseudonym"
 CARC_SYSTEM = "https://x12.org/codes/claim-adjustment-reason-codes"

@@ -7,12 +7,10 @@ import sys
 
 import click
 
-from consortium import logs
+from consortium import logs, readiness
 from consortium import topology as topo
-from consortium.errors import NetworkError
 from consortium.processes import ManagedProcess
 from consortium.topology import Topology
-from network import redis_server
 from workers.settings import WorkerSettings
 
 WORKER_THREADS = 48  # tasks wait on the ledger and HTTP, not the CPU
@@ -71,6 +69,13 @@ def start_listener(topology: Topology, org: str) -> bool:
     return True
 
 
+def _require_running(topology: Topology, orgs: list[str]) -> None:
+    """Workers need Redis and each org's own peer."""
+    readiness.require_redis(topology)
+    for org in orgs:
+        readiness.require_peer(topology, topology.org(org))
+
+
 @click.group()
 def worker() -> None:
     """Each org's chain-event listener and Celery workers (claims: adjudication, payment, notifications)."""
@@ -82,8 +87,10 @@ def listen(org: str) -> None:
     """Stream the org's chain events into Celery tasks, resuming from the Redis checkpoint (foreground)."""
     from workers.listener import listen as run_listener
 
+    settings = WorkerSettings.load(topo.load(), org)
+    _require_running(settings.topology, [org])
     logs.configure()
-    run_listener(WorkerSettings.load(topo.load(), org))
+    run_listener(settings)
 
 
 @worker.command()
@@ -91,6 +98,7 @@ def listen(org: str) -> None:
 def run(org: str) -> None:
     """Run the org's Celery worker in the foreground (it consumes only the org's queue)."""
     t = topo.load()
+    _require_running(t, [org])
     os.execve(sys.executable, celery_argv(t, org), _env(t, org))
 
 
@@ -99,11 +107,7 @@ def run(org: str) -> None:
 def start_command(orgs: tuple[str, ...]) -> None:
     """Start listeners and workers in the background (logs in run/logs/); safe to run again."""
     t = topo.load()
-    try:
-        redis_server.wait_ready(t, timeout=5)
-    except NetworkError as e:
-        click.secho(f"redis is not running; run `careledger network up` first ({e})", fg="red", err=True)
-        sys.exit(1)
+    _require_running(t, list(orgs or orgs_with_workers(t)))
     for org in orgs or orgs_with_workers(t):
         w, li = start_worker(t, org), start_listener(t, org)
         click.echo(f"{org}: worker {'started' if w else 'running'}, listener {'started' if li else 'running'}")

@@ -3,10 +3,10 @@
 Celery's late acknowledgement brings back a task whose worker died while running it. It does not cover the moment
 between Redis handing a message to a worker and that worker recording it as unacknowledged (kombu moves it from
 the queue to its `unacked` hash in a second step): a worker killed exactly then loses the message. So the publisher
-also keeps the task in the org's in-flight hash, `careledger:inflight:<MSP>`, and the listener re-sends any entry
+also keeps the task in the org's in-flight hash, `careledger:<MSP>:inflight`, and the listener re-sends any entry
 older than `CARELEDGER_REDELIVER_AFTER` seconds (default 300; longer than any queue backlog should last). Repeats
 are harmless: every task is idempotent. A task that finished, well or for good badly, is removed; one that failed
-for good is also kept in `careledger:failed:<MSP>` for an operator.
+for good is also kept in `careledger:<MSP>:failed` for an operator.
 """
 
 from __future__ import annotations
@@ -18,41 +18,38 @@ from typing import Any
 
 import redis
 
+from consortium.redis_keys import OrgKeys
 from workers.app import app
 
 REDELIVER_AFTER_S = float(os.environ.get("CARELEDGER_REDELIVER_AFTER") or 300)
 
 
-def _key(msp: str) -> str:
-    return f"careledger:inflight:{msp}"
-
-
 def publish(r: redis.Redis, msp: str, queue: str, task: str, args: list[Any], task_id: str) -> None:
     """Write the task down, then send it."""
-    r.hset(_key(msp), task_id, json.dumps({"task": task, "args": args, "queue": queue, "at": time.time()}))
+    r.hset(OrgKeys(msp).inflight, task_id, json.dumps({"task": task, "args": args, "queue": queue, "at": time.time()}))
     app.send_task(task, args=args, task_id=task_id, queue=queue)
 
 
 def settle(r: redis.Redis, msp: str, task_id: str, failure: str | None = None) -> None:
     """Cross the task out; keep a failure for an operator."""
     if failure is not None:
-        entry = r.hget(_key(msp), task_id)
+        entry = r.hget(OrgKeys(msp).inflight, task_id)
         record = {"task_id": task_id, "error": failure, "task": json.loads(entry) if entry else None}
-        r.lpush(f"careledger:failed:{msp}", json.dumps(record))
-    r.hdel(_key(msp), task_id)
+        r.lpush(OrgKeys(msp).failed, json.dumps(record))
+    r.hdel(OrgKeys(msp).inflight, task_id)
 
 
 def sweep(r: redis.Redis, msp: str, older_than_s: float = REDELIVER_AFTER_S) -> int:
     """Send again every task written down longer ago than `older_than_s` and not finished; returns how many."""
     now = time.time()
     resent = 0
-    raw: dict[bytes, bytes] = r.hgetall(_key(msp))  # type: ignore[assignment]
+    raw: dict[bytes, bytes] = r.hgetall(OrgKeys(msp).inflight)  # type: ignore[assignment]
     for task_id, value in raw.items():
         entry = json.loads(value)
         if now - float(entry["at"]) < older_than_s:
             continue
         entry["at"] = now
-        r.hset(_key(msp), task_id, json.dumps(entry))
+        r.hset(OrgKeys(msp).inflight, task_id, json.dumps(entry))
         app.send_task(entry["task"], args=entry["args"], task_id=task_id.decode(), queue=entry["queue"])
         resent += 1
     return resent

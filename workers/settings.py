@@ -14,7 +14,9 @@ from pathlib import Path
 import yaml
 
 from consortium import topology as topo
+from consortium.redis_keys import OrgKeys
 from consortium.topology import Org, Topology
+from records.settings import CustodianSettings
 from workers.rules import Rules
 
 CONFIG_DIR = topo.REPO_ROOT / "config" / "workers"
@@ -30,8 +32,7 @@ class Webhook:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    topology: Topology
-    org: Org
+    custodian: CustodianSettings  # the org's store and keys, shared with its gateway
     webhook: Webhook
     rules: Rules | None  # insurers only
 
@@ -45,8 +46,7 @@ class WorkerSettings:
         secret = os.environ.get("CARELEDGER_WEBHOOK_SECRET") or str(hook.get("secret") or "")
         adjudication = cfg.get("adjudication")
         return cls(
-            topology=topology,
-            org=org,
+            custodian=CustodianSettings.load(topology, org_name),
             webhook=Webhook(
                 url=str(hook.get("url") or ""),
                 secret=secret.encode(),
@@ -57,16 +57,18 @@ class WorkerSettings:
         )
 
     @property
+    def topology(self) -> Topology:
+        return self.custodian.topology
+
+    @property
+    def org(self) -> Org:
+        return self.custodian.org
+
+    @property
+    def keys(self) -> OrgKeys:
+        return OrgKeys(self.org.msp_id)
+
+    @property
     def queue(self) -> str:
         """The Celery queue this org's tasks go to; only this org's workers consume it."""
         return f"careledger.{self.org.name}"
-
-    @property
-    def stream(self) -> str:
-        """The Redis stream of claim events for this org (XREAD / XREADGROUP)."""
-        return f"careledger:stream:{self.org.msp_id}:claims"
-
-    @property
-    def dead_letters(self) -> str:
-        """The Redis list of webhook deliveries given up on, newest first."""
-        return f"careledger:deadletter:{self.org.msp_id}"

@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import json
 import logging
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -30,10 +29,10 @@ from celery import states
 from celery.signals import task_postrun
 
 from fabric_gateway import FabricError
-from ledger.contracts import LedgerConflict, LedgerNotFound
-from records import digests
-from records.service import claim_response_id
-from records.store import Query, Row, VersionTaken
+from ledger.contracts import CLAIMS
+from ledger.errors import LedgerConflict, LedgerNotFound
+from records.fhir_claim import claim_response_id
+from records.store import Query
 from workers import claim_response, outbox, rules
 from workers.app import app
 from workers.context import OrgContext, current
@@ -55,46 +54,21 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _done_key(ctx: OrgContext, key: str) -> str:
-    return f"careledger:done:{ctx.settings.org.msp_id}:{key}"
-
-
 def keep(ctx: OrgContext, resource: dict[str, Any], patient: str) -> bool:
-    """Store a resource this org holds without registering it on chain (ClaimResponse, PaymentReconciliation), as
-    the next version unless the newest version says the same. Returns True when it stored something."""
-    rtype, rid = resource["resourceType"], resource["id"]
-    newest = ctx.store.read(rtype, rid)
-    if newest is not None:
-        previous = json.loads(newest.content)
-        previous.pop("meta", None)
-        if previous == resource:
-            return False
-    version = newest.version + 1 if newest else 1
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    stored = resource | {"meta": {"versionId": str(version), "lastUpdated": stamp}}
-    batch = uuid.uuid4().hex
-    try:
-        ctx.store.stage(batch, [Row(rtype, rid, version, patient, stamp, digests.canonical_json(stored))])
-    except VersionTaken:
-        return False  # a concurrent run stored it
-    ctx.store.commit(batch, "")
-    return True
+    """Keep a resource this org made (ClaimResponse, PaymentReconciliation) through the org's records service."""
+    return ctx.run(ctx.records.keep(resource, patient))
 
 
 # ----- insurer ------------------------------------------------------------------------------------------------------
 
 
 def _coverages(ctx: OrgContext, patient: str) -> list[dict[str, Any]]:
-    _, found = ctx.store.search(Query("Coverage", patient=patient, count=500))
+    _, found = ctx.records.store.search(Query("Coverage", patient=patient, count=500))
     return [json.loads(s.content) for s in found]
 
 
-def _history_key(ctx: OrgContext, patient: str) -> str:
-    return f"careledger:{ctx.settings.org.msp_id}:claim-lines:{patient}"
-
-
 def _history(ctx: OrgContext, patient: str) -> list[rules.PriorLine]:
-    raw: dict[bytes, bytes] = ctx.redis.hgetall(_history_key(ctx, patient))  # type: ignore[assignment]
+    raw: dict[bytes, bytes] = ctx.redis.hgetall(ctx.settings.keys.claim_lines(patient))  # type: ignore[assignment]
     out = []
     for field, value in raw.items():
         line = json.loads(value)
@@ -109,7 +83,7 @@ def _remember(ctx: OrgContext, claim: dict[str, Any], lines: list[dict[str, Any]
         )
         for line in lines
     }
-    ctx.redis.hset(_history_key(ctx, claim["patient"]), mapping=cast(Any, mapping))
+    ctx.redis.hset(ctx.settings.keys.claim_lines(claim["patient"]), mapping=cast(Any, mapping))
 
 
 def _records_disclosed(ctx: OrgContext, claim: dict[str, Any]) -> bool:
@@ -130,9 +104,7 @@ def member_lock(ctx: OrgContext, patient: str) -> Iterator[None]:
     itself after MEMBER_LOCK_S: a worker killed while holding it delays the member's other claims by at most that
     long. Should a decision ever take longer, the worst case is a near-duplicate decided in parallel, never a second
     adjudication: the contract refuses that."""
-    lock = ctx.redis.lock(
-        f"careledger:lock:{ctx.settings.org.msp_id}:member:{patient}", timeout=MEMBER_LOCK_S, blocking_timeout=0.5
-    )
+    lock = ctx.redis.lock(ctx.settings.keys.member_lock(patient), timeout=MEMBER_LOCK_S, blocking_timeout=0.5)
     if not lock.acquire():  # do not hold a worker thread while waiting: the task is retried shortly instead
         raise NotYetAvailable("another decision on this member is under way")
     try:
@@ -265,10 +237,10 @@ def signature(secret: bytes, body: bytes) -> str:
 def notify(self: Any, event: str, claim: dict[str, Any], delivery_id: str) -> str:
     """Put the event on the org's Redis stream (once per delivery id) and hand it to webhook delivery."""
     ctx = current()
-    marker = _done_key(ctx, f"stream:{delivery_id}")
+    marker = ctx.settings.keys.done(f"stream:{delivery_id}")
     if ctx.redis.set(marker, 1, nx=True):
         ctx.redis.xadd(
-            ctx.settings.stream,
+            ctx.settings.keys.stream(CLAIMS),
             {"event": event, "claimId": claim["claimId"], "delivery": delivery_id, "claim": json.dumps(claim)},
         )
     if ctx.settings.webhook.url:
@@ -286,7 +258,7 @@ def deliver(self: Any, event: str, claim: dict[str, Any], delivery_id: str) -> s
     repeats it); a delivery that succeeded is not sent again by this task."""
     ctx = current()
     hook = ctx.settings.webhook
-    marker = _done_key(ctx, f"webhook:{delivery_id}")
+    marker = ctx.settings.keys.done(f"webhook:{delivery_id}")
     if ctx.redis.exists(marker):
         return "delivered before"
     body = json.dumps({"event": event, "delivery": delivery_id, "claim": claim}, sort_keys=True).encode()
@@ -303,7 +275,7 @@ def deliver(self: Any, event: str, claim: dict[str, Any], delivery_id: str) -> s
     except httpx.HTTPError as e:
         if attempt >= hook.max_attempts:
             dead = {"delivery": delivery_id, "event": event, "url": hook.url, "attempts": attempt, "error": str(e)}
-            ctx.redis.lpush(ctx.settings.dead_letters, json.dumps(dead | {"claim": claim}))
+            ctx.redis.lpush(ctx.settings.keys.dead_letters, json.dumps(dead | {"claim": claim}))
             log.warning("webhook dead-lettered", extra={"delivery": delivery_id, "attempts": attempt})
             return "dead-lettered"
         raise self.retry(countdown=hook.backoff_seconds * 2 ** (attempt - 1), exc=e) from None

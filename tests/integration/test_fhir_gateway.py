@@ -21,10 +21,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from consortium import connect
 from consortium.topology import Topology
-from gateway.app import GatewayConfig, create_app
+from gateway.app import create_app
 from gateway.auth import TokenPolicy
+from gateway.deps import GatewayConfig, Services
 from ledger.contracts import Ledger
+from ledger.transport import FabricTransport
 from records.service import Custodian, Records
+from records.sharing import Sharing
 from records.store import Store
 from tests import fhir_samples as fhir
 
@@ -67,8 +70,9 @@ async def hospital_gateway(network: Topology, tmp_path: Path) -> AsyncIterator[S
     store = Store(db_path, b"m" * 32)
     async with connect.async_gateway(network, "HospitalOrg") as gw:
         custodian = Custodian("HospitalMSP", "provider")
-        records = Records(store, Ledger(gw), fhir.CONSORTIUM_KEY, fhir.MPI_SYSTEM, custodian)
-        app = create_app(GatewayConfig("HospitalMSP", TokenPolicy(PUBLIC_PEM, AUDIENCE, ISSUER)), records)
+        records = Records(store, Ledger(FabricTransport(gw)), fhir.CONSORTIUM_KEY, fhir.MPI_SYSTEM, custodian)
+        config = GatewayConfig("HospitalMSP", TokenPolicy(PUBLIC_PEM, AUDIENCE, ISSUER))
+        app = create_app(Services(config, records, Sharing(records, None)))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
             yield Stack(http, records, db_path)
     store.close()

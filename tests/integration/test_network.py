@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -164,9 +167,9 @@ def test_package_is_reproducible(network: Topology) -> None:
 def test_a_taken_port_fails_fast_and_names_it(network: Topology, tmp_path) -> None:
     import socket
 
-    from network import topology as topo
+    from consortium import topology as topo
 
-    other = topo.load(home=tmp_path / "net", port_base=28000)
+    other = topo.load(home=tmp_path / "net", port_base=network.port_base + 1000)
     with socket.socket() as s:
         s.bind((other.host, other.redis_port))
         s.listen()
@@ -175,3 +178,16 @@ def test_a_taken_port_fails_fast_and_names_it(network: Topology, tmp_path) -> No
             control.up(other, progress=lambda _m: None)
         assert time.monotonic() - started < 30
     control.down(other, purge=True, progress=lambda _m: None)
+
+
+def test_commands_against_a_stopped_network_say_what_to_run(network: Topology) -> None:
+    """The run folder exists (keys, certificates) but nothing answers on these ports: each command names what is
+    down and what to run, without a traceback."""
+    env = {**os.environ, "CARELEDGER_HOME": str(network.home), "CARELEDGER_PORT_BASE": str(network.port_base + 2000)}
+    for args in (["gateway", "start"], ["worker", "start"], ["demo"], ["network", "check"], ["network", "status"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "careledger.cli", *args], env=env, capture_output=True, text=True, timeout=60
+        )
+        output = done.stdout + done.stderr
+        assert done.returncode != 0 and "Traceback" not in output, output
+        assert "careledger network up" in output, output

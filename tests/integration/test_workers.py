@@ -23,6 +23,7 @@ import pytest
 import redis
 import yaml
 
+from consortium.redis_keys import OrgKeys
 from consortium.topology import Topology
 from fabric_gateway import Gateway
 from fabric_gateway.checkpoint import InMemoryCheckpointer, after_event
@@ -37,6 +38,8 @@ pytestmark = pytest.mark.network
 FAILURES_BEFORE_SUCCESS = 2
 ALWAYS_FAILING_TOTAL = "999.17"  # the receiver refuses every delivery about a claim of this total
 SECRETS = {"InsurerOrg": b"insurer-test-secret", "HospitalOrg": b"hospital-test-secret"}
+
+INSURER_KEYS = OrgKeys("InsurerMSP")
 
 
 @dataclass
@@ -235,7 +238,7 @@ def test_webhooks_get_every_claim_once_despite_failures(
         ours = [b["delivery"] for _, b in state.accepted if b["claim"]["claimId"] in claims]
         assert [state.attempts[d] for d in ours] == [FAILURES_BEFORE_SUCCESS + 1] * len(ours)
     r = redis.Redis.from_url(workers.redis_url)
-    stream = [json.loads(f[b"claim"]) for _, f in r.xrange("careledger:stream:InsurerMSP:claims")]
+    stream = [json.loads(f[b"claim"]) for _, f in r.xrange(INSURER_KEYS.stream("claims"))]
     assert Counter(c["claimId"] for c in stream if c["claimId"] in claims) == Counter(claims)
 
 
@@ -248,7 +251,7 @@ def test_a_webhook_that_keeps_failing_ends_in_the_dead_letter_list(
     claim_id = submit(hospital, enrol(hospital, insurer), [("86999", 1, ALWAYS_FAILING_TOTAL)])
 
     def dead_letter() -> dict[str, Any] | None:
-        entries = [json.loads(e) for e in r.lrange("careledger:deadletter:InsurerMSP", 0, -1)]
+        entries = [json.loads(e) for e in r.lrange(INSURER_KEYS.dead_letters, 0, -1)]
         return next((e for e in entries if e["claim"]["claimId"] == claim_id), None)
 
     dead = wait_for(dead_letter, 30, "the dead letter")  # 6 attempts, 0.2 s backoff doubling: about 6 s
@@ -343,10 +346,10 @@ def test_a_task_whose_message_was_lost_is_sent_again_from_the_outbox(workers: To
     delivery = f"test-lost-{time.time_ns()}"
     claim = {"claimId": delivery, "insurer": "InsurerMSP", "provider": "HospitalMSP"}
     entry = {"task": "careledger.notify", "args": ["Claims.Cancelled", claim, delivery], "at": time.time() - 3600}
-    r.hset("careledger:inflight:InsurerMSP", delivery, json.dumps(entry | {"queue": "careledger.InsurerOrg"}))
+    r.hset(INSURER_KEYS.inflight, delivery, json.dumps(entry | {"queue": "careledger.InsurerOrg"}))
 
     def on_stream() -> bool:
-        return any(f[b"delivery"].decode() == delivery for _, f in r.xrange("careledger:stream:InsurerMSP:claims"))
+        return any(f[b"delivery"].decode() == delivery for _, f in r.xrange(INSURER_KEYS.stream("claims")))
 
     wait_for(on_stream, 30, "the re-sent task's effect")
-    wait_for(lambda: not r.hexists("careledger:inflight:InsurerMSP", delivery), 10, "the task crossed out")
+    wait_for(lambda: not r.hexists(INSURER_KEYS.inflight, delivery), 10, "the task crossed out")

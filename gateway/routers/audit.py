@@ -1,0 +1,30 @@
+"""`GET /fhir/AuditEvent?patient=`: the on-chain access log of a patient held here, as AuditEvents (newest last)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+
+from gateway.auth import Client
+from gateway.deps import Scope, ServicesDep
+from gateway.responses import FhirResponse, searchset
+from records.audit_events import audit_event
+from records.errors import NotHeld
+
+AUDIT_FROM, AUDIT_TO = "1970-01-01T00:00:00Z", "9999-12-31T23:59:59Z"
+
+router = APIRouter(prefix="/fhir")
+
+
+@router.get("/AuditEvent")
+async def audit_log(
+    request: Request, patient: str, svc: ServicesDep, _: Annotated[Client, Depends(Scope("read", "AuditEvent"))]
+) -> FhirResponse:
+    pid = patient.removeprefix("Patient/")
+    pseudonym = svc.records.pseudonym_of_local_patient(pid)
+    if pseudonym is None:
+        raise NotHeld(f"Patient/{pid} is not held here")
+    entries = await svc.records.ledger.audit_by_patient(pseudonym, AUDIT_FROM, AUDIT_TO)
+    events = [audit_event(e, f"Patient/{pid}") for e in entries]
+    return FhirResponse(searchset(request, events, len(events)))

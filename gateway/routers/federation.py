@@ -1,0 +1,28 @@
+"""Org-to-org routes, over mutual TLS: the calling org is the one whose TLS CA issued the client certificate, never
+anything the request says.
+
+- `GET /federation/everything/{pseudonym}?purpose=` — another member asks for this org's records of a patient;
+- `GET /federation/claim-responses/{claim_id}` — a claim's provider fetches the insurer's ClaimResponse.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from gateway.deps import MemberDep, ServicesDep
+from gateway.responses import FhirResponse, resource_response
+from gateway.routers.operations import PURPOSE_DEFAULT
+
+router = APIRouter(prefix="/federation")
+
+
+@router.get("/claim-responses/{claim_id}")
+async def claim_response_for_provider(claim_id: str, caller: MemberDep, svc: ServicesDep) -> FhirResponse:
+    return resource_response(await svc.sharing.claim_response_for(claim_id, caller))
+
+
+@router.get("/everything/{pseudonym}")
+async def disclose(pseudonym: str, caller: MemberDep, svc: ServicesDep, purpose: str = PURPOSE_DEFAULT) -> FhirResponse:
+    resources = await svc.sharing.disclose(pseudonym, caller, purpose)
+    entries = [{"resource": r} for r in resources]
+    return FhirResponse({"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries})

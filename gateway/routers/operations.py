@@ -1,0 +1,82 @@
+"""FHIR operations: `Patient/$everything` (across custodians, under consent), `$verify` (against the ledger) and
+`Patient/$erase` (crypto-shredding, recorded on chain)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+
+from gateway.auth import Client
+from gateway.deps import Scope, ServicesDep
+from gateway.outcome import HttpProblem, operation_outcome
+from gateway.responses import FhirResponse, base_url, match
+from records import search
+from records.errors import Issue, NotHeld, Tampered
+from records.sharing import Everything
+
+PURPOSE_DEFAULT = "TREAT"
+
+router = APIRouter(prefix="/fhir")
+AnyReader = Annotated[Client, Depends(Scope("read", "*"))]
+
+
+@router.get("/Patient/$everything")
+async def everything_by_identifier(
+    svc: ServicesDep, _: AnyReader, request: Request, identifier: str, purpose: str = PURPOSE_DEFAULT
+) -> FhirResponse:
+    """The longitudinal record of a patient named by the consortium identifier (system|value)."""
+    system, value = search.identifier_condition(f"identifier={identifier}")
+    records = svc.records
+    if system != records.mpi_system:
+        raise HttpProblem(400, "value", f"name the patient by the consortium identifier (system {records.mpi_system})")
+    pseudonym = records.pseudonym_of_identifier(system, value)
+    return _everything_bundle(request, await svc.sharing.everything(pseudonym, purpose))
+
+
+@router.get("/Patient/{rid}/$everything")
+async def everything_of_patient(
+    rid: str, svc: ServicesDep, _: AnyReader, request: Request, purpose: str = PURPOSE_DEFAULT
+) -> FhirResponse:
+    """The longitudinal record of a patient held here: what this org holds, and what every other custodian on the
+    ledger's index discloses to this org under the patient's consent."""
+    pseudonym = svc.records.pseudonym_of_local_patient(rid)
+    if pseudonym is None:
+        raise NotHeld(f"Patient/{rid} is not held here")
+    return _everything_bundle(request, await svc.sharing.everything(pseudonym, purpose))
+
+
+def _everything_bundle(request: Request, found: Everything) -> FhirResponse:
+    base = base_url(request)
+    entries: list[dict[str, Any]] = [match(f"{base}/fhir/{s.type}/{s.id}", json.loads(s.content)) for s in found.own]
+    for d in found.disclosed:
+        entries += [match(f"{d.base_url}/fhir/{r['resourceType']}/{r['id']}", r) for r in d.resources]
+    if found.refused_entirely:
+        status = 403 if any(w.status == 403 for w in found.withheld) else 502
+        issues = [i for w in found.withheld for i in w.outcome.get("issue", [])]
+        return FhirResponse({"resourceType": "OperationOutcome", "issue": issues}, status_code=status)
+    entries += [{"resource": w.outcome, "search": {"mode": "outcome"}} for w in found.withheld]
+    return FhirResponse({"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries})
+
+
+@router.get("/{rtype}/{rid}/$verify")
+async def verify(rtype: str, rid: str, svc: ServicesDep, _: Annotated[Client, Depends(Scope("read"))]) -> FhirResponse:
+    try:
+        result = await svc.records.verify(svc.records.read(rtype, rid))
+        ok, message = result.ok, result.reason
+    except Tampered as e:  # a ciphertext that fails authentication is a verification result, not an error
+        ok, message = False, str(e)
+    params = [{"name": "result", "valueBoolean": ok}, {"name": "message", "valueString": message}]
+    return FhirResponse({"resourceType": "Parameters", "parameter": params})
+
+
+@router.post("/Patient/{rid}/$erase")
+async def erase(rid: str, svc: ServicesDep, _: Annotated[Client, Depends(Scope("write", "Patient"))]) -> FhirResponse:
+    head = svc.records.store.head("Patient", rid)
+    if head is None:
+        raise NotHeld(f"Patient/{rid} is not held here")
+    tx_id = await svc.records.erase(head[1])
+    return FhirResponse(
+        operation_outcome([Issue("informational", "", f"erased; ledger transaction {tx_id}")], "information")
+    )

@@ -1,0 +1,373 @@
+"""An in-memory ledger for fast unit tests of everything above the contracts: the records service, the gateway's
+routes and the workers' tasks. Integration tests use the real network instead.
+
+`FakeLedger` is one shared world; `world.member("HospitalMSP")` is a `Transport` that calls the contracts as that
+org. It models the contracts' state machines closely enough to test callers, not the contracts themselves (those are
+tested in Go):
+- a transaction's writes are applied only when it commits, so nothing inside one call reads its own writes, as on
+  Fabric;
+- refusals are the contracts' codes (`ledger.errors`);
+- `fail_next(function, error, committed=...)` makes the next call of a function raise a Fabric error, after its
+  writes were committed (an unknown outcome that did happen) or not.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ledger.errors import LedgerConflict, LedgerForbidden, LedgerInvalid, LedgerNotFound
+from ledger.transport import Sent
+
+Json = dict[str, Any]
+
+
+@dataclass
+class Call:
+    """What one contract function sees: who calls, its arguments, and the committed state (never its own writes)."""
+
+    msp: str
+    kind: str
+    args: list[str]
+    transient: Mapping[str, bytes]
+    state: Mapping[str, Any]
+    tx_id: str
+    now: str
+    writes: dict[str, Any] = field(default_factory=dict)
+    event: tuple[str, Json] | None = None
+
+    def get(self, key: str) -> Any:
+        return self.state.get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        self.writes[key] = value
+
+    def emit(self, name: str, payload: Json) -> None:
+        self.event = (name, payload)
+
+    def transient_json(self, name: str) -> Json:
+        if name not in self.transient:
+            raise LedgerInvalid(f"transient {name!r} is missing")
+        value: Json = json.loads(self.transient[name])
+        return value
+
+
+Handler = Callable[[Call], Any]
+
+
+@dataclass
+class Failure:
+    function: str
+    error: Exception
+    committed: bool
+
+
+class FakeLedger:
+    """The world every member shares: committed state, the event log, and the orgs' kinds."""
+
+    def __init__(self, kinds: Mapping[str, str]) -> None:
+        self.kinds = dict(kinds)  # MSP id -> provider | insurer | manufacturer
+        self.state: dict[str, Any] = {}
+        self.events: list[tuple[int, str, str, Json]] = []  # (block, tx id, name, payload)
+        self.blocks = itertools.count(1)
+        self.failures: list[Failure] = []
+        self.handlers: dict[str, Handler] = {**_RECORDS, **_CONSENT, **_AUDIT, **_CLAIMS}
+
+    def member(self, msp: str) -> FakeTransport:
+        if msp not in self.kinds:
+            raise ValueError(f"{msp} is not a member")
+        return FakeTransport(self, msp)
+
+    def fail_next(self, function: str, error: Exception, committed: bool = False) -> None:
+        self.failures.append(Failure(function, error, committed))
+
+    def run(self, msp: str, function: str, args: Sequence[str], transient: Mapping[str, bytes], write: bool) -> Sent:
+        handler = self.handlers.get(function)
+        if handler is None:
+            raise LedgerInvalid(f"{function} is not modelled by the fake ledger")
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        call = Call(msp, self.kinds[msp], list(args), transient, dict(self.state), uuid.uuid4().hex, now)
+        failure = next((f for f in self.failures if f.function == function), None)
+        if failure is not None:
+            self.failures.remove(failure)
+            if not failure.committed:
+                raise failure.error
+        result = handler(call)
+        block = 0
+        if write:
+            block = next(self.blocks)
+            self.state.update(call.writes)
+            if call.event is not None:
+                self.events.append((block, call.tx_id, *call.event))
+        if failure is not None:
+            raise failure.error
+        raw = json.dumps(result).encode() if result is not None else b""
+        return Sent(call.tx_id, raw, block)
+
+
+class FakeTransport:
+    """One member's view: contract calls as that org."""
+
+    def __init__(self, world: FakeLedger, msp: str) -> None:
+        self.world = world
+        self.msp = msp
+
+    async def submit(
+        self, channel: str, function: str, args: Sequence[str], transient: Mapping[str, bytes] | None = None
+    ) -> Sent:
+        return self.world.run(self.msp, function, args, transient or {}, write=True)
+
+    async def evaluate(self, channel: str, function: str, args: Sequence[str]) -> bytes:
+        return self.world.run(self.msp, function, args, {}, write=False).result
+
+
+def _must_be(call: Call, kind: str, action: str) -> None:
+    if call.kind != kind:
+        raise LedgerForbidden(f"{action}: only {kind} orgs may do this; {call.msp} is {call.kind!r}")
+
+
+# ----- Records -------------------------------------------------------------------------------------------------
+
+
+def _register(call: Call) -> int:
+    _must_be(call, "provider", "Records.Register")
+    entries: list[Json] = json.loads(call.args[0])
+    written = []
+    for e in entries:
+        head_key = f"record/{e['resourceType']}/{e['id']}"
+        head = call.get(head_key)
+        if head is not None and head["custodian"] != call.msp:
+            raise LedgerForbidden(f"{e['resourceType']}/{e['id']} is held by {head['custodian']}")
+        current = head["version"] if head else 0
+        if e["version"] == current and head is not None and head["digest"] == e["digest"]:
+            continue  # a retry of what is registered
+        if e["version"] != current + 1:
+            raise LedgerConflict(f"{e['resourceType']}/{e['id']}: version {e['version']} is not next ({current + 1})")
+        record = {**e, "custodian": call.msp, "txId": call.tx_id}
+        call.put(head_key, record)
+        call.put(f"{head_key}/{e['version']}", record)
+        call.put(f"custodian/{e['patient']}/{call.msp}", {"custodian": call.msp, "patient": e["patient"]})
+        written.append(e)
+    if written:
+        call.emit("Records.Registered", {"custodian": call.msp, "txId": call.tx_id, "entries": written})
+    return len(written)
+
+
+def _record(call: Call) -> Json:
+    rtype, rid, version = call.args[0], call.args[1], int(call.args[2])
+    key = f"record/{rtype}/{rid}" + (f"/{version}" if version else "")
+    record: Json | None = call.get(key)
+    if record is None:
+        raise LedgerNotFound(f"{rtype}/{rid} is not registered")
+    return record
+
+
+def _custodians(call: Call) -> list[Json]:
+    prefix = f"custodian/{call.args[0]}/"
+    return [v for k, v in sorted(call.state.items()) if k.startswith(prefix)]
+
+
+def _erasure(call: Call) -> Json:
+    _must_be(call, "provider", "Records.RecordErasure")
+    erasure = {"patient": call.args[0], "custodian": call.msp, "at": call.now, "txId": call.tx_id}
+    call.put(f"erasure/{call.args[0]}/{call.msp}", erasure)
+    call.emit("Records.Erased", erasure)
+    return erasure
+
+
+_RECORDS: dict[str, Handler] = {
+    "Records:Register": _register,
+    "Records:Get": _record,
+    "Records:Custodians": _custodians,
+    "Records:RecordErasure": _erasure,
+}
+
+
+# ----- Consent and Audit: a custodian releases only on a consent the patient or that custodian recorded ----------
+
+
+def _grant(call: Call) -> Json:
+    _must_be(call, "provider", "Consent.Grant")
+    grant: Json = json.loads(call.args[0])
+    key = f"consent/{grant['consentId']}"
+    if call.get(key) is not None:
+        raise LedgerConflict(f"consent {grant['consentId']} exists")
+    if call.get(f"custodian/{grant['patient']}/{call.msp}") is None:
+        raise LedgerForbidden(f"{call.msp} holds no records of this patient")
+    record = {
+        **grant,
+        "status": "active",
+        "grantedBy": call.msp,
+        "grantedVia": "custodian",
+        "grantedAt": call.now,
+        "revokedAt": "",
+        "txId": call.tx_id,
+    }
+    call.put(key, record)
+    call.emit("Consent.Granted", record)
+    return record
+
+
+def _consent(call: Call) -> Json:
+    record: Json | None = call.get(f"consent/{call.args[0]}")
+    if record is None:
+        raise LedgerNotFound(f"consent {call.args[0]} does not exist")
+    return record
+
+
+def _revoke(call: Call) -> Json:
+    record = _consent(call)
+    if record["grantedBy"] != call.msp or record["documentDigest"] != call.args[1]:
+        raise LedgerForbidden("only the custodian that recorded the consent revokes it, with the same document")
+    if record["status"] != "active":
+        raise LedgerConflict(f"consent {call.args[0]} is {record['status']}")
+    revoked = {**record, "status": "revoked", "revokedAt": call.now, "txId": call.tx_id}
+    call.put(f"consent/{call.args[0]}", revoked)
+    call.emit("Consent.Revoked", revoked)
+    return revoked
+
+
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _decide(call: Call, patient: str, accessor: str, custodian: str, purpose: str) -> Json:
+    for key, c in sorted(call.state.items()):
+        if not key.startswith("consent/") or c["patient"] != patient or c["grantee"] != accessor:
+            continue
+        opened_by = c["grantedVia"] == "patient" or c["grantedBy"] == custodian
+        now = _instant(call.now)
+        in_period = _instant(c["start"]) <= now and (not c["end"] or now < _instant(c["end"]))
+        if opened_by and c["status"] == "active" and c["purpose"] == purpose and in_period and "*" in c["scope"]:
+            return {"decision": "permit", "reason": f"consent {c['consentId']} permits it", "consentId": c["consentId"]}
+    return {
+        "decision": "deny",
+        "reason": f"no consent grants {accessor} access to this patient's records",
+        "consentId": "",
+    }
+
+
+def _record_access(call: Call) -> Json:
+    _must_be(call, "provider", "Audit.RecordAccess")
+    request: Json = json.loads(call.args[0])
+    if call.get(f"custodian/{request['patient']}/{call.msp}") is None:
+        raise LedgerForbidden(f"{call.msp} holds no records of this patient")
+    decision = _decide(call, request["patient"], request["accessor"], call.msp, request["purpose"])
+    entry = {**request, **decision, "custodian": call.msp, "at": call.now, "txId": call.tx_id}
+    call.put(f"audit/{request['patient']}/{call.now}/{call.tx_id}", entry)
+    call.emit("Audit.Logged", entry)
+    return entry
+
+
+def _audit_by_patient(call: Call) -> Json:
+    prefix = f"audit/{call.args[0]}/"
+    entries = [v for k, v in sorted(call.state.items()) if k.startswith(prefix)]
+    return {"entries": entries, "bookmark": ""}
+
+
+_CONSENT: dict[str, Handler] = {"Consent:Grant": _grant, "Consent:Get": _consent, "Consent:Revoke": _revoke}
+_AUDIT: dict[str, Handler] = {"Audit:RecordAccess": _record_access, "Audit:ByPatient": _audit_by_patient}
+
+
+# ----- Claims --------------------------------------------------------------------------------------------------
+
+
+def _claim(call: Call, claim_id: str | None = None) -> Json:
+    cid = claim_id or call.args[0]
+    claim: Json | None = call.get(f"claim/{cid}")
+    if claim is None:
+        raise LedgerNotFound(f"claim {cid} does not exist")
+    if call.msp not in (claim["provider"], claim["insurer"]):
+        raise LedgerForbidden(f"{call.msp} is not a party to claim {cid}")
+    return claim
+
+
+def _save(call: Call, claim: Json, event: str) -> Json:
+    claim = {**claim, "txId": call.tx_id}
+    call.put(f"claim/{claim['claimId']}", claim)
+    call.emit(event, claim)
+    return claim
+
+
+def _submit_claim(call: Call) -> Json:
+    _must_be(call, "provider", "Claims.Submit")
+    s: Json = json.loads(call.args[0])
+    detail = call.transient_json("claim")
+    if call.get(f"claim/{s['claimId']}") is not None:
+        raise LedgerConflict(f"claim {s['claimId']} exists")
+    if sum(int(line["netCents"]) for line in detail["lines"]) != s["totalCents"]:
+        raise LedgerInvalid("totalCents is not the sum of the lines")
+    claim = {
+        **s,
+        "provider": call.msp,
+        "status": "submitted",
+        "outcome": "",
+        "approvedCents": 0,
+        "submittedAt": call.now,
+        "adjudicatedAt": "",
+        "paymentRef": "",
+        "paidCents": 0,
+    }
+    call.put(f"lines/{s['claimId']}", detail)
+    return _save(call, claim, "Claims.Submitted")
+
+
+def _lines(call: Call) -> Json:
+    _claim(call)
+    lines: Json = call.get(f"lines/{call.args[0]}")
+    return lines
+
+
+def _adjudicate(call: Call) -> Json:
+    _must_be(call, "insurer", "Claims.Adjudicate")
+    claim = _claim(call)
+    if claim["status"] != "submitted":
+        raise LedgerConflict(f"claim {claim['claimId']} is {claim['status']}; only a submitted claim is adjudicated")
+    decision = call.transient_json("adjudication")
+    outcomes = {line["outcome"] for line in decision["lines"]}
+    outcome = outcomes.pop() if len(outcomes) == 1 and outcomes <= {"approved", "denied"} else "partial"
+    approved = sum(int(line["approvedCents"]) for line in decision["lines"])
+    call.put(f"adjudication/{claim['claimId']}", {"claimId": claim["claimId"], "outcome": outcome, **decision})
+    changes = {"status": "adjudicated", "outcome": outcome, "approvedCents": approved, "adjudicatedAt": call.now}
+    return _save(call, {**claim, **changes}, "Claims.Adjudicated")
+
+
+def _adjudication(call: Call) -> Json:
+    _claim(call)
+    found: Json | None = call.get(f"adjudication/{call.args[0]}")
+    if found is None:
+        raise LedgerNotFound(f"claim {call.args[0]} is not adjudicated")
+    return found
+
+
+def _pay(call: Call) -> Json:
+    _must_be(call, "insurer", "Claims.Pay")
+    claim = _claim(call)
+    if claim["status"] != "adjudicated" or claim["outcome"] == "denied":
+        raise LedgerConflict(f"claim {claim['claimId']} is {claim['status']}; only an adjudicated claim is paid")
+    changes = {"status": "paid", "paymentRef": call.args[1], "paidCents": claim["approvedCents"], "paidAt": call.now}
+    return _save(call, {**claim, **changes}, "Claims.Paid")
+
+
+def _cancel(call: Call) -> Json:
+    _must_be(call, "provider", "Claims.Cancel")
+    claim = _claim(call)
+    if claim["status"] != "submitted":
+        raise LedgerConflict(f"claim {claim['claimId']} is {claim['status']}; only a submitted claim is cancelled")
+    return _save(call, {**claim, "status": "cancelled", "cancelReason": call.args[1]}, "Claims.Cancelled")
+
+
+_CLAIMS: dict[str, Handler] = {
+    "Claims:Submit": _submit_claim,
+    "Claims:Get": _claim,
+    "Claims:Lines": _lines,
+    "Claims:Adjudicate": _adjudicate,
+    "Claims:AdjudicationOf": _adjudication,
+    "Claims:Pay": _pay,
+    "Claims:Cancel": _cancel,
+}

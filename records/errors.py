@@ -1,0 +1,70 @@
+"""Everything the records layer refuses or cannot finish, as values with meaning. The gateway maps each to an HTTP
+status and an OperationOutcome in one place (`gateway.outcome`); workers act on them directly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_ISSUES = 100  # an OperationOutcome lists at most this many problems
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem, as an OperationOutcome issue: FHIR issue code, the element's FHIRPath, and what is wrong."""
+
+    code: str  # structure | required | value | code-invalid | not-supported | too-costly | invariant | ...
+    expression: str
+    diagnostics: str
+
+
+class RecordsError(Exception):
+    """Base class of the records layer's errors."""
+
+
+class FhirInvalid(RecordsError):
+    """The input breaks FHIR R4 or this server's rules: every problem found, each naming its element."""
+
+    def __init__(self, issues: list[Issue]) -> None:
+        self.issues = issues[:MAX_ISSUES]
+        super().__init__("; ".join(f"{i.expression}: {i.diagnostics}" for i in self.issues))
+
+
+class Malformed(FhirInvalid):
+    """Not even the shape of what was asked for: not JSON, not a Bundle, an entry that is not an object."""
+
+
+class TooCostly(FhirInvalid):
+    """Bigger than this server takes (bytes or entries)."""
+
+
+class NotKeptHere(FhirInvalid):
+    """A resource this kind of member org does not keep (an insurer posting a Condition)."""
+
+
+class NotHeld(RecordsError):
+    """The resource or patient is not held here."""
+
+
+class PreconditionFailed(RecordsError):
+    """A conditional request's condition does not hold (If-Match on a newer version, several If-None-Exist matches)."""
+
+
+class PatientErased(RecordsError):
+    """The patient's data key was destroyed; their content cannot be read or written any more."""
+
+
+class Tampered(RecordsError):
+    """A stored ciphertext failed authentication: it was changed outside the records service."""
+
+
+class VersionTaken(RecordsError):
+    """Another write staged or committed this resource version first."""
+
+
+class OutcomeUnknown(RecordsError):
+    """The ledger did not confirm the write and does not have it yet: nothing is stored; the same request may be
+    sent again."""
+
+
+class Refused(RecordsError):
+    """A custodian refused to disclose (no consent): the reason is the custodian's."""

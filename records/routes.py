@@ -1,0 +1,154 @@
+"""How each kind of resource reaches the ledger: a table from resource type to route.
+
+| route | resource types | ledger transaction | who keeps them |
+|---|---|---|---|
+| records | every other clinical type | Records:Register, one per bundle, on `providers` | providers |
+| claim | Claim | Claims:Submit (new) or Claims:Cancel (status cancelled), on `claims` | providers |
+| consent | Consent | Consent:Grant (new, active) or Consent:Revoke (status inactive), on `providers` | providers |
+| held | Coverage, ClaimResponse, PaymentReconciliation | none: kept by the custodian only | insurers and providers |
+
+A claim or consent is a transaction of its own, so it is posted on its own. Each route also knows how to ask the ledger
+whether a write happened (reconciliation after an unknown outcome) and which digest the ledger holds (`$verify`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ledger.contracts import Committed, Ledger
+from ledger.errors import LedgerNotFound
+from records import fhir_claim, fhir_consent
+from records.errors import FhirInvalid, Issue
+
+LedgerCall = Callable[[], Awaitable[Committed]]
+
+
+@dataclass(frozen=True)
+class OnChain:
+    """What the ledger holds for a stored version: the digest registered, the transaction that did it."""
+
+    digest: str
+    tx_id: str
+    first_version_only: bool  # the chain keeps the first version's digest; later versions change only a status
+
+
+class Route:
+    name = ""
+    alone = False  # the write is a ledger transaction of its own: one resource per request
+
+    def call(self, ledger: Ledger, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
+        """The one ledger transaction that registers the write (None: the resource is only kept here)."""
+        raise NotImplementedError
+
+    async def registered(self, ledger: Ledger, rtype: str, rid: str, version: int) -> str | None:
+        """The id of the transaction that registered this version, or None when the ledger does not have it."""
+        raise NotImplementedError
+
+    async def on_chain(self, ledger: Ledger, rtype: str, rid: str, version: int) -> OnChain:
+        raise NotImplementedError
+
+
+class RecordsRoute(Route):
+    name = "records"
+
+    def call(self, ledger: Ledger, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
+        return lambda: ledger.register(entries)
+
+    async def registered(self, ledger: Ledger, rtype: str, rid: str, version: int) -> str | None:
+        try:
+            return str((await ledger.record(rtype, rid, version)).get("txId", ""))
+        except LedgerNotFound:
+            return None
+
+    async def on_chain(self, ledger: Ledger, rtype: str, rid: str, version: int) -> OnChain:
+        record = await ledger.record(rtype, rid, version)
+        return OnChain(str(record["digest"]), str(record.get("txId", "")), False)
+
+
+class ClaimRoute(Route):
+    name = "claim"
+    alone = True
+
+    def call(self, ledger: Ledger, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
+        e = entries[0]
+        if e["version"] == 1:
+            claim = fhir_claim.for_ledger(resource, e["id"], e["patient"], e["digest"])
+            return lambda: ledger.submit_claim(claim.submission, claim.detail)
+        if resource.get("status") == "cancelled":
+            return lambda: ledger.cancel_claim(e["id"], "provider-cancelled")
+        raise FhirInvalid([Issue("not-supported", "Claim.status", "a submitted claim can only be cancelled")])
+
+    async def registered(self, ledger: Ledger, rtype: str, rid: str, version: int) -> str | None:
+        try:
+            claim = await ledger.claim(rid)
+        except LedgerNotFound:
+            return None
+        return str(claim["txId"]) if version == 1 or claim["status"] == "cancelled" else None
+
+    async def on_chain(self, ledger: Ledger, rtype: str, rid: str, version: int) -> OnChain:
+        claim = await ledger.claim(rid)
+        return OnChain(str(claim["digest"]), str(claim.get("txId", "")), True)
+
+
+class ConsentRoute(Route):
+    name = "consent"
+    alone = True
+
+    def call(self, ledger: Ledger, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
+        e = entries[0]
+        if e["version"] == 1:
+            grant = fhir_consent.grant(resource, e["id"], e["patient"], e["digest"])
+            return lambda: ledger.grant(grant)
+        if fhir_consent.revokes(resource):
+            return lambda: ledger.revoke(e["id"], e["digest"])
+        raise FhirInvalid(
+            [Issue("not-supported", "Consent.status", "a granted consent can only be revoked (status inactive)")]
+        )
+
+    async def registered(self, ledger: Ledger, rtype: str, rid: str, version: int) -> str | None:
+        try:
+            consent = await ledger.consent(rid)
+        except LedgerNotFound:
+            return None
+        return str(consent["txId"]) if version == 1 or consent["status"] == "revoked" else None
+
+    async def on_chain(self, ledger: Ledger, rtype: str, rid: str, version: int) -> OnChain:
+        consent = await ledger.consent(rid)
+        return OnChain(str(consent["documentDigest"]), str(consent.get("txId", "")), True)
+
+
+class HeldRoute(Route):
+    name = "held"
+
+    def call(self, ledger: Ledger, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
+        return None
+
+    async def registered(self, ledger: Ledger, rtype: str, rid: str, version: int) -> str | None:
+        return ""
+
+    async def on_chain(self, ledger: Ledger, rtype: str, rid: str, version: int) -> OnChain:
+        raise FhirInvalid([Issue("not-supported", rtype, f"{rtype} is not registered on chain")])
+
+
+RECORDS, CLAIM, CONSENT, HELD = RecordsRoute(), ClaimRoute(), ConsentRoute(), HeldRoute()
+
+ROUTES: Mapping[str, Route] = {
+    "Claim": CLAIM,
+    "Consent": CONSENT,
+    "Coverage": HELD,  # the insurer keeps its members' coverage; adjudication checks it
+    "ClaimResponse": HELD,
+    "PaymentReconciliation": HELD,
+}
+
+# What EHRs may post to a member of each kind (held resources the insurer's workers write are not posted).
+POSTABLE: Mapping[str, frozenset[str]] = {
+    "provider": frozenset({"records", "claim", "consent"}),
+    "insurer": frozenset({"held"}),
+    "manufacturer": frozenset(),
+}
+
+
+def route_of(resource_type: str) -> Route:
+    return ROUTES.get(resource_type, RECORDS)

@@ -1,0 +1,92 @@
+"""Sharing a patient's records between custodians, under the patient's consent on chain.
+
+- `everything`: the asking side. The ledger says which members hold the patient; this org's own records and what
+  every other custodian discloses to it are merged.
+- `disclose`: the custodian side. Another member asks for what this org holds; consent is checked and the access
+  logged on chain in ONE transaction (Audit:RecordAccess), permit or deny; only a permit releases anything.
+- `claim_response_for`: the insurer answers a claim's provider, and nobody else, with its ClaimResponse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from records.errors import NotHeld, Refused
+from records.federation import Disclosed, Federation, Withheld
+from records.fhir_claim import claim_response_id
+from records.service import Records
+from records.store import Stored
+
+CLAIM_RESPONSE_WAIT_S = 5.0
+log = logging.getLogger("careledger.sharing")
+
+
+@dataclass(frozen=True)
+class Everything:
+    """A patient's longitudinal record as this org sees it: own resources, disclosed ones, and who withheld."""
+
+    own: list[Stored]
+    disclosed: list[Disclosed] = field(default_factory=list)
+    withheld: list[Withheld] = field(default_factory=list)
+
+    @property
+    def refused_entirely(self) -> bool:
+        return bool(self.withheld) and not self.own and not any(d.resources for d in self.disclosed)
+
+
+class Sharing:
+    def __init__(self, records: Records, federation: Federation | None) -> None:
+        self.records = records
+        self.federation = federation  # None: this org neither asks nor answers other members
+
+    @property
+    def org(self) -> str:
+        return self.records.custodian.msp
+
+    async def everything(self, pseudonym: str, purpose: str) -> Everything:
+        custodians = {c["custodian"] for c in await self.records.ledger.custodians(pseudonym)}
+        if not custodians:
+            raise NotHeld("no member holds records of this patient")
+        own = self.records.store.patient_resources(pseudonym) if self.org in custodians else []
+        others = sorted(custodians - {self.org})
+        if others and self.federation is None:
+            raise NotHeld("this gateway is not configured to reach the other members that hold this patient")
+        answers = await self.federation.everything(others, pseudonym, purpose) if self.federation else []
+        result = Everything(
+            own,
+            [a for a in answers if isinstance(a, Disclosed)],
+            [a for a in answers if isinstance(a, Withheld)],
+        )
+        log.info("everything", extra={"custodians": len(custodians), "withheld": len(result.withheld)})
+        return result
+
+    async def disclose(self, pseudonym: str, accessor: str, purpose: str) -> list[dict[str, Any]]:
+        """What this org holds of the patient, for `accessor`, if the patient's consent permits; Refused if not."""
+        pid = self.records.store.patient_of_pseudonym(pseudonym)
+        if pid is None:
+            raise NotHeld("no records of this patient are held here")
+        decision = await self.records.ledger.record_access(pseudonym, accessor, f"Patient/{pid}/$everything", purpose)
+        log.info("disclosure", extra={"accessor": accessor, "decision": decision["decision"], "tx": decision["txId"]})
+        if decision["decision"] != "permit":
+            raise Refused(f"{self.org} refused {accessor}: {decision['reason']}")
+        return [json.loads(s.content) for s in self.records.store.patient_resources(pseudonym)]
+
+    async def claim_response_for(self, claim_id: str, caller: str) -> Stored:
+        """The ClaimResponse to a claim, for the claim's provider only. The provider asks as soon as the adjudication
+        commits, while this org's worker may still be storing the response: wait for it a little here rather than
+        have the provider poll."""
+        rid = claim_response_id(claim_id)
+        deadline = time.monotonic() + CLAIM_RESPONSE_WAIT_S
+        while self.records.store.read("ClaimResponse", rid) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        stored = self.records.read("ClaimResponse", rid)
+        # The requestor was written from the claim on chain when the response was built.
+        requestor = json.loads(stored.content).get("requestor", {}).get("identifier", {}).get("value")
+        if caller != requestor:
+            raise Refused(f"claim {claim_id} is not a claim of {caller}")
+        return stored
