@@ -1,7 +1,18 @@
-"""OAuth2 bearer tokens for EHR clients: JWTs validated with PyJWT, SMART-style scopes checked per request.
+"""OAuth2 bearer tokens for EHR clients: JWTs validated with PyJWT, SMART scopes enforced per interaction.
 
-A token's `scope` claim is space-separated. `system/*.write` or `system/Observation.write` allow writes of that
-type; `.read` allows reads; v2 scopes (`system/*.cruds`, `system/Patient.rs`) are understood too.
+Scopes are `<context>/<resource type or *>.<permissions>`:
+- SMART v2 permissions are letters of `cruds`, each one interaction: c create, r read (read, vread, history), u update,
+  d delete (and `$erase`), s search;
+- SMART v1 permissions map as the specification maps them: `read` → `rs`, `write` → `cud`, `*` → `cruds`.
+
+Contexts:
+- `system/` — a backend service: the permissions hold for every resource of the type.
+- `patient/` — only with the token's `patient` claim (the launch context): the permissions hold only inside that
+  patient's compartment. A `patient/` scope without a `patient` claim grants nothing.
+- `user/` — needs a `fhirUser` launch context this server does not support: refused, never widened to system access.
+
+An interaction is allowed when one scope grants its letter for the type (or `*`); a `patient/` grant adds the
+condition that the resource belongs to the launch patient, which the routes enforce (`Grant.patient`).
 """
 
 from __future__ import annotations
@@ -11,6 +22,9 @@ from dataclasses import dataclass
 import jwt
 
 from gateway.outcome import HttpProblem
+
+V1 = {"read": "rs", "write": "cud", "*": "cruds"}
+LETTERS = frozenset("cruds")
 
 
 @dataclass(frozen=True)
@@ -24,23 +38,49 @@ class TokenPolicy:
 
 
 @dataclass(frozen=True)
+class Scope:
+    context: str  # system | patient | user
+    resource_type: str  # a type or *
+    letters: frozenset[str]
+
+    @classmethod
+    def parse(cls, text: str) -> Scope | None:
+        """A clinical scope, or None for anything else (openid, launch, offline_access, malformed)."""
+        context, slash, rest = text.partition("/")
+        rtype, dot, perm = rest.partition(".")
+        perm = perm.split("?", 1)[0]  # v2 finer-grained query suffixes narrow a scope; honouring none is safe: refuse
+        if not slash or not dot or not rtype or context not in ("system", "patient", "user") or "?" in text:
+            return None
+        letters = V1.get(perm, perm)
+        if not letters or not set(letters) <= LETTERS:
+            return None
+        return cls(context, rtype, frozenset(letters))
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a token may do for one interaction: allowed, and limited to one patient's compartment or not."""
+
+    patient: str | None  # the launch patient's id when only their compartment is allowed
+
+
+@dataclass(frozen=True)
 class Client:
     subject: str
-    scopes: frozenset[str]
+    scopes: tuple[Scope, ...]
+    launch_patient: str | None = None  # the token's `patient` claim
 
-    def allows(self, resource_type: str, access: str) -> bool:
-        """access: "read" or "write". v1 permissions are read / write / *; v2 ones are letters of "cruds"."""
-        v2_needs = {"read": "r", "write": "cu"}[access]
-        for scope in self.scopes:
-            context, _, rest = scope.partition("/")
-            rtype, _, perm = rest.partition(".")
-            if context not in ("system", "user") or rtype not in ("*", resource_type):
+    def grant(self, resource_type: str, letter: str) -> Grant | None:
+        """The grant for one interaction on a type (`letter` one of c r u d s), or None when no scope allows it."""
+        compartment: Grant | None = None
+        for s in self.scopes:
+            if letter not in s.letters or s.resource_type not in ("*", resource_type):
                 continue
-            if perm in (access, "*"):
-                return True
-            if perm and set(perm) <= set("cruds") and set(perm) & set(v2_needs):
-                return True
-        return False
+            if s.context == "system":
+                return Grant(None)
+            if s.context == "patient" and self.launch_patient:
+                compartment = Grant(self.launch_patient)
+        return compartment
 
 
 def authenticate(policy: TokenPolicy, authorization: str | None) -> Client:
@@ -58,9 +98,21 @@ def authenticate(policy: TokenPolicy, authorization: str | None) -> Client:
         )
     except jwt.PyJWTError as e:
         raise HttpProblem(401, "login", f"the bearer token is not valid: {e}") from None
-    return Client(str(claims["sub"]), frozenset(str(claims["scope"]).split()))
+    parsed = [Scope.parse(s) for s in str(claims["scope"]).split()]
+    scopes = tuple(s for s in parsed if s is not None)
+    if any(s.context == "user" for s in scopes):
+        raise HttpProblem(
+            403, "forbidden", "user/ scopes need a fhirUser launch context, which this server does not support"
+        )
+    patient = claims.get("patient")
+    return Client(str(claims["sub"]), scopes, str(patient) if patient else None)
 
 
-def require(client: Client, resource_type: str, access: str) -> None:
-    if not client.allows(resource_type, access):
-        raise HttpProblem(403, "forbidden", f"the token's scopes do not allow {access} of {resource_type}")
+WHAT = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
+
+
+def require(client: Client, resource_type: str, letter: str) -> Grant:
+    grant = client.grant(resource_type, letter)
+    if grant is None:
+        raise HttpProblem(403, "forbidden", f"the token's scopes do not allow {WHAT[letter]} of {resource_type}")
+    return grant

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from gateway.auth import Client, TokenPolicy, authenticate, require
+from gateway.auth import Client, Grant, TokenPolicy, authenticate, require
 from gateway.outcome import HttpProblem
 from records import validation as fv
 from records.federation import Federation
@@ -52,22 +52,65 @@ ClientDep = Annotated[Client, Depends(authenticated)]
 
 
 class Scope:
-    """A dependency that lets a request through only if the token's scopes allow `access` on the resource type (the
-    route's `rtype` path parameter unless given)."""
+    """A dependency that lets a request through only if the token's scopes allow the interaction (`letter`: one of
+    c r u d s) on the resource type (the route's `rtype` path parameter unless given). It returns the grant, which
+    says whether the request is limited to the launch patient's compartment."""
 
-    def __init__(self, access: str, resource_type: str | None = None) -> None:
-        self.access = access
+    def __init__(self, letter: str, resource_type: str | None = None) -> None:
+        self.letter = letter
         self.resource_type = resource_type
 
-    def __call__(self, request: Request, client: ClientDep) -> Client:
+    def __call__(self, request: Request, client: ClientDep) -> Grant:
         rtype = self.resource_type or str(request.path_params.get("rtype") or "*")
-        require(client, rtype, self.access)
-        return client
+        return require(client, rtype, self.letter)
+
+
+def compartment(svc: Services, grant: Grant) -> str | None:
+    """The pseudonym a `patient/` grant limits the request to, or None when it is not limited. A launch patient not
+    held here limits it to nothing: "-" is no pseudonym."""
+    if grant.patient is None:
+        return None
+    return svc.records.pseudonym_of_local_patient(grant.patient) or "-"
+
+
+def require_compartment(svc: Services, grant: Grant, patient: str) -> None:
+    """Refuse unless the resource (filed under `patient`) is in the grant's compartment."""
+    limit = compartment(svc, grant)
+    if limit is not None and limit != patient:
+        raise HttpProblem(
+            403, "forbidden", "the token's patient/ scopes do not reach outside the launch patient's record"
+        )
+
+
+JSON_TYPES = ("application/fhir+json", "application/json")
+ACCEPTABLE = (*JSON_TYPES, "*/*", "application/*")
+
+
+def _media_types(header: str) -> list[str]:
+    return [part.split(";")[0].strip().lower() for part in header.split(",") if part.strip()]
+
+
+def negotiate(request: Request) -> None:
+    """406 when the client accepts nothing this server writes (FHIR JSON); `_format` is honoured the same way."""
+    accept = request.query_params.get("_format") or request.headers.get("accept") or ""
+    wanted = _media_types(accept.replace("json", "application/json") if accept == "json" else accept)
+    if wanted and not any(w in ACCEPTABLE for w in wanted):
+        raise HttpProblem(406, "not-supported", f"this server answers in {JSON_TYPES[0]}, not {accept[:80]!r}")
 
 
 async def fhir_body(request: Request, svc: ServicesDep) -> bytes:
-    """The request body, refused before it is read when it declares more than the limit."""
-    declared = int(request.headers.get("content-length") or 0)
+    """The request body: FHIR JSON only (415 otherwise), refused before it is read when it declares more than the
+    limit."""
+    content_type = _media_types(request.headers.get("content-type") or "")
+    if not content_type or content_type[0] not in JSON_TYPES:
+        shown = request.headers.get("content-type") or "none"
+        raise HttpProblem(
+            415, "not-supported", f"send {JSON_TYPES[0]} (or {JSON_TYPES[1]}); the Content-Type was {shown[:80]}"
+        )
+    try:
+        declared = int(request.headers.get("content-length") or 0)
+    except ValueError:
+        raise HttpProblem(400, "structure", "Content-Length is not a number") from None
     if declared > svc.config.limits.max_bytes:
         raise HttpProblem(413, "too-costly", f"the request is {declared} bytes; at most {svc.config.limits.max_bytes}")
     return await request.body()

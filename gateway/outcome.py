@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 
 from fabric_gateway import CommitFailed, EndorsementFailed, FabricError, GatewayTimeout, PeerUnavailable
 from fabric_gateway.retry import is_read_race
@@ -29,6 +30,7 @@ from records.errors import (
     NotHeld,
     NotKeptHere,
     OutcomeUnknown,
+    OutsideCompartment,
     PatientErased,
     PreconditionFailed,
     RecordsError,
@@ -69,6 +71,7 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (VersionTaken, 409, "conflict"),
     (PatientErased, 410, "deleted"),
     (Refused, 403, "forbidden"),
+    (OutsideCompartment, 403, "forbidden"),
     (Tampered, 500, "exception"),
     (OutcomeUnknown, 504, "timeout"),
     (LedgerConflict, 409, "conflict"),
@@ -81,6 +84,7 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
 ]
 
 KNOWN_ERRORS: tuple[type[Exception], ...] = (
+    HTTPException,
     RequestValidationError,
     HttpProblem,
     RecordsError,
@@ -96,6 +100,9 @@ def problem(err: Exception) -> tuple[int, dict[str, Any]] | None:
         return status, operation_outcome(err.issues)
     if isinstance(err, HttpProblem):
         return err.status, operation_outcome([err.issue])
+    if isinstance(err, HTTPException):  # the router's own: no such route (404), method not allowed (405)
+        code = "not-found" if err.status_code == 404 else "not-supported"
+        return err.status_code, operation_outcome([Issue(code, "", str(err.detail))])
     if isinstance(err, RequestValidationError):  # path, query or JSON body parameters of the non-FHIR routes
         issues = [
             Issue("required" if e["type"] == "missing" else "value", ".".join(map(str, e["loc"])), e["msg"])

@@ -66,5 +66,9 @@ class OutcomeUnknown(RecordsError):
     sent again."""
 
 
+class OutsideCompartment(RecordsError):
+    """A write limited to one patient's compartment (a `patient/` token) touches another patient's record."""
+
+
 class Refused(RecordsError):
     """A custodian refused to disclose (no consent): the reason is the custodian's."""

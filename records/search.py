@@ -52,9 +52,9 @@ def interval(value: str) -> tuple[str, str]:
             if start.tzinfo is None:
                 start = start.replace(tzinfo=UTC)
             end = start + timedelta(seconds=1)
-    except ValueError:
-        raise _bad("_lastUpdated", f"{value!r} is not a FHIR date or dateTime") from None
-    return _instant(start), _instant(end)
+        return _instant(start), _instant(end)
+    except (ValueError, OverflowError):
+        raise _bad("_lastUpdated", f"{value[:40]!r} is not a FHIR date or dateTime this server can compare") from None
 
 
 def _last_updated(query: Query, value: str) -> Query:
@@ -79,7 +79,7 @@ def _last_updated(query: Query, value: str) -> Query:
 
 
 def _int(param: str, value: str, low: int, high: int) -> int:
-    if not value.isdigit() or not low <= int(value) <= high:
+    if not (value.isascii() and value.isdigit() and len(value) <= 10) or not low <= int(value) <= high:
         raise _bad(param, f"{value!r} is not a number from {low} to {high}")
     return int(value)
 

@@ -19,8 +19,18 @@ from typing import Any
 from fabric_gateway import CommitStatusFailed, GatewayTimeout
 from ledger.contracts import Committed, Ledger
 from records import digests
-from records.errors import FhirInvalid, Issue, NotHeld, NotKeptHere, OutcomeUnknown, PreconditionFailed, VersionTaken
+from records.errors import (
+    FhirInvalid,
+    Issue,
+    NotHeld,
+    NotKeptHere,
+    OutcomeUnknown,
+    OutsideCompartment,
+    PreconditionFailed,
+    VersionTaken,
+)
 from records.routes import POSTABLE, Route, route_of
+from records.search import identifier_condition
 from records.settings import CustodianSettings
 from records.store import Row, Store, Stored
 from records.validation import PATIENT_ELEMENT, Entry
@@ -77,7 +87,7 @@ class Records:
         self.consortium_key = consortium_key
         self.mpi_system = mpi_system
         self.custodian = custodian
-        self._conditional_creates = asyncio.Lock()
+        self._conditional_writes = asyncio.Lock()
 
     @classmethod
     def open(cls, settings: CustodianSettings, ledger: Ledger) -> Records:
@@ -110,17 +120,60 @@ class Records:
 
     # ----- writes ----------------------------------------------------------------------------------------------
 
-    async def transaction(self, entries: list[Entry]) -> list[Written]:
-        """Store and register the entries as one unit; raises FhirInvalid, LedgerRefused or a Fabric error."""
+    async def transaction(self, entries: list[Entry], compartment: str | None = None) -> list[Written]:
+        """Store and register the entries as one unit, in entry order; raises FhirInvalid, PreconditionFailed,
+        LedgerRefused or a Fabric error. Conditional entries (ifNoneExist, ifMatch, ifNoneMatch) are decided and
+        written under one lock, so concurrent requests cannot both create what only one may.
+        `compartment`: the one patient (pseudonym) the request may write for, when it is limited to one."""
         if not entries:
             return []
-        route = self._route(entries)
-        ids = self._assign_ids(entries)
-        patients = self._patients(entries, ids)
-        targets = {e.full_url: f"{ids[e.index][0]}/{ids[e.index][1]}" for e in entries if e.full_url}
-        resources = [_rewrite_references(e.resource, targets) for e in entries]
-        versions = [(*ids[e.index], patients[e.index]) for e in entries]
-        return await self._write(route, resources, versions)
+        conditional = any(e.if_none_exist or e.if_match or e.if_none_match for e in entries)
+        if not conditional:
+            return await self._transaction(entries, {}, compartment)
+        async with self._conditional_writes:
+            return await self._transaction(entries, self._existing(entries), compartment)
+
+    def _existing(self, entries: list[Entry]) -> dict[int, Stored]:
+        """The conditional entries that find what they ask for, by entry index; PreconditionFailed when one fails."""
+        found: dict[int, Stored] = {}
+        for e in entries:
+            rtype = e.resource["resourceType"]
+            at = f"Bundle.entry[{e.index}].request"
+            if e.if_none_exist:
+                system, value = identifier_condition(e.if_none_exist)
+                matches = self.store.with_identifier(rtype, system, value)
+                if len(matches) > 1:
+                    raise PreconditionFailed(f"{at}.ifNoneExist matches {len(matches)} {rtype} resources")
+                if matches:
+                    found[e.index] = self.read(rtype, matches[0][0])
+            head = self.store.head(rtype, str(e.resource_id)) if e.resource_id else None
+            current = etag(head[0]) if head else None
+            if e.if_match and e.if_match.strip() != current:
+                raise PreconditionFailed(f"{at}.ifMatch {e.if_match} is not the current version {current or '(none)'}")
+            if e.if_none_match and e.if_none_match.strip() == "*" and head is not None:
+                raise PreconditionFailed(f"{at}.ifNoneMatch *: {rtype}/{e.resource_id} exists")
+        return found
+
+    async def _transaction(
+        self, entries: list[Entry], existing: dict[int, Stored], compartment: str | None
+    ) -> list[Written]:
+        to_write = [e for e in entries if e.index not in existing]
+        by_index = {e.index: e for e in entries}
+        known = {by_index[i].full_url: s for i, s in existing.items() if by_index[i].full_url}
+        written: dict[int, Written] = {i: Written.of(s) for i, s in existing.items()}
+        if to_write:
+            route = self._route(to_write)
+            ids = self._assign_ids(to_write)
+            patients = self._patients(to_write, ids, {url: s.patient for url, s in known.items()})
+            if compartment is not None and any(p != compartment for p in patients.values()):
+                raise OutsideCompartment("the request may write only the launch patient's record")
+            targets = {e.full_url: f"{ids[e.index][0]}/{ids[e.index][1]}" for e in to_write if e.full_url}
+            targets |= {url: f"{s.type}/{s.id}" for url, s in known.items()}
+            resources = [_rewrite_references(e.resource, targets) for e in to_write]
+            versions = [(*ids[e.index], patients[e.index]) for e in to_write]
+            done = await self._write(route, resources, versions)
+            written |= {e.index: w for e, w in zip(to_write, done, strict=True)}
+        return [written[e.index] for e in entries]
 
     async def keep(self, resource: dict[str, Any], patient: str) -> bool:
         """Keep a resource this org's own workers made (a ClaimResponse, a PaymentReconciliation) as its next version,
@@ -137,30 +190,6 @@ class Records:
         except VersionTaken:
             return False  # a concurrent run kept it first
         return True
-
-    async def create_unless_exists(self, entry: Entry, system: str, value: str) -> Written:
-        """Conditional create (If-None-Exist: identifier=system|value): the resource that carries the identifier
-        (`created` False), else the new one. The check and the write are one step."""
-        rtype = entry.resource["resourceType"]
-        async with self._conditional_creates:
-            matches = self.store.with_identifier(rtype, system, value)
-            if len(matches) > 1:
-                raise PreconditionFailed(f"If-None-Exist matches {len(matches)} {rtype} resources")
-            if matches:
-                return Written.of(self.read(rtype, matches[0][0]))
-            (written,) = await self.transaction([entry])
-            return written
-
-    async def update(self, entry: Entry, if_match: str | None) -> Written:
-        """PUT: the next version of the resource, or PreconditionFailed when If-Match names another version."""
-        rtype, rid = entry.resource["resourceType"], str(entry.resource_id)
-        if if_match:
-            head = self.store.head(rtype, rid)
-            current = etag(head[0]) if head else "none"
-            if if_match.strip() != current:
-                raise PreconditionFailed(f"If-Match {if_match} does not match the current version {current}")
-        (written,) = await self.transaction([entry])
-        return written
 
     async def _write(
         self, route: Route, resources: list[dict[str, Any]], versions: list[tuple[str, str, int, str]]
@@ -228,9 +257,12 @@ class Records:
                 out[e.index] = (rtype, e.resource_id, head[0] + 1 if head else 1)
         return out
 
-    def _patients(self, entries: list[Entry], ids: dict[int, tuple[str, str, int]]) -> dict[int, str]:
+    def _patients(
+        self, entries: list[Entry], ids: dict[int, tuple[str, str, int]], known: dict[str, str]
+    ) -> dict[int, str]:
         """The pseudonym each entry is filed under: its own (Patient) or its patient element's, which names a
-        Patient of this bundle, a Patient held here, or the patient's consortium identifier (logical reference)."""
+        Patient of this bundle (`known`: those a conditional entry found), a Patient held here, or the patient's
+        consortium identifier (logical reference)."""
         by_url = {e.full_url: e for e in entries if e.full_url}
         out: dict[int, str] = {}
         for e in entries:
@@ -248,6 +280,8 @@ class Records:
             target = by_url.get(ref)
             if target is not None and target.resource["resourceType"] == "Patient":
                 out[e.index] = out[target.index]
+            elif ref in known:
+                out[e.index] = known[ref]
             elif ref.startswith("Patient/") and (p := self.pseudonym_of_local_patient(ref.split("/", 1)[1])):
                 out[e.index] = p
             elif not ref and ident.get("system") == self.mpi_system and ident.get("value"):

@@ -66,14 +66,20 @@ class Sharing:
         return result
 
     async def disclose(self, pseudonym: str, accessor: str, purpose: str) -> list[dict[str, Any]]:
-        """What this org holds of the patient, for `accessor`, if the patient's consent permits; Refused if not."""
+        """What this org holds of the patient, for `accessor`, if the patient's consent permits; Refused if not.
+
+        A patient not held here is refused with the same answer as one held without consent, so the answer tells
+        the asking member nothing about whom this org treats. Every request is logged: a decision on chain (in the
+        same transaction that checked consent) for a patient held here, a log line for one that is not."""
+        refused = Refused(f"{self.org} discloses no records of this patient to {accessor} for {purpose}")
         pid = self.records.store.patient_of_pseudonym(pseudonym)
         if pid is None:
-            raise NotHeld("no records of this patient are held here")
+            log.info("disclosure", extra={"accessor": accessor, "decision": "deny", "reason": "not held"})
+            raise refused
         decision = await self.records.ledger.record_access(pseudonym, accessor, f"Patient/{pid}/$everything", purpose)
         log.info("disclosure", extra={"accessor": accessor, "decision": decision["decision"], "tx": decision["txId"]})
         if decision["decision"] != "permit":
-            raise Refused(f"{self.org} refused {accessor}: {decision['reason']}")
+            raise refused
         return [json.loads(s.content) for s in self.records.store.patient_resources(pseudonym)]
 
     async def claim_response_for(self, claim_id: str, caller: str) -> Stored:

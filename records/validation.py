@@ -3,12 +3,15 @@
 `fhir.resources` (R4 through its R4B models) checks structure and types. It does not check terminology: it accepts
 `Bundle.type = "nonsense"` and `Patient.gender = "xyz"`. So every coded element whose model lists `enum_values` (the
 required bindings) is checked here as well. Bundle rules come on top: supported types only, unique fullUrls, no
-dangling `urn:uuid:` references, and size limits. Every problem is an `Issue` that names the element.
+dangling `urn:uuid:` references, ids, nesting depth and size limits. Every problem is an `Issue` that names the
+element, and a refused request lists every problem found (up to `records.errors.MAX_ISSUES`), so an integrator fixes a
+bundle in one round trip.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +49,10 @@ class Limits:
     max_entries: int = 5000
 
 
+ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+MAX_DEPTH = 64  # deeper JSON is refused before any parser recurses into it (FHIR resources nest far less)
+
+
 @dataclass
 class Entry:
     index: int
@@ -53,6 +60,38 @@ class Entry:
     method: str  # POST | PUT
     resource: dict[str, Any]
     resource_id: str | None  # the id a PUT names; None for POST (the server assigns one)
+    if_none_exist: str | None = None  # conditional create: identifier=system|value
+    if_match: str | None = None  # update only this version: W/"n"
+    if_none_match: str | None = None  # "*": update only if the resource does not exist yet
+
+
+def id_issue(value: str, where: str) -> Issue | None:
+    """The FHIR id rule, for every route and every resource type: 1 to 64 of [A-Za-z0-9-.], and not "." or ".."."""
+    if ID_PATTERN.fullmatch(value) and value not in (".", ".."):
+        return None
+    shown = value if len(value) <= 70 else value[:64] + "..."
+    return Issue("value", where, f"{shown!r} is not a FHIR id (1 to 64 of A-Z a-z 0-9 - .)")
+
+
+def check_id(value: str, where: str = "id") -> str:
+    if (issue := id_issue(value, where)) is not None:
+        raise Malformed([issue])
+    return value
+
+
+def _depth(node: Any, limit: int) -> int:
+    """How deep a JSON tree goes, counting no further than `limit`, without recursion."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        value, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return deepest
 
 
 @dataclass
@@ -69,9 +108,14 @@ def parse_json(body: bytes, limits: Limits) -> Any:
             [Issue("too-costly", "Bundle", f"the request is {len(body)} bytes; at most {limits.max_bytes}")]
         )
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
-        raise Malformed([Issue("structure", "Bundle", f"the body is not JSON: {e}")]) from None
+        raise Malformed([Issue("structure", "", f"the body is not JSON: {e}")]) from None
+    except RecursionError:
+        raise Malformed([Issue("too-costly", "", f"the JSON nests deeper than {MAX_DEPTH} levels")]) from None
+    if _depth(data, MAX_DEPTH) > MAX_DEPTH:
+        raise Malformed([Issue("too-costly", "", f"the JSON nests deeper than {MAX_DEPTH} levels")])
+    return data
 
 
 def _path(prefix: str, loc: tuple[int | str, ...]) -> str:
@@ -127,6 +171,8 @@ def validate_resource(data: Any, path: str) -> FHIRAbstractModel:
     except pydantic.ValidationError as e:
         issues = [Issue("structure", _path(path, tuple(err["loc"])), err["msg"]) for err in e.errors()]
         raise FhirInvalid(issues) from None
+    except RecursionError:
+        raise Malformed([Issue("too-costly", path, "the resource nests too deep to check")]) from None
     issues = list(_binding_issues(model, path))
     if issues:
         raise FhirInvalid(issues)
@@ -147,32 +193,50 @@ def references(node: Any, path: str) -> Iterator[tuple[str, str]]:
 
 
 def entry(raw: Any, i: int) -> Entry:
-    """Check one Bundle entry: a POST or PUT of a supported, valid resource."""
+    """Check one Bundle entry: a POST or PUT of a supported, valid resource; every problem of the entry at once."""
     at = f"Bundle.entry[{i}]"
     if not isinstance(raw, dict):
         raise Malformed([Issue("structure", at, "an entry is a JSON object")])
-    request = raw.get("request") or {}
-    method = str(request.get("method") or "")
-    url = str(request.get("url") or "")
+    request: dict[str, Any] = raw["request"] if isinstance(raw.get("request"), dict) else {}
+    method, url = str(request.get("method") or ""), str(request.get("url") or "")
+    issues: list[Issue] = []
     if method not in ("POST", "PUT"):
-        raise FhirInvalid(
-            [Issue("not-supported", f"{at}.request.method", f"{method or 'no method'}: entries are POST or PUT")]
+        issues.append(
+            Issue("not-supported", f"{at}.request.method", f"{method or 'no method'}: entries are POST or PUT")
         )
-    model = validate_resource(raw.get("resource"), f"{at}.resource")
-    resource: dict[str, Any] = raw["resource"]
-    rtype = model.get_resource_type()
+    resource: Any = raw.get("resource")
+    try:
+        rtype = validate_resource(resource, f"{at}.resource").get_resource_type()
+    except FhirInvalid as e:
+        if isinstance(e, Malformed) and not issues:
+            raise
+        raise FhirInvalid(e.issues + issues) from None  # the resource is wrong: its request line cannot be judged
     resource_id: str | None = None
     if method == "PUT":
-        parts = url.split("/")
-        if len(parts) != 2 or parts[0] != rtype or not parts[1]:
-            raise FhirInvalid([Issue("value", f"{at}.request.url", f"a PUT names {rtype}/<id>, not {url!r}")])
-        resource_id = parts[1]
-        if resource.get("id") not in (None, resource_id):
-            raise FhirInvalid([Issue("value", f"{at}.resource.id", f"the id differs from the request url {url}")])
-    elif url != rtype:
-        raise FhirInvalid([Issue("value", f"{at}.request.url", f"a POST of a {rtype} goes to {rtype!r}, not {url!r}")])
-    full_url = str(raw.get("fullUrl") or "")
-    return Entry(i, full_url, method, resource, resource_id)
+        kind, _, resource_id = url.partition("/")
+        if kind != rtype or (issue := id_issue(resource_id, f"{at}.request.url")) is not None:
+            issues.append(issue or Issue("value", f"{at}.request.url", f"a PUT names {rtype}/<id>, not {url!r}"))
+        elif resource.get("id") not in (None, resource_id):
+            issues.append(Issue("value", f"{at}.resource.id", f"the id differs from the request url {url}"))
+    elif method == "POST" and url != rtype:
+        issues.append(Issue("value", f"{at}.request.url", f"a POST of a {rtype} goes to {rtype!r}, not {url!r}"))
+    if issues:
+        raise FhirInvalid(issues)
+    conditions = {k: str(request[k]) for k in ("ifNoneExist", "ifMatch", "ifNoneMatch") if request.get(k)}
+    if conditions.get("ifNoneExist") and method != "POST":
+        raise FhirInvalid([Issue("invariant", f"{at}.request.ifNoneExist", "ifNoneExist is for POST entries")])
+    if (conditions.get("ifMatch") or conditions.get("ifNoneMatch")) and method != "PUT":
+        raise FhirInvalid([Issue("invariant", f"{at}.request", "ifMatch and ifNoneMatch are for PUT entries")])
+    return Entry(
+        i,
+        str(raw.get("fullUrl") or ""),
+        method,
+        resource,
+        resource_id,
+        conditions.get("ifNoneExist"),
+        conditions.get("ifMatch"),
+        conditions.get("ifNoneMatch"),
+    )
 
 
 def envelope(body: bytes, limits: Limits = Limits()) -> Envelope:
@@ -196,25 +260,27 @@ def envelope(body: bytes, limits: Limits = Limits()) -> Envelope:
 
 
 def transaction_entries(env: Envelope) -> list[Entry]:
-    """Every entry of a transaction, checked together: one bad entry rejects the whole bundle."""
-    entries = [entry(raw, i) for i, raw in enumerate(env.raw_entries)]
+    """Every entry of a transaction, checked together: one bad entry rejects the whole bundle, and the refusal lists
+    every problem of every entry."""
+    entries: list[Entry] = []
+    issues: list[Issue] = []
+    for i, raw in enumerate(env.raw_entries):
+        try:
+            entries.append(entry(raw, i))
+        except FhirInvalid as e:
+            issues += e.issues
     seen: dict[str, int] = {}
-    for e in entries:
-        if not e.full_url:
+    for checked in entries:
+        if not checked.full_url:
             continue
-        if e.full_url in seen:
-            raise FhirInvalid(
-                [
-                    Issue(
-                        "invariant",
-                        f"Bundle.entry[{e.index}].fullUrl",
-                        f"{e.full_url} repeats entry {seen[e.full_url]}",
-                    )
-                ]
-            )
-        seen[e.full_url] = e.index
-    for e in entries:
-        for ref, where in references(e.resource, f"Bundle.entry[{e.index}].resource"):
+        if checked.full_url in seen:
+            where, first = f"Bundle.entry[{checked.index}].fullUrl", seen[checked.full_url]
+            issues.append(Issue("invariant", where, f"{checked.full_url} repeats entry {first}"))
+        seen[checked.full_url] = checked.index
+    for checked in entries:
+        for ref, where in references(checked.resource, f"Bundle.entry[{checked.index}].resource"):
             if ref.startswith("urn:uuid:") and ref not in seen:
-                raise FhirInvalid([Issue("invariant", where, f"{ref} names no entry of this bundle")])
+                issues.append(Issue("invariant", where, f"{ref} names no entry of this bundle"))
+    if issues:
+        raise FhirInvalid(issues)
     return entries

@@ -8,23 +8,24 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
-from gateway.auth import Client
-from gateway.deps import Scope, ServicesDep
+from gateway.auth import Grant
+from gateway.deps import Scope, ServicesDep, negotiate, require_compartment
 from gateway.outcome import HttpProblem, operation_outcome
 from gateway.responses import FhirResponse, base_url, match
 from records import search
+from records import validation as fv
 from records.errors import Issue, NotHeld, Tampered
 from records.sharing import Everything
 
 PURPOSE_DEFAULT = "TREAT"
 
-router = APIRouter(prefix="/fhir")
-AnyReader = Annotated[Client, Depends(Scope("read", "*"))]
+router = APIRouter(prefix="/fhir", dependencies=[Depends(negotiate)])
+AnyReader = Annotated[Grant, Depends(Scope("r", "*"))]
 
 
 @router.get("/Patient/$everything")
 async def everything_by_identifier(
-    svc: ServicesDep, _: AnyReader, request: Request, identifier: str, purpose: str = PURPOSE_DEFAULT
+    svc: ServicesDep, grant: AnyReader, request: Request, identifier: str, purpose: str = PURPOSE_DEFAULT
 ) -> FhirResponse:
     """The longitudinal record of a patient named by the consortium identifier (system|value)."""
     system, value = search.identifier_condition(f"identifier={identifier}")
@@ -32,18 +33,20 @@ async def everything_by_identifier(
     if system != records.mpi_system:
         raise HttpProblem(400, "value", f"name the patient by the consortium identifier (system {records.mpi_system})")
     pseudonym = records.pseudonym_of_identifier(system, value)
+    require_compartment(svc, grant, pseudonym)
     return _everything_bundle(request, await svc.sharing.everything(pseudonym, purpose))
 
 
 @router.get("/Patient/{rid}/$everything")
 async def everything_of_patient(
-    rid: str, svc: ServicesDep, _: AnyReader, request: Request, purpose: str = PURPOSE_DEFAULT
+    rid: str, svc: ServicesDep, grant: AnyReader, request: Request, purpose: str = PURPOSE_DEFAULT
 ) -> FhirResponse:
     """The longitudinal record of a patient held here: what this org holds, and what every other custodian on the
     ledger's index discloses to this org under the patient's consent."""
-    pseudonym = svc.records.pseudonym_of_local_patient(rid)
+    pseudonym = svc.records.pseudonym_of_local_patient(fv.check_id(rid, "Patient id"))
     if pseudonym is None:
         raise NotHeld(f"Patient/{rid} is not held here")
+    require_compartment(svc, grant, pseudonym)
     return _everything_bundle(request, await svc.sharing.everything(pseudonym, purpose))
 
 
@@ -61,7 +64,12 @@ def _everything_bundle(request: Request, found: Everything) -> FhirResponse:
 
 
 @router.get("/{rtype}/{rid}/$verify")
-async def verify(rtype: str, rid: str, svc: ServicesDep, _: Annotated[Client, Depends(Scope("read"))]) -> FhirResponse:
+async def verify(rtype: str, rid: str, svc: ServicesDep, grant: Annotated[Grant, Depends(Scope("r"))]) -> FhirResponse:
+    rid = fv.check_id(rid, f"{rtype} id")
+    head = svc.records.store.head(rtype, rid)
+    if head is None:
+        raise NotHeld(f"{rtype}/{rid} is not held here")
+    require_compartment(svc, grant, head[1])
     try:
         result = await svc.records.verify(svc.records.read(rtype, rid))
         ok, message = result.ok, result.reason
@@ -72,10 +80,11 @@ async def verify(rtype: str, rid: str, svc: ServicesDep, _: Annotated[Client, De
 
 
 @router.post("/Patient/{rid}/$erase")
-async def erase(rid: str, svc: ServicesDep, _: Annotated[Client, Depends(Scope("write", "Patient"))]) -> FhirResponse:
-    head = svc.records.store.head("Patient", rid)
+async def erase(rid: str, svc: ServicesDep, grant: Annotated[Grant, Depends(Scope("d", "Patient"))]) -> FhirResponse:
+    head = svc.records.store.head("Patient", fv.check_id(rid, "Patient id"))
     if head is None:
         raise NotHeld(f"Patient/{rid} is not held here")
+    require_compartment(svc, grant, head[1])
     tx_id = await svc.records.erase(head[1])
     return FhirResponse(
         operation_outcome([Issue("informational", "", f"erased; ledger transaction {tx_id}")], "information")

@@ -18,7 +18,7 @@ off-chain, because nothing here is PHI. Errors are OperationOutcomes like everyw
 | POST /supply/verify {gtin, serial, lot, expiry} | Verify, submitted (suspicious: Supply.Alert) | any member |
 | GET /supply/units/{gtin}/{serial}[/history] | Get, History | any member |
 
-Bearer token scopes: `Medication.write` for changes, `Medication.read` for reads.
+Bearer token scopes on `Medication`: `c` to commission, `u` for every other change, `r` for reads (v1: `write`, `read`).
 """
 
 from __future__ import annotations
@@ -29,15 +29,16 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from gateway.auth import Client
+from gateway.auth import Grant
 from gateway.deps import Scope, ServicesDep
 from ledger.contracts import PHARMA, Ledger
 
 SCOPE_TYPE = "Medication"
 
 router = APIRouter(prefix="/supply")
-Reader = Annotated[Client, Depends(Scope("read", SCOPE_TYPE))]
-Writer = Annotated[Client, Depends(Scope("write", SCOPE_TYPE))]
+Reader = Annotated[Grant, Depends(Scope("r", SCOPE_TYPE))]
+Creator = Annotated[Grant, Depends(Scope("c", SCOPE_TYPE))]
+Writer = Annotated[Grant, Depends(Scope("u", SCOPE_TYPE))]
 
 
 class PackIdentity(BaseModel):
@@ -72,7 +73,7 @@ async def _read(ledger: Ledger, function: str, *args: str) -> JSONResponse:
 
 
 @router.post("/units", status_code=201)
-async def commission(body: PackIdentity, svc: ServicesDep, _: Writer) -> JSONResponse:
+async def commission(body: PackIdentity, svc: ServicesDep, _: Creator) -> JSONResponse:
     return await _change(svc.records.ledger, "Commission", body.model_dump_json(), status=201)
 
 

@@ -42,7 +42,7 @@ def test_everything_across_orgs_follows_consent_and_is_audited(gateways: dict[st
     denied = clinic.get(everything)
     assert denied.status_code == 403, denied.text
     assert denied.json()["resourceType"] == "OperationOutcome"
-    assert "no consent" in denied.json()["issue"][0]["diagnostics"]
+    assert "discloses no records of this patient" in denied.json()["issue"][0]["diagnostics"]
 
     # The patient consents (the hospital records it as custodian): now the clinic gets the hospital's records.
     granted = hospital.post("/Consent", synthetic.consent(patient_id, "ClinicMSP"))

@@ -17,7 +17,7 @@ from ledger.errors import LedgerForbidden
 from ledger.fake import FakeLedger
 from records import synthetic
 from records import validation as fv
-from records.errors import NotHeld, NotKeptHere, OutcomeUnknown, PreconditionFailed, Refused
+from records.errors import NotKeptHere, OutcomeUnknown, PreconditionFailed, Refused
 from records.service import Custodian, Records
 from records.sharing import Sharing
 from records.store import Store
@@ -98,22 +98,56 @@ def test_keep_writes_a_new_version_only_when_the_content_changes(hospital: Recor
     assert [s.version for s in hospital.history("ClaimResponse", "cr-1")] == [2, 1]
 
 
+def conditional_create(resource: dict[str, Any], condition: str) -> fv.Entry:
+    request = {"method": "POST", "url": resource["resourceType"], "ifNoneExist": condition}
+    return fv.entry({"resource": resource, "request": request}, 0)
+
+
 def test_conditional_create_finds_the_existing_resource(hospital: Records) -> None:
-    patient = fhir.PATIENTS[0]
-    entry = fv.entry({"resource": patient, "request": {"method": "POST", "url": "Patient"}}, 0)
-    first = run(hospital.create_unless_exists(entry, fhir.MPI_SYSTEM, "MPI-70931-QX"))
-    second = run(hospital.create_unless_exists(entry, fhir.MPI_SYSTEM, "MPI-70931-QX"))
+    entry = conditional_create(fhir.PATIENTS[0], f"identifier={fhir.MPI_SYSTEM}|MPI-70931-QX")
+    (first,) = run(hospital.transaction([entry]))
+    (second,) = run(hospital.transaction([entry]))
     assert first.created and not second.created
     assert (second.id, second.version) == (first.id, 1)
 
 
+def test_concurrent_conditional_creates_make_one_resource(hospital: Records) -> None:
+    entry = conditional_create(fhir.PATIENTS[1], f"identifier={fhir.MPI_SYSTEM}|MPI-88412-ZR")
+
+    async def ten() -> list[Any]:
+        return list(await asyncio.gather(*(hospital.transaction([entry]) for _ in range(10))))
+
+    results = run(ten())
+    assert len({w.id for (w,) in results}) == 1
+    assert sum(w.created for (w,) in results) == 1
+
+
+def test_a_conditional_entry_inside_a_transaction_bundle_reuses_the_patient(hospital: Records) -> None:
+    bundle = visit(3, seed=11)
+    patient = bundle["entry"][0]["resource"]
+    system, value = patient["identifier"][0]["system"], patient["identifier"][0]["value"]
+    bundle["entry"][0]["request"]["ifNoneExist"] = f"identifier={system}|{value}"
+    first = run(hospital.transaction(entries(bundle)))
+    second = run(hospital.transaction(entries(bundle)))
+    assert second[0].id == first[0].id and not second[0].created
+    assert all(w.created for w in second[1:])  # the new clinical entries point at the existing Patient
+    assert all(
+        json.loads(hospital.read(w.type, w.id).content)["subject"]["reference"] == f"Patient/{first[0].id}"
+        for w in second[1:]
+    )
+
+
 def test_an_update_with_a_stale_if_match_is_refused(hospital: Records) -> None:
-    patient = fhir.PATIENTS[0]
-    put = fv.entry({"resource": patient, "request": {"method": "PUT", "url": "Patient/pat-jane"}}, 0)
-    run(hospital.update(put, None))
-    run(hospital.update(put, 'W/"1"'))
+    def put(**condition: str) -> fv.Entry:
+        request = {"method": "PUT", "url": "Patient/pat-jane", **condition}
+        return fv.entry({"resource": fhir.PATIENTS[0], "request": request}, 0)
+
+    run(hospital.transaction([put(ifNoneMatch="*")]))
     with pytest.raises(PreconditionFailed):
-        run(hospital.update(put, 'W/"1"'))
+        run(hospital.transaction([put(ifNoneMatch="*")]))
+    run(hospital.transaction([put(ifMatch='W/"1"')]))
+    with pytest.raises(PreconditionFailed):
+        run(hospital.transaction([put(ifMatch='W/"1"')]))
     assert hospital.read("Patient", "pat-jane").version == 2
 
 
@@ -146,8 +180,11 @@ def test_disclosure_follows_the_custodians_own_consent(world: FakeLedger, tmp_pa
     assert {r["resourceType"] for r in released} >= {"Patient"}
     with pytest.raises(Refused):  # another purpose
         run(sharing.disclose(patient.patient, "ClinicMSP", "HPAYMT"))
-    with pytest.raises(NotHeld):
+    with pytest.raises(Refused) as unknown:  # not held: the same answer as no consent, so no existence oracle
         run(sharing.disclose("f" * 64, "ClinicMSP", "TREAT"))
+    with pytest.raises(Refused) as held:
+        run(sharing.disclose(patient.patient, "InsurerMSP", "TREAT"))
+    assert str(unknown.value) == str(held.value).replace("InsurerMSP", "ClinicMSP")
 
 
 def fv_query(rtype: str) -> Any:
