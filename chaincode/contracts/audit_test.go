@@ -1,6 +1,7 @@
 package contracts
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -92,12 +93,8 @@ func TestAuditRejections(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			before := len(w.state)
 			_, err := access(t, w, tc.caller, tc.req)
-			wantErr(t, err, tc.code, tc.msg)
-			if len(w.state) != before {
-				t.Fatal("a rejected request was logged")
-			}
+			refused(t, w, err, tc.code, tc.msg) // nothing logged
 		})
 	}
 	c := newAudit(testConfig)
@@ -105,4 +102,45 @@ func TestAuditRejections(t *testing.T) {
 		return c.ByPeriod(ctx, "2026-03-02T00:00:00Z", "2026-03-01T00:00:00Z", 10, "")
 	})
 	wantErr(t, err, CodeInvalid, "after from")
+}
+
+// TestAuditAttacks: patientA's records are at HospitalMSP, the patient's own identity is confirmed there, and the
+// patient granted ClinicMSP read access to Observations for treatment.
+func TestAuditAttacks(t *testing.T) {
+	var patient actor
+	fixture := func(t *testing.T) *world {
+		w, _, p := consentWorld(t)
+		patient = p
+		_, err := doGrant(t, w, patient, grant("c-obs", "ClinicMSP", []string{"Observation"}, "TREAT", "2026-03-01T00:00:00Z", ""))
+		mustOK(t, err)
+		return w
+	}
+	log := func(a func(t *testing.T) actor, req AccessRequest) func(t *testing.T, w *world) error {
+		return func(t *testing.T, w *world) error { _, err := access(t, w, a(t), req); return err }
+	}
+	byMSP := func(msp, role string) func(t *testing.T) actor {
+		return func(t *testing.T) actor { return newActor(t, msp, role, "someone") }
+	}
+	obs := AccessRequest{patientA, "ClinicMSP", "Observation/o1", "TREAT"}
+	runAttacks(t, fixture, []attack{
+		{name: "peer identity logs an access", move: log(byMSP("HospitalMSP", "peer"), obs), code: CodeForbidden, msg: "may not submit"},
+		{name: "org without the records logs an access to them", move: log(byMSP("ClinicMSP", "client"), obs), code: CodeForbidden, msg: "holds no records"},
+		{name: "insurer logs an access", move: log(byMSP("InsurerMSP", "client"), obs), code: CodeForbidden, msg: "only provider orgs"},
+		{name: "the patient's certificate logs an access in its org's name", move: log(func(*testing.T) actor { return patient }, obs), code: CodeForbidden, msg: "patient's own identity"},
+		{
+			name: "dummy custodian logs its own decision to manufacture a permit",
+			prep: func(t *testing.T, w *world) {
+				_, err := register(t, w, client(t, "ClinicMSP"), entry(patientA, "Observation", "dummy", 1, digest2))
+				mustOK(t, err)
+			},
+			move: log(byMSP("ClinicMSP", "client"), AccessRequest{patientA, "ClinicMSP", "Condition/c1", "TREAT"}),
+			then: func(t *testing.T, w *world) {
+				var e AuditEntry
+				mustOK(t, json.Unmarshal(lastEvent(t, w).Payload, &e))
+				if e.Decision != "deny" || e.Custodian != "ClinicMSP" {
+					t.Fatalf("the patient's grant opens the hospital's records, not the clinic's: %+v", e)
+				}
+			},
+		},
+	})
 }

@@ -290,6 +290,9 @@ func (c *Claims) Submit(ctx contractapi.TransactionContextInterface, submissionJ
 	if err := s.validate(c.cfg, now); err != nil {
 		return nil, err
 	}
+	if err := c.onChannel(ctx, s.Insurer); err != nil {
+		return nil, err
+	}
 	var detail ClaimDetail
 	if err := transient(ctx, transientClaim, &detail); err != nil {
 		return nil, err
@@ -335,6 +338,17 @@ func (c *Claims) Submit(ctx contractapi.TransactionContextInterface, submissionJ
 		return nil, err
 	}
 	return &cl, emit(ctx, "Claims.Submitted", cl)
+}
+
+// onChannel refuses an insurer that is not a member of this channel: it has no collection with the provider here.
+func (c *Claims) onChannel(ctx contractapi.TransactionContextInterface, insurer string) error {
+	channel := ctx.GetStub().GetChannelID()
+	if member, known := c.cfg.isMember(channel, insurer); !known {
+		return forbidden("the chaincode config lists no members of channel %q; the insurer cannot be checked", channel)
+	} else if !member {
+		return invalid("insurer %s is not a member of channel %q", insurer, channel)
+	}
+	return nil
 }
 
 func (c *Claims) index(ctx contractapi.TransactionContextInterface, collection, patient string) (*claimIndex, string, error) {

@@ -95,10 +95,7 @@ func TestClaimsSubmitValidation(t *testing.T) {
 				caller = tc.caller
 			}
 			_, err := submit(t, w, client(t, caller), s, d)
-			wantErr(t, err, tc.code, tc.msg)
-			if len(w.state) != 0 || len(w.private) != 0 {
-				t.Fatal("a rejected claim changed state")
-			}
+			refused(t, w, err, tc.code, tc.msg)
 		})
 	}
 	t.Run("lines must come as transient data", func(t *testing.T) {
@@ -335,5 +332,94 @@ func TestClaimsStateMachine(t *testing.T) {
 		wantErr(t, err, CodeNotFound, "does not exist")
 		_, err = purge(w, hospital, "cl-1")
 		mustOK(t, err)
+	})
+}
+
+// TestClaimsAttacks: HospitalMSP submitted cl-sub (still submitted) and cl-adj (approved by InsurerMSP, lines retained
+// for an hour) to InsurerMSP.
+func TestClaimsAttacks(t *testing.T) {
+	hospital, insurer := client(t, "HospitalMSP"), client(t, "InsurerMSP")
+	fixture := func(t *testing.T) *world {
+		w := newWorld("claims")
+		_, err := submit(t, w, hospital, submission("cl-sub"), detail("cl-sub"))
+		mustOK(t, err)
+		s := submission("cl-adj")
+		s.ServiceDate = "2026-02-20"
+		_, err = submit(t, w, hospital, s, detail("cl-adj"))
+		mustOK(t, err)
+		_, err = adjudicate(t, w, insurer, "cl-adj", approveAll(3600))
+		mustOK(t, err)
+		return w
+	}
+	as := func(msp, role string) actor { return newActor(t, msp, role, "someone") }
+	step := func(a actor, fn func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error)) func(t *testing.T, w *world) error {
+		return func(t *testing.T, w *world) error { _, err := claimStep(w, a, fn); return err }
+	}
+	sub := func(a actor, s ClaimSubmission) func(t *testing.T, w *world) error {
+		return func(t *testing.T, w *world) error { _, err := submit(t, w, a, s, detail(s.ClaimID)); return err }
+	}
+	adj := func(a actor, id string) func(t *testing.T, w *world) error {
+		return func(t *testing.T, w *world) error { _, err := adjudicate(t, w, a, id, approveAll(0)); return err }
+	}
+	pay := func(a actor, id string) func(t *testing.T, w *world) error {
+		return step(a, func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error) {
+			return c.Pay(ctx, id, "EFT-1")
+		})
+	}
+	cancel := func(a actor, id string) func(t *testing.T, w *world) error {
+		return step(a, func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error) {
+			return c.Cancel(ctx, id, "dup")
+		})
+	}
+	purge := func(a actor, id string) func(t *testing.T, w *world) error {
+		return step(a, func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error) {
+			return c.PurgeLines(ctx, id)
+		})
+	}
+	later := func(t *testing.T, w *world) { w.now = w.now.Add(2 * time.Hour) }
+	newClaim := submission("cl-new")
+	newClaim.ServiceDate = "2026-02-10"
+	offChannel := newClaim
+	offChannel.Insurer = "Insurer3MSP"
+	offChannelConfig := Config{OrgKinds: map[string]string{"Insurer3MSP": KindInsurer}, Channels: testConfig.Channels, Members: testConfig.Members}
+	for msp, kind := range testConfig.OrgKinds {
+		offChannelConfig.OrgKinds[msp] = kind
+	}
+	runAttacks(t, fixture, []attack{
+		{name: "peer identity submits a claim", move: sub(as("HospitalMSP", "peer"), newClaim), code: CodeForbidden, msg: "may not submit"},
+		{name: "insurer submits a claim", move: sub(insurer, newClaim), code: CodeForbidden, msg: "only provider orgs"},
+		{name: "manufacturer submits a claim", move: sub(client(t, "PharmaMSP"), newClaim), code: CodeForbidden, msg: "only provider orgs"},
+		{name: "provider files a claim to an insurer outside the claims channel", move: func(t *testing.T, w *world) error {
+			c := newClaims(offChannelConfig)
+			tm := map[string][]byte{transientClaim: []byte(mustJSON(t, detail("cl-new")))}
+			_, err := call(w, hospital, c, tm, func(ctx contractapi.TransactionContextInterface) (*Claim, error) {
+				return c.Submit(ctx, mustJSON(t, offChannel))
+			})
+			return err
+		}, code: CodeInvalid, msg: "not a member of channel \"claims\""},
+		{name: "provider files the same claim again under a new id", move: sub(hospital, submission("cl-dup")), code: CodeConflict, msg: "duplicate claim"},
+		{name: "peer identity adjudicates", move: adj(as("InsurerMSP", "peer"), "cl-sub"), code: CodeForbidden, msg: "may not submit"},
+		{name: "provider adjudicates its own claim", move: adj(hospital, "cl-sub"), code: CodeForbidden, msg: "only insurer orgs"},
+		{name: "another insurer adjudicates the claim", move: adj(client(t, "Insurer2MSP"), "cl-sub"), code: CodeForbidden, msg: "addressed to InsurerMSP"},
+		{name: "insurer adjudicates a decided claim again", move: adj(insurer, "cl-adj"), code: CodeConflict, msg: "only a submitted claim"},
+		{name: "peer identity pays", move: pay(as("InsurerMSP", "peer"), "cl-adj"), code: CodeForbidden, msg: "may not submit"},
+		{name: "provider pays itself", move: pay(hospital, "cl-adj"), code: CodeForbidden, msg: "only insurer orgs"},
+		{name: "another insurer pays the claim", move: pay(client(t, "Insurer2MSP"), "cl-adj"), code: CodeForbidden, msg: "addressed to InsurerMSP"},
+		{name: "insurer pays a claim before adjudication", move: pay(insurer, "cl-sub"), code: CodeConflict, msg: "only an adjudicated claim"},
+		{name: "peer identity cancels", move: cancel(as("HospitalMSP", "peer"), "cl-sub"), code: CodeForbidden, msg: "may not submit"},
+		{name: "another provider cancels the claim", move: cancel(client(t, "ClinicMSP"), "cl-sub"), code: CodeForbidden, msg: "submitted by HospitalMSP"},
+		{name: "insurer cancels the claim", move: cancel(insurer, "cl-sub"), code: CodeForbidden, msg: "only provider orgs"},
+		{name: "provider cancels a decided claim", move: cancel(hospital, "cl-adj"), code: CodeConflict, msg: "only a submitted claim"},
+		{name: "peer identity purges lines", prep: later, move: purge(as("InsurerMSP", "peer"), "cl-adj"), code: CodeForbidden, msg: "may not submit"},
+		{name: "an org outside the claim purges its lines", prep: later, move: purge(client(t, "ClinicMSP"), "cl-adj"), code: CodeForbidden, msg: "only HospitalMSP or InsurerMSP"},
+		{name: "another insurer purges the lines", prep: later, move: purge(client(t, "Insurer2MSP"), "cl-adj"), code: CodeForbidden, msg: "only HospitalMSP or InsurerMSP"},
+		{name: "provider purges the lines of a submitted claim", prep: later, move: purge(hospital, "cl-sub"), code: CodeConflict, msg: "not decided yet"},
+		{name: "insurer purges lines before retention ends", move: purge(insurer, "cl-adj"), code: CodeConflict, msg: "retained until"},
+		{name: "an org outside the claim reads its lines", move: func(t *testing.T, w *world) error {
+			c := newClaims(testConfig)
+			return do(w, client(t, "ClinicMSP"), c, func(ctx contractapi.TransactionContextInterface) (*ClaimDetail, error) {
+				return c.Lines(ctx, "cl-sub")
+			})
+		}, code: CodeForbidden, msg: "shared by HospitalMSP and InsurerMSP only"},
 	})
 }

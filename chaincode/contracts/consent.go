@@ -1,10 +1,6 @@
 package contracts
 
 import (
-	"crypto/sha256"
-	"crypto/x509"
-	"encoding/hex"
-	"encoding/pem"
 	"regexp"
 	"sort"
 	"strings"
@@ -14,8 +10,13 @@ import (
 )
 
 // Consent keeps patients' access grants: who (an org or a practitioner) may do what (read), to which resource types,
-// for which purpose, during which period. A grant or revoke comes from the patient's own registered identity, or from
-// a custodian org acting on the patient's behalf with the digest of the consent document the patient signed.
+// for which purpose, during which period. A grant is recorded either by the patient's own identity (see identity.go),
+// or by a custodian org acting on the patient's behalf with the digest of the consent document the patient signed.
+//
+// Whose data a grant opens: a custodian releases its records only on a grant signed by the patient's identity as
+// that custodian knows it (its own confirmed binding), or on a grant it recorded itself. A grant recorded by any
+// other org never opens another custodian's records, so an org that makes itself a custodian of a patient with a
+// dummy record and grants itself access has opened nothing but its own dummy record.
 type Consent struct {
 	contractapi.Contract
 	cfg Config
@@ -29,11 +30,16 @@ func newConsent(cfg Config) *Consent {
 }
 
 const (
-	keyConsent         = "consent"         // consentId -> ConsentRecord
-	keyConsentByPerson = "consentBy"       // patient, grantee, consentId -> consentId
-	keyPatientIdentity = "patientIdentity" // patient -> PatientIdentity
+	keyConsent         = "consent"    // consentId -> ConsentRecord
+	keyConsentIndex    = "consentIdx" // patient, grantee, "c", custodian | "p", signer fingerprint, consentId -> consentId
 	maxScopeEntries    = 64
 	maxConsentsChecked = 256
+)
+
+// How a grant was recorded.
+const (
+	ViaPatient   = "patient"
+	ViaCustodian = "custodian"
 )
 
 // Purposes of use (HL7 v3 PurposeOfUse) a grant may name.
@@ -68,18 +74,13 @@ type ConsentRecord struct {
 	Status         string   `json:"status"` // active | revoked
 	GrantedBy      string   `json:"grantedBy"`
 	GrantedVia     string   `json:"grantedVia"` // patient | custodian
+	Signer         string   `json:"signer"`     // patient grants: fingerprint of the patient certificate that signed
 	DocumentDigest string   `json:"documentDigest"`
 	GrantedAt      string   `json:"grantedAt"`
 	RevokedAt      string   `json:"revokedAt"`
+	RevokedBy      string   `json:"revokedBy"`  // MSP of the revoking identity
+	RevokedVia     string   `json:"revokedVia"` // patient | custodian
 	TxID           string   `json:"txId"`
-}
-
-// PatientIdentity binds a pseudonym to the SHA-256 fingerprint of the patient's own X.509 certificate.
-type PatientIdentity struct {
-	Patient      string `json:"patient"`
-	Fingerprint  string `json:"fingerprint"`
-	RegisteredBy string `json:"registeredBy"`
-	At           string `json:"at"`
 }
 
 // Decision answers a consent check or an access request.
@@ -141,79 +142,48 @@ func grantee(v string) error {
 	return invalid("grantee %q is neither an MSP id nor practitioner:<system>|<value>", v)
 }
 
-// onBehalf decides how the caller may act for the patient: "patient" when it is the patient's registered identity,
-// "custodian" when its org holds the patient's records and a signed document backs the request.
-func onBehalf(ctx contractapi.TransactionContextInterface, caller Caller, patient, documentDigest string) (string, error) {
-	k, err := key(ctx, keyPatientIdentity, patient)
+// grantor decides in whose name the caller records a grant of the patient: as the patient, when its certificate is
+// the patient's confirmed identity at some custodian; or as a custodian org holding the patient's records, with the
+// digest of the consent document the patient signed. It returns how (ViaPatient | ViaCustodian) and, for the
+// patient, the signing certificate's fingerprint.
+func grantor(ctx contractapi.TransactionContextInterface, cfg Config, caller Caller, patient, documentDigest string) (string, string, error) {
+	bound, err := ctx.GetStub().GetStateByPartialCompositeKey(keyBoundIdentity, []string{caller.IDHash, patient})
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
-	var pid PatientIdentity
-	if found, err := getJSON(ctx, k, &pid); err != nil {
-		return "", err
-	} else if found && pid.Fingerprint == caller.IDHash {
-		return "patient", nil
+	isPatient := bound.HasNext()
+	bound.Close()
+	if isPatient {
+		return ViaPatient, caller.IDHash, nil
 	}
-	custodian, err := isCustodian(ctx, patient, caller.MSP)
-	if err != nil {
-		return "", err
+	if other, err := isPatientIdentity(ctx, caller.IDHash); err != nil {
+		return "", "", err
+	} else if other {
+		return "", "", forbidden("this certificate is another patient's own identity; it acts for that patient only")
+	}
+	custodian := false
+	if cfg.kindOf(caller.MSP) == KindProvider {
+		if custodian, err = isCustodian(ctx, patient, caller.MSP); err != nil {
+			return "", "", err
+		}
 	}
 	if !custodian {
-		return "", forbidden("%s is neither the patient nor a custodian of the patient's records", caller.MSP)
+		return "", "", forbidden("%s is neither the patient nor a custodian of the patient's records", caller.MSP)
 	}
 	if documentDigest == "" {
-		return "", forbidden("a custodian acting for the patient must give the digest of the signed consent document")
+		return "", "", forbidden("a custodian acting for the patient must give the digest of the signed consent document")
 	}
 	if err := digestField("documentDigest", documentDigest); err != nil {
-		return "", err
+		return "", "", err
 	}
-	return "custodian", nil
+	return ViaCustodian, "", nil
 }
 
-// RegisterPatientIdentity binds the patient's pseudonym to their own certificate, so that later grants and revokes
-// signed with it are the patient's own. Only a custodian of the patient's records may vouch for the binding.
-func (c *Consent) RegisterPatientIdentity(ctx contractapi.TransactionContextInterface, patient, certificatePEM string) (*PatientIdentity, error) {
-	caller, err := writerOfKind(ctx, c.cfg, KindProvider, "Consent.RegisterPatientIdentity")
-	if err != nil {
-		return nil, err
+func indexKey(ctx contractapi.TransactionContextInterface, rec *ConsentRecord) (string, error) {
+	if rec.GrantedVia == ViaPatient {
+		return key(ctx, keyConsentIndex, rec.Patient, rec.Grantee, "p", rec.Signer, rec.ConsentID)
 	}
-	if err := pseudonym("patient", patient); err != nil {
-		return nil, err
-	}
-	fingerprint, err := certFingerprint(certificatePEM)
-	if err != nil {
-		return nil, err
-	}
-	if ok, err := isCustodian(ctx, patient, caller.MSP); err != nil {
-		return nil, err
-	} else if !ok {
-		return nil, forbidden("%s holds no records of this patient and cannot vouch for their identity", caller.MSP)
-	}
-	now, err := txTime(ctx)
-	if err != nil {
-		return nil, err
-	}
-	pid := PatientIdentity{Patient: patient, Fingerprint: fingerprint, RegisteredBy: caller.MSP, At: timeText(now)}
-	k, err := key(ctx, keyPatientIdentity, patient)
-	if err != nil {
-		return nil, err
-	}
-	if err := putJSON(ctx, k, pid); err != nil {
-		return nil, err
-	}
-	return &pid, emit(ctx, "Consent.PatientIdentityRegistered", pid)
-}
-
-func certFingerprint(certificatePEM string) (string, error) {
-	block, _ := pem.Decode([]byte(certificatePEM))
-	if block == nil || block.Type != "CERTIFICATE" {
-		return "", invalid("certificate must be one PEM-encoded X.509 certificate")
-	}
-	if _, err := x509.ParseCertificate(block.Bytes); err != nil {
-		return "", invalid("certificate does not parse: %v", err)
-	}
-	sum := sha256.Sum256(block.Bytes)
-	return hex.EncodeToString(sum[:]), nil
+	return key(ctx, keyConsentIndex, rec.Patient, rec.Grantee, "c", rec.GrantedBy, rec.ConsentID)
 }
 
 // Grant records a consent grant. A consent id is used once: a changed grant is a revoke plus a new grant.
@@ -229,7 +199,7 @@ func (c *Consent) Grant(ctx contractapi.TransactionContextInterface, grantJSON s
 	if err := g.validate(); err != nil {
 		return nil, err
 	}
-	via, err := onBehalf(ctx, caller, g.Patient, g.DocumentDigest)
+	via, signer, err := grantor(ctx, c.cfg, caller, g.Patient, g.DocumentDigest)
 	if err != nil {
 		return nil, err
 	}
@@ -249,13 +219,13 @@ func (c *Consent) Grant(ctx contractapi.TransactionContextInterface, grantJSON s
 	rec := ConsentRecord{
 		ConsentID: g.ConsentID, Patient: g.Patient, Grantee: g.Grantee, Action: g.Action, Scope: scope,
 		Purpose: g.Purpose, Start: g.Start, End: g.End, Status: "active", GrantedBy: caller.MSP, GrantedVia: via,
-		DocumentDigest: g.DocumentDigest, GrantedAt: timeText(now), TxID: ctx.GetStub().GetTxID(),
+		Signer: signer, DocumentDigest: g.DocumentDigest, GrantedAt: timeText(now), TxID: ctx.GetStub().GetTxID(),
 	}
-	if err := putJSON(ctx, k, rec); err != nil {
+	idx, err := indexKey(ctx, &rec)
+	if err != nil {
 		return nil, err
 	}
-	idx, err := key(ctx, keyConsentByPerson, g.Patient, g.Grantee, g.ConsentID)
-	if err != nil {
+	if err := putJSON(ctx, k, rec); err != nil {
 		return nil, err
 	}
 	if err := putJSON(ctx, idx, g.ConsentID); err != nil {
@@ -264,7 +234,9 @@ func (c *Consent) Grant(ctx contractapi.TransactionContextInterface, grantJSON s
 	return &rec, emit(ctx, "Consent.Granted", rec)
 }
 
-// Revoke ends a grant now. Revoking twice is refused, so a revoke is recorded once.
+// Revoke ends a grant now. A grant the patient signed is revoked by that same certificate. A grant a custodian
+// recorded is revoked by that custodian (with the digest of the patient's signed revocation) or by the patient's
+// identity as that custodian knows it. No other org can revoke it. Revoking twice is refused.
 func (c *Consent) Revoke(ctx contractapi.TransactionContextInterface, consentID, documentDigest string) (*ConsentRecord, error) {
 	caller, err := writer(ctx)
 	if err != nil {
@@ -274,7 +246,8 @@ func (c *Consent) Revoke(ctx contractapi.TransactionContextInterface, consentID,
 	if err != nil {
 		return nil, err
 	}
-	if _, err := onBehalf(ctx, caller, rec.Patient, documentDigest); err != nil {
+	via, err := c.revoker(ctx, caller, rec, documentDigest)
+	if err != nil {
 		return nil, err
 	}
 	if rec.Status != "active" {
@@ -285,7 +258,7 @@ func (c *Consent) Revoke(ctx contractapi.TransactionContextInterface, consentID,
 		return nil, err
 	}
 	rec.Status = "revoked"
-	rec.RevokedAt = timeText(now)
+	rec.RevokedAt, rec.RevokedBy, rec.RevokedVia = timeText(now), caller.MSP, via
 	rec.TxID = ctx.GetStub().GetTxID()
 	if err := putJSON(ctx, k, rec); err != nil {
 		return nil, err
@@ -293,7 +266,44 @@ func (c *Consent) Revoke(ctx contractapi.TransactionContextInterface, consentID,
 	return rec, emit(ctx, "Consent.Revoked", rec)
 }
 
+// revoker decides whether the caller may revoke the grant, and in whose name.
+func (c *Consent) revoker(ctx contractapi.TransactionContextInterface, caller Caller, rec *ConsentRecord, documentDigest string) (string, error) {
+	if rec.GrantedVia == ViaPatient {
+		if caller.IDHash != rec.Signer {
+			return "", forbidden("consent %s was signed by the patient; only the certificate that signed it revokes it", rec.ConsentID)
+		}
+		return ViaPatient, nil
+	}
+	known, err := confirmedAt(ctx, rec.Patient, rec.GrantedBy)
+	if err != nil {
+		return "", err
+	}
+	if known != "" && known == caller.IDHash {
+		return ViaPatient, nil
+	}
+	if caller.MSP != rec.GrantedBy {
+		return "", forbidden("consent %s was recorded by %s; only %s (with the signed document) or the patient's identity it knows may revoke it",
+			rec.ConsentID, rec.GrantedBy, rec.GrantedBy)
+	}
+	if patient, err := isPatientIdentity(ctx, caller.IDHash); err != nil {
+		return "", err
+	} else if patient {
+		return "", forbidden("this certificate is a patient's own identity; it does not act for %s", caller.MSP)
+	}
+	if documentDigest == "" {
+		return "", forbidden("a custodian revoking for the patient must give the digest of the signed revocation document")
+	}
+	if err := digestField("documentDigest", documentDigest); err != nil {
+		return "", err
+	}
+	return ViaCustodian, nil
+}
+
 func (c *Consent) load(ctx contractapi.TransactionContextInterface, consentID string) (*ConsentRecord, string, error) {
+	return loadConsent(ctx, consentID)
+}
+
+func loadConsent(ctx contractapi.TransactionContextInterface, consentID string) (*ConsentRecord, string, error) {
 	if err := matches(idPattern, "consentId", consentID, "a FHIR id"); err != nil {
 		return nil, "", err
 	}
@@ -318,21 +328,63 @@ func (c *Consent) Get(ctx contractapi.TransactionContextInterface, consentID str
 	return rec, err
 }
 
-// Check decides, at the transaction's time, whether the grantee may read the patient's resources of one type for
-// a purpose. Evaluate it to ask; Audit.RecordAccess decides the same way and logs the decision.
-func (c *Consent) Check(ctx contractapi.TransactionContextInterface, patient, granteeID, resourceType, purpose string) (*Decision, error) {
-	return checkConsent(ctx, patient, granteeID, resourceType, purpose)
+// Check decides, at the transaction's time, whether the custodian may release the patient's resources of one type
+// ("*": the whole record) to the grantee for a purpose. Only grants that open that custodian's records count (see
+// Consent). Evaluate it to ask; Audit.RecordAccess decides the same way and logs the decision.
+func (c *Consent) Check(ctx contractapi.TransactionContextInterface, patient, custodian, granteeID, resourceType, purpose string) (*Decision, error) {
+	if err := matches(mspPattern, "custodian", custodian, "an MSP id"); err != nil {
+		return nil, err
+	}
+	if c.cfg.kindOf(custodian) != KindProvider {
+		return nil, invalid("custodian %s is not a provider org of the consortium", custodian)
+	}
+	return checkConsent(ctx, patient, custodian, granteeID, resourceType, purpose)
 }
 
-func checkConsent(ctx contractapi.TransactionContextInterface, patient, granteeID, resourceType, purpose string) (*Decision, error) {
+// grantsOpening lists the ids of the grants to the grantee that can open the custodian's records of the patient:
+// those the custodian recorded, and those signed by the patient identity the custodian has confirmed.
+func grantsOpening(ctx contractapi.TransactionContextInterface, patient, custodian, granteeID string) ([]string, error) {
+	ids, err := listJSON[string](ctx, keyConsentIndex, patient, granteeID, "c", custodian)
+	if err != nil {
+		return nil, err
+	}
+	if len(ids) > maxConsentsChecked {
+		ids = ids[len(ids)-maxConsentsChecked:]
+	}
+	fingerprint, err := confirmedAt(ctx, patient, custodian)
+	if err != nil || fingerprint == "" {
+		return ids, err
+	}
+	own, err := listJSON[string](ctx, keyConsentIndex, patient, granteeID, "p", fingerprint)
+	if err != nil {
+		return nil, err
+	}
+	if len(own) > maxConsentsChecked {
+		own = own[len(own)-maxConsentsChecked:]
+	}
+	return append(ids, own...), nil
+}
+
+// opens says whether a grant can open the custodian's records (the same rule as grantsOpening, for one grant).
+func opens(ctx contractapi.TransactionContextInterface, rec *ConsentRecord, custodian string) (bool, error) {
+	if rec.GrantedVia == ViaCustodian {
+		return rec.GrantedBy == custodian, nil
+	}
+	fingerprint, err := confirmedAt(ctx, rec.Patient, custodian)
+	return err == nil && fingerprint != "" && fingerprint == rec.Signer, err
+}
+
+func checkConsent(ctx contractapi.TransactionContextInterface, patient, custodian, granteeID, resourceType, purpose string) (*Decision, error) {
 	if err := pseudonym("patient", patient); err != nil {
 		return nil, err
 	}
 	if err := grantee(granteeID); err != nil {
 		return nil, err
 	}
-	if err := matches(resourcePattern, "resourceType", resourceType, "a FHIR resource type"); err != nil {
-		return nil, err
+	if resourceType != "*" {
+		if err := matches(resourcePattern, "resourceType", resourceType, "a FHIR resource type"); err != nil {
+			return nil, err
+		}
 	}
 	if !purposes[purpose] {
 		return nil, invalid("purpose %q is not a supported PurposeOfUse code", purpose)
@@ -341,12 +393,9 @@ func checkConsent(ctx contractapi.TransactionContextInterface, patient, granteeI
 	if err != nil {
 		return nil, err
 	}
-	ids, err := listJSON[string](ctx, keyConsentByPerson, patient, granteeID)
+	ids, err := grantsOpening(ctx, patient, custodian, granteeID)
 	if err != nil {
 		return nil, err
-	}
-	if len(ids) > maxConsentsChecked {
-		ids = ids[len(ids)-maxConsentsChecked:]
 	}
 	var reasons []string
 	for _, id := range ids {
@@ -365,12 +414,13 @@ func checkConsent(ctx contractapi.TransactionContextInterface, patient, granteeI
 		return &Decision{Decision: "permit", Reason: "consent " + id + " permits it", ConsentID: id}, nil
 	}
 	if len(reasons) == 0 {
-		return &Decision{Decision: "deny", Reason: "no consent grants " + granteeID + " access to this patient's records"}, nil
+		return &Decision{Decision: "deny", Reason: "no consent that opens " + custodian + "'s records grants " + granteeID + " access to this patient's records"}, nil
 	}
 	return &Decision{Decision: "deny", Reason: strings.Join(reasons, "; ")}, nil
 }
 
-// refusal says why this grant does not permit the access at time t, or "" when it does.
+// refusal says why this grant does not permit the access at time t, or "" when it does. resourceType "*" asks
+// for the whole record, which only a grant of scope "*" covers.
 func (r ConsentRecord) refusal(t time.Time, resourceType, purpose string) string {
 	if r.Status != "active" {
 		return "revoked at " + r.RevokedAt
@@ -390,6 +440,9 @@ func (r ConsentRecord) refusal(t time.Time, resourceType, purpose string) string
 		if s == "*" || s == resourceType {
 			return ""
 		}
+	}
+	if resourceType == "*" {
+		return "does not cover the whole record"
 	}
 	return "does not cover " + resourceType
 }

@@ -22,7 +22,7 @@ func TestProbeWriteValidatesInput(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newWorld("claims")
-			p := newProbe()
+			p := newProbe(testConfig)
 			_, err := call(w, client(t, "HospitalMSP"), p, nil, func(ctx contractapi.TransactionContextInterface) (any, error) {
 				return nil, p.Write(ctx, tc.key, tc.value)
 			})
@@ -33,19 +33,14 @@ func TestProbeWriteValidatesInput(t *testing.T) {
 				}
 				return
 			}
-			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-				t.Fatalf("want error containing %q, got %v", tc.wantErr, err)
-			}
-			if len(w.state) != 0 || len(w.events) != 0 {
-				t.Fatalf("a rejected write changed state or emitted events")
-			}
+			refused(t, w, err, CodeInvalid, tc.wantErr)
 		})
 	}
 }
 
 func TestProbeReadBackAndIncrement(t *testing.T) {
 	w := newWorld("claims")
-	p := newProbe()
+	p := newProbe(testConfig)
 	_, err := call(w, client(t, "InsurerMSP"), p, nil, func(ctx contractapi.TransactionContextInterface) (any, error) {
 		return nil, p.Write(ctx, "k1", "v1")
 	})
@@ -83,4 +78,26 @@ func TestChaincodeBuildsFromAllContracts(t *testing.T) {
 	if _, err := contractapi.NewChaincode(All(testConfig)...); err != nil {
 		t.Fatalf("the contract API rejects the contracts: %v", err)
 	}
+}
+
+// TestProbeAttacks: the probe accepts writes from clients and admins of member orgs only.
+func TestProbeAttacks(t *testing.T) {
+	p := newProbe(testConfig)
+	write := func(a actor) func(t *testing.T, w *world) error {
+		return func(t *testing.T, w *world) error {
+			return do(w, a, p, func(ctx contractapi.TransactionContextInterface) (any, error) { return nil, p.Write(ctx, "k", "v") })
+		}
+	}
+	increment := func(a actor) func(t *testing.T, w *world) error {
+		return func(t *testing.T, w *world) error {
+			return do(w, a, p, func(ctx contractapi.TransactionContextInterface) (int, error) { return p.Increment(ctx, "n") })
+		}
+	}
+	fixture := func(t *testing.T) *world { return newWorld("claims") }
+	runAttacks(t, fixture, []attack{
+		{name: "peer identity writes a probe", move: write(peerOf(t, "HospitalMSP")), code: CodeForbidden, msg: "may not submit"},
+		{name: "orderer identity writes a probe", move: write(newActor(t, "OrdererMSP", "orderer", "o1")), code: CodeForbidden, msg: "may not submit"},
+		{name: "orderer org's admin writes a probe", move: write(admin(t, "OrdererMSP")), code: CodeForbidden, msg: "not a member org"},
+		{name: "peer identity increments a counter", move: increment(peerOf(t, "InsurerMSP")), code: CodeForbidden, msg: "may not submit"},
+	})
 }

@@ -115,7 +115,7 @@ func versionText(v int) string { return fmt.Sprintf("%010d", v) }
 // of its resource, held by the caller's org. Registering exactly what is already registered is accepted and changes
 // nothing, so a client that lost the answer can safely retry.
 func (c *Records) Register(ctx contractapi.TransactionContextInterface, entriesJSON string) (int, error) {
-	caller, err := writerOfKind(ctx, c.cfg, KindProvider, "Records.Register")
+	caller, err := orgWriter(ctx, c.cfg, "Records.Register", KindProvider)
 	if err != nil {
 		return 0, err
 	}
@@ -145,18 +145,24 @@ func (c *Records) Register(ctx contractapi.TransactionContextInterface, entriesJ
 	if err != nil {
 		return 0, err
 	}
+	// Decide every entry before writing any: a refused bundle writes nothing.
 	written := []RecordEntry{}
+	for i, e := range entries {
+		fresh, err := c.check(ctx, caller.MSP, i, e, heads[i])
+		if err != nil {
+			return 0, err
+		}
+		if fresh {
+			written = append(written, e)
+		}
+	}
 	err = batched(ctx, func() error {
 		patients := map[string]bool{}
-		for i, e := range entries {
-			changed, err := c.registerOne(ctx, caller.MSP, i, e, heads[i])
-			if err != nil {
+		for _, e := range written {
+			if err := c.write(ctx, caller.MSP, e); err != nil {
 				return err
 			}
-			if changed {
-				written = append(written, e)
-				patients[e.Patient] = true
-			}
+			patients[e.Patient] = true
 		}
 		for _, p := range sortedKeys(patients) {
 			if err := c.noteCustodian(ctx, p, caller.MSP, timeText(now)); err != nil {
@@ -204,43 +210,55 @@ func (c *Records) heads(ctx contractapi.TransactionContextInterface, entries []R
 	return heads, nil
 }
 
-// registerOne writes one entry as the next version of its resource; head is its current head (nil: new resource).
-func (c *Records) registerOne(ctx contractapi.TransactionContextInterface, msp string, i int, e RecordEntry, head *RecordHead) (bool, error) {
+// check decides whether an entry is the next version of its resource (true), a retry of what is registered
+// (false), or refused; head is the resource's current head (nil: a new resource).
+func (c *Records) check(ctx contractapi.TransactionContextInterface, msp string, i int, e RecordEntry, head *RecordHead) (bool, error) {
+	if head == nil {
+		if e.Version != 1 {
+			return false, conflict("entries[%d]: %s/%s is not registered; its first version is 1, not %d", i, e.ResourceType, e.ID, e.Version)
+		}
+		return true, nil
+	}
+	if head.Custodian != msp {
+		return false, forbidden("entries[%d]: %s/%s is held by %s; only its custodian registers versions", i, e.ResourceType, e.ID, head.Custodian)
+	}
+	if head.Patient != e.Patient {
+		return false, invalid("entries[%d]: %s/%s belongs to another patient", i, e.ResourceType, e.ID)
+	}
+	if e.Version <= head.Version {
+		recKey, err := key(ctx, keyRecord, e.Patient, e.ResourceType, e.ID, versionText(e.Version))
+		if err != nil {
+			return false, err
+		}
+		var prior Record
+		if ok, err := getJSON(ctx, recKey, &prior); err != nil {
+			return false, err
+		} else if ok && prior.Digest == e.Digest {
+			return false, nil // a retry of what is registered already
+		}
+		return false, conflict("entries[%d]: %s/%s is at version %d; version %d is taken", i, e.ResourceType, e.ID, head.Version, e.Version)
+	}
+	if e.Version != head.Version+1 {
+		return false, conflict("entries[%d]: %s/%s is at version %d; the next is %d, not %d", i, e.ResourceType, e.ID, head.Version, head.Version+1, e.Version)
+	}
+	return true, nil
+}
+
+// write stores an entry checked by check as its resource's newest version.
+func (c *Records) write(ctx contractapi.TransactionContextInterface, msp string, e RecordEntry) error {
 	headKey, err := key(ctx, keyRecordHead, e.ResourceType, e.ID)
 	if err != nil {
-		return false, err
+		return err
 	}
 	recKey, err := key(ctx, keyRecord, e.Patient, e.ResourceType, e.ID, versionText(e.Version))
 	if err != nil {
-		return false, err
-	}
-	if head != nil {
-		if head.Custodian != msp {
-			return false, forbidden("entries[%d]: %s/%s is held by %s; only its custodian registers versions", i, e.ResourceType, e.ID, head.Custodian)
-		}
-		if head.Patient != e.Patient {
-			return false, invalid("entries[%d]: %s/%s belongs to another patient", i, e.ResourceType, e.ID)
-		}
-		if e.Version <= head.Version {
-			var prior Record
-			if ok, err := getJSON(ctx, recKey, &prior); err != nil {
-				return false, err
-			} else if ok && prior.Digest == e.Digest {
-				return false, nil // a retry of what is registered already
-			}
-			return false, conflict("entries[%d]: %s/%s is at version %d; version %d is taken", i, e.ResourceType, e.ID, head.Version, e.Version)
-		}
-		if e.Version != head.Version+1 {
-			return false, conflict("entries[%d]: %s/%s is at version %d; the next is %d, not %d", i, e.ResourceType, e.ID, head.Version, head.Version+1, e.Version)
-		}
-	} else if e.Version != 1 {
-		return false, conflict("entries[%d]: %s/%s is not registered; its first version is 1, not %d", i, e.ResourceType, e.ID, e.Version)
+		return err
 	}
 	rec := Record{RecordEntry: e, Custodian: msp, TxID: ctx.GetStub().GetTxID()}
 	if err := putJSON(ctx, recKey, rec); err != nil {
-		return false, err
+		return err
 	}
-	return true, putJSON(ctx, headKey, RecordHead{Patient: e.Patient, Custodian: msp, Version: e.Version})
+	return putJSON(ctx, headKey, RecordHead{Patient: e.Patient, Custodian: msp, Version: e.Version})
 }
 
 func (c *Records) noteCustodian(ctx contractapi.TransactionContextInterface, patient, msp, now string) error {
@@ -343,17 +361,9 @@ func (c *Records) head(ctx contractapi.TransactionContextInterface, resourceType
 // RecordErasure notes that the caller's org crypto-shredded the patient's data key: its content is gone and the
 // digests on chain can no longer be linked to it. The index entries stay; they now point at nothing readable.
 func (c *Records) RecordErasure(ctx contractapi.TransactionContextInterface, patient string) (*Erasure, error) {
-	caller, err := writerOfKind(ctx, c.cfg, KindProvider, "Records.RecordErasure")
+	caller, err := custodianOrg(ctx, c.cfg, "Records.RecordErasure", patient)
 	if err != nil {
 		return nil, err
-	}
-	if err := pseudonym("patient", patient); err != nil {
-		return nil, err
-	}
-	if ok, err := isCustodian(ctx, patient, caller.MSP); err != nil {
-		return nil, err
-	} else if !ok {
-		return nil, forbidden("%s holds no records of this patient", caller.MSP)
 	}
 	now, err := txTime(ctx)
 	if err != nil {

@@ -54,12 +54,11 @@ func TestRecordsRegisterBundleAtomically(t *testing.T) {
 		t.Fatalf("event %s %s", ev.Name, ev.Payload)
 	}
 	// One bad entry rejects the whole bundle: the good entry before it is not registered either.
-	before := len(w.state)
 	_, err = register(t, w, hospital, entry(patientA, "Observation", "o2", 1, digest1), entry(patientA, "Observation", "o3", 1, "nothex"))
-	wantErr(t, err, CodeInvalid, "entries[1].digest")
-	if len(w.state) != before {
-		t.Fatal("a rejected bundle changed state")
-	}
+	refused(t, w, err, CodeInvalid, "entries[1].digest")
+	// A bundle whose last entry conflicts is refused before its first entry is written.
+	_, err = register(t, w, hospital, entry(patientA, "Observation", "o2", 1, digest1), entry(patientA, "Observation", "o1", 3, digest2))
+	refused(t, w, err, CodeConflict, "entries[1]")
 }
 
 func TestRecordsRegisterRejections(t *testing.T) {
@@ -92,10 +91,7 @@ func TestRecordsRegisterRejections(t *testing.T) {
 				a = tc.caller(t)
 			}
 			_, err := register(t, w, a, tc.entries...)
-			wantErr(t, err, tc.code, tc.msg)
-			if len(w.state) != 0 || len(w.events) != 0 {
-				t.Fatal("a rejected registration changed state")
-			}
+			refused(t, w, err, tc.code, tc.msg)
 		})
 	}
 	t.Run("unknown field", func(t *testing.T) {
@@ -216,4 +212,46 @@ func TestRecordsErasure(t *testing.T) {
 	if ev := lastEvent(t, w); ev.Name != "Records.Erased" {
 		t.Fatalf("event %s", ev.Name)
 	}
+}
+
+// TestRecordsAttacks: HospitalMSP holds patientA's Observation o1 (version 1), and patientA's own certificate (issued
+// by the hospital's CA) is confirmed as the patient's identity at the hospital.
+func TestRecordsAttacks(t *testing.T) {
+	hospital, clinic := client(t, "HospitalMSP"), client(t, "ClinicMSP")
+	patient := newActor(t, "HospitalMSP", "client", "patient-app")
+	fixture := func(t *testing.T) *world {
+		w := newWorld("providers")
+		_, err := register(t, w, hospital, entry(patientA, "Observation", "o1", 1, digest1))
+		mustOK(t, err)
+		mustOK(t, registerIdentity(w, hospital, patientA, patient))
+		mustOK(t, confirmIdentity(w, patient, patientA))
+		return w
+	}
+	r := newRecords(testConfig)
+	reg := func(a actor, e RecordEntry) func(t *testing.T, w *world) error {
+		return func(t *testing.T, w *world) error { _, err := register(t, w, a, e); return err }
+	}
+	erase := func(a actor) func(t *testing.T, w *world) error {
+		return func(t *testing.T, w *world) error {
+			return do(w, a, r, func(ctx contractapi.TransactionContextInterface) (*Erasure, error) {
+				return r.RecordErasure(ctx, patientA)
+			})
+		}
+	}
+	fresh := entry(patientA, "Observation", "o2", 1, digest1)
+	runAttacks(t, fixture, []attack{
+		{name: "peer identity registers a bundle", move: reg(peerOf(t, "HospitalMSP"), fresh), code: CodeForbidden, msg: "may not submit"},
+		{name: "orderer identity registers a bundle", move: reg(newActor(t, "HospitalMSP", "orderer", "o1"), fresh), code: CodeForbidden, msg: "may not submit"},
+		{name: "identity without a role registers a bundle", move: reg(newActor(t, "HospitalMSP", "", "x"), fresh), code: CodeForbidden, msg: "may not submit"},
+		{name: "insurer registers records", move: reg(client(t, "InsurerMSP"), fresh), code: CodeForbidden, msg: "only provider orgs"},
+		{name: "org outside the consortium registers records", move: reg(client(t, "NowhereMSP"), fresh), code: CodeForbidden, msg: "only provider orgs"},
+		{name: "another custodian adds a version to a held resource", move: reg(clinic, entry(patientA, "Observation", "o1", 2, digest2)), code: CodeForbidden, msg: "held by HospitalMSP"},
+		{name: "another custodian re-registers a held version with its digest", move: reg(clinic, entry(patientA, "Observation", "o1", 1, digest2)), code: CodeForbidden, msg: "held by HospitalMSP"},
+		{name: "custodian moves a resource to another patient", move: reg(hospital, entry(patientB, "Observation", "o1", 2, digest2)), code: CodeInvalid, msg: "another patient"},
+		{name: "the patient's certificate registers records in its org's name", move: reg(patient, fresh), code: CodeForbidden, msg: "patient's own identity"},
+		{name: "peer identity records an erasure", move: erase(peerOf(t, "HospitalMSP")), code: CodeForbidden, msg: "may not submit"},
+		{name: "insurer records an erasure", move: erase(client(t, "InsurerMSP")), code: CodeForbidden, msg: "only provider orgs"},
+		{name: "org without the records records an erasure", move: erase(clinic), code: CodeForbidden, msg: "holds no records"},
+		{name: "the patient's certificate records an erasure in its org's name", move: erase(patient), code: CodeForbidden, msg: "patient's own identity"},
+	})
 }
