@@ -33,7 +33,7 @@ const (
 type AccessRequest struct {
 	Patient  string `json:"patient"`
 	Accessor string `json:"accessor"` // who asks: an MSP id or practitioner:<system>|<value>
-	Resource string `json:"resource"` // "Observation/abc", or "Patient/<id>/$everything"
+	Resource string `json:"resource"` // "Observation/<resourceKey>", "Observation" (all of a type), or "$everything"
 	Purpose  string `json:"purpose"`
 }
 
@@ -57,17 +57,20 @@ type AuditPage struct {
 	Bookmark string       `json:"bookmark"`
 }
 
-// resourceTypeOf reads "Type/id" (one resource) or "Patient/id/$everything" (the whole record, returned as "*").
+// Everything names the whole record of a patient in an access request.
+const Everything = "$everything"
+
+// resourceTypeOf reads "Type/<resourceKey>" (one resource), "Type" (every resource of the type) or "$everything"
+// (the whole record, returned as "*"). A resource is named by its opaque key: a FHIR id never reaches the log.
 func resourceTypeOf(ref string) (string, error) {
-	parts := strings.Split(ref, "/")
-	whole := len(parts) == 3 && parts[0] == "Patient" && parts[2] == "$everything"
-	if (len(parts) != 2 && !whole) || !resourcePattern.MatchString(parts[0]) || !idPattern.MatchString(parts[1]) {
-		return "", invalid("resource %q is neither Type/id nor Patient/id/$everything", ref)
-	}
-	if whole {
+	if ref == Everything {
 		return "*", nil
 	}
-	return parts[0], nil
+	typ, rkey, one := strings.Cut(ref, "/")
+	if !resourcePattern.MatchString(typ) || (one && !hex64Pattern.MatchString(rkey)) {
+		return "", invalid("resource %q is neither Type/<resourceKey>, Type nor $everything (a resourceKey is 64 lower-case hex)", ref)
+	}
+	return typ, nil
 }
 
 // RecordAccess decides the request against the patient's consents and logs the decision. The caller must be a

@@ -152,7 +152,7 @@ type claimIndexEntry struct {
 }
 
 func (s ClaimSubmission) validate(cfg Config, today time.Time) error {
-	if err := matches(idPattern, "claimId", s.ClaimID, "a claim id"); err != nil {
+	if err := opaqueKey("claimId", s.ClaimID); err != nil {
 		return err
 	}
 	if err := pseudonym("patient", s.Patient); err != nil {
@@ -237,7 +237,7 @@ func transient(ctx contractapi.TransactionContextInterface, name string, v any) 
 }
 
 func (c *Claims) load(ctx contractapi.TransactionContextInterface, claimID string) (*Claim, string, error) {
-	if err := matches(idPattern, "claimId", claimID, "a claim id"); err != nil {
+	if err := opaqueKey("claimId", claimID); err != nil {
 		return nil, "", err
 	}
 	k, err := key(ctx, keyClaim, claimID)

@@ -11,12 +11,12 @@ import (
 var salt = strings.Repeat("5a", 16)
 
 func submission(id string) ClaimSubmission {
-	return ClaimSubmission{ClaimID: id, Patient: patientA, Insurer: "InsurerMSP", ServiceDate: "2026-02-27",
+	return ClaimSubmission{ClaimID: ref(id), Patient: patientA, Insurer: "InsurerMSP", ServiceDate: "2026-02-27",
 		Currency: "USD", TotalCents: 27500, Digest: digest1}
 }
 
 func detail(id string) ClaimDetail {
-	return ClaimDetail{ClaimID: id, Coverage: "Coverage/cov-1", Salt: salt, Lines: []ClaimLine{
+	return ClaimDetail{ClaimID: ref(id), Coverage: "Coverage/cov-1", Salt: salt, Lines: []ClaimLine{
 		{Sequence: 1, Code: "99213", Quantity: 1, UnitPriceCents: 12500, NetCents: 12500},
 		{Sequence: 2, Code: "80053", Quantity: 2, UnitPriceCents: 7500, NetCents: 15000},
 	}}
@@ -36,7 +36,7 @@ func adjudicate(t *testing.T, w *world, a actor, id string, in AdjudicationInput
 	c := newClaims(testConfig)
 	tm := map[string][]byte{transientAdjudge: []byte(mustJSON(t, in))}
 	return call(w, a, c, tm, func(ctx contractapi.TransactionContextInterface) (*Claim, error) {
-		return c.Adjudicate(ctx, id)
+		return c.Adjudicate(ctx, ref(id))
 	})
 }
 
@@ -63,7 +63,7 @@ func TestClaimsSubmitValidation(t *testing.T) {
 	}{
 		{"insurer cannot submit", "InsurerMSP", nil, nil, CodeForbidden, "only provider orgs"},
 		{"pharma cannot submit", "PharmaMSP", nil, nil, CodeForbidden, "only provider orgs"},
-		{"bad claim id", "", func(s *ClaimSubmission) { s.ClaimID = "a b" }, nil, CodeInvalid, "claimId"},
+		{"client claim number instead of a key", "", func(s *ClaimSubmission) { s.ClaimID = "CLM-2026-0001" }, nil, CodeInvalid, "claimId must be an opaque key"},
 		{"patient name", "", func(s *ClaimSubmission) { s.Patient = "John Smith" }, nil, CodeInvalid, "pseudonym"},
 		{"insurer not an insurer", "", func(s *ClaimSubmission) { s.Insurer = "ClinicMSP" }, nil, CodeInvalid, "not an insurer"},
 		{"future service date", "", func(s *ClaimSubmission) { s.ServiceDate = "2026-03-02" }, nil, CodeInvalid, "future"},
@@ -72,7 +72,7 @@ func TestClaimsSubmitValidation(t *testing.T) {
 		{"zero total", "", func(s *ClaimSubmission) { s.TotalCents = 0 }, nil, CodeInvalid, "totalCents"},
 		{"total differs from lines", "", func(s *ClaimSubmission) { s.TotalCents = 27501 }, nil, CodeInvalid, "sum of the lines"},
 		{"no salt", "", nil, func(d *ClaimDetail) { d.Salt = "" }, CodeInvalid, "salt"},
-		{"transient for another claim", "", nil, func(d *ClaimDetail) { d.ClaimID = "other" }, CodeInvalid, "does not match"},
+		{"transient for another claim", "", nil, func(d *ClaimDetail) { d.ClaimID = ref("other") }, CodeInvalid, "does not match"},
 		{"no lines", "", nil, func(d *ClaimDetail) { d.Lines = nil }, CodeInvalid, "1 to 999 lines"},
 		{"repeated sequence", "", nil, func(d *ClaimDetail) { d.Lines[1].Sequence = 1 }, CodeInvalid, "sequence"},
 		{"bad code", "", nil, func(d *ClaimDetail) { d.Lines[0].Code = "" }, CodeInvalid, "billing code"},
@@ -133,7 +133,7 @@ func TestClaimsSubmitKeepsLinesPrivate(t *testing.T) {
 	c := newClaims(testConfig)
 	for _, who := range []string{"HospitalMSP", "InsurerMSP"} {
 		d, err := call(w, client(t, who), c, nil, func(ctx contractapi.TransactionContextInterface) (*ClaimDetail, error) {
-			return c.Lines(ctx, "cl-1")
+			return c.Lines(ctx, ref("cl-1"))
 		})
 		mustOK(t, err)
 		if len(d.Lines) != 2 || d.Lines[0].Code != "99213" {
@@ -141,7 +141,7 @@ func TestClaimsSubmitKeepsLinesPrivate(t *testing.T) {
 		}
 	}
 	_, err = call(w, client(t, "ClinicMSP"), c, nil, func(ctx contractapi.TransactionContextInterface) (*ClaimDetail, error) {
-		return c.Lines(ctx, "cl-1")
+		return c.Lines(ctx, ref("cl-1"))
 	})
 	wantErr(t, err, CodeForbidden, "shared by HospitalMSP and InsurerMSP only")
 }
@@ -158,7 +158,7 @@ func TestClaimsDuplicates(t *testing.T) {
 	d := detail("cl-2")
 	d.Lines[0], d.Lines[1] = d.Lines[1], d.Lines[0]
 	_, err = submit(t, w, hospital, submission("cl-2"), d)
-	wantErr(t, err, CodeConflict, "duplicate claim: cl-1")
+	wantErr(t, err, CodeConflict, "duplicate claim: "+ref("cl-1"))
 
 	// Another day, or another provider, is not a duplicate.
 	s := submission("cl-3")
@@ -170,7 +170,7 @@ func TestClaimsDuplicates(t *testing.T) {
 
 	// A cancelled claim may be filed again.
 	_, err = claimStep(w, hospital, func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error) {
-		return c.Cancel(ctx, "cl-1", "wrong-payer")
+		return c.Cancel(ctx, ref("cl-1"), "wrong-payer")
 	})
 	mustOK(t, err)
 	_, err = submit(t, w, hospital, submission("cl-5"), detail("cl-5"))
@@ -181,17 +181,17 @@ func TestClaimsStateMachine(t *testing.T) {
 	hospital, insurer, clinic := client(t, "HospitalMSP"), client(t, "InsurerMSP"), client(t, "ClinicMSP")
 	pay := func(w *world, a actor, id string) (*Claim, error) {
 		return claimStep(w, a, func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error) {
-			return c.Pay(ctx, id, "EFT-0001")
+			return c.Pay(ctx, ref(id), "EFT-0001")
 		})
 	}
 	cancel := func(w *world, a actor, id string) (*Claim, error) {
 		return claimStep(w, a, func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error) {
-			return c.Cancel(ctx, id, "duplicate-entry")
+			return c.Cancel(ctx, ref(id), "duplicate-entry")
 		})
 	}
 	purge := func(w *world, a actor, id string) (*Claim, error) {
 		return claimStep(w, a, func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error) {
-			return c.PurgeLines(ctx, id)
+			return c.PurgeLines(ctx, ref(id))
 		})
 	}
 
@@ -239,7 +239,7 @@ func TestClaimsStateMachine(t *testing.T) {
 		wantErr(t, err, CodeConflict, "purged already")
 		c := newClaims(testConfig)
 		_, err = call(w, hospital, c, nil, func(ctx contractapi.TransactionContextInterface) (*ClaimDetail, error) {
-			return c.Lines(ctx, "cl-1")
+			return c.Lines(ctx, ref("cl-1"))
 		})
 		wantErr(t, err, CodeNotFound, "purged")
 	})
@@ -259,7 +259,7 @@ func TestClaimsStateMachine(t *testing.T) {
 		}
 		c := newClaims(testConfig)
 		adj, err := call(w, hospital, c, nil, func(ctx contractapi.TransactionContextInterface) (*Adjudication, error) {
-			return c.AdjudicationOf(ctx, "cl-1")
+			return c.AdjudicationOf(ctx, ref("cl-1"))
 		})
 		mustOK(t, err)
 		if adj.Lines[1].Reasons[0] != "45" {
@@ -363,17 +363,17 @@ func TestClaimsAttacks(t *testing.T) {
 	}
 	pay := func(a actor, id string) func(t *testing.T, w *world) error {
 		return step(a, func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error) {
-			return c.Pay(ctx, id, "EFT-1")
+			return c.Pay(ctx, ref(id), "EFT-1")
 		})
 	}
 	cancel := func(a actor, id string) func(t *testing.T, w *world) error {
 		return step(a, func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error) {
-			return c.Cancel(ctx, id, "dup")
+			return c.Cancel(ctx, ref(id), "dup")
 		})
 	}
 	purge := func(a actor, id string) func(t *testing.T, w *world) error {
 		return step(a, func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error) {
-			return c.PurgeLines(ctx, id)
+			return c.PurgeLines(ctx, ref(id))
 		})
 	}
 	later := func(t *testing.T, w *world) { w.now = w.now.Add(2 * time.Hour) }
@@ -418,7 +418,7 @@ func TestClaimsAttacks(t *testing.T) {
 		{name: "an org outside the claim reads its lines", move: func(t *testing.T, w *world) error {
 			c := newClaims(testConfig)
 			return do(w, client(t, "ClinicMSP"), c, func(ctx contractapi.TransactionContextInterface) (*ClaimDetail, error) {
-				return c.Lines(ctx, "cl-sub")
+				return c.Lines(ctx, ref("cl-sub"))
 			})
 		}, code: CodeForbidden, msg: "shared by HospitalMSP and InsurerMSP only"},
 	})

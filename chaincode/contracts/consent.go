@@ -91,7 +91,7 @@ type Decision struct {
 }
 
 func (g Grant) validate() error {
-	if err := matches(idPattern, "consentId", g.ConsentID, "a FHIR id"); err != nil {
+	if err := opaqueKey("consentId", g.ConsentID); err != nil {
 		return err
 	}
 	if err := pseudonym("patient", g.Patient); err != nil {
@@ -304,7 +304,7 @@ func (c *Consent) load(ctx contractapi.TransactionContextInterface, consentID st
 }
 
 func loadConsent(ctx contractapi.TransactionContextInterface, consentID string) (*ConsentRecord, string, error) {
-	if err := matches(idPattern, "consentId", consentID, "a FHIR id"); err != nil {
+	if err := opaqueKey("consentId", consentID); err != nil {
 		return nil, "", err
 	}
 	k, err := key(ctx, keyConsent, consentID)

@@ -9,7 +9,7 @@ import (
 )
 
 func grant(id, grantee string, scope []string, purpose, start, end string) Grant {
-	return Grant{ConsentID: id, Patient: patientA, Grantee: grantee, Action: "read", Scope: scope, Purpose: purpose,
+	return Grant{ConsentID: ref(id), Patient: patientA, Grantee: grantee, Action: "read", Scope: scope, Purpose: purpose,
 		Start: start, End: end, DocumentDigest: digest1}
 }
 
@@ -53,7 +53,7 @@ func doGrant(t *testing.T, w *world, a actor, g Grant) (*ConsentRecord, error) {
 func doRevoke(w *world, a actor, id, doc string) (*ConsentRecord, error) {
 	c := newConsent(testConfig)
 	return call(w, a, c, nil, func(ctx contractapi.TransactionContextInterface) (*ConsentRecord, error) {
-		return c.Revoke(ctx, id, doc)
+		return c.Revoke(ctx, ref(id), doc)
 	})
 }
 
@@ -350,8 +350,8 @@ func TestConsentSurgeryStay(t *testing.T) {
 	cases := []struct {
 		grantee, typ, purpose, decision, reason string
 	}{
-		{surgeon, "Condition", "TREAT", "permit", "stay-surgeon permits"},
-		{lab, "Specimen", "TREAT", "permit", "stay-lab"},
+		{surgeon, "Condition", "TREAT", "permit", ref("stay-surgeon") + " permits"},
+		{lab, "Specimen", "TREAT", "permit", ref("stay-lab")},
 		{lab, "Condition", "TREAT", "deny", "does not cover Condition"},
 		{anest, "Observation", "TREAT", "permit", ""},
 		{anest, "Observation", "HPAYMT", "deny", "purpose TREAT, not HPAYMT"},
@@ -430,7 +430,7 @@ func TestConsentAttacks(t *testing.T) {
 	}
 	hospitalDenies := func(t *testing.T, w *world) {
 		t.Helper()
-		e, err := access(t, w, hospital, AccessRequest{patientA, "ClinicMSP", "Patient/p1/$everything", "TREAT"})
+		e, err := access(t, w, hospital, AccessRequest{patientA, "ClinicMSP", Everything, "TREAT"})
 		mustOK(t, err)
 		if e.Decision != "deny" {
 			t.Fatalf("the hospital serves the clinic: %+v", e)
@@ -450,7 +450,7 @@ func TestConsentAttacks(t *testing.T) {
 			t.Helper()
 			c := newConsent(testConfig)
 			rec, err := call(w, clinic, c, nil, func(ctx contractapi.TransactionContextInterface) (*ConsentRecord, error) {
-				return c.Get(ctx, id)
+				return c.Get(ctx, ref(id))
 			})
 			mustOK(t, err)
 			if rec.Status != "active" {

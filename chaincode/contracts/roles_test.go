@@ -77,6 +77,21 @@ func writes(t *testing.T) []write {
 				return r.RecordErasure(ctx, patientA)
 			})
 		}},
+		{"Records.LinkPatient", "providers", "HospitalMSP", records, func(t *testing.T, w *world, a actor) error {
+			return do(w, a, r, func(ctx contractapi.TransactionContextInterface) (*PatientLink, error) {
+				return r.LinkPatient(ctx, patientA, patientB)
+			})
+		}},
+		{"Records.UnlinkPatient", "providers", "HospitalMSP", func(t *testing.T, w *world) {
+			records(t, w)
+			mustOK(t, do(w, hospital, r, func(ctx contractapi.TransactionContextInterface) (*PatientLink, error) {
+				return r.LinkPatient(ctx, patientA, patientB)
+			}))
+		}, func(t *testing.T, w *world, a actor) error {
+			return do(w, a, r, func(ctx contractapi.TransactionContextInterface) (*PatientLink, error) {
+				return r.UnlinkPatient(ctx, patientA, patientB)
+			})
+		}},
 		{"Consent.RegisterPatientIdentity", "providers", "HospitalMSP", records, func(t *testing.T, w *world, a actor) error {
 			return registerIdentity(w, a, patientA, patient)
 		}},
@@ -97,7 +112,7 @@ func writes(t *testing.T) []write {
 			return err
 		}},
 		{"Audit.RecordAccess", "providers", "HospitalMSP", records, func(t *testing.T, w *world, a actor) error {
-			_, err := access(t, w, a, AccessRequest{patientA, "ClinicMSP", "Observation/o1", "TREAT"})
+			_, err := access(t, w, a, AccessRequest{patientA, "ClinicMSP", obsO1, "TREAT"})
 			return err
 		}},
 		{"Trials.RegisterStudy", "providers", "HospitalMSP", nil, func(t *testing.T, w *world, a actor) error {
@@ -107,7 +122,7 @@ func writes(t *testing.T) []write {
 		}},
 		{"Trials.Enrol", "providers", "HospitalMSP", withStudy, func(t *testing.T, w *world, a actor) error {
 			return do(w, a, tr, func(ctx contractapi.TransactionContextInterface) (*Enrolment, error) {
-				return tr.Enrol(ctx, "study-1", patientA, "c1")
+				return tr.Enrol(ctx, "study-1", patientA, ref("c1"))
 			})
 		}},
 		{"Trials.AnchorDataset", "providers", "HospitalMSP", withStudy, func(t *testing.T, w *world, a actor) error {
@@ -124,15 +139,19 @@ func writes(t *testing.T) []write {
 			return err
 		}},
 		{"Claims.Pay", "claims", "InsurerMSP", adjudicated, func(t *testing.T, w *world, a actor) error {
-			return do(w, a, cl, func(ctx contractapi.TransactionContextInterface) (*Claim, error) { return cl.Pay(ctx, "cl-1", "EFT-1") })
+			return do(w, a, cl, func(ctx contractapi.TransactionContextInterface) (*Claim, error) {
+				return cl.Pay(ctx, ref("cl-1"), "EFT-1")
+			})
 		}},
 		{"Claims.Cancel", "claims", "HospitalMSP", submitted, func(t *testing.T, w *world, a actor) error {
 			return do(w, a, cl, func(ctx contractapi.TransactionContextInterface) (*Claim, error) {
-				return cl.Cancel(ctx, "cl-1", "dup")
+				return cl.Cancel(ctx, ref("cl-1"), "dup")
 			})
 		}},
 		{"Claims.PurgeLines", "claims", "InsurerMSP", adjudicated, func(t *testing.T, w *world, a actor) error {
-			return do(w, a, cl, func(ctx contractapi.TransactionContextInterface) (*Claim, error) { return cl.PurgeLines(ctx, "cl-1") })
+			return do(w, a, cl, func(ctx contractapi.TransactionContextInterface) (*Claim, error) {
+				return cl.PurgeLines(ctx, ref("cl-1"))
+			})
 		}},
 		{"Supply.Commission", "pharma", "PharmaMSP", nil, func(t *testing.T, w *world, a actor) error {
 			return commission(t, w, a, unit("S1"))
@@ -222,7 +241,7 @@ func TestContractsRefuseOtherChannels(t *testing.T) {
 		}},
 		{"Claims.Get", "claims", "ClinicMSP", nil, func(t *testing.T, w *world, a actor) error {
 			c := newClaims(testConfig)
-			return do(w, a, c, func(ctx contractapi.TransactionContextInterface) (*Claim, error) { return c.Get(ctx, "cl-1") })
+			return do(w, a, c, func(ctx contractapi.TransactionContextInterface) (*Claim, error) { return c.Get(ctx, ref("cl-1")) })
 		}},
 		{"Supply.Verify", "pharma", "ClinicMSP", nil, func(t *testing.T, w *world, a actor) error {
 			c := newSupply(testConfig)

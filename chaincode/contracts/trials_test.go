@@ -18,7 +18,7 @@ func TestTrialsLifecycle(t *testing.T) {
 	}
 	enrol := func(a actor, study, subject, consent string) error {
 		_, err := call(w, a, tr, nil, func(ctx contractapi.TransactionContextInterface) (*Enrolment, error) {
-			return tr.Enrol(ctx, study, subject, consent)
+			return tr.Enrol(ctx, study, subject, ref(consent))
 		})
 		return err
 	}
@@ -77,7 +77,7 @@ func TestTrialsLifecycle(t *testing.T) {
 		return tr.Enrolments(ctx, "study-1")
 	})
 	mustOK(t, err)
-	if len(ens) != 1 || ens[0].ConsentID != "c-research" || ens[0].EnrolledBy != "HospitalMSP" {
+	if len(ens) != 1 || ens[0].ConsentID != ref("c-research") || ens[0].EnrolledBy != "HospitalMSP" {
 		t.Fatalf("enrolments %+v", ens)
 	}
 }
@@ -110,7 +110,7 @@ func TestTrialsAttacks(t *testing.T) {
 	enrol := func(a func(t *testing.T) actor, consent string) func(t *testing.T, w *world) error {
 		return func(t *testing.T, w *world) error {
 			return do(w, a(t), tr, func(ctx contractapi.TransactionContextInterface) (*Enrolment, error) {
-				return tr.Enrol(ctx, "study-1", patientA, consent)
+				return tr.Enrol(ctx, "study-1", patientA, ref(consent))
 			})
 		}
 	}
