@@ -385,7 +385,72 @@ func TestClaimsAttacks(t *testing.T) {
 	for msp, kind := range testConfig.OrgKinds {
 		offChannelConfig.OrgKinds[msp] = kind
 	}
+	preauthFixture := func(t *testing.T, w *world) {
+		_, err := submit(t, w, hospital, preauth("pa-1", "expedited"), detail("pa-1"))
+		mustOK(t, err)
+	}
+	decideAs := func(a actor) func(t *testing.T, w *world) error {
+		return func(t *testing.T, w *world) error { _, err := decide(t, w, a, "pa-1", approve); return err }
+	}
+	denied := func(t *testing.T, w *world) {
+		preauthFixture(t, w)
+		_, err := decide(t, w, insurer, "pa-1", deny)
+		mustOK(t, err)
+	}
+	appealAs := func(a actor) func(t *testing.T, w *world) error {
+		return func(t *testing.T, w *world) error { _, err := appeal(w, a, "pa-1"); return err }
+	}
 	runAttacks(t, fixture, []attack{
+		{name: "peer identity submits a batch", move: func(t *testing.T, w *world) error {
+			_, err := submitBatch(t, w, as("HospitalMSP", "peer"), []ClaimSubmission{newClaim}, map[string]ClaimDetail{ref("cl-new"): detail("cl-new")})
+			return err
+		}, code: CodeForbidden, msg: "may not submit"},
+		{name: "insurer submits a batch in a provider's name", move: func(t *testing.T, w *world) error {
+			_, err := submitBatch(t, w, insurer, []ClaimSubmission{newClaim}, map[string]ClaimDetail{ref("cl-new"): detail("cl-new")})
+			return err
+		}, code: CodeForbidden, msg: "only provider orgs"},
+		{name: "peer identity adjudicates a batch", move: func(t *testing.T, w *world) error {
+			_, err := adjudicateBatch(t, w, as("InsurerMSP", "peer"), map[string]AdjudicationInput{ref("cl-sub"): approveAll(0)})
+			return err
+		}, code: CodeForbidden, msg: "may not submit"},
+		{name: "another insurer adjudicates a batch of the claim", move: func(t *testing.T, w *world) error {
+			out, err := adjudicateBatch(t, w, client(t, "Insurer2MSP"), map[string]AdjudicationInput{ref("cl-sub"): approveAll(0)})
+			if err == nil && (out.Results[0].Code != CodeForbidden || len(out.Claims) != 0) {
+				t.Fatalf("results %+v", out.Results)
+			}
+			return err
+		}, then: func(t *testing.T, w *world) { wroteNothing(t, w) }},
+		{name: "provider pays itself in a batch", move: func(t *testing.T, w *world) error {
+			_, err := payBatch(t, w, hospital, "HospitalMSP", "EFT-9", "cl-adj")
+			return err
+		}, code: CodeForbidden, msg: "only insurer orgs"},
+		{name: "another insurer pays the claim in a batch", move: func(t *testing.T, w *world) error {
+			_, err := payBatch(t, w, client(t, "Insurer2MSP"), "HospitalMSP", "EFT-9", "cl-adj")
+			return err
+		}, code: CodeConflict, msg: "addressed to InsurerMSP"},
+		{name: "the insurer pays the claim to another provider", move: func(t *testing.T, w *world) error {
+			_, err := payBatch(t, w, insurer, "ClinicMSP", "EFT-9", "cl-adj")
+			return err
+		}, code: CodeConflict, msg: "is HospitalMSP's, not ClinicMSP's"},
+		{name: "another insurer reuses a payment reference", prep: func(t *testing.T, w *world) {
+			_, err := payBatch(t, w, insurer, "HospitalMSP", "EFT-9", "cl-adj")
+			mustOK(t, err)
+		}, move: func(t *testing.T, w *world) error {
+			_, err := payBatch(t, w, client(t, "Insurer2MSP"), "HospitalMSP", "EFT-9", "cl-adj")
+			return err
+		}, code: CodeConflict, msg: "recorded for another payment"},
+		{name: "peer identity decides a prior authorisation", prep: preauthFixture, move: decideAs(as("InsurerMSP", "peer")), code: CodeForbidden, msg: "may not submit"},
+		{name: "provider approves its own prior authorisation", prep: preauthFixture, move: decideAs(hospital), code: CodeForbidden, msg: "only insurer orgs"},
+		{name: "another insurer decides the prior authorisation", prep: preauthFixture, move: decideAs(client(t, "Insurer2MSP")), code: CodeForbidden, msg: "addressed to InsurerMSP"},
+		{name: "peer identity appeals", prep: denied, move: appealAs(as("HospitalMSP", "peer")), code: CodeForbidden, msg: "may not submit"},
+		{name: "insurer appeals its own denial", prep: denied, move: appealAs(insurer), code: CodeForbidden, msg: "only provider orgs"},
+		{name: "another provider appeals the denial", prep: denied, move: appealAs(client(t, "ClinicMSP")), code: CodeForbidden, msg: "submitted by HospitalMSP"},
+		{name: "provider appeals twice", prep: func(t *testing.T, w *world) {
+			denied(t, w)
+			mustOK(t, appealAs(hospital)(t, w))
+			_, err := decide(t, w, insurer, "pa-1", deny)
+			mustOK(t, err)
+		}, move: appealAs(hospital), code: CodeConflict, msg: "appealed once already"},
 		{name: "peer identity submits a claim", move: sub(as("HospitalMSP", "peer"), newClaim), code: CodeForbidden, msg: "may not submit"},
 		{name: "insurer submits a claim", move: sub(insurer, newClaim), code: CodeForbidden, msg: "only provider orgs"},
 		{name: "manufacturer submits a claim", move: sub(client(t, "PharmaMSP"), newClaim), code: CodeForbidden, msg: "only provider orgs"},

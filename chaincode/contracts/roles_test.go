@@ -46,6 +46,10 @@ func writes(t *testing.T) []write {
 		_, err := adjudicate(t, w, insurer, "cl-1", approveAll(0))
 		mustOK(t, err)
 	}
+	preauthSubmitted := func(t *testing.T, w *world) {
+		_, err := submit(t, w, hospital, preauth("pa-1", "standard"), detail("pa-1"))
+		mustOK(t, err)
+	}
 	commissioned := func(t *testing.T, w *world) { mustOK(t, commission(t, w, pharma, unit("S1"))) }
 	shipped := func(t *testing.T, w *world) {
 		commissioned(t, w)
@@ -152,6 +156,30 @@ func writes(t *testing.T) []write {
 			return do(w, a, cl, func(ctx contractapi.TransactionContextInterface) (*Claim, error) {
 				return cl.PurgeLines(ctx, ref("cl-1"))
 			})
+		}},
+		{"Claims.SubmitBatch", "claims", "HospitalMSP", nil, func(t *testing.T, w *world, a actor) error {
+			_, err := submitBatch(t, w, a, []ClaimSubmission{submission("cl-1")}, map[string]ClaimDetail{ref("cl-1"): detail("cl-1")})
+			return err
+		}},
+		{"Claims.AdjudicateBatch", "claims", "InsurerMSP", submitted, func(t *testing.T, w *world, a actor) error {
+			_, err := adjudicateBatch(t, w, a, map[string]AdjudicationInput{ref("cl-1"): approveAll(0)})
+			return err
+		}},
+		{"Claims.PayBatch", "claims", "InsurerMSP", adjudicated, func(t *testing.T, w *world, a actor) error {
+			_, err := payBatch(t, w, a, "HospitalMSP", "EFT-1", "cl-1")
+			return err
+		}},
+		{"Claims.DecidePreauth", "claims", "InsurerMSP", preauthSubmitted, func(t *testing.T, w *world, a actor) error {
+			_, err := decide(t, w, a, "pa-1", deny)
+			return err
+		}},
+		{"Claims.AppealPreauth", "claims", "HospitalMSP", func(t *testing.T, w *world) {
+			preauthSubmitted(t, w)
+			_, err := decide(t, w, insurer, "pa-1", deny)
+			mustOK(t, err)
+		}, func(t *testing.T, w *world, a actor) error {
+			_, err := appeal(w, a, "pa-1")
+			return err
 		}},
 		{"Supply.Commission", "pharma", "PharmaMSP", nil, func(t *testing.T, w *world, a actor) error {
 			return commission(t, w, a, unit("S1"))
