@@ -35,20 +35,25 @@ type AccessRequest struct {
 	Accessor string `json:"accessor"` // who asks: an MSP id or practitioner:<system>|<value>
 	Resource string `json:"resource"` // "Observation/<resourceKey>", "Observation" (all of a type), or "$everything"
 	Purpose  string `json:"purpose"`
+	// Categories of the one resource requested (FHIR category codes), as the custodian holds it; optional, and only
+	// for a Type/<resourceKey> request. A grant limited to categories covers the resource if it has one of them.
+	Categories []string `json:"categories,omitempty"`
 }
 
 // AuditEntry is one logged access decision.
 type AuditEntry struct {
-	Patient   string `json:"patient"`
-	Accessor  string `json:"accessor"`
-	Custodian string `json:"custodian"`
-	Resource  string `json:"resource"`
-	Purpose   string `json:"purpose"`
-	Decision  string `json:"decision"`
-	Reason    string `json:"reason"`
-	ConsentID string `json:"consentId"`
-	At        string `json:"at"`
-	TxID      string `json:"txId"`
+	Patient    string     `json:"patient"`
+	Accessor   string     `json:"accessor"`
+	Custodian  string     `json:"custodian"`
+	Resource   string     `json:"resource"`
+	Categories []string   `json:"categories"` // of the one resource requested, as the request gave them
+	Purpose    string     `json:"purpose"`
+	Decision   string     `json:"decision"`
+	Reason     string     `json:"reason"`
+	ConsentID  string     `json:"consentId"`
+	Coverage   []Coverage `json:"coverage"` // what the custodian may release: see Decision
+	At         string     `json:"at"`
+	TxID       string     `json:"txId"`
 }
 
 // AuditPage is one page of log entries, oldest first.
@@ -60,22 +65,24 @@ type AuditPage struct {
 // Everything names the whole record of a patient in an access request.
 const Everything = "$everything"
 
-// resourceTypeOf reads "Type/<resourceKey>" (one resource), "Type" (every resource of the type) or "$everything"
-// (the whole record, returned as "*"). A resource is named by its opaque key: a FHIR id never reaches the log.
-func resourceTypeOf(ref string) (string, error) {
-	if ref == Everything {
-		return "*", nil
+// askOf reads "Type/<resourceKey>" (one resource), "Type" (every resource of the type) or "$everything" (the whole
+// record, type "*"). A resource is named by its opaque key: a FHIR id never reaches the log.
+func askOf(req AccessRequest) (ask, error) {
+	if req.Resource == Everything {
+		return ask{resourceType: "*", categories: req.Categories}, nil
 	}
-	typ, rkey, one := strings.Cut(ref, "/")
+	typ, rkey, one := strings.Cut(req.Resource, "/")
 	if !resourcePattern.MatchString(typ) || (one && !hex64Pattern.MatchString(rkey)) {
-		return "", invalid("resource %q is neither Type/<resourceKey>, Type nor $everything (a resourceKey is 64 lower-case hex)", ref)
+		return ask{}, invalid("resource %q is neither Type/<resourceKey>, Type nor $everything (a resourceKey is 64 lower-case hex)", req.Resource)
 	}
-	return typ, nil
+	return ask{resourceType: typ, single: one, categories: req.Categories}, nil
 }
 
 // RecordAccess decides the request against the patient's consents and logs the decision. The caller must be a
-// custodian of the patient's records: the org about to serve them. It returns the decision; a deny is a normal
-// answer here, not an error, so that the deny is committed to the log.
+// custodian of the patient's records: the org about to serve them, and only grants that open its records count. It
+// returns the decision: permit (serve what was asked), partial (serve exactly what the coverage lists: its types
+// and, where given, categories) or deny. A deny is a normal answer here, not an error, so that it is committed to
+// the log.
 func (c *Audit) RecordAccess(ctx contractapi.TransactionContextInterface, requestJSON string) (*AuditEntry, error) {
 	if _, err := orgWriter(ctx, c.cfg, "Audit.RecordAccess", KindProvider); err != nil {
 		return nil, err
@@ -84,7 +91,7 @@ func (c *Audit) RecordAccess(ctx contractapi.TransactionContextInterface, reques
 	if err := decode("request", requestJSON, &req); err != nil {
 		return nil, err
 	}
-	resourceType, err := resourceTypeOf(req.Resource)
+	q, err := askOf(req)
 	if err != nil {
 		return nil, err
 	}
@@ -93,7 +100,7 @@ func (c *Audit) RecordAccess(ctx contractapi.TransactionContextInterface, reques
 		return nil, err
 	}
 	// The caller is the custodian about to serve: only grants that open its own records count.
-	decision, err := checkConsent(ctx, req.Patient, caller.MSP, req.Accessor, resourceType, req.Purpose)
+	decision, err := checkConsent(ctx, req.Patient, caller.MSP, req.Accessor, req.Purpose, q)
 	if err != nil {
 		return nil, err
 	}
@@ -103,9 +110,9 @@ func (c *Audit) RecordAccess(ctx contractapi.TransactionContextInterface, reques
 	}
 	txID := ctx.GetStub().GetTxID()
 	entry := AuditEntry{
-		Patient: req.Patient, Accessor: req.Accessor, Custodian: caller.MSP, Resource: req.Resource,
+		Patient: req.Patient, Accessor: req.Accessor, Custodian: caller.MSP, Resource: req.Resource, Categories: nonNil(req.Categories),
 		Purpose: req.Purpose, Decision: decision.Decision, Reason: decision.Reason, ConsentID: decision.ConsentID,
-		At: timeText(now), TxID: txID,
+		Coverage: decision.Coverage, At: timeText(now), TxID: txID,
 	}
 	raw, err := json.Marshal(entry)
 	if err != nil {

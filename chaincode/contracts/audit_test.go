@@ -14,6 +14,10 @@ var (
 	condC1 = "Condition/" + ref("Condition/c1")
 )
 
+func accessReq(patient, accessor, resource, purpose string) AccessRequest {
+	return AccessRequest{Patient: patient, Accessor: accessor, Resource: resource, Purpose: purpose}
+}
+
 func access(t *testing.T, w *world, a actor, req AccessRequest) (*AuditEntry, error) {
 	t.Helper()
 	c := newAudit(testConfig)
@@ -31,10 +35,10 @@ func TestAuditRecordsPermitAndDeny(t *testing.T) {
 		req      AccessRequest
 		decision string
 	}{
-		{"consented type", AccessRequest{patientA, "ClinicMSP", obsO1, "TREAT"}, "permit"},
-		{"other type", AccessRequest{patientA, "ClinicMSP", condC1, "TREAT"}, "deny"},
-		{"whole record needs a * grant", AccessRequest{patientA, "ClinicMSP", Everything, "TREAT"}, "deny"},
-		{"no consent at all", AccessRequest{patientA, "InsurerMSP", obsO1, "HPAYMT"}, "deny"},
+		{"consented type", accessReq(patientA, "ClinicMSP", obsO1, "TREAT"), "permit"},
+		{"other type", accessReq(patientA, "ClinicMSP", condC1, "TREAT"), "deny"},
+		{"whole record with an Observation grant: that part only", accessReq(patientA, "ClinicMSP", Everything, "TREAT"), "partial"},
+		{"no consent at all", accessReq(patientA, "InsurerMSP", obsO1, "HPAYMT"), "deny"},
 	}
 	for _, tc := range cases {
 		w.now = w.now.Add(time.Minute)
@@ -50,7 +54,7 @@ func TestAuditRecordsPermitAndDeny(t *testing.T) {
 	_, err = doGrant(t, w, patient, grant("c-all", "ClinicMSP", []string{"*"}, "TREAT", "2026-03-01T00:00:00Z", ""))
 	mustOK(t, err)
 	w.now = w.now.Add(time.Minute)
-	e, err := access(t, w, hospital, AccessRequest{patientA, "ClinicMSP", Everything, "TREAT"})
+	e, err := access(t, w, hospital, accessReq(patientA, "ClinicMSP", Everything, "TREAT"))
 	mustOK(t, err)
 	if e.Decision != "permit" || e.ConsentID != ref("c-all") {
 		t.Fatalf("everything with a * grant: %+v", e)
@@ -61,7 +65,7 @@ func TestAuditRecordsPermitAndDeny(t *testing.T) {
 		return c.ByPatient(ctx, patientA, "2026-03-01T00:00:00Z", "2026-03-02T00:00:00Z", 100, "")
 	})
 	mustOK(t, err)
-	if len(byPatient.Entries) != 5 || byPatient.Entries[0].Resource != obsO1 || byPatient.Entries[4].Decision != "permit" {
+	if len(byPatient.Entries) != 5 || byPatient.Entries[0].Resource != obsO1 || byPatient.Entries[2].Decision != Partial || byPatient.Entries[4].Decision != Permit {
 		t.Fatalf("by patient: %+v", byPatient.Entries)
 	}
 	window, err := call(w, hospital, c, nil, func(ctx contractapi.TransactionContextInterface) (*AuditPage, error) {
@@ -82,7 +86,7 @@ func TestAuditRecordsPermitAndDeny(t *testing.T) {
 	// A whole type, as a search asks for it: decided like one resource of that type.
 	for typ, want := range map[string]string{"Observation": "permit", "Condition": "permit", "Specimen": "permit"} {
 		w.now = w.now.Add(time.Minute)
-		e, err := access(t, w, hospital, AccessRequest{patientA, "ClinicMSP", typ, "TREAT"})
+		e, err := access(t, w, hospital, accessReq(patientA, "ClinicMSP", typ, "TREAT"))
 		mustOK(t, err)
 		if e.Decision != want || e.Resource != typ {
 			t.Fatalf("%s: %+v", typ, e)
@@ -91,7 +95,7 @@ func TestAuditRecordsPermitAndDeny(t *testing.T) {
 	_, err = doRevoke(w, patient, "c-all", "")
 	mustOK(t, err)
 	w.now = w.now.Add(time.Minute)
-	if e, _ := access(t, w, hospital, AccessRequest{patientA, "ClinicMSP", "Condition", "TREAT"}); e.Decision != "deny" {
+	if e, _ := access(t, w, hospital, accessReq(patientA, "ClinicMSP", "Condition", "TREAT")); e.Decision != "deny" {
 		t.Fatalf("Condition after the * grant is revoked: %+v", e)
 	}
 }
@@ -105,14 +109,14 @@ func TestAuditRejections(t *testing.T) {
 		code   string
 		msg    string
 	}{
-		{"not a custodian", client(t, "ClinicMSP"), AccessRequest{patientA, "InsurerMSP", obsO1, "HPAYMT"}, CodeForbidden, "holds no records"},
-		{"insurer cannot log", client(t, "InsurerMSP"), AccessRequest{patientA, "InsurerMSP", obsO1, "HPAYMT"}, CodeForbidden, "only provider"},
-		{"a FHIR id instead of the key", hospital, AccessRequest{patientA, "ClinicMSP", "Observation/o1", "TREAT"}, CodeInvalid, "resourceKey"},
-		{"the old $everything form with a patient id", hospital, AccessRequest{patientA, "ClinicMSP", "Patient/p1/$everything", "TREAT"}, CodeInvalid, "resourceKey"},
-		{"bad type", hospital, AccessRequest{patientA, "ClinicMSP", "observation", "TREAT"}, CodeInvalid, "Type/<resourceKey>"},
-		{"bad patient", hospital, AccessRequest{"Jane", "ClinicMSP", obsO1, "TREAT"}, CodeInvalid, "pseudonym"},
-		{"bad accessor", hospital, AccessRequest{patientA, "clinic", obsO1, "TREAT"}, CodeInvalid, "grantee"},
-		{"bad purpose", hospital, AccessRequest{patientA, "ClinicMSP", obsO1, "X"}, CodeInvalid, "purpose"},
+		{"not a custodian", client(t, "ClinicMSP"), accessReq(patientA, "InsurerMSP", obsO1, "HPAYMT"), CodeForbidden, "holds no records"},
+		{"insurer cannot log", client(t, "InsurerMSP"), accessReq(patientA, "InsurerMSP", obsO1, "HPAYMT"), CodeForbidden, "only provider"},
+		{"a FHIR id instead of the key", hospital, accessReq(patientA, "ClinicMSP", "Observation/o1", "TREAT"), CodeInvalid, "resourceKey"},
+		{"the old $everything form with a patient id", hospital, accessReq(patientA, "ClinicMSP", "Patient/p1/$everything", "TREAT"), CodeInvalid, "resourceKey"},
+		{"bad type", hospital, accessReq(patientA, "ClinicMSP", "observation", "TREAT"), CodeInvalid, "Type/<resourceKey>"},
+		{"bad patient", hospital, accessReq("Jane", "ClinicMSP", obsO1, "TREAT"), CodeInvalid, "pseudonym"},
+		{"bad accessor", hospital, accessReq(patientA, "clinic", obsO1, "TREAT"), CodeInvalid, "grantee"},
+		{"bad purpose", hospital, accessReq(patientA, "ClinicMSP", obsO1, "X"), CodeInvalid, "purpose"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -144,7 +148,7 @@ func TestAuditAttacks(t *testing.T) {
 	byMSP := func(msp, role string) func(t *testing.T) actor {
 		return func(t *testing.T) actor { return newActor(t, msp, role, "someone") }
 	}
-	obs := AccessRequest{patientA, "ClinicMSP", obsO1, "TREAT"}
+	obs := accessReq(patientA, "ClinicMSP", obsO1, "TREAT")
 	runAttacks(t, fixture, []attack{
 		{name: "peer identity logs an access", move: log(byMSP("HospitalMSP", "peer"), obs), code: CodeForbidden, msg: "may not submit"},
 		{name: "org without the records logs an access to them", move: log(byMSP("ClinicMSP", "client"), obs), code: CodeForbidden, msg: "holds no records"},
@@ -156,7 +160,7 @@ func TestAuditAttacks(t *testing.T) {
 				_, err := register(t, w, client(t, "ClinicMSP"), entry(patientA, "Observation", "dummy", 1, digest2))
 				mustOK(t, err)
 			},
-			move: log(byMSP("ClinicMSP", "client"), AccessRequest{patientA, "ClinicMSP", condC1, "TREAT"}),
+			move: log(byMSP("ClinicMSP", "client"), accessReq(patientA, "ClinicMSP", condC1, "TREAT")),
 			then: func(t *testing.T, w *world) {
 				var e AuditEntry
 				mustOK(t, json.Unmarshal(lastEvent(t, w).Payload, &e))

@@ -2,6 +2,7 @@ package contracts
 
 import (
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -33,7 +34,15 @@ const (
 	keyConsent         = "consent"    // consentId -> ConsentRecord
 	keyConsentIndex    = "consentIdx" // patient, grantee, "c", custodian | "p", signer fingerprint, consentId -> consentId
 	maxScopeEntries    = 64
+	maxCategories      = 32
 	maxConsentsChecked = 256
+)
+
+// Decisions.
+const (
+	Permit  = "permit"  // the whole request is covered
+	Partial = "partial" // part of it is: release exactly what the coverage lists
+	Deny    = "deny"
 )
 
 // How a grant was recorded.
@@ -47,15 +56,19 @@ var purposes = map[string]bool{
 	"TREAT": true, "ETREAT": true, "HPAYMT": true, "HRESCH": true, "HOPERAT": true, "PATRQT": true, "PUBHLTH": true,
 }
 
-var practitionerPattern = regexp.MustCompile(`^practitioner:[A-Za-z0-9._:|/\-]{1,128}$`)
+var (
+	practitionerPattern = regexp.MustCompile(`^practitioner:[A-Za-z0-9._:|/\-]{1,128}$`)
+	categoryPattern     = regexp.MustCompile(`^[a-z][a-z0-9-]{0,63}$`) // FHIR category codes: laboratory, vital-signs, ...
+)
 
 // Grant is what a grant says; ConsentRecord is what the ledger keeps of it.
 type Grant struct {
 	ConsentID      string   `json:"consentId"`
 	Patient        string   `json:"patient"`
-	Grantee        string   `json:"grantee"` // an MSP id ("ClinicMSP") or "practitioner:<system>|<value>"
-	Action         string   `json:"action"`  // read
-	Scope          []string `json:"scope"`   // resource types, or ["*"]
+	Grantee        string   `json:"grantee"`    // an MSP id ("ClinicMSP") or "practitioner:<system>|<value>"
+	Action         string   `json:"action"`     // read
+	Scope          []string `json:"scope"`      // resource types, or ["*"]
+	Categories     []string `json:"categories"` // optional: only resources of these categories (FHIR codes)
 	Purpose        string   `json:"purpose"`
 	Start          string   `json:"start"`
 	End            string   `json:"end"`
@@ -68,6 +81,7 @@ type ConsentRecord struct {
 	Grantee        string   `json:"grantee"`
 	Action         string   `json:"action"`
 	Scope          []string `json:"scope"`
+	Categories     []string `json:"categories"` // [] = every category
 	Purpose        string   `json:"purpose"`
 	Start          string   `json:"start"`
 	End            string   `json:"end"`
@@ -83,11 +97,21 @@ type ConsentRecord struct {
 	TxID           string   `json:"txId"`
 }
 
-// Decision answers a consent check or an access request.
+// Decision answers a consent check or an access request. Coverage lists every grant that covers the request or
+// part of it, with what it covers: on a partial decision the custodian releases exactly the resources some
+// coverage entry covers (of a listed type, or any type for "*"; and of a listed category when categories are given).
 type Decision struct {
-	Decision  string `json:"decision"` // permit | deny
-	Reason    string `json:"reason"`
-	ConsentID string `json:"consentId"`
+	Decision  string     `json:"decision"` // permit | partial | deny
+	Reason    string     `json:"reason"`
+	ConsentID string     `json:"consentId"` // a grant that covers the whole request ("" unless permit)
+	Coverage  []Coverage `json:"coverage"`
+}
+
+// Coverage is what one grant covers of a request.
+type Coverage struct {
+	ConsentID  string   `json:"consentId"`
+	Scope      []string `json:"scope"`      // resource types, or ["*"]
+	Categories []string `json:"categories"` // [] = every category
 }
 
 func (g Grant) validate() error {
@@ -113,6 +137,9 @@ func (g Grant) validate() error {
 			}
 		}
 	}
+	if err := validCategories("categories", g.Categories); err != nil {
+		return err
+	}
 	if !purposes[g.Purpose] {
 		return invalid("purpose %q is not a supported PurposeOfUse code (TREAT, ETREAT, HPAYMT, HRESCH, ...)", g.Purpose)
 	}
@@ -131,6 +158,24 @@ func (g Grant) validate() error {
 	}
 	if g.DocumentDigest != "" {
 		return digestField("documentDigest", g.DocumentDigest)
+	}
+	return nil
+}
+
+// validCategories checks a list of category codes: at most 32, each a lower-case code, none twice.
+func validCategories(field string, cats []string) error {
+	if len(cats) > maxCategories {
+		return invalid("%s lists at most %d categories", field, maxCategories)
+	}
+	seen := map[string]bool{}
+	for _, c := range cats {
+		if err := matches(categoryPattern, field, c, "a category code (lower-case letters, digits and -)"); err != nil {
+			return err
+		}
+		if seen[c] {
+			return invalid("%s lists %s twice", field, c)
+		}
+		seen[c] = true
 	}
 	return nil
 }
@@ -216,8 +261,10 @@ func (c *Consent) Grant(ctx contractapi.TransactionContextInterface, grantJSON s
 	}
 	scope := append([]string(nil), g.Scope...)
 	sort.Strings(scope)
+	categories := append([]string{}, g.Categories...)
+	sort.Strings(categories)
 	rec := ConsentRecord{
-		ConsentID: g.ConsentID, Patient: g.Patient, Grantee: g.Grantee, Action: g.Action, Scope: scope,
+		ConsentID: g.ConsentID, Patient: g.Patient, Grantee: g.Grantee, Action: g.Action, Scope: scope, Categories: categories,
 		Purpose: g.Purpose, Start: g.Start, End: g.End, Status: "active", GrantedBy: caller.MSP, GrantedVia: via,
 		Signer: signer, DocumentDigest: g.DocumentDigest, GrantedAt: timeText(now), TxID: ctx.GetStub().GetTxID(),
 	}
@@ -329,8 +376,9 @@ func (c *Consent) Get(ctx contractapi.TransactionContextInterface, consentID str
 }
 
 // Check decides, at the transaction's time, whether the custodian may release the patient's resources of one type
-// ("*": the whole record) to the grantee for a purpose. Only grants that open that custodian's records count (see
-// Consent). Evaluate it to ask; Audit.RecordAccess decides the same way and logs the decision.
+// ("*": the whole record) to the grantee for a purpose: permit, partial (only what the coverage lists, e.g. some
+// categories) or deny. Only grants that open that custodian's records count (see Consent). Evaluate it to ask;
+// Audit.RecordAccess decides the same way, also for one resource of known categories, and logs the decision.
 func (c *Consent) Check(ctx contractapi.TransactionContextInterface, patient, custodian, granteeID, resourceType, purpose string) (*Decision, error) {
 	if err := matches(mspPattern, "custodian", custodian, "an MSP id"); err != nil {
 		return nil, err
@@ -338,7 +386,15 @@ func (c *Consent) Check(ctx contractapi.TransactionContextInterface, patient, cu
 	if c.cfg.kindOf(custodian) != KindProvider {
 		return nil, invalid("custodian %s is not a provider org of the consortium", custodian)
 	}
-	return checkConsent(ctx, patient, custodian, granteeID, resourceType, purpose)
+	return checkConsent(ctx, patient, custodian, granteeID, purpose, ask{resourceType: resourceType})
+}
+
+// ask is what a request asks for: every resource of a type ("*": the whole record), or one resource of a type with
+// the categories it has.
+type ask struct {
+	resourceType string
+	single       bool
+	categories   []string
 }
 
 // grantsOpening lists the ids of the grants to the grantee that can open the custodian's records of the patient:
@@ -374,17 +430,23 @@ func opens(ctx contractapi.TransactionContextInterface, rec *ConsentRecord, cust
 	return err == nil && fingerprint != "" && fingerprint == rec.Signer, err
 }
 
-func checkConsent(ctx contractapi.TransactionContextInterface, patient, custodian, granteeID, resourceType, purpose string) (*Decision, error) {
+func checkConsent(ctx contractapi.TransactionContextInterface, patient, custodian, granteeID, purpose string, q ask) (*Decision, error) {
 	if err := pseudonym("patient", patient); err != nil {
 		return nil, err
 	}
 	if err := grantee(granteeID); err != nil {
 		return nil, err
 	}
-	if resourceType != "*" {
-		if err := matches(resourcePattern, "resourceType", resourceType, "a FHIR resource type"); err != nil {
+	if q.resourceType != "*" {
+		if err := matches(resourcePattern, "resourceType", q.resourceType, "a FHIR resource type"); err != nil {
 			return nil, err
 		}
+	}
+	if err := validCategories("categories", q.categories); err != nil {
+		return nil, err
+	}
+	if !q.single && len(q.categories) > 0 {
+		return nil, invalid("categories describe one requested resource; a request for a type or the whole record has none")
 	}
 	if !purposes[purpose] {
 		return nil, invalid("purpose %q is not a supported PurposeOfUse code", purpose)
@@ -397,7 +459,8 @@ func checkConsent(ctx contractapi.TransactionContextInterface, patient, custodia
 	if err != nil {
 		return nil, err
 	}
-	var reasons []string
+	d := &Decision{Decision: Deny, Coverage: []Coverage{}}
+	var reasons, partial []string
 	for _, id := range ids {
 		k, err := key(ctx, keyConsent, id)
 		if err != nil {
@@ -407,21 +470,44 @@ func checkConsent(ctx contractapi.TransactionContextInterface, patient, custodia
 		if _, err := getJSON(ctx, k, &rec); err != nil {
 			return nil, err
 		}
-		if why := rec.refusal(now, resourceType, purpose); why != "" {
+		if why := rec.inForce(now, purpose); why != "" {
 			reasons = append(reasons, "consent "+id+": "+why)
 			continue
 		}
-		return &Decision{Decision: "permit", Reason: "consent " + id + " permits it", ConsentID: id}, nil
+		reach, why := rec.reach(q)
+		if reach == "" {
+			reasons = append(reasons, "consent "+id+": "+why)
+			continue
+		}
+		d.Coverage = append(d.Coverage, Coverage{ConsentID: id, Scope: rec.Scope, Categories: nonNil(rec.Categories)})
+		if reach == "all" && d.ConsentID == "" {
+			d.ConsentID = id
+		} else if reach == "part" {
+			partial = append(partial, id)
+		}
 	}
-	if len(reasons) == 0 {
-		return &Decision{Decision: "deny", Reason: "no consent that opens " + custodian + "'s records grants " + granteeID + " access to this patient's records"}, nil
+	switch {
+	case d.ConsentID != "":
+		d.Decision, d.Reason = Permit, "consent "+d.ConsentID+" permits it"
+	case len(partial) > 0:
+		d.Decision, d.Reason = Partial, "consents "+strings.Join(partial, ", ")+" cover part of it; release only what the coverage lists"
+	case len(reasons) == 0:
+		d.Reason = "no consent that opens " + custodian + "'s records grants " + granteeID + " access to this patient's records"
+	default:
+		d.Reason = strings.Join(reasons, "; ")
 	}
-	return &Decision{Decision: "deny", Reason: strings.Join(reasons, "; ")}, nil
+	return d, nil
 }
 
-// refusal says why this grant does not permit the access at time t, or "" when it does. resourceType "*" asks
-// for the whole record, which only a grant of scope "*" covers.
-func (r ConsentRecord) refusal(t time.Time, resourceType, purpose string) string {
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// inForce says why this grant does not apply at time t for the purpose, or "" when it does.
+func (r ConsentRecord) inForce(t time.Time, purpose string) string {
 	if r.Status != "active" {
 		return "revoked at " + r.RevokedAt
 	}
@@ -436,13 +522,34 @@ func (r ConsentRecord) refusal(t time.Time, resourceType, purpose string) string
 	if r.Purpose != purpose {
 		return "granted for purpose " + r.Purpose + ", not " + purpose
 	}
-	for _, s := range r.Scope {
-		if s == "*" || s == resourceType {
-			return ""
+	return ""
+}
+
+// reach says how much of the request the grant covers: "all", "part", or "" (nothing, with the reason). The whole
+// record is covered by scope "*" without categories; any grant covers part of it. A type is covered by "*" or the
+// type, wholly without categories, partly with them. One resource is covered when its type is and, if the grant
+// names categories, it has one of them.
+func (r ConsentRecord) reach(q ask) (string, string) {
+	restricted := len(r.Categories) > 0
+	if q.resourceType == "*" {
+		if slices.Contains(r.Scope, "*") && !restricted {
+			return "all", ""
+		}
+		return "part", ""
+	}
+	if !slices.Contains(r.Scope, "*") && !slices.Contains(r.Scope, q.resourceType) {
+		return "", "does not cover " + q.resourceType
+	}
+	switch {
+	case !restricted:
+		return "all", ""
+	case !q.single:
+		return "part", ""
+	}
+	for _, c := range q.categories {
+		if slices.Contains(r.Categories, c) {
+			return "all", ""
 		}
 	}
-	if resourceType == "*" {
-		return "does not cover the whole record"
-	}
-	return "does not cover " + resourceType
+	return "", "covers only categories " + strings.Join(r.Categories, ", ") + " of " + q.resourceType
 }

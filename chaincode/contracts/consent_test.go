@@ -430,7 +430,7 @@ func TestConsentAttacks(t *testing.T) {
 	}
 	hospitalDenies := func(t *testing.T, w *world) {
 		t.Helper()
-		e, err := access(t, w, hospital, AccessRequest{patientA, "ClinicMSP", Everything, "TREAT"})
+		e, err := access(t, w, hospital, accessReq(patientA, "ClinicMSP", Everything, "TREAT"))
 		mustOK(t, err)
 		if e.Decision != "deny" {
 			t.Fatalf("the hospital serves the clinic: %+v", e)

@@ -32,9 +32,9 @@ func TestNoClientIDOnTheLedger(t *testing.T) {
 	g.DocumentDigest = ""
 	_, err = doGrant(t, providers, patient, g)
 	mustOK(t, err)
-	_, err = access(t, providers, hospital, AccessRequest{patientA, "ClinicMSP", "Observation/" + ref("Observation/"+mrn+"-1"), "TREAT"})
+	_, err = access(t, providers, hospital, accessReq(patientA, "ClinicMSP", "Observation/"+ref("Observation/"+mrn+"-1"), "TREAT"))
 	mustOK(t, err)
-	_, err = access(t, providers, hospital, AccessRequest{patientA, "ClinicMSP", Everything, "TREAT"})
+	_, err = access(t, providers, hospital, accessReq(patientA, "ClinicMSP", Everything, "TREAT"))
 	mustOK(t, err)
 	_, err = doRevoke(providers, patient, mrn+"-consent", "")
 	mustOK(t, err)

@@ -58,15 +58,30 @@ type RecordEntry struct {
 	ResourceKey  string `json:"resourceKey"`
 	Version      int    `json:"version"`
 	Digest       string `json:"digest"`
+	DigestScheme string `json:"digestScheme"` // how digest was computed: v1 (default) | v2
 	LastUpdated  string `json:"lastUpdated"`
 	Size         int64  `json:"size"`
 }
+
+// Digest schemes: how a custodian computed a resource version's digest, so that it can be verified later.
+const (
+	SchemeWholeResource = "v1" // HMAC over the whole canonical resource
+	SchemeMerkle        = "v2" // Merkle root over salted leaves of the resource's elements (selective disclosure)
+)
 
 // Record is a registered resource version: the entry as registered, by whom, in which transaction.
 type Record struct {
 	RecordEntry
 	Custodian string `json:"custodian"`
 	TxID      string `json:"txId"`
+}
+
+// schemeOrDefault is the record's digest scheme; records registered before schemes existed are v1.
+func (r Record) schemeOrDefault() string {
+	if r.DigestScheme == "" {
+		return SchemeWholeResource
+	}
+	return r.DigestScheme
 }
 
 // RecordHead points at a resource's newest version and fixes who holds it, whose it is and what type it is.
@@ -144,6 +159,9 @@ func (e RecordEntry) validate(i int) error {
 	if err := digestField(at+".digest", e.Digest); err != nil {
 		return err
 	}
+	if e.DigestScheme != SchemeWholeResource && e.DigestScheme != SchemeMerkle {
+		return invalid("%s.digestScheme %q is not v1 or v2", at, e.DigestScheme)
+	}
 	if _, err := instant(at+".lastUpdated", e.LastUpdated); err != nil {
 		return err
 	}
@@ -181,6 +199,10 @@ func (c *Records) Register(ctx contractapi.TransactionContextInterface, entriesJ
 	}
 	seen := map[string]bool{}
 	for i, e := range entries {
+		if e.DigestScheme == "" {
+			e.DigestScheme = SchemeWholeResource
+			entries[i] = e
+		}
 		if err := e.validate(i); err != nil {
 			return 0, err
 		}
@@ -293,7 +315,7 @@ func (c *Records) check(ctx contractapi.TransactionContextInterface, msp string,
 		var prior Record
 		if ok, err := getJSON(ctx, recKey, &prior); err != nil {
 			return false, err
-		} else if ok && prior.Digest == e.Digest {
+		} else if ok && prior.Digest == e.Digest && prior.schemeOrDefault() == e.DigestScheme {
 			return false, nil // a retry of what is registered already
 		}
 		return false, conflict("entries[%d]: resource %s is at version %d; version %d is taken", i, e.ResourceKey, head.Version, e.Version)
@@ -561,6 +583,7 @@ func (c *Records) Get(ctx contractapi.TransactionContextInterface, resourceKey s
 	if _, err := getJSON(ctx, k, &rec); err != nil {
 		return nil, err
 	}
+	rec.DigestScheme = rec.schemeOrDefault()
 	return &rec, nil
 }
 

@@ -392,7 +392,7 @@ func TestRecordsPatientLinks(t *testing.T) {
 	_, err = register(t, w, clinic, entry(consortium, "Patient", "p-c", 1, digest1))
 	mustOK(t, err)
 
-	_, err = access(t, w, hospital, AccessRequest{consortium, "ClinicMSP", Everything, "TREAT"})
+	_, err = access(t, w, hospital, accessReq(consortium, "ClinicMSP", Everything, "TREAT"))
 	refused(t, w, err, CodeForbidden, "holds no records")
 
 	l, err := link(hospital, local, consortium)
@@ -419,7 +419,7 @@ func TestRecordsPatientLinks(t *testing.T) {
 		t.Fatalf("custodians %+v", cs)
 	}
 	// Linked, the hospital answers for the consortium pseudonym: it logs accesses and records consents for it.
-	e, err := access(t, w, hospital, AccessRequest{consortium, "ClinicMSP", Everything, "TREAT"})
+	e, err := access(t, w, hospital, accessReq(consortium, "ClinicMSP", Everything, "TREAT"))
 	mustOK(t, err)
 	if e.Decision != "deny" || e.Custodian != "HospitalMSP" {
 		t.Fatalf("access %+v", e)
@@ -428,7 +428,7 @@ func TestRecordsPatientLinks(t *testing.T) {
 	g.Patient = consortium
 	_, err = doGrant(t, w, hospital, g)
 	mustOK(t, err)
-	if e, _ = access(t, w, hospital, AccessRequest{consortium, "ClinicMSP", Everything, "TREAT"}); e.Decision != "permit" {
+	if e, _ = access(t, w, hospital, accessReq(consortium, "ClinicMSP", Everything, "TREAT")); e.Decision != "permit" {
 		t.Fatalf("access after the grant %+v", e)
 	}
 
@@ -444,7 +444,7 @@ func TestRecordsPatientLinks(t *testing.T) {
 	if cs := custodians(); len(cs) != 1 {
 		t.Fatalf("custodians after unlink %+v", cs)
 	}
-	_, err = access(t, w, hospital, AccessRequest{consortium, "ClinicMSP", Everything, "TREAT"})
+	_, err = access(t, w, hospital, accessReq(consortium, "ClinicMSP", Everything, "TREAT"))
 	refused(t, w, err, CodeForbidden, "holds no records")
 	links, err := call(w, clinic, r, nil, func(ctx contractapi.TransactionContextInterface) ([]PatientLink, error) {
 		return r.Links(ctx, consortium)
@@ -501,7 +501,7 @@ func TestRecordsLinkAttacks(t *testing.T) {
 				t.Fatalf("the hospital's records were linked to the victim: %+v", cs)
 			}
 		}
-		_, err = access(t, w, hospital, AccessRequest{victim, "ClinicMSP", Everything, "TREAT"})
+		_, err = access(t, w, hospital, accessReq(victim, "ClinicMSP", Everything, "TREAT"))
 		wantErr(t, err, CodeForbidden, "holds no records")
 	}
 	runAttacks(t, fixture, []attack{

@@ -116,7 +116,7 @@ func writes(t *testing.T) []write {
 			return err
 		}},
 		{"Audit.RecordAccess", "providers", "HospitalMSP", records, func(t *testing.T, w *world, a actor) error {
-			_, err := access(t, w, a, AccessRequest{patientA, "ClinicMSP", obsO1, "TREAT"})
+			_, err := access(t, w, a, accessReq(patientA, "ClinicMSP", obsO1, "TREAT"))
 			return err
 		}},
 		{"Trials.RegisterStudy", "providers", "HospitalMSP", nil, func(t *testing.T, w *world, a actor) error {

@@ -136,7 +136,13 @@ func (c *Trials) Enrol(ctx contractapi.TransactionContextInterface, studyID, sub
 	} else if !ok {
 		return nil, forbidden("consent %s was recorded by %s; it does not open %s's records", consentID, consent.GrantedBy, caller.MSP)
 	}
-	if why := consent.refusal(now, "ResearchSubject", "HRESCH"); why != "" {
+	why := consent.inForce(now, "HRESCH")
+	if why == "" {
+		if reach, notCovered := consent.reach(ask{resourceType: "ResearchSubject"}); reach == "" {
+			why = notCovered
+		}
+	}
+	if why != "" {
 		return nil, forbidden("consent %s does not allow enrolment: %s", consentID, why)
 	}
 	k, err := key(ctx, keyEnrolment, studyID, subject)
