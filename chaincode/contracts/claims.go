@@ -139,15 +139,15 @@ type Claim struct {
 	TxID          string `json:"txId"`
 
 	// Prior authorisation only.
-	Priority        string            `json:"priority,omitempty"`        // expedited | standard
-	DueAt           string            `json:"dueAt,omitempty"`           // when the open request must be decided
-	Decisions       []PreauthDecision `json:"decisions,omitempty"`       // every decision, oldest first
-	DecidedAt       string            `json:"decidedAt,omitempty"`       // first approval or denial of the request
-	PreAuthRef      string            `json:"preAuthRef,omitempty"`      // the insurer's authorisation number
-	DenialReason    string            `json:"denialReason,omitempty"`    // reason code of the standing denial
-	AppealedAt      string            `json:"appealedAt,omitempty"`      // the provider's one appeal
-	AppealDigest    string            `json:"appealDigest,omitempty"`    // digest of the appeal's documentation
-	AppealDecidedAt string            `json:"appealDecidedAt,omitempty"` // approval or denial of the appeal
+	Priority        string            `json:"priority,omitempty" metadata:",optional"`        // expedited | standard
+	DueAt           string            `json:"dueAt,omitempty" metadata:",optional"`           // when the open request must be decided
+	Decisions       []PreauthDecision `json:"decisions,omitempty" metadata:",optional"`       // every decision, oldest first
+	DecidedAt       string            `json:"decidedAt,omitempty" metadata:",optional"`       // first approval or denial of the request
+	PreAuthRef      string            `json:"preAuthRef,omitempty" metadata:",optional"`      // the insurer's authorisation number
+	DenialReason    string            `json:"denialReason,omitempty" metadata:",optional"`    // reason code of the standing denial
+	AppealedAt      string            `json:"appealedAt,omitempty" metadata:",optional"`      // the provider's one appeal
+	AppealDigest    string            `json:"appealDigest,omitempty" metadata:",optional"`    // digest of the appeal's documentation
+	AppealDecidedAt string            `json:"appealDecidedAt,omitempty" metadata:",optional"` // approval or denial of the appeal
 }
 
 func (cl *Claim) preauth() bool { return cl.Use == UsePreauth }
@@ -579,6 +579,9 @@ func (c *Claims) prepareAdjudication(ctx contractapi.TransactionContextInterface
 	outcome, approved, err := judge(detail, in)
 	if err != nil {
 		return nil, err
+	}
+	for i := range in.Lines {
+		in.Lines[i].Reasons = nonNil(in.Lines[i].Reasons)
 	}
 	cl.Status, cl.Outcome, cl.ApprovedCents = StatusAdjudicated, outcome, approved
 	cl.AdjudicatedAt = timeText(now)

@@ -34,7 +34,7 @@ type ClaimResult struct {
 	Status  string `json:"status"` // adjudicated | refused
 	Code    string `json:"code"`
 	Message string `json:"message"`
-	Claim   *Claim `json:"claim"`
+	Claim   *Claim `json:"claim,omitempty" metadata:",optional"` // absent when refused
 }
 
 // AdjudicatedBatch answers AdjudicateBatch and is the payload of Claims.AdjudicatedBatch.

@@ -366,6 +366,7 @@ func loadConsent(ctx contractapi.TransactionContextInterface, consentID string) 
 	if !found {
 		return nil, "", notFound("consent %s does not exist", consentID)
 	}
+	rec.Categories = nonNil(rec.Categories)
 	return &rec, k, nil
 }
 

@@ -149,7 +149,13 @@ type fakeStub struct {
 	purges    []string
 	events    []fakeEvent
 	committed bool
+	fn        string   // through the contract API (invoke): "Contract:Function"
+	args      []string // and its arguments
+	creator   []byte   // serialized identity of the caller
 }
+
+func (s *fakeStub) GetFunctionAndParameters() (string, []string) { return s.fn, s.args }
+func (s *fakeStub) GetCreator() ([]byte, error)                  { return s.creator, nil }
 
 // wrote says what the call tried to write (state, private data, purges, events), or "" when nothing.
 func (s *fakeStub) wrote() string {

@@ -547,7 +547,7 @@ func recordPage(ctx contractapi.TransactionContextInterface, pageSize int, bookm
 	if err != nil {
 		return nil, err
 	}
-	return &RecordPage{Records: recs, Bookmark: next}, nil
+	return &RecordPage{Records: withSchemes(recs), Bookmark: next}, nil
 }
 
 // History lists every registered version of one resource, oldest first.
@@ -556,10 +556,21 @@ func (c *Records) History(ctx contractapi.TransactionContextInterface, resourceK
 	if err != nil {
 		return nil, err
 	}
+	var recs []Record
 	if head.Directory {
-		return listJSON[Record](ctx, keyDirectory, head.Custodian, head.ResourceType, resourceKey)
+		recs, err = listJSON[Record](ctx, keyDirectory, head.Custodian, head.ResourceType, resourceKey)
+	} else {
+		recs, err = listJSON[Record](ctx, keyRecord, head.Patient, head.ResourceType, resourceKey)
 	}
-	return listJSON[Record](ctx, keyRecord, head.Patient, head.ResourceType, resourceKey)
+	return withSchemes(recs), err
+}
+
+// withSchemes fills in the digest scheme of records stored before schemes existed.
+func withSchemes(recs []Record) []Record {
+	for i := range recs {
+		recs[i].DigestScheme = recs[i].schemeOrDefault()
+	}
+	return recs
 }
 
 // Get returns one version of a resource; version 0 means the newest.
