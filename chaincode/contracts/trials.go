@@ -209,6 +209,9 @@ func (c *Trials) VerifyDataset(ctx contractapi.TransactionContextInterface, stud
 	if _, err := c.study(ctx, studyID); err != nil {
 		return nil, err
 	}
+	if err := matches(versionPattern, "version", version, "a dataset version"); err != nil {
+		return nil, err
+	}
 	if err := digestField("digest", digest); err != nil {
 		return nil, err
 	}
