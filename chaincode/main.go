@@ -7,7 +7,7 @@
 //	CHAINCODE_SERVER_ADDRESS  host:port to listen on
 //	CHAINCODE_TLS_CERT, CHAINCODE_TLS_KEY   server certificate and key (PEM files)
 //	CHAINCODE_TLS_CLIENT_CA   CA that signs the peers' client certificate; makes TLS mutual
-//	CARELEDGER_CHAINCODE_CONFIG  JSON: each member MSP's kind and each channel's contracts (contracts.Config)
+//	CARELEDGER_CHAINCODE_CONFIG  JSON: each member MSP's kind, each channel's contracts and members (contracts.Config)
 package main
 
 import (

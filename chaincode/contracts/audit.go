@@ -33,22 +33,27 @@ const (
 type AccessRequest struct {
 	Patient  string `json:"patient"`
 	Accessor string `json:"accessor"` // who asks: an MSP id or practitioner:<system>|<value>
-	Resource string `json:"resource"` // "Observation/abc", or "Patient/<id>/$everything"
+	Resource string `json:"resource"` // "Observation/<resourceKey>", "Observation" (all of a type), or "$everything"
 	Purpose  string `json:"purpose"`
+	// Categories of the one resource requested (FHIR category codes), as the custodian holds it; optional, and only
+	// for a Type/<resourceKey> request. A grant limited to categories covers the resource if it has one of them.
+	Categories []string `json:"categories,omitempty"`
 }
 
 // AuditEntry is one logged access decision.
 type AuditEntry struct {
-	Patient   string `json:"patient"`
-	Accessor  string `json:"accessor"`
-	Custodian string `json:"custodian"`
-	Resource  string `json:"resource"`
-	Purpose   string `json:"purpose"`
-	Decision  string `json:"decision"`
-	Reason    string `json:"reason"`
-	ConsentID string `json:"consentId"`
-	At        string `json:"at"`
-	TxID      string `json:"txId"`
+	Patient    string     `json:"patient"`
+	Accessor   string     `json:"accessor"`
+	Custodian  string     `json:"custodian"`
+	Resource   string     `json:"resource"`
+	Categories []string   `json:"categories"` // of the one resource requested, as the request gave them
+	Purpose    string     `json:"purpose"`
+	Decision   string     `json:"decision"`
+	Reason     string     `json:"reason"`
+	ConsentID  string     `json:"consentId"`
+	Coverage   []Coverage `json:"coverage"` // what the custodian may release: see Decision
+	At         string     `json:"at"`
+	TxID       string     `json:"txId"`
 }
 
 // AuditPage is one page of log entries, oldest first.
@@ -57,56 +62,47 @@ type AuditPage struct {
 	Bookmark string       `json:"bookmark"`
 }
 
-// resourceTypeOf reads "Type/id" (one resource) or "Patient/id/$everything" (the whole record, returned as "*").
-func resourceTypeOf(ref string) (string, error) {
-	parts := strings.Split(ref, "/")
-	whole := len(parts) == 3 && parts[0] == "Patient" && parts[2] == "$everything"
-	if (len(parts) != 2 && !whole) || !resourcePattern.MatchString(parts[0]) || !idPattern.MatchString(parts[1]) {
-		return "", invalid("resource %q is neither Type/id nor Patient/id/$everything", ref)
+// Everything names the whole record of a patient in an access request.
+const Everything = "$everything"
+
+// askOf reads "Type/<resourceKey>" (one resource), "Type" (every resource of the type) or "$everything" (the whole
+// record, type "*"). A resource is named by its opaque key: a FHIR id never reaches the log.
+func askOf(req AccessRequest) (ask, error) {
+	if req.Resource == Everything {
+		return ask{resourceType: "*", categories: req.Categories}, nil
 	}
-	if whole {
-		return "*", nil
+	typ, rkey, one := strings.Cut(req.Resource, "/")
+	if !resourcePattern.MatchString(typ) || (one && !hex64Pattern.MatchString(rkey)) {
+		return ask{}, invalid("resource %q is neither Type/<resourceKey>, Type nor $everything (a resourceKey is 64 lower-case hex)", req.Resource)
 	}
-	return parts[0], nil
+	return ask{resourceType: typ, single: one, categories: req.Categories}, nil
 }
 
 // RecordAccess decides the request against the patient's consents and logs the decision. The caller must be a
-// custodian of the patient's records: the org about to serve them. It returns the decision; a deny is a normal
-// answer here, not an error, so that the deny is committed to the log.
+// custodian of the patient's records: the org about to serve them, and only grants that open its records count. It
+// returns the decision: permit (serve what was asked), partial (serve exactly what the coverage lists: its types
+// and, where given, categories) or deny. A deny is a normal answer here, not an error, so that it is committed to
+// the log.
 func (c *Audit) RecordAccess(ctx contractapi.TransactionContextInterface, requestJSON string) (*AuditEntry, error) {
-	caller, err := writerOfKind(ctx, c.cfg, KindProvider, "Audit.RecordAccess")
-	if err != nil {
+	if _, err := orgWriter(ctx, c.cfg, "Audit.RecordAccess", KindProvider); err != nil {
 		return nil, err
 	}
 	var req AccessRequest
 	if err := decode("request", requestJSON, &req); err != nil {
 		return nil, err
 	}
-	if err := pseudonym("patient", req.Patient); err != nil {
-		return nil, err
-	}
-	resourceType, err := resourceTypeOf(req.Resource)
+	q, err := askOf(req)
 	if err != nil {
 		return nil, err
 	}
-	if ok, err := isCustodian(ctx, req.Patient, caller.MSP); err != nil {
-		return nil, err
-	} else if !ok {
-		return nil, forbidden("%s holds no records of this patient", caller.MSP)
-	}
-	checkType := resourceType
-	if checkType == "*" {
-		checkType = "Patient" // the longitudinal record starts from the Patient: consent must cover all of it
-	}
-	decision, err := checkConsent(ctx, req.Patient, req.Accessor, checkType, req.Purpose)
+	caller, err := custodianOrg(ctx, c.cfg, "Audit.RecordAccess", req.Patient)
 	if err != nil {
 		return nil, err
 	}
-	if resourceType == "*" && decision.Decision == "permit" {
-		decision, err = c.coversEverything(ctx, decision)
-		if err != nil {
-			return nil, err
-		}
+	// The caller is the custodian about to serve: only grants that open its own records count.
+	decision, err := checkConsent(ctx, req.Patient, caller.MSP, req.Accessor, req.Purpose, q)
+	if err != nil {
+		return nil, err
 	}
 	now, err := txTime(ctx)
 	if err != nil {
@@ -114,9 +110,9 @@ func (c *Audit) RecordAccess(ctx contractapi.TransactionContextInterface, reques
 	}
 	txID := ctx.GetStub().GetTxID()
 	entry := AuditEntry{
-		Patient: req.Patient, Accessor: req.Accessor, Custodian: caller.MSP, Resource: req.Resource,
+		Patient: req.Patient, Accessor: req.Accessor, Custodian: caller.MSP, Resource: req.Resource, Categories: nonNil(req.Categories),
 		Purpose: req.Purpose, Decision: decision.Decision, Reason: decision.Reason, ConsentID: decision.ConsentID,
-		At: timeText(now), TxID: txID,
+		Coverage: decision.Coverage, At: timeText(now), TxID: txID,
 	}
 	raw, err := json.Marshal(entry)
 	if err != nil {
@@ -130,24 +126,6 @@ func (c *Audit) RecordAccess(ctx contractapi.TransactionContextInterface, reques
 		return nil, err
 	}
 	return &entry, stub.SetEvent("Audit.Logged", raw)
-}
-
-// coversEverything narrows a permit for the whole record to grants whose scope is "*".
-func (c *Audit) coversEverything(ctx contractapi.TransactionContextInterface, d *Decision) (*Decision, error) {
-	k, err := key(ctx, keyConsent, d.ConsentID)
-	if err != nil {
-		return nil, err
-	}
-	var rec ConsentRecord
-	if _, err := getJSON(ctx, k, &rec); err != nil {
-		return nil, err
-	}
-	for _, s := range rec.Scope {
-		if s == "*" {
-			return d, nil
-		}
-	}
-	return &Decision{Decision: "deny", Reason: "consent " + d.ConsentID + " does not cover the whole record"}, nil
 }
 
 // ByPatient lists the access log of one patient between two instants (from inclusive, to exclusive).

@@ -52,14 +52,33 @@ func writer(ctx contractapi.TransactionContextInterface) (Caller, error) {
 	return c, nil
 }
 
-// writerOfKind returns the caller if it is a writer from an org of the given kind.
-func writerOfKind(ctx contractapi.TransactionContextInterface, cfg Config, kind, action string) (Caller, error) {
+// writerOfKind returns the caller if it is a writer from an org of one of the given kinds.
+func writerOfKind(ctx contractapi.TransactionContextInterface, cfg Config, kind, action string, more ...string) (Caller, error) {
 	c, err := writer(ctx)
 	if err != nil {
 		return c, err
 	}
-	if cfg.kindOf(c.MSP) != kind {
-		return c, forbidden("%s: only %s orgs may do this; %s is %q", action, kind, c.MSP, cfg.kindOf(c.MSP))
+	have := cfg.kindOf(c.MSP)
+	for _, k := range append([]string{kind}, more...) {
+		if have == k {
+			return c, nil
+		}
+	}
+	want := kind
+	for _, k := range more {
+		want += " or " + k
+	}
+	return c, forbidden("%s: only %s orgs may do this; %s is %q", action, want, c.MSP, have)
+}
+
+// memberWriter returns the caller if it is a writer from an org the consortium config knows, of any kind.
+func memberWriter(ctx contractapi.TransactionContextInterface, cfg Config, action string) (Caller, error) {
+	c, err := writer(ctx)
+	if err != nil {
+		return c, err
+	}
+	if cfg.kindOf(c.MSP) == "" {
+		return c, forbidden("%s: %s is not a member org of the consortium", action, c.MSP)
 	}
 	return c, nil
 }

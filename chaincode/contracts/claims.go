@@ -15,10 +15,17 @@ import (
 //	submitted --Adjudicate--> adjudicated (outcome approved | partial | denied) --Pay--> paid
 //	submitted --Cancel--> cancelled
 //
+// and, for prior authorisation requests (use "preauthorization", see preauth.go):
+//
+//	submitted --DecidePreauth--> pended --DecidePreauth--> decided (outcome approved | denied)
+//	decided (denied) --AppealPreauth--> appealed --DecidePreauth--> [pended -->] decided
+//	submitted | pended | appealed --Cancel--> cancelled
+//
 // The public state holds the summary (parties, status, totals, service date, digest). The claim lines live in the
 // private data collection of the provider–insurer pair, arrive as transient data, and are purged once the
-// adjudication's retention period has passed. Private values carry a client-chosen random salt, because Fabric
-// puts unsalted hashes of private keys and values on chain and claim lines are otherwise easy to guess.
+// decision's retention period has passed. Private values carry a client-chosen random salt, because Fabric puts
+// unsalted hashes of private keys and values on chain and claim lines are otherwise easy to guess. Claims are named
+// by opaque keys (claimId, 64 hex): a provider's claim number never reaches the ledger.
 type Claims struct {
 	contractapi.Contract
 	cfg Config
@@ -36,6 +43,8 @@ const (
 	keyClaimLines      = "lines"      // claimId -> ClaimDetail (private)
 	keyClaimAdjudicate = "adjudicate" // claimId -> Adjudication (private)
 	keyClaimIndex      = "claimIndex" // patient -> claimIndex (private): duplicate detection
+	keyPayment         = "payment"    // paymentRef -> Payment (public)
+	purgeIndex         = "purge/"     // plain key purge/<party>/<purgeAfter>/<claimId> -> claimId
 	transientClaim     = "claim"
 	transientAdjudge   = "adjudication"
 	maxClaimLines      = 999
@@ -43,15 +52,24 @@ const (
 	maxRetention       = 10 * 366 * 24 * time.Hour
 )
 
-// Claim statuses and adjudication outcomes.
+// Claim statuses and outcomes.
 const (
 	StatusSubmitted   = "submitted"
 	StatusAdjudicated = "adjudicated"
 	StatusPaid        = "paid"
 	StatusCancelled   = "cancelled"
+	StatusPended      = "pended"   // prior authorisation: waiting for more information
+	StatusDecided     = "decided"  // prior authorisation: approved or denied
+	StatusAppealed    = "appealed" // prior authorisation: a denial appealed, waiting for the new decision
 	OutcomeApproved   = "approved"
 	OutcomePartial    = "partial"
 	OutcomeDenied     = "denied"
+)
+
+// What a submission is (FHIR Claim.use).
+const (
+	UseClaim   = "claim"
+	UsePreauth = "preauthorization"
 )
 
 var (
@@ -66,13 +84,15 @@ func LinesCollection(provider, insurer string) string { return "lines_" + provid
 
 // ClaimSubmission is the public part of a new claim (the function argument).
 type ClaimSubmission struct {
-	ClaimID     string `json:"claimId"`
+	ClaimID     string `json:"claimId"` // opaque key
 	Patient     string `json:"patient"`
 	Insurer     string `json:"insurer"`
 	ServiceDate string `json:"serviceDate"`
 	Currency    string `json:"currency"`
 	TotalCents  int64  `json:"totalCents"`
-	Digest      string `json:"digest"` // keyed digest of the FHIR Claim held by the provider
+	Digest      string `json:"digest"`   // keyed digest of the FHIR Claim held by the provider
+	Use         string `json:"use"`      // "claim" (or "") | "preauthorization"
+	Priority    string `json:"priority"` // prior authorisation only: expedited | standard
 }
 
 // ClaimLine is one billed item: a procedure or product code, how many, at what price.
@@ -92,9 +112,10 @@ type ClaimDetail struct {
 	Salt     string      `json:"salt"`
 }
 
-// Claim is the public state of a claim.
+// Claim is the public state of a claim or prior authorisation request.
 type Claim struct {
 	ClaimID       string `json:"claimId"`
+	Use           string `json:"use"` // claim | preauthorization
 	Provider      string `json:"provider"`
 	Insurer       string `json:"insurer"`
 	Patient       string `json:"patient"`
@@ -116,6 +137,28 @@ type Claim struct {
 	CancelReason  string `json:"cancelReason"`
 	LinesPurged   bool   `json:"linesPurged"`
 	TxID          string `json:"txId"`
+
+	// Prior authorisation only.
+	Priority        string            `json:"priority,omitempty" metadata:",optional"`        // expedited | standard
+	DueAt           string            `json:"dueAt,omitempty" metadata:",optional"`           // when the open request must be decided
+	Decisions       []PreauthDecision `json:"decisions,omitempty" metadata:",optional"`       // every decision, oldest first
+	DecidedAt       string            `json:"decidedAt,omitempty" metadata:",optional"`       // first approval or denial of the request
+	PreAuthRef      string            `json:"preAuthRef,omitempty" metadata:",optional"`      // the insurer's authorisation number
+	DenialReason    string            `json:"denialReason,omitempty" metadata:",optional"`    // reason code of the standing denial
+	AppealedAt      string            `json:"appealedAt,omitempty" metadata:",optional"`      // the provider's one appeal
+	AppealDigest    string            `json:"appealDigest,omitempty" metadata:",optional"`    // digest of the appeal's documentation
+	AppealDecidedAt string            `json:"appealDecidedAt,omitempty" metadata:",optional"` // approval or denial of the appeal
+}
+
+func (cl *Claim) preauth() bool { return cl.Use == UsePreauth }
+
+// decided says whether nothing more will be decided on the claim, so its lines may be purged after retention.
+func (cl *Claim) decided() bool {
+	switch cl.Status {
+	case StatusAdjudicated, StatusPaid, StatusCancelled, StatusDecided:
+		return true
+	}
+	return false
 }
 
 // LineAdjudication is the insurer's decision on one line.
@@ -151,8 +194,8 @@ type claimIndexEntry struct {
 	Salt        string `json:"salt"`
 }
 
-func (s ClaimSubmission) validate(cfg Config, today time.Time) error {
-	if err := matches(idPattern, "claimId", s.ClaimID, "a claim id"); err != nil {
+func (s ClaimSubmission) validate(cfg Config, now time.Time) error {
+	if err := opaqueKey("claimId", s.ClaimID); err != nil {
 		return err
 	}
 	if err := pseudonym("patient", s.Patient); err != nil {
@@ -165,8 +208,23 @@ func (s ClaimSubmission) validate(cfg Config, today time.Time) error {
 	if err != nil {
 		return err
 	}
-	if d.After(today) {
-		return invalid("serviceDate %s is in the future", s.ServiceDate)
+	switch s.Use {
+	case "", UseClaim:
+		if d.After(now) {
+			return invalid("serviceDate %s is in the future", s.ServiceDate)
+		}
+		if s.Priority != "" {
+			return invalid("priority is for prior authorisation requests; a claim has none")
+		}
+	case UsePreauth:
+		if d.After(now.AddDate(2, 0, 0)) {
+			return invalid("serviceDate %s is more than two years ahead", s.ServiceDate)
+		}
+		if _, ok := preauthWindows[s.Priority]; !ok {
+			return invalid("priority %q is not expedited or standard", s.Priority)
+		}
+	default:
+		return invalid("use %q is not claim or preauthorization", s.Use)
 	}
 	if err := matches(currencyPattern, "currency", s.Currency, "an ISO 4217 code"); err != nil {
 		return err
@@ -237,7 +295,7 @@ func transient(ctx contractapi.TransactionContextInterface, name string, v any) 
 }
 
 func (c *Claims) load(ctx contractapi.TransactionContextInterface, claimID string) (*Claim, string, error) {
-	if err := matches(idPattern, "claimId", claimID, "a claim id"); err != nil {
+	if err := opaqueKey("claimId", claimID); err != nil {
 		return nil, "", err
 	}
 	k, err := key(ctx, keyClaim, claimID)
@@ -272,14 +330,11 @@ func putPrivate(ctx contractapi.TransactionContextInterface, collection, k strin
 	return ctx.GetStub().PutPrivateData(collection, k, raw)
 }
 
-// Submit files a claim from the caller's (provider) org to an insurer. The lines come as transient "claim".
-// A claim for the same patient, provider, service date and line codes as an open or decided one is refused.
+// Submit files a claim (or, with use "preauthorization", a prior authorisation request) from the caller's (provider)
+// org to an insurer. The lines come as transient "claim". A claim for the same patient, provider, service date and
+// line codes as an open or decided one is refused. Event: Claims.Submitted, or Claims.PreauthSubmitted.
 func (c *Claims) Submit(ctx contractapi.TransactionContextInterface, submissionJSON string) (*Claim, error) {
 	caller, err := writerOfKind(ctx, c.cfg, KindProvider, "Claims.Submit")
-	if err != nil {
-		return nil, err
-	}
-	now, err := txTime(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -287,54 +342,153 @@ func (c *Claims) Submit(ctx contractapi.TransactionContextInterface, submissionJ
 	if err := decode("submission", submissionJSON, &s); err != nil {
 		return nil, err
 	}
-	if err := s.validate(c.cfg, now); err != nil {
-		return nil, err
-	}
 	var detail ClaimDetail
 	if err := transient(ctx, transientClaim, &detail); err != nil {
 		return nil, err
 	}
-	if err := detail.validate(s.ClaimID, s.TotalCents); err != nil {
+	b, err := c.newBatch(ctx, caller)
+	if err != nil {
 		return nil, err
 	}
+	if err := b.add(ctx, s, detail); err != nil {
+		return nil, err
+	}
+	if err := b.write(ctx); err != nil {
+		return nil, err
+	}
+	cl := b.claims[0]
+	event := "Claims.Submitted"
+	if cl.preauth() {
+		event = "Claims.PreauthSubmitted"
+	}
+	return cl, emit(ctx, event, cl)
+}
+
+// claimBatch collects new claims of one provider, checked against the ledger and each other, and writes them.
+type claimBatch struct {
+	c        *Claims
+	provider string
+	now      time.Time
+	claims   []*Claim
+	details  []ClaimDetail
+	seen     map[string]bool        // claim ids in this submission
+	indexes  map[string]*claimIndex // collection|patient -> index as it will be written
+	idxKeys  []string               // collection|patient, in first-use order
+}
+
+func (c *Claims) newBatch(ctx contractapi.TransactionContextInterface, caller Caller) (*claimBatch, error) {
+	now, err := txTime(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &claimBatch{c: c, provider: caller.MSP, now: now, seen: map[string]bool{}, indexes: map[string]*claimIndex{}}, nil
+}
+
+// add checks one claim and its lines and keeps it for write; it writes nothing.
+func (b *claimBatch) add(ctx contractapi.TransactionContextInterface, s ClaimSubmission, detail ClaimDetail) error {
+	if err := s.validate(b.c.cfg, b.now); err != nil {
+		return err
+	}
+	if err := b.c.onChannel(ctx, s.Insurer); err != nil {
+		return err
+	}
+	if err := detail.validate(s.ClaimID, s.TotalCents); err != nil {
+		return err
+	}
+	if b.seen[s.ClaimID] {
+		return invalid("claim %s appears twice", s.ClaimID)
+	}
+	b.seen[s.ClaimID] = true
 	k, err := key(ctx, keyClaim, s.ClaimID)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if err := mustBeNew(ctx, k, "claim %s exists already", s.ClaimID); err != nil {
-		return nil, err
+		return err
 	}
-	collection := LinesCollection(caller.MSP, s.Insurer)
-	index, indexKey, err := c.index(ctx, collection, s.Patient)
-	if err != nil {
-		return nil, err
-	}
-	codes := detail.codesKey()
-	for _, e := range index.Entries {
-		if e.ServiceDate == s.ServiceDate && e.Codes == codes {
-			return nil, conflict("duplicate claim: %s has the same patient, provider, service date and line codes", e.ClaimID)
+	collection := LinesCollection(b.provider, s.Insurer)
+	use := UseClaim
+	if s.Use == UsePreauth {
+		use = UsePreauth
+	} else {
+		// Prior authorisations are asked again and again for the same service: only claims are deduplicated.
+		ik := collection + "|" + s.Patient
+		index, ok := b.indexes[ik]
+		if !ok {
+			if index, _, err = b.c.index(ctx, collection, s.Patient); err != nil {
+				return err
+			}
+			b.indexes[ik] = index
+			b.idxKeys = append(b.idxKeys, ik)
 		}
+		codes := detail.codesKey()
+		for _, e := range index.Entries {
+			if e.ServiceDate == s.ServiceDate && e.Codes == codes {
+				return conflict("duplicate claim: %s has the same patient, provider, service date and line codes", e.ClaimID)
+			}
+		}
+		index.Entries = append(index.Entries, claimIndexEntry{ClaimID: s.ClaimID, ServiceDate: s.ServiceDate, Codes: codes, Salt: detail.Salt})
 	}
-	index.Entries = append(index.Entries, claimIndexEntry{ClaimID: s.ClaimID, ServiceDate: s.ServiceDate, Codes: codes, Salt: detail.Salt})
-	if err := putPrivate(ctx, collection, indexKey, index); err != nil {
-		return nil, err
-	}
-	linesKey, err := key(ctx, keyClaimLines, s.ClaimID)
-	if err != nil {
-		return nil, err
-	}
-	if err := putPrivate(ctx, collection, linesKey, detail); err != nil {
-		return nil, err
-	}
-	cl := Claim{
-		ClaimID: s.ClaimID, Provider: caller.MSP, Insurer: s.Insurer, Patient: s.Patient, Status: StatusSubmitted,
+	cl := &Claim{
+		ClaimID: s.ClaimID, Use: use, Provider: b.provider, Insurer: s.Insurer, Patient: s.Patient, Status: StatusSubmitted,
 		ServiceDate: s.ServiceDate, Currency: s.Currency, TotalCents: s.TotalCents, Digest: s.Digest,
-		Collection: collection, SubmittedAt: timeText(now), TxID: ctx.GetStub().GetTxID(),
+		Collection: collection, SubmittedAt: timeText(b.now), TxID: ctx.GetStub().GetTxID(),
 	}
-	if err := putJSON(ctx, k, cl); err != nil {
-		return nil, err
+	if cl.preauth() {
+		cl.Priority, cl.DueAt = s.Priority, timeText(b.now.Add(preauthWindows[s.Priority]))
 	}
-	return &cl, emit(ctx, "Claims.Submitted", cl)
+	b.claims = append(b.claims, cl)
+	b.details = append(b.details, detail)
+	return nil
+}
+
+// write stores every claim added: lines and duplicate indexes in the pairs' collections, summaries in public state.
+func (b *claimBatch) write(ctx contractapi.TransactionContextInterface) error {
+	return batched(ctx, func() error {
+		for _, ik := range b.idxKeys {
+			collection, patient, _ := strings.Cut(ik, "|")
+			k, err := key(ctx, keyClaimIndex, patient)
+			if err != nil {
+				return err
+			}
+			if err := putPrivate(ctx, collection, k, b.indexes[ik]); err != nil {
+				return err
+			}
+		}
+		for i, cl := range b.claims {
+			linesKey, err := key(ctx, keyClaimLines, cl.ClaimID)
+			if err != nil {
+				return err
+			}
+			if err := putPrivate(ctx, cl.Collection, linesKey, b.details[i]); err != nil {
+				return err
+			}
+			k, err := key(ctx, keyClaim, cl.ClaimID)
+			if err != nil {
+				return err
+			}
+			if err := putJSON(ctx, k, cl); err != nil {
+				return err
+			}
+			if cl.preauth() {
+				if err := ctx.GetStub().PutState(preauthKey(cl), []byte(cl.ClaimID)); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// onChannel refuses an insurer that is not a member of this channel: it has no collection with the provider here.
+func (c *Claims) onChannel(ctx contractapi.TransactionContextInterface, insurer string) error {
+	channel := ctx.GetStub().GetChannelID()
+	if member, known := c.cfg.isMember(channel, insurer); !known {
+		return forbidden("the chaincode config lists no members of channel %q; the insurer cannot be checked", channel)
+	} else if !member {
+		return invalid("insurer %s is not a member of channel %q", insurer, channel)
+	}
+	return nil
 }
 
 func (c *Claims) index(ctx contractapi.TransactionContextInterface, collection, patient string) (*claimIndex, string, error) {
@@ -367,16 +521,50 @@ func (c *Claims) dropFromIndex(ctx contractapi.TransactionContextInterface, cl *
 // Adjudicate records the insurer's per-line decision (transient "adjudication"). A claim is adjudicated once: a
 // second call is refused, which lets a retried adjudication task treat CONFLICT as done.
 func (c *Claims) Adjudicate(ctx contractapi.TransactionContextInterface, claimID string) (*Claim, error) {
-	cl, k, err := c.partyClaim(ctx, claimID, KindInsurer, "Claims.Adjudicate")
+	caller, err := writerOfKind(ctx, c.cfg, KindInsurer, "Claims.Adjudicate")
 	if err != nil {
 		return nil, err
-	}
-	if cl.Status != StatusSubmitted {
-		return nil, conflict("claim %s is %s; only a submitted claim is adjudicated", claimID, cl.Status)
 	}
 	var in AdjudicationInput
 	if err := transient(ctx, transientAdjudge, &in); err != nil {
 		return nil, err
+	}
+	now, err := txTime(ctx)
+	if err != nil {
+		return nil, err
+	}
+	d, err := c.prepareAdjudication(ctx, caller, claimID, in, now)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.applyAdjudication(ctx, d); err != nil {
+		return nil, err
+	}
+	return d.claim, emit(ctx, "Claims.Adjudicated", d.claim)
+}
+
+// adjudication is a decision checked against the claim and ready to write.
+type adjudication struct {
+	claim  *Claim
+	key    string
+	record Adjudication
+	purge  time.Time
+}
+
+// prepareAdjudication reads and checks everything about adjudicating one claim; it writes nothing.
+func (c *Claims) prepareAdjudication(ctx contractapi.TransactionContextInterface, caller Caller, claimID string, in AdjudicationInput, now time.Time) (*adjudication, error) {
+	cl, k, err := c.load(ctx, claimID)
+	if err != nil {
+		return nil, err
+	}
+	if cl.Insurer != caller.MSP {
+		return nil, forbidden("claim %s is addressed to %s", claimID, cl.Insurer)
+	}
+	if cl.preauth() {
+		return nil, conflict("claim %s is a prior authorisation request; decide it with DecidePreauth", claimID)
+	}
+	if cl.Status != StatusSubmitted {
+		return nil, conflict("claim %s is %s; only a submitted claim is adjudicated", claimID, cl.Status)
 	}
 	linesKey, err := key(ctx, keyClaimLines, claimID)
 	if err != nil {
@@ -392,22 +580,29 @@ func (c *Claims) Adjudicate(ctx contractapi.TransactionContextInterface, claimID
 	if err != nil {
 		return nil, err
 	}
-	now, err := txTime(ctx)
-	if err != nil {
-		return nil, err
-	}
-	adjKey, err := key(ctx, keyClaimAdjudicate, claimID)
-	if err != nil {
-		return nil, err
-	}
-	adj := Adjudication{ClaimID: claimID, Outcome: outcome, Lines: in.Lines, Salt: detail.Salt}
-	if err := putPrivate(ctx, cl.Collection, adjKey, adj); err != nil {
-		return nil, err
+	for i := range in.Lines {
+		in.Lines[i].Reasons = nonNil(in.Lines[i].Reasons)
 	}
 	cl.Status, cl.Outcome, cl.ApprovedCents = StatusAdjudicated, outcome, approved
 	cl.AdjudicatedAt = timeText(now)
-	cl.PurgeAfter = timeText(now.Add(time.Duration(in.RetentionSeconds) * time.Second))
-	return cl, c.save(ctx, k, cl, "Claims.Adjudicated")
+	return &adjudication{
+		claim: cl, key: k, record: Adjudication{ClaimID: claimID, Outcome: outcome, Lines: in.Lines, Salt: detail.Salt},
+		purge: now.Add(time.Duration(in.RetentionSeconds) * time.Second),
+	}, nil
+}
+
+func (c *Claims) applyAdjudication(ctx contractapi.TransactionContextInterface, d *adjudication) error {
+	adjKey, err := key(ctx, keyClaimAdjudicate, d.claim.ClaimID)
+	if err != nil {
+		return err
+	}
+	if err := putPrivate(ctx, d.claim.Collection, adjKey, d.record); err != nil {
+		return err
+	}
+	if err := c.setPurgeAfter(ctx, d.claim, d.purge); err != nil {
+		return err
+	}
+	return c.store(ctx, d.key, d.claim)
 }
 
 // judge checks the decision against the claim's lines and derives the claim outcome and approved total.
@@ -480,11 +675,15 @@ func (c *Claims) Pay(ctx contractapi.TransactionContextInterface, claimID, payme
 	if err := matches(refPattern, "paymentRef", paymentRef, "a payment reference"); err != nil {
 		return nil, err
 	}
-	if cl.Status != StatusAdjudicated {
-		return nil, conflict("claim %s is %s; only an adjudicated claim is paid", claimID, cl.Status)
+	if err := payable(cl); err != nil {
+		return nil, err
 	}
-	if cl.Outcome == OutcomeDenied {
-		return nil, conflict("claim %s was denied; there is nothing to pay", claimID)
+	pk, err := key(ctx, keyPayment, paymentRef)
+	if err != nil {
+		return nil, err
+	}
+	if err := mustBeNew(ctx, pk, "paymentRef %s is the reference of a batch payment (Claims:Payment)", paymentRef); err != nil {
+		return nil, err
 	}
 	now, err := txTime(ctx)
 	if err != nil {
@@ -494,7 +693,22 @@ func (c *Claims) Pay(ctx contractapi.TransactionContextInterface, claimID, payme
 	return cl, c.save(ctx, k, cl, "Claims.Paid")
 }
 
-// Cancel withdraws a claim its provider submitted, before adjudication. The same claim may then be filed again.
+// payable refuses a claim that is not adjudicated with something to pay.
+func payable(cl *Claim) error {
+	if cl.preauth() {
+		return conflict("claim %s is a prior authorisation request; there is nothing to pay", cl.ClaimID)
+	}
+	if cl.Status != StatusAdjudicated {
+		return conflict("claim %s is %s; only an adjudicated claim is paid", cl.ClaimID, cl.Status)
+	}
+	if cl.Outcome == OutcomeDenied {
+		return conflict("claim %s was denied; there is nothing to pay", cl.ClaimID)
+	}
+	return nil
+}
+
+// Cancel withdraws a claim its provider submitted, before adjudication (a prior authorisation request: before its
+// final decision). The same claim may then be filed again.
 func (c *Claims) Cancel(ctx contractapi.TransactionContextInterface, claimID, reason string) (*Claim, error) {
 	cl, k, err := c.partyClaim(ctx, claimID, KindProvider, "Claims.Cancel")
 	if err != nil {
@@ -503,17 +717,23 @@ func (c *Claims) Cancel(ctx contractapi.TransactionContextInterface, claimID, re
 	if err := matches(codePattern, "reason", reason, "a short reason code"); err != nil {
 		return nil, err
 	}
-	if cl.Status != StatusSubmitted {
+	open := cl.Status == StatusSubmitted || (cl.preauth() && (cl.Status == StatusPended || cl.Status == StatusAppealed))
+	if !open {
 		return nil, conflict("claim %s is %s; only a submitted claim can be cancelled", claimID, cl.Status)
 	}
 	now, err := txTime(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.dropFromIndex(ctx, cl); err != nil {
+	if !cl.preauth() {
+		if err := c.dropFromIndex(ctx, cl); err != nil {
+			return nil, err
+		}
+	}
+	cl.Status, cl.CancelledAt, cl.CancelReason = StatusCancelled, timeText(now), reason
+	if err := c.setPurgeAfter(ctx, cl, now); err != nil {
 		return nil, err
 	}
-	cl.Status, cl.CancelledAt, cl.CancelReason, cl.PurgeAfter = StatusCancelled, timeText(now), reason, timeText(now)
 	return cl, c.save(ctx, k, cl, "Claims.Cancelled")
 }
 
@@ -531,7 +751,7 @@ func (c *Claims) PurgeLines(ctx contractapi.TransactionContextInterface, claimID
 	if caller.MSP != cl.Provider && caller.MSP != cl.Insurer {
 		return nil, forbidden("only %s or %s may purge the lines of claim %s", cl.Provider, cl.Insurer, claimID)
 	}
-	if cl.Status == StatusSubmitted {
+	if !cl.decided() {
 		return nil, conflict("claim %s is not decided yet", claimID)
 	}
 	if cl.LinesPurged {
@@ -544,10 +764,13 @@ func (c *Claims) PurgeLines(ctx contractapi.TransactionContextInterface, claimID
 	if after, _ := time.Parse(time.RFC3339Nano, cl.PurgeAfter); now.Before(after) {
 		return nil, conflict("the lines of claim %s are retained until %s", claimID, cl.PurgeAfter)
 	}
-	if cl.Status != StatusCancelled {
+	if cl.Status != StatusCancelled && !cl.preauth() {
 		if err := c.dropFromIndex(ctx, cl); err != nil {
 			return nil, err
 		}
+	}
+	if err := c.dropPurgeIndex(ctx, cl); err != nil {
+		return nil, err
 	}
 	for _, kind := range []string{keyClaimLines, keyClaimAdjudicate} {
 		pk, err := key(ctx, kind, claimID)
@@ -581,13 +804,52 @@ func (c *Claims) partyClaim(ctx contractapi.TransactionContextInterface, claimID
 	return cl, k, nil
 }
 
-// save stores a changed claim under its key, stamped with this transaction, and announces the change.
-func (c *Claims) save(ctx contractapi.TransactionContextInterface, k string, cl *Claim, event string) error {
+// store saves a changed claim under its key, stamped with this transaction.
+func (c *Claims) store(ctx contractapi.TransactionContextInterface, k string, cl *Claim) error {
 	cl.TxID = ctx.GetStub().GetTxID()
-	if err := putJSON(ctx, k, cl); err != nil {
+	return putJSON(ctx, k, cl)
+}
+
+// save stores a changed claim and announces the change.
+func (c *Claims) save(ctx contractapi.TransactionContextInterface, k string, cl *Claim, event string) error {
+	if err := c.store(ctx, k, cl); err != nil {
 		return err
 	}
 	return emit(ctx, event, cl)
+}
+
+// purgeKeys are the claim's entries in the index DueForPurge reads: one for each party, so each lists its own.
+func purgeKeys(cl *Claim) []string {
+	return []string{
+		purgeIndex + cl.Provider + "/" + cl.PurgeAfter + "/" + cl.ClaimID,
+		purgeIndex + cl.Insurer + "/" + cl.PurgeAfter + "/" + cl.ClaimID,
+	}
+}
+
+// setPurgeAfter sets when the claim's lines may be purged, and moves its entries in the purge index.
+func (c *Claims) setPurgeAfter(ctx contractapi.TransactionContextInterface, cl *Claim, t time.Time) error {
+	if err := c.dropPurgeIndex(ctx, cl); err != nil {
+		return err
+	}
+	cl.PurgeAfter = timeText(t)
+	for _, k := range purgeKeys(cl) {
+		if err := ctx.GetStub().PutState(k, []byte(cl.ClaimID)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Claims) dropPurgeIndex(ctx contractapi.TransactionContextInterface, cl *Claim) error {
+	if cl.PurgeAfter == "" {
+		return nil
+	}
+	for _, k := range purgeKeys(cl) {
+		if err := ctx.GetStub().DelState(k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Get returns a claim's public state.

@@ -11,12 +11,12 @@ import (
 var salt = strings.Repeat("5a", 16)
 
 func submission(id string) ClaimSubmission {
-	return ClaimSubmission{ClaimID: id, Patient: patientA, Insurer: "InsurerMSP", ServiceDate: "2026-02-27",
+	return ClaimSubmission{ClaimID: ref(id), Patient: patientA, Insurer: "InsurerMSP", ServiceDate: "2026-02-27",
 		Currency: "USD", TotalCents: 27500, Digest: digest1}
 }
 
 func detail(id string) ClaimDetail {
-	return ClaimDetail{ClaimID: id, Coverage: "Coverage/cov-1", Salt: salt, Lines: []ClaimLine{
+	return ClaimDetail{ClaimID: ref(id), Coverage: "Coverage/cov-1", Salt: salt, Lines: []ClaimLine{
 		{Sequence: 1, Code: "99213", Quantity: 1, UnitPriceCents: 12500, NetCents: 12500},
 		{Sequence: 2, Code: "80053", Quantity: 2, UnitPriceCents: 7500, NetCents: 15000},
 	}}
@@ -36,7 +36,7 @@ func adjudicate(t *testing.T, w *world, a actor, id string, in AdjudicationInput
 	c := newClaims(testConfig)
 	tm := map[string][]byte{transientAdjudge: []byte(mustJSON(t, in))}
 	return call(w, a, c, tm, func(ctx contractapi.TransactionContextInterface) (*Claim, error) {
-		return c.Adjudicate(ctx, id)
+		return c.Adjudicate(ctx, ref(id))
 	})
 }
 
@@ -63,7 +63,7 @@ func TestClaimsSubmitValidation(t *testing.T) {
 	}{
 		{"insurer cannot submit", "InsurerMSP", nil, nil, CodeForbidden, "only provider orgs"},
 		{"pharma cannot submit", "PharmaMSP", nil, nil, CodeForbidden, "only provider orgs"},
-		{"bad claim id", "", func(s *ClaimSubmission) { s.ClaimID = "a b" }, nil, CodeInvalid, "claimId"},
+		{"client claim number instead of a key", "", func(s *ClaimSubmission) { s.ClaimID = "CLM-2026-0001" }, nil, CodeInvalid, "claimId must be an opaque key"},
 		{"patient name", "", func(s *ClaimSubmission) { s.Patient = "John Smith" }, nil, CodeInvalid, "pseudonym"},
 		{"insurer not an insurer", "", func(s *ClaimSubmission) { s.Insurer = "ClinicMSP" }, nil, CodeInvalid, "not an insurer"},
 		{"future service date", "", func(s *ClaimSubmission) { s.ServiceDate = "2026-03-02" }, nil, CodeInvalid, "future"},
@@ -72,7 +72,7 @@ func TestClaimsSubmitValidation(t *testing.T) {
 		{"zero total", "", func(s *ClaimSubmission) { s.TotalCents = 0 }, nil, CodeInvalid, "totalCents"},
 		{"total differs from lines", "", func(s *ClaimSubmission) { s.TotalCents = 27501 }, nil, CodeInvalid, "sum of the lines"},
 		{"no salt", "", nil, func(d *ClaimDetail) { d.Salt = "" }, CodeInvalid, "salt"},
-		{"transient for another claim", "", nil, func(d *ClaimDetail) { d.ClaimID = "other" }, CodeInvalid, "does not match"},
+		{"transient for another claim", "", nil, func(d *ClaimDetail) { d.ClaimID = ref("other") }, CodeInvalid, "does not match"},
 		{"no lines", "", nil, func(d *ClaimDetail) { d.Lines = nil }, CodeInvalid, "1 to 999 lines"},
 		{"repeated sequence", "", nil, func(d *ClaimDetail) { d.Lines[1].Sequence = 1 }, CodeInvalid, "sequence"},
 		{"bad code", "", nil, func(d *ClaimDetail) { d.Lines[0].Code = "" }, CodeInvalid, "billing code"},
@@ -95,10 +95,7 @@ func TestClaimsSubmitValidation(t *testing.T) {
 				caller = tc.caller
 			}
 			_, err := submit(t, w, client(t, caller), s, d)
-			wantErr(t, err, tc.code, tc.msg)
-			if len(w.state) != 0 || len(w.private) != 0 {
-				t.Fatal("a rejected claim changed state")
-			}
+			refused(t, w, err, tc.code, tc.msg)
 		})
 	}
 	t.Run("lines must come as transient data", func(t *testing.T) {
@@ -136,7 +133,7 @@ func TestClaimsSubmitKeepsLinesPrivate(t *testing.T) {
 	c := newClaims(testConfig)
 	for _, who := range []string{"HospitalMSP", "InsurerMSP"} {
 		d, err := call(w, client(t, who), c, nil, func(ctx contractapi.TransactionContextInterface) (*ClaimDetail, error) {
-			return c.Lines(ctx, "cl-1")
+			return c.Lines(ctx, ref("cl-1"))
 		})
 		mustOK(t, err)
 		if len(d.Lines) != 2 || d.Lines[0].Code != "99213" {
@@ -144,7 +141,7 @@ func TestClaimsSubmitKeepsLinesPrivate(t *testing.T) {
 		}
 	}
 	_, err = call(w, client(t, "ClinicMSP"), c, nil, func(ctx contractapi.TransactionContextInterface) (*ClaimDetail, error) {
-		return c.Lines(ctx, "cl-1")
+		return c.Lines(ctx, ref("cl-1"))
 	})
 	wantErr(t, err, CodeForbidden, "shared by HospitalMSP and InsurerMSP only")
 }
@@ -161,7 +158,7 @@ func TestClaimsDuplicates(t *testing.T) {
 	d := detail("cl-2")
 	d.Lines[0], d.Lines[1] = d.Lines[1], d.Lines[0]
 	_, err = submit(t, w, hospital, submission("cl-2"), d)
-	wantErr(t, err, CodeConflict, "duplicate claim: cl-1")
+	wantErr(t, err, CodeConflict, "duplicate claim: "+ref("cl-1"))
 
 	// Another day, or another provider, is not a duplicate.
 	s := submission("cl-3")
@@ -173,7 +170,7 @@ func TestClaimsDuplicates(t *testing.T) {
 
 	// A cancelled claim may be filed again.
 	_, err = claimStep(w, hospital, func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error) {
-		return c.Cancel(ctx, "cl-1", "wrong-payer")
+		return c.Cancel(ctx, ref("cl-1"), "wrong-payer")
 	})
 	mustOK(t, err)
 	_, err = submit(t, w, hospital, submission("cl-5"), detail("cl-5"))
@@ -184,17 +181,17 @@ func TestClaimsStateMachine(t *testing.T) {
 	hospital, insurer, clinic := client(t, "HospitalMSP"), client(t, "InsurerMSP"), client(t, "ClinicMSP")
 	pay := func(w *world, a actor, id string) (*Claim, error) {
 		return claimStep(w, a, func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error) {
-			return c.Pay(ctx, id, "EFT-0001")
+			return c.Pay(ctx, ref(id), "EFT-0001")
 		})
 	}
 	cancel := func(w *world, a actor, id string) (*Claim, error) {
 		return claimStep(w, a, func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error) {
-			return c.Cancel(ctx, id, "duplicate-entry")
+			return c.Cancel(ctx, ref(id), "duplicate-entry")
 		})
 	}
 	purge := func(w *world, a actor, id string) (*Claim, error) {
 		return claimStep(w, a, func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error) {
-			return c.PurgeLines(ctx, id)
+			return c.PurgeLines(ctx, ref(id))
 		})
 	}
 
@@ -242,7 +239,7 @@ func TestClaimsStateMachine(t *testing.T) {
 		wantErr(t, err, CodeConflict, "purged already")
 		c := newClaims(testConfig)
 		_, err = call(w, hospital, c, nil, func(ctx contractapi.TransactionContextInterface) (*ClaimDetail, error) {
-			return c.Lines(ctx, "cl-1")
+			return c.Lines(ctx, ref("cl-1"))
 		})
 		wantErr(t, err, CodeNotFound, "purged")
 	})
@@ -262,7 +259,7 @@ func TestClaimsStateMachine(t *testing.T) {
 		}
 		c := newClaims(testConfig)
 		adj, err := call(w, hospital, c, nil, func(ctx contractapi.TransactionContextInterface) (*Adjudication, error) {
-			return c.AdjudicationOf(ctx, "cl-1")
+			return c.AdjudicationOf(ctx, ref("cl-1"))
 		})
 		mustOK(t, err)
 		if adj.Lines[1].Reasons[0] != "45" {
@@ -335,5 +332,159 @@ func TestClaimsStateMachine(t *testing.T) {
 		wantErr(t, err, CodeNotFound, "does not exist")
 		_, err = purge(w, hospital, "cl-1")
 		mustOK(t, err)
+	})
+}
+
+// TestClaimsAttacks: HospitalMSP submitted cl-sub (still submitted) and cl-adj (approved by InsurerMSP, lines retained
+// for an hour) to InsurerMSP.
+func TestClaimsAttacks(t *testing.T) {
+	hospital, insurer := client(t, "HospitalMSP"), client(t, "InsurerMSP")
+	fixture := func(t *testing.T) *world {
+		w := newWorld("claims")
+		_, err := submit(t, w, hospital, submission("cl-sub"), detail("cl-sub"))
+		mustOK(t, err)
+		s := submission("cl-adj")
+		s.ServiceDate = "2026-02-20"
+		_, err = submit(t, w, hospital, s, detail("cl-adj"))
+		mustOK(t, err)
+		_, err = adjudicate(t, w, insurer, "cl-adj", approveAll(3600))
+		mustOK(t, err)
+		return w
+	}
+	as := func(msp, role string) actor { return newActor(t, msp, role, "someone") }
+	step := func(a actor, fn func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error)) func(t *testing.T, w *world) error {
+		return func(t *testing.T, w *world) error { _, err := claimStep(w, a, fn); return err }
+	}
+	sub := func(a actor, s ClaimSubmission) func(t *testing.T, w *world) error {
+		return func(t *testing.T, w *world) error { _, err := submit(t, w, a, s, detail(s.ClaimID)); return err }
+	}
+	adj := func(a actor, id string) func(t *testing.T, w *world) error {
+		return func(t *testing.T, w *world) error { _, err := adjudicate(t, w, a, id, approveAll(0)); return err }
+	}
+	pay := func(a actor, id string) func(t *testing.T, w *world) error {
+		return step(a, func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error) {
+			return c.Pay(ctx, ref(id), "EFT-1")
+		})
+	}
+	cancel := func(a actor, id string) func(t *testing.T, w *world) error {
+		return step(a, func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error) {
+			return c.Cancel(ctx, ref(id), "dup")
+		})
+	}
+	purge := func(a actor, id string) func(t *testing.T, w *world) error {
+		return step(a, func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error) {
+			return c.PurgeLines(ctx, ref(id))
+		})
+	}
+	later := func(t *testing.T, w *world) { w.now = w.now.Add(2 * time.Hour) }
+	newClaim := submission("cl-new")
+	newClaim.ServiceDate = "2026-02-10"
+	offChannel := newClaim
+	offChannel.Insurer = "Insurer3MSP"
+	offChannelConfig := Config{OrgKinds: map[string]string{"Insurer3MSP": KindInsurer}, Channels: testConfig.Channels, Members: testConfig.Members}
+	for msp, kind := range testConfig.OrgKinds {
+		offChannelConfig.OrgKinds[msp] = kind
+	}
+	preauthFixture := func(t *testing.T, w *world) {
+		_, err := submit(t, w, hospital, preauth("pa-1", "expedited"), detail("pa-1"))
+		mustOK(t, err)
+	}
+	decideAs := func(a actor) func(t *testing.T, w *world) error {
+		return func(t *testing.T, w *world) error { _, err := decide(t, w, a, "pa-1", approve); return err }
+	}
+	denied := func(t *testing.T, w *world) {
+		preauthFixture(t, w)
+		_, err := decide(t, w, insurer, "pa-1", deny)
+		mustOK(t, err)
+	}
+	appealAs := func(a actor) func(t *testing.T, w *world) error {
+		return func(t *testing.T, w *world) error { _, err := appeal(w, a, "pa-1"); return err }
+	}
+	runAttacks(t, fixture, []attack{
+		{name: "peer identity submits a batch", move: func(t *testing.T, w *world) error {
+			_, err := submitBatch(t, w, as("HospitalMSP", "peer"), []ClaimSubmission{newClaim}, map[string]ClaimDetail{ref("cl-new"): detail("cl-new")})
+			return err
+		}, code: CodeForbidden, msg: "may not submit"},
+		{name: "insurer submits a batch in a provider's name", move: func(t *testing.T, w *world) error {
+			_, err := submitBatch(t, w, insurer, []ClaimSubmission{newClaim}, map[string]ClaimDetail{ref("cl-new"): detail("cl-new")})
+			return err
+		}, code: CodeForbidden, msg: "only provider orgs"},
+		{name: "peer identity adjudicates a batch", move: func(t *testing.T, w *world) error {
+			_, err := adjudicateBatch(t, w, as("InsurerMSP", "peer"), map[string]AdjudicationInput{ref("cl-sub"): approveAll(0)})
+			return err
+		}, code: CodeForbidden, msg: "may not submit"},
+		{name: "another insurer adjudicates a batch of the claim", move: func(t *testing.T, w *world) error {
+			out, err := adjudicateBatch(t, w, client(t, "Insurer2MSP"), map[string]AdjudicationInput{ref("cl-sub"): approveAll(0)})
+			if err == nil && (out.Results[0].Code != CodeForbidden || len(out.Claims) != 0) {
+				t.Fatalf("results %+v", out.Results)
+			}
+			return err
+		}, then: func(t *testing.T, w *world) { wroteNothing(t, w) }},
+		{name: "provider pays itself in a batch", move: func(t *testing.T, w *world) error {
+			_, err := payBatch(t, w, hospital, "HospitalMSP", "EFT-9", "cl-adj")
+			return err
+		}, code: CodeForbidden, msg: "only insurer orgs"},
+		{name: "another insurer pays the claim in a batch", move: func(t *testing.T, w *world) error {
+			_, err := payBatch(t, w, client(t, "Insurer2MSP"), "HospitalMSP", "EFT-9", "cl-adj")
+			return err
+		}, code: CodeConflict, msg: "addressed to InsurerMSP"},
+		{name: "the insurer pays the claim to another provider", move: func(t *testing.T, w *world) error {
+			_, err := payBatch(t, w, insurer, "ClinicMSP", "EFT-9", "cl-adj")
+			return err
+		}, code: CodeConflict, msg: "is HospitalMSP's, not ClinicMSP's"},
+		{name: "another insurer reuses a payment reference", prep: func(t *testing.T, w *world) {
+			_, err := payBatch(t, w, insurer, "HospitalMSP", "EFT-9", "cl-adj")
+			mustOK(t, err)
+		}, move: func(t *testing.T, w *world) error {
+			_, err := payBatch(t, w, client(t, "Insurer2MSP"), "HospitalMSP", "EFT-9", "cl-adj")
+			return err
+		}, code: CodeConflict, msg: "recorded for another payment"},
+		{name: "peer identity decides a prior authorisation", prep: preauthFixture, move: decideAs(as("InsurerMSP", "peer")), code: CodeForbidden, msg: "may not submit"},
+		{name: "provider approves its own prior authorisation", prep: preauthFixture, move: decideAs(hospital), code: CodeForbidden, msg: "only insurer orgs"},
+		{name: "another insurer decides the prior authorisation", prep: preauthFixture, move: decideAs(client(t, "Insurer2MSP")), code: CodeForbidden, msg: "addressed to InsurerMSP"},
+		{name: "peer identity appeals", prep: denied, move: appealAs(as("HospitalMSP", "peer")), code: CodeForbidden, msg: "may not submit"},
+		{name: "insurer appeals its own denial", prep: denied, move: appealAs(insurer), code: CodeForbidden, msg: "only provider orgs"},
+		{name: "another provider appeals the denial", prep: denied, move: appealAs(client(t, "ClinicMSP")), code: CodeForbidden, msg: "submitted by HospitalMSP"},
+		{name: "provider appeals twice", prep: func(t *testing.T, w *world) {
+			denied(t, w)
+			mustOK(t, appealAs(hospital)(t, w))
+			_, err := decide(t, w, insurer, "pa-1", deny)
+			mustOK(t, err)
+		}, move: appealAs(hospital), code: CodeConflict, msg: "appealed once already"},
+		{name: "peer identity submits a claim", move: sub(as("HospitalMSP", "peer"), newClaim), code: CodeForbidden, msg: "may not submit"},
+		{name: "insurer submits a claim", move: sub(insurer, newClaim), code: CodeForbidden, msg: "only provider orgs"},
+		{name: "manufacturer submits a claim", move: sub(client(t, "PharmaMSP"), newClaim), code: CodeForbidden, msg: "only provider orgs"},
+		{name: "provider files a claim to an insurer outside the claims channel", move: func(t *testing.T, w *world) error {
+			c := newClaims(offChannelConfig)
+			tm := map[string][]byte{transientClaim: []byte(mustJSON(t, detail("cl-new")))}
+			_, err := call(w, hospital, c, tm, func(ctx contractapi.TransactionContextInterface) (*Claim, error) {
+				return c.Submit(ctx, mustJSON(t, offChannel))
+			})
+			return err
+		}, code: CodeInvalid, msg: "not a member of channel \"claims\""},
+		{name: "provider files the same claim again under a new id", move: sub(hospital, submission("cl-dup")), code: CodeConflict, msg: "duplicate claim"},
+		{name: "peer identity adjudicates", move: adj(as("InsurerMSP", "peer"), "cl-sub"), code: CodeForbidden, msg: "may not submit"},
+		{name: "provider adjudicates its own claim", move: adj(hospital, "cl-sub"), code: CodeForbidden, msg: "only insurer orgs"},
+		{name: "another insurer adjudicates the claim", move: adj(client(t, "Insurer2MSP"), "cl-sub"), code: CodeForbidden, msg: "addressed to InsurerMSP"},
+		{name: "insurer adjudicates a decided claim again", move: adj(insurer, "cl-adj"), code: CodeConflict, msg: "only a submitted claim"},
+		{name: "peer identity pays", move: pay(as("InsurerMSP", "peer"), "cl-adj"), code: CodeForbidden, msg: "may not submit"},
+		{name: "provider pays itself", move: pay(hospital, "cl-adj"), code: CodeForbidden, msg: "only insurer orgs"},
+		{name: "another insurer pays the claim", move: pay(client(t, "Insurer2MSP"), "cl-adj"), code: CodeForbidden, msg: "addressed to InsurerMSP"},
+		{name: "insurer pays a claim before adjudication", move: pay(insurer, "cl-sub"), code: CodeConflict, msg: "only an adjudicated claim"},
+		{name: "peer identity cancels", move: cancel(as("HospitalMSP", "peer"), "cl-sub"), code: CodeForbidden, msg: "may not submit"},
+		{name: "another provider cancels the claim", move: cancel(client(t, "ClinicMSP"), "cl-sub"), code: CodeForbidden, msg: "submitted by HospitalMSP"},
+		{name: "insurer cancels the claim", move: cancel(insurer, "cl-sub"), code: CodeForbidden, msg: "only provider orgs"},
+		{name: "provider cancels a decided claim", move: cancel(hospital, "cl-adj"), code: CodeConflict, msg: "only a submitted claim"},
+		{name: "peer identity purges lines", prep: later, move: purge(as("InsurerMSP", "peer"), "cl-adj"), code: CodeForbidden, msg: "may not submit"},
+		{name: "an org outside the claim purges its lines", prep: later, move: purge(client(t, "ClinicMSP"), "cl-adj"), code: CodeForbidden, msg: "only HospitalMSP or InsurerMSP"},
+		{name: "another insurer purges the lines", prep: later, move: purge(client(t, "Insurer2MSP"), "cl-adj"), code: CodeForbidden, msg: "only HospitalMSP or InsurerMSP"},
+		{name: "provider purges the lines of a submitted claim", prep: later, move: purge(hospital, "cl-sub"), code: CodeConflict, msg: "not decided yet"},
+		{name: "insurer purges lines before retention ends", move: purge(insurer, "cl-adj"), code: CodeConflict, msg: "retained until"},
+		{name: "an org outside the claim reads its lines", move: func(t *testing.T, w *world) error {
+			c := newClaims(testConfig)
+			return do(w, client(t, "ClinicMSP"), c, func(ctx contractapi.TransactionContextInterface) (*ClaimDetail, error) {
+				return c.Lines(ctx, ref("cl-sub"))
+			})
+		}, code: CodeForbidden, msg: "shared by HospitalMSP and InsurerMSP only"},
 	})
 }

@@ -8,7 +8,7 @@ import "github.com/hyperledger/fabric-contract-api-go/v2/contractapi"
 // on a channel the config does not assign it to.
 func All(cfg Config) []contractapi.ContractInterface {
 	return []contractapi.ContractInterface{
-		newProbe(),
+		newProbe(cfg),
 		newRecords(cfg),
 		newConsent(cfg),
 		newAudit(cfg),

@@ -37,4 +37,6 @@ func conflict(format string, a ...any) error {
 	return &ContractError{CodeConflict, fmt.Sprintf(format, a...)}
 }
 
+func sprintf(format string, a ...any) string { return fmt.Sprintf(format, a...) }
+
 func asContractError(err error, target **ContractError) bool { return errors.As(err, target) }

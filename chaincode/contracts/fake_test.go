@@ -4,8 +4,10 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -23,7 +25,8 @@ import (
 )
 
 // world is an in-memory channel ledger for contract unit tests. Like Fabric, a transaction reads committed state
-// only (no read-your-writes) and its writes and events take effect only when it succeeds.
+// only (no read-your-writes) and its writes and events take effect only when it succeeds. Every call's write set is
+// kept in calls, committed or not, so that a test can see what a refused call tried to write (it must be nothing).
 type world struct {
 	channel string
 	now     time.Time
@@ -31,6 +34,7 @@ type world struct {
 	private map[string]map[string][]byte // collection -> key -> value
 	purged  []string                     // "collection/key" of purged private keys
 	events  []fakeEvent                  // events of committed transactions
+	calls   []*fakeStub                  // every call, committed or not, in order
 	txs     int
 }
 
@@ -42,11 +46,17 @@ type fakeEvent struct {
 var testConfig = Config{
 	OrgKinds: map[string]string{
 		"HospitalMSP": KindProvider, "ClinicMSP": KindProvider, "InsurerMSP": KindInsurer, "PharmaMSP": KindManufacturer,
+		"Insurer2MSP": KindInsurer, "Pharma2MSP": KindManufacturer,
 	},
 	Channels: map[string][]string{
 		"providers": {"Records", "Consent", "Audit", "Trials"},
 		"claims":    {"Claims"},
 		"pharma":    {"Supply"},
+	},
+	Members: map[string][]string{
+		"providers": {"HospitalMSP", "ClinicMSP"},
+		"claims":    {"HospitalMSP", "ClinicMSP", "InsurerMSP", "Insurer2MSP"},
+		"pharma":    {"PharmaMSP", "HospitalMSP", "ClinicMSP", "Pharma2MSP"},
 	},
 }
 
@@ -88,6 +98,15 @@ func newActor(t *testing.T, msp, role, name string) actor {
 
 func client(t *testing.T, msp string) actor { return newActor(t, msp, "client", "User1@"+msp) }
 
+func admin(t *testing.T, msp string) actor { return newActor(t, msp, "admin", "Admin@"+msp) }
+
+func peerOf(t *testing.T, msp string) actor { return newActor(t, msp, "peer", "peer0."+msp) }
+
+func (a actor) fingerprint() string {
+	sum := sha256.Sum256(a.cert.Raw)
+	return hex.EncodeToString(sum[:])
+}
+
 func (a actor) pem() string {
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.cert.Raw}))
 }
@@ -99,6 +118,7 @@ func call[T any](w *world, a actor, c contractapi.ContractInterface, transient m
 	w.txs++
 	stub := &fakeStub{w: w, txID: fmt.Sprintf("tx%d", w.txs), transient: transient,
 		writes: map[string][]byte{}, pwrites: map[string]map[string][]byte{}}
+	w.calls = append(w.calls, stub)
 	ctx := &contractapi.TransactionContext{}
 	ctx.SetStub(stub)
 	ctx.SetClientIdentity(fakeIdentity{msp: a.msp, cert: a.cert})
@@ -113,6 +133,7 @@ func call[T any](w *world, a actor, c contractapi.ContractInterface, transient m
 		return out, err
 	}
 	stub.commit()
+	stub.committed = true
 	return out, nil
 }
 
@@ -127,6 +148,34 @@ type fakeStub struct {
 	pwrites   map[string]map[string][]byte // collection -> key -> value
 	purges    []string
 	events    []fakeEvent
+	committed bool
+	fn        string   // through the contract API (invoke): "Contract:Function"
+	args      []string // and its arguments
+	creator   []byte   // serialized identity of the caller
+}
+
+func (s *fakeStub) GetFunctionAndParameters() (string, []string) { return s.fn, s.args }
+func (s *fakeStub) GetCreator() ([]byte, error)                  { return s.creator, nil }
+
+// wrote says what the call tried to write (state, private data, purges, events), or "" when nothing.
+func (s *fakeStub) wrote() string {
+	var parts []string
+	for k := range s.writes {
+		parts = append(parts, fmt.Sprintf("state %q", k))
+	}
+	for coll, kvs := range s.pwrites {
+		for k := range kvs {
+			parts = append(parts, fmt.Sprintf("private %s %q", coll, k))
+		}
+	}
+	for _, p := range s.purges {
+		parts = append(parts, "purge "+p)
+	}
+	for _, e := range s.events {
+		parts = append(parts, "event "+e.Name)
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
 }
 
 func (s *fakeStub) commit() {
@@ -318,6 +367,27 @@ func mustOK(t *testing.T, err error) {
 	if err != nil {
 		t.Fatalf("unexpected error: %v", err)
 	}
+}
+
+// wroteNothing fails the test unless the world's last call wrote nothing at all: no state, no private data, no
+// purge, no event, whether or not it was committed. After a refusal it shows that the refused call was refused
+// before it changed anything, which the committed state alone cannot show (refused calls are never committed).
+func wroteNothing(t *testing.T, w *world) {
+	t.Helper()
+	if len(w.calls) == 0 {
+		t.Fatal("no call was made")
+	}
+	last := w.calls[len(w.calls)-1]
+	if got := last.wrote(); got != "" {
+		t.Fatalf("call %s (committed=%v) wrote: %s", last.txID, last.committed, got)
+	}
+}
+
+// refused checks a refusal: the error's code and message, and that the refused call wrote nothing.
+func refused(t *testing.T, w *world, err error, code, contains string) {
+	t.Helper()
+	wantErr(t, err, code, contains)
+	wroteNothing(t, w)
 }
 
 func lastEvent(t *testing.T, w *world) fakeEvent {

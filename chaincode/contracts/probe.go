@@ -2,7 +2,6 @@ package contracts
 
 import (
 	"encoding/json"
-	"fmt"
 	"regexp"
 	"strconv"
 
@@ -13,10 +12,11 @@ import (
 // short marker and read it back from any member peer; it holds no health data.
 type Probe struct {
 	contractapi.Contract
+	cfg Config
 }
 
-func newProbe() *Probe {
-	p := &Probe{}
+func newProbe(cfg Config) *Probe {
+	p := &Probe{cfg: cfg}
 	p.Name = "Probe"
 	return p
 }
@@ -36,20 +36,21 @@ type ProbeRecord struct {
 	TxID   string `json:"txId"`
 }
 
-// Write stores value under key, replacing any earlier value, and emits Probe.Written.
+// Write stores value under key, replacing any earlier value, and emits Probe.Written. The caller must be a client
+// or admin of a member org.
 func (p *Probe) Write(ctx contractapi.TransactionContextInterface, key, value string) error {
+	caller, err := memberWriter(ctx, p.cfg, "Probe.Write")
+	if err != nil {
+		return err
+	}
 	if !probeKeyPattern.MatchString(key) {
-		return fmt.Errorf("invalid probe key %q: 1-64 characters of A-Z a-z 0-9 . _ -", key)
+		return invalid("invalid probe key %q: 1-64 characters of A-Z a-z 0-9 . _ -", key)
 	}
 	if len(value) > maxProbeValueLen {
-		return fmt.Errorf("probe value is %d bytes; at most %d", len(value), maxProbeValueLen)
-	}
-	msp, err := ctx.GetClientIdentity().GetMSPID()
-	if err != nil {
-		return fmt.Errorf("reading caller MSP: %w", err)
+		return invalid("probe value is %d bytes; at most %d", len(value), maxProbeValueLen)
 	}
 	stub := ctx.GetStub()
-	rec := ProbeRecord{Key: key, Value: value, Writer: msp, TxID: stub.GetTxID()}
+	rec := ProbeRecord{Key: key, Value: value, Writer: caller.MSP, TxID: stub.GetTxID()}
 	raw, err := json.Marshal(rec)
 	if err != nil {
 		return err
@@ -67,7 +68,7 @@ func (p *Probe) Write(ctx contractapi.TransactionContextInterface, key, value st
 // Read returns the record stored under key.
 func (p *Probe) Read(ctx contractapi.TransactionContextInterface, key string) (*ProbeRecord, error) {
 	if !probeKeyPattern.MatchString(key) {
-		return nil, fmt.Errorf("invalid probe key %q", key)
+		return nil, invalid("invalid probe key %q", key)
 	}
 	stateKey, err := ctx.GetStub().CreateCompositeKey(probeKeyType, []string{key})
 	if err != nil {
@@ -78,7 +79,7 @@ func (p *Probe) Read(ctx contractapi.TransactionContextInterface, key string) (*
 		return nil, err
 	}
 	if raw == nil {
-		return nil, fmt.Errorf("no probe record %q", key)
+		return nil, notFound("no probe record %q", key)
 	}
 	var rec ProbeRecord
 	if err := json.Unmarshal(raw, &rec); err != nil {
@@ -91,12 +92,19 @@ func (p *Probe) Read(ctx contractapi.TransactionContextInterface, key string) (*
 // Because it reads before it writes, two concurrent increments of one key conflict at commit (MVCC): clients use
 // it to prove their conflict handling.
 func (p *Probe) Increment(ctx contractapi.TransactionContextInterface, key string) (int, error) {
+	if _, err := memberWriter(ctx, p.cfg, "Probe.Increment"); err != nil {
+		return 0, err
+	}
 	current := 0
 	rec, err := p.Read(ctx, key)
-	if err == nil {
+	var ce *ContractError
+	switch {
+	case err == nil:
 		if current, err = strconv.Atoi(rec.Value); err != nil {
-			return 0, fmt.Errorf("probe %q does not hold a counter", key)
+			return 0, conflict("probe %q does not hold a counter", key)
 		}
+	case !asContractError(err, &ce) || ce.Code != CodeNotFound:
+		return 0, err
 	}
 	next := strconv.Itoa(current + 1)
 	if err := p.Write(ctx, key, next); err != nil {

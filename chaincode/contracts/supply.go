@@ -3,6 +3,7 @@ package contracts
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"time"
 
 	"github.com/hyperledger/fabric-contract-api-go/v2/contractapi"
@@ -27,6 +28,7 @@ const (
 	keyUnit      = "unit"      // gtin, serial -> Unit
 	keyUnitEvent = "unitEvent" // gtin, serial, seq -> CustodyEvent
 	keyRecall    = "recall"    // gtin, lot -> Recall
+	keyAlert     = "unitAlert" // gtin, serial, time, txId -> Alert
 )
 
 // Unit states (GS1 dispositions).
@@ -219,9 +221,10 @@ func (c *Supply) Commission(ctx contractapi.TransactionContextInterface, unitJSO
 	return u, c.record(ctx, u, k, "Commissioned", CustodyEvent{BizStep: "commissioning", To: caller.MSP, By: caller.MSP})
 }
 
-// Ship sends a pack from its current custodian (the caller) to another member org.
+// Ship sends a pack from its current custodian (the caller) to another member org of this channel: an org that is
+// not on the channel could never receive it, and the pack would stay in transit for ever.
 func (c *Supply) Ship(ctx contractapi.TransactionContextInterface, gtin, serial, to string) (*Unit, error) {
-	caller, err := writer(ctx)
+	caller, err := memberWriter(ctx, c.cfg, "Supply.Ship")
 	if err != nil {
 		return nil, err
 	}
@@ -229,8 +232,17 @@ func (c *Supply) Ship(ctx contractapi.TransactionContextInterface, gtin, serial,
 	if err != nil {
 		return nil, err
 	}
-	if c.cfg.kindOf(to) == "" || to == caller.MSP {
-		return nil, invalid("to %q is not another member org", to)
+	if err := matches(mspPattern, "to", to, "an MSP id"); err != nil {
+		return nil, err
+	}
+	if to == caller.MSP {
+		return nil, invalid("to %q is the caller's own org", to)
+	}
+	channel := ctx.GetStub().GetChannelID()
+	if member, known := c.cfg.isMember(channel, to); !known {
+		return nil, forbidden("the chaincode config lists no members of channel %q; the addressee cannot be checked", channel)
+	} else if !member {
+		return nil, invalid("to %s is not a member of channel %q", to, channel)
 	}
 	if err := c.saleable(ctx, u, "ship"); err != nil {
 		return nil, err
@@ -241,7 +253,7 @@ func (c *Supply) Ship(ctx contractapi.TransactionContextInterface, gtin, serial,
 
 // Receive takes custody of a pack shipped to the caller's org.
 func (c *Supply) Receive(ctx contractapi.TransactionContextInterface, gtin, serial string) (*Unit, error) {
-	caller, err := writer(ctx)
+	caller, err := memberWriter(ctx, c.cfg, "Supply.Receive")
 	if err != nil {
 		return nil, err
 	}
@@ -368,26 +380,72 @@ func (c *Supply) RecallLot(ctx contractapi.TransactionContextInterface, gtin, lo
 	return &r, emit(ctx, "Supply.Recalled", r)
 }
 
-// Verify checks a scanned pack (lot and expiry as printed; either may be empty) for the caller's org. Submitted, a
-// suspicious result also emits Supply.Alert for the manufacturer; evaluated, it only answers.
+// Verify checks a scanned pack (lot and expiry as printed; either may be empty) for the caller's org. It only
+// answers: it writes nothing and emits nothing, so any identity of a channel member may evaluate it. To put a
+// suspicious result on record and alert the manufacturer, submit VerifyAndReport.
 func (c *Supply) Verify(ctx contractapi.TransactionContextInterface, gtin, serial, lot, expiry string) (*Verification, error) {
 	caller, err := callerOf(ctx)
 	if err != nil {
 		return nil, err
 	}
+	v, _, err := c.verify(ctx, caller, gtin, serial, lot, expiry)
+	return v, err
+}
+
+// VerifyAndReport verifies like Verify and, when the pack is suspicious, records an Alert (listed by Alerts) and
+// emits Supply.Alert for the manufacturer. The caller must be a client or admin of a member org. An authentic pack
+// writes nothing and emits nothing.
+func (c *Supply) VerifyAndReport(ctx contractapi.TransactionContextInterface, gtin, serial, lot, expiry string) (*Verification, error) {
+	caller, err := memberWriter(ctx, c.cfg, "Supply.VerifyAndReport")
+	if err != nil {
+		return nil, err
+	}
+	if lot != "" {
+		if err := matches(lotPattern, "lot", lot, "a GS1 lot"); err != nil {
+			return nil, err
+		}
+	}
+	if expiry != "" {
+		if _, err := date("expiry", expiry); err != nil {
+			return nil, err
+		}
+	}
+	v, manufacturer, err := c.verify(ctx, caller, gtin, serial, lot, expiry)
+	if err != nil || v.Authentic || slices.Contains(v.Flags, FlagInvalidGTIN) {
+		return v, err // an unreadable GTIN names no pack to put an alert on
+	}
+	now, err := txTime(ctx)
+	if err != nil {
+		return nil, err
+	}
+	txID := ctx.GetStub().GetTxID()
+	a := Alert{GTIN: gtin, Serial: serial, Lot: lot, Expiry: expiry, Manufacturer: manufacturer, VerifiedBy: caller.MSP,
+		Flags: v.Flags, At: timeText(now), TxID: txID}
+	k, err := key(ctx, keyAlert, gtin, serial, a.At, txID)
+	if err != nil {
+		return nil, err
+	}
+	if err := putJSON(ctx, k, a); err != nil {
+		return nil, err
+	}
+	return v, emit(ctx, "Supply.Alert", a)
+}
+
+// verify is the check behind Verify and VerifyAndReport; it also returns the pack's manufacturer ("" if unknown).
+func (c *Supply) verify(ctx contractapi.TransactionContextInterface, caller Caller, gtin, serial, lot, expiry string) (*Verification, string, error) {
 	v := &Verification{Flags: []string{}}
 	if !gtinValid(gtin) {
 		v.Flags = append(v.Flags, FlagInvalidGTIN)
-		return v, nil
+		return v, "", nil
 	}
 	u, _, err := c.load(ctx, gtin, serial)
 	var ce *ContractError
 	if asContractError(err, &ce) && ce.Code == CodeNotFound {
 		v.Flags = append(v.Flags, FlagUnknownSerial)
-		return v, c.alert(ctx, gtin, serial, "", v, caller.MSP)
+		return v, "", nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	v.State, v.Custodian = u.State, u.Custodian
 	if lot != "" && lot != u.Lot {
@@ -404,30 +462,38 @@ func (c *Supply) Verify(ctx contractapi.TransactionContextInterface, gtin, seria
 	}
 	cond, err := c.condition(ctx, u)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	v.Flags = append(v.Flags, cond...)
 	if u.Custodian != caller.MSP && u.ShippedTo != caller.MSP {
 		v.Flags = append(v.Flags, FlagCustodyMismatch)
 	}
 	v.Authentic = len(v.Flags) == 0
-	return v, c.alert(ctx, gtin, serial, u.Manufacturer, v, caller.MSP)
+	return v, u.Manufacturer, nil
 }
 
-type alertEvent struct {
+// Alert is a suspicious verification on record: what was scanned, by whom, and what was wrong.
+type Alert struct {
 	GTIN         string   `json:"gtin"`
 	Serial       string   `json:"serial"`
+	Lot          string   `json:"lot"`    // as printed on the pack ("" if not given)
+	Expiry       string   `json:"expiry"` // as printed on the pack ("" if not given)
 	Manufacturer string   `json:"manufacturer"`
 	VerifiedBy   string   `json:"verifiedBy"`
 	Flags        []string `json:"flags"`
+	At           string   `json:"at"`
 	TxID         string   `json:"txId"`
 }
 
-func (c *Supply) alert(ctx contractapi.TransactionContextInterface, gtin, serial, manufacturer string, v *Verification, by string) error {
-	if v.Authentic {
-		return nil
+// Alerts lists the suspicious verifications reported for a pack (commissioned or not), oldest first.
+func (c *Supply) Alerts(ctx contractapi.TransactionContextInterface, gtin, serial string) ([]Alert, error) {
+	if !gtinValid(gtin) {
+		return nil, invalid("gtin %q is not a GTIN-14 with a valid check digit", gtin)
 	}
-	return emit(ctx, "Supply.Alert", alertEvent{gtin, serial, manufacturer, by, v.Flags, ctx.GetStub().GetTxID()})
+	if err := matches(serialPattern, "serial", serial, "a GS1 serial"); err != nil {
+		return nil, err
+	}
+	return listJSON[Alert](ctx, keyAlert, gtin, serial)
 }
 
 // History lists a pack's custody events, oldest first.

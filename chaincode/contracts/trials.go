@@ -61,9 +61,9 @@ type DatasetCheck struct {
 	AnchoredAt     string `json:"anchoredAt"`
 }
 
-// RegisterStudy fixes a study's protocol (by digest) under the caller's org as sponsor.
+// RegisterStudy fixes a study's protocol (by digest) under the caller's org (a provider or a manufacturer) as sponsor.
 func (c *Trials) RegisterStudy(ctx contractapi.TransactionContextInterface, studyID, protocolDigest string) (*Study, error) {
-	caller, err := writer(ctx)
+	caller, err := orgWriter(ctx, c.cfg, "Trials.RegisterStudy", KindProvider, KindManufacturer)
 	if err != nil {
 		return nil, err
 	}
@@ -108,20 +108,19 @@ func (c *Trials) study(ctx contractapi.TransactionContextInterface, studyID stri
 	return &s, nil
 }
 
-// Enrol adds a subject under an active research consent (purpose HRESCH) that the subject gave to the sponsor.
+// Enrol adds a subject under an active research consent (purpose HRESCH) that the subject gave to the sponsor. The
+// enrolling org must hold records of the subject, and the consent must be one that opens its records: signed by the
+// subject's identity as it knows it, or recorded by itself (see Consent).
 func (c *Trials) Enrol(ctx contractapi.TransactionContextInterface, studyID, subject, consentID string) (*Enrolment, error) {
-	caller, err := writerOfKind(ctx, c.cfg, KindProvider, "Trials.Enrol")
+	caller, err := custodianOrg(ctx, c.cfg, "Trials.Enrol", subject)
 	if err != nil {
-		return nil, err
-	}
-	if err := pseudonym("subject", subject); err != nil {
 		return nil, err
 	}
 	s, err := c.study(ctx, studyID)
 	if err != nil {
 		return nil, err
 	}
-	consent, _, err := (&Consent{}).load(ctx, consentID)
+	consent, _, err := loadConsent(ctx, consentID)
 	if err != nil {
 		return nil, err
 	}
@@ -132,7 +131,18 @@ func (c *Trials) Enrol(ctx contractapi.TransactionContextInterface, studyID, sub
 	if consent.Patient != subject || consent.Grantee != s.Sponsor {
 		return nil, forbidden("consent %s is not the subject's consent to the sponsor %s", consentID, s.Sponsor)
 	}
-	if why := consent.refusal(now, "ResearchSubject", "HRESCH"); why != "" {
+	if ok, err := opens(ctx, consent, caller.MSP); err != nil {
+		return nil, err
+	} else if !ok {
+		return nil, forbidden("consent %s was recorded by %s; it does not open %s's records", consentID, consent.GrantedBy, caller.MSP)
+	}
+	why := consent.inForce(now, "HRESCH")
+	if why == "" {
+		if reach, notCovered := consent.reach(ask{resourceType: "ResearchSubject"}); reach == "" {
+			why = notCovered
+		}
+	}
+	if why != "" {
 		return nil, forbidden("consent %s does not allow enrolment: %s", consentID, why)
 	}
 	k, err := key(ctx, keyEnrolment, studyID, subject)
@@ -159,7 +169,7 @@ func (c *Trials) Enrolments(ctx contractapi.TransactionContextInterface, studyID
 
 // AnchorDataset locks a dataset version by digest. Only the sponsor anchors, and a version is anchored once.
 func (c *Trials) AnchorDataset(ctx contractapi.TransactionContextInterface, studyID, version, digest string) (*Dataset, error) {
-	caller, err := writer(ctx)
+	caller, err := orgWriter(ctx, c.cfg, "Trials.AnchorDataset", KindProvider, KindManufacturer)
 	if err != nil {
 		return nil, err
 	}
@@ -197,6 +207,9 @@ func (c *Trials) AnchorDataset(ctx contractapi.TransactionContextInterface, stud
 // VerifyDataset tells whether a presented dataset's digest matches the anchored version.
 func (c *Trials) VerifyDataset(ctx contractapi.TransactionContextInterface, studyID, version, digest string) (*DatasetCheck, error) {
 	if _, err := c.study(ctx, studyID); err != nil {
+		return nil, err
+	}
+	if err := matches(versionPattern, "version", version, "a dataset version"); err != nil {
 		return nil, err
 	}
 	if err := digestField("digest", digest); err != nil {

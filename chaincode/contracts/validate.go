@@ -25,6 +25,16 @@ func pseudonym(field, v string) error {
 	return nil
 }
 
+// opaqueKey checks an id that names something on chain in place of a client-chosen id (a FHIR id, a claim number):
+// the gateway's keyed hash of that id, 64 lower-case hex characters. A client id, which can be a medical record
+// number, is refused.
+func opaqueKey(field, v string) error {
+	if !hex64Pattern.MatchString(v) {
+		return invalid("%s must be an opaque key (64 lower-case hex characters), not a client id", field)
+	}
+	return nil
+}
+
 func digestField(field, v string) error {
 	if !hex64Pattern.MatchString(v) {
 		return invalid("%s must be a SHA-256/HMAC digest (64 lower-case hex characters)", field)
