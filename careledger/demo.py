@@ -110,7 +110,7 @@ def demo(resources: int) -> None:
         started = time.monotonic()
         submitted = hospital.post("/Claim", synthetic.claim(state["patient"], "InsurerMSP", lines, today, "Coverage/1"))
         claim_id = submitted["id"]
-        response = wait_for(lambda: hospital.get(f"/ClaimResponse/cr-{claim_id}"), 15, "ClaimResponse")
+        response = wait_for(lambda: hospital.get(f"/ClaimResponse/{claim_id}"), 15, "ClaimResponse")
         took = time.monotonic() - started
         reasons = [
             ",".join(c["code"] for c in (i["adjudication"][1].get("reason") or {}).get("coding", [])) or "-"

@@ -41,23 +41,36 @@ class Ledger:
         return json.loads(raw) if raw else None
 
     # ----- Records ---------------------------------------------------------------------------------------------
+    # Resources, claims and consents are named on chain by opaque keys (64-hex, keyed by the custodian), never by
+    # the ids clients chose.
 
     async def register(self, entries: Sequence[Mapping[str, Any]]) -> Committed:
         return await self.submit(PROVIDERS, "Records:Register", json.dumps(list(entries)))
 
-    async def record(self, resource_type: str, resource_id: str, version: int = 0) -> dict[str, Any]:
-        return dict(await self.evaluate(PROVIDERS, "Records:Get", resource_type, resource_id, str(version)))
+    async def record(self, resource_key: str, version: int = 0) -> dict[str, Any]:
+        """One registered version (0: the newest)."""
+        return dict(await self.evaluate(PROVIDERS, "Records:Get", resource_key, str(version)))
 
     async def custodians(self, patient: str) -> list[dict[str, Any]]:
+        """Who holds records of the patient: registered under the pseudonym, or linked to it from a local one."""
         return list(await self.evaluate(PROVIDERS, "Records:Custodians", patient))
 
     async def record_erasure(self, patient: str) -> Committed:
         return await self.submit(PROVIDERS, "Records:RecordErasure", patient)
 
+    async def link_patient(self, local: str, consortium: str) -> Committed:
+        return await self.submit(PROVIDERS, "Records:LinkPatient", local, consortium)
+
     # ----- Claims ----------------------------------------------------------------------------------------------
 
     async def submit_claim(self, submission: Mapping[str, Any], detail: Mapping[str, Any]) -> Committed:
         return await self.submit(CLAIMS, "Claims:Submit", json.dumps(submission), transient={"claim": detail})
+
+    async def submit_claims(self, submissions: Sequence[Mapping[str, Any]], details: Mapping[str, Any]) -> Committed:
+        """Many claims of this provider in one transaction, all or none (details by claim key)."""
+        return await self.submit(
+            CLAIMS, "Claims:SubmitBatch", json.dumps(list(submissions)), transient={"claims": details}
+        )
 
     async def claim(self, claim_id: str) -> dict[str, Any]:
         return dict(await self.evaluate(CLAIMS, "Claims:Get", claim_id))
@@ -74,8 +87,30 @@ class Ledger:
     async def adjudicate(self, claim_id: str, decision: Mapping[str, Any]) -> Committed:
         return await self.submit(CLAIMS, "Claims:Adjudicate", claim_id, transient={"adjudication": decision})
 
+    async def adjudicate_batch(self, decisions: Mapping[str, Mapping[str, Any]]) -> Committed:
+        """Many claims in one transaction; each claim's result says whether it was adjudicated or why not."""
+        return await self.submit(CLAIMS, "Claims:AdjudicateBatch", transient={"adjudications": decisions})
+
     async def pay(self, claim_id: str, payment_ref: str) -> Committed:
         return await self.submit(CLAIMS, "Claims:Pay", claim_id, payment_ref)
+
+    async def pay_batch(self, provider: str, payment_ref: str, claim_ids: Sequence[str]) -> Committed:
+        return await self.submit(CLAIMS, "Claims:PayBatch", provider, payment_ref, json.dumps(list(claim_ids)))
+
+    async def payment(self, payment_ref: str) -> dict[str, Any]:
+        return dict(await self.evaluate(CLAIMS, "Claims:Payment", payment_ref))
+
+    async def decide_preauth(self, claim_id: str, decision: Mapping[str, Any]) -> Committed:
+        return await self.submit(CLAIMS, "Claims:DecidePreauth", claim_id, json.dumps(decision))
+
+    async def due_for_purge(self, before: str, page_size: int = 200) -> list[dict[str, Any]]:
+        return await self._pages(CLAIMS, "Claims:DueForPurge", "claims", before, page_size=page_size)
+
+    async def purge_lines(self, claim_id: str) -> Committed:
+        return await self.submit(CLAIMS, "Claims:PurgeLines", claim_id)
+
+    async def preauths(self, insurer: str, start: str, end: str) -> list[dict[str, Any]]:
+        return await self._pages(CLAIMS, "Claims:PreauthsByPeriod", "claims", insurer, start, end)
 
     # ----- Consent and audit -----------------------------------------------------------------------------------
 
@@ -88,16 +123,28 @@ class Ledger:
     async def consent(self, consent_id: str) -> dict[str, Any]:
         return dict(await self.evaluate(PROVIDERS, "Consent:Get", consent_id))
 
-    async def record_access(self, patient: str, accessor: str, resource: str, purpose: str) -> dict[str, Any]:
-        request = {"patient": patient, "accessor": accessor, "resource": resource, "purpose": purpose}
+    async def record_access(
+        self, patient: str, accessor: str, resource: str, purpose: str, categories: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """Decide an access against the patient's consent and log it, in one transaction. `resource` is
+        `$everything`, a type (every resource of it), or `Type/<resource key>` (with its `categories`)."""
+        request: dict[str, Any] = {"patient": patient, "accessor": accessor, "resource": resource, "purpose": purpose}
+        if categories:
+            request["categories"] = list(categories)
         return dict((await self.submit(PROVIDERS, "Audit:RecordAccess", json.dumps(request))).result)
 
-    async def audit_by_patient(self, patient: str, start: str, end: str, page_size: int = 100) -> list[dict[str, Any]]:
-        entries: list[dict[str, Any]] = []
+    async def audit_by_patient(self, patient: str, start: str, end: str) -> list[dict[str, Any]]:
+        return await self._pages(PROVIDERS, "Audit:ByPatient", "entries", patient, start, end)
+
+    async def _pages(
+        self, channel: str, function: str, field: str, *args: str, page_size: int = 100
+    ) -> list[dict[str, Any]]:
+        """Every item of a paged read (the contract's bookmark pages)."""
+        items: list[dict[str, Any]] = []
         bookmark = ""
         while True:
-            page = await self.evaluate(PROVIDERS, "Audit:ByPatient", patient, start, end, str(page_size), bookmark)
-            entries += list(page["entries"])
+            page = await self.evaluate(channel, function, *args, str(page_size), bookmark)
+            items += list(page[field] or [])
             bookmark = page["bookmark"]
             if not bookmark:
-                return entries
+                return items

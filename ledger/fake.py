@@ -139,19 +139,22 @@ def _register(call: Call) -> int:
     entries: list[Json] = json.loads(call.args[0])
     written = []
     for e in entries:
-        head_key = f"record/{e['resourceType']}/{e['id']}"
+        if "id" in e or len(e.get("resourceKey", "")) != 64:
+            raise LedgerInvalid("entries carry an opaque resourceKey, never a client id")
+        head_key = f"record/{e['resourceKey']}"
         head = call.get(head_key)
         if head is not None and head["custodian"] != call.msp:
-            raise LedgerForbidden(f"{e['resourceType']}/{e['id']} is held by {head['custodian']}")
+            raise LedgerForbidden(f"resource {e['resourceKey']} is held by {head['custodian']}")
         current = head["version"] if head else 0
         if e["version"] == current and head is not None and head["digest"] == e["digest"]:
             continue  # a retry of what is registered
         if e["version"] != current + 1:
-            raise LedgerConflict(f"{e['resourceType']}/{e['id']}: version {e['version']} is not next ({current + 1})")
+            raise LedgerConflict(f"resource {e['resourceKey']}: version {e['version']} is not next ({current + 1})")
         record = {**e, "custodian": call.msp, "txId": call.tx_id}
         call.put(head_key, record)
         call.put(f"{head_key}/{e['version']}", record)
-        call.put(f"custodian/{e['patient']}/{call.msp}", {"custodian": call.msp, "patient": e["patient"]})
+        custodianship = {"custodian": call.msp, "patient": e["patient"], "localPseudonym": ""}
+        call.put(f"custodian/{e['patient']}/{call.msp}", custodianship)
         written.append(e)
     if written:
         call.emit("Records.Registered", {"custodian": call.msp, "txId": call.tx_id, "entries": written})
@@ -159,11 +162,10 @@ def _register(call: Call) -> int:
 
 
 def _record(call: Call) -> Json:
-    rtype, rid, version = call.args[0], call.args[1], int(call.args[2])
-    key = f"record/{rtype}/{rid}" + (f"/{version}" if version else "")
-    record: Json | None = call.get(key)
+    resource_key, version = call.args[0], int(call.args[1])
+    record: Json | None = call.get(f"record/{resource_key}" + (f"/{version}" if version else ""))
     if record is None:
-        raise LedgerNotFound(f"{rtype}/{rid} is not registered")
+        raise LedgerNotFound(f"resource {resource_key} is not registered")
     return record
 
 
@@ -200,6 +202,7 @@ def _grant(call: Call) -> Json:
     if call.get(f"custodian/{grant['patient']}/{call.msp}") is None:
         raise LedgerForbidden(f"{call.msp} holds no records of this patient")
     record = {
+        "categories": [],
         **grant,
         "status": "active",
         "grantedBy": call.msp,
@@ -255,6 +258,8 @@ def _decide(call: Call, patient: str, accessor: str, custodian: str, purpose: st
 def _record_access(call: Call) -> Json:
     _must_be(call, "provider", "Audit.RecordAccess")
     request: Json = json.loads(call.args[0])
+    if request["resource"] != "$everything":
+        raise LedgerInvalid("the fake ledger models $everything requests only")
     if call.get(f"custodian/{request['patient']}/{call.msp}") is None:
         raise LedgerForbidden(f"{call.msp} holds no records of this patient")
     decision = _decide(call, request["patient"], request["accessor"], call.msp, request["purpose"])

@@ -1,8 +1,9 @@
 """What the chaincode definition says beyond code: the contracts' consortium config and private data collections.
 
-Both are derived from consortium.yaml. The config (each member MSP's kind, each channel's contracts) is given to the
-chaincode server as CARELEDGER_CHAINCODE_CONFIG; the collections go into the definition with --collections-config.
-Both are folded into the chaincode version, so a change to either is approved and committed as a new sequence.
+Both are derived from consortium.yaml. The config (each member MSP's kind, each channel's contracts and members) is
+given to the chaincode server as CARELEDGER_CHAINCODE_CONFIG; the collections go into the definition with
+--collections-config. Both are folded into the chaincode version, so a change to either is approved and committed
+as a new sequence.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def contracts_config(topology: Topology) -> str:
     config = {
         "orgKinds": {org.msp_id: org.kind for org in topology.member_orgs},
         "channels": topology.contracts,
+        "members": {ch: [o.msp_id for o in orgs] for ch, orgs in topology.channels.items()},
     }
     return json.dumps(config, sort_keys=True, separators=(",", ":"))
 

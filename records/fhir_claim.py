@@ -131,6 +131,7 @@ def for_ledger(claim: dict[str, Any], claim_id: str, patient: str, digest: str) 
     return ClaimForLedger(submission, detail)
 
 
-def claim_response_id(claim_id: str) -> str:
-    """The id of the insurer's ClaimResponse to a claim, the same at the insurer and at the provider."""
-    return f"cr-{claim_id}"
+def claim_response_id(claim_key: str) -> str:
+    """The id of the insurer's ClaimResponse to a claim: the claim's key on chain (64-hex, a valid FHIR id), which
+    is all the insurer knows of the claim. The provider keeps it as ClaimResponse/<its own Claim id>."""
+    return claim_key

@@ -9,6 +9,8 @@
 
 A claim or consent is a transaction of its own, so it is posted on its own. Each route also knows how to ask the ledger
 whether a write happened (reconciliation after an unknown outcome) and which digest the ledger holds (`$verify`).
+The ledger names each resource, claim and consent by its opaque key (`records.store.Store.ledger_key`), never by
+the id a client chose.
 """
 
 from __future__ import annotations
@@ -42,11 +44,11 @@ class Route:
         """The one ledger transaction that registers the write (None: the resource is only kept here)."""
         raise NotImplementedError
 
-    async def registered(self, ledger: Ledger, rtype: str, rid: str, version: int) -> str | None:
+    async def registered(self, ledger: Ledger, key: str, version: int) -> str | None:
         """The id of the transaction that registered this version, or None when the ledger does not have it."""
         raise NotImplementedError
 
-    async def on_chain(self, ledger: Ledger, rtype: str, rid: str, version: int) -> OnChain:
+    async def on_chain(self, ledger: Ledger, key: str, version: int) -> OnChain:
         raise NotImplementedError
 
 
@@ -56,14 +58,14 @@ class RecordsRoute(Route):
     def call(self, ledger: Ledger, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
         return lambda: ledger.register(entries)
 
-    async def registered(self, ledger: Ledger, rtype: str, rid: str, version: int) -> str | None:
+    async def registered(self, ledger: Ledger, key: str, version: int) -> str | None:
         try:
-            return str((await ledger.record(rtype, rid, version)).get("txId", ""))
+            return str((await ledger.record(key, version)).get("txId", ""))
         except LedgerNotFound:
             return None
 
-    async def on_chain(self, ledger: Ledger, rtype: str, rid: str, version: int) -> OnChain:
-        record = await ledger.record(rtype, rid, version)
+    async def on_chain(self, ledger: Ledger, key: str, version: int) -> OnChain:
+        record = await ledger.record(key, version)
         return OnChain(str(record["digest"]), str(record.get("txId", "")), False)
 
 
@@ -74,21 +76,21 @@ class ClaimRoute(Route):
     def call(self, ledger: Ledger, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
         e = entries[0]
         if e["version"] == 1:
-            claim = fhir_claim.for_ledger(resource, e["id"], e["patient"], e["digest"])
+            claim = fhir_claim.for_ledger(resource, e["resourceKey"], e["patient"], e["digest"])
             return lambda: ledger.submit_claim(claim.submission, claim.detail)
         if resource.get("status") == "cancelled":
-            return lambda: ledger.cancel_claim(e["id"], "provider-cancelled")
+            return lambda: ledger.cancel_claim(e["resourceKey"], "provider-cancelled")
         raise FhirInvalid([Issue("not-supported", "Claim.status", "a submitted claim can only be cancelled")])
 
-    async def registered(self, ledger: Ledger, rtype: str, rid: str, version: int) -> str | None:
+    async def registered(self, ledger: Ledger, key: str, version: int) -> str | None:
         try:
-            claim = await ledger.claim(rid)
+            claim = await ledger.claim(key)
         except LedgerNotFound:
             return None
         return str(claim["txId"]) if version == 1 or claim["status"] == "cancelled" else None
 
-    async def on_chain(self, ledger: Ledger, rtype: str, rid: str, version: int) -> OnChain:
-        claim = await ledger.claim(rid)
+    async def on_chain(self, ledger: Ledger, key: str, version: int) -> OnChain:
+        claim = await ledger.claim(key)
         return OnChain(str(claim["digest"]), str(claim.get("txId", "")), True)
 
 
@@ -99,23 +101,23 @@ class ConsentRoute(Route):
     def call(self, ledger: Ledger, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
         e = entries[0]
         if e["version"] == 1:
-            grant = fhir_consent.grant(resource, e["id"], e["patient"], e["digest"])
+            grant = fhir_consent.grant(resource, e["resourceKey"], e["patient"], e["digest"])
             return lambda: ledger.grant(grant)
         if fhir_consent.revokes(resource):
-            return lambda: ledger.revoke(e["id"], e["digest"])
+            return lambda: ledger.revoke(e["resourceKey"], e["digest"])
         raise FhirInvalid(
             [Issue("not-supported", "Consent.status", "a granted consent can only be revoked (status inactive)")]
         )
 
-    async def registered(self, ledger: Ledger, rtype: str, rid: str, version: int) -> str | None:
+    async def registered(self, ledger: Ledger, key: str, version: int) -> str | None:
         try:
-            consent = await ledger.consent(rid)
+            consent = await ledger.consent(key)
         except LedgerNotFound:
             return None
         return str(consent["txId"]) if version == 1 or consent["status"] == "revoked" else None
 
-    async def on_chain(self, ledger: Ledger, rtype: str, rid: str, version: int) -> OnChain:
-        consent = await ledger.consent(rid)
+    async def on_chain(self, ledger: Ledger, key: str, version: int) -> OnChain:
+        consent = await ledger.consent(key)
         return OnChain(str(consent["documentDigest"]), str(consent.get("txId", "")), True)
 
 
@@ -125,11 +127,13 @@ class HeldRoute(Route):
     def call(self, ledger: Ledger, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
         return None
 
-    async def registered(self, ledger: Ledger, rtype: str, rid: str, version: int) -> str | None:
+    async def registered(self, ledger: Ledger, key: str, version: int) -> str | None:
         return ""
 
-    async def on_chain(self, ledger: Ledger, rtype: str, rid: str, version: int) -> OnChain:
-        raise FhirInvalid([Issue("not-supported", rtype, f"{rtype} is not registered on chain")])
+    async def on_chain(self, ledger: Ledger, key: str, version: int) -> OnChain:
+        raise FhirInvalid(
+            [Issue("not-supported", "", "this resource is kept here only; nothing is registered on chain")]
+        )
 
 
 RECORDS, CLAIM, CONSENT, HELD = RecordsRoute(), ClaimRoute(), ConsentRoute(), HeldRoute()

@@ -62,6 +62,9 @@ class Verification:
     tx_id: str
 
 
+LEDGER_KEY_SYSTEM = "urn:careledger:ledger-key"  # indexes each resource by its key on chain, to find it from an event
+
+
 def etag(version: int) -> str:
     return f'W/"{version}"'
 
@@ -113,6 +116,11 @@ class Records:
                 )
             ]
         )
+
+    def by_ledger_key(self, rtype: str, key: str) -> Stored | None:
+        """The newest version of the resource this org registered under a key seen on chain (in an event)."""
+        found = self.store.with_identifier(rtype, LEDGER_KEY_SYSTEM, key)
+        return self.store.read(rtype, found[0][0]) if found else None
 
     def pseudonym_of_local_patient(self, patient_id: str) -> str | None:
         head = self.store.head("Patient", patient_id)
@@ -205,12 +213,14 @@ class Records:
             resource = {**resource, "id": rid, "meta": meta}
             content = digests.canonical_json(resource)
             digest = digests.resource_digest(self.store.digest_key(patient), resource)
-            rows.append(Row(rtype, rid, version, patient, stamp, content, _identifiers(resource)))
+            key = self.store.ledger_key(rtype, rid)
+            identifiers = (*_identifiers(resource), (LEDGER_KEY_SYSTEM, key))
+            rows.append(Row(rtype, rid, version, patient, stamp, content, identifiers))
             entries.append(
                 {
                     "patient": patient,
                     "resourceType": rtype,
-                    "id": rid,
+                    "resourceKey": key,
                     "version": version,
                     "digest": digest,
                     "lastUpdated": stamp,
@@ -318,7 +328,7 @@ class Records:
         if not rows:
             return False
         rtype, rid, version = rows[0]
-        tx_id = await route_of(rtype).registered(self.ledger, rtype, rid, version)
+        tx_id = await route_of(rtype).registered(self.ledger, self.store.ledger_key(rtype, rid), version)
         if tx_id is None:
             self.store.discard(batch)
             return False
@@ -342,7 +352,7 @@ class Records:
     async def verify(self, stored: Stored) -> Verification:
         """Recompute the stored content's digest and compare it with the one registered on chain."""
         route = route_of(stored.type)
-        on_chain = await route.on_chain(self.ledger, stored.type, stored.id, stored.version)
+        on_chain = await route.on_chain(self.ledger, self.store.ledger_key(stored.type, stored.id), stored.version)
         if on_chain.first_version_only and stored.version > 1:
             stored = self.read(stored.type, stored.id, 1)
         resource = json.loads(stored.content)

@@ -39,6 +39,22 @@ class Everything:
         return bool(self.withheld) and not self.own and not any(d.resources for d in self.disclosed)
 
 
+def categories_of(resource: dict[str, Any]) -> set[str]:
+    """The category codes a resource carries (`category` is a CodeableConcept or a list of them)."""
+    value = resource.get("category")
+    concepts = value if isinstance(value, list) else [value] if isinstance(value, dict) else []
+    return {str(c.get("code")) for concept in concepts for c in concept.get("coding") or [] if c.get("code")}
+
+
+def covers(coverage: dict[str, Any], resource: dict[str, Any]) -> bool:
+    """Whether one consent's coverage (resource types, and categories when it names any) reaches a resource."""
+    scope = coverage.get("scope") or []
+    if "*" not in scope and resource.get("resourceType") not in scope:
+        return False
+    wanted = set(coverage.get("categories") or [])
+    return not wanted or bool(wanted & categories_of(resource))
+
+
 class Sharing:
     def __init__(self, records: Records, federation: Federation | None) -> None:
         self.records = records
@@ -76,11 +92,15 @@ class Sharing:
         if pid is None:
             log.info("disclosure", extra={"accessor": accessor, "decision": "deny", "reason": "not held"})
             raise refused
-        decision = await self.records.ledger.record_access(pseudonym, accessor, f"Patient/{pid}/$everything", purpose)
+        decision = await self.records.ledger.record_access(pseudonym, accessor, "$everything", purpose)
         log.info("disclosure", extra={"accessor": accessor, "decision": decision["decision"], "tx": decision["txId"]})
-        if decision["decision"] != "permit":
+        if decision["decision"] not in ("permit", "partial"):
             raise refused
-        return [json.loads(s.content) for s in self.records.store.patient_resources(pseudonym)]
+        held = [json.loads(s.content) for s in self.records.store.patient_resources(pseudonym)]
+        if decision["decision"] == "permit":
+            return held
+        # Minimum necessary: only what some consent in force covers, never the rest of the record.
+        return [r for r in held if any(covers(c, r) for c in decision["coverage"])]
 
     async def claim_response_for(self, claim_id: str, caller: str) -> Stored:
         """The ClaimResponse to a claim, for the claim's provider only. The provider asks as soon as the adjudication

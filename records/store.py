@@ -32,6 +32,7 @@ from records.errors import PatientErased, Tampered, VersionTaken
 
 DIGEST_KEY_LABEL = b"careledger/digest-key/v1"
 INDEX_KEY_LABEL = b"careledger/identifier-index/v1"
+LEDGER_KEY_LABEL = b"careledger/ledger-key/v1"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS patient_keys (
@@ -115,6 +116,7 @@ class Store:
         self._lock = threading.Lock()
         self._unsaved_keys: dict[str, bytes] = {}  # data keys of new patients, until their first rows are staged
         self._index_key = hmac.new(master_key, INDEX_KEY_LABEL, hashlib.sha256).digest()
+        self._ledger_key = hmac.new(master_key, LEDGER_KEY_LABEL, hashlib.sha256).digest()
 
     def close(self) -> None:
         self._db.close()
@@ -307,6 +309,12 @@ class Store:
             (patient,),
         ).fetchone()
         return str(row[0]) if row else None
+
+    def ledger_key(self, type_: str, id_: str) -> str:
+        """The opaque key a resource (or claim, or consent) has on chain: a keyed hash of its type and id under this
+        org's own key, so a client-chosen id (which can be an MRN) never reaches the ledger, and two orgs' equal ids
+        never share a key."""
+        return hmac.new(self._ledger_key, f"{type_}/{id_}".encode(), hashlib.sha256).hexdigest()
 
     def _token(self, type_: str, system: str, value: str) -> str:
         return hmac.new(self._index_key, f"{type_}|{system}|{value}".encode(), hashlib.sha256).hexdigest()

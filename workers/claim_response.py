@@ -12,6 +12,7 @@ from typing import Any
 from records.fhir_claim import MSP_SYSTEM, claim_response_id
 
 PSEUDONYM_SYSTEM = "urn:careledger:patient-pseudonym"
+CLAIM_KEY_SYSTEM = "urn:careledger:claim"  # the claim's key on chain: what events and both parties' records share
 CARC_SYSTEM = "https://x12.org/codes/claim-adjustment-reason-codes"
 ADJUDICATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/adjudication"
 
@@ -28,6 +29,7 @@ def _common(claim: dict[str, Any], created: str) -> dict[str, Any]:
     return {
         "resourceType": "ClaimResponse",
         "id": claim_response_id(claim["claimId"]),
+        "identifier": [{"system": CLAIM_KEY_SYSTEM, "value": claim["claimId"]}],
         "status": "active",
         "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/claim-type", "code": "professional"}]},
         "use": "claim",
@@ -90,7 +92,8 @@ def payment(claim: dict[str, Any], payment_ref: str, created: str) -> dict[str, 
     """The PaymentReconciliation of a paid claim."""
     return {
         "resourceType": "PaymentReconciliation",
-        "id": f"pr-{claim['claimId']}",
+        "id": claim["claimId"],  # the claim key: a PaymentReconciliation per claim paid on its own
+        "identifier": [{"system": CLAIM_KEY_SYSTEM, "value": claim["claimId"]}],
         "status": "active",
         "created": created,
         "paymentIssuer": _org(claim["insurer"]),

@@ -36,9 +36,19 @@ class Dispatch:
     task_id: str
 
 
+BATCHES = {"Claims.SubmittedBatch": "Claims.Submitted", "Claims.AdjudicatedBatch": "Claims.Adjudicated"}
+
+
+def claim_events(event: str, payload: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """One (event, claim) per claim: a batch event stands for the single event of each claim it lists."""
+    if event in BATCHES:
+        return [(BATCHES[event], claim) for claim in payload.get("claims") or []]
+    return [(event, payload)]
+
+
 def tasks_for(msp: str, event: str, tx_id: str, claim: dict[str, Any]) -> list[Dispatch]:
-    """What an event on the claims channel means for the org `msp`."""
-    key = f"{msp}:{tx_id}:{event}"
+    """What one claim's event on the claims channel means for the org `msp`."""
+    key = f"{msp}:{tx_id}:{event}:{claim.get('claimId', '')}"
     insurer, provider = claim.get("insurer") == msp, claim.get("provider") == msp
     out: list[Dispatch] = []
     if event == "Claims.Submitted" and insurer:
@@ -71,9 +81,9 @@ def listen(settings: WorkerSettings, stop: threading.Event | None = None) -> Non
                 log.info("listening", extra={"org": org.name, "block": checkpoint.block_number})
                 for event in gw.chaincode_events(CLAIMS, t.chaincode_name, start_block=start, checkpoint=checkpoint):
                     if event.name.startswith("Claims."):
-                        claim = json.loads(event.payload)
-                        for d in tasks_for(org.msp_id, event.name, event.tx_id, claim):
-                            outbox.publish(r, org.msp_id, settings.queue, d.task, d.args, d.task_id)
+                        for name, claim in claim_events(event.name, json.loads(event.payload)):
+                            for d in tasks_for(org.msp_id, name, event.tx_id, claim):
+                                outbox.publish(r, org.msp_id, settings.queue, d.task, d.args, d.task_id)
                     checkpointer.save(after_event(event))
                     if stop is not None and stop.is_set():
                         return

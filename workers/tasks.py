@@ -31,7 +31,6 @@ from celery.signals import task_postrun
 from fabric_gateway import FabricError
 from ledger.contracts import CLAIMS
 from ledger.errors import LedgerConflict, LedgerNotFound
-from records.fhir_claim import claim_response_id
 from records.store import Query
 from workers import claim_response, outbox, rules
 from workers.app import app
@@ -214,10 +213,14 @@ def fetch_claim_response(self: Any, claim: dict[str, Any], delivery_id: str) -> 
     if r.status_code == 404:  # the insurer stores it right after the commit that woke us: ask again very soon
         raise self.retry(countdown=0.1 * 2**self.request.retries, max_retries=10)
     r.raise_for_status()
-    response = r.json()
+    local = ctx.records.by_ledger_key("Claim", claim["claimId"])
+    if local is None:
+        return "not a claim held here"  # its patient was erased since
+    # Kept as ClaimResponse/<the provider's own Claim id>, pointing at that Claim, so the EHR finds it by its id.
+    response = {**r.json(), "id": local.id, "request": {"reference": f"Claim/{local.id}"}}
     response.pop("meta", None)
-    keep(ctx, response, claim["patient"])
-    summary = {**claim, "claimResponse": f"ClaimResponse/{claim_response_id(claim['claimId'])}"}
+    keep(ctx, response, local.patient)
+    summary = {**claim, "claim": f"Claim/{local.id}", "claimResponse": f"ClaimResponse/{local.id}"}
     msp, queue = ctx.settings.org.msp_id, ctx.settings.queue
     outbox.publish(
         ctx.redis, msp, queue, "careledger.notify", ["Claims.Adjudicated", summary, delivery_id], delivery_id

@@ -15,7 +15,7 @@ off-chain, because nothing here is PHI. Errors are OperationOutcomes like everyw
 | POST /supply/units/{gtin}/{serial}/decommission {reason} | Decommission | manufacturer |
 | POST /supply/recalls {gtin, lot, reason} | RecallLot | manufacturer |
 | GET /supply/verify?gtin=&serial=&lot=&expiry= | Verify (read only) | any member |
-| POST /supply/verify {gtin, serial, lot, expiry} | Verify, submitted (suspicious: Supply.Alert) | any member |
+| POST /supply/verify {gtin, serial, lot, expiry} | VerifyAndReport (suspicious: Supply.Alert) | any member |
 | GET /supply/units/{gtin}/{serial}[/history] | Get, History | any member |
 
 Bearer token scopes on `Medication`: `c` to commission, `u` for every other change, `r` for reads (v1: `write`, `read`).
@@ -109,7 +109,7 @@ async def verify(gtin: str, serial: str, svc: ServicesDep, _: Reader, lot: str =
 
 @router.post("/verify")
 async def verify_and_report(body: PackIdentity, svc: ServicesDep, _: Writer) -> JSONResponse:
-    return await _change(svc.records.ledger, "Verify", body.gtin, body.serial, body.lot, body.expiry)
+    return await _change(svc.records.ledger, "VerifyAndReport", body.gtin, body.serial, body.lot, body.expiry)
 
 
 @router.get("/units/{gtin}/{serial}")

@@ -159,7 +159,7 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 def claim_response(hospital: GatewayHttp, claim_id: str) -> dict[str, Any] | None:
-    r = hospital.get(f"/ClaimResponse/cr-{claim_id}")
+    r = hospital.get(f"/ClaimResponse/{claim_id}")
     return r.json() if r.status_code == 200 else None
 
 

@@ -164,7 +164,7 @@ def test_a_claim_is_submitted_and_verifies(hospital: Records) -> None:
     claim = synthetic.claim(patient.id, "InsurerMSP", [("99213", 1, "120.00")], "2026-11-01", "Coverage/c1")
     entry = fv.entry({"resource": claim, "request": {"method": "POST", "url": "Claim"}}, 0)
     (written,) = run(hospital.transaction([entry]))
-    assert run(hospital.ledger.claim(written.id))["status"] == "submitted"
+    assert run(hospital.ledger.claim(hospital.store.ledger_key("Claim", written.id)))["status"] == "submitted"
     assert run(hospital.verify(hospital.read("Claim", written.id))).ok
 
 

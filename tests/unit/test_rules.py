@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from workers import rules
-from workers.listener import tasks_for
+from workers.listener import claim_events, tasks_for
 
 RULES = rules.Rules(
     network_providers=frozenset({"HospitalMSP"}),
@@ -132,5 +132,13 @@ def test_listener_dispatch_per_org() -> None:
     assert tasks_for("ClinicMSP", "Claims.Adjudicated", "tx2", claim) == []
     fetch = tasks_for("HospitalMSP", "Claims.Adjudicated", "tx2", claim)
     assert [d.task for d in fetch] == ["careledger.fetch_claim_response"]
-    assert fetch[0].task_id == "HospitalMSP:tx2:Claims.Adjudicated:fetch"  # a replayed event gets the same id
+    assert fetch[0].task_id == "HospitalMSP:tx2:Claims.Adjudicated:c1:fetch"  # a replayed event gets the same id
     assert [d.task for d in tasks_for("InsurerMSP", "Claims.Adjudicated", "tx2", claim)] == ["careledger.pay"]
+
+
+def test_a_batch_event_stands_for_each_claim_it_lists() -> None:
+    claims = [{"claimId": f"c{i}", "insurer": "InsurerMSP", "provider": "HospitalMSP"} for i in range(3)]
+    events = claim_events("Claims.SubmittedBatch", {"provider": "HospitalMSP", "txId": "tx9", "claims": claims})
+    assert [(name, c["claimId"]) for name, c in events] == [("Claims.Submitted", f"c{i}") for i in range(3)]
+    ids = [d.task_id for name, c in events for d in tasks_for("InsurerMSP", name, "tx9", c)]
+    assert len(ids) == len(set(ids)) == 6  # adjudicate and notify per claim, each its own task

@@ -84,7 +84,7 @@ def submit_claim(world: FakeLedger, tmp_path: Path, lines: list[tuple[str, int, 
         (w,) = await hospital.transaction(
             [fv.entry({"resource": claim, "request": {"method": "POST", "url": "Claim"}}, 0)]
         )
-        return w.id
+        return hospital.store.ledger_key("Claim", w.id)
 
     claim_id = asyncio.run(go())
     hospital.store.close()
@@ -115,7 +115,7 @@ def test_a_covered_claim_is_adjudicated_once_and_paid_once(insurer: Any, tmp_pat
     tasks.pay.apply(args=[adjudicated]).get()
     paid = [p for _, _, n, p in world.events if n == "Claims.Paid"]
     assert [p["paymentRef"] for p in paid] == [ref]
-    payment = json.loads(records.read("PaymentReconciliation", f"pr-{claim['claimId']}").content)
+    payment = json.loads(records.read("PaymentReconciliation", claim["claimId"]).content)
     assert payment["paymentAmount"]["value"] == 100.0
 
 
