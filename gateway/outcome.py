@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 
-from fabric_gateway import CommitFailed, EndorsementFailed, FabricError, GatewayTimeout, PeerUnavailable
+from fabric_gateway import CommitError, EndorseError, FabricError, GatewayTimeout, GatewayUnavailable
 from fabric_gateway.retry import is_read_race
 from ledger.contracts import LedgerConflict, LedgerForbidden, LedgerInvalid, LedgerNotFound, LedgerRefused
 from records.service import LedgerOutcomeUnknown
@@ -45,7 +45,7 @@ _LEDGER_STATUS: list[tuple[type[Exception], int, str]] = [
     (Tampered, 500, "exception"),
     (LedgerOutcomeUnknown, 504, "timeout"),
     (GatewayTimeout, 504, "timeout"),
-    (PeerUnavailable, 503, "transient"),
+    (GatewayUnavailable, 503, "transient"),
     (FabricError, 502, "exception"),
 ]
 
@@ -71,7 +71,7 @@ def problem(err: Exception) -> tuple[int, dict[str, Any]] | None:
             for e in err.errors()
         ]
         return (400 if any(e["loc"][0] == "query" for e in err.errors()) else 422), operation_outcome(issues)
-    if isinstance(err, (CommitFailed, EndorsementFailed)) and is_read_race(err):
+    if isinstance(err, (CommitError, EndorseError)) and is_read_race(err):
         # Concurrent writes to the same records kept winning, even after retries: nothing was written; try again.
         return 503, operation_outcome([Issue("transient", "", f"busy, nothing was written; retry: {err}")])
     for cls, status, code in _LEDGER_STATUS:

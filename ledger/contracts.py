@@ -11,8 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fabric_gateway import EndorsementFailed, EvaluateFailed, GatewayError
-from fabric_gateway.aio import AsyncGateway
+from fabric_gateway import AsyncContract, AsyncGateway, EndorseError, EvaluateError, GatewayError
 from fabric_gateway.retry import retry_conflicts_async
 
 CHAINCODE = "careledger"
@@ -72,6 +71,12 @@ class Ledger:
     def __init__(self, gateway: AsyncGateway, chaincode: str = CHAINCODE) -> None:
         self.gateway = gateway
         self.chaincode = chaincode
+        self._contracts: dict[str, AsyncContract] = {}
+
+    def contract(self, channel: str) -> AsyncContract:
+        if channel not in self._contracts:
+            self._contracts[channel] = self.gateway.network(channel).contract(self.chaincode)
+        return self._contracts[channel]
 
     async def submit(
         self, channel: str, function: str, *args: str, transient: Mapping[str, Any] | None = None
@@ -79,19 +84,19 @@ class Ledger:
         encoded = {k: json.dumps(v).encode() for k, v in (transient or {}).items()}
 
         async def attempt() -> Any:
-            return await self.gateway.submit(channel, self.chaincode, function, list(args), transient=encoded or None)
+            return await self.contract(channel).submit(function, args=args, transient=encoded or None)
 
         try:
             # A transaction that lost a read race did not commit: submitting it anew is safe.
             done = await retry_conflicts_async(attempt)
-        except EndorsementFailed as e:
+        except EndorseError as e:
             raise (refusal(e) or e) from None
         return Committed(done.tx_id, json.loads(done.result) if done.result else None)
 
     async def evaluate(self, channel: str, function: str, *args: str) -> Any:
         try:
-            raw = await self.gateway.evaluate(channel, self.chaincode, function, list(args))
-        except EvaluateFailed as e:
+            raw = await self.contract(channel).evaluate(function, args=args)
+        except EvaluateError as e:
             raise (refusal(e) or e) from None
         return json.loads(raw) if raw else None
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from fabric_gateway import CommitStatusFailed, GatewayTimeout
+from fabric_gateway import CommitUnknown
 from ledger.contracts import Committed, Ledger, LedgerNotFound
 from records import digests, fhir_claim, fhir_consent
 from records.store import Row, Store, Stored
@@ -251,7 +251,7 @@ class Records:
     async def _settle(self, batch: str, submit: Callable[[], Awaitable[Committed]]) -> None:
         try:
             committed = await submit()
-        except (GatewayTimeout, CommitStatusFailed) as e:
+        except CommitUnknown as e:
             # Ordered or not? Ask the ledger rather than guess.
             if await self.reconcile(batch):
                 return
