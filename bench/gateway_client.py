@@ -1,10 +1,13 @@
 """Committed transactions per second and latency of CareLedger's Python Gateway client, beside the official Go
 client doing the same writes against the same network in the same run.
 
-    .venv/bin/python bench/gateway_client.py [--reuse-network]
+    .venv/bin/python bench/gateway_client.py [--reuse-network] [--port-base N] [--rounds N]
 
-Starts its own network in run/bench (ports from 37000) unless --reuse-network. Each scenario submits Probe:Write
-with unique keys (no conflicts) on `claims` and waits for every commit. Prints `name  throughput  p50  p99  rss`.
+Starts its own network in run/bench (ports from --port-base, 37000 by default) unless --reuse-network. Each scenario
+submits Probe:Write with unique keys (no conflicts) on `claims` and waits for every commit. Prints
+`name  throughput  p50  p99  rss` per client, and the ratio of the better Python client to Go. The Python and Go
+clients take turns within each concurrency, and --rounds repeats the whole list, so load from elsewhere on the machine
+falls on both alike; the last lines sum up every round.
 """
 
 from __future__ import annotations
@@ -23,8 +26,7 @@ from pathlib import Path
 
 from consortium import connect
 from consortium import topology as topo
-from fabric_gateway import load_msp
-from fabric_gateway.aio import AsyncGateway
+from fabric_gateway import AsyncGateway, load_msp
 from network import control
 
 GO_DIR = Path(__file__).with_name("gogateway")
@@ -53,10 +55,11 @@ def run_python_threads(t: topo.Topology, concurrency: int, count: int) -> tuple[
     prefix = f"py-{uuid.uuid4().hex[:6]}"
     latencies = [0.0] * count
     with connect.gateway(t, ORG) as gw:
+        contract = gw.network("claims").contract(t.chaincode_name)
 
         def one(i: int) -> None:
             t0 = time.perf_counter()
-            gw.submit("claims", t.chaincode_name, "Probe:Write", [f"{prefix}-{i}", "v"])
+            contract.submit("Probe:Write", args=[f"{prefix}-{i}", "v"])
             latencies[i] = (time.perf_counter() - t0) * 1000
 
         started = time.perf_counter()
@@ -73,6 +76,7 @@ def run_python_asyncio(t: topo.Topology, concurrency: int, count: int) -> tuple[
 
     async def main() -> float:
         async with AsyncGateway(connect.endpoint(t, org), identity, signer) as gw:
+            contract = gw.network("claims").contract(t.chaincode_name)
             queue: asyncio.Queue[int] = asyncio.Queue()
             for i in range(count):
                 queue.put_nowait(i)
@@ -81,7 +85,7 @@ def run_python_asyncio(t: topo.Topology, concurrency: int, count: int) -> tuple[
                 while not queue.empty():
                     i = queue.get_nowait()
                     t0 = time.perf_counter()
-                    await gw.submit("claims", t.chaincode_name, "Probe:Write", [f"{prefix}-{i}", "v"])
+                    await contract.submit("Probe:Write", args=[f"{prefix}-{i}", "v"])
                     latencies[i] = (time.perf_counter() - t0) * 1000
 
             started = time.perf_counter()
@@ -117,23 +121,34 @@ def run_go(binary: Path, t: topo.Topology, concurrency: int, count: int) -> tupl
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reuse-network", action="store_true", help="use the network of CARELEDGER_HOME")
+    parser.add_argument("--port-base", type=int, default=37000, help="ports of the bench's own network")
+    parser.add_argument("--rounds", type=int, default=1, help="how many times to run every scenario")
     args = parser.parse_args()
-    t = topo.load() if args.reuse_network else topo.load(home=topo.REPO_ROOT / "run" / "bench", port_base=37000)
+    home = topo.REPO_ROOT / "run" / "bench"
+    t = topo.load() if args.reuse_network else topo.load(home=home, port_base=args.port_base)
     if not args.reuse_network:
         control.down(t, purge=True, progress=lambda _m: None)
     control.up(t, progress=lambda _m: None)
     binary = build_go()
+    ratios: dict[int, list[str]] = {c: [] for c, _ in SCENARIOS}
     try:
         run_python_threads(t, 8, 100)  # warm up connections, chaincode and JIT-free paths alike
-        for concurrency, count in SCENARIOS:
-            py_s, py_lat = run_python_threads(t, concurrency, count)
-            print(line(f"python-threads c={concurrency}", count, py_s, py_lat, self_rss_mib()), flush=True)
-            pa_s, pa_lat = run_python_asyncio(t, concurrency, count)
-            print(line(f"python-asyncio c={concurrency}", count, pa_s, pa_lat, self_rss_mib()), flush=True)
-            go_s, go_lat, go_rss = run_go(binary, t, concurrency, count)
-            print(line(f"go-official c={concurrency}", count, go_s, go_lat, go_rss), flush=True)
-            best = max(count / py_s, count / pa_s)
-            print(f"{'ratio python/go':26} {best / (count / go_s):8.2f}", flush=True)
+        for _ in range(args.rounds):
+            for concurrency, count in SCENARIOS:
+                py_s, py_lat = run_python_threads(t, concurrency, count)
+                print(line(f"python-threads c={concurrency}", count, py_s, py_lat, self_rss_mib()), flush=True)
+                pa_s, pa_lat = run_python_asyncio(t, concurrency, count)
+                print(line(f"python-asyncio c={concurrency}", count, pa_s, pa_lat, self_rss_mib()), flush=True)
+                go_s, go_lat, go_rss = run_go(binary, t, concurrency, count)
+                print(line(f"go-official c={concurrency}", count, go_s, go_lat, go_rss), flush=True)
+                best = max(count / py_s, count / pa_s)
+                ratio = best / (count / go_s)
+                print(f"{'ratio python/go':26} {ratio:8.2f}", flush=True)
+                ratios[concurrency].append(
+                    f"{ratio:.2f} (threads {count / py_s:.0f}, asyncio {count / pa_s:.0f}, go {count / go_s:.0f})"
+                )
+        for concurrency, measured in ratios.items():
+            print(f"c={concurrency:<3} python/go per round: {'; '.join(measured)}", flush=True)
     finally:
         if not args.reuse_network:
             control.down(t, purge=True, progress=lambda _m: None)

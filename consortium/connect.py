@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from consortium.topology import Org, Topology
-from fabric_gateway import Endpoint, Gateway, Timeouts, load_msp
-from fabric_gateway.aio import AsyncGateway
-from fabric_gateway.client import DEFAULT_TIMEOUTS
+from fabric_gateway import DEFAULT_TIMEOUTS, AsyncGateway, Endpoint, Gateway, Timeouts, load_msp
 
 
 def endpoint(topology: Topology, org: Org, user: str = "User1") -> Endpoint:

@@ -1,5 +1,19 @@
-"""CareLedger's Python client for the Fabric Gateway service (peer gRPC), modelled on the official clients."""
+"""CareLedger's Python client for the Fabric Gateway service (peer gRPC), shaped like the official clients.
 
+Gateway (connection + identity) -> Network (channel) -> Contract (chaincode, optionally one contract in it) ->
+evaluate / submit / submit_async, or step by step new_proposal -> endorse -> submit -> status, each value
+serialisable and signable offline. `Gateway` blocks; `AsyncGateway` (fabric_gateway.aio) is the same for asyncio.
+"""
+
+from fabric_gateway.aio import (
+    AsyncCommit,
+    AsyncContract,
+    AsyncGateway,
+    AsyncNetwork,
+    AsyncProposal,
+    AsyncTransaction,
+)
+from fabric_gateway.base import ProposalOptions
 from fabric_gateway.checkpoint import (
     Checkpoint,
     Checkpointer,
@@ -7,50 +21,96 @@ from fabric_gateway.checkpoint import (
     InMemoryCheckpointer,
     RedisCheckpointer,
 )
-from fabric_gateway.client import Gateway, Pending, Submitted, Timeouts
+from fabric_gateway.client import ChaincodeEvents, Commit, Contract, Gateway, Network, Proposal, Transaction
 from fabric_gateway.connection import Endpoint
 from fabric_gateway.errors import (
-    CommitFailed,
-    CommitStatusFailed,
-    EndorsementFailed,
-    EvaluateFailed,
-    EventsFailed,
+    BlockWaitTimeout,
+    CommitError,
+    CommitStatusError,
+    CommitStatusTimeout,
+    CommitStatusUnavailable,
+    CommitUnknown,
+    EndorseError,
+    EndorseTimeout,
+    EndorseUnavailable,
+    ErrorDetail,
+    EvaluateError,
+    EvaluateTimeout,
+    EvaluateUnavailable,
+    EventsError,
+    EventsTimeout,
+    EventsUnavailable,
     FabricError,
     GatewayError,
     GatewayTimeout,
-    PeerUnavailable,
-    SubmitFailed,
+    GatewayUnavailable,
+    NotCommitted,
+    SubmitError,
+    SubmitRefused,
+    SubmitTimeout,
+    SubmitUnavailable,
 )
 from fabric_gateway.identity import Identity, Signer, ecdsa_signer, load_msp
 from fabric_gateway.messages import ChaincodeEvent, CommitStatus
-from fabric_gateway.retry import retry_conflicts
+from fabric_gateway.retry import is_read_race, retry_conflicts, retry_conflicts_async
+from fabric_gateway.steps import DEFAULT_TIMEOUTS, Submitted, Timeouts
 
 __all__ = [
+    "DEFAULT_TIMEOUTS",
+    "AsyncCommit",
+    "AsyncContract",
+    "AsyncGateway",
+    "AsyncNetwork",
+    "AsyncProposal",
+    "AsyncTransaction",
+    "BlockWaitTimeout",
     "ChaincodeEvent",
+    "ChaincodeEvents",
     "Checkpoint",
     "Checkpointer",
-    "CommitFailed",
+    "Commit",
+    "CommitError",
     "CommitStatus",
-    "CommitStatusFailed",
-    "EndorsementFailed",
+    "CommitStatusError",
+    "CommitStatusTimeout",
+    "CommitStatusUnavailable",
+    "CommitUnknown",
+    "Contract",
+    "EndorseError",
+    "EndorseTimeout",
+    "EndorseUnavailable",
     "Endpoint",
-    "EvaluateFailed",
-    "EventsFailed",
+    "ErrorDetail",
+    "EvaluateError",
+    "EvaluateTimeout",
+    "EvaluateUnavailable",
+    "EventsError",
+    "EventsTimeout",
+    "EventsUnavailable",
     "FabricError",
     "FileCheckpointer",
     "Gateway",
     "GatewayError",
     "GatewayTimeout",
+    "GatewayUnavailable",
     "Identity",
     "InMemoryCheckpointer",
-    "PeerUnavailable",
-    "Pending",
+    "Network",
+    "NotCommitted",
+    "Proposal",
+    "ProposalOptions",
     "RedisCheckpointer",
     "Signer",
-    "SubmitFailed",
+    "SubmitError",
+    "SubmitRefused",
+    "SubmitTimeout",
+    "SubmitUnavailable",
     "Submitted",
     "Timeouts",
+    "Transaction",
     "ecdsa_signer",
+    "is_read_race",
     "load_msp",
     "retry_conflicts",
+    "retry_conflicts_async",
 ]

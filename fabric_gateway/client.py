@@ -1,103 +1,120 @@
 """The blocking Fabric Gateway client, for workers and scripts. Safe to share across threads.
 
-    gw = Gateway(endpoint, identity, signer)
-    gw.evaluate("claims", "careledger", "Probe:Read", ["k"])            -> result bytes
-    gw.submit("claims", "careledger", "Probe:Write", ["k", "v"])        -> Submitted, committed
-    pending = gw.submit_async(...); ...; pending.status()                -> CommitStatus
-    for event in gw.chaincode_events("claims", "careledger", checkpoint=cp): ...
+    gw = Gateway(endpoint, identity, signer)                   # or a grpc.Channel, or a Gateway stub
+    claims = gw.network("claims")
+    contract = claims.contract("careledger", "Claims")
+    contract.evaluate("Get", args=["c1"])                       -> result bytes
+    contract.submit("Submit", args=[...], transient={...})      -> Submitted(tx_id, result, status), committed
+    commit = contract.submit_async(...); commit.tx_id; commit.status()
+    claims.commit_status(tx_id); claims.wait_for_block(n, orgs=["InsurerMSP"])
+    for event in claims.chaincode_events("careledger", checkpoint=cp): ...
 
-Every step can also be driven by hand with an external signer: proposal() -> endorse() -> send() -> commit_status(),
-each taking the signature of the previous value's digest.
+Offline signing, step by step: contract.new_proposal(...) -> proposal.endorse() -> transaction.submit() ->
+commit.status(); each value has `digest` and `to_bytes()`, and `gw.*_from_bytes(data, signature)` loads it back signed.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar, Unpack
 
 import grpc
-from fabric_protos.gateway import gateway_pb2, gateway_pb2_grpc
 
+from fabric_gateway import base, steps
 from fabric_gateway import messages as m
 from fabric_gateway.checkpoint import Checkpoint
 from fabric_gateway.connection import Endpoint
-from fabric_gateway.errors import CommitFailed, from_rpc_error
-from fabric_gateway.identity import Identity, Signer, digest
+from fabric_gateway.identity import Identity, Signer
+from fabric_gateway.steps import DEFAULT_TIMEOUTS, Steps, Submitted, Timeouts
+
+T = TypeVar("T")
+UnaryCall = Callable[..., bytes | None]  # None: a pause
 
 
-@dataclass(frozen=True)
-class Timeouts:
-    """Per-call deadlines in seconds."""
+class Blocking:
+    """Performs steps with blocking gRPC calls on the caller's thread."""
 
-    evaluate: float = 10.0
-    endorse: float = 30.0
-    submit: float = 10.0
-    commit_status: float = 60.0
+    def __init__(self, connection: grpc.Channel | Any) -> None:
+        if isinstance(connection, grpc.Channel):
+            self._calls: dict[str, UnaryCall] = steps.unary_calls(connection)
+            self._events: Callable[[bytes], Any] = steps.events_call(connection)
+        else:  # a Gateway stub, such as a test's fake: it speaks protobuf messages
+            self._calls = {stage: _stub_call(*method) for stage, method in steps.stub_methods(connection).items()}
+            self._events = lambda request: _StubStream(
+                connection.ChaincodeEvents(steps.events_request_message(request))
+            )
+        self._calls["pause"] = lambda _, timeout: time.sleep(timeout)
 
+    def run(self, operation: Steps[T]) -> T:
+        step = steps.resume(operation, None)
+        while isinstance(step, steps.Call):
+            step = steps.resume(operation, self._perform(step))
+        return step.value
 
-DEFAULT_TIMEOUTS = Timeouts()
+    def _perform(self, call: steps.Call) -> steps.Reply:
+        try:
+            return self._calls[call.stage](call.request, timeout=call.timeout)
+        except grpc.RpcError as e:
+            return e
 
-
-@dataclass(frozen=True)
-class Submitted:
-    tx_id: str
-    result: bytes
-    status: m.CommitStatus | None = None
-
-
-class Pending:
-    """A transaction sent for ordering whose commit status has not been read yet."""
-
-    def __init__(self, gateway: Gateway, tx: m.PreparedTransaction, request: m.CommitRequest) -> None:
-        self._gateway = gateway
-        self.tx_id = tx.tx_id
-        self.result = tx.result
-        self._request = request
-
-    def status(self, timeout: float | None = None) -> m.CommitStatus:
-        return self._gateway.commit_status(self._request, timeout=timeout)
-
-    def wait(self, timeout: float | None = None) -> Submitted:
-        """Wait for commit; raise CommitFailed unless the transaction is valid."""
-        status = self.status(timeout)
-        if not status.successful:
-            raise CommitFailed(status.tx_id, status.code, status.block_number)
-        return Submitted(self.tx_id, self.result, status)
+    def events(self, request: bytes) -> Any:
+        return self._events(request)
 
 
-class Signing:
-    """What both clients hold besides their gRPC channel: who signs, how, and the call deadlines."""
+def _stub_call(method: Any, request_type: Any) -> UnaryCall:
+    def call(request: bytes, timeout: float) -> bytes:
+        return bytes(method(request_type.FromString(request), timeout=timeout).SerializeToString())
 
-    def __init__(self, identity: Identity, signer: Signer | None, timeouts: Timeouts) -> None:
-        self.identity = identity
-        self.signer = signer
-        self.timeouts = timeouts
-
-    def _sign(self, message_digest: bytes, signature: bytes | None) -> bytes:
-        """The caller's signature when it gives one (offline signing), else the signer's."""
-        if signature is not None:
-            return signature
-        if self.signer is None:
-            raise ValueError("this gateway has no signer: pass the signature of the digest")
-        return self.signer(message_digest)
+    return call
 
 
-class Gateway(Signing):
+class _StubStream:
+    """A stub's stream of event messages, seen as the channel's stream of bytes."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def __iter__(self) -> Iterator[bytes]:
+        return (bytes(response.SerializeToString()) for response in self._call)
+
+    def cancel(self) -> None:
+        if hasattr(self._call, "cancel"):
+            self._call.cancel()
+
+
+class Gateway(base.GatewayBase[Blocking]):
+    """A connection to one peer's Gateway service, as one identity.
+
+    `connection` is an `Endpoint` (the gateway opens the channel and closes it), or a `grpc.Channel` or a Gateway
+    stub that the caller owns. Without a signer every value must be signed offline (see the module docstring).
+    """
+
     def __init__(
         self,
-        endpoint: Endpoint,
+        connection: Endpoint | grpc.Channel | Any,
         identity: Identity,
         signer: Signer | None = None,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
     ) -> None:
-        super().__init__(identity, signer, timeouts)
-        self._channel = endpoint.channel()
-        self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
+        self._channel = connection.channel() if isinstance(connection, Endpoint) else None
+        super().__init__(steps.Session(identity, signer, timeouts), Blocking(self._channel or connection))
+
+    def network(self, name: str) -> Network:
+        return Network(self._session, self._driver, name)
+
+    def proposal_from_bytes(self, data: bytes, signature: bytes | None = None) -> Proposal:
+        return Proposal(self._session, self._driver, m.ProposalState.from_bytes(data, signature))
+
+    def transaction_from_bytes(self, data: bytes, signature: bytes | None = None) -> Transaction:
+        return Transaction(self._session, self._driver, m.TransactionState.from_bytes(data, signature))
+
+    def commit_from_bytes(self, data: bytes, signature: bytes | None = None) -> Commit:
+        return Commit(self._session, self._driver, m.CommitState.from_bytes(data, signature))
 
     def close(self) -> None:
-        self._channel.close()
+        if self._channel is not None:
+            self._channel.close()
 
     def __enter__(self) -> Gateway:
         return self
@@ -105,131 +122,97 @@ class Gateway(Signing):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, stage: str, rpc: Callable[..., Any], request: Any, timeout: float) -> Any:
-        started = time.monotonic()
-        try:
-            return rpc(request, timeout=timeout)
-        except grpc.RpcError as e:
-            raise from_rpc_error(stage, e, deadline_passed=time.monotonic() - started >= timeout) from None
 
-    # ----- steps -----------------------------------------------------------------------------------------------
+class Network(base.NetworkBase[Blocking]):
+    def contract(self, chaincode: str, contract_name: str = "") -> Contract:
+        return Contract(self._session, self._driver, m.Target(self.name, chaincode, contract_name))
 
-    def proposal(
-        self,
-        channel: str,
-        chaincode: str,
-        function: str,
-        args: Sequence[str | bytes] = (),
-        transient: Mapping[str, bytes] | None = None,
-        endorsing_orgs: Sequence[str] = (),
-    ) -> m.Proposal:
-        return m.new_proposal(self.identity, channel, chaincode, function, args, transient, endorsing_orgs)
+    def commit(self, tx_id: str) -> Commit:
+        """The commit-status request of any transaction on this channel, by its id."""
+        return Commit(self._session, self._driver, self._commit(tx_id))
 
-    def endorse(
-        self, proposal: m.Proposal, signature: bytes | None = None, timeout: float | None = None
-    ) -> m.PreparedTransaction:
-        signed = proposal.signed(self._sign(proposal.digest, signature))
-        request = m.endorse_request(proposal.tx_id, proposal.channel, signed, proposal.endorsing_orgs)
-        response = self._call("endorse", self._stub.Endorse, request, timeout or self.timeouts.endorse)
-        return m.prepared(proposal, response)
+    def commit_status(self, tx_id: str, timeout: float | None = None) -> m.CommitStatus:
+        """Whether a transaction committed, and where; waits for it until the deadline (then CommitStatusTimeout)."""
+        return self._driver.run(steps.commit_status(self._session, self._commit(tx_id), timeout))
 
-    def send(
-        self, tx: m.PreparedTransaction, signature: bytes | None = None, timeout: float | None = None
-    ) -> m.CommitRequest:
-        """Send an endorsed transaction for ordering; returns the request to read its commit status with."""
-        request = tx.submit_request(self._sign(tx.digest, signature))
-        self._call("submit", self._stub.Submit, request, timeout or self.timeouts.submit)
-        return m.commit_request(self.identity, tx)
-
-    def commit_status(
-        self, request: m.CommitRequest, signature: bytes | None = None, timeout: float | None = None
-    ) -> m.CommitStatus:
-        signed = request.signed(self._sign(request.digest, signature))
-        response = self._call("commit_status", self._stub.CommitStatus, signed, timeout or self.timeouts.commit_status)
-        return m.commit_status(request.tx_id, response)
-
-    # ----- the usual calls -------------------------------------------------------------------------------------
-
-    def evaluate(
-        self,
-        channel: str,
-        chaincode: str,
-        function: str,
-        args: Sequence[str | bytes] = (),
-        transient: Mapping[str, bytes] | None = None,
-        target_orgs: Sequence[str] = (),
-        timeout: float | None = None,
-    ) -> bytes:
-        proposal = self.proposal(channel, chaincode, function, args, transient, target_orgs)
-        signed = proposal.signed(self._sign(proposal.digest, None))
-        request = m.evaluate_request(proposal.tx_id, channel, signed, proposal.endorsing_orgs)
-        response = self._call("evaluate", self._stub.Evaluate, request, timeout or self.timeouts.evaluate)
-        return bytes(response.result.payload)
-
-    def submit_async(
-        self,
-        channel: str,
-        chaincode: str,
-        function: str,
-        args: Sequence[str | bytes] = (),
-        transient: Mapping[str, bytes] | None = None,
-        endorsing_orgs: Sequence[str] = (),
-    ) -> Pending:
-        """Endorse and send for ordering; return at once with the tx id. Read the commit status later."""
-        tx = self.endorse(self.proposal(channel, chaincode, function, args, transient, endorsing_orgs))
-        return Pending(self, tx, self.send(tx))
-
-    def submit(
-        self,
-        channel: str,
-        chaincode: str,
-        function: str,
-        args: Sequence[str | bytes] = (),
-        transient: Mapping[str, bytes] | None = None,
-        endorsing_orgs: Sequence[str] = (),
-        commit_timeout: float | None = None,
-    ) -> Submitted:
-        """Endorse, order, and wait for the commit; raises CommitFailed unless the transaction is valid."""
-        return self.submit_async(channel, chaincode, function, args, transient, endorsing_orgs).wait(commit_timeout)
-
-    # ----- events ----------------------------------------------------------------------------------------------
+    def wait_for_block(self, block_number: int, orgs: Sequence[str] | None = None, timeout: float = 30.0) -> None:
+        """Return once each org's peer (default: this identity's org) has committed `block_number`, so a read or
+        an endorsement there sees what that block wrote. Raises BlockWaitTimeout."""
+        self._driver.run(steps.wait_for_block(self._session, self.name, block_number, self._own_org(orgs), timeout))
 
     def chaincode_events(
-        self,
-        channel: str,
-        chaincode: str,
-        start_block: int | None = None,
-        checkpoint: Checkpoint | None = None,
-        signature: bytes | None = None,
-    ) -> EventStream:
+        self, chaincode: str, start_block: int | None = None, checkpoint: Checkpoint | None = None
+    ) -> ChaincodeEvents:
         """Events from `start_block`, or resuming after a checkpoint, or (neither) from the next commit on."""
-        after = ""
-        if checkpoint is not None and not checkpoint.is_empty:
-            start_block, after = checkpoint.block_number, checkpoint.tx_id
-        raw = m.chaincode_events_request_bytes(self.identity, channel, chaincode, start_block, after)
-        signed = gateway_pb2.SignedChaincodeEventsRequest(request=raw, signature=self._sign(digest(raw), signature))
-        return EventStream(self._stub.ChaincodeEvents(signed))
+        request = steps.chaincode_events_request(self._session, self.name, chaincode, start_block, checkpoint)
+        return ChaincodeEvents(self._driver.events(request))
 
 
-class EventStream:
+class Contract(base.ContractBase[Blocking]):
+    def new_proposal(self, name: str, **options: Unpack[base.ProposalOptions]) -> Proposal:
+        return Proposal(self._session, self._driver, self._proposal(name, options))
+
+    def evaluate(self, name: str, timeout: float | None = None, **options: Unpack[base.ProposalOptions]) -> bytes:
+        """Run a transaction function on one peer and return its result; nothing is written."""
+        return self._driver.run(steps.evaluate(self._session, self._proposal(name, options), timeout))
+
+    def submit(self, name: str, **options: Unpack[base.ProposalOptions]) -> Submitted:
+        """Endorse, order, and wait for the commit; raises CommitError unless the transaction is valid."""
+        return self._driver.run(steps.submit_transaction(self._session, self._proposal(name, options)))
+
+    def submit_async(self, name: str, **options: Unpack[base.ProposalOptions]) -> Commit:
+        """Endorse and send for ordering; return at once. `status()` of the result waits for the commit."""
+        tx, commit = self._driver.run(steps.submit_async(self._session, self._proposal(name, options)))
+        return Commit(self._session, self._driver, commit, tx.result)
+
+
+class Proposal(base.Signable[Blocking, m.ProposalState]):
+    __slots__ = ()
+
+    def endorse(self, timeout: float | None = None) -> Transaction:
+        tx = self._driver.run(steps.endorse(self._session, self._state, timeout))
+        return Transaction(self._session, self._driver, tx)
+
+    def evaluate(self, timeout: float | None = None) -> bytes:
+        return self._driver.run(steps.evaluate(self._session, self._state, timeout))
+
+
+class Transaction(base.TransactionBase[Blocking]):
+    __slots__ = ()
+
+    def submit(self, timeout: float | None = None) -> Commit:
+        """Send for ordering. Sending the same signed transaction again after an unknown outcome is safe: a
+        transaction id commits at most once."""
+        commit = self._driver.run(steps.submit(self._session, self._state, timeout))
+        return Commit(self._session, self._driver, commit, self.result)
+
+
+class Commit(base.CommitBase[Blocking]):
+    __slots__ = ()
+
+    def status(self, timeout: float | None = None) -> m.CommitStatus:
+        """Wait for the transaction to commit; says whether it is valid (this raises no CommitError)."""
+        return self._driver.run(steps.commit_status(self._session, self._state, timeout))
+
+
+class ChaincodeEvents:
     """An open chaincode event stream; iterate it, close() it from any thread to stop."""
 
-    def __init__(self, call: grpc.Call) -> None:
+    def __init__(self, call: Any) -> None:
         self._call = call
 
     def __iter__(self) -> Iterator[m.ChaincodeEvent]:
         try:
             for response in self._call:
-                yield from m.events_of(response)
+                yield from m.chaincode_events(response)
         except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.CANCELLED:
-                return
-            raise from_rpc_error("events", e) from None
+            if (error := steps.events_failure(e)) is not None:
+                raise error from None
 
     def close(self) -> None:
         self._call.cancel()
 
-    def __enter__(self) -> EventStream:
+    def __enter__(self) -> ChaincodeEvents:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,7 +1,8 @@
 """Who signs: an X.509 identity (MSP id + certificate) and a signer for SHA-256 digests.
 
 Signing is a plain function from digest to DER signature, so a caller can sign anywhere: in process with a key
-file (`ecdsa_signer`), in an HSM, or offline with a patient's own key (see `Gateway.prepare` and friends).
+file (`ecdsa_signer`), in an HSM, or offline with a patient's own key (a proposal, transaction or commit exposes
+its `digest`; `Gateway.proposal_from_bytes` and friends take the signature back).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ Signer = Callable[[bytes], bytes]
 
 # Order of the P-256 group. Fabric rejects "high-S" signatures (s > n/2), which OpenSSL emits half the time.
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+P256_HALF_ORDER = P256_ORDER // 2
 
 
 @dataclass(frozen=True)
@@ -46,17 +48,25 @@ def digest(message: bytes) -> bytes:
 
 
 def ecdsa_signer(private_key: ec.EllipticCurvePrivateKey) -> Signer:
+    """Sign digests with a P-256 key, as Fabric wants: DER, low-S."""
     if not isinstance(private_key.curve, ec.SECP256R1):
         raise ValueError(f"only P-256 keys are supported, got {private_key.curve.name}")
+    algorithm = ec.ECDSA(Prehashed(SHA256()))  # built once: building it costs a third of a signature
 
     def sign(message_digest: bytes) -> bytes:
-        der = private_key.sign(message_digest, ec.ECDSA(Prehashed(SHA256())))
+        der = private_key.sign(message_digest, algorithm)
+        if _s_of(der) <= P256_HALF_ORDER:
+            return der
         r, s = decode_dss_signature(der)
-        if s > P256_ORDER // 2:
-            s = P256_ORDER - s
-        return encode_dss_signature(r, s)
+        return encode_dss_signature(r, P256_ORDER - s)
 
     return sign
+
+
+def _s_of(der: bytes) -> int:
+    """The S value of a DER ECDSA signature: SEQUENCE { INTEGER r, INTEGER s }, short lengths (P-256 fits)."""
+    s_at = 4 + der[3]  # 0x30 len 0x02 rlen r... then 0x02 slen s...
+    return int.from_bytes(der[s_at + 2 : s_at + 2 + der[s_at + 1]], "big")
 
 
 def load_private_key(pem: bytes) -> ec.EllipticCurvePrivateKey:

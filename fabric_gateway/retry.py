@@ -1,4 +1,9 @@
-"""Retrying transactions that lost a read-write race (MVCC / phantom read conflicts)."""
+"""Retrying transactions that lost a read-write race (MVCC / phantom read conflicts).
+
+Such a transaction did not commit (`NotCommitted`), so the retry builds and submits a NEW one: `attempt` must make a
+new proposal each call. For an unknown outcome (`CommitUnknown`) do not retry this way: look the transaction up, or
+send the same signed transaction again.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from fabric_gateway.errors import CommitFailed, EndorsementFailed, FabricError
+from fabric_gateway.errors import CommitError, EndorseError, FabricError
 
 T = TypeVar("T")
 
@@ -21,25 +26,28 @@ def is_read_race(err: FabricError) -> bool:
     At commit that is an MVCC or phantom read conflict. At endorsement it shows as endorsers that returned different
     results ("ProposalResponsePayloads do not match"): one of them had already committed the competing write.
     """
-    if isinstance(err, CommitFailed):
+    if isinstance(err, CommitError):
         return err.code in CONFLICT_CODES
-    if isinstance(err, EndorsementFailed):
+    if isinstance(err, EndorseError):
         return any("ProposalResponsePayloads do not match" in m for m in err.chaincode_messages)
     return False
 
 
-def retry_conflicts(attempt: Callable[[], T], attempts: int = 5, base_delay: float = 0.05) -> T:
-    """Run `attempt` (which must build and submit a NEW transaction each call) until it is not a read race.
+def _backoff(err: CommitError | EndorseError, attempt: int, attempts: int, base_delay: float) -> float:
+    """How long to wait before the next attempt; re-raises `err` when it is not a read race or attempts are used up.
+    Exponential with full jitter, so competing writers spread out instead of colliding again."""
+    if not is_read_race(err) or attempt == attempts - 1:
+        raise err
+    return random.uniform(0, base_delay * 2**attempt)
 
-    Backoff is exponential with full jitter, so competing writers spread out instead of colliding again.
-    """
+
+def retry_conflicts(attempt: Callable[[], T], attempts: int = 5, base_delay: float = 0.05) -> T:
+    """Run `attempt` (which must build and submit a NEW transaction each call) until it is not a read race."""
     for n in range(attempts):
         try:
             return attempt()
-        except (CommitFailed, EndorsementFailed) as e:
-            if not is_read_race(e) or n == attempts - 1:
-                raise
-            time.sleep(random.uniform(0, base_delay * 2**n))
+        except (CommitError, EndorseError) as e:
+            time.sleep(_backoff(e, n, attempts, base_delay))
     raise AssertionError("unreachable")
 
 
@@ -48,8 +56,6 @@ async def retry_conflicts_async(attempt: Callable[[], Awaitable[T]], attempts: i
     for n in range(attempts):
         try:
             return await attempt()
-        except (CommitFailed, EndorsementFailed) as e:
-            if not is_read_race(e) or n == attempts - 1:
-                raise
-            await asyncio.sleep(random.uniform(0, base_delay * 2**n))
+        except (CommitError, EndorseError) as e:
+            await asyncio.sleep(_backoff(e, n, attempts, base_delay))
     raise AssertionError("unreachable")

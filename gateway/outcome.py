@@ -20,7 +20,7 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from fabric_gateway import CommitFailed, EndorsementFailed, FabricError, GatewayTimeout, PeerUnavailable
+from fabric_gateway import CommitError, EndorseError, FabricError, GatewayTimeout, GatewayUnavailable
 from fabric_gateway.retry import is_read_race
 from ledger.errors import LedgerConflict, LedgerForbidden, LedgerInvalid, LedgerNotFound, LedgerRefused
 from records.errors import (
@@ -79,7 +79,7 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (LedgerNotFound, 404, "not-found"),
     (LedgerInvalid, 422, "invalid"),
     (GatewayTimeout, 504, "timeout"),
-    (PeerUnavailable, 503, "transient"),
+    (GatewayUnavailable, 503, "transient"),
     (FabricError, 502, "exception"),
 ]
 
@@ -109,7 +109,7 @@ def problem(err: Exception) -> tuple[int, dict[str, Any]] | None:
             for e in err.errors()
         ]
         return (400 if any(e["loc"][0] == "query" for e in err.errors()) else 422), operation_outcome(issues)
-    if isinstance(err, (CommitFailed, EndorsementFailed)) and is_read_race(err):
+    if isinstance(err, (CommitError, EndorseError)) and is_read_race(err):
         # Concurrent writes to the same records kept winning, even after retries: nothing was written; try again.
         return 503, operation_outcome([Issue("transient", "", f"busy, nothing was written; retry: {err}")])
     for cls, status, code in _STATUS:

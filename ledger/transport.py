@@ -10,8 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from fabric_gateway import EndorsementFailed, EvaluateFailed
-from fabric_gateway.aio import AsyncGateway
+from fabric_gateway import AsyncContract, AsyncGateway, EndorseError, EvaluateError
 from fabric_gateway.retry import retry_conflicts_async
 from ledger.errors import refusal
 
@@ -45,22 +44,29 @@ class FabricTransport:
     def __init__(self, gateway: AsyncGateway, chaincode: str = CHAINCODE) -> None:
         self.gateway = gateway
         self.chaincode = chaincode
+        self._contracts: dict[str, AsyncContract] = {}
+
+    def contract(self, channel: str) -> AsyncContract:
+        """The chaincode on a channel, bound once."""
+        if channel not in self._contracts:
+            self._contracts[channel] = self.gateway.network(channel).contract(self.chaincode)
+        return self._contracts[channel]
 
     async def submit(
         self, channel: str, function: str, args: Sequence[str], transient: Mapping[str, bytes] | None = None
     ) -> Sent:
         async def attempt() -> Sent:
-            done = await self.gateway.submit(channel, self.chaincode, function, list(args), transient=transient)
-            return Sent(done.tx_id, done.result, done.status.block_number if done.status else 0)
+            done = await self.contract(channel).submit(function, args=args, transient=transient)
+            return Sent(done.tx_id, done.result, done.status.block_number)
 
         try:
             # A transaction that lost a read race did not commit: submitting it anew is safe.
             return await retry_conflicts_async(attempt)
-        except EndorsementFailed as e:
+        except EndorseError as e:
             raise (refusal(e.chaincode_messages) or e) from None
 
     async def evaluate(self, channel: str, function: str, args: Sequence[str]) -> bytes:
         try:
-            return await self.gateway.evaluate(channel, self.chaincode, function, list(args))
-        except EvaluateFailed as e:
+            return await self.contract(channel).evaluate(function, args=args)
+        except EvaluateError as e:
             raise (refusal(e.chaincode_messages) or e) from None

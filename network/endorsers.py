@@ -22,7 +22,8 @@ def can_endorse(topology: Topology, org: Org, channel: str) -> str | None:
     """None when the org's Gateway endorsed a probe on the channel, else the Gateway's reason."""
     try:
         with connect.gateway(topology, org, timeouts=PROBE_TIMEOUTS) as gw:
-            gw.endorse(gw.proposal(channel, topology.chaincode_name, "Probe:Write", ["endorsers-ready", "-"]))
+            contract = gw.network(channel).contract(topology.chaincode_name)
+            contract.new_proposal("Probe:Write", args=["endorsers-ready", "-"]).endorse()
         return None
     except GatewayError as e:
         return str(e)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from fabric_gateway import CommitStatusFailed, GatewayTimeout
+from fabric_gateway import CommitUnknown
 from ledger.contracts import Committed, Ledger
 from records import digests
 from records.errors import (
@@ -312,7 +312,7 @@ class Records:
     async def _settle(self, batch: str, submit: Callable[[], Awaitable[Committed]]) -> None:
         try:
             committed = await submit()
-        except (GatewayTimeout, CommitStatusFailed) as e:
+        except CommitUnknown as e:
             # Ordered or not? Ask the ledger rather than guess.
             if await self.reconcile(batch):
                 return

@@ -79,7 +79,8 @@ def listen(settings: WorkerSettings, stop: threading.Event | None = None) -> Non
                 checkpoint = checkpointer.load()
                 start = 0 if checkpoint.is_empty else None
                 log.info("listening", extra={"org": org.name, "block": checkpoint.block_number})
-                for event in gw.chaincode_events(CLAIMS, t.chaincode_name, start_block=start, checkpoint=checkpoint):
+                events = gw.network(CLAIMS).chaincode_events(t.chaincode_name, start_block=start, checkpoint=checkpoint)
+                for event in events:
                     if event.name.startswith("Claims."):
                         for name, claim in claim_events(event.name, json.loads(event.payload)):
                             for d in tasks_for(org.msp_id, name, event.tx_id, claim):

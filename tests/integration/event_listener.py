@@ -30,7 +30,7 @@ def main() -> None:
     checkpointer = RedisCheckpointer(r, args.name)
     handled_key = f"test:handled:{args.name}"
     with connect.gateway(t, "InsurerOrg") as gw:
-        for event in gw.chaincode_events("claims", t.chaincode_name, checkpoint=checkpointer.load()):
+        for event in gw.network("claims").chaincode_events(t.chaincode_name, checkpoint=checkpointer.load()):
             with r.pipeline(transaction=True) as pipe:
                 if event.name == "Probe.Written" and json.loads(event.payload)["key"].startswith(args.prefix):
                     pipe.rpush(handled_key, event.tx_id)

@@ -16,14 +16,16 @@ from typing import Any
 
 import pytest
 
+from consortium import topology as topo
 from consortium.topology import Topology
-from fabric_gateway import EndorsementFailed, EvaluateFailed, Gateway, GatewayError
+from fabric_gateway import EndorseError, EvaluateError, Gateway, GatewayError, Submitted
 from records import digests
 from tests import fhir_samples as fhir
 
 pytestmark = pytest.mark.network
 
 CC = "careledger"
+MEMBERS = {channel: [org.msp_id for org in orgs] for channel, orgs in topo.load().channels.items()}
 GatewayAs = Callable[..., Gateway]
 
 
@@ -36,22 +38,22 @@ def contract_error(err: GatewayError) -> str:
     return ""
 
 
-def call(gw: Gateway, channel: str, fn: str, *args: str, transient: dict[str, Any] | None = None) -> Any:
+def send(gw: Gateway, channel: str, fn: str, *args: str, transient: dict[str, Any] | None = None) -> Submitted:
+    """Submit, then wait until every member's peer holds the block: peers commit a block a few milliseconds apart,
+    and the next step may read, or endorse, at another org's peer."""
     encoded = {k: json.dumps(v).encode() for k, v in (transient or {}).items()}
-    return json.loads(gw.submit(channel, CC, fn, list(args), transient=encoded).result or b"null")
+    network = gw.network(channel)
+    submitted = network.contract(CC).submit(fn, args=args, transient=encoded)
+    network.wait_for_block(submitted.status.block_number, orgs=MEMBERS[channel])
+    return submitted
+
+
+def call(gw: Gateway, channel: str, fn: str, *args: str, transient: dict[str, Any] | None = None) -> Any:
+    return json.loads(send(gw, channel, fn, *args, transient=transient).result or b"null")
 
 
 def ask(gw: Gateway, channel: str, fn: str, *args: str) -> Any:
-    return json.loads(gw.evaluate(channel, CC, fn, list(args)))
-
-
-def seen_by(gw: Gateway, check: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until the org's own peer has committed what another org just wrote: peers commit the same block a few
-    milliseconds apart, and a transaction endorsed by a peer one block behind is refused."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "the peer never caught up"
-        time.sleep(0.05)
+    return json.loads(gw.network(channel).contract(CC).evaluate(fn, args=args))
 
 
 def iso(t: datetime) -> str:
@@ -116,7 +118,7 @@ def test_consent_grant_check_revoke_and_expiry(gateway_as: GatewayAs, network: T
 
     # A custodian acting for the patient must show the signed consent document's digest.
     on_behalf = {**short, "consentId": unique("by-custodian"), "grantee": "InsurerMSP", "purpose": "HPAYMT"}
-    with pytest.raises(EndorsementFailed) as refused:
+    with pytest.raises(EndorseError) as refused:
         call(hospital, "providers", "Consent:Grant", json.dumps(on_behalf))
     assert contract_error(refused.value) == "FORBIDDEN"
     on_behalf["documentDigest"] = digests.resource_digest(b"k", {"resourceType": "Consent", "id": "signed"})
@@ -187,14 +189,14 @@ def test_claim_submit_adjudicate_pay_with_private_lines(gateway_as: GatewayAs) -
     # The lines are shared by the provider and the insurer, and by no one else.
     for gw in (hospital, insurer):
         assert ask(gw, "claims", "Claims:Lines", claim_id)["lines"] == lines["lines"]
-    with pytest.raises(EvaluateFailed) as clinic_read:
+    with pytest.raises(EvaluateError) as clinic_read:
         ask(clinic, "claims", "Claims:Lines", claim_id)
     assert contract_error(clinic_read.value) == "FORBIDDEN"
     assert ask(clinic, "claims", "Claims:Get", claim_id)["totalCents"] == 27500  # the public summary is shared
 
     # The same claim again under a new id is a duplicate.
     dup = {**submission, "claimId": unique("claim")}
-    with pytest.raises(EndorsementFailed) as duplicate:
+    with pytest.raises(EndorseError) as duplicate:
         call(
             hospital,
             "claims",
@@ -212,7 +214,7 @@ def test_claim_submit_adjudicate_pay_with_private_lines(gateway_as: GatewayAs) -
             {"sequence": 2, "outcome": "partial", "approvedCents": 11000, "reasons": ["45"]},
         ],
     }
-    with pytest.raises(EndorsementFailed) as by_provider:
+    with pytest.raises(EndorseError) as by_provider:
         call(hospital, "claims", "Claims:Adjudicate", claim_id, transient={"adjudication": decision})
     assert contract_error(by_provider.value) == "FORBIDDEN"
     adjudicated = call(insurer, "claims", "Claims:Adjudicate", claim_id, transient={"adjudication": decision})
@@ -221,7 +223,7 @@ def test_claim_submit_adjudicate_pay_with_private_lines(gateway_as: GatewayAs) -
         "partial",
         23500,
     )
-    with pytest.raises(EndorsementFailed) as again:
+    with pytest.raises(EndorseError) as again:
         call(insurer, "claims", "Claims:Adjudicate", claim_id, transient={"adjudication": decision})
     assert contract_error(again.value) == "CONFLICT"
     assert ask(hospital, "claims", "Claims:AdjudicationOf", claim_id)["lines"][1]["reasons"] == ["45"]
@@ -232,7 +234,7 @@ def test_claim_submit_adjudicate_pay_with_private_lines(gateway_as: GatewayAs) -
     # Retention over (0 s here): the lines are purged from the peers; what the peer returns proves it.
     assert call(insurer, "claims", "Claims:PurgeLines", claim_id)["linesPurged"] is True
     for gw in (hospital, insurer):
-        with pytest.raises(EvaluateFailed) as gone:
+        with pytest.raises(EvaluateError) as gone:
             ask(gw, "claims", "Claims:Lines", claim_id)
         assert contract_error(gone.value) == "NOT_FOUND" and "purged" in str(gone.value)
 
@@ -245,7 +247,7 @@ def test_counterfeit_packs_are_detected(gateway_as: GatewayAs) -> None:
         unit = {"gtin": gtin, "serial": serial, "lot": "LOT7", "expiry": "2030-01-31"}
         assert call(pharma, "pharma", "Supply:Commission", json.dumps(unit))["state"] == "active"
         call(pharma, "pharma", "Supply:Ship", gtin, serial, "HospitalMSP")
-        seen_by(hospital, lambda s=serial: ask(hospital, "pharma", "Supply:Get", gtin, s)["shippedTo"] == "HospitalMSP")
+        assert ask(hospital, "pharma", "Supply:Get", gtin, serial)["shippedTo"] == "HospitalMSP"
         call(hospital, "pharma", "Supply:Receive", gtin, serial)
     call(hospital, "pharma", "Supply:Dispense", gtin, resold)
 
@@ -257,13 +259,13 @@ def test_counterfeit_packs_are_detected(gateway_as: GatewayAs) -> None:
     assert unknown["flags"] == ["unknown_serial"]
     history = ask(clinic, "pharma", "Supply:History", gtin, resold)
     assert [e["bizStep"] for e in history] == ["commissioning", "shipping", "receiving", "dispensing"]
-    with pytest.raises(EndorsementFailed) as second:
+    with pytest.raises(EndorseError) as second:
         call(hospital, "pharma", "Supply:Dispense", gtin, resold)
     assert contract_error(second.value) == "CONFLICT"
 
 
 def test_contracts_refuse_the_wrong_channel(gateway_as: GatewayAs) -> None:
-    with pytest.raises(EvaluateFailed) as wrong:
+    with pytest.raises(EvaluateError) as wrong:
         ask(gateway_as("HospitalOrg"), "claims", "Records:Custodians", "0" * 64)
     assert contract_error(wrong.value) == "FORBIDDEN" and "does not serve channel" in str(wrong.value)
 

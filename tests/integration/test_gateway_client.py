@@ -1,4 +1,4 @@
-"""The Python Fabric Gateway client against the real network (issue #3)."""
+"""The Python Fabric Gateway client against the real network."""
 
 from __future__ import annotations
 
@@ -20,13 +20,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from consortium import connect
 from consortium.topology import REPO_ROOT, Topology
 from fabric_gateway import (
-    CommitFailed,
-    EndorsementFailed,
-    EvaluateFailed,
+    BlockWaitTimeout,
+    CommitError,
+    CommitUnknown,
+    Contract,
+    EndorseError,
+    EvaluateError,
     Gateway,
     GatewayError,
     GatewayTimeout,
-    SubmitFailed,
+    SubmitRefused,
+    SubmitTimeout,
+    Timeouts,
     ecdsa_signer,
     load_msp,
     retry_conflicts,
@@ -42,51 +47,55 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def probe(gw: Gateway, channel: str = "claims") -> Contract:
+    return gw.network(channel).contract(CC, "Probe")
+
+
 def test_submit_then_evaluate_round_trip(hospital: Gateway) -> None:
     key = unique("rt")
-    submitted = hospital.submit("claims", CC, "Probe:Write", [key, "hello"])
-    assert submitted.status is not None and submitted.status.code == "VALID"
-    assert submitted.status.block_number > 0
-    record = json.loads(hospital.evaluate("claims", CC, "Probe:Read", [key]))
+    submitted = probe(hospital).submit("Write", args=[key, "hello"])
+    assert submitted.status.code == "VALID" and submitted.status.block_number > 0
+    record = json.loads(probe(hospital).evaluate("Read", args=[key]))
     assert record == {"key": key, "value": "hello", "writer": "HospitalMSP", "txId": submitted.tx_id}
 
 
 def test_submit_async_returns_the_tx_id_before_commit(hospital: Gateway) -> None:
-    pending = hospital.submit_async("providers", CC, "Probe:Write", [unique("async"), "v"])
-    assert len(pending.tx_id) == 64
-    status = pending.status()
-    assert status.successful and status.tx_id == pending.tx_id
+    commit = probe(hospital, "providers").submit_async("Write", args=[unique("async"), "v"])
+    assert len(commit.tx_id) == 64 and commit.result is not None
+    status = commit.status()
+    assert status.successful and status.tx_id == commit.tx_id
+    assert hospital.network("providers").commit_status(commit.tx_id) == status  # looked up by id alone
 
 
 def test_chaincode_errors_surface_with_peer_details(hospital: Gateway) -> None:
-    with pytest.raises(EndorsementFailed) as err:
-        hospital.submit("claims", CC, "Probe:Write", ["bad key", "v"])
+    with pytest.raises(EndorseError) as err:
+        probe(hospital).submit("Write", args=["bad key", "v"])
     assert any('invalid probe key "bad key"' in msg for msg in err.value.chaincode_messages)
     assert {d.msp_id for d in err.value.details} <= {"HospitalMSP", "ClinicMSP", "InsurerMSP"}
     assert all(d.address.startswith("127.0.0.1:") for d in err.value.details)
-    with pytest.raises(EvaluateFailed, match="no probe record"):
-        hospital.evaluate("claims", CC, "Probe:Read", [unique("missing")])
+    assert len(err.value.tx_id) == 64 and err.value.tx_id in str(err.value)
+    with pytest.raises(EvaluateError, match="no probe record"):
+        probe(hospital).evaluate("Read", args=[unique("missing")])
 
 
 def test_endorsement_policy_failure_has_its_validation_code(hospital: Gateway) -> None:
     # claims needs a majority (2 of 3 orgs); endorsing by HospitalMSP alone is ordered but invalid.
-    with pytest.raises(CommitFailed) as err:
-        hospital.submit("claims", CC, "Probe:Write", [unique("policy"), "v"], endorsing_orgs=["HospitalMSP"])
-    assert err.value.code == "ENDORSEMENT_POLICY_FAILURE"
+    with pytest.raises(CommitError) as err:
+        probe(hospital).submit("Write", args=[unique("policy"), "v"], endorsing_orgs=["HospitalMSP"])
+    assert err.value.code == "ENDORSEMENT_POLICY_FAILURE" and err.value.block_number > 0
 
 
 def test_mvcc_conflict_has_its_validation_code_and_retry_resolves_it(hospital: Gateway) -> None:
     key = unique("mvcc")
-    first = hospital.endorse(hospital.proposal("claims", CC, "Probe:Increment", [key]))
-    second = hospital.endorse(hospital.proposal("claims", CC, "Probe:Increment", [key]))
-    assert hospital.commit_status(hospital.send(first)).successful
-    status = hospital.commit_status(hospital.send(second))
-    assert status.code == "MVCC_READ_CONFLICT"
+    first = probe(hospital).new_proposal("Increment", args=[key]).endorse()
+    second = probe(hospital).new_proposal("Increment", args=[key]).endorse()
+    assert first.submit().status().successful
+    assert second.submit().status().code == "MVCC_READ_CONFLICT"
 
     counter = unique("counter")
 
     def increment() -> bytes:
-        return retry_conflicts(lambda: hospital.submit("claims", CC, "Probe:Increment", [counter]).result, attempts=10)
+        return retry_conflicts(lambda: probe(hospital).submit("Increment", args=[counter]).result, attempts=10)
 
     with ThreadPoolExecutor(max_workers=6) as pool:
         results = sorted(int(r) for r in pool.map(lambda _i: increment(), range(6)))
@@ -95,44 +104,90 @@ def test_mvcc_conflict_has_its_validation_code_and_retry_resolves_it(hospital: G
 
 def test_expired_deadline_raises_timeout(hospital: Gateway) -> None:
     with pytest.raises(GatewayTimeout) as err:
-        hospital.evaluate("claims", CC, "Probe:Read", ["x"], timeout=0.0001)
+        probe(hospital).evaluate("Read", args=["x"], timeout=0.0001)
     assert isinstance(err.value, TimeoutError)
-    pending = hospital.submit_async("claims", CC, "Probe:Write", [unique("deadline"), "v"])
-    with pytest.raises(GatewayTimeout):
-        pending.status(timeout=0.0001)
-    assert pending.status().successful  # it committed anyway
+    commit = probe(hospital).submit_async("Write", args=[unique("deadline"), "v"])
+    with pytest.raises(GatewayTimeout) as late:
+        commit.status(timeout=0.0001)
+    assert isinstance(late.value, CommitUnknown)
+    assert commit.status().successful  # it committed anyway
+
+
+def test_a_transaction_kept_after_an_unknown_outcome_is_resubmitted_unchanged(network: Topology) -> None:
+    """A submit whose deadline passes leaves the outcome open. The signed transaction, kept as bytes, is sent again
+    as it is: same transaction id, and it commits once whichever send reached the orderer."""
+    org = network.org("ClinicOrg")
+    identity, signer = load_msp(network.user_dir(org, "User1") / "msp", org.msp_id)
+    impatient = Timeouts(submit=0.0001)
+    key = unique("resend")
+    with Gateway(connect.endpoint(network, org), identity, signer, impatient) as gw:
+        transaction = probe(gw, "providers").new_proposal("Write", args=[key, "once"]).endorse()
+        with pytest.raises(SubmitTimeout) as err:
+            transaction.submit()
+        assert isinstance(err.value, CommitUnknown) and err.value.tx_id == transaction.tx_id
+        kept = transaction.to_bytes()
+    with connect.gateway(network, org) as gw:
+        again = gw.transaction_from_bytes(kept)
+        assert again.tx_id == transaction.tx_id and again.signed
+        status = again.submit().status()
+        assert status.successful and status.tx_id == transaction.tx_id
+        # Once more, after the commit: the orderer takes it, the peers mark the copy a duplicate, and the status of
+        # the transaction id is still that of its first, valid, commit.
+        assert gw.transaction_from_bytes(kept).submit().status() == status
+        assert gw.network("providers").commit_status(transaction.tx_id) == status
+        record = json.loads(probe(gw, "providers").evaluate("Read", args=[key]))
+        assert record["txId"] == transaction.tx_id
 
 
 def test_peers_verify_signatures(hospital: Gateway) -> None:
-    proposal = hospital.proposal("claims", CC, "Probe:Write", [unique("tamper"), "v"])
     assert hospital.signer is not None
+    proposal = probe(hospital).new_proposal("Write", args=[unique("tamper"), "v"])
     good = bytearray(hospital.signer(proposal.digest))
     good[-1] ^= 0x01
     with pytest.raises(GatewayError):
-        hospital.endorse(proposal, signature=bytes(good))
+        hospital.proposal_from_bytes(proposal.to_bytes(), bytes(good)).endorse()
     stranger = ecdsa_signer(ec.generate_private_key(ec.SECP256R1()))
     with pytest.raises(GatewayError):
-        hospital.endorse(proposal, signature=stranger(proposal.digest))
+        hospital.proposal_from_bytes(proposal.to_bytes(), stranger(proposal.digest)).endorse()
     # A transaction endorsed properly but signed for ordering by another key is refused too.
-    tx = hospital.endorse(hospital.proposal("claims", CC, "Probe:Write", [unique("tamper"), "v"]))
-    with pytest.raises(SubmitFailed):
-        hospital.send(tx, signature=stranger(tx.digest))
+    tx = probe(hospital).new_proposal("Write", args=[unique("tamper"), "v"]).endorse()
+    with pytest.raises(SubmitRefused):
+        hospital.transaction_from_bytes(tx.to_bytes(), stranger(tx.digest)).submit()
 
 
 def test_offline_signing(network: Topology) -> None:
     org = network.org("ClinicOrg")
     identity, signer = load_msp(network.user_dir(org, "User1") / "msp", org.msp_id)
     with Gateway(connect.endpoint(network, org), identity, signer=None) as gw:
+        contract = probe(gw, "providers")
         with pytest.raises(ValueError, match="no signer"):
-            gw.submit("providers", CC, "Probe:Write", ["k", "v"])
+            contract.submit("Write", args=["k", "v"])
         key = unique("offline")
-        proposal = gw.proposal("providers", CC, "Probe:Write", [key, "signed elsewhere"])
-        tx = gw.endorse(proposal, signature=signer(proposal.digest))
-        request = gw.send(tx, signature=signer(tx.digest))
-        status = gw.commit_status(request, signature=signer(request.digest))
-        assert status.successful
+        unsigned = contract.new_proposal("Write", args=[key, "signed elsewhere"])
+        transaction = gw.proposal_from_bytes(unsigned.to_bytes(), signer(unsigned.digest)).endorse()
+        commit = gw.transaction_from_bytes(transaction.to_bytes(), signer(transaction.digest)).submit()
+        status = gw.commit_from_bytes(commit.to_bytes(), signer(commit.digest)).status()
+        assert status.successful and status.tx_id == unsigned.tx_id
     with connect.gateway(network, "HospitalOrg") as reader:
-        assert json.loads(reader.evaluate("providers", CC, "Probe:Read", [key]))["writer"] == "ClinicMSP"
+        assert json.loads(probe(reader, "providers").evaluate("Read", args=[key]))["writer"] == "ClinicMSP"
+
+
+def test_wait_for_block_reads_each_orgs_peer_height(network: Topology, admin: Admin, hospital: Gateway) -> None:
+    """What one org committed can be read through another org's own peer once that peer holds the block."""
+    key = unique("ryw")
+    submitted = probe(hospital).submit("Write", args=[key, "seen"])
+    block = submitted.status.block_number
+    with connect.gateway(network, "InsurerOrg") as insurer:
+        claims = insurer.network("claims")
+        claims.wait_for_block(block, orgs=["InsurerMSP", "ClinicMSP", "HospitalMSP"], timeout=10)
+        assert channels.block_height(admin, network.org("InsurerOrg"), "claims") > block
+        assert json.loads(probe(insurer).evaluate("Read", args=[key], endorsing_orgs=["InsurerMSP"]))["value"] == "seen"
+        started = time.monotonic()
+        with pytest.raises(BlockWaitTimeout) as err:
+            claims.wait_for_block(block + 10_000, timeout=0.5)  # this identity's own org by default
+        assert time.monotonic() - started < 3
+        assert (err.value.msp_id, err.value.block_number) == ("InsurerMSP", block + 10_000)
+        assert block < err.value.height < block + 10_000
 
 
 def _next_block(network: Topology, admin: Admin) -> int:
@@ -145,7 +200,7 @@ def test_200_concurrent_submits_commit_and_each_event_arrives_once(
     prefix = unique("burst")
     seen: collections.Counter[str] = collections.Counter()
     with connect.gateway(network, "InsurerOrg") as listener:
-        stream = listener.chaincode_events("claims", CC, start_block=_next_block(network, admin))
+        stream = listener.network("claims").chaincode_events(CC, start_block=_next_block(network, admin))
 
         def collect() -> None:
             for event in stream:
@@ -156,11 +211,11 @@ def test_200_concurrent_submits_commit_and_each_event_arrives_once(
         thread.start()
         with ThreadPoolExecutor(max_workers=32) as pool:
             submitted = list(
-                pool.map(lambda i: hospital.submit("claims", CC, "Probe:Write", [f"{prefix}-{i}", "v"]), range(200))
+                pool.map(lambda i: probe(hospital).submit("Write", args=[f"{prefix}-{i}", "v"]), range(200))
             )
         tx_ids = {s.tx_id for s in submitted}
         assert len(tx_ids) == 200
-        assert all(s.status is not None and s.status.successful for s in submitted)
+        assert all(s.status.successful for s in submitted)
         deadline = time.monotonic() + 30
         while set(seen) != tx_ids and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -191,7 +246,7 @@ def test_listener_killed_half_way_resumes_from_its_checkpoint(
 
     def produce() -> None:
         for i in range(80):
-            tx_ids.append(hospital.submit("claims", CC, "Probe:Write", [f"{prefix}-{i}", str(i)]).tx_id)
+            tx_ids.append(probe(hospital).submit("Write", args=[f"{prefix}-{i}", str(i)]).tx_id)
 
     producer = threading.Thread(target=produce)
     producer.start()

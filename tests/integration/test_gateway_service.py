@@ -156,10 +156,10 @@ def test_claims_and_coverage_go_where_they_belong(
     claim_id = r.json()["id"]
 
     # On chain: the public summary for every member, the lines only for the provider and the insurer.
-    ins = gateway_as("InsurerOrg")
-    summary = json.loads(ins.evaluate("claims", "careledger", "Claims:Get", [claim_id]))
+    claims = gateway_as("InsurerOrg").network("claims").contract("careledger")
+    summary = json.loads(claims.evaluate("Claims:Get", args=[claim_id]))
     assert (summary["status"], summary["totalCents"], summary["provider"]) == ("submitted", 18600, "HospitalMSP")
-    lines = json.loads(ins.evaluate("claims", "careledger", "Claims:Lines", [claim_id]))
+    lines = json.loads(claims.evaluate("Claims:Lines", args=[claim_id]))
     assert [(line["code"], line["netCents"]) for line in lines["lines"]] == [("99213", 12500), ("85025", 6100)]
     assert hospital.get(f"/Claim/{claim_id}/$verify").json()["parameter"][0]["valueBoolean"] is True
 
@@ -175,7 +175,7 @@ def test_claims_and_coverage_go_where_they_belong(
     cancelled = hospital.put(f"/Claim/{claim_id}", stored | {"status": "cancelled"})
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["meta"]["versionId"] == "2"
-    summary = json.loads(ins.evaluate("claims", "careledger", "Claims:Get", [claim_id]))
+    summary = json.loads(claims.evaluate("Claims:Get", args=[claim_id]))
     assert summary["status"] == "cancelled"
     assert hospital.get(f"/Claim/{claim_id}/$verify").json()["parameter"][0]["valueBoolean"] is True
 

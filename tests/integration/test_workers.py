@@ -261,7 +261,9 @@ def test_a_webhook_that_keeps_failing_ends_in_the_dead_letter_list(
 
 
 def claim_status(gw: Gateway, claim_id: str) -> str:
-    return str(json.loads(gw.evaluate("claims", "careledger", "Claims:Get", [claim_id]))["status"])
+    return str(
+        json.loads(gw.network("claims").contract("careledger").evaluate("Claims:Get", args=[claim_id]))["status"]
+    )
 
 
 def adjudications(gw: Gateway, claim_ids: set[str], expected: int, timeout: float) -> Counter[str]:
@@ -275,8 +277,8 @@ def adjudications(gw: Gateway, claim_ids: set[str], expected: int, timeout: floa
     def read() -> None:
         while not stop.is_set():
             checkpoint = position.load()
-            stream = gw.chaincode_events(
-                "claims", "careledger", start_block=0 if checkpoint.is_empty else None, checkpoint=checkpoint
+            stream = gw.network("claims").chaincode_events(
+                "careledger", start_block=0 if checkpoint.is_empty else None, checkpoint=checkpoint
             )
             streams.append(stream)
             try:

@@ -14,14 +14,22 @@ from fabric_protos.common import common_pb2
 from fabric_protos.gateway import gateway_pb2
 from fabric_protos.msp import identities_pb2
 from fabric_protos.peer import chaincode_pb2, proposal_pb2
-from google.protobuf import any_pb2
-from google.rpc import status_pb2
 
 from fabric_gateway import messages as m
 from fabric_gateway.checkpoint import Checkpoint, FileCheckpointer, InMemoryCheckpointer, after_block, after_event
-from fabric_gateway.errors import EndorsementFailed, GatewayTimeout, PeerUnavailable, from_rpc_error
+from fabric_gateway.errors import (
+    CommitError,
+    EndorseError,
+    ErrorDetail,
+    GatewayTimeout,
+    GatewayUnavailable,
+    SubmitTimeout,
+    from_rpc_error,
+)
 from fabric_gateway.identity import P256_ORDER, Identity, ecdsa_signer
 from fabric_gateway.retry import retry_conflicts
+from fabric_gateway.wire import varint
+from tests.unit.fake_gateway import FakeRpcError
 
 CERT = b"-----BEGIN CERTIFICATE-----\nnot parsed by the client\n-----END CERTIFICATE-----\n"
 IDENTITY = Identity("HospitalMSP", CERT)
@@ -34,30 +42,67 @@ def test_creator_is_a_serialized_identity() -> None:
 
 
 def test_tx_id_is_sha256_of_nonce_and_creator() -> None:
-    ctx = m.new_context(IDENTITY)
-    assert len(ctx.nonce) == 24
-    assert ctx.tx_id == hashlib.sha256(ctx.nonce + IDENTITY.creator).hexdigest()
-    assert m.new_context(IDENTITY).nonce != ctx.nonce
+    proposal = m.Target("claims", "careledger").proposal(IDENTITY, "Probe:Read", nonce=b"n" * 24)
+    assert proposal.tx_id == hashlib.sha256(b"n" * 24 + IDENTITY.creator).hexdigest()
+    header = common_pb2.Header.FromString(proposal_pb2.Proposal.FromString(proposal.proposal_bytes).header)
+    assert len(common_pb2.SignatureHeader.FromString(header.signature_header).nonce) == 24
+    assert m.Target("claims", "careledger").proposal(IDENTITY, "Probe:Read").tx_id != proposal.tx_id
 
 
 def test_proposal_fields() -> None:
-    ctx = m.new_context(IDENTITY, nonce=b"n" * 24)
-    raw = m.proposal_bytes(IDENTITY, ctx, "claims", "careledger", "Claims:Submit", ["a", b"\x00b"], {"lines": b"L"})
-    proposal = proposal_pb2.Proposal.FromString(raw)
+    target = m.Target("claims", "careledger", "Claims")
+    args = ["a", b"\x00b", ""]
+    built = target.proposal(IDENTITY, "Submit", args, {"lines": b"L", "empty": b""}, ["InsurerMSP"], b"n" * 24)
+    assert (built.channel, built.endorsing_orgs, built.signature) == ("claims", ("InsurerMSP",), b"")
+    proposal = proposal_pb2.Proposal.FromString(built.proposal_bytes)
     header = common_pb2.Header.FromString(proposal.header)
     ch = common_pb2.ChannelHeader.FromString(header.channel_header)
     assert ch.type == common_pb2.HeaderType.ENDORSER_TRANSACTION
-    assert (ch.channel_id, ch.tx_id, ch.epoch) == ("claims", ctx.tx_id, 0)
+    assert (ch.channel_id, ch.tx_id, ch.epoch, ch.version) == ("claims", built.tx_id, 0, 0)
     assert ch.timestamp.seconds > 1_700_000_000
     ext = proposal_pb2.ChaincodeHeaderExtension.FromString(ch.extension)
     assert ext.chaincode_id.name == "careledger"
     sig_header = common_pb2.SignatureHeader.FromString(header.signature_header)
     assert (sig_header.creator, sig_header.nonce) == (IDENTITY.creator, b"n" * 24)
     payload = proposal_pb2.ChaincodeProposalPayload.FromString(proposal.payload)
-    assert dict(payload.TransientMap) == {"lines": b"L"}
+    assert dict(payload.TransientMap) == {"lines": b"L", "empty": b""}
     spec = chaincode_pb2.ChaincodeInvocationSpec.FromString(payload.input)
     assert spec.chaincode_spec.chaincode_id.name == "careledger"
-    assert list(spec.chaincode_spec.input.args) == [b"Claims:Submit", b"a", b"\x00b"]
+    assert list(spec.chaincode_spec.input.args) == [b"Claims:Submit", b"a", b"\x00b", b""]
+    # What the hand-written encoding produced is exactly what the generated classes produce for the same fields.
+    assert header.SerializeToString() == proposal.header
+    assert ch.SerializeToString() == header.channel_header
+    assert spec.SerializeToString() == payload.input
+
+
+def test_requests_parse_as_the_gateway_messages() -> None:
+    proposal = m.Target("claims", "careledger").proposal(IDENTITY, "Probe:Read", endorsing_orgs=["A", "B"])
+    proposal.signature = b"sig"
+    endorse = gateway_pb2.EndorseRequest.FromString(proposal.request())
+    assert (endorse.transaction_id, endorse.channel_id) == (proposal.tx_id, "claims")
+    assert endorse.proposed_transaction.proposal_bytes == proposal.proposal_bytes
+    assert (endorse.proposed_transaction.signature, list(endorse.endorsing_organizations)) == (b"sig", ["A", "B"])
+    evaluate = gateway_pb2.EvaluateRequest.FromString(proposal.request())
+    assert list(evaluate.target_organizations) == ["A", "B"]
+    assert m.ProposalState.from_bytes(proposal.to_bytes()) == proposal
+    commit = m.CommitState.new(IDENTITY, "claims", proposal.tx_id)
+    commit.signature = b"s2"
+    signed = gateway_pb2.SignedCommitStatusRequest.FromString(commit.request())
+    request = gateway_pb2.CommitStatusRequest.FromString(signed.request)
+    assert (request.transaction_id, request.channel_id, request.identity, signed.signature) == (
+        proposal.tx_id,
+        "claims",
+        IDENTITY.creator,
+        b"s2",
+    )
+    assert m.CommitState.from_bytes(commit.to_bytes()) == commit
+    assert m.CommitState.from_bytes(commit.to_bytes(), b"other").signature == b"other"
+
+
+@pytest.mark.parametrize("n", [0, 1, 127, 128, 300, 16_383, 16_384, 2**32, 2**63])
+def test_varints(n: int) -> None:
+    encoded = common_pb2.ChannelHeader(epoch=n).SerializeToString()
+    assert encoded == (b"\x30" + varint(n) if n else b"")
 
 
 def test_signatures_are_low_s_and_verify() -> None:
@@ -77,45 +122,27 @@ def test_other_curves_are_refused() -> None:
 
 
 def test_events_request_resumes_after_the_checkpointed_transaction() -> None:
-    raw = m.chaincode_events_request_bytes(IDENTITY, "claims", "careledger", 7, "tx9")
+    raw = m.chaincode_events_request(IDENTITY, "claims", "careledger", 7, "tx9")
     req = gateway_pb2.ChaincodeEventsRequest.FromString(raw)
     assert req.start_position.specified.number == 7
     assert req.after_transaction_id == "tx9"
     fresh = gateway_pb2.ChaincodeEventsRequest.FromString(
-        m.chaincode_events_request_bytes(IDENTITY, "claims", "careledger", None)
+        m.chaincode_events_request(IDENTITY, "claims", "careledger", None)
     )
     assert fresh.start_position.WhichOneof("Type") == "next_commit"
 
 
-class FakeRpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, message: str, details: list[gateway_pb2.ErrorDetail]) -> None:
-        status = status_pb2.Status(code=code.value[0], message=message)
-        for d in details:
-            packed = any_pb2.Any()
-            packed.Pack(d)
-            status.details.append(packed)
-        self._code, self._message = code, message
-        self._trailers = (("grpc-status-details-bin", status.SerializeToString()),)
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._message
-
-    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
-        return self._trailers
-
-
 def test_rpc_errors_keep_each_peers_details() -> None:
-    detail = gateway_pb2.ErrorDetail(address="127.0.0.1:7051", msp_id="HospitalMSP", message="chaincode response 500")
-    err = from_rpc_error("endorse", FakeRpcError(grpc.StatusCode.ABORTED, "failed to endorse", [detail]))
-    assert isinstance(err, EndorsementFailed)
-    assert err.code == "ABORTED"
+    detail = ("127.0.0.1:7051", "HospitalMSP", "chaincode response 500")
+    err = from_rpc_error("endorse", FakeRpcError(grpc.StatusCode.ABORTED, "failed to endorse", (detail,)), "tx1")
+    assert isinstance(err, EndorseError)
+    assert (err.code, err.tx_id) == ("ABORTED", "tx1")
     assert err.details[0].msp_id == "HospitalMSP"
-    assert "HospitalMSP peer 127.0.0.1:7051: chaincode response 500" in str(err)
-    assert isinstance(from_rpc_error("submit", FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "", [])), GatewayTimeout)
-    assert isinstance(from_rpc_error("endorse", FakeRpcError(grpc.StatusCode.UNAVAILABLE, "", [])), PeerUnavailable)
+    assert "HospitalMSP 127.0.0.1:7051: chaincode response 500" in str(err)
+    timeout = from_rpc_error("submit", FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED))
+    assert isinstance(timeout, SubmitTimeout) and isinstance(timeout, GatewayTimeout)
+    assert "submit failed (DEADLINE_EXCEEDED)" in str(timeout)
+    assert isinstance(from_rpc_error("endorse", FakeRpcError(grpc.StatusCode.UNAVAILABLE)), GatewayUnavailable)
 
 
 def test_checkpoint_positions() -> None:
@@ -134,31 +161,27 @@ def test_checkpointers_round_trip(tmp_path: Path, make) -> None:  # type: ignore
 
 
 def test_retry_conflicts_retries_only_read_conflicts() -> None:
-    from fabric_gateway.errors import CommitFailed
-
     calls: list[int] = []
 
     def flaky() -> str:
         calls.append(1)
         if len(calls) < 3:
-            raise CommitFailed("tx", "MVCC_READ_CONFLICT", 4)
+            raise CommitError("tx", "MVCC_READ_CONFLICT", 4)
         return "done"
 
     assert retry_conflicts(flaky, base_delay=0.001) == "done"
     assert len(calls) == 3
 
     def policy_failure() -> str:
-        raise CommitFailed("tx", "ENDORSEMENT_POLICY_FAILURE", 4)
+        raise CommitError("tx", "ENDORSEMENT_POLICY_FAILURE", 4)
 
-    with pytest.raises(CommitFailed, match="ENDORSEMENT_POLICY_FAILURE"):
+    with pytest.raises(CommitError, match="ENDORSEMENT_POLICY_FAILURE"):
         retry_conflicts(policy_failure)
 
 
 def test_retry_conflicts_retries_endorsers_that_disagree_but_not_chaincode_errors() -> None:
-    from fabric_gateway.errors import EndorsementFailed, PeerDetail
-
-    def endorsement(message: str) -> EndorsementFailed:
-        return EndorsementFailed("endorse", "ABORTED", "failed", (PeerDetail("p:1", "ClinicMSP", message),))
+    def endorsement(message: str) -> EndorseError:
+        return EndorseError("ABORTED", "failed", (ErrorDetail("p:1", "ClinicMSP", message),), "tx")
 
     calls: list[int] = []
 
@@ -173,5 +196,5 @@ def test_retry_conflicts_retries_endorsers_that_disagree_but_not_chaincode_error
     def refused() -> str:
         raise endorsement("chaincode response 500, CONFLICT: taken")
 
-    with pytest.raises(EndorsementFailed):
+    with pytest.raises(EndorseError):
         retry_conflicts(refused)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fabric_gateway import CommitStatusFailed
+from fabric_gateway import CommitStatusUnavailable
 from ledger.errors import LedgerConflict
 from records import synthetic
 from records.store import Query
@@ -99,7 +99,7 @@ def test_a_ledger_refusal_is_a_conflict_and_leaves_nothing(gw: Gateway) -> None:
 
 def test_an_unknown_outcome_asks_for_a_retry(gw: Gateway) -> None:
     async def scenario(g: Gateway) -> None:
-        g.world.fail_next("Records:Register", CommitStatusFailed("commit_status", "UNAVAILABLE", "peer gone"))
+        g.world.fail_next("Records:Register", CommitStatusUnavailable("UNAVAILABLE", "peer gone"))
         r = await g.post("/fhir", synthetic.Synthetic.seeded(7).transaction(3))
         assert r.status_code == 504
         assert r.headers["retry-after"]

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from fabric_gateway import CommitStatusFailed
+from fabric_gateway import CommitStatusUnavailable
 from ledger.contracts import Ledger
 from ledger.errors import LedgerForbidden
 from ledger.fake import FakeLedger
@@ -74,7 +74,7 @@ def test_a_ledger_refusal_leaves_nothing(world: FakeLedger, hospital: Records) -
 
 
 def test_an_unknown_outcome_that_committed_is_kept(world: FakeLedger, hospital: Records) -> None:
-    world.fail_next("Records:Register", CommitStatusFailed("commit_status", "UNAVAILABLE", "peer gone"), committed=True)
+    world.fail_next("Records:Register", CommitStatusUnavailable("UNAVAILABLE", "peer gone"), committed=True)
     written = run(hospital.transaction(entries(visit(3))))
     assert all(hospital.read(w.type, w.id).tx_id for w in written)
     assert not hospital.store.pending_batches()
@@ -83,7 +83,7 @@ def test_an_unknown_outcome_that_committed_is_kept(world: FakeLedger, hospital: 
 def test_an_unknown_outcome_that_did_not_commit_stores_nothing_and_says_so(
     world: FakeLedger, hospital: Records
 ) -> None:
-    world.fail_next("Records:Register", CommitStatusFailed("commit_status", "UNAVAILABLE", "peer gone"))
+    world.fail_next("Records:Register", CommitStatusUnavailable("UNAVAILABLE", "peer gone"))
     with pytest.raises(OutcomeUnknown):
         run(hospital.transaction(entries(visit(3))))
     assert hospital.store.search(fv_query("Patient"))[0] == 0

@@ -1,0 +1,249 @@
+"""Every Gateway operation as a generator of steps, with no I/O: the one core of the blocking and asyncio clients.
+
+An operation yields what it needs done, a `Call` of a Gateway method with its serialised request (or a pause), and
+is sent back the answer: the serialised response, or the `grpc.RpcError` the call raised, or None after a pause.
+Everything else — building and signing requests, reading answers, mapping failures to errors, deciding to poll
+again — happens here, once. A driver only performs the steps: `client.Gateway` with blocking calls, `aio.AsyncGateway`
+by awaiting them. Requests and responses stay bytes between the two, so the drivers hand them to gRPC without
+protobuf (de)serialisers, and each operation parses only the answer it reads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar
+
+import grpc
+from fabric_protos.gateway import gateway_pb2
+
+from fabric_gateway import messages as m
+from fabric_gateway.checkpoint import Checkpoint
+from fabric_gateway.errors import (
+    BlockWaitTimeout,
+    CommitError,
+    EvaluateError,
+    EvaluateTimeout,
+    EvaluateUnavailable,
+    FabricError,
+    from_rpc_error,
+)
+from fabric_gateway.identity import Identity, Signer, digest
+
+T = TypeVar("T")
+
+UnaryStage = Literal["evaluate", "endorse", "submit", "commit_status"]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One thing a driver does: call a Gateway method with a serialised request and a deadline, or (stage "pause")
+    wait for `timeout` seconds."""
+
+    stage: UnaryStage | Literal["pause"]
+    request: bytes
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Done(Generic[T]):
+    value: T
+
+
+Reply: TypeAlias = "bytes | grpc.RpcError | None"
+Steps: TypeAlias = Generator[Call, Reply, T]
+
+
+def resume(operation: Steps[T], reply: Reply) -> Call | Done[T]:
+    """Run an operation (started with reply None) up to its next call, or to its end."""
+    try:
+        return operation.send(reply)
+    except StopIteration as stop:
+        return Done(stop.value)
+
+
+# Each unary stage's Gateway method, and the request type a stub (rather than a channel) takes.
+METHODS: Final[dict[UnaryStage, tuple[str, Any]]] = {
+    "evaluate": ("/gateway.Gateway/Evaluate", gateway_pb2.EvaluateRequest),
+    "endorse": ("/gateway.Gateway/Endorse", gateway_pb2.EndorseRequest),
+    "submit": ("/gateway.Gateway/Submit", gateway_pb2.SubmitRequest),
+    "commit_status": ("/gateway.Gateway/CommitStatus", gateway_pb2.SignedCommitStatusRequest),
+}
+EVENTS_METHOD: Final = "/gateway.Gateway/ChaincodeEvents"
+
+
+def unary_calls(channel: Any) -> dict[str, Any]:
+    """A grpc.Channel's or grpc.aio.Channel's callables for the Gateway's unary methods, bytes in and out."""
+    return {stage: channel.unary_unary(path, _registered_method=True) for stage, (path, _) in METHODS.items()}
+
+
+def events_call(channel: Any) -> Any:
+    """The channel's callable for the chaincode events stream, bytes in and out."""
+    return channel.unary_stream(EVENTS_METHOD, _registered_method=True)
+
+
+def stub_methods(stub: Any) -> dict[str, tuple[Any, Any]]:
+    """A Gateway stub's method for each unary stage, with the request type it takes."""
+    return {stage: (getattr(stub, path.rsplit("/", 1)[1]), request) for stage, (path, request) in METHODS.items()}
+
+
+def events_request_message(request: bytes) -> Any:
+    """What a stub's ChaincodeEvents takes."""
+    return gateway_pb2.SignedChaincodeEventsRequest.FromString(request)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Default deadlines of each call, in seconds."""
+
+    evaluate: float = 10.0
+    endorse: float = 30.0
+    submit: float = 10.0
+    commit_status: float = 60.0
+
+
+DEFAULT_TIMEOUTS = Timeouts()
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A committed transaction: its id, the chaincode's result, and where it committed."""
+
+    tx_id: str
+    result: bytes
+    status: m.CommitStatus
+
+
+class Session:
+    """What every object of one Gateway shares: who signs, and the default deadlines."""
+
+    __slots__ = ("identity", "signer", "timeouts")
+
+    def __init__(self, identity: Identity, signer: Signer | None, timeouts: Timeouts) -> None:
+        self.identity = identity
+        self.signer = signer
+        self.timeouts = timeouts
+
+    def sign(self, value: m.ProposalState | m.TransactionState | m.CommitState) -> None:
+        """Sign a value that is not signed yet (a signature given offline is kept)."""
+        if not value.signature:
+            value.signature = self.signature(value.digest)
+
+    def signature(self, message_digest: bytes) -> bytes:
+        if self.signer is None:
+            raise ValueError("this gateway has no signer: sign the digest elsewhere and load the signed bytes")
+        return self.signer(message_digest)
+
+
+def rpc(stage: UnaryStage, request: bytes, timeout: float, tx_id: str) -> Steps[bytes]:
+    started = time.monotonic()
+    reply = yield Call(stage, request, timeout)
+    if isinstance(reply, bytes):
+        return reply
+    assert isinstance(reply, grpc.RpcError)
+    raise from_rpc_error(stage, reply, tx_id, deadline_passed=time.monotonic() - started >= timeout)
+
+
+# ----- one stage each ----------------------------------------------------------------------------------------
+
+
+def evaluate(session: Session, proposal: m.ProposalState, timeout: float | None = None) -> Steps[bytes]:
+    session.sign(proposal)
+    timeout = timeout or session.timeouts.evaluate
+    reply = yield from rpc("evaluate", proposal.request(), timeout, proposal.tx_id)
+    return m.evaluate_result(reply)
+
+
+def endorse(session: Session, proposal: m.ProposalState, timeout: float | None = None) -> Steps[m.TransactionState]:
+    session.sign(proposal)
+    timeout = timeout or session.timeouts.endorse
+    reply = yield from rpc("endorse", proposal.request(), timeout, proposal.tx_id)
+    return m.prepared(proposal, reply)
+
+
+def submit(session: Session, tx: m.TransactionState, timeout: float | None = None) -> Steps[m.CommitState]:
+    """Send for ordering; returns the (unsigned) request to read the commit status with."""
+    session.sign(tx)
+    yield from rpc("submit", tx.request(), timeout or session.timeouts.submit, tx.tx_id)
+    return m.CommitState.new(session.identity, tx.channel, tx.tx_id)
+
+
+def commit_status(session: Session, commit: m.CommitState, timeout: float | None = None) -> Steps[m.CommitStatus]:
+    """Waits until the transaction is committed, then says whether it is valid."""
+    session.sign(commit)
+    timeout = timeout or session.timeouts.commit_status
+    reply = yield from rpc("commit_status", commit.request(), timeout, commit.tx_id)
+    return m.commit_status(commit.tx_id, reply)
+
+
+# ----- whole operations --------------------------------------------------------------------------------------
+
+
+def submit_async(session: Session, proposal: m.ProposalState) -> Steps[tuple[m.TransactionState, m.CommitState]]:
+    tx = yield from endorse(session, proposal)
+    return tx, (yield from submit(session, tx))
+
+
+def submit_transaction(session: Session, proposal: m.ProposalState) -> Steps[Submitted]:
+    """Endorse, order, and wait for the commit; raises CommitError unless the transaction is valid."""
+    tx, commit = yield from submit_async(session, proposal)
+    status = yield from commit_status(session, commit)
+    if not status.successful:
+        raise CommitError(status.tx_id, status.code, status.block_number)
+    return Submitted(tx.tx_id, tx.result, status)
+
+
+def wait_for_block(
+    session: Session, channel: str, block_number: int, orgs: Sequence[str], timeout: float
+) -> Steps[None]:
+    """Poll each org's peer (through the Gateway: qscc, the system chaincode every peer runs, evaluating
+    GetChainInfo with the org as target) until its ledger holds `block_number`: what one org wrote in that block can
+    then be read, and built on, through that org's peer. Short pauses at first (peers commit a block within
+    milliseconds of each other), then longer. A peer the Gateway cannot reach yet (it learns the other orgs' peers
+    through gossip) is asked again until the time is up."""
+    qscc = m.Target(channel, "qscc")
+    deadline = time.monotonic() + timeout
+    for org in orgs:
+        pause, height = 0.005, None
+        failure: EvaluateError | None = None
+        while True:
+            proposal = qscc.proposal(session.identity, "GetChainInfo", [channel], endorsing_orgs=[org])
+            ask_for = max(min(deadline - time.monotonic(), session.timeouts.evaluate), 0.001)
+            try:
+                height = m.chain_height((yield from evaluate(session, proposal, ask_for)))
+            except (EvaluateTimeout, EvaluateUnavailable) as e:
+                failure = e
+            except EvaluateError as e:
+                if e.code != "FAILED_PRECONDITION":  # not "no peers available": the org's peer refused
+                    raise
+                failure = e
+            if height is not None and height > block_number:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BlockWaitTimeout(channel, org, block_number, height) from failure
+            yield Call("pause", b"", min(pause, remaining))
+            pause = min(pause * 2, 0.2)
+
+
+# ----- events ------------------------------------------------------------------------------------------------
+
+
+def chaincode_events_request(
+    session: Session, channel: str, chaincode: str, start_block: int | None, checkpoint: Checkpoint | None
+) -> bytes:
+    """The signed request for events from `start_block`, or resuming after a checkpoint, or (neither) from the next
+    commit on. A checkpoint that is not empty wins over `start_block`."""
+    after = ""
+    if checkpoint is not None and not checkpoint.is_empty:
+        start_block, after = checkpoint.block_number, checkpoint.tx_id
+    request = m.chaincode_events_request(session.identity, channel, chaincode, start_block, after)
+    return m.signed_request(request, session.signature(digest(request)))
+
+
+def events_failure(err: grpc.RpcError) -> FabricError | None:
+    """The error to raise for a broken event stream, or None when it ended because the reader closed it."""
+    if err.code() == grpc.StatusCode.CANCELLED:
+        return None
+    return from_rpc_error("events", err)
