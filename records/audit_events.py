@@ -13,6 +13,7 @@ from records.fhir_claim import MSP_SYSTEM
 
 FABRIC_TX_SYSTEM = "urn:careledger:fabric-tx"
 PURPOSE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+CONSENT_KEY_SYSTEM = "urn:careledger:consent"  # a consent's key on chain
 
 
 def _who(accessor: str) -> dict[str, Any]:
@@ -22,9 +23,17 @@ def _who(accessor: str) -> dict[str, Any]:
     return {"identifier": {"system": MSP_SYSTEM, "value": accessor}, "type": "Organization"}
 
 
-def audit_event(entry: dict[str, Any], patient_reference: str) -> dict[str, Any]:
-    """One AuditEvent for one ledger audit entry; `patient_reference` is the patient as this gateway knows it."""
-    permitted = entry["decision"] == "permit"
+def _consent(key: str, reference: str | None) -> list[dict[str, Any]]:
+    if reference is not None:
+        return [{"what": {"reference": reference, "identifier": {"system": CONSENT_KEY_SYSTEM, "value": key}}}]
+    return [{"what": {"identifier": {"system": CONSENT_KEY_SYSTEM, "value": key}}}] if key else []
+
+
+def audit_event(entry: dict[str, Any], patient_reference: str, consent_reference: str | None) -> dict[str, Any]:
+    """One AuditEvent for one ledger audit entry; `patient_reference` is the patient as this gateway knows it, and
+    `consent_reference` the Consent it holds that the decision rests on (None when it holds none: the consent is
+    then named by its key on chain)."""
+    permitted = entry["decision"] in ("permit", "partial")
     return {
         "resourceType": "AuditEvent",
         "id": entry["txId"],
@@ -54,10 +63,6 @@ def audit_event(entry: dict[str, Any], patient_reference: str) -> dict[str, Any]
                 "what": {"identifier": {"system": FABRIC_TX_SYSTEM, "value": entry["txId"]}},
                 "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "4"},
             },
-        ]
-        + (
-            [{"what": {"identifier": {"system": "urn:careledger:consent", "value": entry["consentId"]}}}]
-            if entry.get("consentId")
-            else []
-        ),
+            *_consent(entry.get("consentId") or "", consent_reference),
+        ],
     }

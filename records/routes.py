@@ -40,6 +40,10 @@ class Route:
     name = ""
     alone = False  # the write is a ledger transaction of its own: one resource per request
 
+    def stamp(self, resource: dict[str, Any], key: str) -> dict[str, Any]:
+        """The resource as stored and digested; a route may add what its ledger record must be found by."""
+        return resource
+
     def call(self, ledger: Ledger, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
         """The one ledger transaction that registers the write (None: the resource is only kept here)."""
         raise NotImplementedError
@@ -69,9 +73,17 @@ class RecordsRoute(Route):
         return OnChain(str(record["digest"]), str(record.get("txId", "")), False)
 
 
+CLAIM_KEY_SYSTEM = "urn:careledger:claim"  # the claim's key on chain, which every claim event carries
+
+
 class ClaimRoute(Route):
     name = "claim"
     alone = True
+
+    def stamp(self, resource: dict[str, Any], key: str) -> dict[str, Any]:
+        """A Claim carries its key on chain as an identifier, so the EHR can match claim events to it."""
+        others = [i for i in resource.get("identifier") or [] if i.get("system") != CLAIM_KEY_SYSTEM]
+        return {**resource, "identifier": [*others, {"system": CLAIM_KEY_SYSTEM, "value": key}]}
 
     def call(self, ledger: Ledger, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
         e = entries[0]

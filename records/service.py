@@ -209,11 +209,11 @@ class Records:
         entries: list[dict[str, Any]] = []
         written: list[Written] = []
         for resource, (rtype, rid, version, patient) in zip(resources, versions, strict=True):
+            key = self.store.ledger_key(rtype, rid)
             meta = {**(resource.get("meta") or {}), "versionId": str(version), "lastUpdated": stamp}
-            resource = {**resource, "id": rid, "meta": meta}
+            resource = route.stamp({**resource, "id": rid, "meta": meta}, key)
             content = digests.canonical_json(resource)
             digest = digests.resource_digest(self.store.digest_key(patient), resource)
-            key = self.store.ledger_key(rtype, rid)
             identifiers = (*_identifiers(resource), (LEDGER_KEY_SYSTEM, key))
             rows.append(Row(rtype, rid, version, patient, stamp, content, identifiers))
             entries.append(

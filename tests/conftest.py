@@ -114,3 +114,13 @@ def gateways(network: topo.Topology, gateway_clients: dict[str, GatewayHttp]) ->
     for org in gateway_clients:
         gateway_cli.start(network, org)
     return gateway_clients
+
+
+CLAIM_KEY_SYSTEM = "urn:careledger:claim"
+
+
+def claim_key(claim: dict[str, object]) -> str:
+    """The key a provider's Claim has on chain, from the identifier the gateway stamped on it."""
+    identifiers = claim.get("identifier") or []
+    assert isinstance(identifiers, list)
+    return next(str(i["value"]) for i in identifiers if i.get("system") == CLAIM_KEY_SYSTEM)

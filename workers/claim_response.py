@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from records.fhir_claim import MSP_SYSTEM, claim_response_id
+from records.routes import CLAIM_KEY_SYSTEM
 
 PSEUDONYM_SYSTEM = "urn:careledger:patient-pseudonym"
-CLAIM_KEY_SYSTEM = "urn:careledger:claim"  # the claim's key on chain: what events and both parties' records share
+
 CARC_SYSTEM = "https://x12.org/codes/claim-adjustment-reason-codes"
 ADJUDICATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/adjudication"
 

@@ -27,5 +27,10 @@ async def audit_log(
         raise NotHeld(f"Patient/{pid} is not held here")
     require_compartment(svc, grant, pseudonym)
     entries = await svc.records.ledger.audit_by_patient(pseudonym, AUDIT_FROM, AUDIT_TO)
-    events = [audit_event(e, f"Patient/{pid}") for e in entries]
+    events = [audit_event(e, f"Patient/{pid}", _consent_reference(svc, e.get("consentId") or "")) for e in entries]
     return FhirResponse(searchset(request, events, len(events)))
+
+
+def _consent_reference(svc: ServicesDep, key: str) -> str | None:
+    held = svc.records.by_ledger_key("Consent", key) if key else None
+    return f"Consent/{held.id}" if held else None

@@ -14,7 +14,7 @@ from fhirpy import SyncFHIRClient
 
 from fabric_gateway import Gateway
 from records import synthetic
-from tests.conftest import GatewayHttp
+from tests.conftest import GatewayHttp, claim_key
 
 pytestmark = pytest.mark.network
 
@@ -69,7 +69,7 @@ def test_everything_across_orgs_follows_consent_and_is_audited(gateways: dict[st
     events = [e["resource"] for e in log.json()["entry"]]
     assert [e["outcome"] for e in events] == ["4", "0", "4", "4"]
     assert {e["agent"][0]["who"]["identifier"]["value"] for e in events} == {"ClinicMSP"}
-    assert events[1]["entity"][2]["what"]["identifier"]["value"] == consent_id
+    assert events[1]["entity"][2]["what"]["reference"] == f"Consent/{consent_id}"
     assert "revoked" in events[3]["outcomeDesc"] or "no consent" in events[3]["outcomeDesc"]
 
 
@@ -153,13 +153,14 @@ def test_claims_and_coverage_go_where_they_belong(
     )
     r = hospital.post("/Claim", claim)
     assert r.status_code == 201, r.text
-    claim_id = r.json()["id"]
+    claim_id, key = r.json()["id"], claim_key(r.json())
+    assert claim_id not in key and len(key) == 64  # the chain knows the claim by an opaque key, never by its id
 
     # On chain: the public summary for every member, the lines only for the provider and the insurer.
     claims = gateway_as("InsurerOrg").network("claims").contract("careledger")
-    summary = json.loads(claims.evaluate("Claims:Get", args=[claim_id]))
+    summary = json.loads(claims.evaluate("Claims:Get", args=[key]))
     assert (summary["status"], summary["totalCents"], summary["provider"]) == ("submitted", 18600, "HospitalMSP")
-    lines = json.loads(claims.evaluate("Claims:Lines", args=[claim_id]))
+    lines = json.loads(claims.evaluate("Claims:Lines", args=[key]))
     assert [(line["code"], line["netCents"]) for line in lines["lines"]] == [("99213", 12500), ("85025", 6100)]
     assert hospital.get(f"/Claim/{claim_id}/$verify").json()["parameter"][0]["valueBoolean"] is True
 
@@ -175,7 +176,7 @@ def test_claims_and_coverage_go_where_they_belong(
     cancelled = hospital.put(f"/Claim/{claim_id}", stored | {"status": "cancelled"})
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["meta"]["versionId"] == "2"
-    summary = json.loads(claims.evaluate("Claims:Get", args=[claim_id]))
+    summary = json.loads(claims.evaluate("Claims:Get", args=[key]))
     assert summary["status"] == "cancelled"
     assert hospital.get(f"/Claim/{claim_id}/$verify").json()["parameter"][0]["valueBoolean"] is True
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from consortium import readiness
 from consortium.errors import CommandFailed, PortInUse
 from consortium.topology import Node, Topology
 from network import chaincode as cc
@@ -180,10 +183,13 @@ def test_a_taken_port_fails_fast_and_names_it(network: Topology, tmp_path) -> No
     control.down(other, purge=True, progress=lambda _m: None)
 
 
-def test_commands_against_a_stopped_network_say_what_to_run(network: Topology) -> None:
-    """The run folder exists (keys, certificates) but nothing answers on these ports: each command names what is
-    down and what to run, without a traceback."""
-    env = {**os.environ, "CARELEDGER_HOME": str(network.home), "CARELEDGER_PORT_BASE": str(network.port_base + 2000)}
+def test_commands_against_a_stopped_network_say_what_to_run(network: Topology, tmp_path: Path) -> None:
+    """A run folder with keys and certificates, but nothing running on its ports: each command names what is down
+    and what to run, without a traceback (and starts nothing)."""
+    home = tmp_path / "run"
+    shutil.copytree(network.home, home, ignore=shutil.ignore_patterns("data", "logs", "pids", "chaincode"))
+    base = next(b for b in range(network.port_base + 5000, 65000, 1000) if not readiness.answers("127.0.0.1", b + 100))
+    env = {**os.environ, "CARELEDGER_HOME": str(home), "CARELEDGER_PORT_BASE": str(base)}
     for args in (["gateway", "start"], ["worker", "start"], ["demo"], ["network", "check"], ["network", "status"]):
         done = subprocess.run(
             [sys.executable, "-m", "careledger.cli", *args], env=env, capture_output=True, text=True, timeout=60
@@ -191,3 +197,4 @@ def test_commands_against_a_stopped_network_say_what_to_run(network: Topology) -
         output = done.stdout + done.stderr
         assert done.returncode != 0 and "Traceback" not in output, output
         assert "careledger network up" in output, output
+    assert not (home / "pids").exists() or not list((home / "pids").iterdir())

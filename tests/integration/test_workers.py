@@ -29,7 +29,7 @@ from fabric_gateway import Gateway
 from fabric_gateway.checkpoint import InMemoryCheckpointer, after_event
 from gateway import cli as gateway_cli
 from records import synthetic
-from tests.conftest import GatewayHttp
+from tests.conftest import GatewayHttp, claim_key
 from workers import cli as worker_cli
 from workers.settings import CONFIG_DIR
 
@@ -143,10 +143,16 @@ def enrol(hospital: GatewayHttp, insurer: GatewayHttp, covered: bool = True) -> 
 TODAY = datetime.date.today().isoformat()
 
 
+LOCAL_IDS: dict[str, str] = {}  # claim key on chain -> the hospital's own Claim id
+
+
 def submit(hospital: GatewayHttp, member: Member, lines: list[tuple[str, int, str]]) -> str:
+    """File a claim at the hospital; returns its key on chain (what events and the insurer know it by)."""
     r = hospital.post("/Claim", synthetic.claim(member.patient_id, "InsurerMSP", lines, TODAY, "Coverage/test"))
     assert r.status_code == 201, r.text
-    return str(r.json()["id"])
+    key = claim_key(r.json())
+    LOCAL_IDS[key] = str(r.json()["id"])
+    return key
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -158,8 +164,9 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def claim_response(hospital: GatewayHttp, claim_id: str) -> dict[str, Any] | None:
-    r = hospital.get(f"/ClaimResponse/{claim_id}")
+def claim_response(hospital: GatewayHttp, key: str) -> dict[str, Any] | None:
+    """The ClaimResponse the hospital keeps under its own Claim id."""
+    r = hospital.get(f"/ClaimResponse/{LOCAL_IDS[key]}")
     return r.json() if r.status_code == 200 else None
 
 
@@ -215,7 +222,7 @@ def test_claims_are_adjudicated_in_seconds_by_the_rules(
 
     wait_for(lambda: claim_status(ins, overbilled) == "paid", 10, "payment")
     assert claim_status(ins, needs_auth) == "adjudicated"
-    payment = insurer.get(f"/PaymentReconciliation/pr-{overbilled}").json()
+    payment = insurer.get(f"/PaymentReconciliation/{overbilled}").json()
     assert payment["paymentAmount"] == {"value": 150.0, "currency": "USD"}
     print(f"turnaround POST Claim -> ClaimResponse at the hospital: {turnaround:.2f} s")
 
