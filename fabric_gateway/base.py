@@ -113,6 +113,11 @@ class Signable(Bound[D], Generic[D, S]):
         """The serialised value, with its signature once signed; load it with `Gateway.*_from_bytes`."""
         return self._state.to_bytes()
 
+    def sign(self) -> None:
+        """Sign now with the gateway's signer (a signature given offline is kept): to keep the signed bytes before
+        sending them, so exactly this transaction can be sent again after an unknown outcome."""
+        self._session.sign(self._state)
+
 
 class TransactionBase(Signable[D, m.TransactionState]):
     """An endorsed transaction, ready to be signed and sent for ordering."""

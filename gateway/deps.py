@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -132,3 +133,19 @@ def member_caller(request: Request, svc: ServicesDep) -> str:
 
 
 MemberDep = Annotated[str, Depends(member_caller)]
+
+
+def request_key(request: Request, body: BodyDep) -> str:
+    """What makes a write request the same request when it is sent again: the client's Idempotency-Key, or else
+    its method, path and body. A write answered "still pending" and sent again settles to the first one's result."""
+    given = request.headers.get("idempotency-key")
+    basis = f"key {given}" if given else f"{request.method} {request.url.path}\n"
+    digest = hashlib.sha256(basis.encode() + (b"" if given else body)).hexdigest()
+    return f"{svc_org(request)}{digest}"
+
+
+def svc_org(request: Request) -> str:
+    return "".join(c for c in services(request).config.org if c.isalnum())
+
+
+RequestKeyDep = Annotated[str, Depends(request_key)]

@@ -6,7 +6,8 @@
 | records.Malformed / TooCostly / NotKeptHere / FhirInvalid | 400 / 413 / 403 / 422 | per issue |
 | records.NotHeld / PreconditionFailed / VersionTaken / PatientErased | 404 / 412 / 409 / 410 | |
 | records.Refused (no consent) | 403 | forbidden |
-| records.OutcomeUnknown, Fabric timeouts | 504 (retry the same request) | timeout |
+| records.StillPending (sent, outcome not known yet) | 503 with Retry-After: the same request again | transient |
+| Fabric timeouts | 504 with Retry-After | timeout |
 | ledger refusals CONFLICT / FORBIDDEN / NOT_FOUND / INVALID_ARGUMENT | 409 / 403 / 404 / 422 | |
 | a write that kept losing read races, an unreachable peer | 503 with Retry-After | transient |
 | any other Fabric failure | 502 | exception |
@@ -29,12 +30,12 @@ from records.errors import (
     Malformed,
     NotHeld,
     NotKeptHere,
-    OutcomeUnknown,
     OutsideCompartment,
     PatientErased,
     PreconditionFailed,
     RecordsError,
     Refused,
+    StillPending,
     Tampered,
     TooCostly,
     VersionTaken,
@@ -73,7 +74,7 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (Refused, 403, "forbidden"),
     (OutsideCompartment, 403, "forbidden"),
     (Tampered, 500, "exception"),
-    (OutcomeUnknown, 504, "timeout"),
+    (StillPending, 503, "transient"),
     (LedgerConflict, 409, "conflict"),
     (LedgerForbidden, 403, "forbidden"),
     (LedgerNotFound, 404, "not-found"),

@@ -28,6 +28,9 @@ from records.sharing import Sharing
 
 log = logging.getLogger("careledger.gateway")
 
+RECONCILE_EVERY_S = 5.0
+WRITE_DEADLINE_S = 15.0  # a write whose outcome is still unknown then is answered 503 and settled in the background
+
 
 def server_ssl_files(settings: GatewaySettings) -> tuple[Path, Path, Path]:
     """(certificate, key, CA bundle of every member's TLS CA) for the HTTPS server."""
@@ -68,11 +71,10 @@ class ClientCertProtocol(H11Protocol):
 async def serve(settings: GatewaySettings) -> None:
     fed = Federation.for_org(settings.topology, settings.org)
     async with connect.async_gateway(settings.topology, settings.org) as gw:
-        records = Records.open(settings.custodian, Ledger(FabricTransport(gw, settings.topology.chaincode_name)))
+        transport = FabricTransport(gw, settings.topology.chaincode_name, deadline_s=WRITE_DEADLINE_S)
+        records = Records.open(settings.custodian, Ledger(transport))
         store = records.store
-        for batch in store.pending_batches():  # writes a crash left unsettled
-            settled = await records.reconcile(batch)
-            log.info("reconciled a pending batch", extra={"batch": batch, "committed": settled})
+        reconciler = asyncio.create_task(_reconcile_forever(records))
         config = GatewayConfig(settings.org.msp_id, settings.token_policy())
         app = create_app(Services(config, records, Sharing(records, fed)))
         cert, key, cas = server_ssl_files(settings)
@@ -95,5 +97,18 @@ async def serve(settings: GatewaySettings) -> None:
         try:
             await server.serve()
         finally:
+            reconciler.cancel()
             await fed.aclose()
             store.close()
+
+
+async def _reconcile_forever(records: Records) -> None:
+    """Settle writes whose outcome was unknown (or that a crash left pending) as soon as the ledger answers."""
+    while True:
+        try:
+            counts = await records.reconcile_pending()
+            if any(counts.values()):
+                log.info("settled pending writes", extra=counts)
+        except Exception as e:  # the ledger or the store is down: try again on the next round
+            log.warning("reconciling pending writes failed", extra={"error": str(e)[:300]})
+        await asyncio.sleep(RECONCILE_EVERY_S)

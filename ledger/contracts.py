@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.transport import Transport
+from ledger.transport import OnPrepared, Prepared, Sent, Transport
 
 PROVIDERS, CLAIMS, PHARMA = "providers", "claims", "pharma"
 
@@ -23,6 +23,10 @@ class Committed:
     block_number: int = 0
 
 
+def _committed(sent: Sent) -> Committed:
+    return Committed(sent.tx_id, json.loads(sent.result) if sent.result else None, sent.block_number)
+
+
 class Ledger:
     """The contracts, over a transport: Fabric as one org's identity, or the in-memory fake in unit tests."""
 
@@ -30,11 +34,26 @@ class Ledger:
         self.transport = transport
 
     async def submit(
-        self, channel: str, function: str, *args: str, transient: Mapping[str, Any] | None = None
+        self,
+        channel: str,
+        function: str,
+        *args: str,
+        transient: Mapping[str, Any] | None = None,
+        on_prepared: OnPrepared | None = None,
     ) -> Committed:
+        """Submit and wait for the commit. `on_prepared` receives the signed transaction before it is sent, for a
+        caller that keeps it to settle an unknown outcome after a crash (see `settle`)."""
         encoded = {k: json.dumps(v).encode() for k, v in (transient or {}).items()}
-        sent = await self.transport.submit(channel, function, list(args), encoded or None)
-        return Committed(sent.tx_id, json.loads(sent.result) if sent.result else None, sent.block_number)
+        sent = await self.transport.submit(channel, function, list(args), encoded or None, on_prepared)
+        return _committed(sent)
+
+    async def settle(self, prepared: Prepared) -> Committed:
+        """Finish a transaction kept from an unknown outcome: committed, or NotCommitted."""
+        return _committed(await self.transport.settle(prepared))
+
+    async def wait_for_block(self, channel: str, block_number: int, orgs: Sequence[str]) -> None:
+        """Return once these orgs' peers hold the block, e.g. before acting on another org's fresh write."""
+        await self.transport.wait_for_block(channel, block_number, orgs)
 
     async def evaluate(self, channel: str, function: str, *args: str) -> Any:
         raw = await self.transport.evaluate(channel, function, list(args))
@@ -44,8 +63,8 @@ class Ledger:
     # Resources, claims and consents are named on chain by opaque keys (64-hex, keyed by the custodian), never by
     # the ids clients chose.
 
-    async def register(self, entries: Sequence[Mapping[str, Any]]) -> Committed:
-        return await self.submit(PROVIDERS, "Records:Register", json.dumps(list(entries)))
+    async def register(self, entries: Sequence[Mapping[str, Any]], on_prepared: OnPrepared | None = None) -> Committed:
+        return await self.submit(PROVIDERS, "Records:Register", json.dumps(list(entries)), on_prepared=on_prepared)
 
     async def record(self, resource_key: str, version: int = 0) -> dict[str, Any]:
         """One registered version (0: the newest)."""
@@ -63,8 +82,13 @@ class Ledger:
 
     # ----- Claims ----------------------------------------------------------------------------------------------
 
-    async def submit_claim(self, submission: Mapping[str, Any], detail: Mapping[str, Any]) -> Committed:
-        return await self.submit(CLAIMS, "Claims:Submit", json.dumps(submission), transient={"claim": detail})
+    async def submit_claim(
+        self, submission: Mapping[str, Any], detail: Mapping[str, Any], on_prepared: OnPrepared | None = None
+    ) -> Committed:
+        transient = {"claim": detail}
+        return await self.submit(
+            CLAIMS, "Claims:Submit", json.dumps(submission), transient=transient, on_prepared=on_prepared
+        )
 
     async def submit_claims(self, submissions: Sequence[Mapping[str, Any]], details: Mapping[str, Any]) -> Committed:
         """Many claims of this provider in one transaction, all or none (details by claim key)."""
@@ -75,8 +99,8 @@ class Ledger:
     async def claim(self, claim_id: str) -> dict[str, Any]:
         return dict(await self.evaluate(CLAIMS, "Claims:Get", claim_id))
 
-    async def cancel_claim(self, claim_id: str, reason: str) -> Committed:
-        return await self.submit(CLAIMS, "Claims:Cancel", claim_id, reason)
+    async def cancel_claim(self, claim_id: str, reason: str, on_prepared: OnPrepared | None = None) -> Committed:
+        return await self.submit(CLAIMS, "Claims:Cancel", claim_id, reason, on_prepared=on_prepared)
 
     async def claim_lines(self, claim_id: str) -> dict[str, Any]:
         return dict(await self.evaluate(CLAIMS, "Claims:Lines", claim_id))
@@ -114,11 +138,11 @@ class Ledger:
 
     # ----- Consent and audit -----------------------------------------------------------------------------------
 
-    async def grant(self, grant: Mapping[str, Any]) -> Committed:
-        return await self.submit(PROVIDERS, "Consent:Grant", json.dumps(grant))
+    async def grant(self, grant: Mapping[str, Any], on_prepared: OnPrepared | None = None) -> Committed:
+        return await self.submit(PROVIDERS, "Consent:Grant", json.dumps(grant), on_prepared=on_prepared)
 
-    async def revoke(self, consent_id: str, document_digest: str) -> Committed:
-        return await self.submit(PROVIDERS, "Consent:Revoke", consent_id, document_digest)
+    async def revoke(self, consent_id: str, document_digest: str, on_prepared: OnPrepared | None = None) -> Committed:
+        return await self.submit(PROVIDERS, "Consent:Revoke", consent_id, document_digest, on_prepared=on_prepared)
 
     async def consent(self, consent_id: str) -> dict[str, Any]:
         return dict(await self.evaluate(PROVIDERS, "Consent:Get", consent_id))

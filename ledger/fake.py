@@ -7,8 +7,10 @@ tested in Go):
 - a transaction's writes are applied only when it commits, so nothing inside one call reads its own writes, as on
   Fabric;
 - refusals are the contracts' codes (`ledger.errors`);
-- `fail_next(function, error, committed=...)` makes the next call of a function raise a Fabric error, after its
-  writes were committed (an unknown outcome that did happen) or not.
+- `fail_next(function, error, committed=...)` makes the next call of a function raise an error (a refusal, a Fabric
+  error), after its writes were committed or not. An unknown-outcome error is what the real transport cannot
+  resolve before its deadline: the call raises `OutcomeUnknown` with the transaction kept for `settle`, which then
+  finds it committed, or commits it (a transaction never ordered, sent again).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from fabric_gateway import CommitUnknown
 from ledger.errors import LedgerConflict, LedgerForbidden, LedgerInvalid, LedgerNotFound
-from ledger.transport import Sent
+from ledger.transport import OnPrepared, OutcomeUnknown, Prepared, Sent
 
 Json = dict[str, Any]
 
@@ -76,6 +79,8 @@ class FakeLedger:
         self.events: list[tuple[int, str, str, Json]] = []  # (block, tx id, name, payload)
         self.blocks = itertools.count(1)
         self.failures: list[Failure] = []
+        self.prepared: dict[str, tuple[str, str, list[str], dict[str, bytes]]] = {}  # tx id -> the call, to resend
+        self.committed: dict[str, Sent] = {}
         self.handlers: dict[str, Handler] = {**_RECORDS, **_CONSENT, **_AUDIT, **_CLAIMS}
 
     def member(self, msp: str) -> FakeTransport:
@@ -86,28 +91,45 @@ class FakeLedger:
     def fail_next(self, function: str, error: Exception, committed: bool = False) -> None:
         self.failures.append(Failure(function, error, committed))
 
-    def run(self, msp: str, function: str, args: Sequence[str], transient: Mapping[str, bytes], write: bool) -> Sent:
+    def run(
+        self,
+        msp: str,
+        function: str,
+        args: Sequence[str],
+        transient: Mapping[str, bytes],
+        write: bool,
+        tx_id: str | None = None,
+        prepared: Prepared | None = None,
+    ) -> Sent:
         handler = self.handlers.get(function)
         if handler is None:
             raise LedgerInvalid(f"{function} is not modelled by the fake ledger")
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        call = Call(msp, self.kinds[msp], list(args), transient, dict(self.state), uuid.uuid4().hex, now)
+        call = Call(msp, self.kinds[msp], list(args), transient, dict(self.state), tx_id or uuid.uuid4().hex, now)
         failure = next((f for f in self.failures if f.function == function), None)
         if failure is not None:
             self.failures.remove(failure)
             if not failure.committed:
-                raise failure.error
+                raise self._as_raised(failure.error, prepared)
         result = handler(call)
-        block = 0
-        if write:
-            block = next(self.blocks)
-            self.state.update(call.writes)
-            if call.event is not None:
-                self.events.append((block, call.tx_id, *call.event))
-        if failure is not None:
-            raise failure.error
         raw = json.dumps(result).encode() if result is not None else b""
-        return Sent(call.tx_id, raw, block)
+        sent = Sent(call.tx_id, raw, 0)
+        if write:
+            sent = Sent(call.tx_id, raw, next(self.blocks))
+            self.state.update(call.writes)
+            self.committed[call.tx_id] = sent
+            if call.event is not None:
+                self.events.append((sent.block_number, call.tx_id, *call.event))
+        if failure is not None:
+            raise self._as_raised(failure.error, prepared)
+        return sent
+
+    @staticmethod
+    def _as_raised(error: Exception, prepared: Prepared | None) -> Exception:
+        """An injected unknown outcome carries the signed transaction, as the real transport's does."""
+        if prepared is not None and isinstance(error, CommitUnknown) and not isinstance(error, OutcomeUnknown):
+            return OutcomeUnknown(prepared, error)
+        return error
 
 
 class FakeTransport:
@@ -118,9 +140,29 @@ class FakeTransport:
         self.msp = msp
 
     async def submit(
-        self, channel: str, function: str, args: Sequence[str], transient: Mapping[str, bytes] | None = None
+        self,
+        channel: str,
+        function: str,
+        args: Sequence[str],
+        transient: Mapping[str, bytes] | None = None,
+        on_prepared: OnPrepared | None = None,
     ) -> Sent:
-        return self.world.run(self.msp, function, args, transient or {}, write=True)
+        tx_id = uuid.uuid4().hex
+        prepared = Prepared(channel, tx_id, json.dumps([self.msp, function, list(args)]).encode())
+        self.world.prepared[tx_id] = (self.msp, function, list(args), dict(transient or {}))
+        if on_prepared is not None:
+            on_prepared(prepared)
+        return self.world.run(self.msp, function, args, transient or {}, write=True, tx_id=tx_id, prepared=prepared)
+
+    async def settle(self, prepared: Prepared) -> Sent:
+        """A kept transaction sent again: what committed stands; one never ordered commits now."""
+        if prepared.tx_id in self.world.committed:
+            return self.world.committed[prepared.tx_id]
+        msp, function, args, transient = self.world.prepared[prepared.tx_id]
+        return self.world.run(msp, function, args, transient, write=True, tx_id=prepared.tx_id)
+
+    async def wait_for_block(self, channel: str, block_number: int, orgs: Sequence[str]) -> None:
+        return None  # one world: every member sees every block at once
 
     async def evaluate(self, channel: str, function: str, args: Sequence[str]) -> bytes:
         return self.world.run(self.msp, function, args, {}, write=False).result

@@ -2,19 +2,38 @@
 
 `FabricTransport` is the real one (an org's identity, through its own peer's Gateway); `ledger.fake.FakeLedger`
 keeps the contracts' state in memory for fast unit tests of everything above the ledger.
+
+Submit is not commit. Once a signed transaction may have reached an orderer, every failure is an unknown outcome:
+the transport asks for the transaction's commit status by its id and sends the SAME signed transaction again (a
+second copy is refused as a duplicate and does no harm) until the answer is definite or its deadline passes; only
+then does it raise `OutcomeUnknown`, carrying the signed bytes, so whoever keeps them can settle it later. A caller
+that must survive a crash in between gets the signed bytes before they are sent (`on_prepared`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from fabric_gateway import AsyncContract, AsyncGateway, EndorseError, EvaluateError
+from fabric_gateway import (
+    AsyncContract,
+    AsyncGateway,
+    AsyncTransaction,
+    CommitError,
+    CommitStatus,
+    CommitUnknown,
+    EndorseError,
+    EvaluateError,
+    SubmitRefused,
+)
 from fabric_gateway.retry import retry_conflicts_async
 from ledger.errors import refusal
 
 CHAINCODE = "careledger"
+UNKNOWN_OUTCOME_DEADLINE_S = 60.0  # how long one submit keeps resolving an unknown outcome before it says so
 
 
 @dataclass(frozen=True)
@@ -26,24 +45,62 @@ class Sent:
     block_number: int = 0
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """An endorsed, signed transaction about to be sent: what must be kept to send it again."""
+
+    channel: str
+    tx_id: str
+    signed: bytes
+
+
+class OutcomeUnknown(CommitUnknown):
+    """A transaction may or may not commit, and its deadline passed while finding out. `prepared` is it, signed:
+    settle it later with `Transport.settle`, never by building a new one."""
+
+    def __init__(self, prepared: Prepared, cause: Exception) -> None:
+        super().__init__(f"transaction {prepared.tx_id} on {prepared.channel}: outcome unknown ({cause})")
+        self.prepared = prepared
+
+
+OnPrepared = Callable[[Prepared], None]
+
+
 class Transport(Protocol):
     async def submit(
-        self, channel: str, function: str, args: Sequence[str], transient: Mapping[str, bytes] | None = None
+        self,
+        channel: str,
+        function: str,
+        args: Sequence[str],
+        transient: Mapping[str, bytes] | None = None,
+        on_prepared: OnPrepared | None = None,
     ) -> Sent:
-        """Endorse, order and wait for the commit; raise LedgerRefused when the contract says no."""
+        """Endorse, order and wait for the commit; raise LedgerRefused when the contract says no, OutcomeUnknown
+        when the deadline passed without a definite answer."""
+        ...
+
+    async def settle(self, prepared: Prepared) -> Sent:
+        """Send a kept transaction again until it is known to have committed (Sent) or not (NotCommitted)."""
         ...
 
     async def evaluate(self, channel: str, function: str, args: Sequence[str]) -> bytes:
         """Ask one peer; raise LedgerRefused when the contract says no."""
         ...
 
+    async def wait_for_block(self, channel: str, block_number: int, orgs: Sequence[str]) -> None:
+        """Return once these orgs' peers have committed the block (to act on what it wrote)."""
+        ...
+
 
 class FabricTransport:
     """Contract calls as one org's identity through its own peer's Gateway."""
 
-    def __init__(self, gateway: AsyncGateway, chaincode: str = CHAINCODE) -> None:
+    def __init__(
+        self, gateway: AsyncGateway, chaincode: str = CHAINCODE, deadline_s: float = UNKNOWN_OUTCOME_DEADLINE_S
+    ) -> None:
         self.gateway = gateway
         self.chaincode = chaincode
+        self.deadline_s = deadline_s
         self._contracts: dict[str, AsyncContract] = {}
 
     def contract(self, channel: str) -> AsyncContract:
@@ -53,20 +110,71 @@ class FabricTransport:
         return self._contracts[channel]
 
     async def submit(
-        self, channel: str, function: str, args: Sequence[str], transient: Mapping[str, bytes] | None = None
+        self,
+        channel: str,
+        function: str,
+        args: Sequence[str],
+        transient: Mapping[str, bytes] | None = None,
+        on_prepared: OnPrepared | None = None,
     ) -> Sent:
         async def attempt() -> Sent:
-            done = await self.contract(channel).submit(function, args=args, transient=transient)
-            return Sent(done.tx_id, done.result, done.status.block_number)
+            proposal = self.contract(channel).new_proposal(function, args=args, transient=transient)
+            try:
+                tx = await proposal.endorse()
+            except EndorseError as e:
+                raise (refusal(e.chaincode_messages) or e) from None
+            tx.sign()
+            prepared = Prepared(channel, tx.tx_id, tx.to_bytes())
+            if on_prepared is not None:
+                on_prepared(prepared)
+            return await self._until_known(tx, prepared)
 
+        # A transaction that lost a read race did not commit: submitting a new one is safe.
+        return await retry_conflicts_async(attempt)
+
+    async def settle(self, prepared: Prepared) -> Sent:
+        return await self._until_known(self.gateway.transaction_from_bytes(prepared.signed), prepared, sent_before=True)
+
+    async def _until_known(self, tx: AsyncTransaction, prepared: Prepared, sent_before: bool = False) -> Sent:
+        """Send (again, as often as needed) and read the commit status until it is definite or the deadline passes.
+        A transaction the peers invalidated raises CommitError (NotCommitted)."""
+        deadline = time.monotonic() + self.deadline_s
+        pause = 0.25
+        while True:
+            try:
+                status = await (await tx.submit()).status()
+            except SubmitRefused:
+                # Refused outright the first time: it never reached an orderer. Refused when sent again: the first
+                # copy may have been ordered, so only its commit status can tell.
+                if not sent_before or (found := await self._looked_up(prepared)) is None:
+                    raise
+                status = found
+            except CommitUnknown as e:
+                sent_before = True
+                if (found := await self._looked_up(prepared)) is None:
+                    if time.monotonic() + pause > deadline:
+                        raise OutcomeUnknown(prepared, e) from e
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 5.0)
+                    continue
+                status = found
+            if not status.successful:
+                raise CommitError(prepared.tx_id, status.code, status.block_number)
+            return Sent(prepared.tx_id, tx.result, status.block_number)
+
+    async def _looked_up(self, prepared: Prepared) -> CommitStatus | None:
+        """The transaction's commit status by id when the peer knows it within a short wait, else None."""
+        network = self.gateway.network(prepared.channel)
         try:
-            # A transaction that lost a read race did not commit: submitting it anew is safe.
-            return await retry_conflicts_async(attempt)
-        except EndorseError as e:
-            raise (refusal(e.chaincode_messages) or e) from None
+            return await network.commit_status(prepared.tx_id, timeout=3.0)
+        except CommitUnknown:
+            return None
 
     async def evaluate(self, channel: str, function: str, args: Sequence[str]) -> bytes:
         try:
             return await self.contract(channel).evaluate(function, args=args)
         except EvaluateError as e:
             raise (refusal(e.chaincode_messages) or e) from None
+
+    async def wait_for_block(self, channel: str, block_number: int, orgs: Sequence[str]) -> None:
+        await self.gateway.network(channel).wait_for_block(block_number, list(orgs))

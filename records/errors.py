@@ -61,9 +61,13 @@ class VersionTaken(RecordsError):
     """Another write staged or committed this resource version first."""
 
 
-class OutcomeUnknown(RecordsError):
-    """The ledger did not confirm the write and does not have it yet: nothing is stored; the same request may be
-    sent again."""
+class StillPending(RecordsError):
+    """The write's transaction was sent but its outcome is not known yet. The write is kept pending and settled as
+    soon as the ledger answers (it commits once, or not at all); `batch` names it."""
+
+    def __init__(self, batch: str) -> None:
+        super().__init__("the ledger has not confirmed the write yet; it is kept and settled when it answers")
+        self.batch = batch
 
 
 class OutsideCompartment(RecordsError):

@@ -8,7 +8,7 @@
 | held | Coverage, ClaimResponse, PaymentReconciliation | none: kept by the custodian only | insurers and providers |
 
 A claim or consent is a transaction of its own, so it is posted on its own. Each route also knows how to ask the ledger
-whether a write happened (reconciliation after an unknown outcome) and which digest the ledger holds (`$verify`).
+which digest the ledger holds (`$verify`).
 The ledger names each resource, claim and consent by its opaque key (`records.store.Store.ledger_key`), never by
 the id a client chose.
 """
@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ledger.contracts import Committed, Ledger
-from ledger.errors import LedgerNotFound
+from ledger.transport import OnPrepared
 from records import fhir_claim, fhir_consent
 from records.errors import FhirInvalid, Issue
 
-LedgerCall = Callable[[], Awaitable[Committed]]
+LedgerCall = Callable[[OnPrepared], Awaitable[Committed]]  # given where to keep the signed transaction
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,6 @@ class Route:
         """The one ledger transaction that registers the write (None: the resource is only kept here)."""
         raise NotImplementedError
 
-    async def registered(self, ledger: Ledger, key: str, version: int) -> str | None:
-        """The id of the transaction that registered this version, or None when the ledger does not have it."""
-        raise NotImplementedError
-
     async def on_chain(self, ledger: Ledger, key: str, version: int) -> OnChain:
         raise NotImplementedError
 
@@ -60,13 +56,7 @@ class RecordsRoute(Route):
     name = "records"
 
     def call(self, ledger: Ledger, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
-        return lambda: ledger.register(entries)
-
-    async def registered(self, ledger: Ledger, key: str, version: int) -> str | None:
-        try:
-            return str((await ledger.record(key, version)).get("txId", ""))
-        except LedgerNotFound:
-            return None
+        return lambda keep: ledger.register(entries, keep)
 
     async def on_chain(self, ledger: Ledger, key: str, version: int) -> OnChain:
         record = await ledger.record(key, version)
@@ -89,17 +79,10 @@ class ClaimRoute(Route):
         e = entries[0]
         if e["version"] == 1:
             claim = fhir_claim.for_ledger(resource, e["resourceKey"], e["patient"], e["digest"])
-            return lambda: ledger.submit_claim(claim.submission, claim.detail)
+            return lambda keep: ledger.submit_claim(claim.submission, claim.detail, keep)
         if resource.get("status") == "cancelled":
-            return lambda: ledger.cancel_claim(e["resourceKey"], "provider-cancelled")
+            return lambda keep: ledger.cancel_claim(e["resourceKey"], "provider-cancelled", keep)
         raise FhirInvalid([Issue("not-supported", "Claim.status", "a submitted claim can only be cancelled")])
-
-    async def registered(self, ledger: Ledger, key: str, version: int) -> str | None:
-        try:
-            claim = await ledger.claim(key)
-        except LedgerNotFound:
-            return None
-        return str(claim["txId"]) if version == 1 or claim["status"] == "cancelled" else None
 
     async def on_chain(self, ledger: Ledger, key: str, version: int) -> OnChain:
         claim = await ledger.claim(key)
@@ -114,19 +97,12 @@ class ConsentRoute(Route):
         e = entries[0]
         if e["version"] == 1:
             grant = fhir_consent.grant(resource, e["resourceKey"], e["patient"], e["digest"])
-            return lambda: ledger.grant(grant)
+            return lambda keep: ledger.grant(grant, keep)
         if fhir_consent.revokes(resource):
-            return lambda: ledger.revoke(e["resourceKey"], e["digest"])
+            return lambda keep: ledger.revoke(e["resourceKey"], e["digest"], keep)
         raise FhirInvalid(
             [Issue("not-supported", "Consent.status", "a granted consent can only be revoked (status inactive)")]
         )
-
-    async def registered(self, ledger: Ledger, key: str, version: int) -> str | None:
-        try:
-            consent = await ledger.consent(key)
-        except LedgerNotFound:
-            return None
-        return str(consent["txId"]) if version == 1 or consent["status"] == "revoked" else None
 
     async def on_chain(self, ledger: Ledger, key: str, version: int) -> OnChain:
         consent = await ledger.consent(key)
@@ -138,9 +114,6 @@ class HeldRoute(Route):
 
     def call(self, ledger: Ledger, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
         return None
-
-    async def registered(self, ledger: Ledger, key: str, version: int) -> str | None:
-        return ""
 
     async def on_chain(self, ledger: Ledger, key: str, version: int) -> OnChain:
         raise FhirInvalid(

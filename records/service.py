@@ -11,25 +11,26 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fabric_gateway import CommitUnknown
-from ledger.contracts import Committed, Ledger
+from fabric_gateway import NotCommitted
+from ledger.contracts import Ledger
+from ledger.transport import OutcomeUnknown
 from records import digests
 from records.errors import (
     FhirInvalid,
     Issue,
     NotHeld,
     NotKeptHere,
-    OutcomeUnknown,
     OutsideCompartment,
     PreconditionFailed,
+    StillPending,
     VersionTaken,
 )
-from records.routes import POSTABLE, Route, route_of
+from records.pending import PendingFiles, PendingInMemory, PendingTransactions
+from records.routes import POSTABLE, LedgerCall, Route, route_of
 from records.search import identifier_condition
 from records.settings import CustodianSettings
 from records.store import Row, Store, Stored
@@ -83,20 +84,29 @@ class Custodian:
 
 class Records:
     def __init__(
-        self, store: Store, ledger: Ledger, consortium_key: bytes, mpi_system: str, custodian: Custodian
+        self,
+        store: Store,
+        ledger: Ledger,
+        consortium_key: bytes,
+        mpi_system: str,
+        custodian: Custodian,
+        pending: PendingTransactions | None = None,
     ) -> None:
         self.store = store
         self.ledger = ledger
         self.consortium_key = consortium_key
         self.mpi_system = mpi_system
         self.custodian = custodian
+        self.pending = pending if pending is not None else PendingInMemory()
         self._conditional_writes = asyncio.Lock()
+        self._in_flight: set[str] = set()  # batches this process is writing now: not the reconciler's
 
     @classmethod
     def open(cls, settings: CustodianSettings, ledger: Ledger) -> Records:
         """The org's records as its settings place them: its store, its keys, its kind in the consortium."""
         custodian = Custodian(settings.org.msp_id, settings.org.kind)
-        return cls(settings.open_store(), ledger, settings.consortium_key(), settings.mpi_system, custodian)
+        pending = PendingFiles(settings.pending_dir)
+        return cls(settings.open_store(), ledger, settings.consortium_key(), settings.mpi_system, custodian, pending)
 
     # ----- patients --------------------------------------------------------------------------------------------
 
@@ -128,13 +138,44 @@ class Records:
 
     # ----- writes ----------------------------------------------------------------------------------------------
 
-    async def transaction(self, entries: list[Entry], compartment: str | None = None) -> list[Written]:
+    async def transaction(
+        self, entries: list[Entry], compartment: str | None = None, request: str | None = None
+    ) -> list[Written]:
         """Store and register the entries as one unit, in entry order; raises FhirInvalid, PreconditionFailed,
         LedgerRefused or a Fabric error. Conditional entries (ifNoneExist, ifMatch, ifNoneMatch) are decided and
         written under one lock, so concurrent requests cannot both create what only one may.
-        `compartment`: the one patient (pseudonym) the request may write for, when it is limited to one."""
+        `compartment`: the one patient (pseudonym) the request may write for, when it is limited to one.
+        `request`: the request's key (its content, or the client's Idempotency-Key): a request answered "still
+        pending" and sent again gets the first one's result once it settles, and is never written twice."""
         if not entries:
             return []
+        if request is not None and (earlier := await self._earlier(request)) is not None:
+            return earlier
+        try:
+            return await self._transaction_once(entries, compartment)
+        except StillPending as e:
+            if request is not None:
+                self.pending.remember(request, e.batch)
+            raise
+
+    async def _earlier(self, request: str) -> list[Written] | None:
+        """The result of the same request answered "still pending" before: settled now, or still pending."""
+        batch = self.pending.batch_of(request)
+        if batch is None:
+            return None
+        rows = self.store.batch_rows(batch)
+        committed = bool(rows) and self.store.read(*rows[0]) is not None  # committed rows are readable
+        if not committed:
+            settled = await self.reconcile(batch)
+            if settled is None:
+                raise StillPending(batch)
+            committed = settled
+        self.pending.forget(request)
+        if not committed:
+            return None  # it did not commit: this request writes anew
+        return [Written.of(self.read(rtype, rid, version)) for rtype, rid, version in rows]
+
+    async def _transaction_once(self, entries: list[Entry], compartment: str | None) -> list[Written]:
         conditional = any(e.if_none_exist or e.if_match or e.if_none_match for e in entries)
         if not conditional:
             return await self._transaction(entries, {}, compartment)
@@ -309,30 +350,56 @@ class Records:
                 )
         return out
 
-    async def _settle(self, batch: str, submit: Callable[[], Awaitable[Committed]]) -> None:
+    async def _settle(self, batch: str, submit: LedgerCall) -> None:
+        """Send the write's ledger transaction, keeping it signed first; commit the rows when it is valid, discard
+        them when it is not; keep them pending when the outcome is still unknown (the reconciler settles it)."""
+        self._in_flight.add(batch)
         try:
-            committed = await submit()
-        except CommitUnknown as e:
-            # Ordered or not? Ask the ledger rather than guess.
-            if await self.reconcile(batch):
-                return
-            raise OutcomeUnknown(f"the ledger did not confirm the write, and it is not registered: {e}") from e
+            committed = await submit(lambda prepared: self.pending.save(batch, prepared))
+        except OutcomeUnknown:
+            raise StillPending(batch) from None
         except BaseException:
             self.store.discard(batch)
+            self.pending.remove(batch)
             raise
+        finally:
+            self._in_flight.discard(batch)
         self.store.commit(batch, committed.tx_id)
+        self.pending.remove(batch)
 
-    async def reconcile(self, batch: str) -> bool:
-        """Settle a staged batch by asking the ledger: commit it if its first row is registered, else discard."""
-        rows = self.store.batch_rows(batch)
-        if not rows:
-            return False
-        rtype, rid, version = rows[0]
-        tx_id = await route_of(rtype).registered(self.ledger, self.store.ledger_key(rtype, rid), version)
-        if tx_id is None:
+    async def reconcile_pending(self, grace_s: float = 120.0) -> dict[str, int]:
+        """Settle every pending batch this process is not writing now: those with a kept transaction at once, those
+        without one once they are older than `grace_s` (another process of this org may still be about to send
+        it). Returns how many were committed, discarded and are still unknown."""
+        cutoff = (datetime.now(UTC) - timedelta(seconds=grace_s)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        old = set(self.store.pending_batches(staged_before=cutoff))
+        counts = {"committed": 0, "discarded": 0, "unknown": 0}
+        for batch in self.store.pending_batches():
+            if batch in self._in_flight or (batch not in old and self.pending.load(batch) is None):
+                continue
+            settled = await self.reconcile(batch)
+            counts["unknown" if settled is None else "committed" if settled else "discarded"] += 1
+        return counts
+
+    async def reconcile(self, batch: str) -> bool | None:
+        """Settle a staged batch from its kept transaction: True committed, False discarded, None still unknown.
+        A batch with no kept transaction never sent one: nothing of it can be on chain."""
+        if batch in self._in_flight:
+            return None
+        prepared = self.pending.load(batch)
+        if prepared is None:
             self.store.discard(batch)
             return False
-        self.store.commit(batch, tx_id)
+        try:
+            committed = await self.ledger.settle(prepared)
+        except OutcomeUnknown:
+            return None
+        except NotCommitted:
+            self.store.discard(batch)
+            self.pending.remove(batch)
+            return False
+        self.store.commit(batch, committed.tx_id)
+        self.pending.remove(batch)
         return True
 
     # ----- reads, verification, erasure -------------------------------------------------------------------------

@@ -45,6 +45,11 @@ class CustodianSettings:
             mpi_system=env("CARELEDGER_MPI_SYSTEM") or MPI_SYSTEM_DEFAULT,
         )
 
+    @property
+    def pending_dir(self) -> Path:
+        """Where writes keep their signed transactions until the ledger's answer is definite."""
+        return self.store_path.parent / "pending"
+
     def open_store(self) -> Store:
         return Store(self.store_path, read_secret(self.master_key_file, f"{self.org.name}'s master key"))
 

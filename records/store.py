@@ -213,8 +213,14 @@ class Store:
             )
             db.execute("DELETE FROM resources WHERE batch = ? AND state = 'pending'", (batch,))
 
-    def pending_batches(self) -> list[str]:
-        return [r[0] for r in self._db.execute("SELECT DISTINCT batch FROM resources WHERE state = 'pending'")]
+    def pending_batches(self, staged_before: str | None = None) -> list[str]:
+        """Batches with pending rows; only those staged before an instant (lastUpdated form) when given."""
+        if staged_before is None:
+            return [r[0] for r in self._db.execute("SELECT DISTINCT batch FROM resources WHERE state = 'pending'")]
+        rows = self._db.execute(
+            "SELECT DISTINCT batch FROM resources WHERE state = 'pending' AND last_updated < ?", (staged_before,)
+        )
+        return [r[0] for r in rows]
 
     def batch_rows(self, batch: str) -> list[tuple[str, str, int]]:
         return [

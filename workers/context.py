@@ -40,8 +40,9 @@ class OrgContext:
     def ledger(self) -> Ledger:
         return self.records.ledger
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
-        """Run a records or ledger coroutine on the context's loop and wait for its result."""
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 300.0) -> T:
+        """Run a records or ledger coroutine on the context's loop and wait for its result. The ledger resolves an
+        unknown outcome itself within its own deadline (shorter than this); a TimeoutError here is retried."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def member_url(self, msp: str) -> str:

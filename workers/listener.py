@@ -83,6 +83,7 @@ def listen(settings: WorkerSettings, stop: threading.Event | None = None) -> Non
                 for event in events:
                     if event.name.startswith("Claims."):
                         for name, claim in claim_events(event.name, json.loads(event.payload)):
+                            claim["eventBlock"] = event.block_number  # tasks wait for it before they act on it
                             for d in tasks_for(org.msp_id, name, event.tx_id, claim):
                                 outbox.publish(r, org.msp_id, settings.queue, d.task, d.args, d.task_id)
                     checkpointer.save(after_event(event))

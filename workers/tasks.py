@@ -44,13 +44,23 @@ class NotYetAvailable(Exception):
 
 
 MEMBER_LOCK_S = 10
-TRANSIENT = (FabricError, httpx.TransportError, redis.ConnectionError, NotYetAvailable)
+# A wait on the ledger that timed out is an unknown outcome, not a failure of the work: the task runs again and the
+# chain's state decides what is left to do.
+TRANSIENT = (FabricError, TimeoutError, httpx.TransportError, redis.ConnectionError, NotYetAvailable)
 # Backoff 1 s, 2 s, 4 s, 8 s, 8 s, ... (Celery's smallest factor is one second; shorter waits are explicit below).
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": True, "retry_backoff_max": 8, "retry_jitter": False}
 
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def caught_up(ctx: OrgContext, claim: dict[str, Any]) -> None:
+    """Wait until both parties' peers have the block of the event that woke us, so what we endorse or read there
+    sees the claim as the event showed it (instead of retrying what is only a peer a block behind)."""
+    block = int(claim.get("eventBlock") or 0)
+    if block:
+        ctx.run(ctx.ledger.wait_for_block(CLAIMS, block, [claim["provider"], claim["insurer"]]))
 
 
 def keep(ctx: OrgContext, resource: dict[str, Any], patient: str) -> bool:
@@ -123,6 +133,7 @@ def _decide_on_chain(
     assert ctx.settings.rules is not None
     claim_id = submitted["claimId"]
     on_chain = submitted
+    caught_up(ctx, submitted)
     try:
         lines = ctx.run(ctx.ledger.claim_lines(claim_id))["lines"]
     except LedgerNotFound as e:
@@ -146,9 +157,11 @@ def _decide_on_chain(
         try:
             on_chain = ctx.run(ctx.ledger.adjudicate(claim_id, body)).result
             recorded: dict[str, Any] | None = {"outcome": on_chain["outcome"], "lines": body["lines"]}
-        except LedgerConflict:  # adjudicated by an earlier run, or cancelled: what the chain says stands
+        except LedgerConflict:  # adjudicated by an earlier run, or cancelled: the chain's state says which
             on_chain, recorded = ctx.run(ctx.ledger.claim(claim_id)), None
-        except LedgerNotFound as e:  # the other org's endorsing peer has not committed the claim's block yet
+            if on_chain["status"] == "submitted":
+                raise NotYetAvailable("the claim is still submitted on chain: try again") from None
+        except LedgerNotFound as e:
             raise NotYetAvailable(e.message) from None
     else:
         recorded = None
@@ -189,12 +202,17 @@ def pay(self: Any, claim: dict[str, Any]) -> str:
     if claim["insurer"] != ctx.settings.org.msp_id or claim["outcome"] == "denied":
         return "nothing to pay"
     ref = f"PAY-{claim['claimId']}"
+    caught_up(ctx, claim)
     try:
         paid = ctx.run(ctx.ledger.pay(claim["claimId"], ref)).result
-    except LedgerConflict:  # paid by an earlier run
+    except (LedgerConflict, LedgerNotFound):
+        # Done already, or not payable: decided by the claim's state on chain, never by the refusal's wording.
         paid = ctx.run(ctx.ledger.claim(claim["claimId"]))
-    except LedgerNotFound as e:  # an endorsing peer is a block behind the event that woke us
-        raise NotYetAvailable(e.message) from None
+        if paid["status"] == "adjudicated":
+            raise NotYetAvailable("the claim is adjudicated and not paid yet: try again") from None
+        if paid["status"] != "paid" or paid["paymentRef"] != ref:
+            log.warning("claim not paid here", extra={"claim": claim["claimId"], "status": paid["status"]})
+            return f"not paid: {paid['status']}"
     keep(ctx, claim_response.payment(paid, ref, _now()), claim["patient"])
     return ref
 

@@ -11,7 +11,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 
 from gateway.auth import Client, Grant, require
-from gateway.deps import BodyDep, ClientDep, Scope, ServicesDep, compartment, negotiate, require_compartment
+from gateway.deps import (
+    BodyDep,
+    ClientDep,
+    RequestKeyDep,
+    Scope,
+    ServicesDep,
+    compartment,
+    negotiate,
+    require_compartment,
+)
 from gateway.outcome import HttpProblem, problem
 from gateway.responses import FhirResponse, entry_response, resource_response, searchset, written_response
 from records import search
@@ -44,26 +53,25 @@ def _compartment_of(svc: ServicesDep, grants: list[Grant]) -> str | None:
 
 @router.post("")
 @router.post("/")
-async def bundle(svc: ServicesDep, client: ClientDep, body: BodyDep) -> FhirResponse:
+async def bundle(svc: ServicesDep, client: ClientDep, body: BodyDep, key: RequestKeyDep) -> FhirResponse:
     env = fv.envelope(body, svc.config.limits)
     grants = [_write_grant(client, svc.records, raw) for raw in env.raw_entries] or [require(client, "*", "c")]
     limit = _compartment_of(svc, grants)
     if env.type == "transaction":
-        written = await svc.records.transaction(fv.transaction_entries(env), limit)
+        written = await svc.records.transaction(fv.transaction_entries(env), limit, key)
         entries = [{"response": entry_response(w)} for w in written]
         return FhirResponse({"resourceType": "Bundle", "type": "transaction-response", "entry": entries})
-    answers = (_batch_entry(svc.records, raw, i, limit) for i, raw in enumerate(env.raw_entries))
-    return FhirResponse(
-        {"resourceType": "Bundle", "type": "batch-response", "entry": list(await asyncio.gather(*answers))}
-    )
+    answers = (_batch_entry(svc.records, raw, i, limit, f"{key}e{i}") for i, raw in enumerate(env.raw_entries))
+    entries = list(await asyncio.gather(*answers))
+    return FhirResponse({"resourceType": "Bundle", "type": "batch-response", "entry": entries})
 
 
-async def _batch_entry(records: Records, raw: Any, i: int, limit: str | None) -> dict[str, Any]:
+async def _batch_entry(records: Records, raw: Any, i: int, limit: str | None, key: str) -> dict[str, Any]:
     """A batch answers each entry on its own: a failure is that entry's status and outcome."""
     try:
         entry = fv.entry(raw, i)
         entry.full_url = ""  # batch entries may not refer to each other
-        (w,) = await records.transaction([entry], limit)
+        (w,) = await records.transaction([entry], limit, key)
         return {"response": entry_response(w)}
     except Exception as e:
         mapped = problem(e)
@@ -74,25 +82,27 @@ async def _batch_entry(records: Records, raw: Any, i: int, limit: str | None) ->
 
 
 @router.post("/{rtype}")
-async def create(rtype: str, request: Request, svc: ServicesDep, client: ClientDep, body: BodyDep) -> FhirResponse:
+async def create(
+    rtype: str, request: Request, svc: ServicesDep, client: ClientDep, body: BodyDep, key: RequestKeyDep
+) -> FhirResponse:
     grant = require(client, rtype, "c")
     resource = fv.parse_json(body, svc.config.limits)
     entry = fv.entry({"resource": resource, "request": {"method": "POST", "url": rtype}}, 0)
     entry.if_none_exist = request.headers.get("if-none-exist")
-    (w,) = await svc.records.transaction([entry], compartment(svc, grant))
+    (w,) = await svc.records.transaction([entry], compartment(svc, grant), key)
     return written_response(w)
 
 
 @router.put("/{rtype}/{rid}")
 async def update(
-    rtype: str, rid: str, request: Request, svc: ServicesDep, client: ClientDep, body: BodyDep
+    rtype: str, rid: str, request: Request, svc: ServicesDep, client: ClientDep, body: BodyDep, key: RequestKeyDep
 ) -> FhirResponse:
     fv.check_id(rid, f"{rtype} id")
     grant = require(client, rtype, "u" if svc.records.store.head(rtype, rid) else "c")
     resource = fv.parse_json(body, svc.config.limits)
     entry = fv.entry({"resource": resource, "request": {"method": "PUT", "url": f"{rtype}/{rid}"}}, 0)
     entry.if_match, entry.if_none_match = request.headers.get("if-match"), request.headers.get("if-none-match")
-    (w,) = await svc.records.transaction([entry], compartment(svc, grant))
+    (w,) = await svc.records.transaction([entry], compartment(svc, grant), key)
     return written_response(w)
 
 

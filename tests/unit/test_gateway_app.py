@@ -97,13 +97,20 @@ def test_a_ledger_refusal_is_a_conflict_and_leaves_nothing(gw: Gateway) -> None:
     gw.run(scenario)
 
 
-def test_an_unknown_outcome_asks_for_a_retry(gw: Gateway) -> None:
+def test_an_unknown_outcome_asks_for_a_retry_that_returns_the_same_result(gw: Gateway) -> None:
     async def scenario(g: Gateway) -> None:
-        g.world.fail_next("Records:Register", CommitStatusUnavailable("UNAVAILABLE", "peer gone"))
-        r = await g.post("/fhir", synthetic.Synthetic.seeded(7).transaction(3))
-        assert r.status_code == 504
+        bundle = synthetic.Synthetic.seeded(7).transaction(3)
+        g.world.fail_next("Records:Register", CommitStatusUnavailable("UNAVAILABLE", "peer gone"), committed=True)
+        r = await g.post("/fhir", bundle)
+        assert r.status_code == 503
         assert r.headers["retry-after"]
         assert stored(g, "Patient") == 0
+        again = await g.post("/fhir", bundle)  # the same request: the first one's result, never a second write
+        assert again.status_code == 200, again.text
+        assert stored(g, "Patient") == 1
+        third = await g.post("/fhir", bundle)  # once answered, the same content again is a new write, as in FHIR
+        assert third.status_code == 200 and stored(g, "Patient") == 2
+        assert again.json()["entry"][0]["response"]["location"] != third.json()["entry"][0]["response"]["location"]
 
     gw.run(scenario)
 

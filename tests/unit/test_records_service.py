@@ -17,7 +17,7 @@ from ledger.errors import LedgerForbidden
 from ledger.fake import FakeLedger
 from records import synthetic
 from records import validation as fv
-from records.errors import NotKeptHere, OutcomeUnknown, PreconditionFailed, Refused
+from records.errors import NotKeptHere, PreconditionFailed, Refused, StillPending
 from records.service import Custodian, Records
 from records.sharing import Sharing
 from records.store import Store
@@ -73,21 +73,44 @@ def test_a_ledger_refusal_leaves_nothing(world: FakeLedger, hospital: Records) -
     assert not hospital.store.pending_batches()
 
 
-def test_an_unknown_outcome_that_committed_is_kept(world: FakeLedger, hospital: Records) -> None:
+def test_an_unknown_outcome_that_committed_is_settled_as_committed(world: FakeLedger, hospital: Records) -> None:
     world.fail_next("Records:Register", CommitStatusUnavailable("UNAVAILABLE", "peer gone"), committed=True)
-    written = run(hospital.transaction(entries(visit(3))))
-    assert all(hospital.read(w.type, w.id).tx_id for w in written)
-    assert not hospital.store.pending_batches()
+    with pytest.raises(StillPending):
+        run(hospital.transaction(entries(visit(3))))
+    assert run(hospital.reconcile_pending()) == {"committed": 1, "discarded": 0, "unknown": 0}
+    assert hospital.store.search(fv_query("Observation"))[0] == 2
+    assert len([p for p in world.events if p[2] == "Records.Registered"]) == 1  # sent again, registered once
 
 
-def test_an_unknown_outcome_that_did_not_commit_stores_nothing_and_says_so(
+def test_an_unknown_outcome_is_kept_pending_and_settled_by_sending_the_same_transaction(
     world: FakeLedger, hospital: Records
 ) -> None:
     world.fail_next("Records:Register", CommitStatusUnavailable("UNAVAILABLE", "peer gone"))
-    with pytest.raises(OutcomeUnknown):
-        run(hospital.transaction(entries(visit(3))))
-    assert hospital.store.search(fv_query("Patient"))[0] == 0
+    bundle = entries(visit(3))
+    with pytest.raises(StillPending):
+        run(hospital.transaction(bundle, request="req1"))
+    assert hospital.store.search(fv_query("Patient"))[0] == 0  # nothing readable until the ledger answers
+    (batch,) = hospital.store.pending_batches()
+    assert hospital.pending.load(batch) is not None  # the signed transaction was kept before it was sent
+    # The client sends the same request again: it gets the first one's result, settled, never a second write.
+    again = run(hospital.transaction(bundle, request="req1"))
     assert not hospital.store.pending_batches()
+    assert hospital.store.search(fv_query("Patient"))[0] == 1
+    assert [p for p in world.events if p[2] == "Records.Registered"].__len__() == 1
+    assert {w.id for w in again} == {e.id for e in hospital.store.search(fv_query("Observation"))[1]} | {
+        hospital.store.search(fv_query("Patient"))[1][0].id
+    }
+
+
+def test_the_reconciler_settles_what_an_unknown_outcome_left_pending(world: FakeLedger, hospital: Records) -> None:
+    world.fail_next("Records:Register", CommitStatusUnavailable("UNAVAILABLE", "peer gone"), committed=True)
+    world.fail_next("Records:Register", CommitStatusUnavailable("UNAVAILABLE", "still gone"))
+    for n in (1, 2):
+        with pytest.raises(StillPending):
+            run(hospital.transaction(entries(visit(2, seed=n))))
+    assert run(hospital.reconcile_pending()) == {"committed": 2, "discarded": 0, "unknown": 0}
+    assert hospital.store.search(fv_query("Patient"))[0] == 2
+    assert len([p for p in world.events if p[2] == "Records.Registered"]) == 2
 
 
 def test_keep_writes_a_new_version_only_when_the_content_changes(hospital: Records) -> None:

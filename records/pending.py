@@ -1,0 +1,107 @@
+"""Signed transactions a write has prepared and not yet seen settle, kept until the ledger's answer is definite.
+
+Before a write's transaction is sent for ordering, its signed bytes are written here (atomically), under the id of
+the write's staged batch. So whatever happens next — a timeout, a lost connection, the gateway killed — the batch's
+outcome can be settled later by sending exactly that transaction again and reading its commit status: it commits
+once or it was invalidated; never a second, different transaction for the same write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Protocol
+
+from consortium.secrets import private_dir
+from ledger.transport import Prepared
+
+
+class PendingTransactions(Protocol):
+    def save(self, batch: str, prepared: Prepared) -> None: ...
+
+    def load(self, batch: str) -> Prepared | None: ...
+
+    def remove(self, batch: str) -> None: ...
+
+    def remember(self, request: str, batch: str) -> None:
+        """A request answered "pending": its retry must find this batch, not write again."""
+        ...
+
+    def batch_of(self, request: str) -> str | None: ...
+
+    def forget(self, request: str) -> None: ...
+
+
+class PendingInMemory:
+    """For tests and processes that need not survive a crash."""
+
+    def __init__(self) -> None:
+        self._kept: dict[str, Prepared] = {}
+        self._requests: dict[str, str] = {}
+
+    def remember(self, request: str, batch: str) -> None:
+        self._requests[request] = batch
+
+    def batch_of(self, request: str) -> str | None:
+        return self._requests.get(request)
+
+    def forget(self, request: str) -> None:
+        self._requests.pop(request, None)
+
+    def save(self, batch: str, prepared: Prepared) -> None:
+        self._kept[batch] = prepared
+
+    def load(self, batch: str) -> Prepared | None:
+        return self._kept.get(batch)
+
+    def remove(self, batch: str) -> None:
+        self._kept.pop(batch, None)
+
+
+class PendingFiles:
+    """One file per batch in a private folder beside the store: written to a temporary name, fsynced, renamed."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        private_dir(folder)
+
+    def _path(self, batch: str, suffix: str = ".tx") -> Path:
+        if not batch.isalnum():
+            raise ValueError(f"not a batch or request id: {batch!r}")
+        return self.folder / f"{batch}{suffix}"
+
+    def remember(self, request: str, batch: str) -> None:
+        self._path(request, ".req").write_text(batch)
+
+    def batch_of(self, request: str) -> str | None:
+        try:
+            return self._path(request, ".req").read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def forget(self, request: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(request, ".req").unlink()
+
+    def save(self, batch: str, prepared: Prepared) -> None:
+        record = {"channel": prepared.channel, "txId": prepared.tx_id, "signed": prepared.signed.hex()}
+        tmp = self._path(batch).with_suffix(f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self._path(batch))
+
+    def load(self, batch: str) -> Prepared | None:
+        try:
+            record = json.loads(self._path(batch).read_text())
+        except FileNotFoundError:
+            return None
+        return Prepared(str(record["channel"]), str(record["txId"]), bytes.fromhex(record["signed"]))
+
+    def remove(self, batch: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(batch).unlink()
