@@ -7,6 +7,7 @@ what the Coverage says); `request` names the provider's Claim by id.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from records.fhir_claim import MSP_SYSTEM, claim_response_id
@@ -16,6 +17,10 @@ PSEUDONYM_SYSTEM = "urn:careledger:patient-pseudonym"
 
 CARC_SYSTEM = "https://x12.org/codes/claim-adjustment-reason-codes"
 ADJUDICATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/adjudication"
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _money(cents: int, currency: str) -> dict[str, Any]:

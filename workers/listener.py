@@ -39,10 +39,18 @@ class Dispatch:
 BATCHES = {"Claims.SubmittedBatch": "Claims.Submitted", "Claims.AdjudicatedBatch": "Claims.Adjudicated"}
 
 
+def batch_tasks_for(msp: str, event: str, tx_id: str, payload: dict[str, Any]) -> list[Dispatch]:
+    """Tasks for a batch event as a whole: claims submitted together are adjudicated together by their insurer."""
+    if event != "Claims.SubmittedBatch":
+        return []
+    ours = [c for c in payload.get("claims") or [] if c.get("insurer") == msp]
+    return [Dispatch("careledger.adjudicate_batch", [ours], f"{msp}:{tx_id}:{event}:adjudicate")] if ours else []
+
+
 def claim_events(event: str, payload: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """One (event, claim) per claim: a batch event stands for the single event of each claim it lists."""
     if event in BATCHES:
-        return [(BATCHES[event], claim) for claim in payload.get("claims") or []]
+        return [(BATCHES[event], {**claim, "inBatch": True}) for claim in payload.get("claims") or []]
     return [(event, payload)]
 
 
@@ -52,7 +60,8 @@ def tasks_for(msp: str, event: str, tx_id: str, claim: dict[str, Any]) -> list[D
     insurer, provider = claim.get("insurer") == msp, claim.get("provider") == msp
     out: list[Dispatch] = []
     if event == "Claims.Submitted" and insurer:
-        out.append(Dispatch("careledger.adjudicate", [claim], f"{key}:adjudicate"))
+        if not claim.get("inBatch"):  # a claim of a batch is adjudicated with its batch (batch_tasks_for)
+            out.append(Dispatch("careledger.adjudicate", [claim], f"{key}:adjudicate"))
         out.append(Dispatch("careledger.notify", [event, claim, f"{key}:notify"], f"{key}:notify"))
     elif event == "Claims.Adjudicated":
         if insurer:
@@ -61,6 +70,18 @@ def tasks_for(msp: str, event: str, tx_id: str, claim: dict[str, Any]) -> list[D
             out.append(Dispatch("careledger.fetch_claim_response", [claim, f"{key}:notify"], f"{key}:fetch"))
     elif (event == "Claims.Paid" and provider) or (event == "Claims.Cancelled" and insurer):
         out.append(Dispatch("careledger.notify", [event, claim, f"{key}:notify"], f"{key}:notify"))
+    return out
+
+
+def dispatches(msp: str, event: str, tx_id: str, block: int, payload: bytes) -> list[Dispatch]:
+    """Every task one chain event means for the org; each claim carries the event's block, which tasks wait for
+    at both parties' peers before they act on it."""
+    data = json.loads(payload)
+    for claim in data.get("claims") or []:
+        claim["eventBlock"] = block
+    out = batch_tasks_for(msp, event, tx_id, data)
+    for name, claim in claim_events(event, data):
+        out += tasks_for(msp, name, tx_id, {**claim, "eventBlock": block})
     return out
 
 
@@ -82,10 +103,8 @@ def listen(settings: WorkerSettings, stop: threading.Event | None = None) -> Non
                 events = gw.network(CLAIMS).chaincode_events(t.chaincode_name, start_block=start, checkpoint=checkpoint)
                 for event in events:
                     if event.name.startswith("Claims."):
-                        for name, claim in claim_events(event.name, json.loads(event.payload)):
-                            claim["eventBlock"] = event.block_number  # tasks wait for it before they act on it
-                            for d in tasks_for(org.msp_id, name, event.tx_id, claim):
-                                outbox.publish(r, org.msp_id, settings.queue, d.task, d.args, d.task_id)
+                        for d in dispatches(org.msp_id, event.name, event.tx_id, event.block_number, event.payload):
+                            outbox.publish(r, org.msp_id, settings.queue, d.task, d.args, d.task_id)
                     checkpointer.save(after_event(event))
                     if stop is not None and stop.is_set():
                         return

@@ -14,14 +14,11 @@ contract's CONFLICT on adjudicate or pay means an earlier run already did it: th
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Iterator
-from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import redis
@@ -31,19 +28,14 @@ from celery.signals import task_postrun
 from fabric_gateway import FabricError
 from ledger.contracts import CLAIMS
 from ledger.errors import LedgerConflict, LedgerNotFound
-from records.store import Query
-from workers import claim_response, outbox, rules
+from workers import adjudication, claim_response, outbox
+from workers.adjudication import NotYetAvailable, caught_up, keep
 from workers.app import app
-from workers.context import OrgContext, current
+from workers.context import current
 
 log = logging.getLogger("careledger.workers")
 
 
-class NotYetAvailable(Exception):
-    """What the task needs is not there yet (the insurer is still storing its answer): try again shortly."""
-
-
-MEMBER_LOCK_S = 10
 # A wait on the ledger that timed out is an unknown outcome, not a failure of the work: the task runs again and the
 # chain's state decides what is left to do.
 TRANSIENT = (FabricError, TimeoutError, httpx.TransportError, redis.ConnectionError, NotYetAvailable)
@@ -51,147 +43,29 @@ TRANSIENT = (FabricError, TimeoutError, httpx.TransportError, redis.ConnectionEr
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": True, "retry_backoff_max": 8, "retry_jitter": False}
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def caught_up(ctx: OrgContext, claim: dict[str, Any]) -> None:
-    """Wait until both parties' peers have the block of the event that woke us, so what we endorse or read there
-    sees the claim as the event showed it (instead of retrying what is only a peer a block behind)."""
-    block = int(claim.get("eventBlock") or 0)
-    if block:
-        ctx.run(ctx.ledger.wait_for_block(CLAIMS, block, [claim["provider"], claim["insurer"]]))
-
-
-def keep(ctx: OrgContext, resource: dict[str, Any], patient: str) -> bool:
-    """Keep a resource this org made (ClaimResponse, PaymentReconciliation) through the org's records service."""
-    return ctx.run(ctx.records.keep(resource, patient))
-
-
-# ----- insurer ------------------------------------------------------------------------------------------------------
-
-
-def _coverages(ctx: OrgContext, patient: str) -> list[dict[str, Any]]:
-    _, found = ctx.records.store.search(Query("Coverage", patient=patient, count=500))
-    return [json.loads(s.content) for s in found]
-
-
-def _history(ctx: OrgContext, patient: str) -> list[rules.PriorLine]:
-    raw: dict[bytes, bytes] = ctx.redis.hgetall(ctx.settings.keys.claim_lines(patient))  # type: ignore[assignment]
-    out = []
-    for field, value in raw.items():
-        line = json.loads(value)
-        out.append(rules.PriorLine(field.decode().split("#")[0], line["code"], line["serviceDate"]))
-    return out
-
-
-def _remember(ctx: OrgContext, claim: dict[str, Any], lines: list[dict[str, Any]]) -> None:
-    mapping: dict[str, str] = {
-        f"{claim['claimId']}#{line['sequence']}": json.dumps(
-            {"code": line["code"], "serviceDate": claim["serviceDate"]}
-        )
-        for line in lines
-    }
-    ctx.redis.hset(ctx.settings.keys.claim_lines(claim["patient"]), mapping=cast(Any, mapping))
-
-
-def _records_disclosed(ctx: OrgContext, claim: dict[str, Any]) -> bool:
-    """Ask the provider for the patient's record for the review purpose. The provider decides on the patient's
-    consent on chain and logs the access either way; 403 means no consent."""
-    assert ctx.settings.rules is not None
-    url = f"{ctx.member_url(claim['provider'])}/federation/everything/{claim['patient']}"
-    r = ctx.members.get(url, params={"purpose": ctx.settings.rules.review_purpose})
-    if r.status_code in (200, 403):
-        return r.status_code == 200
-    r.raise_for_status()
-    raise NotYetAvailable(f"the provider answered {r.status_code}")
-
-
-@contextlib.contextmanager
-def member_lock(ctx: OrgContext, patient: str) -> Iterator[None]:
-    """One decision per member at a time, so that near-duplicate claims cannot pass each other. The lock expires by
-    itself after MEMBER_LOCK_S: a worker killed while holding it delays the member's other claims by at most that
-    long. Should a decision ever take longer, the worst case is a near-duplicate decided in parallel, never a second
-    adjudication: the contract refuses that."""
-    lock = ctx.redis.lock(ctx.settings.keys.member_lock(patient), timeout=MEMBER_LOCK_S, blocking_timeout=0.5)
-    if not lock.acquire():  # do not hold a worker thread while waiting: the task is retried shortly instead
-        raise NotYetAvailable("another decision on this member is under way")
-    try:
-        yield
-    finally:
-        with contextlib.suppress(redis.exceptions.LockError):  # it expired: someone else may hold it now
-            lock.release()
-
-
-def _decide_on_chain(
-    ctx: OrgContext, submitted: dict[str, Any]
-) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None] | str:
-    """Decide the claim and record the decision, unless the chain has one already. `submitted` is the claim as the
-    Submitted event showed it; if it has moved on since (a rerun), recording refuses and the chain's state is read.
-    Returns the claim as the chain now has it, its lines and the recorded decision (None: read it from the chain),
-    or a word saying why there is nothing more to do."""
-    assert ctx.settings.rules is not None
-    claim_id = submitted["claimId"]
-    on_chain = submitted
-    caught_up(ctx, submitted)
-    try:
-        lines = ctx.run(ctx.ledger.claim_lines(claim_id))["lines"]
-    except LedgerNotFound as e:
-        if "purged" in e.message:
-            return f"{on_chain['status']}; its lines are purged"  # long settled
-        # The event came from a committed block, so the claim exists: the peer that answered is a block behind.
-        raise NotYetAvailable(e.message) from None
-    if on_chain["status"] == "submitted":
-        patient = on_chain["patient"]
-        disclosed = _records_disclosed(ctx, on_chain) if ctx.settings.rules.needs_review(lines) else None
-        decision = rules.decide(
-            ctx.settings.rules, on_chain, lines, _coverages(ctx, patient), _history(ctx, patient), disclosed
-        )
-        if decision.pended:
-            keep(ctx, claim_response.pended(on_chain, decision.note, _now()), patient)
-            return "pended"
-        body = {
-            "lines": [d.as_ledger() for d in decision.lines],
-            "retentionSeconds": ctx.settings.rules.retention_seconds,
-        }
-        try:
-            on_chain = ctx.run(ctx.ledger.adjudicate(claim_id, body)).result
-            recorded: dict[str, Any] | None = {"outcome": on_chain["outcome"], "lines": body["lines"]}
-        except LedgerConflict:  # adjudicated by an earlier run, or cancelled: the chain's state says which
-            on_chain, recorded = ctx.run(ctx.ledger.claim(claim_id)), None
-            if on_chain["status"] == "submitted":
-                raise NotYetAvailable("the claim is still submitted on chain: try again") from None
-        except LedgerNotFound as e:
-            raise NotYetAvailable(e.message) from None
-    else:
-        recorded = None
-    if on_chain["status"] == "cancelled":
-        return "cancelled"
-    _remember(ctx, on_chain, lines)
-    return on_chain, lines, recorded
-
-
 @app.task(bind=True, name="careledger.adjudicate", max_retries=8, **RETRY)
 def adjudicate(self: Any, claim: dict[str, Any]) -> str:
-    """Decide a submitted claim by the insurer's rules, record the decision on chain, keep the ClaimResponse. The
-    ClaimResponse is built from what the chain recorded, so a rerun builds the same one."""
+    """Decide a submitted claim by the insurer's rules, record the decision on chain, keep the ClaimResponse."""
     ctx = current()
     if claim["insurer"] != ctx.settings.org.msp_id or ctx.settings.rules is None:
         return "not ours"
     try:
-        with member_lock(ctx, claim["patient"]):
-            result = _decide_on_chain(ctx, claim)
-    except NotYetAvailable:  # a peer a block behind, or the member's previous claim still being decided
+        return adjudication.adjudicate_one(ctx, claim)
+    except NotYetAvailable:  # the member's previous claim still being decided
         raise self.retry(countdown=min(0.1 * 2**self.request.retries, 0.5), max_retries=240) from None
-    if isinstance(result, str):
-        log.info("claim not adjudicated here", extra={"claim": claim["claimId"], "why": result})
-        return result
-    on_chain, lines, adjudication = result
-    if adjudication is None:
-        adjudication = ctx.run(ctx.ledger.adjudication(claim["claimId"]))
-    keep(ctx, claim_response.adjudicated(on_chain, lines, adjudication), claim["patient"])
-    log.info("claim adjudicated", extra={"claim": claim["claimId"], "outcome": on_chain["outcome"]})
-    return str(on_chain["outcome"])
+
+
+@app.task(bind=True, name="careledger.adjudicate_batch", max_retries=8, **RETRY)
+def adjudicate_batch(self: Any, claims: list[dict[str, Any]]) -> dict[str, str]:
+    """Decide the claims that arrived together (one batch submission) and record them in one transaction."""
+    ctx = current()
+    ours = [c for c in claims if c["insurer"] == ctx.settings.org.msp_id]
+    if ctx.settings.rules is None or not ours:
+        return {}
+    try:
+        return adjudication.adjudicate_batch(ctx, ours)
+    except NotYetAvailable:
+        raise self.retry(countdown=min(0.1 * 2**self.request.retries, 0.5), max_retries=240) from None
 
 
 @app.task(bind=True, name="careledger.pay", max_retries=8, **RETRY)
@@ -213,7 +87,7 @@ def pay(self: Any, claim: dict[str, Any]) -> str:
         if paid["status"] != "paid" or paid["paymentRef"] != ref:
             log.warning("claim not paid here", extra={"claim": claim["claimId"], "status": paid["status"]})
             return f"not paid: {paid['status']}"
-    keep(ctx, claim_response.payment(paid, ref, _now()), claim["patient"])
+    keep(ctx, claim_response.payment(paid, ref, claim_response.now()), claim["patient"])
     return ref
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from workers import rules
-from workers.listener import claim_events, tasks_for
+from workers.listener import claim_events, dispatches, tasks_for
 
 RULES = rules.Rules(
     network_providers=frozenset({"HospitalMSP"}),
@@ -138,7 +139,12 @@ def test_listener_dispatch_per_org() -> None:
 
 def test_a_batch_event_stands_for_each_claim_it_lists() -> None:
     claims = [{"claimId": f"c{i}", "insurer": "InsurerMSP", "provider": "HospitalMSP"} for i in range(3)]
-    events = claim_events("Claims.SubmittedBatch", {"provider": "HospitalMSP", "txId": "tx9", "claims": claims})
+    payload = json.dumps({"provider": "HospitalMSP", "txId": "tx9", "claims": claims}).encode()
+    events = claim_events("Claims.SubmittedBatch", json.loads(payload))
     assert [(name, c["claimId"]) for name, c in events] == [("Claims.Submitted", f"c{i}") for i in range(3)]
-    ids = [d.task_id for name, c in events for d in tasks_for("InsurerMSP", name, "tx9", c)]
-    assert len(ids) == len(set(ids)) == 6  # adjudicate and notify per claim, each its own task
+    insurer = dispatches("InsurerMSP", "Claims.SubmittedBatch", "tx9", 7, payload)
+    # one adjudication for the whole batch, one notification per claim, every task id its own
+    assert [d.task for d in insurer] == ["careledger.adjudicate_batch"] + ["careledger.notify"] * 3
+    assert len({d.task_id for d in insurer}) == 4
+    assert [c["eventBlock"] for c in insurer[0].args[0]] == [7, 7, 7]
+    assert dispatches("HospitalMSP", "Claims.SubmittedBatch", "tx9", 7, payload) == []

@@ -1,0 +1,215 @@
+"""The insurer's side of a claim: decide it by the rules (workers.rules), record the decision on chain, keep the
+ClaimResponse built from what the chain recorded. Claims that arrive together (one batch submission) are decided
+together and recorded in ONE transaction; one claim the contract refuses never fails the others.
+
+Everything here is idempotent: a decision already on chain is read, not made again, so a task that runs twice (a
+redelivery, a replayed event) has the effect of running once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+
+from ledger.contracts import CLAIMS
+from ledger.errors import LedgerConflict, LedgerNotFound
+from records.store import Query
+from workers import claim_response, rules
+from workers.context import OrgContext
+
+log = logging.getLogger("careledger.workers")
+
+MEMBER_LOCK_S = 10
+
+
+class NotYetAvailable(Exception):
+    """What the task needs is not there yet (another decision on the member, an answer still being stored): try
+    again shortly."""
+
+
+def caught_up(ctx: OrgContext, claim: dict[str, Any]) -> None:
+    """Wait until both parties' peers have the block of the event that woke us, so what we endorse or read there
+    sees the claim as the event showed it (instead of retrying what is only a peer a block behind)."""
+    block = int(claim.get("eventBlock") or 0)
+    if block:
+        ctx.run(ctx.ledger.wait_for_block(CLAIMS, block, [claim["provider"], claim["insurer"]]))
+
+
+def keep(ctx: OrgContext, resource: dict[str, Any], patient: str) -> bool:
+    """Keep a resource this org made (ClaimResponse, PaymentReconciliation) through the org's records service."""
+    return ctx.run(ctx.records.keep(resource, patient))
+
+
+def _coverages(ctx: OrgContext, patient: str) -> list[dict[str, Any]]:
+    _, found = ctx.records.store.search(Query("Coverage", patient=patient, count=500))
+    return [json.loads(s.content) for s in found]
+
+
+def _history(ctx: OrgContext, patient: str) -> list[rules.PriorLine]:
+    raw: dict[bytes, bytes] = ctx.redis.hgetall(ctx.settings.keys.claim_lines(patient))  # type: ignore[assignment]
+    out = []
+    for field, value in raw.items():
+        line = json.loads(value)
+        out.append(rules.PriorLine(field.decode().split("#")[0], line["code"], line["serviceDate"]))
+    return out
+
+
+def _remember(ctx: OrgContext, claim: dict[str, Any], lines: list[dict[str, Any]]) -> None:
+    mapping = {
+        f"{claim['claimId']}#{line['sequence']}": json.dumps(
+            {"code": line["code"], "serviceDate": claim["serviceDate"]}
+        )
+        for line in lines
+    }
+    ctx.redis.hset(ctx.settings.keys.claim_lines(claim["patient"]), mapping=cast(Any, mapping))
+
+
+def _records_disclosed(ctx: OrgContext, claim: dict[str, Any]) -> bool:
+    """Ask the provider for the patient's record for the review purpose. The provider decides on the patient's
+    consent on chain and logs the access either way; 403 means no consent."""
+    assert ctx.settings.rules is not None
+    url = f"{ctx.member_url(claim['provider'])}/federation/everything/{claim['patient']}"
+    r = ctx.members.get(url, params={"purpose": ctx.settings.rules.review_purpose})
+    if r.status_code in (200, 403):
+        return r.status_code == 200
+    r.raise_for_status()
+    raise NotYetAvailable(f"the provider answered {r.status_code}")
+
+
+@contextlib.contextmanager
+def member_locks(ctx: OrgContext, patients: set[str]) -> Iterator[None]:
+    """One decision per member at a time, so that near-duplicate claims cannot pass each other. Locks are taken in
+    one order (no two tasks wait on each other) and expire by themselves after MEMBER_LOCK_S: a worker killed while
+    holding one delays the member's other claims by at most that long. Should a decision ever take longer, the worst
+    case is a near-duplicate decided in parallel, never a second adjudication: the contract refuses that."""
+    held: list[Any] = []
+    try:
+        for patient in sorted(patients):
+            lock = ctx.redis.lock(ctx.settings.keys.member_lock(patient), timeout=MEMBER_LOCK_S, blocking_timeout=0.5)
+            if not lock.acquire():  # do not hold a worker thread while waiting: the task is retried shortly instead
+                raise NotYetAvailable("another decision on this member is under way")
+            held.append(lock)
+        yield
+    finally:
+        for lock in held:
+            with contextlib.suppress(redis.exceptions.LockError):  # it expired: someone else may hold it now
+                lock.release()
+
+
+@dataclass
+class Pending:
+    """A submitted claim being decided: as the event showed it, its lines, and the decision once made."""
+
+    claim: dict[str, Any]
+    lines: list[dict[str, Any]]
+    decision: rules.Decision | None = None
+
+
+def _load(ctx: OrgContext, claim: dict[str, Any]) -> Pending | str:
+    """The claim's lines, or a word saying why there is nothing to decide."""
+    try:
+        return Pending(claim, ctx.run(ctx.ledger.claim_lines(claim["claimId"]))["lines"])
+    except LedgerNotFound as e:
+        if "purged" in e.message:
+            return "its lines are purged"  # long settled
+        raise NotYetAvailable(e.message) from None
+
+
+def _decide(ctx: OrgContext, claims: list[Pending]) -> None:
+    """Decide each claim by the rules, in order; a claim decided earlier in the same batch counts as history for
+    the ones after it (so near-duplicates within one batch are caught too)."""
+    assert ctx.settings.rules is not None
+    for p in claims:
+        patient = p.claim["patient"]
+        disclosed = _records_disclosed(ctx, p.claim) if ctx.settings.rules.needs_review(p.lines) else None
+        history = _history(ctx, patient) + [
+            rules.PriorLine(q.claim["claimId"], str(line["code"]), str(q.claim["serviceDate"]))
+            for q in claims
+            if q is not p and q.decision is not None and q.claim["patient"] == patient
+            for line in q.lines
+        ]
+        p.decision = rules.decide(ctx.settings.rules, p.claim, p.lines, _coverages(ctx, patient), history, disclosed)
+
+
+def _ledger_body(ctx: OrgContext, decision: rules.Decision) -> dict[str, Any]:
+    assert ctx.settings.rules is not None
+    return {"lines": [d.as_ledger() for d in decision.lines], "retentionSeconds": ctx.settings.rules.retention_seconds}
+
+
+def _answer(
+    ctx: OrgContext, on_chain: dict[str, Any], lines: list[dict[str, Any]], recorded: dict[str, Any] | None = None
+) -> str:
+    """Keep the ClaimResponse built from what the chain recorded (`recorded`: the decision this run recorded;
+    None: read it from the chain), never from a fresh decision."""
+    if on_chain["status"] == "cancelled":
+        return "cancelled"
+    if on_chain["status"] == "submitted":
+        raise NotYetAvailable("the claim is still submitted on chain: try again")
+    if recorded is None:
+        recorded = ctx.run(ctx.ledger.adjudication(on_chain["claimId"]))
+    _remember(ctx, on_chain, lines)
+    keep(ctx, claim_response.adjudicated(on_chain, lines, recorded), on_chain["patient"])
+    log.info("claim adjudicated", extra={"claim": on_chain["claimId"], "outcome": on_chain["outcome"]})
+    return str(on_chain["outcome"])
+
+
+def adjudicate_one(ctx: OrgContext, claim: dict[str, Any]) -> str:
+    """Decide one submitted claim and record it with Claims:Adjudicate, unless the chain has a decision already."""
+    caught_up(ctx, claim)
+    with member_locks(ctx, {claim["patient"]}):
+        loaded = _load(ctx, claim)
+        if isinstance(loaded, str):
+            return loaded
+        _decide(ctx, [loaded])
+        assert loaded.decision is not None
+        if loaded.decision.pended:
+            keep(ctx, claim_response.pended(claim, loaded.decision.note, claim_response.now()), claim["patient"])
+            return "pended"
+        body = _ledger_body(ctx, loaded.decision)
+        try:
+            on_chain = ctx.run(ctx.ledger.adjudicate(claim["claimId"], body)).result
+        except LedgerConflict:  # adjudicated by an earlier run, or cancelled: the chain's state says which
+            return _answer(ctx, ctx.run(ctx.ledger.claim(claim["claimId"])), loaded.lines)
+        return _answer(ctx, on_chain, loaded.lines, {"outcome": on_chain["outcome"], "lines": body["lines"]})
+
+
+def adjudicate_batch(ctx: OrgContext, claims: list[dict[str, Any]]) -> dict[str, str]:
+    """Decide claims that arrived together and record every decision in ONE Claims:AdjudicateBatch transaction;
+    returns each claim's outcome (or why it was not adjudicated here)."""
+    if not claims:
+        return {}
+    caught_up(ctx, claims[0])
+    outcomes: dict[str, str] = {}
+    with member_locks(ctx, {c["patient"] for c in claims}):
+        loaded: list[Pending] = []
+        for claim in claims:
+            found = _load(ctx, claim)
+            if isinstance(found, str):
+                outcomes[claim["claimId"]] = found
+            else:
+                loaded.append(found)
+        _decide(ctx, loaded)
+        for p in loaded:
+            assert p.decision is not None
+            if p.decision.pended:
+                keep(ctx, claim_response.pended(p.claim, p.decision.note, claim_response.now()), p.claim["patient"])
+                outcomes[p.claim["claimId"]] = "pended"
+        to_record = {p.claim["claimId"]: p for p in loaded if p.claim["claimId"] not in outcomes}
+        if to_record:
+            bodies = {cid: _ledger_body(ctx, p.decision) for cid, p in to_record.items() if p.decision}
+            result = ctx.run(ctx.ledger.adjudicate_batch(bodies)).result
+            for r in result["results"]:
+                cid, lines = r["claimId"], to_record[r["claimId"]].lines
+                if r["status"] == "adjudicated":
+                    recorded = {"outcome": r["claim"]["outcome"], "lines": bodies[cid]["lines"]}
+                    outcomes[cid] = _answer(ctx, r["claim"], lines, recorded)
+                else:  # refused: an earlier run (or a cancel) came first, and the chain's state says which
+                    log.info("claim refused in batch", extra={"claim": cid, "code": r["code"]})
+                    outcomes[cid] = _answer(ctx, ctx.run(ctx.ledger.claim(cid)), lines)
+    return outcomes
