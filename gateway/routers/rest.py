@@ -88,9 +88,9 @@ async def search_type(rtype: str, request: Request, svc: ServicesDep, _: Reader)
     if wanted.identifier is not None:
         ids = tuple(i for i, _ in records.store.with_identifier(rtype, *wanted.identifier))
         query = replace(query, ids=tuple(set(ids) & set(query.ids)) if query.ids is not None else ids)
-    total, page = records.store.search(query)
-    resources = [json.loads(s.content) for s in page]
-    return FhirResponse(searchset(request, resources, total, query.offset, query.count))
+    page = records.store.search_page(query)
+    resources = [json.loads(s.content) for s in page.items]
+    return FhirResponse(searchset(request, resources, page.total, page.next))
 
 
 @router.get("/{rtype}/{rid}")
