@@ -165,7 +165,6 @@ def start(topology: Topology) -> bool:
         "-c", f"listen_addresses={topology.host}",
         "-c", "unix_socket_directories=",
         "-c", "max_connections=200",
-        "-c", "log_min_messages=warning",
     ]  # fmt: skip
     proc.start_as(user, argv)
     return True

@@ -207,17 +207,29 @@ class Store:
             raise VersionTaken(str(e)) from None
 
     def commit(self, batch: str, tx_id: str) -> None:
-        """The batch's rows become readable, each the newest version of its resource."""
+        """The batch's rows become readable, each the newest version of its resource: a row is written once here,
+        and a resource's previous newest version once more when the batch updates it."""
         with self._db.write() as sql:
-            if sql.run("UPDATE resources SET state = 'committed', tx_id = ? WHERE batch = ? AND state = 'pending'",
-                       (tx_id, batch)) == 0:  # fmt: skip
+            committed = sql.run(
+                "UPDATE resources SET state = 'committed', tx_id = ?, newest = CASE WHEN NOT EXISTS"
+                " (SELECT 1 FROM resources x WHERE x.type = resources.type AND x.id = resources.id"
+                " AND (x.state = 'committed' OR x.batch = ?) AND x.version > resources.version) THEN 1 ELSE 0 END"
+                " WHERE batch = ? AND state = 'pending'",
+                (tx_id, batch, batch),
+            )
+            if not committed:
                 return
-            sql.run(
-                "UPDATE resources SET newest = CASE WHEN version = (SELECT MAX(x.version) FROM resources x"
-                " WHERE x.type = resources.type AND x.id = resources.id AND x.state = 'committed') THEN 1 ELSE 0 END"
-                " WHERE state = 'committed' AND (type, id) IN (SELECT type, id FROM resources WHERE batch = ?)",
+            # Resources the batch gives a next version: the older versions stop being the newest. Row by row on the
+            # primary key, so that the plan never depends on the database's statistics.
+            later = sql.rows(
+                "SELECT type, id, MAX(version) FROM resources WHERE batch = ? AND version > 1 GROUP BY type, id",
                 (batch,),
             )
+            if later:
+                sql.many(
+                    "UPDATE resources SET newest = 0 WHERE type = ? AND id = ? AND version < ? AND newest = 1",
+                    later,
+                )
 
     def discard(self, batch: str) -> None:
         """Delete the batch's pending rows, and the key of a patient that has no rows left (a refused first write)."""

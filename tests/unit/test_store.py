@@ -117,6 +117,9 @@ def test_listings_show_the_newest_committed_version(stores: Stores) -> None:
     assert store.head("Observation", "o1") == (2, PATIENT)
     store.commit("b3", "tx3")
     assert [(s.id, s.version) for s in store.search(Query("Observation"))[1]] == [("o2", 1), ("o1", 3)]
+    keep(store, "b4", [row("o3", 1), row("o3", 2)])  # two versions in one batch: the later one is the newest
+    keep(store, "b5", [row("o2", 2, when=at(0))])  # a new version stamped earlier still replaces the old one
+    assert [(s.id, s.version) for s in store.search(Query("Observation"))[1]] == [("o2", 2), ("o3", 2), ("o1", 3)]
 
 
 def test_tampering_and_erasure(stores: Stores) -> None:
