@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from consortium import topology as topo
+from records.settings import store_url
 from records.store import Cursor, PatientErased, Query, Row, Store, Tampered, VersionTaken
 from tests.unit.conftest import Stores
 
@@ -231,3 +234,19 @@ def test_a_store_made_before_cursor_paging_is_brought_up_to_date(stores: Stores)
     store = stores.open()
     assert [(s.id, s.version) for s in store.search(Query("Observation"))[1]] == [("o2", 1), ("o1", 2)]
     assert keys_saved(stores) == 1
+
+
+def test_the_store_url_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    t = topo.load(home=tmp_path, port_base=40000)
+    hospital = t.org("HospitalOrg")
+    for name in ("CARELEDGER_STORE_URL", "CARELEDGER_STORE"):
+        monkeypatch.delenv(name, raising=False)
+    assert store_url(t, hospital) == f"sqlite://{tmp_path}/gateway/HospitalOrg/store.sqlite"
+    monkeypatch.setenv("CARELEDGER_STORE", str(tmp_path / "elsewhere.sqlite"))
+    assert store_url(t, hospital) == f"sqlite://{tmp_path}/elsewhere.sqlite"
+    monkeypatch.setenv("CARELEDGER_STORE_URL", t.postgres_url("{org}"))  # wins over CARELEDGER_STORE
+    assert (
+        store_url(t, hospital) == f"postgresql://careledger@127.0.0.1:40301/hospitalorg?passfile={t.postgres_passfile}"
+    )
+    with pytest.raises(ValueError):
+        Store("mysql://somewhere/db", b"m" * 32)
