@@ -64,7 +64,7 @@ class Store:
 
     @property
     def backend(self) -> str:
-        """ "sqlite" or "postgresql"."""
+        """The backend's name: sqlite or postgresql."""
         return self._db.name
 
     def close(self) -> None:
