@@ -25,6 +25,7 @@ ORDERER_BLOCK = 0  # orderer i: base + 10*i + {0 listen, 1 admin, 2 operations}
 PEER_BLOCK = 100  # peer j: base + 100 + 10*j + {0 listen, 1 chaincode, 2 operations}
 CHAINCODE_PORT = 200
 REDIS_PORT = 300
+POSTGRES_PORT = 301
 GATEWAY_BLOCK = 400  # gateway j: base + 400 + j
 
 
@@ -207,6 +208,19 @@ class Topology:
     @property
     def redis_url(self) -> str:
         return f"redis://{self.host}:{self.redis_port}/0"
+
+    @property
+    def postgres_port(self) -> int:
+        return self.port_base + POSTGRES_PORT
+
+    @property
+    def postgres_passfile(self) -> Path:
+        """The password of the run folder's PostgreSQL, as a libpq password file (0600; made at set-up)."""
+        return self.home / "postgres" / "pgpass"
+
+    def postgres_url(self, database: str) -> str:
+        """A database of the run folder's PostgreSQL, which `careledger network up` starts."""
+        return f"postgresql://careledger@{self.host}:{self.postgres_port}/{database}?passfile={self.postgres_passfile}"
 
     def gateway_port(self, org: Org) -> int:
         return self.port_base + GATEWAY_BLOCK + self.member_orgs.index(org)

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from gateway.outcome import FHIR_JSON
 from records.service import Written, etag
-from records.store import Stored
+from records.store import Cursor, Stored
 
 
 class FhirResponse(JSONResponse):
@@ -52,20 +52,29 @@ def match(full_url: str, resource: dict[str, Any]) -> dict[str, Any]:
     return {"fullUrl": full_url, "resource": resource, "search": {"mode": "match"}}
 
 
+def page_links(request: Request, next_page: Cursor | None) -> list[dict[str, str]]:
+    """`self` (the request as made) and, when there is more, `next`: the same request with the next page's cursor."""
+    base = f"{base_url(request)}{request.url.path}"
+    params = list(request.query_params.multi_items())
+    links = [{"relation": "self", "url": f"{base}?{urlencode(params)}" if params else base}]
+    if next_page is not None:
+        onward = [(k, v) for k, v in params if k != "_cursor"] + [("_cursor", next_page.encode())]
+        links.append({"relation": "next", "url": f"{base}?{urlencode(onward)}"})
+    return links
+
+
+def searchset_bundle(entries: list[dict[str, Any]], total: int | None, links: list[dict[str, str]]) -> dict[str, Any]:
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if total is not None:
+        bundle["total"] = total
+    return bundle | {"link": links, "entry": entries}
+
+
 def searchset(
-    request: Request, resources: list[dict[str, Any]], total: int, offset: int = 0, count: int | None = None
+    request: Request, resources: list[dict[str, Any]], total: int | None, next_page: Cursor | None = None
 ) -> dict[str, Any]:
-    """A searchset Bundle with self/next/previous links that repeat the query with another `_offset`."""
+    """A searchset Bundle of this server's resources with self and next links (pages go forward by cursor; there is
+    no previous link: a client that wants a page again keeps its link)."""
     base = base_url(request)
-
-    def link(relation: str, at: int) -> dict[str, str]:
-        params = [(k, v) for k, v in request.query_params.multi_items() if k != "_offset"] + [("_offset", str(at))]
-        return {"relation": relation, "url": f"{base}{request.url.path}?{urlencode(params)}"}
-
-    links = [link("self", offset)]
-    if count is not None and offset + count < total:
-        links.append(link("next", offset + count))
-    if count is not None and offset > 0:
-        links.append(link("previous", max(0, offset - count)))
     entries = [match(f"{base}/fhir/{r['resourceType']}/{r['id']}", r) for r in resources]
-    return {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries}
+    return searchset_bundle(entries, total, page_links(request, next_page))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from fabric_gateway import CommitUnknown
+from fabric_gateway import CommitError, CommitUnknown
 from ledger.errors import LedgerConflict, LedgerForbidden, LedgerInvalid, LedgerNotFound
 from ledger.transport import OnPrepared, OutcomeUnknown, Prepared, Sent
 
@@ -81,12 +81,18 @@ class FakeLedger:
         self.failures: list[Failure] = []
         self.prepared: dict[str, tuple[str, str, list[str], dict[str, bytes]]] = {}  # tx id -> the call, to resend
         self.committed: dict[str, Sent] = {}
+        self.invalid: set[str] = set()
         self.handlers: dict[str, Handler] = {**_RECORDS, **_CONSENT, **_AUDIT, **_CLAIMS}
 
     def member(self, msp: str) -> FakeTransport:
         if msp not in self.kinds:
             raise ValueError(f"{msp} is not a member")
         return FakeTransport(self, msp)
+
+    def invalidate_pending(self) -> None:
+        """Every transaction prepared and not committed is found invalid when it is settled (as if another write
+        changed what it read before it reached a block)."""
+        self.invalid |= set(self.prepared) - set(self.committed)
 
     def fail_next(self, function: str, error: Exception, committed: bool = False) -> None:
         self.failures.append(Failure(function, error, committed))
@@ -155,9 +161,12 @@ class FakeTransport:
         return self.world.run(self.msp, function, args, transient or {}, write=True, tx_id=tx_id, prepared=prepared)
 
     async def settle(self, prepared: Prepared) -> Sent:
-        """A kept transaction sent again: what committed stands; one never ordered commits now."""
+        """A kept transaction sent again: what committed stands; one never ordered commits now (unless the world
+        was told it is invalid: `invalidate_pending`)."""
         if prepared.tx_id in self.world.committed:
             return self.world.committed[prepared.tx_id]
+        if prepared.tx_id in self.world.invalid:
+            raise CommitError(prepared.tx_id, "MVCC_READ_CONFLICT", 0)
         msp, function, args, transient = self.world.prepared[prepared.tx_id]
         return self.world.run(msp, function, args, transient, write=True, tx_id=prepared.tx_id)
 

@@ -15,7 +15,7 @@ from typing import Any
 from consortium.errors import CommandFailed
 from consortium.processes import ManagedProcess
 from consortium.topology import Topology
-from network import binaries, channels, crypto, endorsers, nodes, org_secrets, redis_server
+from network import binaries, channels, crypto, endorsers, nodes, org_secrets, postgres_server, redis_server
 from network import chaincode as cc
 from network.admin import Admin
 
@@ -38,6 +38,8 @@ def up(topology: Topology, progress: Progress = print) -> None:
         step("made each org's master and token-issuer keys and the consortium pseudonym key")
     if redis_server.start(topology):
         step(f"starting redis on {topology.host}:{topology.redis_port}")
+    if postgres_server.start(topology):
+        step(f"starting postgres on {topology.host}:{topology.postgres_port} (for stores kept in PostgreSQL)")
     for group in (topology.orderers, topology.peers):
         starting = [n for n in group if nodes.start(topology, fabric, n)]
         for node in starting:
@@ -46,6 +48,7 @@ def up(topology: Topology, progress: Progress = print) -> None:
             list(pool.map(lambda n: nodes.wait_healthy(topology, n), group))
         step(f"{len(group)} {group[0].kind}s healthy")
     redis_server.wait_ready(topology)
+    postgres_server.wait_ready(topology)
     admin = Admin(topology, fabric)
     for line in channels.ensure_joined(topology, fabric, admin):
         step(line)
@@ -68,8 +71,9 @@ def managed_processes(topology: Topology) -> list[ManagedProcess]:
 
 
 def down(topology: Topology, purge: bool = False, progress: Progress = print) -> None:
-    # Stop clients before servers: workers and gateways, then chaincode and peers, then orderers, redis last.
-    order = {"redis": 9}
+    # Stop clients before servers: workers and gateways, then chaincode and peers, then orderers, redis and
+    # postgres last (postgres with its fast shutdown signal).
+    order = {"redis": 9, postgres_server.NAME: 9}
     for n in topology.orderers:
         order[n.name] = 8
     for n in topology.peers:
@@ -77,6 +81,8 @@ def down(topology: Topology, purge: bool = False, progress: Progress = print) ->
     order[cc.SERVER_NAME] = 6
     procs = sorted(managed_processes(topology), key=lambda p: order.get(p.name, 0))
     for proc in procs:
+        if proc.name == postgres_server.NAME:
+            proc = postgres_server.process(topology)
         if proc.stop():
             progress(f"stopped {proc.name}")
     if purge and topology.home.exists():

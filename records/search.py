@@ -2,8 +2,14 @@
 
 Supported on every stored type: `patient` (Patient/<id> or <id>, a Patient held here), `_id`, `identifier`
 (system|value), `_lastUpdated` with the prefixes eq, ge, gt, le, lt (repeatable: `ge2026-01-01&_lastUpdated=lt2026-02`),
-`_count` (default 50, at most 500) and `_offset` (the paging links use it). Anything else is refused with 400 rather
+`_count` (default 50, at most 500) and `_cursor` (the next link carries it). Anything else is refused with 400 rather
 than silently ignored, so a client never mistakes an unfiltered result for a filtered one.
+
+Paging is by cursor: results come in (lastUpdated, id) order and a page's next link says, in an opaque `_cursor`,
+after which resource the next page starts. Every page costs the same however deep into the results it is, and
+resources created while a client pages appear at the end instead of shifting the pages it has not read yet. (A
+resource updated meanwhile moves to the end too, so it can be seen twice, once per version.) `_offset` is refused
+with a sentence that says to follow the links: an offset costs more with every page.
 """
 
 from __future__ import annotations
@@ -13,10 +19,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from records.errors import Issue, Malformed
-from records.store import Query
+from records.store import Cursor, Query
 
 DEFAULT_COUNT, MAX_COUNT = 50, 500
-SUPPORTED = {"patient", "subject", "_id", "identifier", "_lastUpdated", "_count", "_offset", "_format"}
+SUPPORTED = {"patient", "subject", "_id", "identifier", "_lastUpdated", "_count", "_cursor", "_format"}
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,8 @@ def parse(resource_type: str, params: list[tuple[str, str]], patient_pseudonym: 
     query = Query(resource_type, count=DEFAULT_COUNT)
     identifier: tuple[str, str] | None = None
     for name, value in params:
+        if name == "_offset":
+            raise _bad("_offset", "this server pages with cursors: follow the Bundle's next link (it carries _cursor)")
         if name not in SUPPORTED:
             raise _bad(name, f"search parameter {name!r} is not supported; supported: {', '.join(sorted(SUPPORTED))}")
         if name in ("patient", "subject"):
@@ -108,9 +116,22 @@ def parse(resource_type: str, params: list[tuple[str, str]], patient_pseudonym: 
             query = _last_updated(query, value)
         elif name == "_count":
             query = replace(query, count=_int("_count", value, 0, MAX_COUNT))
-        elif name == "_offset":
-            query = replace(query, offset=_int("_offset", value, 0, 10**9))
+        elif name == "_cursor":
+            query = replace(query, after=cursor(value))
     return Search(query, identifier)
+
+
+def cursor(value: str) -> Cursor:
+    """The `_cursor` of a next link."""
+    try:
+        return Cursor.decode(value)
+    except ValueError:
+        raise _bad("_cursor", "not a cursor of this server: follow the Bundle's next link as given") from None
+
+
+def count(value: str, default: int, maximum: int) -> int:
+    """`_count`, from 0 to `maximum`."""
+    return _int("_count", value, 0, maximum) if value else default
 
 
 def identifier_condition(condition: str) -> tuple[str, str]:

@@ -12,7 +12,7 @@ import asyncio
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from fabric_gateway import NotCommitted
@@ -371,8 +371,7 @@ class Records:
         """Settle every pending batch this process is not writing now: those with a kept transaction at once, those
         without one once they are older than `grace_s` (another process of this org may still be about to send
         it). Returns how many were committed, discarded and are still unknown."""
-        cutoff = (datetime.now(UTC) - timedelta(seconds=grace_s)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        old = set(self.store.pending_batches(staged_before=cutoff))
+        old = set(self.store.pending_batches(older_than_s=grace_s))
         counts = {"committed": 0, "discarded": 0, "unknown": 0}
         for batch in self.store.pending_batches():
             if batch in self._in_flight or (batch not in old and self.pending.load(batch) is None):

@@ -2,10 +2,16 @@
 
 | setting | default | environment |
 |---|---|---|
-| store | run/gateway/<org>/store.sqlite | CARELEDGER_STORE |
+| store | SQLite in run/gateway/<org>/store.sqlite | CARELEDGER_STORE_URL, or CARELEDGER_STORE (a SQLite path) |
 | master key (wraps patient keys) | run/gateway/<org>/master.key | CARELEDGER_MASTER_KEY_FILE |
 | consortium pseudonym key | run/consortium/pseudonym.key, shared by every member | CARELEDGER_CONSORTIUM_KEY_FILE |
 | patient identifier system | the consortium's master patient index | CARELEDGER_MPI_SYSTEM |
+
+The store URL is `sqlite:///<absolute path>` or `postgresql://<user>@<host>:<port>/<database>` (any libpq URL:
+`?passfile=`, `?sslmode=`, ...). `{org}` in it becomes the org's name in lower case, so one environment can serve
+every org's gateways and workers on a host, each in its own file or database: the run folder's own PostgreSQL
+(`careledger network up` starts it, one database per org) is `topology.postgres_url("{org}")`. The gateways and
+workers of one org must all use the same store.
 
 The keys are made by `careledger network up`; in production they belong in a KMS or HSM.
 """
@@ -23,11 +29,24 @@ from records.store import Store
 MPI_SYSTEM_DEFAULT = "urn:oid:2.16.840.1.113883.3.4711.1"
 
 
+def org_database(org: Org) -> str:
+    """What `{org}` stands for in a store URL: the org's name in lower case (hospitalorg)."""
+    return org.name.lower()
+
+
+def store_url(topology: Topology, org: Org) -> str:
+    env = os.environ.get
+    if url := env("CARELEDGER_STORE_URL"):
+        return url.replace("{org}", org_database(org))
+    path = Path(env("CARELEDGER_STORE") or topology.gateway_home(org) / "store.sqlite").resolve()
+    return f"sqlite://{path}"
+
+
 @dataclass(frozen=True)
 class CustodianSettings:
     topology: Topology
     org: Org
-    store_path: Path
+    store_url: str
     master_key_file: Path
     consortium_key_file: Path
     mpi_system: str
@@ -39,7 +58,7 @@ class CustodianSettings:
         return cls(
             topology=topology,
             org=org,
-            store_path=Path(env("CARELEDGER_STORE") or topology.gateway_home(org) / "store.sqlite"),
+            store_url=store_url(topology, org),
             master_key_file=Path(env("CARELEDGER_MASTER_KEY_FILE") or topology.master_key_file(org)),
             consortium_key_file=Path(env("CARELEDGER_CONSORTIUM_KEY_FILE") or topology.pseudonym_key_file),
             mpi_system=env("CARELEDGER_MPI_SYSTEM") or MPI_SYSTEM_DEFAULT,
@@ -47,11 +66,12 @@ class CustodianSettings:
 
     @property
     def pending_dir(self) -> Path:
-        """Where writes keep their signed transactions until the ledger's answer is definite."""
-        return self.store_path.parent / "pending"
+        """Where this host's gateway and workers keep the signed transactions of their writes until the ledger's
+        answer is definite (beside the processes that sent them, whichever database holds the store)."""
+        return self.topology.gateway_home(self.org) / "pending"
 
     def open_store(self) -> Store:
-        return Store(self.store_path, read_secret(self.master_key_file, f"{self.org.name}'s master key"))
+        return Store(self.store_url, read_secret(self.master_key_file, f"{self.org.name}'s master key"))
 
     def consortium_key(self) -> bytes:
         return read_secret(self.consortium_key_file, "the consortium pseudonym key")

@@ -1,10 +1,18 @@
 """Sharing a patient's records between custodians, under the patient's consent on chain.
 
 - `everything`: the asking side. The ledger says which members hold the patient; this org's own records and what
-  every other custodian discloses to it are merged.
+  every other custodian discloses to it are merged, a page at a time.
 - `disclose`: the custodian side. Another member asks for what this org holds; consent is checked and the access
   logged on chain in ONE transaction (Audit:RecordAccess), permit or deny; only a permit releases anything.
 - `claim_response_for`: the insurer answers a claim's provider, and nobody else, with its ClaimResponse.
+
+Paging `everything`: this org's own resources come from the store `count` at a time, in (lastUpdated, type, id)
+order, each page after the cursor of the one before. What the other custodians disclose comes whole, on the FIRST
+page only, together with who withheld and why: a custodian answers a disclosure request with everything it releases
+(and logs that one access on chain), so asking again for each later page would repeat the consent check and the
+on-chain access log entry per page, and a cursor across custodians would have to say where each of them stopped.
+Later pages therefore ask neither the ledger nor the other members; they continue through this org's own records
+only, which the first page's caller may read anyway. A page of own resources costs the same wherever it is.
 """
 
 from __future__ import annotations
@@ -20,9 +28,10 @@ from records.errors import NotHeld, Refused
 from records.federation import Disclosed, Federation, Withheld
 from records.fhir_claim import claim_response_id
 from records.service import Records
-from records.store import Stored
+from records.store import Cursor, Page, Stored
 
 CLAIM_RESPONSE_WAIT_S = 5.0
+EVERYTHING_COUNT, EVERYTHING_MAX_COUNT = 100, 1000  # own resources per $everything page: default, most
 log = logging.getLogger("careledger.sharing")
 
 
@@ -33,10 +42,18 @@ class Everything:
     own: list[Stored]
     disclosed: list[Disclosed] = field(default_factory=list)
     withheld: list[Withheld] = field(default_factory=list)
+    own_total: int = 0  # this org's resources of the patient, on every page together
+    next: Cursor | None = None  # where the next page of own resources starts; None: this is the last page
+    first: bool = True  # the first page, which alone carries the other custodians' part
 
     @property
     def refused_entirely(self) -> bool:
-        return bool(self.withheld) and not self.own and not any(d.resources for d in self.disclosed)
+        return bool(self.withheld) and not self.own_total and not any(d.resources for d in self.disclosed)
+
+    @property
+    def total(self) -> int:
+        """Everything found, own and disclosed (what the first page's Bundle.total says)."""
+        return self.own_total + sum(len(d.resources) for d in self.disclosed)
 
 
 def categories_of(resource: dict[str, Any]) -> set[str]:
@@ -64,19 +81,29 @@ class Sharing:
     def org(self) -> str:
         return self.records.custodian.msp
 
-    async def everything(self, pseudonym: str, purpose: str) -> Everything:
+    async def everything(
+        self, pseudonym: str, purpose: str, count: int = EVERYTHING_COUNT, after: Cursor | None = None
+    ) -> Everything:
+        """A page of the patient's record: the first (no cursor) with every other custodian's part, later ones with
+        this org's own resources after the cursor only (see the module's note on paging)."""
+        store = self.records.store
+        if after is not None:
+            page = store.patient_page(pseudonym, count, after)
+            return Everything(page.items, own_total=page.total, next=page.next, first=False)
         custodians = {c["custodian"] for c in await self.records.ledger.custodians(pseudonym)}
         if not custodians:
             raise NotHeld("no member holds records of this patient")
-        own = self.records.store.patient_resources(pseudonym) if self.org in custodians else []
+        own = store.patient_page(pseudonym, count) if self.org in custodians else Page([], 0, None)
         others = sorted(custodians - {self.org})
         if others and self.federation is None:
             raise NotHeld("this gateway is not configured to reach the other members that hold this patient")
         answers = await self.federation.everything(others, pseudonym, purpose) if self.federation else []
         result = Everything(
-            own,
+            own.items,
             [a for a in answers if isinstance(a, Disclosed)],
             [a for a in answers if isinstance(a, Withheld)],
+            own_total=own.total,
+            next=own.next,
         )
         log.info("everything", extra={"custodians": len(custodians), "withheld": len(result.withheld)})
         return result

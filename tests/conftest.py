@@ -23,6 +23,9 @@ from network.admin import Admin
 
 # Another checkout's test run can sit beside this one on other ports (CARELEDGER_TEST_PORT_BASE).
 TEST_PORT_BASE = int(os.environ.get("CARELEDGER_TEST_PORT_BASE") or 27000)
+# Where the gateways and workers of the test network keep their records: "sqlite" (default) or "postgresql" (the
+# test network's own PostgreSQL, one database per org).
+TEST_STORE = os.environ.get("CARELEDGER_TEST_STORE") or "sqlite"
 log = logging.getLogger("careledger.tests")
 
 
@@ -32,9 +35,18 @@ def network() -> Iterator[topo.Topology]:
     t = topo.load(home=topo.REPO_ROOT / "run" / "test", port_base=TEST_PORT_BASE)
     control.down(t, purge=True, progress=log.info)
     control.up(t, progress=log.info)
+    if TEST_STORE not in ("sqlite", "postgresql"):
+        raise ValueError(f"CARELEDGER_TEST_STORE={TEST_STORE!r}: sqlite or postgresql")
+    store_url = os.environ.get("CARELEDGER_STORE_URL")
+    if TEST_STORE == "postgresql":  # every process started from here (gateways, workers) reads it
+        os.environ["CARELEDGER_STORE_URL"] = t.postgres_url("{org}")
     yield t
     # Stop, but keep the run folder: its logs explain a failure. The next session purges it.
     control.down(t, progress=log.info)
+    if store_url is None:
+        os.environ.pop("CARELEDGER_STORE_URL", None)
+    else:
+        os.environ["CARELEDGER_STORE_URL"] = store_url
 
 
 @pytest.fixture(scope="session")

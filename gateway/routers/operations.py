@@ -1,5 +1,10 @@
 """FHIR operations: `Patient/$everything` (across custodians, under consent), `$verify` (against the ledger) and
-`Patient/$erase` (crypto-shredding, recorded on chain)."""
+`Patient/$erase` (crypto-shredding, recorded on chain).
+
+`$everything` is paged: `_count` own resources a page (default 100, at most 1000), and a next link that continues
+the operation with a `_cursor`. The first page also carries what the other custodians disclose (`records.sharing`
+says why), and its `total` counts everything found; later pages carry this org's resources only and no total.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,12 @@ from fastapi import APIRouter, Depends, Request
 from gateway.auth import Grant
 from gateway.deps import Scope, ServicesDep, negotiate, require_compartment
 from gateway.outcome import HttpProblem, operation_outcome
-from gateway.responses import FhirResponse, base_url, match
+from gateway.responses import FhirResponse, base_url, match, page_links, searchset_bundle
 from records import search
 from records import validation as fv
 from records.errors import Issue, NotHeld, Tampered
-from records.sharing import Everything
+from records.sharing import EVERYTHING_COUNT, EVERYTHING_MAX_COUNT, Everything
+from records.store import Cursor
 
 PURPOSE_DEFAULT = "TREAT"
 
@@ -34,7 +40,8 @@ async def everything_by_identifier(
         raise HttpProblem(400, "value", f"name the patient by the consortium identifier (system {records.mpi_system})")
     pseudonym = records.pseudonym_of_identifier(system, value)
     require_compartment(svc, grant, pseudonym)
-    return _everything_bundle(request, await svc.sharing.everything(pseudonym, purpose))
+    count, after = _page(request)
+    return _everything_bundle(request, await svc.sharing.everything(pseudonym, purpose, count, after))
 
 
 @router.get("/Patient/{rid}/$everything")
@@ -47,20 +54,29 @@ async def everything_of_patient(
     if pseudonym is None:
         raise NotHeld(f"Patient/{rid} is not held here")
     require_compartment(svc, grant, pseudonym)
-    return _everything_bundle(request, await svc.sharing.everything(pseudonym, purpose))
+    count, after = _page(request)
+    return _everything_bundle(request, await svc.sharing.everything(pseudonym, purpose, count, after))
+
+
+def _page(request: Request) -> tuple[int, Cursor | None]:
+    """`_count` and `_cursor` of an $everything request."""
+    params = request.query_params
+    count = search.count(params.get("_count", ""), EVERYTHING_COUNT, EVERYTHING_MAX_COUNT)
+    return count, search.cursor(params["_cursor"]) if "_cursor" in params else None
 
 
 def _everything_bundle(request: Request, found: Everything) -> FhirResponse:
-    base = base_url(request)
-    entries: list[dict[str, Any]] = [match(f"{base}/fhir/{s.type}/{s.id}", json.loads(s.content)) for s in found.own]
-    for d in found.disclosed:
-        entries += [match(f"{d.base_url}/fhir/{r['resourceType']}/{r['id']}", r) for r in d.resources]
     if found.refused_entirely:
         status = 403 if any(w.status == 403 for w in found.withheld) else 502
         issues = [i for w in found.withheld for i in w.outcome.get("issue", [])]
         return FhirResponse({"resourceType": "OperationOutcome", "issue": issues}, status_code=status)
+    base = base_url(request)
+    entries: list[dict[str, Any]] = [match(f"{base}/fhir/{s.type}/{s.id}", json.loads(s.content)) for s in found.own]
+    for d in found.disclosed:
+        entries += [match(f"{d.base_url}/fhir/{r['resourceType']}/{r['id']}", r) for r in d.resources]
     entries += [{"resource": w.outcome, "search": {"mode": "outcome"}} for w in found.withheld]
-    return FhirResponse({"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries})
+    total = found.total if found.first else None
+    return FhirResponse(searchset_bundle(entries, total, page_links(request, found.next)))
 
 
 @router.get("/{rtype}/{rid}/$verify")

@@ -120,9 +120,9 @@ async def search_type(rtype: str, request: Request, svc: ServicesDep, grant: Sea
         if query.patient not in (None, limit):
             limit = "-"  # asked for another patient: nothing in the compartment matches
         query = replace(query, patient=limit)
-    total, page = records.store.search(query)
-    resources = [json.loads(s.content) for s in page]
-    return FhirResponse(searchset(request, resources, total, query.offset, query.count))
+    page = records.store.search_page(query)
+    resources = [json.loads(s.content) for s in page.items]
+    return FhirResponse(searchset(request, resources, page.total, page.next))
 
 
 @router.get("/{rtype}/{rid}")

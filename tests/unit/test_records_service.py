@@ -20,8 +20,8 @@ from records import validation as fv
 from records.errors import NotKeptHere, PreconditionFailed, Refused, StillPending
 from records.service import Custodian, Records
 from records.sharing import Sharing
-from records.store import Store
 from tests import fhir_samples as fhir
+from tests.unit.conftest import Stores
 
 T = TypeVar("T")
 KINDS = {"HospitalMSP": "provider", "ClinicMSP": "provider", "InsurerMSP": "insurer"}
@@ -31,13 +31,26 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
+_stores: Stores | None = None
+
+
+@pytest.fixture(autouse=True)
+def backend(stores: Stores) -> Iterator[None]:
+    """Every test here runs on SQLite and on PostgreSQL: `open_records` opens each org's store where `stores` says."""
+    global _stores
+    _stores = stores
+    yield
+    _stores = None
+
+
 @pytest.fixture
 def world() -> FakeLedger:
     return FakeLedger(KINDS)
 
 
 def open_records(world: FakeLedger, tmp_path: Path, msp: str) -> Records:
-    store = Store(tmp_path / f"{msp}.sqlite", msp.encode().ljust(32, b"k"))
+    assert _stores is not None
+    store = _stores.open(msp.encode().ljust(32, b"k"), name=msp)
     return Records(store, Ledger(world.member(msp)), fhir.CONSORTIUM_KEY, fhir.MPI_SYSTEM, Custodian(msp, KINDS[msp]))
 
 
