@@ -63,9 +63,11 @@ class Gateway:
         self.records.store.close()
 
     def rows(self) -> int:
-        """Every stored resource row, pending or committed: a refused request must add none."""
+        """Every stored row, pending or committed, and every patient key: a refused request must add none."""
         with sqlite3.connect(self.db) as db:
-            return int(db.execute("SELECT COUNT(*) FROM resources").fetchone()[0])
+            resources = db.execute("SELECT COUNT(*) FROM resources").fetchone()[0]
+            keys = db.execute("SELECT COUNT(*) FROM patient_keys").fetchone()[0]
+        return int(resources) + int(keys)
 
     async def request(
         self, method: str, path: str, body: Any = None, scope: str = WRITE, **headers: str
