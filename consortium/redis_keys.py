@@ -59,6 +59,19 @@ class OrgKeys:
         """An insurer's memory of a member's claim lines, for near-duplicate checks (a hash)."""
         return f"{self.prefix}claim-lines:{patient}"
 
+    def to_pay(self, provider: str) -> str:
+        """An insurer's adjudicated claims of one provider waiting for the next remittance (a sorted set by time)."""
+        return f"{self.prefix}to-pay:{provider}"
+
+    @property
+    def to_pay_pattern(self) -> str:
+        return f"{self.prefix}to-pay:*"
+
+    @property
+    def remit_lock(self) -> str:
+        """One remittance cycle at a time."""
+        return f"{self.prefix}lock:remit"
+
     def member_lock(self, patient: str) -> str:
         """One adjudication per member at a time."""
         return f"{self.prefix}lock:member:{patient}"

@@ -29,6 +29,7 @@ from records.sharing import Sharing
 log = logging.getLogger("careledger.gateway")
 
 RECONCILE_EVERY_S = 5.0
+CLAIM_WINDOW_S = 0.02  # claims filed within this long of each other are submitted in one transaction
 WRITE_DEADLINE_S = 15.0  # a write whose outcome is still unknown then is answered 503 and settled in the background
 
 
@@ -72,7 +73,7 @@ async def serve(settings: GatewaySettings) -> None:
     fed = Federation.for_org(settings.topology, settings.org)
     async with connect.async_gateway(settings.topology, settings.org) as gw:
         transport = FabricTransport(gw, settings.topology.chaincode_name, deadline_s=WRITE_DEADLINE_S)
-        records = Records.open(settings.custodian, Ledger(transport))
+        records = Records.open(settings.custodian, Ledger(transport, claim_window_s=CLAIM_WINDOW_S))
         store = records.store
         reconciler = asyncio.create_task(_reconcile_forever(records))
         config = GatewayConfig(settings.org.msp_id, settings.token_policy())

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ledger.claim_batches import ClaimBatches
 from ledger.transport import OnPrepared, Prepared, Sent, Transport
 
 PROVIDERS, CLAIMS, PHARMA = "providers", "claims", "pharma"
@@ -30,8 +31,10 @@ def _committed(sent: Sent) -> Committed:
 class Ledger:
     """The contracts, over a transport: Fabric as one org's identity, or the in-memory fake in unit tests."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, claim_window_s: float = 0.0) -> None:
+        """`claim_window_s` > 0: claims filed within that window of each other go in one transaction."""
         self.transport = transport
+        self.claim_batches = ClaimBatches(self, claim_window_s) if claim_window_s > 0 else None
 
     async def submit(
         self,
@@ -85,16 +88,26 @@ class Ledger:
     async def submit_claim(
         self, submission: Mapping[str, Any], detail: Mapping[str, Any], on_prepared: OnPrepared | None = None
     ) -> Committed:
-        transient = {"claim": detail}
-        return await self.submit(
-            CLAIMS, "Claims:Submit", json.dumps(submission), transient=transient, on_prepared=on_prepared
-        )
+        """File a claim: with others filed at about the same time when batching is on, else on its own."""
+        if self.claim_batches is not None:
+            return await self.claim_batches.submit(submission, detail, on_prepared)
+        return await self.submit_claim_now(submission, detail, on_prepared)
 
-    async def submit_claims(self, submissions: Sequence[Mapping[str, Any]], details: Mapping[str, Any]) -> Committed:
+    async def submit_claim_now(
+        self, submission: Mapping[str, Any], detail: Mapping[str, Any], on_prepared: OnPrepared | None = None
+    ) -> Committed:
+        arg, transient = json.dumps(submission), {"claim": detail}
+        return await self.submit(CLAIMS, "Claims:Submit", arg, transient=transient, on_prepared=on_prepared)
+
+    async def submit_claims(
+        self,
+        submissions: Sequence[Mapping[str, Any]],
+        details: Mapping[str, Any],
+        on_prepared: OnPrepared | None = None,
+    ) -> Committed:
         """Many claims of this provider in one transaction, all or none (details by claim key)."""
-        return await self.submit(
-            CLAIMS, "Claims:SubmitBatch", json.dumps(list(submissions)), transient={"claims": details}
-        )
+        arg, transient = json.dumps(list(submissions)), {"claims": details}
+        return await self.submit(CLAIMS, "Claims:SubmitBatch", arg, transient=transient, on_prepared=on_prepared)
 
     async def claim(self, claim_id: str) -> dict[str, Any]:
         return dict(await self.evaluate(CLAIMS, "Claims:Get", claim_id))

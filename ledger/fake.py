@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fabric_gateway import CommitError, CommitUnknown
-from ledger.errors import LedgerConflict, LedgerForbidden, LedgerInvalid, LedgerNotFound
+from ledger.errors import LedgerConflict, LedgerForbidden, LedgerInvalid, LedgerNotFound, LedgerRefused
 from ledger.transport import OnPrepared, OutcomeUnknown, Prepared, Sent
 
 Json = dict[str, Any]
@@ -418,7 +418,86 @@ def _cancel(call: Call) -> Json:
     return _save(call, {**claim, "status": "cancelled", "cancelReason": call.args[1]}, "Claims.Cancelled")
 
 
+def _submit_batch(call: Call) -> Json:
+    _must_be(call, "provider", "Claims.SubmitBatch")
+    submissions: list[Json] = json.loads(call.args[0])
+    details = call.transient_json("claims")
+    claims = []
+    for s in submissions:
+        detail = {"claim": json.dumps(details[s["claimId"]]).encode()}
+        one = Call(call.msp, call.kind, [json.dumps(s)], detail, {**call.state, **call.writes}, call.tx_id, call.now)
+        claims.append(_submit_claim(one))
+        call.writes.update(one.writes)
+    payload = {"provider": call.msp, "txId": call.tx_id, "claims": claims}
+    call.emit("Claims.SubmittedBatch", payload)
+    return payload
+
+
+def _adjudicate_batch(call: Call) -> Json:
+    _must_be(call, "insurer", "Claims.AdjudicateBatch")
+    decisions = call.transient_json("adjudications")
+    results: list[Json] = []
+    claims: list[Json] = []
+    for claim_id in sorted(decisions):
+        decision = {"adjudication": json.dumps(decisions[claim_id]).encode()}
+        one = Call(call.msp, call.kind, [claim_id], decision, {**call.state, **call.writes}, call.tx_id, call.now)
+        result: Json = {"claimId": claim_id, "status": "adjudicated", "code": "", "message": "", "claim": None}
+        try:
+            result["claim"] = _adjudicate(one)
+        except LedgerRefused as e:
+            results.append({**result, "status": "refused", "code": e.code, "message": e.message})
+            continue
+        call.writes.update(one.writes)
+        results.append(result)
+        claims.append(result["claim"])
+    payload = {"insurer": call.msp, "txId": call.tx_id, "results": results, "claims": claims}
+    if claims:
+        call.emit("Claims.AdjudicatedBatch", payload)
+    return payload
+
+
+def _pay_batch(call: Call) -> Json:
+    _must_be(call, "insurer", "Claims.PayBatch")
+    provider, ref, claim_ids = call.args[0], call.args[1], json.loads(call.args[2])
+    recorded: Json | None = call.get(f"payment/{ref}")
+    if recorded is not None:
+        if set(claim_ids) == {x["claimId"] for x in recorded["lines"] + recorded["refused"]}:
+            return recorded  # the same payment again: what was recorded
+        raise LedgerConflict(f"payment {ref} is recorded for another payment; read it with Claims:Payment")
+    lines: list[Json] = []
+    refused: list[Json] = []
+    for cid in claim_ids:
+        claim: Json | None = call.get(f"claim/{cid}")
+        if claim is None or claim["provider"] != provider or claim["insurer"] != call.msp:
+            refused.append({"claimId": cid, "code": "NOT_FOUND", "message": "not a claim of this payment"})
+        elif claim["status"] != "adjudicated" or claim["outcome"] == "denied":
+            refused.append({"claimId": cid, "code": "CONFLICT", "message": f"claim is {claim['status']}"})
+        else:
+            amount = claim["approvedCents"]
+            lines.append({"claimId": cid, "amountCents": amount})
+            call.put(f"claim/{cid}", {**claim, "status": "paid", "paymentRef": ref, "paidCents": amount})
+    if not lines:
+        raise LedgerConflict(f"no claim of payment {ref} can be paid")
+    payment = {
+        "paymentRef": ref,
+        "provider": provider,
+        "insurer": call.msp,
+        "currency": "USD",
+        "lines": lines,
+        "totalCents": sum(x["amountCents"] for x in lines),
+        "refused": refused,
+        "paidAt": call.now,
+        "txId": call.tx_id,
+    }
+    call.put(f"payment/{ref}", payment)
+    call.emit("Claims.PaidBatch", payment)
+    return payment
+
+
 _CLAIMS: dict[str, Handler] = {
+    "Claims:SubmitBatch": _submit_batch,
+    "Claims:AdjudicateBatch": _adjudicate_batch,
+    "Claims:PayBatch": _pay_batch,
     "Claims:Submit": _submit_claim,
     "Claims:Get": _claim,
     "Claims:Lines": _lines,

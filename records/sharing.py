@@ -129,15 +129,26 @@ class Sharing:
         # Minimum necessary: only what some consent in force covers, never the rest of the record.
         return [r for r in held if any(covers(c, r) for c in decision["coverage"])]
 
+    async def payment_for(self, payment_ref: str, caller: str) -> Stored:
+        """The PaymentReconciliation of a batch payment, for the provider it paid only (waiting a little, as for a
+        ClaimResponse, while this org's worker keeps it)."""
+        stored = await self._appearing("PaymentReconciliation", payment_ref)
+        requestor = json.loads(stored.content).get("requestor", {}).get("identifier", {}).get("value")
+        if caller != requestor:
+            raise Refused(f"payment {payment_ref} is not a payment to {caller}")
+        return stored
+
+    async def _appearing(self, rtype: str, rid: str) -> Stored:
+        deadline = time.monotonic() + CLAIM_RESPONSE_WAIT_S
+        while self.records.store.read(rtype, rid) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.records.read(rtype, rid)
+
     async def claim_response_for(self, claim_id: str, caller: str) -> Stored:
         """The ClaimResponse to a claim, for the claim's provider only. The provider asks as soon as the adjudication
         commits, while this org's worker may still be storing the response: wait for it a little here rather than
         have the provider poll."""
-        rid = claim_response_id(claim_id)
-        deadline = time.monotonic() + CLAIM_RESPONSE_WAIT_S
-        while self.records.store.read("ClaimResponse", rid) is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        stored = self.records.read("ClaimResponse", rid)
+        stored = await self._appearing("ClaimResponse", claim_response_id(claim_id))
         # The requestor was written from the claim on chain when the response was built.
         requestor = json.loads(stored.content).get("requestor", {}).get("identifier", {}).get("value")
         if caller != requestor:

@@ -120,3 +120,35 @@ def payment(claim: dict[str, Any], payment_ref: str, created: str) -> dict[str, 
             }
         ],
     }
+
+
+def remittance(payment: dict[str, Any], created: str) -> dict[str, Any]:
+    """The PaymentReconciliation of one batch payment (Claims:PayBatch): one payment to one provider, one detail
+    per claim paid, a total that is the sum of the details."""
+    currency = str(payment.get("currency") or "USD")
+    ref = str(payment["paymentRef"])
+    return {
+        "resourceType": "PaymentReconciliation",
+        "id": ref,
+        "identifier": [{"system": "urn:careledger:payment", "value": ref}],
+        "status": "active",
+        "created": created,
+        "paymentIssuer": _org(payment["insurer"]),
+        "requestor": _org(payment["provider"]),
+        "outcome": "complete",
+        "disposition": f"payment {ref}: {len(payment['lines'])} claims",
+        "paymentDate": str(payment.get("paidAt") or created)[:10],
+        "paymentAmount": _money(int(payment["totalCents"]), currency),
+        "paymentIdentifier": {"system": "urn:careledger:payment", "value": ref},
+        "detail": [
+            {
+                "identifier": {"system": CLAIM_KEY_SYSTEM, "value": line["claimId"]},
+                "type": {
+                    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/payment-type", "code": "payment"}]
+                },
+                "response": {"reference": f"ClaimResponse/{claim_response_id(line['claimId'])}"},
+                "amount": _money(int(line["amountCents"]), currency),
+            }
+            for line in payment["lines"]
+        ],
+    }

@@ -23,7 +23,7 @@ from consortium import connect
 from fabric_gateway import FabricError
 from fabric_gateway.checkpoint import RedisCheckpointer, after_event
 from ledger.contracts import CLAIMS
-from workers import outbox
+from workers import outbox, schedule
 from workers.settings import WorkerSettings
 
 log = logging.getLogger("careledger.listener")
@@ -40,15 +40,22 @@ BATCHES = {"Claims.SubmittedBatch": "Claims.Submitted", "Claims.AdjudicatedBatch
 
 
 def batch_tasks_for(msp: str, event: str, tx_id: str, payload: dict[str, Any]) -> list[Dispatch]:
-    """Tasks for a batch event as a whole: claims submitted together are adjudicated together by their insurer."""
-    if event != "Claims.SubmittedBatch":
-        return []
-    ours = [c for c in payload.get("claims") or [] if c.get("insurer") == msp]
-    return [Dispatch("careledger.adjudicate_batch", [ours], f"{msp}:{tx_id}:{event}:adjudicate")] if ours else []
+    """Tasks for a batch event as a whole: claims submitted together are adjudicated together by their insurer;
+    a provider fetches the remittance of a batch payment to it."""
+    key = f"{msp}:{tx_id}:{event}"
+    if event == "Claims.SubmittedBatch":
+        ours = [c for c in payload.get("claims") or [] if c.get("insurer") == msp]
+        return [Dispatch("careledger.adjudicate_batch", [ours], f"{key}:adjudicate")] if ours else []
+    if event == "Claims.PaidBatch" and payload.get("provider") == msp:
+        return [Dispatch("careledger.fetch_payment", [payload, f"{key}:notify"], f"{key}:fetch")]
+    return []
 
 
 def claim_events(event: str, payload: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """One (event, claim) per claim: a batch event stands for the single event of each claim it lists."""
+    """One (event, claim) per claim: a batch event stands for the single event of each claim it lists (a batch
+    payment is handled as a whole: batch_tasks_for)."""
+    if event == "Claims.PaidBatch":
+        return []
     if event in BATCHES:
         return [(BATCHES[event], {**claim, "inBatch": True}) for claim in payload.get("claims") or []]
     return [(event, payload)]
@@ -93,7 +100,8 @@ def listen(settings: WorkerSettings, stop: threading.Event | None = None) -> Non
         return
     r = redis.Redis.from_url(t.redis_url)
     checkpointer = RedisCheckpointer(r, f"{org.msp_id}:{CLAIMS}")
-    threading.Thread(target=_sweeper, args=(r, org.msp_id, stop), name="outbox-sweeper", daemon=True).start()
+    jobs = schedule.jobs_for(settings, r)
+    threading.Thread(target=schedule.run, args=(jobs, stop), name="schedule", daemon=True).start()
     while stop is None or not stop.is_set():
         try:
             with connect.gateway(t, org) as gw:
@@ -111,15 +119,3 @@ def listen(settings: WorkerSettings, stop: threading.Event | None = None) -> Non
         except FabricError as e:
             log.warning("event stream broke; reconnecting", extra={"error": str(e)[:200]})
             time.sleep(1)
-
-
-def _sweeper(r: redis.Redis, msp: str, stop: threading.Event | None, every_s: float = 5.0) -> None:
-    """Re-send the org's tasks that were sent but never finished (see workers/outbox.py)."""
-    while stop is None or not stop.wait(every_s):
-        try:
-            if resent := outbox.sweep(r, msp):
-                log.warning("re-sent unfinished tasks", extra={"org": msp, "tasks": resent})
-        except redis.RedisError as e:
-            log.warning("outbox sweep failed", extra={"error": str(e)})
-        if stop is None:
-            time.sleep(every_s)

@@ -31,10 +31,33 @@ class Webhook:
 
 
 @dataclass(frozen=True)
+class Remittance:
+    """How an insurer pays: one remittance per provider per cycle (batch), or claim by claim."""
+
+    mode: str  # batch | per-claim
+    cycle_seconds: float  # a batch is paid at least this often ...
+    max_claims: int  # ... or as soon as it holds this many claims
+    purge_every_seconds: float  # how often claims whose retention has passed are purged
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, object]) -> Remittance:
+        mode = str(cfg.get("mode", "batch"))
+        if mode not in ("batch", "per-claim"):
+            raise ValueError(f"remittance.mode is batch or per-claim, not {mode!r}")
+        return cls(
+            mode=mode,
+            cycle_seconds=float(str(cfg.get("cycle_seconds", 2))),
+            max_claims=int(str(cfg.get("max_claims", 200))),
+            purge_every_seconds=float(str(cfg.get("purge_every_seconds", 60))),
+        )
+
+
+@dataclass(frozen=True)
 class WorkerSettings:
     custodian: CustodianSettings  # the org's store and keys, shared with its gateway
     webhook: Webhook
     rules: Rules | None  # insurers only
+    remittance: Remittance
 
     @classmethod
     def load(cls, topology: Topology, org_name: str) -> WorkerSettings:
@@ -54,6 +77,7 @@ class WorkerSettings:
                 backoff_seconds=float(hook.get("backoff_seconds", 0.5)),
             ),
             rules=Rules.from_config(adjudication) if adjudication is not None else None,
+            remittance=Remittance.from_config(cfg.get("remittance") or {}),
         )
 
     @property

@@ -28,7 +28,7 @@ from celery.signals import task_postrun
 from fabric_gateway import FabricError
 from ledger.contracts import CLAIMS
 from ledger.errors import LedgerConflict, LedgerNotFound
-from workers import adjudication, claim_response, outbox
+from workers import adjudication, claim_response, outbox, remittance
 from workers.adjudication import NotYetAvailable, caught_up, keep
 from workers.app import app
 from workers.context import current
@@ -70,13 +70,16 @@ def adjudicate_batch(self: Any, claims: list[dict[str, Any]]) -> dict[str, str]:
 
 @app.task(bind=True, name="careledger.pay", max_retries=8, **RETRY)
 def pay(self: Any, claim: dict[str, Any]) -> str:
-    """Pay an approved or partly approved claim once: the payment reference is derived from the claim id, and the
-    contract refuses a second payment."""
+    """Pay an approved or partly approved claim once: in the provider's next remittance (batch mode), or now with
+    a payment reference derived from the claim id, which the contract refuses to pay twice."""
     ctx = current()
     if claim["insurer"] != ctx.settings.org.msp_id or claim["outcome"] == "denied":
         return "nothing to pay"
-    ref = f"PAY-{claim['claimId']}"
     caught_up(ctx, claim)
+    if ctx.settings.remittance.mode == "batch":
+        remittance.queue(ctx, claim)
+        return "queued for the next remittance"
+    ref = f"PAY-{claim['claimId']}"
     try:
         paid = ctx.run(ctx.ledger.pay(claim["claimId"], ref)).result
     except (LedgerConflict, LedgerNotFound):
@@ -89,6 +92,26 @@ def pay(self: Any, claim: dict[str, Any]) -> str:
             return f"not paid: {paid['status']}"
     keep(ctx, claim_response.payment(paid, ref, claim_response.now()), claim["patient"])
     return ref
+
+
+@app.task(bind=True, name="careledger.remit", max_retries=8, **RETRY)
+def remit(self: Any) -> list[str]:
+    """One remittance cycle: each provider whose queued claims are due is paid in one transaction."""
+    ctx = current()
+    return remittance.remit_due(ctx) if ctx.settings.rules is not None else []
+
+
+@app.task(bind=True, name="careledger.purge_due", max_retries=3, **RETRY)
+def purge_due(self: Any) -> int:
+    """Purge the private lines of every claim of this org whose retention has passed (the summary stays)."""
+    ctx = current()
+    due = ctx.run(ctx.ledger.due_for_purge(claim_response.now()))
+    for claim in due:
+        try:
+            ctx.run(ctx.ledger.purge_lines(claim["claimId"]))
+        except (LedgerConflict, LedgerNotFound) as e:  # purged meanwhile by the other party
+            log.info("claim not purged here", extra={"claim": claim["claimId"], "why": e.message})
+    return len(due)
 
 
 # ----- provider -----------------------------------------------------------------------------------------------------
@@ -120,6 +143,24 @@ def fetch_claim_response(self: Any, claim: dict[str, Any], delivery_id: str) -> 
     return "kept"
 
 
+@app.task(bind=True, name="careledger.fetch_payment", max_retries=10, **RETRY)
+def fetch_payment(self: Any, payment: dict[str, Any], delivery_id: str) -> str:
+    """Fetch the insurer's PaymentReconciliation of a batch payment to this provider, keep it, and tell the EHR."""
+    ctx = current()
+    url = f"{ctx.member_url(payment['insurer'])}/federation/payments/{payment['paymentRef']}"
+    r = ctx.members.get(url)
+    if r.status_code == 404:  # the insurer keeps it right after the commit that woke us: ask again very soon
+        raise self.retry(countdown=0.1 * 2**self.request.retries, max_retries=10)
+    r.raise_for_status()
+    reconciliation = r.json()
+    reconciliation.pop("meta", None)
+    keep(ctx, reconciliation, remittance.DIRECTORY)
+    summary = {**payment, "paymentReconciliation": f"PaymentReconciliation/{reconciliation['id']}"}
+    msp, queue = ctx.settings.org.msp_id, ctx.settings.queue
+    outbox.publish(ctx.redis, msp, queue, "careledger.notify", ["Claims.PaidBatch", summary, delivery_id], delivery_id)
+    return "kept"
+
+
 # ----- notifications ------------------------------------------------------------------------------------------------
 
 
@@ -136,7 +177,7 @@ def notify(self: Any, event: str, claim: dict[str, Any], delivery_id: str) -> st
     if ctx.redis.set(marker, 1, nx=True):
         ctx.redis.xadd(
             ctx.settings.keys.stream(CLAIMS),
-            {"event": event, "claimId": claim["claimId"], "delivery": delivery_id, "claim": json.dumps(claim)},
+            {"event": event, "claimId": claim.get("claimId", ""), "delivery": delivery_id, "claim": json.dumps(claim)},
         )
     if ctx.settings.webhook.url:
         msp, queue = ctx.settings.org.msp_id, ctx.settings.queue

@@ -2,7 +2,8 @@
 anything the request says.
 
 - `GET /federation/everything/{pseudonym}?purpose=` — another member asks for this org's records of a patient;
-- `GET /federation/claim-responses/{claim_id}` — a claim's provider fetches the insurer's ClaimResponse.
+- `GET /federation/claim-responses/{claim_id}` — a claim's provider fetches the insurer's ClaimResponse;
+- `GET /federation/payments/{payment_ref}` — a provider fetches the PaymentReconciliation of a batch payment to it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from fastapi import APIRouter
 from gateway.deps import MemberDep, ServicesDep
 from gateway.responses import FhirResponse, resource_response
 from gateway.routers.operations import PURPOSE_DEFAULT
+from records import validation as fv
 
 router = APIRouter(prefix="/federation")
 
@@ -19,6 +21,11 @@ router = APIRouter(prefix="/federation")
 @router.get("/claim-responses/{claim_id}")
 async def claim_response_for_provider(claim_id: str, caller: MemberDep, svc: ServicesDep) -> FhirResponse:
     return resource_response(await svc.sharing.claim_response_for(claim_id, caller))
+
+
+@router.get("/payments/{payment_ref}")
+async def payment_for_provider(payment_ref: str, caller: MemberDep, svc: ServicesDep) -> FhirResponse:
+    return resource_response(await svc.sharing.payment_for(fv.check_id(payment_ref, "payment"), caller))
 
 
 @router.get("/everything/{pseudonym}")

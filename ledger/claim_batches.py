@@ -1,0 +1,89 @@
+"""Claims a provider files at about the same time go to the ledger together: one Claims:SubmitBatch transaction
+instead of one transaction per claim, while each caller still gets its own answer.
+
+A batch is sent when its window has passed since its first claim, or when it holds `max_claims`. The contract takes
+a batch all or nothing; so when it refuses one (a duplicate, an invalid claim), each claim of it is submitted again
+on its own, and only the faulty one fails. The signed batch transaction is given to every caller's `on_prepared`:
+each keeps it, and settling any of them settles all (it commits once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from ledger.errors import LedgerRefused
+from ledger.transport import OnPrepared, Prepared
+
+if TYPE_CHECKING:
+    from ledger.contracts import Committed, Ledger
+
+
+@dataclass
+class _Filed:
+    submission: Mapping[str, Any]
+    detail: Mapping[str, Any]
+    on_prepared: OnPrepared | None
+    answer: asyncio.Future[Committed] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class ClaimBatches:
+    def __init__(self, ledger: Ledger, window_s: float = 0.02, max_claims: int = 200) -> None:
+        self.ledger = ledger
+        self.window_s = window_s
+        self.max_claims = max_claims
+        self._waiting: list[_Filed] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def submit(
+        self, submission: Mapping[str, Any], detail: Mapping[str, Any], on_prepared: OnPrepared | None = None
+    ) -> Committed:
+        filed = _Filed(submission, detail, on_prepared)
+        self._waiting.append(filed)
+        if len(self._waiting) >= self.max_claims:
+            self._send_now()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.window_s, self._send_now)
+        return await filed.answer
+
+    def _send_now(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._waiting = self._waiting, []
+        if batch:
+            asyncio.get_running_loop().create_task(self._send(batch))
+
+    async def _send(self, batch: list[_Filed]) -> None:
+        if len(batch) == 1:
+            return await self._alone(batch[0])
+
+        def keep_everywhere(prepared: Prepared) -> None:
+            for f in batch:
+                if f.on_prepared is not None:
+                    f.on_prepared(prepared)
+
+        submissions = [f.submission for f in batch]
+        details = {str(f.submission["claimId"]): f.detail for f in batch}
+        try:
+            committed = await self.ledger.submit_claims(submissions, details, keep_everywhere)
+        except LedgerRefused:  # one of them is at fault: find out which by submitting each on its own
+            await asyncio.gather(*(self._alone(f) for f in batch))
+            return
+        except BaseException as e:
+            for f in batch:
+                f.answer.set_exception(e)
+            return
+        claims = {c["claimId"]: c for c in committed.result["claims"]}
+        for f in batch:
+            f.answer.set_result(replace(committed, result=claims[f.submission["claimId"]]))
+
+    async def _alone(self, filed: _Filed) -> None:
+        try:
+            filed.answer.set_result(
+                await self.ledger.submit_claim_now(filed.submission, filed.detail, filed.on_prepared)
+            )
+        except BaseException as e:
+            filed.answer.set_exception(e)
