@@ -51,7 +51,7 @@ def test_naming_conventions(t: topo.Topology) -> None:
 
 
 def test_unknown_org_is_a_clear_error(t: topo.Topology) -> None:
-    with pytest.raises(KeyError, match="unknown org 'NopeOrg'"):
+    with pytest.raises(KeyError, match="there is no member org 'NopeOrg'"):
         t.org("NopeOrg")
 
 
