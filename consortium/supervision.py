@@ -15,6 +15,7 @@ tests do not care who keeps a process alive.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shlex
 import signal
@@ -156,18 +157,21 @@ def _answers(topology: Topology) -> bool:
 
 
 def ensure_daemon(topology: Topology) -> Any:
-    """supervisord for this run folder, started if it is not running; returns its RPC interface."""
+    """supervisord for this run folder, started if it is not running; returns its RPC interface. Two commands
+    starting it at once (`gateway start` and `worker start`) start one: the second waits on a lock."""
     proc = daemon(topology)
-    if not proc.running():
-        private_dir(topology.supervisor_dir)
-        private_dir(_programs_dir(topology))
-        conf = topology.supervisor_dir / "supervisord.conf"
-        replace_secret(conf, _main_conf(topology).encode())
-        _socket(topology).unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "supervisor.supervisord", "--configuration", str(conf)]
-        env = {k: v for k, v in os.environ.items() if k in PASSED_ENV}
-        proc.start(argv, env, cwd=REPO_ROOT)
-    proc.wait_until(lambda: _answers(topology), "answering on its socket", timeout=20)
+    private_dir(topology.supervisor_dir)
+    with (topology.supervisor_dir / "start.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not proc.running():
+            private_dir(_programs_dir(topology))
+            conf = topology.supervisor_dir / "supervisord.conf"
+            replace_secret(conf, _main_conf(topology).encode())
+            _socket(topology).unlink(missing_ok=True)
+            argv = [sys.executable, "-m", "supervisor.supervisord", "--configuration", str(conf)]
+            env = {k: v for k, v in os.environ.items() if k in PASSED_ENV}
+            proc.start(argv, env, cwd=REPO_ROOT)
+        proc.wait_until(lambda: _answers(topology), "answering on its socket", timeout=20)
     return _proxy(topology)
 
 
