@@ -64,7 +64,7 @@ class Arrivals:
     """Reads the hospital's claim stream in a thread: when each claim's ClaimResponse arrived."""
 
     def __init__(self, t: Topology) -> None:
-        self.r = redis.Redis.from_url(t.redis_url)
+        self.r = redis.Redis.from_url(t.redis_url_for("HospitalOrg"))  # as the hospital EHR reads it
         self.stream = OrgKeys("HospitalMSP").stream("claims")
         self.at: dict[str, float] = {}
         self.stop = threading.Event()

@@ -1,8 +1,10 @@
 """Every Redis key CareLedger uses, in one place.
 
 Each org's processes use only keys under `careledger:<MSP>:`, Celery's own included (its queues, unacknowledged
-messages and results get that prefix through kombu's `global_keyprefix`). So one ACL pattern per org covers all of an
-org's keys, and an org's Redis user can be refused every other org's.
+messages, bindings and locks get that prefix through kombu's `global_keyprefix`), with one exception: the chain-event
+listener's checkpoint, which `fabric_gateway.checkpoint.RedisCheckpointer` names `careledger:checkpoint:<name>`
+(the listener's name starts with the org's MSP). So two ACL patterns per org cover all of an org's keys, and an org's
+Redis user is refused every other org's (network/redis_server.py makes the users).
 """
 
 from __future__ import annotations
@@ -20,8 +22,21 @@ class OrgKeys:
 
     @property
     def acl_pattern(self) -> str:
-        """The key pattern the org's Redis user is limited to."""
+        """The key pattern of every key of the org but its listeners' checkpoints."""
         return f"{self.prefix}*"
+
+    @property
+    def acl_patterns(self) -> list[str]:
+        """The key patterns the org's Redis user is limited to: its prefix and its listeners' checkpoints."""
+        return [self.acl_pattern, f"careledger:checkpoint:{self.msp}:*"]
+
+    def listener_checkpoint_name(self, channel: str) -> str:
+        """The name the org's listener on `channel` gives its RedisCheckpointer (key `careledger:checkpoint:<name>`)."""
+        return f"{self.msp}:{channel}"
+
+    def alive(self, process: str) -> str:
+        """A process's heartbeat (expires unless renewed), for `careledger network status`; e.g. `listener`."""
+        return f"{self.prefix}alive:{process}"
 
     @property
     def celery_prefix(self) -> str:

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import yaml
 
 from consortium.errors import NetworkError
+from consortium.secrets import read_secret
 
 DEFINITION_FILE = Path(__file__).with_name("consortium.yaml")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +29,8 @@ CHAINCODE_PORT = 200
 REDIS_PORT = 300
 POSTGRES_PORT = 301
 GATEWAY_BLOCK = 400  # gateway j: base + 400 + j
+
+REDIS_ADMIN_USER = "careledger-admin"
 
 
 class UnknownName(NetworkError, KeyError):
@@ -78,7 +82,13 @@ class Node:
 
     @property
     def ops_url(self) -> str:
-        return f"http://{self.host}:{self.ops_port}"
+        """The operations service (/healthz, /metrics, /logspec): HTTPS, and only with a client certificate."""
+        return f"https://{self.host}:{self.ops_port}"
+
+    @property
+    def ports(self) -> tuple[int, int, int]:
+        """Every port the node listens on."""
+        return (self.port, self.second_port, self.ops_port)
 
 
 @dataclass(frozen=True)
@@ -205,9 +215,41 @@ class Topology:
     def redis_port(self) -> int:
         return self.port_base + REDIS_PORT
 
+    # Redis has no default user: each member org has its own (limited to its own keys, see consortium.redis_keys)
+    # and the set-up and operators have an admin user. Passwords are secret files made by `careledger network up`.
+
+    def redis_user(self, org: Org) -> str:
+        return org.msp_id
+
+    def redis_password_file(self, org: Org) -> Path:
+        return self.gateway_home(org) / "redis.password"
+
     @property
-    def redis_url(self) -> str:
-        return f"redis://{self.host}:{self.redis_port}/0"
+    def redis_dir(self) -> Path:
+        """Redis's users (ACL file) and the admin password."""
+        return self.home / "redis"
+
+    @property
+    def redis_admin_password_file(self) -> Path:
+        return self.redis_dir / "admin.password"
+
+    @property
+    def redis_acl_file(self) -> Path:
+        return self.redis_dir / "users.acl"
+
+    def _redis_url(self, user: str, password_file: Path) -> str:
+        password = read_secret(password_file, f"the Redis password of {user}").decode().strip()
+        return f"redis://{quote(user, safe='')}:{quote(password, safe='')}@{self.host}:{self.redis_port}/0"
+
+    def redis_url_for(self, org: Org | str) -> str:
+        """The URL an org's processes connect to Redis with: the org's own user, which reaches only its keys."""
+        target = self.org(org) if isinstance(org, str) else org
+        return self._redis_url(self.redis_user(target), self.redis_password_file(target))
+
+    @property
+    def redis_admin_url(self) -> str:
+        """The admin user's URL: for the set-up, operators and tests, never for an org's processes."""
+        return self._redis_url(REDIS_ADMIN_USER, self.redis_admin_password_file)
 
     @property
     def postgres_port(self) -> int:
@@ -279,6 +321,11 @@ class Topology:
 
     def pid_file(self, name: str) -> Path:
         return self.home / "pids" / f"{name}.pid"
+
+    @property
+    def supervisor_dir(self) -> Path:
+        """supervisord's configuration, socket and one program file per gateway, listener and worker."""
+        return self.home / "supervisor"
 
     @property
     def channel_artifacts_dir(self) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 import sys
 import urllib.request
@@ -13,7 +12,8 @@ import click
 from consortium import logs, readiness
 from consortium import topology as topo
 from consortium.errors import NetworkError
-from consortium.processes import ManagedProcess, ensure_port_free
+from consortium.processes import ensure_port_free
+from consortium.supervision import Program, Supervised, program_env
 from consortium.topology import Topology
 from gateway.dev_issuer import dev_token
 from gateway.serve import serve
@@ -22,9 +22,9 @@ from gateway.settings import GatewaySettings
 MEMBER_ORGS_HELP = "member org name, e.g. HospitalOrg (repeatable; default: every member org)"
 
 
-def process(topology: Topology, org: str) -> ManagedProcess:
-    name = f"gateway-{org}"
-    return ManagedProcess(name, topology.pid_file(name), topology.log_file(name))
+def process(topology: Topology, org: str) -> Supervised:
+    """The org's gateway as a program under supervisord, which restarts it if it dies."""
+    return Supervised(topology, f"gateway-{org}")
 
 
 def healthy(settings: GatewaySettings) -> bool:
@@ -45,9 +45,12 @@ def start(topology: Topology, org: str) -> bool:
     readiness.require_peer(topology, settings.org)
     ensure_port_free(proc.name, topology.host, settings.port, wait=5)
     argv = [sys.executable, "-m", "careledger.cli", "gateway", "serve", "--org", org]
-    env = {**os.environ, "CARELEDGER_HOME": str(topology.home), "CARELEDGER_PORT_BASE": str(topology.port_base)}
-    proc.start(argv, env, cwd=topo.REPO_ROOT)
-    proc.wait_until(lambda: healthy(settings), f"answering on {settings.url}", timeout=30)
+    proc.start(Program(proc.name, argv, program_env(topology), topo.REPO_ROOT))
+    try:
+        proc.wait_until(lambda: healthy(settings), f"answering on {settings.url}", timeout=30)
+    except NetworkError:
+        proc.stop()  # rather than have supervisord retry a gateway that cannot start
+        raise
     return True
 
 
@@ -73,7 +76,8 @@ def serve_command(org: str) -> None:
 @gateway.command(name="start")
 @click.option("--org", "orgs", multiple=True, help=MEMBER_ORGS_HELP)
 def start_command(orgs: tuple[str, ...]) -> None:
-    """Start gateways in the background (logs in run/logs/gateway-<org>.log); safe to run again."""
+    """Start gateways in the background under supervisord, which restarts one that dies (logs in
+    run/logs/gateway-<org>.log); safe to run again."""
     t = topo.load()
     for org in orgs or orgs_with_gateways(t):
         try:

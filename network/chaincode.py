@@ -23,6 +23,7 @@ from pathlib import Path
 
 from consortium.errors import BuildFailed, CommandFailed
 from consortium.processes import ManagedProcess, ensure_port_free
+from consortium.secrets import replace_secret
 from consortium.topology import REPO_ROOT, Org, Topology
 from network import chaincode_config
 from network.admin import Admin
@@ -130,9 +131,10 @@ def package(topology: Topology) -> Package:
     code = _targz({"connection.json": connection_json(topology)})
     metadata = json.dumps({"type": "ccaas", "label": label}).encode()
     archive = _targz({"metadata.json": metadata, "code.tar.gz": code})
+    # The package carries the client key peers present to the chaincode server: a secret like any key.
     path = topology.home / "chaincode" / f"{label}.tar.gz"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(archive)
+    if not path.exists() or path.read_bytes() != archive:
+        replace_secret(path, archive)
     return Package(label, chaincode_version(topology), path, f"{label}:{hashlib.sha256(archive).hexdigest()}")
 
 

@@ -9,10 +9,10 @@ import json
 import re
 import time
 import urllib.error
-import urllib.request
 
 from consortium.errors import NetworkError
 from consortium.topology import Node, Org, Topology
+from network import nodes
 from network.admin import Admin
 from network.binaries import FabricBinaries
 from network.configtx import genesis_block
@@ -65,9 +65,8 @@ def raft_leader(topology: Topology, channel: str) -> Node | None:
     pattern = re.compile(rf'^consensus_etcdraft_is_leader\{{channel="{re.escape(channel)}"\}} 1(\.0)?$', re.M)
     for orderer in topology.orderers:
         try:
-            with urllib.request.urlopen(orderer.ops_url + "/metrics", timeout=2) as resp:
-                if pattern.search(resp.read().decode()):
-                    return orderer
+            if pattern.search(nodes.operations_get(topology, orderer, "/metrics").decode()):
+                return orderer
         except (urllib.error.URLError, OSError):
             continue
     return None

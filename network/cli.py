@@ -83,14 +83,24 @@ def status(as_json: bool) -> None:
         ccs = ", ".join(f"{d['name']} v{d['version']} seq {d['sequence']}" for d in ch["chaincodes"]) or "none"
         click.echo(f"  channel {name:10} members {', '.join(ch['members'])}")
         click.echo(f"          heights {heights}; chaincode {ccs}")
+    for svc in state["services"]:
+        good = svc["state"] == "RUNNING" and svc["live"]
+        mark = click.style("alive", fg="green") if good else click.style(f"{svc['state']}, not alive", fg="red")
+        pid = f"pid {svc['pid']}" if svc["pid"] else ""
+        click.echo(f"  {svc['kind']:8} {svc['org']:18} {pid:12} {mark}")
+    if not state["services"]:
+        click.echo("  no gateways or workers started (`careledger gateway start`, `careledger worker start`)")
     down = [n["name"] for n in state["nodes"] if not n["healthy"]]
+    dead = [s["name"] for s in state["services"] if not (s["state"] == "RUNNING" and s["live"])]
     if len(down) == len(state["nodes"]):
         click.secho(f"the network is not running; {readiness.UP}", fg="red", err=True)
     elif down:
         click.secho(
             f"{len(down)} node(s) down: {', '.join(down)}; `careledger network up` restarts them", fg="red", err=True
         )
-    if down:
+    if dead:
+        click.secho(f"not alive: {', '.join(dead)}; supervisord restarts what exits", fg="red", err=True)
+    if down or dead:
         sys.exit(1)
 
 

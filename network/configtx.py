@@ -7,6 +7,14 @@ Policies (the same on every channel):
 - LifecycleEndorsement and the default chaincode Endorsement: a MAJORITY of member orgs' peers.
 Capabilities: channel V3_0 (so orderer endpoints are per org, no global list), orderer V2_0, application V2_5
 (needed for private data purge).
+
+Raft log: each orderer snapshots a channel's Raft state every SNAPSHOT_INTERVAL_SIZE of block data. After a snapshot
+Fabric keeps the newest four snapshots (etcdraft.MaxSnapshotFiles) and deletes the WAL segments older than the
+oldest of them, so a channel's WAL holds at most about 4 x 16 MB of entries, in etcd's WAL segments of 64 MB each,
+which are preallocated: a channel's WAL folder is 128 MB on disk from its first block (a segment and the next one
+made ready), and settles at a few segments under load, instead of growing with the ledger. A smaller interval would
+not shrink the folder below those preallocated segments, only snapshot more often. Lagging or new orderers catch up
+from a snapshot (block replication) instead of the log.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ import yaml
 from consortium.errors import CommandFailed
 from consortium.topology import Org, Topology
 from network.binaries import FabricBinaries
+
+SNAPSHOT_INTERVAL_SIZE = "16 MB"  # configtxgen reads byte sizes in this form (16 MiB)
 
 
 def _signature(rule: str) -> dict[str, str]:
@@ -77,7 +87,7 @@ def orderer_section(topology: Topology) -> dict[str, Any]:
                 "ElectionTick": o.election_tick,
                 "HeartbeatTick": o.heartbeat_tick,
                 "MaxInflightBlocks": 5,
-                "SnapshotIntervalSize": "16 MB",
+                "SnapshotIntervalSize": SNAPSHOT_INTERVAL_SIZE,
             },
         },
         "Organizations": [organization(topology, topology.orderer_org)],

@@ -6,14 +6,22 @@ definitions) and only does what is missing, so it both creates a new network and
 
 from __future__ import annotations
 
+import json
 import shutil
+import ssl
 import time
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import redis
+
+from consortium import supervision
 from consortium.errors import CommandFailed
 from consortium.processes import ManagedProcess
+from consortium.redis_keys import OrgKeys
+from consortium.secrets import SecretMissing, private_dir
 from consortium.topology import Topology
 from network import binaries, channels, crypto, endorsers, nodes, org_secrets, postgres_server, redis_server
 from network import chaincode as cc
@@ -28,6 +36,7 @@ def up(topology: Topology, progress: Progress = print) -> None:
     def step(msg: str) -> None:
         progress(f"[{time.monotonic() - started:6.1f}s] {msg}")
 
+    private_dir(topology.home)  # nothing in the run folder is for other users
     fabric = binaries.ensure(step)
     step(f"Fabric {topology.fabric_version} binaries ready")
     if crypto.ensure(topology, fabric):
@@ -73,6 +82,8 @@ def managed_processes(topology: Topology) -> list[ManagedProcess]:
 def down(topology: Topology, purge: bool = False, progress: Progress = print) -> None:
     # Stop clients before servers: workers and gateways, then chaincode and peers, then orderers, redis and
     # postgres last (postgres with its fast shutdown signal).
+    if supervision.shutdown(topology):
+        progress("stopped supervisord and its gateways, listeners and workers")
     order = {"redis": 9, postgres_server.NAME: 9}
     for n in topology.orderers:
         order[n.name] = 8
@@ -90,10 +101,57 @@ def down(topology: Topology, purge: bool = False, progress: Progress = print) ->
         progress(f"removed {topology.home} (ledgers, crypto material, logs)")
 
 
+def _gateway_answers(topology: Topology, org_name: str) -> bool:
+    org = topology.org(org_name)
+    ctx = ssl.create_default_context(cafile=str(topology.tls_ca_cert(org)))
+    url = f"https://{topology.host}:{topology.gateway_port(org)}/fhir/metadata"
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def _heartbeat_pid(r: redis.Redis | None, topology: Topology, org_name: str, kind: str) -> int | None:
+    """The pid in the process's heartbeat key (see workers/app.py), or None when it has expired."""
+    if r is None:
+        return None
+    try:
+        raw = r.get(OrgKeys(topology.org(org_name).msp_id).alive(kind))
+    except redis.RedisError:
+        return None
+    return int(json.loads(raw)["pid"]) if isinstance(raw, bytes) else None
+
+
+def services(topology: Topology) -> list[dict[str, Any]]:
+    """Gateways, listeners and workers: supervisord's state, and whether each is alive — a gateway answers
+    /fhir/metadata, a listener or worker renews its heartbeat in Redis (from the pid supervisord runs)."""
+    programs = supervision.all_programs(topology)
+    try:
+        r: redis.Redis | None = redis.Redis.from_url(topology.redis_admin_url, socket_timeout=2) if programs else None
+    except SecretMissing:
+        r = None
+    out = []
+    for p in programs:
+        kind, _, org = str(p["name"]).partition("-")
+        state, pid = str(p["statename"]), int(p["pid"]) or None
+        live = False
+        if state == "RUNNING":
+            if kind == "gateway":
+                live = _gateway_answers(topology, org)
+            else:
+                live = pid is not None and _heartbeat_pid(r, topology, org, kind) == pid
+        out.append({"name": p["name"], "kind": kind, "org": org, "state": state, "pid": pid, "live": live})
+    if r is not None:
+        r.close()
+    return out
+
+
 def status(topology: Topology) -> dict[str, Any]:
     """The network's state in the stable form `careledger network status --json` prints."""
     node_list = [
-        {"name": n.name, "kind": n.kind, "org": n.org.msp_id, "healthy": nodes.healthy(n)} for n in topology.nodes
+        {"name": n.name, "kind": n.kind, "org": n.org.msp_id, "healthy": nodes.healthy(topology, n)}
+        for n in topology.nodes
     ]
     healthy_peers = {e["name"] for e in node_list if e["kind"] == "peer" and e["healthy"]}
     chans: dict[str, Any] = {}
@@ -117,4 +175,4 @@ def status(topology: Topology) -> dict[str, Any]:
             except CommandFailed:
                 pass
         chans[channel] = {"members": [o.msp_id for o in members], "heights": heights, "chaincodes": definitions}
-    return {"nodes": node_list, "channels": chans}
+    return {"nodes": node_list, "channels": chans, "services": services(topology)}

@@ -2,6 +2,7 @@
 
 NodeOUs are on, so a certificate's OU says its role (admin, peer, client, orderer) and policies can name roles.
 Every TLS certificate carries the IP SAN of the node's host, so clients can dial 127.0.0.1 without overrides.
+cryptogen writes its folders world-readable; every `up` tightens the tree (folders 0700, private keys 0600).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from consortium.errors import CommandFailed
+from consortium.secrets import private_dir, tighten_tree, write_secret
 from consortium.topology import Org, Topology
 from network.binaries import FabricBinaries
 
@@ -51,11 +53,13 @@ def cryptogen_config(topology: Topology) -> dict[str, Any]:
 
 
 def ensure(topology: Topology, binaries: FabricBinaries) -> bool:
-    """Generate crypto material unless the run folder has it already. Returns True when it generated."""
+    """Generate crypto material unless the run folder has it already. Returns True when it generated. Either way,
+    no private key is left readable by anyone but its owner."""
     marker = topology.crypto_dir / ".complete"
     if marker.exists():
+        tighten_tree(topology.crypto_dir)
         return False
-    topology.crypto_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(topology.crypto_dir)
     config = topology.generated_config_dir / "crypto-config.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(yaml.safe_dump(cryptogen_config(topology), sort_keys=False))
@@ -63,6 +67,7 @@ def ensure(topology: Topology, binaries: FabricBinaries) -> bool:
     proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode != 0:
         raise CommandFailed("cryptogen", argv, proc.stdout + proc.stderr)
+    tighten_tree(topology.crypto_dir)
     marker.write_text("ok\n")
     return True
 
@@ -110,11 +115,11 @@ def ensure_gateway_tls(topology: Topology, org: Org) -> bool:
         )
         .sign(ca_key, hashes.SHA256())
     )
-    out.mkdir(parents=True, exist_ok=True)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    (out / "server.key").write_bytes(key_pem)
-    (out / "server.key").chmod(0o600)
+    private_dir(out.parent)
+    (out / "server.key").unlink(missing_ok=True)  # a key without its certificate is from an interrupted run
+    write_secret(out / "server.key", key_pem)
     (out / "server.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return True

@@ -3,6 +3,10 @@
 Nothing is copied from sampleconfig into the run folder: FABRIC_CFG_PATH points at the cached copy of the
 module's sampleconfig, and every path setting that would resolve inside it (MSP, TLS, ledger, WAL, snapshots) is
 overridden with an absolute path, so no node can silently run as the sample identity.
+
+Operations endpoints (/healthz, /metrics, /logspec, /version) are served over TLS with the node's TLS certificate
+and require a client certificate from the node's own org's TLS CA (Fabric refuses the TLS handshake without one, for
+every path). The tooling presents the org admin's TLS client certificate.
 """
 
 from __future__ import annotations
@@ -10,11 +14,13 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from consortium.processes import ManagedProcess, ensure_port_free
+from consortium.secrets import private_dir
 from consortium.topology import Node, Topology
 from network.binaries import FabricBinaries
 
@@ -64,7 +70,11 @@ def orderer_env(topology: Topology, binaries: FabricBinaries, node: Node) -> dic
         "ORDERER_ADMIN_TLS_CLIENTAUTHREQUIRED": "true",
         "ORDERER_ADMIN_TLS_CLIENTROOTCAS": _orderer_list(orderer_ca),
         "ORDERER_OPERATIONS_LISTENADDRESS": f"{node.host}:{node.ops_port}",
-        "ORDERER_OPERATIONS_TLS_ENABLED": "false",
+        "ORDERER_OPERATIONS_TLS_ENABLED": "true",
+        "ORDERER_OPERATIONS_TLS_CERTIFICATE": str(tls / "server.crt"),
+        "ORDERER_OPERATIONS_TLS_PRIVATEKEY": str(tls / "server.key"),
+        "ORDERER_OPERATIONS_TLS_CLIENTAUTHREQUIRED": "true",
+        "ORDERER_OPERATIONS_TLS_CLIENTROOTCAS": _orderer_list(orderer_ca),
         "ORDERER_METRICS_PROVIDER": "prometheus",
         "ORDERER_FILELEDGER_LOCATION": str(data / "ledger"),
         "ORDERER_CONSENSUS_WALDIR": str(data / "etcdraft" / "wal"),
@@ -103,7 +113,11 @@ def peer_env(topology: Topology, binaries: FabricBinaries, node: Node) -> dict[s
         "CORE_PEER_FILESYSTEMPATH": str(data / "ledger"),
         "CORE_LEDGER_SNAPSHOTS_ROOTDIR": str(data / "snapshots"),
         "CORE_OPERATIONS_LISTENADDRESS": f"{node.host}:{node.ops_port}",
-        "CORE_OPERATIONS_TLS_ENABLED": "false",
+        "CORE_OPERATIONS_TLS_ENABLED": "true",
+        "CORE_OPERATIONS_TLS_CERT_FILE": str(tls / "server.crt"),
+        "CORE_OPERATIONS_TLS_KEY_FILE": str(tls / "server.key"),
+        "CORE_OPERATIONS_TLS_CLIENTAUTHREQUIRED": "true",
+        "CORE_OPERATIONS_TLS_CLIENTROOTCAS_FILES": str(topology.tls_ca_cert(node.org)),
         "CORE_METRICS_PROVIDER": "prometheus",
         # No container engine: an empty endpoint keeps the peer from registering a Docker health check, and
         # chaincode runs only through our external builder (chaincode-as-a-service).
@@ -116,10 +130,24 @@ def process(topology: Topology, node: Node) -> ManagedProcess:
     return ManagedProcess(node.name, topology.pid_file(node.name), topology.log_file(node.name))
 
 
-def healthy(node: Node) -> bool:
+def client_context(topology: Topology, node: Node) -> ssl.SSLContext:
+    """TLS to one of the node's endpoints as its org's admin: the node's org TLS CA, the admin's client certificate."""
+    ctx = ssl.create_default_context(cafile=str(topology.tls_ca_cert(node.org)))
+    admin_tls = topology.user_dir(node.org) / "tls"
+    ctx.load_cert_chain(admin_tls / "client.crt", admin_tls / "client.key")
+    return ctx
+
+
+def operations_get(topology: Topology, node: Node, path: str, timeout: float = 2.0) -> bytes:
+    """GET an operations endpoint (e.g. /metrics) over mutual TLS."""
+    ctx = client_context(topology, node)
+    with urllib.request.urlopen(node.ops_url + path, context=ctx, timeout=timeout) as resp:
+        return bytes(resp.read())
+
+
+def healthy(topology: Topology, node: Node) -> bool:
     try:
-        with urllib.request.urlopen(node.ops_url + "/healthz", timeout=2) as resp:
-            return bool(json.load(resp).get("status") == "OK")
+        return bool(json.loads(operations_get(topology, node, "/healthz")).get("status") == "OK")
     except (urllib.error.URLError, OSError, ValueError):
         return False
 
@@ -129,24 +157,50 @@ def start(topology: Topology, binaries: FabricBinaries, node: Node) -> bool:
     proc = process(topology, node)
     if proc.running():
         return False
-    for port in (node.port, node.second_port, node.ops_port):
+    for port in node.ports:
         ensure_port_free(node.name, node.host, port)
-    topology.data_dir(node.name).mkdir(parents=True, exist_ok=True)
+    data = topology.data_dir(node.name)
+    private_dir(data)
     if node.kind == "orderer":
         proc.start([binaries.tool("orderer")], orderer_env(topology, binaries, node))
     else:
+        # The peer keeps installed chaincode packages (they hold the chaincode server's client key) in this folder;
+        # it would create it group-readable, and keeps the mode of one that exists.
+        private_dir(data / "ledger" / "lifecycle" / "chaincodes")
         proc.start([binaries.tool("peer"), "node", "start"], peer_env(topology, binaries, node))
     return True
 
 
-def listening(node: Node) -> bool:
-    """Whether the node's gRPC port accepts connections (the operations server can answer before it does)."""
+def accepts(host: str, port: int) -> bool:
     try:
-        with socket.create_connection((node.host, node.port), timeout=1):
+        with socket.create_connection((host, port), timeout=1):
             return True
     except OSError:
         return False
 
 
+def serving(topology: Topology, node: Node) -> bool:
+    """Whether the node's gRPC server completes a TLS handshake on its main port.
+
+    Accepting a TCP connection is not enough: Fabric opens the main port's socket early but serves it last, after
+    its other listeners (an orderer's channel participation admin server, a peer's chaincode listener) are up.
+    """
+    ctx = client_context(topology, node)
+    ctx.set_alpn_protocols(["h2"])
+    try:
+        with (
+            socket.create_connection((node.host, node.port), timeout=1) as raw,
+            ctx.wrap_socket(raw, server_hostname=node.host),
+        ):
+            return True
+    except OSError:
+        return False
+
+
+def ready(topology: Topology, node: Node) -> bool:
+    """Every listener the node has answers: main (gRPC), second (orderer admin / peer chaincode), operations."""
+    return all(accepts(node.host, p) for p in node.ports) and healthy(topology, node) and serving(topology, node)
+
+
 def wait_healthy(topology: Topology, node: Node, timeout: float = HEALTH_TIMEOUT) -> None:
-    process(topology, node).wait_until(lambda: healthy(node) and listening(node), "healthy and listening", timeout)
+    process(topology, node).wait_until(lambda: ready(topology, node), "serving on every port", timeout)

@@ -64,7 +64,7 @@ def hospital(network: topo.Topology) -> Iterator[Gateway]:
 
 @pytest.fixture(scope="session")
 def redis_client(network: topo.Topology) -> redis.Redis:
-    return redis.Redis.from_url(network.redis_url)
+    return redis.Redis.from_url(network.redis_admin_url)  # the admin user: tests inspect every org's keys
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""`careledger worker ...`: an org's chain-event listener and Celery workers, in the foreground or the background."""
+"""`careledger worker ...`: an org's chain-event listener and Celery workers, in the foreground or in the background
+under supervisord (consortium/supervision.py), which restarts one that dies."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import click
 
 from consortium import logs, readiness
 from consortium import topology as topo
-from consortium.processes import ManagedProcess
+from consortium.supervision import Program, Supervised, program_env
 from consortium.topology import Topology
 from workers.settings import WorkerSettings
 
@@ -21,23 +22,16 @@ def orgs_with_workers(topology: Topology) -> list[str]:
     return [o.name for o in topology.member_orgs if "claims" in topology.channels_of(o)]
 
 
-def listener_process(topology: Topology, org: str) -> ManagedProcess:
-    name = f"listener-{org}"
-    return ManagedProcess(name, topology.pid_file(name), topology.log_file(name))
+def listener_process(topology: Topology, org: str) -> Supervised:
+    return Supervised(topology, f"listener-{org}")
 
 
-def worker_process(topology: Topology, org: str) -> ManagedProcess:
-    name = f"worker-{org}"
-    return ManagedProcess(name, topology.pid_file(name), topology.log_file(name))
+def worker_process(topology: Topology, org: str) -> Supervised:
+    return Supervised(topology, f"worker-{org}")
 
 
 def _env(topology: Topology, org: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "CARELEDGER_HOME": str(topology.home),
-        "CARELEDGER_PORT_BASE": str(topology.port_base),
-        "CARELEDGER_ORG": org,
-    }
+    return program_env(topology, CARELEDGER_ORG=org)
 
 
 def celery_argv(topology: Topology, org: str) -> list[str]:
@@ -47,6 +41,8 @@ def celery_argv(topology: Topology, org: str) -> list[str]:
         "--queues", settings.queue,
         "--pool", "threads", "--concurrency", str(WORKER_THREADS),
         "--hostname", f"{org}@%h",
+        # No gossip, mingle, heartbeats (nor remote control, workers/app.py): nothing on pub/sub channels, which the
+        # org's Redis user may not use.
         "--without-gossip", "--without-mingle", "--without-heartbeat",
         "--loglevel", "INFO",
     ]  # fmt: skip
@@ -54,19 +50,13 @@ def celery_argv(topology: Topology, org: str) -> list[str]:
 
 def start_worker(topology: Topology, org: str) -> bool:
     proc = worker_process(topology, org)
-    if proc.running():
-        return False
-    proc.start(celery_argv(topology, org), _env(topology, org), cwd=topo.REPO_ROOT)
-    return True
+    return proc.start(Program(proc.name, celery_argv(topology, org), _env(topology, org), topo.REPO_ROOT))
 
 
 def start_listener(topology: Topology, org: str) -> bool:
     proc = listener_process(topology, org)
-    if proc.running():
-        return False
     argv = [sys.executable, "-m", "careledger.cli", "worker", "listen", "--org", org]
-    proc.start(argv, _env(topology, org), cwd=topo.REPO_ROOT)
-    return True
+    return proc.start(Program(proc.name, argv, _env(topology, org), topo.REPO_ROOT))
 
 
 def _require_running(topology: Topology, orgs: list[str]) -> None:
@@ -105,7 +95,8 @@ def run(org: str) -> None:
 @worker.command(name="start")
 @click.option("--org", "orgs", multiple=True, help="member org name (repeatable; default: every org on claims)")
 def start_command(orgs: tuple[str, ...]) -> None:
-    """Start listeners and workers in the background (logs in run/logs/); safe to run again."""
+    """Start listeners and workers in the background under supervisord, which restarts one that dies (logs in
+    run/logs/); safe to run again."""
     t = topo.load()
     _require_running(t, list(orgs or orgs_with_workers(t)))
     for org in orgs or orgs_with_workers(t):

@@ -75,7 +75,7 @@ def _open(org_name: str) -> OrgContext:
     return OrgContext(
         settings=settings,
         records=Records.open(settings.custodian, ledger),
-        redis=redis.Redis.from_url(t.redis_url),
+        redis=redis.Redis.from_url(t.redis_url_for(settings.org)),
         members=httpx.Client(verify=tls.member_client_context(t, settings.org), timeout=10),
         webhooks=httpx.Client(timeout=10),
         loop=loop,

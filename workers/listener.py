@@ -6,6 +6,9 @@ published to the org's queue (written down in its outbox first, see workers/outb
 checkpoint (block, transaction id) move, so a crash between the two re-publishes on restart: never a gap, at worst
 a repeat, which the tasks absorb (they are idempotent). On a fresh start with no checkpoint, it reads from the
 channel's first block, so nothing that happened before the listener existed is missed either.
+
+Neither a broken event stream nor Redis going away (a restart, a network blip) ends the listener: it waits, with
+backoff doubling from half a second to ten, and resumes from the checkpoint.
 """
 
 from __future__ import annotations
@@ -18,15 +21,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from kombu.exceptions import OperationalError
 
 from consortium import connect
 from fabric_gateway import FabricError
 from fabric_gateway.checkpoint import RedisCheckpointer, after_event
 from ledger.contracts import CLAIMS
 from workers import outbox, schedule
+from workers.app import heartbeat
 from workers.settings import WorkerSettings
 
 log = logging.getLogger("careledger.listener")
+
+# What the listener rides out: the peer's event stream breaking, and Redis (checkpoints, outbox, the broker) going away.
+RECOVERABLE = (FabricError, redis.RedisError, OperationalError)
+BACKOFF_S = (0.5, 10.0)  # first and longest wait before reconnecting
 
 
 @dataclass(frozen=True)
@@ -98,10 +107,14 @@ def listen(settings: WorkerSettings, stop: threading.Event | None = None) -> Non
     if CLAIMS not in t.channels_of(org):
         log.info("no claims channel for this org; nothing to listen to", extra={"org": org.name})
         return
-    r = redis.Redis.from_url(t.redis_url)
-    checkpointer = RedisCheckpointer(r, f"{org.msp_id}:{CLAIMS}")
+    url = t.redis_url_for(org)
+    r = redis.Redis.from_url(url)
+    checkpointer = RedisCheckpointer(r, settings.keys.listener_checkpoint_name(CLAIMS))
     jobs = schedule.jobs_for(settings, r)
     threading.Thread(target=schedule.run, args=(jobs, stop), name="schedule", daemon=True).start()
+    beat = (url, settings.keys.alive("listener"), stop or threading.Event())
+    threading.Thread(target=heartbeat, args=beat, name="heartbeat", daemon=True).start()
+    wait = BACKOFF_S[0]
     while stop is None or not stop.is_set():
         try:
             with connect.gateway(t, org) as gw:
@@ -114,8 +127,14 @@ def listen(settings: WorkerSettings, stop: threading.Event | None = None) -> Non
                         for d in dispatches(org.msp_id, event.name, event.tx_id, event.block_number, event.payload):
                             outbox.publish(r, org.msp_id, settings.queue, d.task, d.args, d.task_id)
                     checkpointer.save(after_event(event))
+                    wait = BACKOFF_S[0]
                     if stop is not None and stop.is_set():
                         return
-        except FabricError as e:
-            log.warning("event stream broke; reconnecting", extra={"error": str(e)[:200]})
-            time.sleep(1)
+        except RECOVERABLE as e:
+            what = "event stream broke" if isinstance(e, FabricError) else "redis is unavailable"
+            log.warning(f"{what}; reconnecting", extra={"error": str(e)[:200], "retry_in_s": wait})
+            if stop is not None and stop.wait(wait):
+                return
+            if stop is None:
+                time.sleep(wait)
+            wait = min(wait * 2, BACKOFF_S[1])

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
+from kombu.exceptions import OperationalError
 
 from workers import outbox
 from workers.settings import WorkerSettings
@@ -67,5 +68,5 @@ def run(jobs: list[Job], stop: threading.Event | None, tick_s: float = 0.25) -> 
             job.next_at = now + job.every_s
             try:
                 job.run()
-            except redis.RedisError as e:
+            except (redis.RedisError, OperationalError) as e:  # Redis (or the broker in it) down: next time
                 log.warning("periodic job failed", extra={"job": job.name, "error": str(e)[:200]})

@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--prefix", required=True)
     args = parser.parse_args()
     t = topo.load(home=args.home, port_base=args.port_base)
-    r = redis.Redis.from_url(t.redis_url)
+    r = redis.Redis.from_url(t.redis_admin_url)
     checkpointer = RedisCheckpointer(r, args.name)
     handled_key = f"test:handled:{args.name}"
     with connect.gateway(t, "InsurerOrg") as gw:

@@ -6,18 +6,28 @@ import json
 import os
 import re
 import shutil
+import signal
+import ssl
+import stat
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
+from fabric_protos.common import common_pb2, configtx_pb2
+from fabric_protos.orderer import configuration_pb2
+from fabric_protos.orderer.etcdraft import configuration_pb2 as etcdraft_pb2
 
 from consortium import readiness
 from consortium.errors import CommandFailed, PortInUse
+from consortium.secrets import is_key_file
 from consortium.topology import Node, Topology
 from network import chaincode as cc
-from network import channels, control, nodes, probe
+from network import channels, configtx, control, nodes, probe
 from network.admin import Admin
 
 pytestmark = pytest.mark.network
@@ -75,6 +85,19 @@ def test_invoke_on_claims_is_readable_by_members_only(network: Topology, admin: 
 def _orderer_height(admin: Admin, orderer: Node, channel: str) -> int:
     out = admin.osnadmin(orderer, ["channel", "list", "--channelID", channel], "channel info")
     return int(json.loads(out[out.index("{") :])["height"])
+
+
+def test_a_resumed_orderer_answers_its_admin_port_when_up_returns(network: Topology, admin: Admin) -> None:
+    """`up` after an orderer was killed restarts it and goes straight on to channel participation (osnadmin on the
+    admin port), which Fabric opens after /healthz and the main port's socket: `up` must wait for every listener."""
+    orderer = network.orderers[1]
+    nodes.process(network, orderer).stop(timeout=0, sig=signal.SIGKILL)
+    lines: list[str] = []
+    control.up(network, progress=lines.append)
+    assert any(f"starting orderer {orderer.name}" in ln for ln in lines), lines
+    assert channels.orderer_channels(admin, orderer) == set(network.channels)
+    for n in network.nodes:
+        assert all(nodes.accepts(n.host, p) for p in n.ports), n.name
 
 
 def test_channels_survive_the_loss_of_one_orderer(network: Topology, admin: Admin) -> None:
@@ -198,3 +221,111 @@ def test_commands_against_a_stopped_network_say_what_to_run(network: Topology, t
         assert done.returncode != 0 and "Traceback" not in output, output
         assert "careledger network up" in output, output
     assert not (home / "pids").exists() or not list((home / "pids").iterdir())
+
+
+# ----- secrets on disk ------------------------------------------------------------------------------------------
+
+
+def _is_secret(path: Path, home: Path) -> bool:
+    """Keys, packages and files that hold keys, passwords, and supervisord's files (they hold programs' settings)."""
+    parts = path.relative_to(home).parts
+    return (
+        is_key_file(path)
+        or path.suffix in (".password", ".acl")
+        or path.name == "connection.json"  # the chaincode server's client key, unpacked by the peers' builder
+        or (path.name.endswith(".tar.gz") and path.parent.name in ("chaincode", "chaincodes"))
+        or (parts[0] == "supervisor" and path.suffix == ".conf")
+    )
+
+
+def _open_to_others(path: Path) -> bool:
+    return bool(path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO))
+
+
+def test_no_secret_is_readable_by_other_users(network: Topology, gateways: dict[str, object]) -> None:
+    """Walk the whole run folder: every secret is 0600 in a folder of mode 0700, every keystore/ folder is 0700."""
+    secrets: list[Path] = []
+    exposed: list[str] = []
+    for folder, _dirs, files in os.walk(network.home):
+        here = Path(folder)
+        if here.name == "keystore" and _open_to_others(here):
+            exposed.append(f"{here} (keystore folder {stat.filemode(here.stat().st_mode)})")
+        for name in files:
+            path = here / name
+            if path.is_symlink() or not _is_secret(path, network.home):
+                continue
+            secrets.append(path)
+            if _open_to_others(path):
+                exposed.append(f"{path} ({stat.filemode(path.stat().st_mode)})")
+            elif _open_to_others(here):
+                exposed.append(f"{path} in a folder others can open ({stat.filemode(here.stat().st_mode)})")
+    assert not exposed, "\n".join(exposed)
+    assert not _open_to_others(network.home)
+    # The walk found what it must have found, so it is not passing on an empty tree.
+    names = {p.name for p in secrets}
+    assert {"priv_sk", "server.key", "client.key", "master.key", "pseudonym.key", "token-issuer.key"} <= names
+    assert {"redis.password", "admin.password", "users.acl", "connection.json"} <= names
+    packages = [p for p in secrets if p.name.endswith(".tar.gz")]
+    assert any(p.parent == network.home / "chaincode" for p in packages), "the chaincode package"
+    assert any(p.parent.name == "chaincodes" for p in packages), "the packages installed on the peers"
+
+
+# ----- operations endpoints ---------------------------------------------------------------------------------
+
+
+def _ops_get(url: str, context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/logspec", "/metrics"])
+def test_operations_endpoints_refuse_plain_http_and_clients_without_a_certificate(network: Topology, path: str) -> None:
+    for node in (network.orderers[0], network.peer_of("HospitalOrg")):
+        # Plain HTTP: the TLS server answers 400 and serves nothing.
+        status, body = _ops_get(f"http://{node.host}:{node.ops_port}{path}")
+        assert status == 400 and b"HTTPS" in body, (node.name, status, body[:200])
+        # TLS, but no client certificate: the handshake is refused.
+        no_cert = ssl.create_default_context(cafile=str(network.tls_ca_cert(node.org)))
+        with pytest.raises((urllib.error.URLError, OSError)):
+            _ops_get(node.ops_url + path, no_cert)
+        # A client certificate of another org's TLS CA: refused too.
+        other = network.org("PharmaOrg") if node.kind == "peer" else network.org("InsurerOrg")
+        foreign = ssl.create_default_context(cafile=str(network.tls_ca_cert(node.org)))
+        foreign_tls = network.user_dir(other) / "tls"
+        foreign.load_cert_chain(foreign_tls / "client.crt", foreign_tls / "client.key")
+        with pytest.raises((urllib.error.URLError, OSError)):
+            _ops_get(node.ops_url + path, foreign)
+        # The node's own org's admin is served.
+        status, body = _ops_get(node.ops_url + path, nodes.client_context(network, node))
+        assert status == 200, (node.name, status, body[:200])
+
+
+def test_the_tooling_reports_health_over_mutual_tls(network: Topology) -> None:
+    for node in network.nodes:
+        assert nodes.healthy(network, node), node.name
+        assert json.loads(nodes.operations_get(network, node, "/logspec"))["spec"]
+    assert all(n["healthy"] for n in control.status(network)["nodes"])
+    assert all(channels.raft_leader(network, ch) is not None for ch in network.channels)
+
+
+# ----- Raft snapshots ---------------------------------------------------------------------------------------
+
+
+def test_raft_snapshots_bound_the_write_ahead_log(network: Topology) -> None:
+    """Every channel's orderers snapshot their Raft log each 16 MB of blocks, so the WAL is truncated (the rendered
+    configtx.yaml says so, and so does the channel configuration the orderers run with)."""
+    rendered = yaml.safe_load((configtx.render(network) / "configtx.yaml").read_text())
+    for channel in network.channels:
+        options = rendered["Profiles"][channel]["Orderer"]["EtcdRaft"]["Options"]
+        assert options["SnapshotIntervalSize"] == configtx.SNAPSHOT_INTERVAL_SIZE == "16 MB"
+        block = common_pb2.Block.FromString((network.channel_artifacts_dir / f"{channel}.block").read_bytes())
+        envelope = common_pb2.Envelope.FromString(block.data.data[0])
+        config = configtx_pb2.ConfigEnvelope.FromString(common_pb2.Payload.FromString(envelope.payload).data).config
+        consensus = configuration_pb2.ConsensusType.FromString(
+            config.channel_group.groups["Orderer"].values["ConsensusType"].value
+        )
+        metadata = etcdraft_pb2.ConfigMetadata.FromString(consensus.metadata)
+        assert metadata.options.snapshot_interval_size == 16 * 1024 * 1024, channel

@@ -111,6 +111,8 @@ def workers(
     for org in worker_cli.orgs_with_workers(network):
         worker_cli.start_worker(network, org)
         worker_cli.start_listener(network, org)
+    # Ready when each has started beating (a worker once it consumes, a listener once it runs).
+    wait_for(lambda: _all_alive(network), 180, "every listener and worker alive")
     yield network
     for org in worker_cli.orgs_with_workers(network):
         worker_cli.listener_process(network, org).stop()
@@ -244,7 +246,7 @@ def test_webhooks_get_every_claim_once_despite_failures(
     with state.lock:
         ours = [b["delivery"] for _, b in state.accepted if b["claim"]["claimId"] in claims]
         assert [state.attempts[d] for d in ours] == [FAILURES_BEFORE_SUCCESS + 1] * len(ours)
-    r = redis.Redis.from_url(workers.redis_url)
+    r = redis.Redis.from_url(workers.redis_admin_url)
     stream = [json.loads(f[b"claim"]) for _, f in r.xrange(INSURER_KEYS.stream("claims"))]
     assert Counter(c["claimId"] for c in stream if c["claimId"] in claims) == Counter(claims)
 
@@ -254,7 +256,7 @@ def test_a_webhook_that_keeps_failing_ends_in_the_dead_letter_list(
 ) -> None:
     state, _ = receiver
     hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
-    r = redis.Redis.from_url(workers.redis_url)
+    r = redis.Redis.from_url(workers.redis_admin_url)
     claim_id = submit(hospital, enrol(hospital, insurer), [("86999", 1, ALWAYS_FAILING_TOTAL)])
 
     def dead_letter() -> dict[str, Any] | None:
@@ -317,8 +319,7 @@ def test_a_worker_killed_mid_adjudication_loses_and_repeats_nothing(
     claims = [submit(hospital, member, [(f"9{n:04d}", 1, "10.00")]) for n in range(12)]
     # Kill -9 as soon as the first answer exists: other adjudications are in flight or queued.
     wait_for(lambda: any(claim_response(insurer, c) for c in claims), 10, "a first adjudication")
-    assert proc.stop(timeout=0, sig=signal.SIGKILL)
-    worker_cli.start_worker(workers, "InsurerOrg")
+    proc.kill(signal.SIGKILL)  # supervisord starts it again
     ins = gateway_as("InsurerOrg")
     counts = adjudications(ins, set(claims), len(claims), timeout=120)
     off = {c: (counts[c], claim_status(ins, c)) for c in claims if counts[c] != 1}
@@ -335,23 +336,23 @@ def test_a_listener_restarted_while_claims_flow_misses_nothing(
     hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
     member = enrol(hospital, insurer)
     listener = worker_cli.listener_process(workers, "InsurerOrg")
+    killed: int | None = None
     claims: list[str] = []
     for n in range(9):
         if n == 3:
-            assert listener.stop(timeout=0, sig=signal.SIGKILL)
-        if n == 6:
-            worker_cli.start_listener(workers, "InsurerOrg")
+            killed = listener.kill(signal.SIGKILL)  # supervisord starts it again
         claims.append(submit(hospital, member, [(f"8{n:04d}", 1, "10.00")]))
-    wait_for(lambda: all(claim_response(insurer, c) for c in claims), 60, "every claim adjudicated")
+    wait_for(lambda: all(claim_response(insurer, c) for c in claims), 90, "every claim adjudicated")
     wait_for(lambda: all(state.accepted_for("InsurerOrg", "Claims.Submitted")[c] for c in claims), 60, "hooks")
     time.sleep(1.5)
     assert [state.accepted_for("InsurerOrg", "Claims.Submitted")[c] for c in claims] == [1] * len(claims)
+    assert listener.pid() not in (None, killed)
 
 
 def test_a_task_whose_message_was_lost_is_sent_again_from_the_outbox(workers: Topology) -> None:
     """The window kombu leaves open (a message taken from the queue by a worker killed before it recorded it) is
     simulated directly: a task is written down in the outbox as sent long ago, but never sent."""
-    r = redis.Redis.from_url(workers.redis_url)
+    r = redis.Redis.from_url(workers.redis_admin_url)
     delivery = f"test-lost-{time.time_ns()}"
     claim = {"claimId": delivery, "insurer": "InsurerMSP", "provider": "HospitalMSP"}
     entry = {"task": "careledger.notify", "args": ["Claims.Cancelled", claim, delivery], "at": time.time() - 3600}
@@ -362,3 +363,107 @@ def test_a_task_whose_message_was_lost_is_sent_again_from_the_outbox(workers: To
 
     wait_for(on_stream, 30, "the re-sent task's effect")
     wait_for(lambda: not r.hexists(INSURER_KEYS.inflight, delivery), 10, "the task crossed out")
+
+
+# ----- Redis users -------------------------------------------------------------------------------------------
+
+
+def test_an_org_reaches_only_its_own_redis_keys(workers: Topology) -> None:
+    """Each org's processes connect as the org's Redis user: another org's queues, outbox, stream, checkpoint and
+    Celery keys are refused (NOPERM), and so are commands beyond what the processes need."""
+    admin = redis.Redis.from_url(workers.redis_admin_url)
+    hospital = redis.Redis.from_url(workers.redis_url_for("HospitalOrg"))
+    own = OrgKeys("HospitalMSP").prefix + f"test:own:{time.time_ns()}"
+    hospital.set(own, "mine")
+    assert hospital.get(own) == b"mine"
+    hospital.delete(own)
+    queue = INSURER_KEYS.celery_prefix + "careledger.InsurerOrg"
+    checkpoint = f"careledger:checkpoint:{OrgKeys('InsurerMSP').listener_checkpoint_name('claims')}"
+    assert admin.exists(checkpoint), "the insurer's listener keeps its checkpoint there"
+    attempts: list[Callable[[], object]] = [
+        lambda: hospital.hgetall(INSURER_KEYS.inflight),
+        lambda: hospital.hset(INSURER_KEYS.inflight, "forged", "{}"),
+        lambda: hospital.xrange(INSURER_KEYS.stream("claims")),
+        lambda: hospital.xadd(INSURER_KEYS.stream("claims"), {"claim": "{}"}),
+        lambda: hospital.llen(queue),
+        lambda: hospital.lpush(queue, "forged task"),
+        lambda: hospital.hgetall(checkpoint),
+        lambda: hospital.delete(INSURER_KEYS.dead_letters),
+        lambda: hospital.get("careledger:anything-unprefixed"),
+        lambda: hospital.keys("*"),
+        lambda: hospital.publish("careledger:InsurerMSP:celery:/0.celery.pidbox", "x"),
+        lambda: hospital.config_get("*"),
+        lambda: hospital.flushall(),
+        lambda: hospital.acl_list(),
+    ]
+    for n, attempt in enumerate(attempts):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            attempt()
+            pytest.fail(f"attempt {n} was allowed")
+    # Nothing connects without a password, or with another user's.
+    bare = redis.Redis(host=workers.host, port=workers.redis_port)
+    with pytest.raises(redis.AuthenticationError):
+        bare.ping()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(host=workers.host, port=workers.redis_port, username="default", password="").ping()
+    wrong = workers.redis_url_for("HospitalOrg").replace("HospitalMSP:", "InsurerMSP:", 1)
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(wrong).ping()
+    assert admin.llen(queue) >= 0 and not admin.hexists(INSURER_KEYS.inflight, "forged")
+    admin.acl_log_reset()  # these refusals were the test's; test_no_org_process_was_refused_by_redis reads the log
+
+
+# ----- supervision and faults ------------------------------------------------------------------------------------
+
+
+def _org_processes(t: Topology) -> list[Any]:
+    return [p for org in worker_cli.orgs_with_workers(t) for p in (worker_cli.listener_process(t, org),
+                                                                   worker_cli.worker_process(t, org))]  # fmt: skip
+
+
+def _all_alive(t: Topology) -> bool:
+    from network import control
+
+    services = control.services(t)
+    return bool(services) and all(s["state"] == "RUNNING" and s["live"] for s in services)
+
+
+def test_supervisord_restarts_a_killed_listener_and_worker(workers: Topology, gateways: dict[str, GatewayHttp]) -> None:
+    hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
+    procs = [worker_cli.listener_process(workers, "InsurerOrg"), worker_cli.worker_process(workers, "InsurerOrg")]
+    killed = [p.kill(signal.SIGKILL) for p in procs]
+    wait_for(lambda: all(p.pid() not in (None, k) for p, k in zip(procs, killed, strict=True)), 30, "new processes")
+    claim = submit(hospital, enrol(hospital, insurer), [("99214", 1, "80.00")])
+    wait_for(lambda: claim_response(hospital, claim), 120, "the claim adjudicated by the restarted processes")
+    wait_for(lambda: _all_alive(workers), 60, "`network status` reporting every process alive")
+
+
+def test_claims_flow_again_after_redis_restarts(workers: Topology, gateways: dict[str, GatewayHttp]) -> None:
+    """Listeners and workers ride out Redis going away: nobody restarts them, and the next claim goes through."""
+    from network import redis_server
+
+    hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
+    member = enrol(hospital, insurer)
+    wait_for(lambda: _all_alive(workers), 60, "every process alive before the fault")
+    before = {p.name: p.pid() for p in _org_processes(workers)}
+    # What an org wrote in a MULTI/EXEC transaction (as kombu records unacknowledged messages) survives the restart.
+    insurer_redis = redis.Redis.from_url(workers.redis_url_for("InsurerOrg"))
+    marker = INSURER_KEYS.prefix + f"test:transaction:{time.time_ns()}"
+    with insurer_redis.pipeline(transaction=True) as pipe:
+        pipe.hset(marker, "written", "in a transaction").expire(marker, 600)
+        pipe.execute()
+    assert redis_server.process(workers).stop()
+    time.sleep(3)  # Redis stays away a while: listeners and workers lose their connections
+    assert redis_server.start(workers)
+    redis_server.wait_ready(workers)
+    claim = submit(hospital, member, [("99215", 1, "90.00")])
+    wait_for(lambda: claim_response(hospital, claim), 120, "a claim adjudicated after Redis restarted")
+    assert {p.name: p.pid() for p in _org_processes(workers)} == before, "a process died and was restarted"
+    assert insurer_redis.hgetall(marker) == {b"written": b"in a transaction"}
+    wait_for(lambda: _all_alive(workers), 60, "`network status` reporting every process alive")
+
+
+def test_no_org_process_was_refused_by_redis(workers: Topology) -> None:
+    """Every command the listeners and workers ran, in all the tests above, was allowed by their orgs' ACLs."""
+    refused = redis.Redis.from_url(workers.redis_admin_url).acl_log(count=50)
+    assert refused == [], refused

@@ -18,7 +18,7 @@ import redis
 from consortium import topology as topo
 from ledger.contracts import Ledger
 from ledger.fake import FakeLedger
-from network import redis_server
+from network import org_secrets, redis_server
 from records import synthetic
 from records import validation as fv
 from records.fhir_claim import claim_response_id
@@ -42,6 +42,7 @@ def free_port() -> int:
 def redis_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[topo.Topology]:
     """A real Redis of its own, on a free port, for these tests only."""
     t = topo.load(home=tmp_path_factory.mktemp("redis"), port_base=free_port() - topo.REDIS_PORT)
+    org_secrets.ensure(t)  # the Redis users' passwords
     redis_server.start(t)
     redis_server.wait_ready(t)
     yield t
@@ -60,7 +61,7 @@ def insurer(redis_topology: topo.Topology, tmp_path: Path) -> Iterator[tuple[Fak
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    r = redis.Redis.from_url(redis_topology.redis_url)
+    r = redis.Redis.from_url(redis_topology.redis_url_for("InsurerOrg"))
     ctx = context.OrgContext(
         WorkerSettings.load(redis_topology, "InsurerOrg"), records, r, httpx.Client(), httpx.Client(), loop
     )

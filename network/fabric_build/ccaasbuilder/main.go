@@ -104,8 +104,10 @@ func validateConnection(path string) error {
 	return nil
 }
 
+// copyFile copies one file; connection.json carries the client key peers present to the chaincode server, so every
+// copy is readable by its owner only (0600 in 0700 folders), like the package it comes from.
 func copyFile(from, to string) error {
-	if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(to), 0o700); err != nil {
 		return err
 	}
 	in, err := os.Open(from)
@@ -113,7 +115,7 @@ func copyFile(from, to string) error {
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(to, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	out, err := os.OpenFile(to, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
@@ -137,7 +139,7 @@ func copyTreeIfPresent(from, to string) error {
 			return err
 		}
 		if d.IsDir() {
-			return os.MkdirAll(filepath.Join(to, rel), 0o755)
+			return os.MkdirAll(filepath.Join(to, rel), 0o700)
 		}
 		return copyFile(path, filepath.Join(to, rel))
 	})

@@ -78,6 +78,20 @@ func TestBuildThenRelease(t *testing.T) {
 			if err != nil || string(got) != tc.connection {
 				t.Fatalf("released connection.json = %q, %v", got, err)
 			}
+			// connection.json holds the chaincode server's client key: owner only, at every step.
+			for _, path := range []string{
+				filepath.Join(out, "connection.json"),
+				filepath.Join(rel, "chaincode", "server", "connection.json"),
+				filepath.Join(rel, "chaincode", "server"),
+			} {
+				info, err := os.Stat(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if info.Mode().Perm()&0o077 != 0 {
+					t.Fatalf("%s has mode %v; want no access for group or others", path, info.Mode().Perm())
+				}
+			}
 			_, err = os.Stat(filepath.Join(rel, "statedb", "couchdb", "indexes", "i.json"))
 			if tc.withIndex != (err == nil) {
 				t.Fatalf("state database index released = %v, want %v", err == nil, tc.withIndex)
