@@ -79,8 +79,9 @@ class OrgKeys:
         return f"{self.prefix}to-pay:{provider}"
 
     @property
-    def to_pay_pattern(self) -> str:
-        return f"{self.prefix}to-pay:*"
+    def paying(self) -> str:
+        """The providers an insurer has claims queued to pay for (a set)."""
+        return f"{self.prefix}to-pay"
 
     @property
     def remit_lock(self) -> str:

@@ -37,18 +37,27 @@ def payment_ref(provider: str, claim_ids: list[str]) -> str:
 
 def queue(ctx: OrgContext, claim: dict[str, Any]) -> None:
     """Put an adjudicated claim in its provider's queue for the next remittance (once: a repeat changes nothing)."""
-    ctx.redis.zadd(ctx.settings.keys.to_pay(claim["provider"]), {claim["claimId"]: time.time()}, nx=True)
+    keys = ctx.settings.keys
+    pipe = ctx.redis.pipeline()
+    pipe.zadd(keys.to_pay(claim["provider"]), {claim["claimId"]: time.time()}, nx=True)
+    pipe.sadd(keys.paying, claim["provider"])
+    pipe.execute()
 
 
 def due(ctx: OrgContext) -> list[str]:
     """Providers whose oldest queued claim waited a cycle, or whose queue is full."""
-    r, cycle = ctx.redis, ctx.settings.remittance
+    r, cycle, keys = ctx.redis, ctx.settings.remittance, ctx.settings.keys
     out = []
-    for key in r.scan_iter(match=ctx.settings.keys.to_pay_pattern):
-        name = key.decode() if isinstance(key, bytes) else str(key)
-        oldest = r.zrange(name, 0, 0, withscores=True)
-        if oldest and (time.time() - float(oldest[0][1]) >= cycle.cycle_seconds or r.zcard(name) >= cycle.max_claims):
-            out.append(name.rsplit(":", 1)[1])
+    for member in r.smembers(keys.paying):
+        provider = member.decode() if isinstance(member, bytes) else str(member)
+        oldest = r.zrange(keys.to_pay(provider), 0, 0, withscores=True)
+        if not oldest:
+            r.srem(keys.paying, provider)
+        elif (
+            time.time() - float(oldest[0][1]) >= cycle.cycle_seconds
+            or r.zcard(keys.to_pay(provider)) >= cycle.max_claims
+        ):
+            out.append(provider)
     return out
 
 

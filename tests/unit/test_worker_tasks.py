@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 import redis
 
 from consortium import topology as topo
+from ledger.claim_batches import ClaimBatches
 from ledger.contracts import Ledger
 from ledger.fake import FakeLedger
 from network import org_secrets, redis_server
@@ -61,6 +63,7 @@ def insurer(redis_topology: topo.Topology, tmp_path: Path) -> Iterator[tuple[Fak
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
+    redis.Redis.from_url(redis_topology.redis_admin_url).flushall()  # each test starts with the insurer's memory empty
     r = redis.Redis.from_url(redis_topology.redis_url_for("InsurerOrg"))
     ctx = context.OrgContext(
         WorkerSettings.load(redis_topology, "InsurerOrg"), records, r, httpx.Client(), httpx.Client(), loop
@@ -104,6 +107,7 @@ def adjudications(world: FakeLedger, claim_id: str) -> int:
 
 def test_a_covered_claim_is_adjudicated_once_and_paid_once(insurer: Any, tmp_path: Path) -> None:
     world, records, ctx = insurer
+    ctx.settings = replace(ctx.settings, remittance=replace(ctx.settings.remittance, mode="per-claim"))
     cover(ctx)
     claim = submit_claim(world, tmp_path, [("99213", 1, "100.00")])
     assert tasks.adjudicate.apply(args=[claim]).get() == "approved"
@@ -127,3 +131,45 @@ def test_a_claim_without_coverage_is_denied_with_carc_31(insurer: Any, tmp_path:
     response = json.loads(records.read("ClaimResponse", claim_response_id(claim["claimId"])).content)
     reasons = response["item"][0]["adjudication"][1]["reason"]["coding"]
     assert [c["code"] for c in reasons] == ["31"]
+
+
+def test_claims_filed_together_are_adjudicated_together_and_paid_in_one_remittance(
+    insurer: Any, tmp_path: Path
+) -> None:
+    world, records, ctx = insurer
+    cover(ctx)
+    hospital = records_of(world, tmp_path, "HospitalMSP")
+    hospital.ledger.claim_batches = ClaimBatches(hospital.ledger, window_s=0.05)
+
+    async def file_five() -> list[str]:
+        patient = {**fhir.PATIENTS[0], "id": "p1", "identifier": [{"system": fhir.MPI_SYSTEM, "value": MPI}]}
+        await hospital.transaction(
+            [fv.entry({"resource": patient, "request": {"method": "PUT", "url": "Patient/p1"}}, 0)]
+        )
+        claims = [
+            synthetic.claim("p1", "InsurerMSP", [(code, 1, "50.00")], "2026-11-02", "Coverage/c1")
+            for code in ("99213", "85025", "80053", "71046", "99214")
+        ]
+        entries = [fv.entry({"resource": c, "request": {"method": "POST", "url": "Claim"}}, 0) for c in claims]
+        written = await asyncio.gather(*(hospital.transaction([e]) for e in entries))
+        return [w.id for (w,) in written]
+
+    asyncio.run(file_five())
+    hospital.store.close()
+    (batch,) = [p for _, _, name, p in world.events if name == "Claims.SubmittedBatch"]  # one transaction, 5 claims
+    assert len(batch["claims"]) == 5
+    outcomes = tasks.adjudicate_batch.apply(args=[batch["claims"]]).get()
+    assert sorted(outcomes.values()) == ["approved"] * 3 + ["partial"] * 2  # 85025 and 80053 above the fee schedule
+    assert tasks.adjudicate_batch.apply(args=[batch["claims"]]).get() == outcomes  # a rerun changes nothing
+    assert [n for _, _, n, _ in world.events].count("Claims.AdjudicatedBatch") == 1
+    (adjudicated,) = [p for _, _, name, p in world.events if name == "Claims.AdjudicatedBatch"]
+    for claim in adjudicated["claims"]:
+        assert tasks.pay.apply(args=[{**claim, "eventBlock": 0}]).get() == "queued for the next remittance"
+    ctx.settings = replace(ctx.settings, remittance=replace(ctx.settings.remittance, cycle_seconds=0))
+    (ref,) = tasks.remit.apply().get()
+    assert tasks.remit.apply().get() == []  # nothing left to pay
+    (payment,) = [p for _, _, name, p in world.events if name == "Claims.PaidBatch"]
+    assert payment["paymentRef"] == ref and len(payment["lines"]) == 5
+    reconciliation = json.loads(records.read("PaymentReconciliation", ref).content)
+    assert len(reconciliation["detail"]) == 5
+    assert sum(d["amount"]["value"] for d in reconciliation["detail"]) == reconciliation["paymentAmount"]["value"]
