@@ -53,6 +53,8 @@ def due(ctx: OrgContext) -> list[str]:
         oldest = r.zrange(keys.to_pay(provider), 0, 0, withscores=True)
         if not oldest:
             r.srem(keys.paying, provider)
+            if r.zcard(queued):  # a claim was queued meanwhile: keep the provider listed
+                r.sadd(keys.paying, provider)
         elif (
             time.time() - float(oldest[0][1]) >= cycle.cycle_seconds
             or r.zcard(keys.to_pay(provider)) >= cycle.max_claims
