@@ -127,8 +127,19 @@ def for_ledger(claim: dict[str, Any], claim_id: str, patient: str, digest: str) 
         "totalCents": total,
         "digest": digest,
     }
+    if claim.get("use") == "preauthorization":  # a prior-authorisation request: due in 72 h (expedited) or 7 days
+        submission |= {"use": "preauthorization", "priority": preauth_priority(claim)}
     detail = {"claimId": claim_id, "lines": lines, "coverage": _coverage(claim), "salt": os.urandom(32).hex()}
     return ClaimForLedger(submission, detail)
+
+
+EXPEDITED = frozenset({"stat", "urgent"})  # Claim.priority codes (processpriority) a payer must answer within 72 h
+
+
+def preauth_priority(claim: dict[str, Any]) -> str:
+    """expedited or standard, from Claim.priority (http://terminology.hl7.org/CodeSystem/processpriority)."""
+    codes = {c.get("code") for c in (claim.get("priority") or {}).get("coding") or []}
+    return "expedited" if codes & EXPEDITED else "standard"
 
 
 def claim_response_id(claim_key: str) -> str:

@@ -50,15 +50,13 @@ def due(ctx: OrgContext) -> list[str]:
     out = []
     for member in r.smembers(keys.paying):
         provider = member.decode() if isinstance(member, bytes) else str(member)
-        oldest = r.zrange(keys.to_pay(provider), 0, 0, withscores=True)
+        queued = keys.to_pay(provider)
+        oldest = r.zrange(queued, 0, 0, withscores=True)
         if not oldest:
             r.srem(keys.paying, provider)
             if r.zcard(queued):  # a claim was queued meanwhile: keep the provider listed
                 r.sadd(keys.paying, provider)
-        elif (
-            time.time() - float(oldest[0][1]) >= cycle.cycle_seconds
-            or r.zcard(keys.to_pay(provider)) >= cycle.max_claims
-        ):
+        elif time.time() - float(oldest[0][1]) >= cycle.cycle_seconds or r.zcard(queued) >= cycle.max_claims:
             out.append(provider)
     return out
 

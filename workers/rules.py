@@ -41,6 +41,8 @@ class Rules:
     retention_seconds: int
     review_codes: frozenset[str] = frozenset()
     review_purpose: str = "HPAYMT"
+    preauth_pend: frozenset[str] = frozenset()  # codes a person decides on a prior-authorisation request
+    preauth_deny: dict[str, str] = field(default_factory=dict)  # code -> the specific reason it is denied with
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> Rules:
@@ -57,6 +59,8 @@ class Rules:
             retention_seconds=int(cfg.get("retention_days", 30)) * 86400,
             review_codes=frozenset(str(c) for c in (cfg.get("records_review") or {}).get("codes") or []),
             review_purpose=str((cfg.get("records_review") or {}).get("purpose", "HPAYMT")),
+            preauth_pend=frozenset(str(c) for c in (prior.get("requests") or {}).get("pend") or []),
+            preauth_deny={str(k): str(v) for k, v in ((prior.get("requests") or {}).get("deny") or {}).items()},
         )
 
     def needs_review(self, lines: list[dict[str, Any]]) -> bool:
@@ -170,3 +174,28 @@ def decide(
             continue
         decided.append(LineDecision(seq, "approved", billed))
     return Decision(decided)
+
+
+@dataclass(frozen=True)
+class PreauthDecision:
+    decision: str  # approved | denied | pended
+    reason: str  # a specific reason code for a denial (CARC-style), "" otherwise
+    note: str
+
+
+def decide_preauth(
+    rules: Rules, claim: dict[str, Any], lines: list[dict[str, Any]], coverages: list[dict[str, Any]]
+) -> PreauthDecision:
+    """A prior-authorisation request: denied with a specific reason (no coverage on the service date, out of
+    network, a code the insurer does not authorise), pended for a person (codes that need clinical review), or
+    approved. Every denial names its reason, as payers must."""
+    if (reason := _coverage_reason(coverages, str(claim["insurer"]), str(claim["serviceDate"]))) is not None:
+        return PreauthDecision("denied", reason, "no active coverage on the service date")
+    if rules.network_providers and claim["provider"] not in rules.network_providers:
+        return PreauthDecision("denied", OUT_OF_NETWORK, f"{claim['provider']} is not in network")
+    codes = [str(line["code"]) for line in lines]
+    if denied := [c for c in codes if c in rules.preauth_deny]:
+        return PreauthDecision("denied", rules.preauth_deny[denied[0]], f"code {denied[0]} is not authorised")
+    if pended := [c for c in codes if c in rules.preauth_pend]:
+        return PreauthDecision("pended", "", f"code {pended[0]} needs clinical review")
+    return PreauthDecision("approved", "", "authorised")
