@@ -16,7 +16,7 @@ from careledger.demo import demo
 from consortium.errors import NetworkError
 from gateway.cli import gateway
 from network.cli import network
-from workers.cli import worker
+from workers.cli import claims, worker
 
 DEBUG = "CARELEDGER_DEBUG"
 
@@ -45,6 +45,7 @@ def main() -> None:
 main.add_command(network)
 main.add_command(gateway)
 main.add_command(worker)
+main.add_command(claims)
 main.add_command(demo)
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ How the Claim names things the ledger needs:
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -140,6 +141,11 @@ def preauth_priority(claim: dict[str, Any]) -> str:
     """expedited or standard, from Claim.priority (http://terminology.hl7.org/CodeSystem/processpriority)."""
     codes = {c.get("code") for c in (claim.get("priority") or {}).get("coding") or []}
     return "expedited" if codes & EXPEDITED else "standard"
+
+
+def preauth_ref(claim_key: str) -> str:
+    """The authorisation number an approved request carries: derived from the request, so a rerun gives the same."""
+    return "PA-" + hashlib.sha256(claim_key.encode()).hexdigest()[:16].upper()
 
 
 def claim_response_id(claim_key: str) -> str:

@@ -46,7 +46,7 @@ def keep(ctx: OrgContext, resource: dict[str, Any], patient: str) -> bool:
     return ctx.run(ctx.records.keep(resource, patient))
 
 
-def _coverages(ctx: OrgContext, patient: str) -> list[dict[str, Any]]:
+def coverages_of(ctx: OrgContext, patient: str) -> list[dict[str, Any]]:
     _, found = ctx.records.store.search(Query("Coverage", patient=patient, count=500))
     return [json.loads(s.content) for s in found]
 
@@ -111,7 +111,7 @@ class Pending:
     decision: rules.Decision | None = None
 
 
-def _load(ctx: OrgContext, claim: dict[str, Any]) -> Pending | str:
+def load_lines(ctx: OrgContext, claim: dict[str, Any]) -> Pending | str:
     """The claim's lines, or a word saying why there is nothing to decide."""
     try:
         return Pending(claim, ctx.run(ctx.ledger.claim_lines(claim["claimId"]))["lines"])
@@ -134,7 +134,7 @@ def _decide(ctx: OrgContext, claims: list[Pending]) -> None:
             if q is not p and q.decision is not None and q.claim["patient"] == patient
             for line in q.lines
         ]
-        p.decision = rules.decide(ctx.settings.rules, p.claim, p.lines, _coverages(ctx, patient), history, disclosed)
+        p.decision = rules.decide(ctx.settings.rules, p.claim, p.lines, coverages_of(ctx, patient), history, disclosed)
 
 
 def _ledger_body(ctx: OrgContext, decision: rules.Decision) -> dict[str, Any]:
@@ -163,7 +163,7 @@ def adjudicate_one(ctx: OrgContext, claim: dict[str, Any]) -> str:
     """Decide one submitted claim and record it with Claims:Adjudicate, unless the chain has a decision already."""
     caught_up(ctx, claim)
     with member_locks(ctx, {claim["patient"]}):
-        loaded = _load(ctx, claim)
+        loaded = load_lines(ctx, claim)
         if isinstance(loaded, str):
             return loaded
         _decide(ctx, [loaded])
@@ -189,7 +189,7 @@ def adjudicate_batch(ctx: OrgContext, claims: list[dict[str, Any]]) -> dict[str,
     with member_locks(ctx, {c["patient"] for c in claims}):
         loaded: list[Pending] = []
         for claim in claims:
-            found = _load(ctx, claim)
+            found = load_lines(ctx, claim)
             if isinstance(found, str):
                 outcomes[claim["claimId"]] = found
             else:

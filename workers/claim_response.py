@@ -152,3 +152,24 @@ def remittance(payment: dict[str, Any], created: str) -> dict[str, Any]:
             for line in payment["lines"]
         ],
     }
+
+
+PREAUTH_DUE = "urn:careledger:preauth-due"  # when the payer's decision was (or is) due, by the request's priority
+
+
+def preauth(claim: dict[str, Any]) -> dict[str, Any]:
+    """The ClaimResponse to a prior-authorisation request, as the chain has it: queued while pended or under
+    appeal, complete once decided (approved with its authorisation number, or denied with its reason)."""
+    decided = claim["status"] == "decided"
+    response = _common(claim, str(claim.get("decidedAt") or claim["submittedAt"])[:19] + "Z") | {
+        "use": "preauthorization",
+        "outcome": "complete" if decided else "queued",
+        "extension": [{"url": PREAUTH_DUE, "valueDateTime": str(claim.get("dueAt") or "")[:19] + "Z"}],
+    }
+    if not decided:
+        return response | {"disposition": f"{claim['status']}: a decision is due by {claim.get('dueAt', '')[:19]}Z"}
+    approved = claim.get("outcome") == "approved"
+    if approved:
+        return response | {"disposition": "approved", "preAuthRef": str(claim.get("preAuthRef") or "")}
+    reason = {"coding": [{"system": CARC_SYSTEM, "code": str(claim.get("denialReason") or "")}]}
+    return response | {"disposition": "denied", "error": [{"code": reason}]}

@@ -3,15 +3,21 @@ under supervisord (consortium/supervision.py), which restarts one that dies."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+from datetime import UTC, datetime
+from typing import Any
 
 import click
 
-from consortium import logs, readiness
+from consortium import connect, logs, readiness
 from consortium import topology as topo
 from consortium.supervision import Program, Supervised, program_env
 from consortium.topology import Topology
+from ledger.contracts import Ledger
+from ledger.transport import FabricTransport
+from workers import preauth_metrics
 from workers.settings import WorkerSettings
 
 WORKER_THREADS = 48  # tasks wait on the ledger and HTTP, not the CPU
@@ -113,3 +119,38 @@ def stop_command(orgs: tuple[str, ...]) -> None:
         for proc in (listener_process(t, org), worker_process(t, org)):
             if proc.stop(timeout=30):
                 click.echo(f"stopped {proc.name}")
+
+
+@click.group()
+def claims() -> None:
+    """Claims figures read from the chain."""
+
+
+@claims.command(name="pa-metrics")
+@click.option("--org", required=True, help="the insurer, e.g. InsurerOrg")
+@click.option("--since", default="1970-01-01T00:00:00Z", show_default=True, help="submitted from (RFC 3339)")
+@click.option("--until", default="9999-12-31T23:59:59Z", show_default=True, help="submitted before (RFC 3339)")
+def pa_metrics(org: str, since: str, until: str) -> None:
+    """Prior-authorisation figures the insurer must publish: approved, denied, approved after appeal, and the
+    average and median time to a decision, expedited and standard."""
+    t = topo.load()
+    insurer = t.org(org)
+    readiness.require_peer(t, insurer)
+
+    async def read() -> list[dict[str, Any]]:
+        async with connect.async_gateway(t, insurer) as gw:
+            ledger = Ledger(FabricTransport(gw, t.chaincode_name))
+            return await ledger.preauths(insurer.msp_id, since, until)
+
+    rows = preauth_metrics.figures(asyncio.run(read()), datetime.now(UTC))
+    click.echo(f"prior authorisation, {insurer.msp_id}, submitted {since} to {until}")
+    heads = ("requests", "approved", "denied", "appeal ok", "open", "late", "mean h", "median h")
+    widths = (8, 8, 7, 9, 5, 5, 8, 9)
+    click.echo(f"  {'priority':10} " + " ".join(f"{h:>{w}}" for h, w in zip(heads, widths, strict=True)))
+    for r in rows:
+        mean = f"{r.mean_hours:8.2f}" if r.mean_hours is not None else f"{'-':>8}"
+        median = f"{r.median_hours:9.2f}" if r.median_hours is not None else f"{'-':>9}"
+        click.echo(
+            f"  {r.priority:10} {r.requests:8} {r.approved:8} {r.denied:7} {r.approved_after_appeal:9}"
+            f" {r.undecided:5} {r.late:5} {mean} {median}"
+        )

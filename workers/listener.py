@@ -84,6 +84,14 @@ def tasks_for(msp: str, event: str, tx_id: str, claim: dict[str, Any]) -> list[D
             out.append(Dispatch("careledger.pay", [claim], f"{key}:pay"))
         if provider:
             out.append(Dispatch("careledger.fetch_claim_response", [claim, f"{key}:notify"], f"{key}:fetch"))
+    elif event in ("Claims.PreauthSubmitted", "Claims.PreauthAppealed") and insurer:
+        out.append(Dispatch("careledger.decide_preauth", [claim], f"{key}:decide"))
+        out.append(Dispatch("careledger.notify", [event, claim, f"{key}:notify"], f"{key}:notify"))
+    elif event == "Claims.PreauthDecided":
+        if insurer:  # a decision a person recorded through the gateway: keep its ClaimResponse
+            out.append(Dispatch("careledger.keep_preauth", [claim], f"{key}:keep"))
+        if provider:
+            out.append(Dispatch("careledger.fetch_claim_response", [claim, f"{key}:notify"], f"{key}:fetch"))
     elif (event == "Claims.Paid" and provider) or (event == "Claims.Cancelled" and insurer):
         out.append(Dispatch("careledger.notify", [event, claim, f"{key}:notify"], f"{key}:notify"))
     return out

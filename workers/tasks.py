@@ -28,7 +28,7 @@ from celery.signals import task_postrun
 from fabric_gateway import FabricError
 from ledger.contracts import CLAIMS
 from ledger.errors import LedgerConflict, LedgerNotFound
-from workers import adjudication, claim_response, outbox, remittance
+from workers import adjudication, claim_response, outbox, preauth, remittance
 from workers.adjudication import NotYetAvailable, caught_up, keep
 from workers.app import app
 from workers.context import current
@@ -66,6 +66,26 @@ def adjudicate_batch(self: Any, claims: list[dict[str, Any]]) -> dict[str, str]:
         return adjudication.adjudicate_batch(ctx, ours)
     except NotYetAvailable:
         raise self.retry(countdown=min(0.1 * 2**self.request.retries, 0.5), max_retries=240) from None
+
+
+@app.task(bind=True, name="careledger.decide_preauth", max_retries=8, **RETRY)
+def decide_preauth(self: Any, claim: dict[str, Any]) -> str:
+    """Decide a prior-authorisation request (new or appealed) by the rules and record the decision on chain."""
+    ctx = current()
+    if claim["insurer"] != ctx.settings.org.msp_id or ctx.settings.rules is None:
+        return "not ours"
+    try:
+        return preauth.decide(ctx, claim)
+    except NotYetAvailable:
+        raise self.retry(countdown=min(0.1 * 2**self.request.retries, 0.5), max_retries=240) from None
+
+
+@app.task(bind=True, name="careledger.keep_preauth", max_retries=8, **RETRY)
+def keep_preauth(self: Any, claim: dict[str, Any]) -> str:
+    """Keep the ClaimResponse to a request a person decided (the decision is on chain already)."""
+    ctx = current()
+    caught_up(ctx, claim)
+    return preauth.answer(ctx, ctx.run(ctx.ledger.claim(claim["claimId"])))
 
 
 @app.task(bind=True, name="careledger.pay", max_retries=8, **RETRY)
@@ -131,15 +151,16 @@ def fetch_claim_response(self: Any, claim: dict[str, Any], delivery_id: str) -> 
     local = ctx.records.by_ledger_key("Claim", claim["claimId"])
     if local is None:
         return "not a claim held here"  # its patient was erased since
+    if claim.get("status") == "decided" and r.json().get("outcome") == "queued":  # the insurer is still keeping it
+        raise self.retry(countdown=0.1 * 2**self.request.retries, max_retries=10)
     # Kept as ClaimResponse/<the provider's own Claim id>, pointing at that Claim, so the EHR finds it by its id.
     response = {**r.json(), "id": local.id, "request": {"reference": f"Claim/{local.id}"}}
     response.pop("meta", None)
     keep(ctx, response, local.patient)
     summary = {**claim, "claim": f"Claim/{local.id}", "claimResponse": f"ClaimResponse/{local.id}"}
     msp, queue = ctx.settings.org.msp_id, ctx.settings.queue
-    outbox.publish(
-        ctx.redis, msp, queue, "careledger.notify", ["Claims.Adjudicated", summary, delivery_id], delivery_id
-    )
+    event = "Claims.PreauthDecided" if claim.get("use") == "preauthorization" else "Claims.Adjudicated"
+    outbox.publish(ctx.redis, msp, queue, "careledger.notify", [event, summary, delivery_id], delivery_id)
     return "kept"
 
 
