@@ -56,7 +56,7 @@ class Rules:
             prior_auth_codes=frozenset(str(c) for c in prior.get("codes") or []),
             prior_auth_action=action,
             duplicate_window_days=int((cfg.get("duplicates") or {}).get("window_days", 0)),
-            retention_seconds=int(cfg.get("retention_days", 30)) * 86400,
+            retention_seconds=int(cfg.get("retention_seconds") or int(cfg.get("retention_days", 30)) * 86400),
             review_codes=frozenset(str(c) for c in (cfg.get("records_review") or {}).get("codes") or []),
             review_purpose=str((cfg.get("records_review") or {}).get("purpose", "HPAYMT")),
             preauth_pend=frozenset(str(c) for c in (prior.get("requests") or {}).get("pend") or []),

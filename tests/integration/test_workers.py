@@ -10,10 +10,13 @@ import hmac
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -100,6 +103,9 @@ def workers(
         secret = SECRETS.get(org, b"unused").decode()
         cfg["webhook"] = {"url": f"{url}/{org}" if org in SECRETS else "", "secret": secret,
                           "max_attempts": 6, "backoff_seconds": 0.2}  # fmt: skip
+        if "adjudication" in cfg:  # claim lines purgeable seconds after adjudication, and purged every 2 s
+            cfg["adjudication"]["retention_seconds"] = RETENTION_S
+            cfg["remittance"] = {**cfg.get("remittance", {}), "purge_every_seconds": 2}
         (config_dir / f"{org}.yaml").write_text(yaml.safe_dump(cfg))
     saved = {
         k: os.environ.get(k)
@@ -143,6 +149,7 @@ def enrol(hospital: GatewayHttp, insurer: GatewayHttp, covered: bool = True) -> 
 
 
 TODAY = datetime.date.today().isoformat()
+RETENTION_S = 20  # how long the insurer keeps claim lines after adjudication, in these tests
 
 
 LOCAL_IDS: dict[str, str] = {}  # claim key on chain -> the hospital's own Claim id
@@ -275,6 +282,35 @@ def claim_status(gw: Gateway, claim_id: str) -> str:
     )
 
 
+def adjudicated_in(event: str, payload: dict[str, Any]) -> list[str]:
+    """The claims an event adjudicated: one (Claims.Adjudicated) or many (Claims.AdjudicatedBatch)."""
+    if event == "Claims.Adjudicated":
+        return [payload["claimId"]]
+    if event == "Claims.AdjudicatedBatch":
+        return [c["claimId"] for c in payload["claims"]]
+    return []
+
+
+def chain_events(gw: Gateway, wanted: Callable[[str, dict[str, Any]], bool], timeout: float) -> list[Any]:
+    """Claims events from block 0 on until one is wanted (event name, payload); returns the (name, payload) pairs
+    read up to and including it."""
+    found: list[Any] = []
+    stream = gw.network("claims").chaincode_events("careledger", start_block=0)
+    timer = threading.Timer(timeout, stream.close)
+    timer.start()
+    try:
+        for e in stream:
+            found.append((e.name, json.loads(e.payload)))
+            if wanted(e.name, found[-1][1]):
+                return found
+    except Exception:
+        pass
+    finally:
+        timer.cancel()
+        stream.close()
+    raise AssertionError(f"no wanted event within {timeout}s")
+
+
 def adjudications(gw: Gateway, claim_ids: set[str], expected: int, timeout: float) -> Counter[str]:
     """Count Claims.Adjudicated events of these claims in the whole chain, waiting until `expected` have shown up
     (and a little longer, so a duplicate would show up too). A broken event stream resumes where it stopped."""
@@ -292,8 +328,9 @@ def adjudications(gw: Gateway, claim_ids: set[str], expected: int, timeout: floa
             streams.append(stream)
             try:
                 for e in stream:
-                    if e.name == "Claims.Adjudicated" and (cid := json.loads(e.payload)["claimId"]) in claim_ids:
-                        seen[cid] += 1
+                    for cid in adjudicated_in(e.name, json.loads(e.payload)):
+                        if cid in claim_ids:
+                            seen[cid] += 1
                     position.save(after_event(e))
             except Exception:
                 time.sleep(0.2)  # closed by us, or broken: resume from the position unless stopping
@@ -366,6 +403,96 @@ def test_a_task_whose_message_was_lost_is_sent_again_from_the_outbox(workers: To
 
 
 # ----- Redis users -------------------------------------------------------------------------------------------
+
+
+def test_claims_filed_together_are_submitted_adjudicated_and_paid_in_batches(
+    workers: Topology, gateways: dict[str, GatewayHttp], gateway_as: Callable[..., Gateway]
+) -> None:
+    """Concurrent POSTs at the hospital go on chain in one Claims:SubmitBatch; the insurer adjudicates the batch in
+    one transaction and pays the hospital's claims in one remittance, whose PaymentReconciliation reaches the
+    hospital with one detail per claim."""
+    hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
+    member = enrol(hospital, insurer)
+    codes = [f"7{n:04d}" for n in range(8)]
+    with ThreadPoolExecutor(len(codes)) as pool:
+        keys = list(pool.map(lambda code: submit(hospital, member, [(code, 1, "40.00")]), codes))
+    events = chain_events(
+        gateway_as("HospitalOrg"),
+        lambda name, p: name == "Claims.PaidBatch" and set(keys) <= {x["claimId"] for x in p["lines"]},
+        timeout=60,
+    )
+    batches = [
+        p for name, p in events if name == "Claims.SubmittedBatch" and {c["claimId"] for c in p["claims"]} & set(keys)
+    ]
+    assert batches and max(len(b["claims"]) for b in batches) > 1, "concurrent claims were not batched"
+    assert sum(1 for name, p in events if set(adjudicated_in(name, p)) & set(keys) and name.endswith("Batch")) >= 1
+    payment = events[-1][1]
+    assert payment["totalCents"] == sum(x["amountCents"] for x in payment["lines"])
+    ref = payment["paymentRef"]
+    kept = wait_for(lambda: hospital.get(f"/PaymentReconciliation/{ref}").status_code == 200, 20, "the remittance")
+    assert kept
+    reconciliation = hospital.get(f"/PaymentReconciliation/{ref}").json()
+    assert {d["identifier"]["value"] for d in reconciliation["detail"]} >= set(keys)
+    assert all(claim_response(hospital, k) is not None for k in keys)
+
+
+def test_prior_authorisation_is_decided_by_rules_or_by_a_person(
+    workers: Topology, gateways: dict[str, GatewayHttp]
+) -> None:
+    hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
+    member = enrol(hospital, insurer)
+
+    def request(code: str, priority: str) -> dict[str, Any]:
+        claim = synthetic.claim(member.patient_id, "InsurerMSP", [(code, 1, "900.00")], TODAY, "Coverage/test")
+        claim |= {"use": "preauthorization", "priority": {"coding": [{"code": priority}]}}
+        r = hospital.post(
+            "/Claim/$submit", {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": claim}]}
+        )
+        assert r.status_code == 201, r.text
+        return dict(r.json()["entry"][0]["resource"])
+
+    approved = request("70553", "stat")  # authorised by the rules at once
+    assert approved["outcome"] == "complete" and approved["preAuthRef"].startswith("PA-")
+    pended = request("27447", "normal")  # needs a person
+    assert pended["outcome"] == "queued"
+    claim_id = pended["request"]["reference"].split("/")[1]
+    key = claim_key(hospital.get(f"/Claim/{claim_id}").json())
+    decide = {"resourceType": "Parameters", "parameter": [{"name": "decision", "valueCode": "denied"},
+                                                          {"name": "reason", "valueCode": "50"}]}  # fmt: skip
+    wait_for(lambda: insurer.get(f"/ClaimResponse/{key}").status_code == 200, 20, "the pended response at the insurer")
+    r = insurer.post(f"/ClaimResponse/{key}/$decide", decide)
+    assert r.status_code == 200, r.text
+    decided = wait_for(
+        lambda: (c := hospital.get(f"/ClaimResponse/{claim_id}").json()).get("outcome") == "complete" and c,
+        30,
+        "the person's decision at the hospital",
+    )
+    assert decided["error"][0]["code"]["coding"][0]["code"] == "50"
+    metrics = subprocess.run(
+        [sys.executable, "-m", "careledger.cli", "claims", "pa-metrics", "--org", "InsurerOrg"],
+        env={**os.environ, "CARELEDGER_HOME": str(workers.home), "CARELEDGER_PORT_BASE": str(workers.port_base)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert metrics.returncode == 0, metrics.stderr
+    row = next(line.split() for line in metrics.stdout.splitlines() if line.strip().startswith("all"))
+    assert int(row[1]) >= 2 and int(row[2]) >= 1 and int(row[3]) >= 1  # requests, approved, denied
+
+
+def test_claim_lines_are_purged_when_their_retention_passes(
+    workers: Topology, gateways: dict[str, GatewayHttp], gateway_as: Callable[..., Gateway]
+) -> None:
+    hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
+    key = submit(hospital, enrol(hospital, insurer), [("99213", 1, "80.00")])
+    wait_for(lambda: claim_response(hospital, key), 20, "the ClaimResponse")
+    events = chain_events(
+        gateway_as("InsurerOrg"), lambda name, p: name == "Claims.LinesPurged" and p["claimId"] == key, RETENTION_S + 60
+    )
+    assert events
+    for org in ("HospitalOrg", "InsurerOrg"):  # gone from both parties' peers; the public summary stays
+        contract = gateway_as(org).network("claims").contract("careledger")
+        with pytest.raises(Exception, match="purged"):
+            contract.evaluate("Claims:Lines", args=[key])
+        assert json.loads(contract.evaluate("Claims:Get", args=[key]))["linesPurged"] is True
 
 
 def test_an_org_reaches_only_its_own_redis_keys(workers: Topology) -> None:
