@@ -10,18 +10,28 @@
 | Fabric timeouts | 504 with Retry-After | timeout |
 | ledger refusals CONFLICT / FORBIDDEN / NOT_FOUND / INVALID_ARGUMENT | 409 / 403 / 404 / 422 | |
 | a write that kept losing read races, an unreachable peer | 503 with Retry-After | transient |
+| a member peer or the chaincode server down (policy unmet, chaincode unreachable) | 503 with Retry-After | transient |
 | any other Fabric failure | 502 | exception |
 | a stored ciphertext that fails authentication | 500 | exception |
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from fabric_gateway import CommitError, EndorseError, FabricError, GatewayTimeout, GatewayUnavailable
+from fabric_gateway import (
+    CommitError,
+    EndorseError,
+    EvaluateError,
+    FabricError,
+    GatewayError,
+    GatewayTimeout,
+    GatewayUnavailable,
+)
 from fabric_gateway.retry import is_read_race
 from ledger.errors import LedgerConflict, LedgerForbidden, LedgerInvalid, LedgerNotFound, LedgerRefused
 from records.errors import (
@@ -94,6 +104,19 @@ KNOWN_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+# What endorsing peers answer when they cannot reach another peer or the chaincode server (Fabric's own wording).
+_UNREACHABLE = re.compile(r"code = Unavailable|could not launch chaincode|connection refused", re.IGNORECASE)
+
+
+def unreachable(err: GatewayError) -> bool:
+    """The ledger could not run the call because something it needs is down, not because of the call: no set of live
+    peers meets the endorsement policy (a member's peer is down), or a peer could not reach another peer or the
+    chaincode server. Nothing was written, and the same request succeeds once they are back."""
+    if err.stage == "endorse" and err.code == "FAILED_PRECONDITION":  # no combination of peers meets the policy
+        return True
+    return any(_UNREACHABLE.search(d.message) for d in err.details)
+
+
 def problem(err: Exception) -> tuple[int, dict[str, Any]] | None:
     """The status and OperationOutcome for an error the gateway knows, or None for a bug (500 upstream)."""
     if isinstance(err, FhirInvalid):
@@ -113,6 +136,8 @@ def problem(err: Exception) -> tuple[int, dict[str, Any]] | None:
     if isinstance(err, (CommitError, EndorseError)) and is_read_race(err):
         # Concurrent writes to the same records kept winning, even after retries: nothing was written; try again.
         return 503, operation_outcome([Issue("transient", "", f"busy, nothing was written; retry: {err}")])
+    if isinstance(err, (EndorseError, EvaluateError)) and unreachable(err):
+        return 503, operation_outcome([Issue("transient", "", f"the ledger is unavailable now, retry: {err}")])
     for cls, status, code in _STATUS:
         if isinstance(err, cls):
             text = err.message if isinstance(err, LedgerRefused) else str(err)

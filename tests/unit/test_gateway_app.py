@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fabric_gateway import CommitStatusUnavailable
+from fabric_gateway import CommitStatusUnavailable, EndorseError, ErrorDetail
 from ledger.errors import LedgerConflict
 from records import synthetic
 from records.store import Query
@@ -134,5 +134,59 @@ def test_bodies_must_be_fhir_json_and_answers_are_fhir_json(gw: Gateway) -> None
         assert (await g.get("/fhir/Patient", Accept="application/fhir+xml")).status_code == 406
         assert (await g.get("/fhir/Patient", Accept="application/fhir+json")).status_code == 200
         assert (await g.get("/fhir/Patient", Accept="*/*")).status_code == 200
+
+    gw.run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        # A member's peer is down: no set of live peers meets the endorsement policy.
+        (
+            EndorseError(
+                "FAILED_PRECONDITION",
+                "no combination of peers can be derived which satisfy the endorsement"
+                " policy: no peer combination can satisfy the endorsement policy",
+            ),
+            503,
+        ),
+        # An endorser went away during the call.
+        (
+            EndorseError(
+                "ABORTED",
+                "failed to collect enough transaction endorsements, see attached details for more info",
+                (ErrorDetail("127.0.0.1:7120", "InsurerMSP", "rpc error: code = Unavailable desc = error reading"),),
+            ),
+            503,
+        ),
+        # The chaincode server is down.
+        (
+            EndorseError(
+                "ABORTED",
+                "failed to endorse transaction, see attached details for more info",
+                (
+                    ErrorDetail(
+                        "127.0.0.1:7100",
+                        "HospitalMSP",
+                        "error in simulation: failed to execute transaction 1f: could not launch chaincode cc_1:ab:"
+                        " connection to 127.0.0.1:7200 failed",
+                    ),
+                ),
+            ),
+            503,
+        ),
+        # Anything else the ledger fails with is still a bad gateway.
+        (EndorseError("ABORTED", "failed", (ErrorDetail("p", "HospitalMSP", "chaincode response 500, panic"),)), 502),
+    ],
+)
+def test_a_ledger_that_cannot_endorse_now_is_unavailable_not_a_bad_gateway(
+    gw: Gateway, error: Exception, status: int
+) -> None:
+    async def scenario(g: Gateway) -> None:
+        g.world.fail_next("Records:Register", error)
+        r = await g.post("/fhir", synthetic.Synthetic.seeded(8).transaction(2))
+        assert r.status_code == status, r.text
+        assert ("retry-after" in r.headers) == (status == 503)
+        assert g.rows() == 0
 
     gw.run(scenario)
