@@ -17,7 +17,7 @@ from typing import Any
 
 from fabric_gateway import NotCommitted
 from ledger.contracts import Ledger
-from ledger.transport import OutcomeUnknown
+from ledger.transport import OutcomeUnknown, Prepared
 from records import digests
 from records.errors import (
     FhirInvalid,
@@ -99,7 +99,7 @@ class Records:
         self.custodian = custodian
         self.pending = pending if pending is not None else PendingInMemory()
         self._conditional_writes = asyncio.Lock()
-        self._in_flight: set[str] = set()  # batches this process is writing now: not the reconciler's
+        self._in_flight: dict[str, asyncio.Event] = {}  # batches this process is writing now (set when done)
 
     @classmethod
     def open(cls, settings: CustodianSettings, ledger: Ledger) -> Records:
@@ -145,24 +145,22 @@ class Records:
         LedgerRefused or a Fabric error. Conditional entries (ifNoneExist, ifMatch, ifNoneMatch) are decided and
         written under one lock, so concurrent requests cannot both create what only one may.
         `compartment`: the one patient (pseudonym) the request may write for, when it is limited to one.
-        `request`: the request's key (its content, or the client's Idempotency-Key): a request answered "still
-        pending" and sent again gets the first one's result once it settles, and is never written twice."""
+        `request`: the request's key (its content, or the client's Idempotency-Key). From the moment its signed
+        transaction is kept until its outcome is definite, the same request sent again (after a 503, a timeout, a
+        gateway that died) gets the first one's result once it settles, and is never written twice."""
         if not entries:
             return []
         if request is not None and (earlier := await self._earlier(request)) is not None:
             return earlier
-        try:
-            return await self._transaction_once(entries, compartment)
-        except StillPending as e:
-            if request is not None:
-                self.pending.remember(request, e.batch)
-            raise
+        return await self._transaction_once(entries, compartment, request)
 
     async def _earlier(self, request: str) -> list[Written] | None:
-        """The result of the same request answered "still pending" before: settled now, or still pending."""
+        """The result of the same request sent before and not answered for sure: settled now, or still pending."""
         batch = self.pending.batch_of(request)
         if batch is None:
             return None
+        if (writing := self._in_flight.get(batch)) is not None:  # the first one is still being written here
+            await writing.wait()
         rows = self.store.batch_rows(batch)
         committed = bool(rows) and self.store.read(*rows[0]) is not None  # committed rows are readable
         if not committed:
@@ -175,12 +173,14 @@ class Records:
             return None  # it did not commit: this request writes anew
         return [Written.of(self.read(rtype, rid, version)) for rtype, rid, version in rows]
 
-    async def _transaction_once(self, entries: list[Entry], compartment: str | None) -> list[Written]:
+    async def _transaction_once(
+        self, entries: list[Entry], compartment: str | None, request: str | None = None
+    ) -> list[Written]:
         conditional = any(e.if_none_exist or e.if_match or e.if_none_match for e in entries)
         if not conditional:
-            return await self._transaction(entries, {}, compartment)
+            return await self._transaction(entries, {}, compartment, request)
         async with self._conditional_writes:
-            return await self._transaction(entries, self._existing(entries), compartment)
+            return await self._transaction(entries, self._existing(entries), compartment, request)
 
     def _existing(self, entries: list[Entry]) -> dict[int, Stored]:
         """The conditional entries that find what they ask for, by entry index; PreconditionFailed when one fails."""
@@ -204,7 +204,7 @@ class Records:
         return found
 
     async def _transaction(
-        self, entries: list[Entry], existing: dict[int, Stored], compartment: str | None
+        self, entries: list[Entry], existing: dict[int, Stored], compartment: str | None, request: str | None = None
     ) -> list[Written]:
         to_write = [e for e in entries if e.index not in existing]
         by_index = {e.index: e for e in entries}
@@ -220,7 +220,7 @@ class Records:
             targets |= {url: f"{s.type}/{s.id}" for url, s in known.items()}
             resources = [_rewrite_references(e.resource, targets) for e in to_write]
             versions = [(*ids[e.index], patients[e.index]) for e in to_write]
-            done = await self._write(route, resources, versions)
+            done = await self._write(route, resources, versions, request)
             written |= {e.index: w for e, w in zip(to_write, done, strict=True)}
         return [written[e.index] for e in entries]
 
@@ -241,10 +241,15 @@ class Records:
         return True
 
     async def _write(
-        self, route: Route, resources: list[dict[str, Any]], versions: list[tuple[str, str, int, str]]
+        self,
+        route: Route,
+        resources: list[dict[str, Any]],
+        versions: list[tuple[str, str, int, str]],
+        request: str | None = None,
     ) -> list[Written]:
         """The one write path: version and stamp each resource, stage its encrypted row, register the write on
-        chain (unless the route keeps it here only), then commit the rows, or discard them when the ledger refuses."""
+        chain (unless the route keeps it here only), then commit the rows, or discard them when the ledger refuses.
+        `request`: the key of the request it answers, remembered with the signed transaction (see `transaction`)."""
         stamp = now_instant()
         rows: list[Row] = []
         entries: list[dict[str, Any]] = []
@@ -275,7 +280,7 @@ class Records:
         if submit is None:
             self.store.commit(batch, "")
         else:
-            await self._settle(batch, submit)
+            await self._settle(batch, submit, request)
         return written
 
     def _route(self, entries: list[Entry]) -> Route:
@@ -350,22 +355,33 @@ class Records:
                 )
         return out
 
-    async def _settle(self, batch: str, submit: LedgerCall) -> None:
-        """Send the write's ledger transaction, keeping it signed first; commit the rows when it is valid, discard
-        them when it is not; keep them pending when the outcome is still unknown (the reconciler settles it)."""
-        self._in_flight.add(batch)
+    async def _settle(self, batch: str, submit: LedgerCall, request: str | None = None) -> None:
+        """Send the write's ledger transaction, keeping it signed first (and which request it answers); commit the
+        rows when it is valid, discard them when it is not; keep them pending when the outcome is still unknown (the
+        reconciler settles it, and the request sent again finds it)."""
+        self._in_flight[batch] = asyncio.Event()
+
+        def keep(prepared: Prepared) -> None:
+            self.pending.save(batch, prepared)
+            if request is not None:  # before it is sent: whatever happens next, a retry finds this write
+                self.pending.remember(request, batch)
+
         try:
-            committed = await submit(lambda prepared: self.pending.save(batch, prepared))
+            committed = await submit(keep)
         except OutcomeUnknown:
             raise StillPending(batch) from None
         except BaseException:
             self.store.discard(batch)
             self.pending.remove(batch)
+            if request is not None:
+                self.pending.forget(request)
             raise
         finally:
-            self._in_flight.discard(batch)
+            self._in_flight.pop(batch).set()
         self.store.commit(batch, committed.tx_id)
         self.pending.remove(batch)
+        if request is not None:
+            self.pending.forget(request)  # answered: the same content sent again is a new write, as in FHIR
 
     async def reconcile_pending(self, grace_s: float = 120.0) -> dict[str, int]:
         """Settle every pending batch this process is not writing now: those with a kept transaction at once, those

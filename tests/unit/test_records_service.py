@@ -115,6 +115,23 @@ def test_an_unknown_outcome_is_kept_pending_and_settled_by_sending_the_same_tran
     }
 
 
+def test_a_request_is_remembered_from_the_moment_its_transaction_is_sent(world: FakeLedger, hospital: Records) -> None:
+    """A gateway that dies while the write is on its way leaves the request remembered with the kept transaction,
+    so the client's retry (same body or Idempotency-Key) settles that write instead of writing a second one."""
+    seen: list[str | None] = []
+    register = world.handlers["Records:Register"]
+
+    def watched(call: Any) -> Any:
+        seen.append(hospital.pending.batch_of("req2"))
+        return register(call)
+
+    world.handlers["Records:Register"] = watched
+    run(hospital.transaction(entries(visit(2)), request="req2"))
+    (batch,) = seen
+    assert batch is not None, "the request was not remembered while its transaction was sent"
+    assert hospital.pending.batch_of("req2") is None  # answered: the same content again is a new write
+
+
 def test_the_reconciler_settles_what_an_unknown_outcome_left_pending(world: FakeLedger, hospital: Records) -> None:
     world.fail_next("Records:Register", CommitStatusUnavailable("UNAVAILABLE", "peer gone"), committed=True)
     world.fail_next("Records:Register", CommitStatusUnavailable("UNAVAILABLE", "still gone"))
