@@ -11,11 +11,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from consortium.secrets import private_dir
 from ledger.transport import Prepared
+
+Version = tuple[str, str, int]  # (type, id, version)
+
+
+@dataclass(frozen=True)
+class Remembered:
+    """A request whose write was sent: its staged batch, and the versions it answers with, in the request's entry
+    order (None when not known: the batch's own rows are the answer)."""
+
+    batch: str
+    answer: tuple[Version, ...] | None = None
 
 
 class PendingTransactions(Protocol):
@@ -25,11 +37,12 @@ class PendingTransactions(Protocol):
 
     def remove(self, batch: str) -> None: ...
 
-    def remember(self, request: str, batch: str) -> None:
-        """A request answered "pending": its retry must find this batch, not write again."""
+    def remember(self, request: str, batch: str, answer: tuple[Version, ...] | None = None) -> None:
+        """A request whose write was sent: its retry must find this batch (and answer with these versions), not
+        write again."""
         ...
 
-    def batch_of(self, request: str) -> str | None: ...
+    def remembered(self, request: str) -> Remembered | None: ...
 
     def forget(self, request: str) -> None: ...
 
@@ -39,12 +52,12 @@ class PendingInMemory:
 
     def __init__(self) -> None:
         self._kept: dict[str, Prepared] = {}
-        self._requests: dict[str, str] = {}
+        self._requests: dict[str, Remembered] = {}
 
-    def remember(self, request: str, batch: str) -> None:
-        self._requests[request] = batch
+    def remember(self, request: str, batch: str, answer: tuple[Version, ...] | None = None) -> None:
+        self._requests[request] = Remembered(batch, answer)
 
-    def batch_of(self, request: str) -> str | None:
+    def remembered(self, request: str) -> Remembered | None:
         return self._requests.get(request)
 
     def forget(self, request: str) -> None:
@@ -72,14 +85,21 @@ class PendingFiles:
             raise ValueError(f"not a batch or request id: {batch!r}")
         return self.folder / f"{batch}{suffix}"
 
-    def remember(self, request: str, batch: str) -> None:
-        self._path(request, ".req").write_text(batch)
+    def remember(self, request: str, batch: str, answer: tuple[Version, ...] | None = None) -> None:
+        record = {"batch": batch, "answer": [list(v) for v in answer] if answer is not None else None}
+        self._path(request, ".req").write_text(json.dumps(record))
 
-    def batch_of(self, request: str) -> str | None:
+    def remembered(self, request: str) -> Remembered | None:
         try:
-            return self._path(request, ".req").read_text().strip() or None
+            text = self._path(request, ".req").read_text().strip()
         except FileNotFoundError:
             return None
+        if not text.startswith("{"):  # written before answers were kept: the batch id alone
+            return Remembered(text) if text else None
+        record = json.loads(text)
+        answer = record.get("answer")
+        versions = tuple((str(t), str(i), int(v)) for t, i, v in answer) if answer is not None else None
+        return Remembered(str(record["batch"]), versions)
 
     def forget(self, request: str) -> None:
         with contextlib.suppress(FileNotFoundError):

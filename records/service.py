@@ -29,7 +29,7 @@ from records.errors import (
     StillPending,
     VersionTaken,
 )
-from records.pending import PendingFiles, PendingInMemory, PendingTransactions
+from records.pending import PendingFiles, PendingInMemory, PendingTransactions, Version
 from records.routes import POSTABLE, LedgerCall, Route, route_of
 from records.search import identifier_condition
 from records.settings import CustodianSettings
@@ -49,9 +49,9 @@ class Written:
     resource: dict[str, Any]
 
     @classmethod
-    def of(cls, stored: Stored) -> Written:
-        """A version stored earlier, reported as found rather than created."""
-        return cls(stored.type, stored.id, stored.version, stored.last_updated, False, json.loads(stored.content))
+    def of(cls, stored: Stored, created: bool = False) -> Written:
+        """A version stored earlier, reported as found (or, answering a request again, as created by it)."""
+        return cls(stored.type, stored.id, stored.version, stored.last_updated, created, json.loads(stored.content))
 
 
 @dataclass(frozen=True)
@@ -156,9 +156,10 @@ class Records:
 
     async def _earlier(self, request: str) -> list[Written] | None:
         """The result of the same request sent before and not answered for sure: settled now, or still pending."""
-        batch = self.pending.batch_of(request)
-        if batch is None:
+        remembered = self.pending.remembered(request)
+        if remembered is None:
             return None
+        batch = remembered.batch
         if (writing := self._in_flight.get(batch)) is not None:  # the first one is still being written here
             await writing.wait()
         rows = self.store.batch_rows(batch)
@@ -171,7 +172,11 @@ class Records:
         self.pending.forget(request)
         if not committed:
             return None  # it did not commit: this request writes anew
-        return [Written.of(self.read(rtype, rid, version)) for rtype, rid, version in rows]
+        # Answered as the first one would have been: its entries in the request's order, new ones as created.
+        return [
+            Written.of(self.read(rtype, rid, version), created=version == 1 and (rtype, rid, version) in rows)
+            for rtype, rid, version in (remembered.answer or rows)
+        ]
 
     async def _transaction_once(
         self, entries: list[Entry], compartment: str | None, request: str | None = None
@@ -220,7 +225,9 @@ class Records:
             targets |= {url: f"{s.type}/{s.id}" for url, s in known.items()}
             resources = [_rewrite_references(e.resource, targets) for e in to_write]
             versions = [(*ids[e.index], patients[e.index]) for e in to_write]
-            done = await self._write(route, resources, versions, request)
+            found = {i: (s.type, s.id, s.version) for i, s in existing.items()}
+            answer = tuple(found.get(e.index) or ids[e.index] for e in entries)
+            done = await self._write(route, resources, versions, request, answer)
             written |= {e.index: w for e, w in zip(to_write, done, strict=True)}
         return [written[e.index] for e in entries]
 
@@ -246,10 +253,12 @@ class Records:
         resources: list[dict[str, Any]],
         versions: list[tuple[str, str, int, str]],
         request: str | None = None,
+        answer: tuple[Version, ...] | None = None,
     ) -> list[Written]:
         """The one write path: version and stamp each resource, stage its encrypted row, register the write on
         chain (unless the route keeps it here only), then commit the rows, or discard them when the ledger refuses.
-        `request`: the key of the request it answers, remembered with the signed transaction (see `transaction`)."""
+        `request`: the key of the request it answers, remembered with the signed transaction (see `transaction`)
+        together with `answer`, the versions the request is answered with, in its entry order."""
         stamp = now_instant()
         rows: list[Row] = []
         entries: list[dict[str, Any]] = []
@@ -280,7 +289,7 @@ class Records:
         if submit is None:
             self.store.commit(batch, "")
         else:
-            await self._settle(batch, submit, request)
+            await self._settle(batch, submit, request, answer)
         return written
 
     def _route(self, entries: list[Entry]) -> Route:
@@ -355,7 +364,9 @@ class Records:
                 )
         return out
 
-    async def _settle(self, batch: str, submit: LedgerCall, request: str | None = None) -> None:
+    async def _settle(
+        self, batch: str, submit: LedgerCall, request: str | None = None, answer: tuple[Version, ...] | None = None
+    ) -> None:
         """Send the write's ledger transaction, keeping it signed first (and which request it answers); commit the
         rows when it is valid, discard them when it is not; keep them pending when the outcome is still unknown (the
         reconciler settles it, and the request sent again finds it)."""
@@ -364,7 +375,7 @@ class Records:
         def keep(prepared: Prepared) -> None:
             self.pending.save(batch, prepared)
             if request is not None:  # before it is sent: whatever happens next, a retry finds this write
-                self.pending.remember(request, batch)
+                self.pending.remember(request, batch, answer)
 
         try:
             committed = await submit(keep)

@@ -18,6 +18,7 @@ from ledger.fake import FakeLedger
 from records import synthetic
 from records import validation as fv
 from records.errors import NotKeptHere, PreconditionFailed, Refused, StillPending
+from records.pending import PendingFiles, Remembered
 from records.service import Custodian, Records
 from records.sharing import Sharing
 from tests import fhir_samples as fhir
@@ -113,23 +114,26 @@ def test_an_unknown_outcome_is_kept_pending_and_settled_by_sending_the_same_tran
     assert {w.id for w in again} == {e.id for e in hospital.store.search(fv_query("Observation"))[1]} | {
         hospital.store.search(fv_query("Patient"))[1][0].id
     }
+    # Answered as the first would have been: entries in the request's order, each created by it.
+    assert [w.type for w in again] == [e.resource["resourceType"] for e in bundle] == ["Patient", *["Observation"] * 2]
+    assert all(w.created for w in again)
 
 
 def test_a_request_is_remembered_from_the_moment_its_transaction_is_sent(world: FakeLedger, hospital: Records) -> None:
     """A gateway that dies while the write is on its way leaves the request remembered with the kept transaction,
     so the client's retry (same body or Idempotency-Key) settles that write instead of writing a second one."""
-    seen: list[str | None] = []
+    seen: list[Any] = []
     register = world.handlers["Records:Register"]
 
     def watched(call: Any) -> Any:
-        seen.append(hospital.pending.batch_of("req2"))
+        seen.append(hospital.pending.remembered("req2"))
         return register(call)
 
     world.handlers["Records:Register"] = watched
     run(hospital.transaction(entries(visit(2)), request="req2"))
     (batch,) = seen
     assert batch is not None, "the request was not remembered while its transaction was sent"
-    assert hospital.pending.batch_of("req2") is None  # answered: the same content again is a new write
+    assert hospital.pending.remembered("req2") is None  # answered: the same content again is a new write
 
 
 def test_the_reconciler_settles_what_an_unknown_outcome_left_pending(world: FakeLedger, hospital: Records) -> None:
@@ -244,3 +248,13 @@ def fv_query(rtype: str) -> Any:
     from records.store import Query
 
     return Query(rtype)
+
+
+def test_a_remembered_request_keeps_its_answer_on_disk(tmp_path: Path) -> None:
+    pending = PendingFiles(tmp_path / "pending")
+    pending.remember("req3", "batch3", (("Patient", "p1", 1), ("Observation", "o1", 2)))
+    assert pending.remembered("req3") == Remembered("batch3", (("Patient", "p1", 1), ("Observation", "o1", 2)))
+    (tmp_path / "pending" / "req4.req").write_text("batch4")  # kept by an older gateway: the batch alone
+    assert pending.remembered("req4") == Remembered("batch4")
+    pending.forget("req3")
+    assert pending.remembered("req3") is None
