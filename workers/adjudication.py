@@ -152,7 +152,12 @@ def _answer(
     if on_chain["status"] == "submitted":
         raise NotYetAvailable("the claim is still submitted on chain: try again")
     if recorded is None:
-        recorded = ctx.run(ctx.ledger.adjudication(on_chain["claimId"]))
+        try:
+            recorded = ctx.run(ctx.ledger.adjudication(on_chain["claimId"]))
+        except LedgerNotFound as e:
+            if on_chain.get("linesPurged"):  # decided by an earlier run, and its retention has passed since
+                return "its lines are purged"
+            raise NotYetAvailable(e.message) from None
     _remember(ctx, on_chain, lines)
     keep(ctx, claim_response.adjudicated(on_chain, lines, recorded), on_chain["patient"])
     log.info("claim adjudicated", extra={"claim": on_chain["claimId"], "outcome": on_chain["outcome"]})

@@ -19,6 +19,7 @@ import redis
 from consortium import topology as topo
 from ledger.claim_batches import ClaimBatches
 from ledger.contracts import Ledger
+from ledger.errors import LedgerNotFound
 from ledger.fake import FakeLedger
 from network import org_secrets, redis_server
 from records import synthetic
@@ -173,3 +174,22 @@ def test_claims_filed_together_are_adjudicated_together_and_paid_in_one_remittan
     reconciliation = json.loads(records.read("PaymentReconciliation", ref).content)
     assert len(reconciliation["detail"]) == 5
     assert sum(d["amount"]["value"] for d in reconciliation["detail"]) == reconciliation["paymentAmount"]["value"]
+
+
+def test_a_repeat_that_finds_the_claim_decided_and_purged_since_is_done(insurer: Any, tmp_path: Path) -> None:
+    """A redelivered adjudication that runs after the claim's retention passed finds the decision on chain and its
+    private part purged: the work was done by the first run, so the task succeeds instead of failing for good."""
+    world, _, ctx = insurer
+    ctx.settings = replace(ctx.settings, remittance=replace(ctx.settings.remittance, mode="per-claim"))
+    cover(ctx)
+    claim = submit_claim(world, tmp_path, [("99213", 1, "100.00")])
+    assert tasks.adjudicate.apply(args=[claim]).get() == "approved"
+    get = world.handlers["Claims:Get"]
+
+    def purged(call: Any) -> Any:
+        raise LedgerNotFound(f"the private part of claim {claim['claimId']} was purged after retention")
+
+    world.handlers["Claims:Get"] = lambda call: {**get(call), "linesPurged": True}
+    world.handlers["Claims:AdjudicationOf"] = purged
+    assert tasks.adjudicate.apply(args=[claim]).get() == "its lines are purged"
+    assert adjudications(world, claim["claimId"]) == 1
