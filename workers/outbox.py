@@ -6,7 +6,8 @@ the queue to its `unacked` hash in a second step): a worker killed exactly then 
 also keeps the task in the org's in-flight hash, `careledger:<MSP>:inflight`, and the listener re-sends any entry
 older than `CARELEDGER_REDELIVER_AFTER` seconds (default 300; longer than any queue backlog should last). Repeats
 are harmless: every task is idempotent. A task that finished, well or for good badly, is removed; one that failed
-for good is also kept in `careledger:<MSP>:failed` for an operator.
+for good is also kept in `careledger:<MSP>:failed` for an operator. One that gave up on something that can still
+succeed (workers.tasks.can_still_succeed) stays, and is sent again.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import redis
 from celery import states
+from celery.exceptions import MaxRetriesExceededError
 from celery.signals import task_postrun
 
 from fabric_gateway import FabricError
@@ -240,10 +241,22 @@ def deliver(self: Any, event: str, claim: dict[str, Any], delivery_id: str) -> s
     return f"delivered after {attempt} attempt(s)"
 
 
+def can_still_succeed(error: Any) -> bool:
+    """A failure that says nothing about the work: the ledger, a member's gateway or Redis was not there, or not
+    yet, for longer than the task's retries lasted."""
+    if isinstance(error, httpx.HTTPStatusError):
+        return error.response.status_code >= 500
+    return isinstance(error, (*TRANSIENT, MaxRetriesExceededError))
+
+
 @task_postrun.connect
 def _settled(task_id: str | None = None, state: str | None = None, retval: Any = None, **_: Any) -> None:
-    """A task that finished (not one that will run again after a retry) leaves the org's outbox."""
+    """A task that finished (not one that will run again after a retry) leaves the org's outbox. One that gave up
+    on something that can still succeed stays there: the listener sends it again (outbox.sweep)."""
     if task_id is None or state not in (states.SUCCESS, states.FAILURE):
         return
     ctx = current()
+    if state == states.FAILURE and can_still_succeed(retval):
+        log.warning("task gave up for now; it is sent again later", extra={"task": task_id, "error": repr(retval)})
+        return
     outbox.settle(ctx.redis, ctx.settings.org.msp_id, task_id, repr(retval) if state == states.FAILURE else None)

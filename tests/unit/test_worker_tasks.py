@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from consortium import topology as topo
+from fabric_gateway import BlockWaitTimeout
 from ledger.claim_batches import ClaimBatches
 from ledger.contracts import Ledger
 from ledger.errors import LedgerNotFound
@@ -193,3 +194,25 @@ def test_a_repeat_that_finds_the_claim_decided_and_purged_since_is_done(insurer:
     world.handlers["Claims:AdjudicationOf"] = purged
     assert tasks.adjudicate.apply(args=[claim]).get() == "its lines are purged"
     assert adjudications(world, claim["claimId"]) == 1
+
+
+def test_a_task_whose_ledger_waits_keep_timing_out_stays_in_the_outbox(insurer: Any, tmp_path: Path) -> None:
+    """The peers stay behind for longer than the task's retries last: the task gives up for now, but it can still
+    succeed, so it stays in the outbox (the listener sends it again) instead of landing in the failed list."""
+    world, records, ctx = insurer
+    cover(ctx)
+    claim = submit_claim(world, tmp_path, [("99213", 1, "100.00")])
+    assert tasks.adjudicate.apply(args=[claim]).get() == "approved"
+    adjudicated = {**next(p for _, _, n, p in world.events if n == "Claims.Adjudicated"), "eventBlock": 7}
+
+    async def behind(channel: str, block: int, orgs: Any) -> None:
+        raise BlockWaitTimeout(channel, orgs[0], block, block - 1)
+
+    records.ledger.wait_for_block = behind  # type: ignore[method-assign]
+    keys = ctx.settings.keys
+    task_id = f"InsurerMSP:tx:Claims.Adjudicated:{claim['claimId']}:pay"
+    ctx.redis.hset(keys.inflight, task_id, json.dumps({"task": "careledger.pay", "args": [adjudicated], "at": 0}))
+    result = tasks.pay.apply(args=[adjudicated], task_id=task_id)
+    assert result.state == "FAILURE" and isinstance(result.result, BlockWaitTimeout)
+    assert ctx.redis.hexists(keys.inflight, task_id), "given up for good although it can still succeed"
+    assert ctx.redis.llen(keys.failed) == 0
