@@ -88,6 +88,11 @@ class OrgKeys:
         """One remittance cycle at a time."""
         return f"{self.prefix}lock:remit"
 
+    @property
+    def purge_lock(self) -> str:
+        """One purge of claim lines at a time."""
+        return f"{self.prefix}lock:purge"
+
     def member_lock(self, patient: str) -> str:
         """One adjudication per member at a time."""
         return f"{self.prefix}lock:member:{patient}"

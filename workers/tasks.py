@@ -14,6 +14,7 @@ contract's CONFLICT on adjudicate or pay means an earlier run already did it: th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -41,6 +42,7 @@ log = logging.getLogger("careledger.workers")
 # chain's state decides what is left to do.
 TRANSIENT = (FabricError, TimeoutError, httpx.TransportError, redis.ConnectionError, NotYetAvailable)
 # Backoff 1 s, 2 s, 4 s, 8 s, 8 s, ... (Celery's smallest factor is one second; shorter waits are explicit below).
+PURGE_LOCK_S = 600
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": True, "retry_backoff_max": 8, "retry_jitter": False}
 
 
@@ -126,13 +128,23 @@ def remit(self: Any) -> list[str]:
 def purge_due(self: Any) -> int:
     """Purge the private lines of every claim of this org whose retention has passed (the summary stays)."""
     ctx = current()
-    due = ctx.run(ctx.ledger.due_for_purge(claim_response.now()))
-    for claim in due:
-        try:
-            ctx.run(ctx.ledger.purge_lines(claim["claimId"]))
-        except (LedgerConflict, LedgerNotFound) as e:  # purged meanwhile by the other party
-            log.info("claim not purged here", extra={"claim": claim["claimId"], "why": e.message})
-    return len(due)
+    # One purge at a time (a lock that expires): a purge still running when the next period starts (a backlog after
+    # an outage) would otherwise be joined by another that purges the same claims, and another, each holding a
+    # worker thread.
+    lock = ctx.redis.lock(ctx.settings.keys.purge_lock, timeout=PURGE_LOCK_S, blocking_timeout=0)
+    if not lock.acquire():
+        return 0
+    try:
+        due = ctx.run(ctx.ledger.due_for_purge(claim_response.now()))
+        for claim in due:
+            try:
+                ctx.run(ctx.ledger.purge_lines(claim["claimId"]))
+            except (LedgerConflict, LedgerNotFound) as e:  # purged meanwhile by the other party
+                log.info("claim not purged here", extra={"claim": claim["claimId"], "why": e.message})
+        return len(due)
+    finally:
+        with contextlib.suppress(redis.exceptions.LockError):  # it expired: another purge may hold it now
+            lock.release()
 
 
 # ----- provider -----------------------------------------------------------------------------------------------------

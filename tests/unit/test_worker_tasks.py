@@ -216,3 +216,17 @@ def test_a_task_whose_ledger_waits_keep_timing_out_stays_in_the_outbox(insurer: 
     assert result.state == "FAILURE" and isinstance(result.result, BlockWaitTimeout)
     assert ctx.redis.hexists(keys.inflight, task_id), "given up for good although it can still succeed"
     assert ctx.redis.llen(keys.failed) == 0
+
+
+def test_one_purge_runs_at_a_time(insurer: Any) -> None:
+    """A purge still running when the next period starts is not joined by another purging the same claims."""
+    world, _, ctx = insurer
+    asked: list[str] = []
+    world.handlers["Claims:DueForPurge"] = lambda call: asked.append("due") or {"claims": [], "bookmark": ""}
+    running = ctx.redis.lock(ctx.settings.keys.purge_lock, timeout=60)
+    assert running.acquire()
+    assert tasks.purge_due.apply().get() == 0
+    assert asked == []
+    running.release()
+    assert tasks.purge_due.apply().get() == 0
+    assert asked == ["due"]
