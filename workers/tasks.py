@@ -163,7 +163,11 @@ def fetch_claim_response(self: Any, claim: dict[str, Any], delivery_id: str) -> 
     r.raise_for_status()
     local = ctx.records.by_ledger_key("Claim", claim["claimId"])
     if local is None:
-        return "not a claim held here"  # its patient was erased since
+        if ctx.records.store.is_erased(claim["patient"]):
+            return "not a claim held here"  # its patient was erased since
+        # Filed here and on chain, but its write not settled here yet (its outcome was unknown to the gateway,
+        # whose reconciler commits it as soon as the ledger answers): ask again shortly.
+        raise NotYetAvailable("the Claim is not committed here yet")
     if claim.get("status") == "decided" and r.json().get("outcome") == "queued":  # the insurer is still keeping it
         raise self.retry(countdown=0.1 * 2**self.request.retries, max_retries=10)
     # Kept as ClaimResponse/<the provider's own Claim id>, pointing at that Claim, so the EHR finds it by its id.

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from consortium import topology as topo
-from fabric_gateway import BlockWaitTimeout
+from fabric_gateway import BlockWaitTimeout, CommitStatusUnavailable
 from ledger.claim_batches import ClaimBatches
 from ledger.contracts import Ledger
 from ledger.errors import LedgerNotFound
@@ -25,11 +25,13 @@ from ledger.fake import FakeLedger
 from network import org_secrets, redis_server
 from records import synthetic
 from records import validation as fv
+from records.errors import StillPending
 from records.fhir_claim import claim_response_id
 from records.service import Custodian, Records
 from records.store import Store
 from tests import fhir_samples as fhir
 from workers import context, tasks
+from workers.adjudication import NotYetAvailable
 from workers.settings import WorkerSettings
 
 KINDS = {"HospitalMSP": "provider", "ClinicMSP": "provider", "InsurerMSP": "insurer"}
@@ -230,3 +232,47 @@ def test_one_purge_runs_at_a_time(insurer: Any) -> None:
     running.release()
     assert tasks.purge_due.apply().get() == 0
     assert asked == ["due"]
+
+
+def test_a_claim_response_for_a_claim_still_settling_here_is_fetched_once_it_settles(
+    redis_topology: topo.Topology, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hospital's gateway did not know its claim's outcome (its peer went away) and keeps the Claim pending
+    until its reconciler settles it; the insurer adjudicates it meanwhile. The hospital's worker does not take the
+    Claim for one not held here: it asks again, and keeps the ClaimResponse once the Claim is committed."""
+    world = FakeLedger(KINDS)
+    hospital = records_of(world, tmp_path, "HospitalMSP")
+    patient = {**fhir.PATIENTS[0], "id": "p1", "identifier": [{"system": fhir.MPI_SYSTEM, "value": MPI}]}
+    put = fv.entry({"resource": patient, "request": {"method": "PUT", "url": "Patient/p1"}}, 0)
+    claim = synthetic.claim("p1", "InsurerMSP", [("99213", 1, "100.00")], "2026-11-02", "Coverage/c1")
+    world.fail_next("Claims:Submit", CommitStatusUnavailable("UNAVAILABLE", "peer gone"), committed=True)
+
+    async def file() -> None:
+        await hospital.transaction([put])
+        with pytest.raises(StillPending):
+            await hospital.transaction(
+                [fv.entry({"resource": claim, "request": {"method": "POST", "url": "Claim"}}, 0)]
+            )
+
+    asyncio.run(file())
+    submitted = next(p for _, _, name, p in world.events if name == "Claims.Submitted")
+    response = {"resourceType": "ClaimResponse", "id": "cr", "status": "active", "outcome": "complete"}
+    members = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200, json=response)))
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    r = redis.Redis.from_url(redis_topology.redis_url_for("HospitalOrg"))
+    settings = WorkerSettings.load(redis_topology, "HospitalOrg")
+    monkeypatch.setattr(tasks.outbox, "publish", lambda *args: None)  # the EHR's notification: not this test's
+    context._context = context.OrgContext(settings, hospital, r, members, httpx.Client(), loop)
+    try:
+        adjudicated = {**submitted, "status": "adjudicated", "outcome": "approved"}
+        early = tasks.fetch_claim_response.apply(args=[adjudicated, "delivery-1"])
+        assert early.state == "FAILURE" and isinstance(early.result, NotYetAvailable)  # asked again, not given up
+        assert asyncio.run_coroutine_threadsafe(hospital.reconcile_pending(), loop).result(10)["committed"] == 1
+        assert tasks.fetch_claim_response.apply(args=[adjudicated, "delivery-1"]).get() == "kept"
+        local = hospital.by_ledger_key("Claim", submitted["claimId"])
+        assert local is not None and hospital.store.read("ClaimResponse", local.id) is not None
+    finally:
+        context._context = None
+        loop.call_soon_threadsafe(loop.stop)
+        hospital.store.close()
