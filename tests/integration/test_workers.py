@@ -4,6 +4,7 @@ fails the first attempts of every delivery on purpose."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import hmac
@@ -29,10 +30,10 @@ import yaml
 from consortium.redis_keys import OrgKeys
 from consortium.topology import Topology
 from fabric_gateway import Gateway
-from fabric_gateway.checkpoint import InMemoryCheckpointer, after_event
 from gateway import cli as gateway_cli
 from records import synthetic
 from tests.conftest import GatewayHttp, claim_key
+from tests.integration.audit import PAID, ChainLog, Findings, audit_claims, chain_height, claim_ids
 from workers import cli as worker_cli
 from workers.settings import CONFIG_DIR
 
@@ -56,7 +57,7 @@ class Receiver:
 
     def accepted_for(self, org: str, event: str) -> Counter[str]:
         with self.lock:
-            return Counter(b["claim"]["claimId"] for o, b in self.accepted if o == org and b["event"] == event)
+            return Counter(b["claim"].get("claimId") for o, b in self.accepted if o == org and b["event"] == event)
 
 
 @pytest.fixture(scope="module")
@@ -89,45 +90,74 @@ def receiver() -> Iterator[tuple[Receiver, str]]:
     server.shutdown()
 
 
-@pytest.fixture(scope="module")
-def workers(
-    network: Topology, gateway_clients: dict[str, GatewayHttp], receiver: tuple[Receiver, str], tmp_path_factory: Any
+@contextlib.contextmanager
+def running_workers(
+    network: Topology,
+    gateway_clients: dict[str, GatewayHttp],
+    hook_url: str,
+    config_dir: Path,
+    adjudication: dict[str, Any],
+    remittance: dict[str, Any],
+    env: dict[str, str | None],
 ) -> Iterator[Topology]:
-    """Listeners and workers of every org on `claims`, configured to post to the receiver."""
-    _, url = receiver
+    """Listeners and workers of every org on `claims`, configured to post to the receiver at `hook_url`, with these
+    adjudication and remittance settings over the org's own, and these environment variables (None: unset)."""
     for org in gateway_clients:
         gateway_cli.start(network, org)
-    config_dir: Path = tmp_path_factory.mktemp("worker-config")
     for org in worker_cli.orgs_with_workers(network):
         cfg = yaml.safe_load((CONFIG_DIR / f"{org}.yaml").read_text())
         secret = SECRETS.get(org, b"unused").decode()
-        cfg["webhook"] = {"url": f"{url}/{org}" if org in SECRETS else "", "secret": secret,
+        cfg["webhook"] = {"url": f"{hook_url}/{org}" if org in SECRETS else "", "secret": secret,
                           "max_attempts": 6, "backoff_seconds": 0.2}  # fmt: skip
-        if "adjudication" in cfg:  # claim lines purgeable seconds after adjudication, and purged every 2 s
-            cfg["adjudication"]["retention_seconds"] = RETENTION_S
-            cfg["remittance"] = {**cfg.get("remittance", {}), "purge_every_seconds": 2}
+        if "adjudication" in cfg:
+            cfg["adjudication"] |= adjudication
+            cfg["remittance"] = {**cfg.get("remittance", {}), **remittance}
         (config_dir / f"{org}.yaml").write_text(yaml.safe_dump(cfg))
-    saved = {
-        k: os.environ.get(k)
-        for k in ("CARELEDGER_WORKER_CONFIG_DIR", "CARELEDGER_VISIBILITY_TIMEOUT", "CARELEDGER_REDELIVER_AFTER")
-    }
-    os.environ["CARELEDGER_WORKER_CONFIG_DIR"] = str(config_dir)
-    os.environ["CARELEDGER_VISIBILITY_TIMEOUT"] = "12"  # a killed worker's tasks come back soon, yet after any task
-    os.environ["CARELEDGER_REDELIVER_AFTER"] = "20"  # unfinished tasks are re-sent from the outbox after 20 s
+    settings = {"CARELEDGER_WORKER_CONFIG_DIR": str(config_dir), **env}
+    saved = {k: os.environ.get(k) for k in settings}
+    for k, v in settings.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     for org in worker_cli.orgs_with_workers(network):
         worker_cli.start_worker(network, org)
         worker_cli.start_listener(network, org)
     # Ready when each has started beating (a worker once it consumes, a listener once it runs).
     wait_for(lambda: _all_alive(network), 180, "every listener and worker alive")
-    yield network
-    for org in worker_cli.orgs_with_workers(network):
-        worker_cli.listener_process(network, org).stop()
-        worker_cli.worker_process(network, org).stop(timeout=30)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    try:
+        yield network
+    finally:
+        for org in worker_cli.orgs_with_workers(network):
+            worker_cli.listener_process(network, org).stop()
+            worker_cli.worker_process(network, org).stop(timeout=30)
+        for k, old in saved.items():
+            if old is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = old
+
+
+@pytest.fixture(scope="module")
+def workers(
+    network: Topology, gateway_clients: dict[str, GatewayHttp], receiver: tuple[Receiver, str], tmp_path_factory: Any
+) -> Iterator[Topology]:
+    """Listeners and workers of every org on `claims`, configured to post to the receiver; claim lines purgeable
+    seconds after adjudication and purged every 2 s; a killed worker's tasks back soon."""
+    env: dict[str, str | None] = {
+        "CARELEDGER_VISIBILITY_TIMEOUT": "12",  # a killed worker's tasks come back soon, yet after any task
+        "CARELEDGER_REDELIVER_AFTER": "20",  # unfinished tasks are re-sent from the outbox after 20 s
+    }
+    with running_workers(
+        network,
+        gateway_clients,
+        receiver[1],
+        tmp_path_factory.mktemp("worker-config"),
+        adjudication={"retention_seconds": RETENTION_S},
+        remittance={"purge_every_seconds": 2},
+        env=env,
+    ) as t:
+        yield t
 
 
 @dataclass
@@ -231,8 +261,13 @@ def test_claims_are_adjudicated_in_seconds_by_the_rules(
 
     wait_for(lambda: claim_status(ins, overbilled) == "paid", 10, "payment")
     assert claim_status(ins, needs_auth) == "adjudicated"
-    payment = insurer.get(f"/PaymentReconciliation/{overbilled}").json()
-    assert payment["paymentAmount"] == {"value": 150.0, "currency": "USD"}
+    ref = json.loads(ins.network("claims").contract("careledger").evaluate("Claims:Get", args=[overbilled]))[
+        "paymentRef"
+    ]
+    payment = wait_for(lambda: (r := insurer.get(f"/PaymentReconciliation/{ref}")).status_code == 200 and r.json(), 10,
+                       "the remittance's PaymentReconciliation")  # fmt: skip
+    detail = next(d for d in payment["detail"] if d["identifier"]["value"] == overbilled)
+    assert detail["amount"] == {"value": 150.0, "currency": "USD"}
     print(f"turnaround POST Claim -> ClaimResponse at the hospital: {turnaround:.2f} s")
 
 
@@ -251,7 +286,7 @@ def test_webhooks_get_every_claim_once_despite_failures(
     assert state.bad_signatures == 0
     # Each was accepted on the third attempt: the receiver refused the first two, and the worker retried.
     with state.lock:
-        ours = [b["delivery"] for _, b in state.accepted if b["claim"]["claimId"] in claims]
+        ours = [b["delivery"] for _, b in state.accepted if b["claim"].get("claimId") in claims]
         assert [state.attempts[d] for d in ours] == [FAILURES_BEFORE_SUCCESS + 1] * len(ours)
     r = redis.Redis.from_url(workers.redis_admin_url)
     stream = [json.loads(f[b"claim"]) for _, f in r.xrange(INSURER_KEYS.stream("claims"))]
@@ -268,7 +303,7 @@ def test_a_webhook_that_keeps_failing_ends_in_the_dead_letter_list(
 
     def dead_letter() -> dict[str, Any] | None:
         entries = [json.loads(e) for e in r.lrange(INSURER_KEYS.dead_letters, 0, -1)]
-        return next((e for e in entries if e["claim"]["claimId"] == claim_id), None)
+        return next((e for e in entries if e["claim"].get("claimId") == claim_id), None)
 
     dead = wait_for(dead_letter, 30, "the dead letter")  # 6 attempts, 0.2 s backoff doubling: about 6 s
     assert dead["attempts"] == 6 and dead["event"] == "Claims.Submitted" and "503" in dead["error"]
@@ -311,78 +346,127 @@ def chain_events(gw: Gateway, wanted: Callable[[str, dict[str, Any]], bool], tim
     raise AssertionError(f"no wanted event within {timeout}s")
 
 
-def adjudications(gw: Gateway, claim_ids: set[str], expected: int, timeout: float) -> Counter[str]:
-    """Count Claims.Adjudicated events of these claims in the whole chain, waiting until `expected` have shown up
-    (and a little longer, so a duplicate would show up too). A broken event stream resumes where it stopped."""
-    seen: Counter[str] = Counter()
-    position = InMemoryCheckpointer()
-    stop = threading.Event()
-    streams: list[Any] = []
+def _settle(t: Topology, claims: dict[str, str], log: ChainLog, hospital: GatewayHttp, timeout: float = 120) -> None:
+    """Wait until every claim is adjudicated and paid, and the hospital keeps each payment's PaymentReconciliation."""
 
-    def read() -> None:
-        while not stop.is_set():
-            checkpoint = position.load()
-            stream = gw.network("claims").chaincode_events(
-                "careledger", start_block=0 if checkpoint.is_empty else None, checkpoint=checkpoint
-            )
-            streams.append(stream)
-            try:
-                for e in stream:
-                    for cid in adjudicated_in(e.name, json.loads(e.payload)):
-                        if cid in claim_ids:
-                            seen[cid] += 1
-                    position.save(after_event(e))
-            except Exception:
-                time.sleep(0.2)  # closed by us, or broken: resume from the position unless stopping
+    def settled() -> bool:
+        events = log.snapshot()
+        paid = [e for e in events if e.name in PAID and set(claim_ids(e)) & set(claims)]
+        return set(claims) <= {c for e in paid for c in claim_ids(e)} and all(
+            hospital.get(f"/PaymentReconciliation/{e.payload['paymentRef']}").status_code == 200
+            for e in paid
+            if e.name == "Claims.PaidBatch"
+        )
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and sum(seen.values()) < expected:
-        time.sleep(0.2)
-    time.sleep(2)
-    stop.set()
-    for stream in streams:
-        stream.close()
-    return seen
+    wait_for(settled, timeout, "every claim adjudicated, paid and its remittance at the hospital")
+    time.sleep(3)  # a repeat (a second adjudication, payment, stream entry or delivery) would show up too
+
+
+def _held_by_workers(r: redis.Redis, msp: str) -> set[str]:
+    """Ids of the tasks whose messages the org's workers have taken from its queue and not acknowledged yet
+    (kombu's `unacked` hash, under the org's prefix)."""
+    raw: dict[bytes, bytes] = r.hgetall(OrgKeys(msp).celery_prefix + "unacked")  # type: ignore[assignment]
+    return {str(json.loads(value)[0]["headers"]["id"]) for value in raw.values()}
 
 
 def test_a_worker_killed_mid_adjudication_loses_and_repeats_nothing(
-    workers: Topology, gateways: dict[str, GatewayHttp], gateway_as: Callable[..., Gateway]
+    workers: Topology,
+    gateways: dict[str, GatewayHttp],
+    receiver: tuple[Receiver, str],
+    gateway_as: Callable[..., Gateway],
 ) -> None:
-    hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
-    member = enrol(hospital, insurer)
-    proc = worker_cli.worker_process(workers, "InsurerOrg")
-    claims = [submit(hospital, member, [(f"9{n:04d}", 1, "10.00")]) for n in range(12)]
-    # Kill -9 as soon as the first answer exists: other adjudications are in flight or queued.
-    wait_for(lambda: any(claim_response(insurer, c) for c in claims), 10, "a first adjudication")
-    proc.kill(signal.SIGKILL)  # supervisord starts it again
-    ins = gateway_as("InsurerOrg")
-    counts = adjudications(ins, set(claims), len(claims), timeout=120)
-    off = {c: (counts[c], claim_status(ins, c)) for c in claims if counts[c] != 1}
-    assert not off, f"not adjudicated exactly once (events, status now): {off}"
-    for c in claims:
-        response = wait_for(lambda c=c: claim_response(insurer, c), 20, "the ClaimResponse")
-        assert response["meta"]["versionId"] == "1"
-
-
-def test_a_listener_restarted_while_claims_flow_misses_nothing(
-    workers: Topology, gateways: dict[str, GatewayHttp], receiver: tuple[Receiver, str]
-) -> None:
+    """The insurer's worker is killed while it holds the task of a claim still undecided on chain. The claim is
+    decided once (on chain, in the ClaimResponses), paid once (one PaymentReconciliation, equal to the chain), and
+    every stream entry and webhook delivery happens once; no task fails for good."""
     state, _ = receiver
     hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
+    admin = redis.Redis.from_url(workers.redis_admin_url)
+    failed_before = admin.llen(INSURER_KEYS.failed)
     member = enrol(hospital, insurer)
+    log = ChainLog(workers, "claims", chain_height(workers, "ClinicOrg", "claims"))
+    proc = worker_cli.worker_process(workers, "InsurerOrg")
+    ins = gateway_as("InsurerOrg")
+    claims = [submit(hospital, member, [(f"9{n:04d}", 1, "10.00")]) for n in range(12)]
+
+    # One member's claims are decided one at a time, so while one is decided the worker holds the others' tasks.
+    def held_undecided() -> list[str]:
+        held = _held_by_workers(admin, "InsurerMSP")
+        return [c for c in claims if any(h.endswith(f":{c}:adjudicate") for h in held)
+                and claim_status(ins, c) == "submitted"]  # fmt: skip
+
+    undecided = wait_for(held_undecided, 30, "the worker holding the task of a claim not decided yet")
+    killed = proc.kill(signal.SIGKILL)  # supervisord starts it again
+    assert claim_status(ins, undecided[-1]) == "submitted", "decided before the kill: the kill missed the window"
+    try:
+        _settle(workers, {c: LOCAL_IDS[c] for c in claims}, log, hospital)
+        found = Findings()
+        audit_claims(workers, {c: LOCAL_IDS[c] for c in claims}, log.snapshot(), hospital, insurer, state, found)
+    finally:
+        log.close()
+    assert not found.lost and not found.duplicated, found
+    assert admin.llen(INSURER_KEYS.failed) == failed_before, admin.lrange(INSURER_KEYS.failed, 0, 3)
+    assert proc.pid() not in (None, killed)
+
+
+def test_a_listener_killed_between_publishing_and_its_checkpoint_repeats_nothing(
+    workers: Topology, gateways: dict[str, GatewayHttp], receiver: tuple[Receiver, str]
+) -> None:
+    """The insurer's listener is killed after it published a claim's tasks and before its checkpoint moved past
+    the claim's event. It is held in that window on purpose: its next checkpoint write fails (the key is made a
+    string), so it publishes the next event's tasks and then waits to try again. Killed there, its checkpoint put
+    back, it starts again from before the event and publishes the tasks again: the claim is still adjudicated,
+    paid, streamed and delivered once."""
+    state, _ = receiver
+    hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
+    admin = redis.Redis.from_url(workers.redis_admin_url)
+    failed_before = admin.llen(INSURER_KEYS.failed)
+    member = enrol(hospital, insurer)
+    checkpoint = f"careledger:checkpoint:{INSURER_KEYS.listener_checkpoint_name('claims')}"
     listener = worker_cli.listener_process(workers, "InsurerOrg")
-    killed: int | None = None
-    claims: list[str] = []
-    for n in range(9):
-        if n == 3:
-            killed = listener.kill(signal.SIGKILL)  # supervisord starts it again
-        claims.append(submit(hospital, member, [(f"8{n:04d}", 1, "10.00")]))
-    wait_for(lambda: all(claim_response(insurer, c) for c in claims), 90, "every claim adjudicated")
-    wait_for(lambda: all(state.accepted_for("InsurerOrg", "Claims.Submitted")[c] for c in claims), 60, "hooks")
-    time.sleep(1.5)
-    assert [state.accepted_for("InsurerOrg", "Claims.Submitted")[c] for c in claims] == [1] * len(claims)
+    log = ChainLog(workers, "claims", chain_height(workers, "ClinicOrg", "claims"))
+
+    def streamed(claim: str) -> bool:
+        entries = admin.xrange(INSURER_KEYS.stream("claims"))
+        return any(f[b"claimId"].decode() == claim and f[b"event"] == b"Claims.Submitted" for _, f in entries)
+
+    def quiet(seconds: float) -> bool:
+        """The listener's checkpoint has not moved for this long: the next event it reads will be ours."""
+        first = admin.hgetall(checkpoint)
+        time.sleep(seconds)
+        return bool(first) and admin.hgetall(checkpoint) == first
+
+    claim, killed = "", None
+    try:
+        for attempt in range(5):
+            wait_for(lambda: quiet(3), 90, "a quiet moment on the claims channel")
+            before = admin.hgetall(checkpoint)
+            admin.delete(checkpoint)
+            admin.set(checkpoint, "held")
+            claim = submit(hospital, member, [(f"6{attempt:04d}", 1, "10.00")])
+            try:
+                wait_for(lambda c=claim: streamed(c), 20, "the claim's tasks published")
+            except AssertionError:  # another event came first and holds the listener: let it go and try again
+                admin.delete(checkpoint)
+                admin.hset(checkpoint, mapping=before)  # type: ignore[arg-type]
+                continue
+            assert admin.type(checkpoint) == b"string", "the listener moved its checkpoint"
+            killed = listener.kill(signal.SIGKILL)  # in the window; supervisord starts it again
+            admin.delete(checkpoint)
+            admin.hset(checkpoint, mapping=before)  # type: ignore[arg-type]
+            break
+        else:
+            pytest.fail("the listener could not be held in the window")
+        block = wait_for(lambda: next((e.block for e in log.snapshot() if claim in claim_ids(e)), None), 20, "event")
+        wait_for(lambda: int(admin.hget(checkpoint, "block_number") or 0) >= block, 60, "the event read again")
+        _settle(workers, {claim: LOCAL_IDS[claim]}, log, hospital)
+        found = Findings()
+        audit_claims(workers, {claim: LOCAL_IDS[claim]}, log.snapshot(), hospital, insurer, state, found)
+    finally:
+        log.close()
+        if admin.type(checkpoint) == b"string":
+            admin.delete(checkpoint)
+    assert not found.lost and not found.duplicated, found
+    assert admin.llen(INSURER_KEYS.failed) == failed_before, admin.lrange(INSURER_KEYS.failed, 0, 3)
     assert listener.pid() not in (None, killed)
 
 
