@@ -57,7 +57,7 @@ def capability_statement(org: str) -> dict[str, Any]:
                 "mode": "server",
                 "security": {"service": [{"coding": [smart]}]},
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],
-                "resource": [_resource(t) for t in sorted(fv.PATIENT_ELEMENT)] + [audit],
+                "resource": [_resource(t) for t in sorted(fv.STORED_TYPES)] + [audit],
             }
         ],
     }

@@ -204,8 +204,9 @@ def _register(call: Call) -> int:
         record = {**e, "custodian": call.msp, "txId": call.tx_id}
         call.put(head_key, record)
         call.put(f"{head_key}/{e['version']}", record)
-        custodianship = {"custodian": call.msp, "patient": e["patient"], "localPseudonym": ""}
-        call.put(f"custodian/{e['patient']}/{call.msp}", custodianship)
+        if not e.get("directory"):
+            custodianship = {"custodian": call.msp, "patient": e["patient"], "localPseudonym": ""}
+            call.put(f"custodian/{e['patient']}/{call.msp}", custodianship)
         written.append(e)
     if written:
         call.emit("Records.Registered", {"custodian": call.msp, "txId": call.tx_id, "entries": written})

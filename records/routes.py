@@ -28,6 +28,14 @@ LedgerCall = Callable[[OnPrepared], Awaitable[Committed]]  # given where to keep
 
 
 @dataclass(frozen=True)
+class Ledgers:
+    """Where a write goes: the contracts, and the payer directory that says which insurer a claim is for."""
+
+    ledger: Ledger
+    payers: fhir_claim.PayerDirectory
+
+
+@dataclass(frozen=True)
 class OnChain:
     """What the ledger holds for a stored version: the digest registered, the transaction that did it."""
 
@@ -44,7 +52,7 @@ class Route:
         """The resource as stored and digested; a route may add what its ledger record must be found by."""
         return resource
 
-    def call(self, ledger: Ledger, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
+    def call(self, to: Ledgers, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
         """The one ledger transaction that registers the write (None: the resource is only kept here)."""
         raise NotImplementedError
 
@@ -55,8 +63,8 @@ class Route:
 class RecordsRoute(Route):
     name = "records"
 
-    def call(self, ledger: Ledger, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
-        return lambda keep: ledger.register(entries, keep)
+    def call(self, to: Ledgers, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
+        return lambda keep: to.ledger.register(entries, keep)
 
     async def on_chain(self, ledger: Ledger, key: str, version: int) -> OnChain:
         record = await ledger.record(key, version)
@@ -75,13 +83,15 @@ class ClaimRoute(Route):
         others = [i for i in resource.get("identifier") or [] if i.get("system") != CLAIM_KEY_SYSTEM]
         return {**resource, "identifier": [*others, {"system": CLAIM_KEY_SYSTEM, "value": key}]}
 
-    def call(self, ledger: Ledger, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
+    def call(self, to: Ledgers, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
         e = entries[0]
         if e["version"] == 1:
-            claim = fhir_claim.for_ledger(resource, e["resourceKey"], e["patient"], e["digest"])
-            return lambda keep: ledger.submit_claim(claim.submission, claim.detail, keep)
+            claim = fhir_claim.for_ledger(resource, e["resourceKey"], e["patient"], e["digest"], to.payers)
+            if claim is None:
+                return None  # it names no payer of the consortium: kept here, not submitted
+            return lambda keep: to.ledger.submit_claim(claim.submission, claim.detail, keep)
         if resource.get("status") == "cancelled":
-            return lambda keep: ledger.cancel_claim(e["resourceKey"], "provider-cancelled", keep)
+            return lambda keep: to.ledger.cancel_claim(e["resourceKey"], "provider-cancelled", keep)
         raise FhirInvalid([Issue("not-supported", "Claim.status", "a submitted claim can only be cancelled")])
 
     async def on_chain(self, ledger: Ledger, key: str, version: int) -> OnChain:
@@ -93,13 +103,13 @@ class ConsentRoute(Route):
     name = "consent"
     alone = True
 
-    def call(self, ledger: Ledger, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
+    def call(self, to: Ledgers, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
         e = entries[0]
         if e["version"] == 1:
             grant = fhir_consent.grant(resource, e["resourceKey"], e["patient"], e["digest"])
-            return lambda keep: ledger.grant(grant, keep)
+            return lambda keep: to.ledger.grant(grant, keep)
         if fhir_consent.revokes(resource):
-            return lambda keep: ledger.revoke(e["resourceKey"], e["digest"], keep)
+            return lambda keep: to.ledger.revoke(e["resourceKey"], e["digest"], keep)
         raise FhirInvalid(
             [Issue("not-supported", "Consent.status", "a granted consent can only be revoked (status inactive)")]
         )
@@ -112,7 +122,7 @@ class ConsentRoute(Route):
 class HeldRoute(Route):
     name = "held"
 
-    def call(self, ledger: Ledger, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
+    def call(self, to: Ledgers, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
         return None
 
     async def on_chain(self, ledger: Ledger, key: str, version: int) -> OnChain:

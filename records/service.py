@@ -19,6 +19,7 @@ from fabric_gateway import NotCommitted
 from ledger.contracts import Ledger
 from ledger.transport import OutcomeUnknown
 from records import digests
+from records.compartments import DIRECTORY, EITHER, PATIENT_ELEMENTS, in_compartment, patient_references
 from records.errors import (
     FhirInvalid,
     Issue,
@@ -29,12 +30,14 @@ from records.errors import (
     StillPending,
     VersionTaken,
 )
+from records.fhir_claim import PayerDirectory
+from records.identity import IdentitySystems
 from records.pending import PendingFiles, PendingInMemory, PendingTransactions
-from records.routes import POSTABLE, LedgerCall, Route, route_of
+from records.routes import POSTABLE, LedgerCall, Ledgers, Route, route_of
 from records.search import identifier_condition
 from records.settings import CustodianSettings
 from records.store import Row, Store, Stored
-from records.validation import PATIENT_ELEMENT, Entry
+from records.validation import Entry
 
 
 @dataclass(frozen=True)
@@ -88,15 +91,17 @@ class Records:
         store: Store,
         ledger: Ledger,
         consortium_key: bytes,
-        mpi_system: str,
+        identity_systems: str | tuple[str, ...],
         custodian: Custodian,
         pending: PendingTransactions | None = None,
+        payers: PayerDirectory | None = None,
     ) -> None:
         self.store = store
         self.ledger = ledger
-        self.consortium_key = consortium_key
-        self.mpi_system = mpi_system
+        systems = (identity_systems,) if isinstance(identity_systems, str) else identity_systems
+        self.identity = IdentitySystems(systems, consortium_key)
         self.custodian = custodian
+        self.payers = payers or PayerDirectory()
         self.pending = pending if pending is not None else PendingInMemory()
         self._conditional_writes = asyncio.Lock()
         self._in_flight: set[str] = set()  # batches this process is writing now: not the reconciler's
@@ -106,26 +111,31 @@ class Records:
         """The org's records as its settings place them: its store, its keys, its kind in the consortium."""
         custodian = Custodian(settings.org.msp_id, settings.org.kind)
         pending = PendingFiles(settings.pending_dir)
-        return cls(settings.open_store(), ledger, settings.consortium_key(), settings.mpi_system, custodian, pending)
+        key, systems, payers = settings.consortium_key(), settings.identity_systems, settings.payers
+        return cls(settings.open_store(), ledger, key, systems, custodian, pending, payers)
 
     # ----- patients --------------------------------------------------------------------------------------------
 
-    def pseudonym_of_identifier(self, system: str, value: str) -> str:
-        return digests.pseudonym(self.consortium_key, system, value)
+    @property
+    def mpi_system(self) -> str:
+        """The consortium's first person identifier system."""
+        return self.identity.primary
 
-    def pseudonym_of_patient(self, patient: dict[str, Any], where: str) -> str:
-        for ident in patient.get("identifier") or []:
-            if ident.get("system") == self.mpi_system and ident.get("value"):
-                return self.pseudonym_of_identifier(self.mpi_system, ident["value"])
-        raise FhirInvalid(
-            [
-                Issue(
-                    "required",
-                    f"{where}.identifier",
-                    f"a Patient needs its consortium identifier (system {self.mpi_system})",
-                )
-            ]
-        )
+    def pseudonym_of_identifier(self, system: str, value: str) -> str:
+        return self.identity.pseudonym(system, value)
+
+    def local_pseudonym(self, patient_id: str) -> str:
+        """The pseudonym of a Patient with no consortium identifier: keyed with this org's own key (no other member
+        can compute it), until it is linked to a consortium pseudonym."""
+        return self.store.ledger_key("LocalPatient", patient_id)
+
+    def pseudonym_of_patient(self, patient: dict[str, Any], patient_id: str) -> str:
+        """A Patient is filed under the pseudonym it was first stored under; a new one under its consortium pseudonym,
+        or a local one when it carries no consortium identifier."""
+        head = self.store.head("Patient", patient_id)
+        if head is not None:
+            return head[1]
+        return self.identity.of(patient) or self.local_pseudonym(patient_id)
 
     def by_ledger_key(self, rtype: str, key: str) -> Stored | None:
         """The newest version of the resource this org registered under a key seen on chain (in an event)."""
@@ -259,7 +269,8 @@ class Records:
             rows.append(Row(rtype, rid, version, patient, stamp, content, identifiers))
             entries.append(
                 {
-                    "patient": patient,
+                    "patient": "" if patient == DIRECTORY else patient,
+                    "directory": patient == DIRECTORY,
                     "resourceType": rtype,
                     "resourceKey": key,
                     "version": version,
@@ -269,7 +280,7 @@ class Records:
                 }
             )
             written.append(Written(rtype, rid, version, stamp, version == 1, resource))
-        submit = route.call(self.ledger, written[0].resource, entries)
+        submit = route.call(Ledgers(self.ledger, self.payers), written[0].resource, entries)
         batch = uuid.uuid4().hex
         self.store.stage(batch, rows)
         if submit is None:
@@ -311,44 +322,63 @@ class Records:
     def _patients(
         self, entries: list[Entry], ids: dict[int, tuple[str, str, int]], known: dict[str, str]
     ) -> dict[int, str]:
-        """The pseudonym each entry is filed under: its own (Patient) or its patient element's, which names a
-        Patient of this bundle (`known`: those a conditional entry found), a Patient held here, or the patient's
-        consortium identifier (logical reference)."""
+        """Whom each entry is filed under: a Patient under its pseudonym; a resource of the patient compartment under
+        the pseudonym of the patient its element names (a Patient of this bundle — `known`: those a conditional entry
+        found —, a Patient held here, or the patient's consortium identifier, as a logical or conditional reference);
+        any other resource under this org's directory."""
         by_url = {e.full_url: e for e in entries if e.full_url}
         out: dict[int, str] = {}
         for e in entries:
-            where = f"Bundle.entry[{e.index}].resource"
             if e.resource["resourceType"] == "Patient":
-                out[e.index] = self.pseudonym_of_patient(e.resource, where)
+                out[e.index] = self.pseudonym_of_patient(e.resource, ids[e.index][1])
+        issues: list[Issue] = []
         for e in entries:
-            element = PATIENT_ELEMENT[e.resource["resourceType"]]
-            if element is None:
+            rtype = e.resource["resourceType"]
+            if rtype == "Patient":
                 continue
-            where = f"Bundle.entry[{e.index}].resource.{element}"
-            value = e.resource.get(element) or {}
-            ref = str(value.get("reference") or "")
-            ident = value.get("identifier") or {}
-            target = by_url.get(ref)
-            if target is not None and target.resource["resourceType"] == "Patient":
-                out[e.index] = out[target.index]
-            elif ref in known:
-                out[e.index] = known[ref]
-            elif ref.startswith("Patient/") and (p := self.pseudonym_of_local_patient(ref.split("/", 1)[1])):
-                out[e.index] = p
-            elif not ref and ident.get("system") == self.mpi_system and ident.get("value"):
-                out[e.index] = self.pseudonym_of_identifier(self.mpi_system, str(ident["value"]))
+            if not in_compartment(rtype):
+                out[e.index] = DIRECTORY
+                continue
+            refs = patient_references(e.resource)
+            found = next((p for r in refs if (p := self._patient_named(r, by_url, out, known)) is not None), None)
+            if found is not None:
+                out[e.index] = found
+            elif rtype in EITHER:
+                out[e.index] = DIRECTORY
             else:
-                raise FhirInvalid(
-                    [
-                        Issue(
-                            "invariant",
-                            where,
-                            f"{ref or 'no reference'}: must name a Patient held here or in this bundle,"
-                            f" or the patient's identifier of system {self.mpi_system}",
-                        )
-                    ]
+                where = f"Bundle.entry[{e.index}].resource.{PATIENT_ELEMENTS[rtype][0]}"
+                names = ", ".join(self.identity.systems)
+                issues.append(
+                    Issue(
+                        "invariant",
+                        where,
+                        "must name a Patient of this bundle or held here, or the patient by an identifier of a"
+                        f" consortium system ({names})",
+                    )
                 )
+        if issues:
+            raise FhirInvalid(issues)
         return out
+
+    def _patient_named(
+        self, ref: dict[str, Any], by_url: dict[str, Entry], filed: dict[int, str], known: dict[str, str]
+    ) -> str | None:
+        """The pseudonym of the patient a Reference names, or None when it names none this org can file under."""
+        target = str(ref.get("reference") or "")
+        in_bundle = by_url.get(target)
+        if in_bundle is not None:
+            return filed.get(in_bundle.index)
+        if target in known:
+            return known[target]
+        if target.startswith("Patient/") and (held := self.pseudonym_of_local_patient(target.split("/", 1)[1])):
+            return held
+        ident = ref.get("identifier") or {}
+        if target.startswith("Patient?identifier="):
+            system, _, value = target.split("=", 1)[1].partition("|")
+            ident = {"system": system, "value": value}
+        if ident.get("system") in self.identity.systems and ident.get("value"):
+            return self.pseudonym_of_identifier(str(ident["system"]), str(ident["value"]))
+        return None
 
     async def _settle(self, batch: str, submit: LedgerCall) -> None:
         """Send the write's ledger transaction, keeping it signed first; commit the rows when it is valid, discard

@@ -2,8 +2,9 @@
 
 `fhir.resources` (R4 through its R4B models) checks structure and types. It does not check terminology: it accepts
 `Bundle.type = "nonsense"` and `Patient.gender = "xyz"`. So every coded element whose model lists `enum_values` (the
-required bindings) is checked here as well. Bundle rules come on top: supported types only, unique fullUrls, no
-dangling `urn:uuid:` references, ids, nesting depth and size limits. Every problem is an `Issue` that names the
+required bindings) is checked here as well. Every R4 resource type is accepted. Bundle rules come on top: unique
+fullUrls, no dangling `urn:uuid:` references, ids, nesting depth and size limits. Every problem is an `Issue` that
+names the
 element, and a refused request lists every problem found (up to `records.errors.MAX_ISSUES`), so an integrator fixes a
 bundle in one round trip.
 """
@@ -22,25 +23,28 @@ from fhir_core.fhirabstractmodel import FHIRAbstractModel
 
 from records.errors import FhirInvalid, Issue, Malformed, TooCostly
 
-# The resource types this gateway stores, each with the element that names its patient (None: it is the patient).
-PATIENT_ELEMENT: dict[str, str | None] = {
-    "Patient": None,
-    "AllergyIntolerance": "patient",
-    "CarePlan": "subject",
-    "Claim": "patient",
-    "ClaimResponse": "patient",
-    "Condition": "subject",
-    "Consent": "patient",
-    "Coverage": "beneficiary",
-    "DiagnosticReport": "subject",
-    "Encounter": "subject",
-    "Immunization": "patient",
-    "MedicationDispense": "subject",
-    "MedicationRequest": "subject",
-    "MedicationStatement": "subject",
-    "Observation": "subject",
-    "Procedure": "subject",
-}
+NOT_STORED = frozenset({"Parameters", "OperationOutcome"})  # messages about an interaction, not records
+
+
+def _r4_types() -> frozenset[str]:
+    """Every resource type the R4 models know (a resource: a model with a resource type of its own)."""
+    from fhir.resources.R4B import fhirtypes
+    from fhir.resources.R4B.resource import Resource
+
+    found = set()
+    for name in dir(fhirtypes):
+        if not name.endswith("Type"):
+            continue
+        try:
+            model = get_fhir_model_class(name.removesuffix("Type"))
+        except (ValueError, AttributeError):
+            continue
+        if issubclass(model, Resource) and model.get_resource_type() not in ("Resource", "DomainResource"):
+            found.add(model.get_resource_type())
+    return frozenset(found - NOT_STORED)
+
+
+STORED_TYPES = _r4_types()  # every resource type this server keeps
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,17 @@ def id_issue(value: str, where: str) -> Issue | None:
         return None
     shown = value if len(value) <= 70 else value[:64] + "..."
     return Issue("value", where, f"{shown!r} is not a FHIR id (1 to 64 of A-Z a-z 0-9 - .)")
+
+
+def check_type(resource_type: str) -> str:
+    """A resource type of FHIR R4 (search and read name one in the URL)."""
+    try:
+        get_fhir_model_class(resource_type)
+    except (KeyError, ValueError):
+        raise Malformed(
+            [Issue("not-supported", "type", f"{resource_type[:64]!r} is not a FHIR resource type")]
+        ) from None
+    return resource_type
 
 
 def check_id(value: str, where: str = "id") -> str:
@@ -155,16 +170,9 @@ def validate_resource(data: Any, path: str) -> FHIRAbstractModel:
         raise FhirInvalid(
             [Issue("not-supported", f"{path}.resourceType", f"unknown resource type {resource_type!r}")]
         ) from None
-    if resource_type not in PATIENT_ELEMENT:
-        supported = ", ".join(sorted(PATIENT_ELEMENT))
+    if resource_type in NOT_STORED:
         raise FhirInvalid(
-            [
-                Issue(
-                    "not-supported",
-                    f"{path}.resourceType",
-                    f"{resource_type} is not stored here; supported: {supported}",
-                )
-            ]
+            [Issue("not-supported", f"{path}.resourceType", f"a {resource_type} is not a record to store")]
         )
     try:
         model = model_class.model_validate(data)

@@ -108,8 +108,7 @@ async def update(
 
 @router.get("/{rtype}")
 async def search_type(rtype: str, request: Request, svc: ServicesDep, grant: Searcher) -> FhirResponse:
-    if rtype not in fv.PATIENT_ELEMENT:
-        raise HttpProblem(404, "not-supported", f"{rtype} is not stored here")
+    fv.check_type(rtype)
     records = svc.records
     wanted = search.parse(rtype, list(request.query_params.multi_items()), records.pseudonym_of_local_patient)
     query = wanted.query
