@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import grpc.aio
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 # Fabric peers close connections that ping more often than every 60 s (peer.keepalive.minInterval).
 _OPTIONS = [
@@ -33,6 +36,13 @@ class Endpoint:
         cls, address: str, tls_root_cert: Path, client_cert: Path, client_key: Path, server_name: str | None = None
     ) -> Endpoint:
         return cls(address, tls_root_cert.read_bytes(), client_cert.read_bytes(), client_key.read_bytes(), server_name)
+
+    @property
+    def tls_cert_hash(self) -> bytes:
+        """SHA-256 of our TLS client certificate (DER): peers that require mutual TLS bind block stream requests to
+        it."""
+        der = x509.load_pem_x509_certificate(self.client_cert).public_bytes(serialization.Encoding.DER)
+        return hashlib.sha256(der).digest()
 
     def _credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(self.tls_root_cert, self.client_key, self.client_cert)

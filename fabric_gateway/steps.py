@@ -1,7 +1,10 @@
 """Every Gateway operation as a generator of steps, with no I/O: the one core of the blocking and asyncio clients.
 
-An operation yields what it needs done, a `Call` of a Gateway method with its serialised request (or a pause), and
-is sent back the answer: the serialised response, or the `grpc.RpcError` the call raised, or None after a pause.
+An operation yields what it needs done, a `Call` of a Gateway method with its serialised request, and is sent back
+the answer: the serialised response, or the `grpc.RpcError` the call raised. Three more calls are not gRPC: "pause"
+(answer None), and "watch" / "commit_event", by which `submit_transaction` follows commits on the channel's block
+stream (see `commits`) when the driver has one (answers: whether the stream runs; the status, None to ask
+CommitStatus instead, or False when the deadline passed).
 Everything else — building and signing requests, reading answers, mapping failures to errors, deciding to poll
 again — happens here, once. A driver only performs the steps: `client.Gateway` with blocking calls, `aio.AsyncGateway`
 by awaiting them. Requests and responses stay bytes between the two, so the drivers hand them to gRPC without
@@ -11,18 +14,23 @@ protobuf (de)serialisers, and each operation parses only the answer it reads.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar
 
 import grpc
+import grpc.aio
+from fabric_protos.common import common_pb2
 from fabric_protos.gateway import gateway_pb2
 
+from fabric_gateway import commits
 from fabric_gateway import messages as m
 from fabric_gateway.checkpoint import Checkpoint
+from fabric_gateway.connection import Endpoint
 from fabric_gateway.errors import (
     BlockWaitTimeout,
     CommitError,
+    CommitStatusTimeout,
     EvaluateError,
     EvaluateTimeout,
     EvaluateUnavailable,
@@ -38,12 +46,13 @@ UnaryStage = Literal["evaluate", "endorse", "submit", "commit_status"]
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One thing a driver does: call a Gateway method with a serialised request and a deadline, or (stage "pause")
-    wait for `timeout` seconds."""
+    """One thing a driver does: call a Gateway method with a serialised request and a deadline; or wait."""
 
-    stage: UnaryStage | Literal["pause"]
+    stage: UnaryStage | Literal["pause", "watch", "commit_event"]
     request: bytes
     timeout: float
+    channel: str = ""
+    tx_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +60,7 @@ class Done(Generic[T]):
     value: T
 
 
-Reply: TypeAlias = "bytes | grpc.RpcError | None"
+Reply: TypeAlias = "bytes | grpc.RpcError | m.CommitStatus | bool | None"
 Steps: TypeAlias = Generator[Call, Reply, T]
 
 
@@ -81,6 +90,33 @@ def unary_calls(channel: Any) -> dict[str, Any]:
 def events_call(channel: Any) -> Any:
     """The channel's callable for the chaincode events stream, bytes in and out."""
     return channel.unary_stream(EVENTS_METHOD, _registered_method=True)
+
+
+def taking_call(unary: Callable[..., T]) -> Callable[[Call], T]:
+    """A unary callable (request, timeout=) as the drivers perform a Call."""
+    return lambda call: unary(call.request, timeout=call.timeout)
+
+
+def deliver_call(channel: Any) -> Any:
+    """The channel's callable for the peer's filtered-block stream (see `commits`), bytes in and out."""
+    return channel.stream_stream(commits.DELIVER_FILTERED, _registered_method=True)
+
+
+def envelopes(requests: Iterable[bytes]) -> Iterator[Any]:
+    """What a stub's DeliverFiltered takes."""
+    return (common_pb2.Envelope.FromString(request) for request in requests)
+
+
+def tls_cert_hash(connection: Any, given: bytes | None) -> bytes | None:
+    """What binds a block stream request to the connection's mutual TLS: given, or the Endpoint's client
+    certificate's; unknown (None: no block stream) for a channel opened elsewhere; not checked by a stub."""
+    if given is not None:
+        return given
+    if isinstance(connection, Endpoint):
+        return connection.tls_cert_hash
+    if isinstance(connection, (grpc.Channel, grpc.aio.Channel)):
+        return None
+    return b""
 
 
 def stub_methods(stub: Any) -> dict[str, tuple[Any, Any]]:
@@ -145,6 +181,16 @@ def rpc(stage: UnaryStage, request: bytes, timeout: float, tx_id: str) -> Steps[
     raise from_rpc_error(stage, reply, tx_id, deadline_passed=time.monotonic() - started >= timeout)
 
 
+def commit_event(session: Session, tx: m.TransactionState) -> Steps[m.CommitStatus | None]:
+    """The status the channel's block stream brings (see `commits`), or None: ask CommitStatus."""
+    timeout = session.timeouts.commit_status
+    reply = yield Call("commit_event", b"", timeout, tx.channel, tx.tx_id)
+    if reply is False:
+        raise CommitStatusTimeout("DEADLINE_EXCEEDED", f"not committed within {timeout:g} s", (), tx.tx_id)
+    assert reply is None or isinstance(reply, m.CommitStatus)
+    return reply
+
+
 # ----- one stage each ----------------------------------------------------------------------------------------
 
 
@@ -186,9 +232,14 @@ def submit_async(session: Session, proposal: m.ProposalState) -> Steps[tuple[m.T
 
 
 def submit_transaction(session: Session, proposal: m.ProposalState) -> Steps[Submitted]:
-    """Endorse, order, and wait for the commit; raises CommitError unless the transaction is valid."""
-    tx, commit = yield from submit_async(session, proposal)
-    status = yield from commit_status(session, commit)
+    """Endorse, order, and wait for the commit; raises CommitError unless the transaction is valid. The channel's
+    block stream must run before the transaction is sent, so that its block cannot be missed."""
+    tx = yield from endorse(session, proposal)
+    watching = yield Call("watch", b"", 0, tx.channel)
+    commit = yield from submit(session, tx)
+    status = (yield from commit_event(session, tx)) if watching else None
+    if status is None:
+        status = yield from commit_status(session, commit)
     if not status.successful:
         raise CommitError(status.tx_id, status.code, status.block_number)
     return Submitted(tx.tx_id, tx.result, status)
