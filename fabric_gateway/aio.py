@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from typing import Any, TypeVar, Unpack
+from typing import Any, TypeAlias, TypeVar, Unpack
 
 import grpc
 import grpc.aio
@@ -17,12 +17,23 @@ import grpc.aio
 from fabric_gateway import base, commits, steps
 from fabric_gateway import messages as m
 from fabric_gateway.checkpoint import Checkpoint
-from fabric_gateway.connection import Endpoint
+from fabric_gateway.connection import (
+    Endpoint,
+    binding_hash,
+    deliver_call,
+    envelopes,
+    events_call,
+    events_request_message,
+    stub_methods,
+    unary_calls,
+)
 from fabric_gateway.identity import Identity, Signer
 from fabric_gateway.steps import DEFAULT_TIMEOUTS, Steps, Submitted, Timeouts
 
 T = TypeVar("T")
 UnaryCall = Callable[..., Awaitable[bytes]]
+_Outcome: TypeAlias = "asyncio.Future[m.CommitStatus | bool | None]"  # what a submit waiting on the stream awaits
+_Watch: TypeAlias = "commits.CommitWatch[_Outcome]"
 
 
 class Awaiting:
@@ -32,18 +43,14 @@ class Awaiting:
         self._session = session
         self._tls_cert_hash = tls_cert_hash
         if isinstance(connection, grpc.aio.Channel):
-            calls = steps.unary_calls(connection)
-            self._events: Callable[[bytes], Any] = steps.events_call(connection)
-            self._deliver: Callable[[Iterator[bytes]], Any] | None = steps.deliver_call(connection)
+            calls = unary_calls(connection)
+            self._events: Callable[[bytes], Any] = events_call(connection)
+            self._deliver: Callable[[Iterator[bytes]], Any] | None = deliver_call(connection)
         else:  # a Gateway stub with coroutine methods, such as a test's fake: it speaks protobuf messages
-            calls = {stage: _stub_call(*method) for stage, method in steps.stub_methods(connection).items()}
-            self._events = lambda request: _stub_stream(
-                connection.ChaincodeEvents(steps.events_request_message(request))
-            )
+            calls = {stage: _stub_call(*method) for stage, method in stub_methods(connection).items()}
+            self._events = lambda request: _stub_stream(connection.ChaincodeEvents(events_request_message(request)))
             deliver = getattr(connection, "DeliverFiltered", None)
-            self._deliver = (
-                None if deliver is None else lambda requests: _stub_stream(deliver(steps.envelopes(requests)))
-            )
+            self._deliver = None if deliver is None else lambda requests: _stub_stream(deliver(envelopes(requests)))
         self._calls: dict[str, Callable[[steps.Call], Awaitable[steps.Reply]]] = {
             stage: steps.taking_call(unary) for stage, unary in calls.items()
         }
@@ -52,7 +59,7 @@ class Awaiting:
             "watch": self._watch,
             "commit_event": self._event,
         }
-        self._watches: dict[str, commits.CommitWatch[asyncio.Future[m.CommitStatus | bool | None]]] = {}
+        self._watches: dict[str, _Watch] = {}
         self._readers: set[asyncio.Task[None]] = set()
 
     async def run(self, operation: Steps[T]) -> T:
@@ -70,9 +77,9 @@ class Awaiting:
 
     # ----- the channels' block streams (see fabric_gateway.commits) -----
 
-    async def _watch(self, call: steps.Call) -> bool:
+    async def _watch(self, call: steps.Call) -> _Watch | None:
         if self._deliver is None or self._tls_cert_hash is None:
-            return False
+            return None
         watch = self._watches.get(call.channel)
         if watch is None or watch.replace():
             loop = asyncio.get_running_loop()
@@ -84,9 +91,9 @@ class Awaiting:
         if not watch.ready:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(watch.first_block), commits.READY_WITHIN)
-        return watch.running
+        return watch if watch.running else None
 
-    async def _read(self, watch: commits.CommitWatch[asyncio.Future[m.CommitStatus | bool | None]]) -> None:
+    async def _read(self, watch: _Watch) -> None:
         assert self._deliver is not None and self._tls_cert_hash is not None
         try:
             request = commits.seek_request(
@@ -102,7 +109,7 @@ class Awaiting:
             watch.end()
 
     async def _event(self, call: steps.Call) -> m.CommitStatus | bool | None:
-        watch = self._watches[call.channel]
+        watch: _Watch = call.handle  # type: ignore[assignment]
         waiter = watch.wait_for(call.tx_id)
         if waiter.done():
             return waiter.result()
@@ -154,7 +161,7 @@ class AsyncGateway(base.GatewayBase[Awaiting]):
     ) -> None:
         self._channel = connection.aio_channel() if isinstance(connection, Endpoint) else None
         session = steps.Session(identity, signer, timeouts)
-        hash_ = steps.tls_cert_hash(connection, tls_cert_hash)
+        hash_ = binding_hash(connection, tls_cert_hash)
         super().__init__(session, Awaiting(self._channel or connection, session, hash_))
 
     def network(self, name: str) -> AsyncNetwork:

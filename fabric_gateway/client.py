@@ -18,19 +18,29 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar, Unpack
+from typing import Any, TypeAlias, TypeVar, Unpack
 
 import grpc
 
 from fabric_gateway import base, commits, steps
 from fabric_gateway import messages as m
 from fabric_gateway.checkpoint import Checkpoint
-from fabric_gateway.connection import Endpoint
+from fabric_gateway.connection import (
+    Endpoint,
+    binding_hash,
+    deliver_call,
+    envelopes,
+    events_call,
+    events_request_message,
+    stub_methods,
+    unary_calls,
+)
 from fabric_gateway.identity import Identity, Signer
 from fabric_gateway.steps import DEFAULT_TIMEOUTS, Steps, Submitted, Timeouts
 
 T = TypeVar("T")
 UnaryCall = Callable[..., bytes]
+_Watch: TypeAlias = "commits.CommitWatch[_Waiter]"
 
 
 class Blocking:
@@ -40,18 +50,14 @@ class Blocking:
         self._session = session
         self._tls_cert_hash = tls_cert_hash
         if isinstance(connection, grpc.Channel):
-            calls = steps.unary_calls(connection)
-            self._events: Callable[[bytes], Any] = steps.events_call(connection)
-            self._deliver: Callable[[Iterator[bytes]], Any] | None = steps.deliver_call(connection)
+            calls = unary_calls(connection)
+            self._events: Callable[[bytes], Any] = events_call(connection)
+            self._deliver: Callable[[Iterator[bytes]], Any] | None = deliver_call(connection)
         else:  # a Gateway stub, such as a test's fake: it speaks protobuf messages
-            calls = {stage: _stub_call(*method) for stage, method in steps.stub_methods(connection).items()}
-            self._events = lambda request: _StubStream(
-                connection.ChaincodeEvents(steps.events_request_message(request))
-            )
+            calls = {stage: _stub_call(*method) for stage, method in stub_methods(connection).items()}
+            self._events = lambda request: _StubStream(connection.ChaincodeEvents(events_request_message(request)))
             deliver = getattr(connection, "DeliverFiltered", None)
-            self._deliver = (
-                None if deliver is None else lambda requests: _StubStream(deliver(steps.envelopes(requests)))
-            )
+            self._deliver = None if deliver is None else lambda requests: _StubStream(deliver(envelopes(requests)))
         self._calls: dict[str, Callable[[steps.Call], steps.Reply]] = {
             stage: steps.taking_call(unary) for stage, unary in calls.items()
         }
@@ -60,7 +66,7 @@ class Blocking:
             "watch": self._watch,
             "commit_event": self._event,
         }
-        self._watches: dict[str, commits.CommitWatch[_Waiter]] = {}
+        self._watches: dict[str, _Watch] = {}
         self._watches_lock = threading.Lock()
 
     def run(self, operation: Steps[T]) -> T:
@@ -80,9 +86,9 @@ class Blocking:
 
     # ----- the channels' block streams (see fabric_gateway.commits) -----
 
-    def _watch(self, call: steps.Call) -> bool:
+    def _watch(self, call: steps.Call) -> _Watch | None:
         if self._deliver is None or self._tls_cert_hash is None:
-            return False
+            return None
         with self._watches_lock:
             watch = self._watches.get(call.channel)
             if watch is None or watch.replace():
@@ -91,9 +97,9 @@ class Blocking:
                 threading.Thread(target=self._read, args=(watch,), name="fabric-commits", daemon=True).start()
         if not watch.ready:
             watch.first_block.event.wait(commits.READY_WITHIN)
-        return watch.running
+        return watch if watch.running else None
 
-    def _read(self, watch: commits.CommitWatch[_Waiter]) -> None:
+    def _read(self, watch: _Watch) -> None:
         assert self._deliver is not None and self._tls_cert_hash is not None
         try:
             request = commits.seek_request(
@@ -109,7 +115,7 @@ class Blocking:
             watch.end()
 
     def _event(self, call: steps.Call) -> m.CommitStatus | bool | None:
-        watch = self._watches[call.channel]
+        watch: _Watch = call.handle  # type: ignore[assignment]
         waiter = watch.wait_for(call.tx_id)
         if not waiter.event.wait(call.timeout):
             watch.forget(call.tx_id)
@@ -175,7 +181,7 @@ class Gateway(base.GatewayBase[Blocking]):
     ) -> None:
         self._channel = connection.channel() if isinstance(connection, Endpoint) else None
         session = steps.Session(identity, signer, timeouts)
-        hash_ = steps.tls_cert_hash(connection, tls_cert_hash)
+        hash_ = binding_hash(connection, tls_cert_hash)
         super().__init__(session, Blocking(self._channel or connection, session, hash_))
 
     def network(self, name: str) -> Network:

@@ -37,7 +37,7 @@ from fabric_gateway.identity import Identity, digest
 DELIVER_FILTERED = "/protos.Deliver/DeliverFiltered"
 RETRY_AFTER = 30.0  # seconds before a channel's stream is tried again after it failed
 READY_WITHIN = 5.0  # seconds a new stream has to deliver its first block
-KEEP = 50_000  # statuses of recent transactions kept, for submits that wait after their block arrived
+KEEP = 10_000  # statuses of recent transactions kept, for submits that wait after their block arrived
 
 W = TypeVar("W")  # what a waiting submit blocks on: a threading.Event-like object or an asyncio future
 
