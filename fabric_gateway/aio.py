@@ -15,18 +15,10 @@ import grpc
 import grpc.aio
 
 from fabric_gateway import base, commits, steps
+from fabric_gateway import connection as transport
 from fabric_gateway import messages as m
 from fabric_gateway.checkpoint import Checkpoint
-from fabric_gateway.connection import (
-    Endpoint,
-    binding_hash,
-    deliver_call,
-    envelopes,
-    events_call,
-    events_request_message,
-    stub_methods,
-    unary_calls,
-)
+from fabric_gateway.connection import Endpoint
 from fabric_gateway.identity import Identity, Signer
 from fabric_gateway.steps import DEFAULT_TIMEOUTS, Steps, Submitted, Timeouts
 
@@ -43,14 +35,18 @@ class Awaiting:
         self._session = session
         self._tls_cert_hash = tls_cert_hash
         if isinstance(connection, grpc.aio.Channel):
-            calls = unary_calls(connection)
-            self._events: Callable[[bytes], Any] = events_call(connection)
-            self._deliver: Callable[[Iterator[bytes]], Any] | None = deliver_call(connection)
+            calls = transport.unary_calls(connection)
+            self._events: Callable[[bytes], Any] = transport.events_call(connection)
+            self._deliver: Callable[[Iterator[bytes]], Any] | None = transport.deliver_call(connection)
         else:  # a Gateway stub with coroutine methods, such as a test's fake: it speaks protobuf messages
-            calls = {stage: _stub_call(*method) for stage, method in stub_methods(connection).items()}
-            self._events = lambda request: _stub_stream(connection.ChaincodeEvents(events_request_message(request)))
+            calls = {stage: _stub_call(*method) for stage, method in transport.stub_methods(connection).items()}
+            self._events = lambda request: _stub_stream(
+                connection.ChaincodeEvents(transport.events_request_message(request))
+            )
             deliver = getattr(connection, "DeliverFiltered", None)
-            self._deliver = None if deliver is None else lambda requests: _stub_stream(deliver(envelopes(requests)))
+            self._deliver = (
+                None if deliver is None else lambda requests: _stub_stream(deliver(transport.envelopes(requests)))
+            )
         self._calls: dict[str, Callable[[steps.Call], Awaitable[steps.Reply]]] = {
             stage: steps.taking_call(unary) for stage, unary in calls.items()
         }
@@ -161,7 +157,7 @@ class AsyncGateway(base.GatewayBase[Awaiting]):
     ) -> None:
         self._channel = connection.aio_channel() if isinstance(connection, Endpoint) else None
         session = steps.Session(identity, signer, timeouts)
-        hash_ = binding_hash(connection, tls_cert_hash)
+        hash_ = transport.binding_hash(connection, tls_cert_hash)
         super().__init__(session, Awaiting(self._channel or connection, session, hash_))
 
     def network(self, name: str) -> AsyncNetwork:

@@ -23,18 +23,10 @@ from typing import Any, TypeAlias, TypeVar, Unpack
 import grpc
 
 from fabric_gateway import base, commits, steps
+from fabric_gateway import connection as transport
 from fabric_gateway import messages as m
 from fabric_gateway.checkpoint import Checkpoint
-from fabric_gateway.connection import (
-    Endpoint,
-    binding_hash,
-    deliver_call,
-    envelopes,
-    events_call,
-    events_request_message,
-    stub_methods,
-    unary_calls,
-)
+from fabric_gateway.connection import Endpoint
 from fabric_gateway.identity import Identity, Signer
 from fabric_gateway.steps import DEFAULT_TIMEOUTS, Steps, Submitted, Timeouts
 
@@ -50,14 +42,18 @@ class Blocking:
         self._session = session
         self._tls_cert_hash = tls_cert_hash
         if isinstance(connection, grpc.Channel):
-            calls = unary_calls(connection)
-            self._events: Callable[[bytes], Any] = events_call(connection)
-            self._deliver: Callable[[Iterator[bytes]], Any] | None = deliver_call(connection)
+            calls = transport.unary_calls(connection)
+            self._events: Callable[[bytes], Any] = transport.events_call(connection)
+            self._deliver: Callable[[Iterator[bytes]], Any] | None = transport.deliver_call(connection)
         else:  # a Gateway stub, such as a test's fake: it speaks protobuf messages
-            calls = {stage: _stub_call(*method) for stage, method in stub_methods(connection).items()}
-            self._events = lambda request: _StubStream(connection.ChaincodeEvents(events_request_message(request)))
+            calls = {stage: _stub_call(*method) for stage, method in transport.stub_methods(connection).items()}
+            self._events = lambda request: _StubStream(
+                connection.ChaincodeEvents(transport.events_request_message(request))
+            )
             deliver = getattr(connection, "DeliverFiltered", None)
-            self._deliver = None if deliver is None else lambda requests: _StubStream(deliver(envelopes(requests)))
+            self._deliver = (
+                None if deliver is None else lambda requests: _StubStream(deliver(transport.envelopes(requests)))
+            )
         self._calls: dict[str, Callable[[steps.Call], steps.Reply]] = {
             stage: steps.taking_call(unary) for stage, unary in calls.items()
         }
@@ -181,7 +177,7 @@ class Gateway(base.GatewayBase[Blocking]):
     ) -> None:
         self._channel = connection.channel() if isinstance(connection, Endpoint) else None
         session = steps.Session(identity, signer, timeouts)
-        hash_ = binding_hash(connection, tls_cert_hash)
+        hash_ = transport.binding_hash(connection, tls_cert_hash)
         super().__init__(session, Blocking(self._channel or connection, session, hash_))
 
     def network(self, name: str) -> Network:
