@@ -104,12 +104,16 @@ async def serve(settings: GatewaySettings) -> None:
 
 
 async def _reconcile_forever(records: Records) -> None:
-    """Settle writes whose outcome was unknown (or that a crash left pending) as soon as the ledger answers."""
+    """Settle writes whose outcome was unknown (or that a crash left pending) as soon as the ledger answers, and
+    file the claims of committed bundles that are still queued."""
     while True:
         try:
             counts = await records.reconcile_pending()
             if any(counts.values()):
                 log.info("settled pending writes", extra=counts)
+            filed = await records.claims_outbox.submit_due()
+            if filed:
+                log.info("filed queued claims", extra=filed)
         except Exception as e:  # the ledger or the store is down: try again on the next round
             log.warning("reconciling pending writes failed", extra={"error": str(e)[:300]})
         await asyncio.sleep(RECONCILE_EVERY_S)

@@ -292,3 +292,23 @@ def transaction_entries(env: Envelope) -> list[Entry]:
     if issues:
         raise FhirInvalid(issues)
     return entries
+
+
+def batch_entry(raw: Any, i: int) -> Entry:
+    """One entry of a batch: checked on its own, since a batch's entries are independent (FHIR). A reference to
+    another entry by its `urn:uuid:` fullUrl cannot be resolved in a batch: that takes a transaction."""
+    checked = entry(raw, i)
+    checked.full_url = ""
+    issues = [
+        Issue(
+            "invariant",
+            where,
+            f"{ref} points at another entry: a batch's entries are independent; send a transaction Bundle"
+            " to have references between entries resolved",
+        )
+        for ref, where in references(checked.resource, f"Bundle.entry[{i}].resource")
+        if ref.startswith(("urn:uuid:", "urn:oid:"))
+    ]
+    if issues:
+        raise FhirInvalid(issues)
+    return checked

@@ -69,8 +69,7 @@ async def bundle(svc: ServicesDep, client: ClientDep, body: BodyDep, key: Reques
 async def _batch_entry(records: Records, raw: Any, i: int, limit: str | None, key: str) -> dict[str, Any]:
     """A batch answers each entry on its own: a failure is that entry's status and outcome."""
     try:
-        entry = fv.entry(raw, i)
-        entry.full_url = ""  # batch entries may not refer to each other
+        entry = fv.batch_entry(raw, i)
         (w,) = await records.transaction([entry], limit, key)
         return {"response": entry_response(w)}
     except Exception as e:

@@ -17,7 +17,7 @@ from ledger.errors import LedgerForbidden
 from ledger.fake import FakeLedger
 from records import synthetic
 from records import validation as fv
-from records.errors import NotKeptHere, PreconditionFailed, Refused, StillPending
+from records.errors import FhirInvalid, NotKeptHere, PreconditionFailed, Refused, StillPending
 from records.service import Custodian, Records
 from records.sharing import Sharing
 from tests import fhir_samples as fhir
@@ -227,3 +227,88 @@ def fv_query(rtype: str) -> Any:
     from records.store import Query
 
     return Query(rtype)
+
+
+# ----- claims inside transaction bundles (the claim outbox) --------------------------------------------------------
+
+
+def visit_with_claims(seed: int = 3, insurer: str = "InsurerMSP", status: str = "active") -> dict[str, Any]:
+    """A visit whose bundle also bills it: two Claims naming the bundle's Patient by its urn:uuid."""
+    bundle = visit(2, seed=seed)
+    patient_url = bundle["entry"][0]["fullUrl"]
+    for n in (1, 2):
+        claim = synthetic.claim("x", insurer, [("99213", 1, f"{100 + n}.00")], "2026-11-01", "Coverage/c1")
+        claim |= {"patient": {"reference": patient_url}, "status": status}
+        bundle["entry"].append({"resource": claim, "request": {"method": "POST", "url": "Claim"}})
+    return bundle
+
+
+def submitted_events(world: FakeLedger) -> list[Any]:
+    return [p for p in world.events if p[2] in ("Claims.Submitted", "Claims.SubmittedBatch")]
+
+
+def test_the_claims_of_a_transaction_bundle_are_filed_once_after_its_records(
+    world: FakeLedger, hospital: Records
+) -> None:
+    async def scenario() -> list[Any]:
+        written = await hospital.transaction(entries(visit_with_claims()))
+        await hospital.claims_outbox.idle()
+        return written
+
+    written = run(scenario())
+    claims = [w for w in written if w.type == "Claim"]
+    assert len(claims) == 2 and all(w.created for w in claims)
+    assert len([p for p in world.events if p[2] == "Records.Registered"]) == 1
+    assert len(submitted_events(world)) == 2
+    for w in claims:
+        state = hospital.submission(w.id)
+        assert (state.state, state.attempts) == ("submitted", 0) and state.tx_id
+        on_chain = run(hospital.ledger.claim(hospital.store.ledger_key("Claim", w.id)))
+        assert on_chain["patient"] == hospital.read("Patient", written[0].id).patient
+        assert run(hospital.verify(hospital.read("Claim", w.id))).ok
+    assert run(hospital.claims_outbox.submit_due(retry_after_s=0)) == {}  # nothing left to file
+
+
+def test_a_refused_bundle_queues_none_of_its_claims(world: FakeLedger, hospital: Records) -> None:
+    world.fail_next("Records:Register", LedgerForbidden("refused"))
+    with pytest.raises(LedgerForbidden):
+        run(hospital.transaction(entries(visit_with_claims())))
+    assert hospital.store.claims_due(100, 0) == []
+    assert hospital.store.search(fv_query("Claim"))[0] == 0
+    assert not submitted_events(world)
+
+
+@pytest.mark.parametrize("committed", [True, False])
+def test_a_claim_whose_submission_outcome_was_unknown_is_filed_exactly_once(
+    world: FakeLedger, hospital: Records, committed: bool
+) -> None:
+    for _ in range(2):
+        world.fail_next("Claims:Submit", CommitStatusUnavailable("UNAVAILABLE", "peer gone"), committed=committed)
+
+    async def scenario() -> list[Any]:
+        written = await hospital.transaction(entries(visit_with_claims()))
+        await hospital.claims_outbox.idle()
+        return written
+
+    claims = [w for w in run(scenario()) if w.type == "Claim"]
+    assert {hospital.submission(w.id).state for w in claims} == {"queued"}
+    assert {hospital.submission(w.id).attempts for w in claims} == {1}
+    assert run(hospital.claims_outbox.submit_due(retry_after_s=0)) == {"submitted": 2}
+    assert len(submitted_events(world)) == 2  # each claim on chain once, whether the first try committed or not
+    assert all(hospital.submission(w.id).state == "submitted" for w in claims)
+
+
+def test_a_bundle_claim_naming_no_consortium_payer_is_kept_and_held(world: FakeLedger, hospital: Records) -> None:
+    bundle = visit_with_claims()
+    for e in bundle["entry"][-2:]:
+        e["resource"]["insurer"] = {"display": "A payer outside the consortium"}
+    claims = [w for w in run(hospital.transaction(entries(bundle))) if w.type == "Claim"]
+    assert {hospital.submission(w.id).state for w in claims} == {"held"}
+    assert not submitted_events(world)
+
+
+def test_a_bundle_claim_r4_forbids_refuses_the_whole_bundle(world: FakeLedger, hospital: Records) -> None:
+    with pytest.raises(FhirInvalid):
+        run(hospital.transaction(entries(visit_with_claims(status="draft"))))
+    assert hospital.store.search(fv_query("Patient"))[0] == 0
+    assert not [p for p in world.events if p[2] == "Records.Registered"]
