@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,8 +144,10 @@ def _binding_issues(model: FHIRAbstractModel, path: str) -> Iterator[Issue]:
                 yield from _binding_issues(item, where)
 
 
-def validate_resource(data: Any, path: str) -> FHIRAbstractModel:
-    """Parse one resource with its R4 model and check its required bindings; raise FhirInvalid naming elements."""
+def validate_resource(data: Any, path: str, supported: Collection[str] = PATIENT_ELEMENT.keys()) -> FHIRAbstractModel:
+    """Parse one resource with its R4 model and check its required bindings; raise FhirInvalid naming elements.
+    `supported`: the resource types accepted (by default those stored under a patient; a Subscription is checked
+    with its own list by `records.subscriptions`)."""
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
         raise Malformed([Issue("structure", path, "a resource is a JSON object with a resourceType")])
     resource_type = data["resourceType"]
@@ -155,16 +157,10 @@ def validate_resource(data: Any, path: str) -> FHIRAbstractModel:
         raise FhirInvalid(
             [Issue("not-supported", f"{path}.resourceType", f"unknown resource type {resource_type!r}")]
         ) from None
-    if resource_type not in PATIENT_ELEMENT:
-        supported = ", ".join(sorted(PATIENT_ELEMENT))
+    if resource_type not in supported:
+        names = ", ".join(sorted(supported))
         raise FhirInvalid(
-            [
-                Issue(
-                    "not-supported",
-                    f"{path}.resourceType",
-                    f"{resource_type} is not stored here; supported: {supported}",
-                )
-            ]
+            [Issue("not-supported", f"{path}.resourceType", f"{resource_type} is not stored here; supported: {names}")]
         )
     try:
         model = model_class.model_validate(data)

@@ -23,7 +23,7 @@ from consortium import connect
 from fabric_gateway import FabricError
 from fabric_gateway.checkpoint import RedisCheckpointer, after_event
 from ledger.contracts import CLAIMS
-from workers import outbox
+from workers import outbox, subscriptions
 from workers.settings import WorkerSettings
 
 log = logging.getLogger("careledger.listener")
@@ -73,6 +73,10 @@ def listen(settings: WorkerSettings, stop: threading.Event | None = None) -> Non
     r = redis.Redis.from_url(t.redis_url)
     checkpointer = RedisCheckpointer(r, f"{org.msp_id}:{CLAIMS}")
     threading.Thread(target=_sweeper, args=(r, org.msp_id, stop), name="outbox-sweeper", daemon=True).start()
+    # Handshakes and heartbeats of the org's FHIR subscriptions come from a periodic task (workers/subscriptions.py).
+    threading.Thread(
+        target=subscriptions.ticker, args=(r, settings, stop), name="subscription-ticker", daemon=True
+    ).start()
     while stop is None or not stop.is_set():
         try:
             with connect.gateway(t, org) as gw:

@@ -32,7 +32,7 @@ from fabric_gateway import FabricError
 from ledger.contracts import CLAIMS
 from ledger.errors import LedgerConflict, LedgerNotFound
 from records.store import Query
-from workers import claim_response, outbox, rules
+from workers import claim_response, outbox, rules, subscriptions
 from workers.app import app
 from workers.context import OrgContext, current
 
@@ -269,6 +269,7 @@ def notify(self: Any, event: str, claim: dict[str, Any], delivery_id: str) -> st
         outbox.publish(
             ctx.redis, msp, queue, "careledger.deliver", [event, claim, delivery_id], f"{delivery_id}:webhook"
         )
+    subscriptions.announce(ctx, event, claim, delivery_id)  # FHIR topic-based subscriptions (workers/subscriptions.py)
     return "notified"
 
 
