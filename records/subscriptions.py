@@ -783,10 +783,14 @@ def hydrated(
     entry keeps `request` and `response`, as the IG asks when a resource cannot be included."""
     if content_of(bundle) != "full-resource":
         return bundle
-    entries = []
-    for e in bundle["entry"]:
+    status, *rest = bundle["entry"]
+    entries = [status]
+    for e in rest:
         location = (e.get("response") or {}).get("location")
-        if "resource" not in e and location:
+        if "resource" in e:  # kept in the notification itself (what the chain recorded)
+            if not may_read(str(e["resource"].get("resourceType"))):
+                e = {k: v for k, v in e.items() if k != "resource"}
+        elif location:
             rtype, rid, _, version = str(location).split("/")
             if may_read(rtype):
                 with contextlib.suppress(NotHeld, PatientErased):

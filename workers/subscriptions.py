@@ -307,7 +307,7 @@ def on_event(self: Any, event: str, claim: dict[str, Any], delivery_id: str) -> 
             if not sub.matches(ctx.records, s, what.facts):
                 continue
             n = number(ctx, s.id, delivery_id)
-            if sub.kept_notification(ctx.records, s.id, n) is None:
+            if ctx.records.store.head("Bundle", sub.notification_id(s.id, n)) is None:  # not kept by an earlier run
                 happening = sub.Event(n, what.timestamp, what.focus, what.context)
                 bundle = sub.notification(s, base, "event-notification", n, [happening])
                 ctx.run(sub.keep_notification(ctx.records, s.id, n, sub.for_keeping(bundle)))

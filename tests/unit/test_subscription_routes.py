@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fhir.resources.R4B import get_fhir_model_class
 
 from records import subscriptions as sub
 from tests.subscription_samples import TOPIC_BASE, event_numbers, parameters, subscription
@@ -134,6 +135,7 @@ def test_topics_are_discoverable_and_the_capability_statement_lists_them(gw: Gat
         (entry,) = [r for r in capability["rest"][0]["resource"] if r["type"] == "Subscription"]
         assert [o["name"] for o in entry["operation"]] == ["status", "events"]
         assert {e["valueCanonical"] for e in entry["extension"]} == {t.url for t in sub.TOPICS}
+        get_fhir_model_class("CapabilityStatement").model_validate(capability)
 
     async def insurer(g: Gateway) -> None:
         topics = (await g.get("/fhir/SubscriptionTopic")).json()

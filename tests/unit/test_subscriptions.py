@@ -287,6 +287,18 @@ def test_a_kept_notification_holds_held_resources_by_version_and_follows_erasure
     assert "resource" not in after["entry"][1] and after["entry"][1]["response"]["location"]
 
 
+def test_a_resource_kept_in_the_notification_is_withheld_from_a_reader_without_its_scope(hospital: Records) -> None:
+    s = kept_subscription(hospital, subscription("claim-adjudicated", HOOK, "full-resource"))
+    claim = {"resourceType": "Claim", "id": "k1", "status": "active"}
+    focus = sub.Focus("Claim", "urn:careledger:claim:k1", claim, None, sub.claim_identifier("k1"))
+    sent = sub.notification(s, BASE, "event-notification", 1, [sub.Event(1, "2026-11-02T10:00:01Z", focus)])
+    kept = sub.for_keeping(sent)
+    assert kept["entry"][1]["resource"] == claim  # not held here: kept as it was
+    assert sub.hydrated(hospital, kept)["entry"][1]["resource"] == claim
+    withheld = sub.hydrated(hospital, kept, lambda rtype: rtype != "Claim")["entry"][1]
+    assert "resource" not in withheld and withheld["fullUrl"] == "urn:careledger:claim:k1"
+
+
 def test_the_event_count_is_the_highest_kept_notification(hospital: Records) -> None:
     s = kept_subscription(hospital, subscription("claim-adjudicated", HOOK, "empty"))
     assert sub.events_kept(hospital, "s1") == 0
