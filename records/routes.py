@@ -5,10 +5,11 @@
 | records | every other clinical type | Records:Register, one per bundle, on `providers` | providers |
 | claim | Claim | Claims:Submit (new) or Claims:Cancel (status cancelled), on `claims` | providers |
 | consent | Consent | Consent:Grant (new, active) or Consent:Revoke (status inactive), on `providers` | providers |
-| held | Coverage, ClaimResponse, PaymentReconciliation | none: kept by the custodian only | insurers and providers |
+| held | Coverage, ClaimResponse, PaymentReconciliation, Subscription, Bundle | none: kept here only | both kinds |
 
-A claim or consent is a transaction of its own, so it is posted on its own. Each route also knows how to ask the ledger
-which digest the ledger holds (`$verify`).
+A claim or consent is a transaction of its own, so it is posted on its own. Each route also knows how to ask the
+ledger which digest the ledger holds (`$verify`). Held Subscriptions and Bundles are topic-based subscriptions and
+the notifications kept for them (`records.subscriptions`).
 The ledger names each resource, claim and consent by its opaque key (`records.store.Store.ledger_key`), never by
 the id a client chose.
 """
@@ -139,6 +140,9 @@ ROUTES: Mapping[str, Route] = {
     "Coverage": HELD,  # the insurer keeps its members' coverage; adjudication checks it
     "ClaimResponse": HELD,
     "PaymentReconciliation": HELD,
+    # Topic-based subscriptions and the notifications sent for them (records.subscriptions): this org's own business.
+    "Subscription": HELD,
+    "Bundle": HELD,
 }
 
 # What EHRs may post to a member of each kind (held resources the insurer's workers write are not posted).

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,11 @@ from fhir_core.fhirabstractmodel import FHIRAbstractModel
 
 from records.errors import FhirInvalid, Issue, Malformed, TooCostly
 
-NOT_STORED = frozenset({"Parameters", "OperationOutcome"})  # messages about an interaction, not records
+NOT_STORED = {  # resource types that are not records, and why
+    "Parameters": "a Parameters is not a record to store",
+    "OperationOutcome": "an OperationOutcome is not a record to store",
+    "Subscription": "a Subscription is not a record: create it with POST /fhir/Subscription",
+}
 
 
 def _r4_types() -> frozenset[str]:
@@ -41,10 +45,10 @@ def _r4_types() -> frozenset[str]:
             continue
         if issubclass(model, Resource) and model.get_resource_type() not in ("Resource", "DomainResource"):
             found.add(model.get_resource_type())
-    return frozenset(found - NOT_STORED)
+    return frozenset(found)
 
 
-STORED_TYPES = _r4_types()  # every resource type this server keeps
+STORED_TYPES = _r4_types() - frozenset(NOT_STORED)  # every resource type this server keeps as a record
 
 
 @dataclass(frozen=True)
@@ -159,8 +163,10 @@ def _binding_issues(model: FHIRAbstractModel, path: str) -> Iterator[Issue]:
                 yield from _binding_issues(item, where)
 
 
-def validate_resource(data: Any, path: str) -> FHIRAbstractModel:
-    """Parse one resource with its R4 model and check its required bindings; raise FhirInvalid naming elements."""
+def validate_resource(data: Any, path: str, supported: Collection[str] = STORED_TYPES) -> FHIRAbstractModel:
+    """Parse one resource with its R4 model and check its required bindings; raise FhirInvalid naming elements.
+    `supported`: the resource types accepted (by default every type stored as a record; a Subscription is checked
+    with its own list by `records.subscriptions`)."""
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
         raise Malformed([Issue("structure", path, "a resource is a JSON object with a resourceType")])
     resource_type = data["resourceType"]
@@ -170,10 +176,9 @@ def validate_resource(data: Any, path: str) -> FHIRAbstractModel:
         raise FhirInvalid(
             [Issue("not-supported", f"{path}.resourceType", f"unknown resource type {resource_type!r}")]
         ) from None
-    if resource_type in NOT_STORED:
-        raise FhirInvalid(
-            [Issue("not-supported", f"{path}.resourceType", f"a {resource_type} is not a record to store")]
-        )
+    if resource_type not in supported:
+        why = NOT_STORED.get(resource_type) or f"{resource_type} is not taken here"
+        raise FhirInvalid([Issue("not-supported", f"{path}.resourceType", why)])
     try:
         model = model_class.model_validate(data)
     except pydantic.ValidationError as e:

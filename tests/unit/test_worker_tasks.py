@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -20,7 +19,6 @@ from consortium import topology as topo
 from ledger.claim_batches import ClaimBatches
 from ledger.contracts import Ledger
 from ledger.fake import FakeLedger
-from network import org_secrets, redis_server
 from records import synthetic
 from records import validation as fv
 from records.fhir_claim import claim_response_id
@@ -32,23 +30,6 @@ from workers.settings import WorkerSettings
 
 KINDS = {"HospitalMSP": "provider", "ClinicMSP": "provider", "InsurerMSP": "insurer"}
 MPI = "MPI-55501-TT"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def redis_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[topo.Topology]:
-    """A real Redis of its own, on a free port, for these tests only."""
-    t = topo.load(home=tmp_path_factory.mktemp("redis"), port_base=free_port() - topo.REDIS_PORT)
-    org_secrets.ensure(t)  # the Redis users' passwords
-    redis_server.start(t)
-    redis_server.wait_ready(t)
-    yield t
-    redis_server.process(t).stop()
 
 
 def records_of(world: FakeLedger, tmp_path: Path, msp: str) -> Records:
