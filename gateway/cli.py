@@ -16,7 +16,6 @@ from consortium.processes import ensure_port_free
 from consortium.supervision import Program, Supervised, program_env
 from consortium.topology import Topology
 from gateway.dev_issuer import dev_token
-from gateway.serve import serve
 from gateway.settings import GatewaySettings
 
 MEMBER_ORGS_HELP = "member org name, e.g. HospitalOrg (repeatable; default: every member org)"
@@ -70,6 +69,8 @@ def serve_command(org: str) -> None:
     logs.configure()
     settings = GatewaySettings.load(topo.load(), org)
     readiness.require_peer(settings.topology, settings.org)
+    from gateway.serve import serve  # the web stack loads only for the command that runs it
+
     asyncio.run(serve(settings))
 
 
