@@ -192,9 +192,9 @@ def test_no_phi_in_any_block_or_peer_database(network: Topology, phi_registry: P
         for orderer in network.orderers:
             numbers = found.blocks.get((orderer.name, channel), [])
             assert numbers and numbers == list(range(len(numbers))), (orderer.name, channel, summary)
-    for peer in network.peers:
-        state = next((db for name, db in found.databases.items() if peer.name in name and "stateLeveldb" in name), None)
-        assert state is not None and state.entries, (peer.name, "no state database read", summary)
+    for node in network.peers:
+        state = next((db for name, db in found.databases.items() if node.name in name and "stateLeveldb" in name), None)
+        assert state is not None and state.entries, (node.name, "no state database read", summary)
 
     # The scan reads what it must: what the MRN patient left on purpose (its pseudonym in the providers channel and
     # state, its claim's key in the claims channel) is found where it should be.
