@@ -704,6 +704,40 @@ def test_contracts_refuse_the_wrong_msp_role_custodian_or_patient_through_the_re
     assert {c["custodian"] for c in ask(hospital, "providers", "Records:Custodians", other_patient)} == {"HospitalMSP"}
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="the contracts refuse a confirmed patient certificate's org actions on `providers` only, where the "
+    "bindings are; on `claims` (and `pharma`) a patient certificate issued as a client of a provider acts for it",
+)
+def test_a_patient_certificate_does_not_act_for_its_org_on_the_claims_channel(
+    gateways: dict[str, GatewayHttp], gateway_as: GatewayAs, mint: Mint
+) -> None:
+    hospital = gateway_as("HospitalOrg")
+    _, mpi, _ = new_patient(gateways["HospitalOrg"], 2)
+    patient = pseudonym(gateways["HospitalOrg"], mpi)
+    patient_app, patient_cert = mint("HospitalOrg", "patient")
+    call(hospital, "providers", "Consent:RegisterPatientIdentity", patient, patient_cert.certificate_pem.decode())
+    call(patient_app, "providers", "Consent:ConfirmPatientIdentity", patient)
+    claim_id = opaque_key()
+    claim = {
+        "claimId": claim_id,
+        "patient": patient,
+        "insurer": "InsurerMSP",
+        "serviceDate": datetime.date.today().isoformat(),
+        "currency": "USD",
+        "totalCents": 4200,
+        "digest": opaque_key(),
+    }
+    detail = {
+        "claimId": claim_id,
+        "coverage": "Coverage/1",
+        "salt": secrets.token_hex(16),
+        "lines": [{"sequence": 1, "code": "99499", "quantity": 1, "unitPriceCents": 4200, "netCents": 4200}],
+    }
+    submit = json.dumps(claim)
+    refused_with("FORBIDDEN", lambda: call(patient_app, "claims", "Claims:Submit", submit, transient={"claim": detail}))
+
+
 # ----- 3. erasure of one patient and everyone's search ----------------------------------------------------------------
 # Last in this module: it leaves an erased patient in ClinicOrg's store, which is what it tests.
 
