@@ -177,6 +177,21 @@ def test_consent_grant_check_revoke_and_expiry(gateway_as: GatewayAs, network: T
     logged = clinic_reads_observation()
     assert logged["decision"] == "permit" and logged["consentId"] == short["consentId"]
 
+    # The whole record: only the lab results are covered, so the decision is partial, with what it covers. The old
+    # form of the request, with the patient's FHIR id, is refused.
+    whole = {"patient": pseud, "accessor": "ClinicMSP", "resource": "$everything", "purpose": "TREAT"}
+    partial = call(hospital, "providers", "Audit:RecordAccess", json.dumps(whole))
+    assert partial["decision"] == "partial"
+    assert [(c["consentId"], c["scope"]) for c in partial["coverage"]] == [(short["consentId"], ["Observation"])]
+    with pytest.raises(EndorseError) as old_form:
+        call(
+            hospital,
+            "providers",
+            "Audit:RecordAccess",
+            json.dumps({**whole, "resource": "Patient/pat-jane/$everything"}),
+        )
+    assert contract_error(old_form.value) == "INVALID_ARGUMENT"
+
     # The patient revokes the surgeon's access; the lab's expires with its period.
     call(patient_app, "providers", "Consent:Revoke", surgeon["consentId"], "")
     assert "revoked at" in decision("practitioner:npi|1234567893", "Condition")["reason"]
@@ -196,7 +211,7 @@ def test_consent_grant_check_revoke_and_expiry(gateway_as: GatewayAs, network: T
         "100",
         "",
     )
-    assert [e["decision"] for e in log["entries"]] == ["permit", "deny"]
+    assert [e["decision"] for e in log["entries"]] == ["permit", "partial", "deny"]
     assert {e["custodian"] for e in log["entries"]} == {"HospitalMSP"}
 
 
