@@ -17,11 +17,9 @@ import http.client
 import json
 import secrets
 import socket
-import sqlite3
 import ssl
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -39,6 +37,7 @@ from consortium.topology import Topology
 from fabric_gateway import Endpoint, Gateway, GatewayError, Identity, ecdsa_signer, load_msp
 from gateway.dev_issuer import dev_token
 from records import digests, synthetic
+from records.store import open_backend
 from tests.conftest import GatewayHttp, PhiRegistry
 from tests.integration.test_contracts import ask, call, contract_error, iso, opaque_key
 from tests.unit.test_gateway_fuzz import broken_bundles, odd_text
@@ -54,10 +53,14 @@ MPI = synthetic.MPI_SYSTEM
 
 
 def rows(gw: GatewayHttp) -> int:
-    """Every resource row of the org's store, pending or committed, read from its SQLite file (read-only)."""
-    path = gw.settings.custodian.store_path
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        return int(db.execute("SELECT COUNT(*) FROM resources").fetchone()[0])
+    """Every resource row of the org's store, pending or committed, on whichever backend it runs."""
+    backend = open_backend(gw.settings.custodian.store_url)
+    try:
+        with backend.read() as sql:
+            (count,) = sql.one("SELECT COUNT(*) FROM resources") or (0,)
+        return int(count)
+    finally:
+        backend.close()
 
 
 def new_patient(gw: GatewayHttp, n: int = 3) -> tuple[str, str, list[str]]:
