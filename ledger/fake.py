@@ -226,7 +226,9 @@ def _custodians(call: Call) -> list[Json]:
     prefix, links = f"custodian/{call.args[0]}/", f"link/{call.args[0]}/"
     out = [v for k, v in sorted(call.state.items()) if k.startswith(prefix)]
     linked = [v for k, v in sorted(call.state.items()) if k.startswith(links) and v["status"] == "linked"]
-    return out + [{"custodian": v["custodian"], "patient": v["consortium"], "localPseudonym": v["local"]} for v in linked]
+    return out + [
+        {"custodian": v["custodian"], "patient": v["consortium"], "localPseudonym": v["local"]} for v in linked
+    ]
 
 
 def _link(call: Call) -> Json:
