@@ -35,6 +35,7 @@ from consortium.topology import Topology
 from fabric_gateway import Endpoint, Gateway, GatewayError, Identity, load_msp
 from gateway.dev_issuer import dev_token
 from records import digests, synthetic
+from records.store.core import open_backend
 from tests.conftest import GatewayHttp, PhiRegistry
 from tests.integration.identities import PATIENT_OU, fingerprint, minted, organizational_units
 from tests.integration.test_contracts import ask, call, contract_error, iso, opaque_key
@@ -51,10 +52,19 @@ MPI = synthetic.MPI_SYSTEM
 
 
 def rows(gw: GatewayHttp) -> int:
-    """Every resource row of the org's store, pending or committed, read from its SQLite file (read-only)."""
-    path = gw.settings.custodian.store_path
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        return int(db.execute("SELECT COUNT(*) FROM resources").fetchone()[0])
+    """Every resource row of the org's store, pending or committed: read from its SQLite file opened read-only, or
+    through the store's PostgreSQL backend (which writes nothing when its tables exist)."""
+    url = gw.settings.custodian.store_url
+    if urlsplit(url).scheme == "sqlite":
+        with closing(sqlite3.connect(f"file:{urlsplit(url).path}?mode=ro", uri=True)) as db:
+            return int(db.execute("SELECT COUNT(*) FROM resources").fetchone()[0])
+    backend = open_backend(url)
+    try:
+        with backend.read() as sql:
+            (count,) = sql.one("SELECT COUNT(*) FROM resources") or (0,)
+            return int(count)
+    finally:
+        backend.close()
 
 
 def new_patient(gw: GatewayHttp, n: int = 3) -> tuple[str, str, list[str]]:
