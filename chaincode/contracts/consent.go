@@ -189,8 +189,8 @@ func grantee(v string) error {
 
 // grantor decides in whose name the caller records a grant of the patient: as the patient, when its certificate is
 // the patient's confirmed identity at some custodian; or as a custodian org holding the patient's records, with the
-// digest of the consent document the patient signed (never with a patient certificate). It returns how (ViaPatient | ViaCustodian) and, for the
-// patient, the signing certificate's fingerprint.
+// digest of the consent document the patient signed (never with a patient certificate). It returns how
+// (ViaPatient | ViaCustodian) and, for the patient, the signing certificate's fingerprint.
 func grantor(ctx contractapi.TransactionContextInterface, cfg Config, caller Caller, patient, documentDigest string) (string, string, error) {
 	bound, err := ctx.GetStub().GetStateByPartialCompositeKey(keyBoundIdentity, []string{caller.IDHash, patient})
 	if err != nil {

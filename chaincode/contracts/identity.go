@@ -29,7 +29,7 @@ import (
 // that org's name. So a patient certificate is marked: besides its NodeOU client it carries the subject OU patient
 // (PatientOU), which every channel's contracts read from the signer's certificate (caller.go). Only marked
 // certificates are proposed (RegisterPatientIdentity, RotatePatientIdentity, RecoverPatientIdentity) and confirmed
-// (ConfirmPatientIdentity), so every confirmed patient identity is marked. On providers, where the bindings are, a
+// (ConfirmPatientIdentity), so every patient identity confirmed under this rule is marked. On providers, where the bindings are, a
 // confirmed certificate is refused org actions by its binding as well (orgWriter).
 
 const (
