@@ -25,20 +25,17 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consortium import connect, tls
 from consortium.topology import Topology
-from fabric_gateway import Endpoint, Gateway, GatewayError, Identity, ecdsa_signer, load_msp
+from fabric_gateway import Endpoint, Gateway, GatewayError, Identity, load_msp
 from gateway.dev_issuer import dev_token
 from records import digests, synthetic
 from records.store import open_backend
 from tests.conftest import GatewayHttp, PhiRegistry
+from tests.integration.identities import PATIENT_OU, fingerprint, minted, organizational_units
 from tests.integration.test_contracts import ask, call, contract_error, iso, opaque_key
 from tests.unit.test_gateway_fuzz import broken_bundles, odd_text
 
@@ -90,60 +87,23 @@ def fhir_request(
     return gw.http.request(method, path, content=content, headers=headers)
 
 
-Mint = Callable[[str, str], tuple[Gateway, Identity]]
+Mint = Callable[..., tuple[Gateway, Identity]]
 
 
 @pytest.fixture
 def mint(network: Topology) -> Iterator[Mint]:
-    """mint("ClinicOrg", "name"): a new client identity the org issues itself, and a Gateway that signs as it."""
+    """mint("ClinicOrg", "name"): a new client identity the org issues itself, and a Gateway that signs as it;
+    mint("HospitalOrg", "name", patient=True): a patient's own certificate (marked with OU `patient`)."""
     opened: list[Gateway] = []
 
-    def make(org_name: str, name: str) -> tuple[Gateway, Identity]:
-        gw, identity = minted(network, org_name, name)
+    def make(org_name: str, name: str, *, patient: bool = False) -> tuple[Gateway, Identity]:
+        gw, identity = minted(network, org_name, name, patient=patient)
         opened.append(gw)
         return gw, identity
 
     yield make
     for gw in opened:
         gw.close()
-
-
-def minted(network: Topology, org_name: str, name: str) -> tuple[Gateway, Identity]:
-    """A client identity the org issues itself with its own CA, as any member can: a Gateway connected to the org's
-    peer that signs as it, and the identity (certificate) itself."""
-    org = network.org(org_name)
-    ca_dir = network.org_dir(org) / "ca"
-    ca_cert = x509.load_pem_x509_certificate(next(ca_dir.glob("*-cert.pem")).read_bytes())
-    ca_key = serialization.load_pem_private_key((ca_dir / "priv_sk").read_bytes(), password=None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "client"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"{name}-{secrets.token_hex(4)}@{org.domain}"),
-        ]
-    )
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    identity = Identity(org.msp_id, cert.public_bytes(serialization.Encoding.PEM))
-    return Gateway(connect.endpoint(network, org), identity, ecdsa_signer(key)), identity
-
-
-def fingerprint(identity: Identity) -> str:
-    cert = x509.load_pem_x509_certificate(identity.certificate_pem)
-    return cert.fingerprint(hashes.SHA256()).hex()
 
 
 def record_entry(patient: str, key: str | None = None) -> dict[str, Any]:
@@ -217,7 +177,7 @@ def test_consent_bypass_by_a_self_made_custodian_is_refused(
     patient = pseudonym(clinic_http, mpi)  # ClinicOrg computes the pseudonym itself
 
     # The patient's own app identity, which the hospital proposed and the patient confirmed.
-    patient_app, patient_cert = mint("HospitalOrg", "patient")
+    patient_app, patient_cert = mint("HospitalOrg", "patient", patient=True)
     call(hospital, "providers", "Consent:RegisterPatientIdentity", patient, patient_cert.certificate_pem.decode())
     call(patient_app, "providers", "Consent:ConfirmPatientIdentity", patient)
     hospital_binding = ask(clinic, "providers", "Consent:PatientIdentityHistory", patient, "HospitalMSP")
@@ -250,7 +210,7 @@ def test_consent_bypass_by_a_self_made_custodian_is_refused(
 
     # Second path: ClinicOrg binds a certificate it issued itself as the patient's identity and grants "as the
     # patient" (accepted: such a grant opens only the records of the custodian that confirmed the certificate).
-    fake_app, fake_cert = mint("ClinicOrg", "not-the-patient")
+    fake_app, fake_cert = mint("ClinicOrg", "not-the-patient", patient=True)
     call(clinic, "providers", "Consent:RegisterPatientIdentity", patient, fake_cert.certificate_pem.decode())
     confirmed = call(fake_app, "providers", "Consent:ConfirmPatientIdentity", patient)
     assert [b["registeredBy"] for b in confirmed["bindings"]] == ["ClinicMSP"]
@@ -677,14 +637,14 @@ def test_contracts_refuse_the_wrong_msp_role_custodian_or_patient_through_the_re
     refused_with("FORBIDDEN", lambda: call(clinic, "providers", "Consent:Revoke", consent_id, opaque_key()))
     call(clinic, "providers", "Records:Register", json.dumps([record_entry(patient)]))
     refused_with("FORBIDDEN", lambda: call(clinic, "providers", "Consent:Revoke", consent_id, opaque_key()))
-    fake_app, fake_cert = mint("ClinicOrg", "not-the-patient")
+    fake_app, fake_cert = mint("ClinicOrg", "not-the-patient", patient=True)
     call(clinic, "providers", "Consent:RegisterPatientIdentity", patient, fake_cert.certificate_pem.decode())
     call(fake_app, "providers", "Consent:ConfirmPatientIdentity", patient)
     refused_with("FORBIDDEN", lambda: call(fake_app, "providers", "Consent:Revoke", consent_id, ""))
     assert ask(hospital, "providers", "Consent:Get", consent_id)["status"] == "active"
 
     # A patient's own certificate never acts for the org that issued it, nor for another patient.
-    patient_app, patient_cert = mint("HospitalOrg", "patient")
+    patient_app, patient_cert = mint("HospitalOrg", "patient", patient=True)
     call(hospital, "providers", "Consent:RegisterPatientIdentity", patient, patient_cert.certificate_pem.decode())
     call(patient_app, "providers", "Consent:ConfirmPatientIdentity", patient)
     says = "patient's own identity"
@@ -707,24 +667,32 @@ def test_contracts_refuse_the_wrong_msp_role_custodian_or_patient_through_the_re
     assert {c["custodian"] for c in ask(hospital, "providers", "Records:Custodians", other_patient)} == {"HospitalMSP"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the contracts refuse a confirmed patient certificate's org actions on `providers` only, where the "
-    "bindings are; on `claims` (and `pharma`) a patient certificate issued as a client of a provider acts for it",
-)
+def confirmed_patient_certificate(gateways: dict[str, GatewayHttp], gateway_as: GatewayAs, mint: Mint) -> Gateway:
+    """A HospitalOrg patient and the patient's own certificate, issued by the hospital's CA as a client marked with
+    OU `patient`, proposed by the hospital and confirmed by the patient on `providers`: a Gateway that signs as it.
+    That it confirms at all shows the members' MSPs (NodeOUs on) take a client certificate with the extra OU."""
+    hospital = gateway_as("HospitalOrg")
+    _, mpi, _ = new_patient(gateways["HospitalOrg"], 2)
+    patient = pseudonym(gateways["HospitalOrg"], mpi)
+    patient_app, patient_cert = mint("HospitalOrg", "patient", patient=True)
+    assert organizational_units(patient_cert) == ["client", PATIENT_OU]
+    call(hospital, "providers", "Consent:RegisterPatientIdentity", patient, patient_cert.certificate_pem.decode())
+    confirmed = call(patient_app, "providers", "Consent:ConfirmPatientIdentity", patient)
+    assert [b["fingerprint"] for b in confirmed["bindings"]] == [fingerprint(patient_cert)]
+    return patient_app
+
+
 def test_a_patient_certificate_does_not_act_for_its_org_on_the_claims_channel(
     gateways: dict[str, GatewayHttp], gateway_as: GatewayAs, mint: Mint
 ) -> None:
     hospital = gateway_as("HospitalOrg")
+    patient_app = confirmed_patient_certificate(gateways, gateway_as, mint)
+    says = "patient's own identity"
     _, mpi, _ = new_patient(gateways["HospitalOrg"], 2)
-    patient = pseudonym(gateways["HospitalOrg"], mpi)
-    patient_app, patient_cert = mint("HospitalOrg", "patient")
-    call(hospital, "providers", "Consent:RegisterPatientIdentity", patient, patient_cert.certificate_pem.decode())
-    call(patient_app, "providers", "Consent:ConfirmPatientIdentity", patient)
     claim_id = opaque_key()
     claim = {
         "claimId": claim_id,
-        "patient": patient,
+        "patient": pseudonym(gateways["HospitalOrg"], mpi),
         "insurer": "InsurerMSP",
         "serviceDate": datetime.date.today().isoformat(),
         "currency": "USD",
@@ -738,7 +706,60 @@ def test_a_patient_certificate_does_not_act_for_its_org_on_the_claims_channel(
         "lines": [{"sequence": 1, "code": "99499", "quantity": 1, "unitPriceCents": 4200, "netCents": 4200}],
     }
     submit = json.dumps(claim)
-    refused_with("FORBIDDEN", lambda: call(patient_app, "claims", "Claims:Submit", submit, transient={"claim": detail}))
+    # Refused by the contract (the peer's MSP took the signer: the refusal is the chaincode's FORBIDDEN).
+    for fn, args, transient in (
+        ("Claims:Submit", [submit], {"claim": detail}),
+        ("Claims:SubmitBatch", [json.dumps([claim])], {"claims": {claim_id: detail}}),
+    ):
+        refused_with(
+            "FORBIDDEN", lambda f=fn, a=args, t=transient: call(patient_app, "claims", f, *a, transient=t), says
+        )
+    refused_with("NOT_FOUND", lambda: ask(hospital, "claims", "Claims:Get", claim_id))
+
+    # The control: the hospital's own client submits the same claim. Its provider's steps, and the private lines
+    # the provider shares with the insurer, stay out of the patient certificate's reach.
+    assert call(hospital, "claims", "Claims:Submit", submit, transient={"claim": detail})["provider"] == "HospitalMSP"
+    for fn, args in (
+        ("Claims:Cancel", [claim_id, "dup"]),
+        ("Claims:PurgeLines", [claim_id]),
+    ):
+        refused_with("FORBIDDEN", lambda f=fn, a=args: call(patient_app, "claims", f, *a), says)
+    refused_with("FORBIDDEN", lambda: ask(patient_app, "claims", "Claims:Lines", claim_id), says)
+    assert ask(hospital, "claims", "Claims:Lines", claim_id)["lines"][0]["code"] == "99499"
+    stored = ask(hospital, "claims", "Claims:Get", claim_id)
+    assert (stored["provider"], stored["status"] != "cancelled", stored["linesPurged"]) == ("HospitalMSP", True, False)
+
+
+def test_a_patient_certificate_does_not_act_for_its_org_on_the_pharma_channel(
+    gateways: dict[str, GatewayHttp], gateway_as: GatewayAs, mint: Mint
+) -> None:
+    pharma, hospital = gateway_as("PharmaOrg"), gateway_as("HospitalOrg")
+    patient_app = confirmed_patient_certificate(gateways, gateway_as, mint)
+    says = "patient's own identity"
+    gtin, serial = "00300123456785", f"PAT{secrets.token_hex(6).upper()}"
+    call(
+        pharma,
+        "pharma",
+        "Supply:Commission",
+        json.dumps({"gtin": gtin, "serial": serial, "lot": "LOT9", "expiry": "2031-01-31"}),
+    )
+    call(pharma, "pharma", "Supply:Ship", gtin, serial, "HospitalMSP")
+
+    # The pack is addressed to the hospital: the patient's certificate may not receive it in the hospital's name.
+    refused_with("FORBIDDEN", lambda: call(patient_app, "pharma", "Supply:Receive", gtin, serial), says)
+    assert ask(hospital, "pharma", "Supply:Get", gtin, serial)["state"] == "in_transit"
+    call(hospital, "pharma", "Supply:Receive", gtin, serial)  # the control: the hospital's own client
+    # Held by the hospital: the patient's certificate may not dispense it, ship it on, or report on it.
+    for fn, args in (
+        ("Supply:Dispense", [gtin, serial]),
+        ("Supply:Ship", [gtin, serial, "ClinicMSP"]),
+        ("Supply:VerifyAndReport", [gtin, serial, "LOT9", "2031-01-31"]),
+    ):
+        refused_with("FORBIDDEN", lambda f=fn, a=args: call(patient_app, "pharma", f, *a), says)
+    unit = ask(hospital, "pharma", "Supply:Get", gtin, serial)
+    assert (unit["state"], unit["custodian"]) == ("active", "HospitalMSP")
+    history = ask(hospital, "pharma", "Supply:History", gtin, serial)
+    assert [e["bizStep"] for e in history] == ["commissioning", "shipping", "receiving"]
 
 
 # ----- 3. erasure of one patient and everyone's search ----------------------------------------------------------------

@@ -11,7 +11,7 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -19,9 +19,10 @@ import pytest
 
 from consortium import topology as topo
 from consortium.topology import Topology
-from fabric_gateway import EndorseError, EvaluateError, Gateway, GatewayError, Submitted
+from fabric_gateway import EndorseError, EvaluateError, Gateway, GatewayError, Identity, Submitted
 from records import digests
 from tests import fhir_samples as fhir
+from tests.integration.identities import PATIENT_OU, fingerprint, minted, organizational_units
 
 pytestmark = pytest.mark.network
 
@@ -117,19 +118,39 @@ def test_the_index_takes_opaque_keys_never_client_ids(gateway_as: GatewayAs) -> 
     assert contract_error(unknown.value) == "INVALID_ARGUMENT"
 
 
-def test_consent_grant_check_revoke_and_expiry(gateway_as: GatewayAs, network: Topology) -> None:
+@pytest.fixture
+def patient_app(network: Topology) -> Iterator[tuple[Gateway, Identity]]:
+    """A patient's own certificate as HospitalOrg's CA issues it (a client marked with OU `patient`), and a Gateway
+    that signs as it."""
+    gw, identity = minted(network, "HospitalOrg", "patient", patient=True)
+    with gw:
+        yield gw, identity
+
+
+def test_consent_grant_check_revoke_and_expiry(
+    gateway_as: GatewayAs, network: Topology, patient_app: tuple[Gateway, Identity]
+) -> None:
     hospital, clinic = gateway_as("HospitalOrg"), gateway_as("ClinicOrg")
-    patient_app = gateway_as("HospitalOrg", "User2")  # the patient's own identity
+    patient, patient_cert = patient_app  # the patient's own identity
     jane = fhir.PATIENTS[0]
     pseud, keys = register(hospital, jane, jane, fhir.observation("pat-jane", "obs-hb", "718-7", 13.2, "g/dL"))
 
+    # Only a patient certificate is a patient's identity: an ordinary client of the hospital (User2) is refused.
+    plain = next((network.user_dir(network.org("HospitalOrg"), "User2") / "msp" / "signcerts").glob("*.pem"))
+    with pytest.raises(EndorseError) as unmarked:
+        call(hospital, "providers", "Consent:RegisterPatientIdentity", pseud, plain.read_text())
+    assert contract_error(unmarked.value) == "INVALID_ARGUMENT" and "not a patient certificate" in str(unmarked.value)
+
     # The hospital proposes the patient's certificate; only the certificate's holder can confirm it. Until then, a
-    # grant the patient app signs counts for nothing.
-    cert = next((network.user_dir(network.org("HospitalOrg"), "User2") / "msp" / "signcerts").glob("*.pem"))
-    proposed = call(hospital, "providers", "Consent:RegisterPatientIdentity", pseud, cert.read_text())
+    # grant the patient app signs counts for nothing. The peers' MSPs take the certificate's extra OU: the
+    # confirmation commits.
+    assert organizational_units(patient_cert) == ["client", PATIENT_OU]
+    proposed = call(
+        hospital, "providers", "Consent:RegisterPatientIdentity", pseud, patient_cert.certificate_pem.decode()
+    )
     assert proposed["registeredBy"] == "HospitalMSP" and proposed["fingerprint"] == "" and proposed["pending"]
-    confirmed = call(patient_app, "providers", "Consent:ConfirmPatientIdentity", pseud)
-    assert [b["fingerprint"] for b in confirmed["bindings"]] == [proposed["pending"]]
+    confirmed = call(patient, "providers", "Consent:ConfirmPatientIdentity", pseud)
+    assert [b["fingerprint"] for b in confirmed["bindings"]] == [proposed["pending"]] == [fingerprint(patient_cert)]
 
     now = datetime.now(UTC)
     short = {
@@ -144,9 +165,9 @@ def test_consent_grant_check_revoke_and_expiry(gateway_as: GatewayAs, network: T
         "documentDigest": "",
     }
     surgeon = {**short, "consentId": opaque_key(), "grantee": "practitioner:npi|1234567893", "scope": ["*"]}
-    granted = call(patient_app, "providers", "Consent:Grant", json.dumps(short))
+    granted = call(patient, "providers", "Consent:Grant", json.dumps(short))
     assert granted["grantedVia"] == "patient" and granted["status"] == "active"
-    assert call(patient_app, "providers", "Consent:Grant", json.dumps(surgeon))["grantedVia"] == "patient"
+    assert call(patient, "providers", "Consent:Grant", json.dumps(surgeon))["grantedVia"] == "patient"
 
     # A custodian acting for the patient must show the signed consent document's digest.
     on_behalf = {**short, "consentId": opaque_key(), "grantee": "InsurerMSP", "purpose": "HPAYMT"}
@@ -193,7 +214,7 @@ def test_consent_grant_check_revoke_and_expiry(gateway_as: GatewayAs, network: T
     assert contract_error(old_form.value) == "INVALID_ARGUMENT"
 
     # The patient revokes the surgeon's access; the lab's expires with its period.
-    call(patient_app, "providers", "Consent:Revoke", surgeon["consentId"], "")
+    call(patient, "providers", "Consent:Revoke", surgeon["consentId"], "")
     assert "revoked at" in decision("practitioner:npi|1234567893", "Condition")["reason"]
     time.sleep(max(0.0, (now + timedelta(seconds=6.5) - datetime.now(UTC)).total_seconds()))
     expired = decision("ClinicMSP", "Observation")
