@@ -18,6 +18,7 @@ import pytest
 from consortium import topology as topo
 from fabric_gateway import Gateway
 from fabric_gateway.blocks import processed_transaction
+from gateway import cli as gateway_cli
 from records import synthetic
 from tests.conftest import GatewayHttp, claim_key
 
@@ -83,8 +84,6 @@ class Console:
 def consoles(
     browser: Any, gateway_clients: dict[str, GatewayHttp], network: topo.Topology
 ) -> Iterator[dict[str, Console]]:
-    from gateway import cli as gateway_cli
-
     for org in gateway_clients:
         gateway_cli.start(network, org)
     opened = {org: Console(browser, gw) for org, gw in gateway_clients.items()}
@@ -271,7 +270,7 @@ def test_a_packs_custody_path_and_flags(consoles: dict[str, Console], gateway_cl
     for path, body in [
         ("/units", pack),
         (f"/units/{gtin}/{serial}/ship", {"to": "HospitalMSP"}),
-        ("/recalls", {"gtin": gtin, "lot": pack["lot"], "reason": "console test"}),
+        ("/recalls", {"gtin": gtin, "lot": pack["lot"], "reason": "QUALITY"}),
     ]:
         answer = pharma_api.http.post(f"{supply}{path}", json=body, headers=h)
         assert answer.status_code in (200, 201), answer.text
