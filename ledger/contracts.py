@@ -136,6 +136,23 @@ class Ledger:
     async def audit_by_patient(self, patient: str, start: str, end: str) -> list[dict[str, Any]]:
         return await self._pages(PROVIDERS, "Audit:ByPatient", "entries", patient, start, end)
 
+    # ----- Trials ----------------------------------------------------------------------------------------------
+
+    async def register_study(self, study_id: str, protocol_digest: str) -> Committed:
+        return await self.submit(PROVIDERS, "Trials:RegisterStudy", study_id, protocol_digest)
+
+    async def enrol(self, study_id: str, subject: str, consent_id: str) -> Committed:
+        return await self.submit(PROVIDERS, "Trials:Enrol", study_id, subject, consent_id)
+
+    async def enrolments(self, study_id: str) -> list[dict[str, Any]]:
+        return list(await self.evaluate(PROVIDERS, "Trials:Enrolments", study_id) or [])
+
+    async def anchor_dataset(self, study_id: str, version: str, digest: str) -> Committed:
+        return await self.submit(PROVIDERS, "Trials:AnchorDataset", study_id, version, digest)
+
+    async def verify_dataset(self, study_id: str, version: str, digest: str) -> dict[str, Any]:
+        return dict(await self.evaluate(PROVIDERS, "Trials:VerifyDataset", study_id, version, digest))
+
     async def _pages(
         self, channel: str, function: str, field: str, *args: str, page_size: int = 100
     ) -> list[dict[str, Any]]:

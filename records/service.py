@@ -18,7 +18,8 @@ from typing import Any
 
 from fabric_gateway import CommitUnknown
 from ledger.contracts import Committed, Ledger
-from records import digests
+from ledger.errors import LedgerNotFound
+from records import digests, disclosure
 from records.errors import (
     FhirInvalid,
     Issue,
@@ -29,7 +30,7 @@ from records.errors import (
     PreconditionFailed,
     VersionTaken,
 )
-from records.routes import POSTABLE, Route, route_of
+from records.routes import POSTABLE, RECORDS, Route, route_of
 from records.search import identifier_condition
 from records.settings import CustodianSettings
 from records.store import Row, Store, Stored
@@ -213,7 +214,8 @@ class Records:
             meta = {**(resource.get("meta") or {}), "versionId": str(version), "lastUpdated": stamp}
             resource = route.stamp({**resource, "id": rid, "meta": meta}, key)
             content = digests.canonical_json(resource)
-            digest = digests.resource_digest(self.store.digest_key(patient), resource)
+            scheme = digests.V2 if route is RECORDS else digests.V1  # claims and consents keep their v1 digests
+            digest = _digest(scheme, self.store.digest_key(patient), resource, key, version)
             identifiers = (*_identifiers(resource), (LEDGER_KEY_SYSTEM, key))
             rows.append(Row(rtype, rid, version, patient, stamp, content, identifiers))
             entries.append(
@@ -223,6 +225,7 @@ class Records:
                     "resourceKey": key,
                     "version": version,
                     "digest": digest,
+                    "digestScheme": scheme,
                     "lastUpdated": stamp,
                     "size": len(content),
                 }
@@ -350,23 +353,65 @@ class Records:
         return versions
 
     async def verify(self, stored: Stored) -> Verification:
-        """Recompute the stored content's digest and compare it with the one registered on chain."""
+        """Recompute the stored content's digest, by the scheme the chain recorded, and compare."""
         route = route_of(stored.type)
-        on_chain = await route.on_chain(self.ledger, self.store.ledger_key(stored.type, stored.id), stored.version)
+        key = self.store.ledger_key(stored.type, stored.id)
+        on_chain = await route.on_chain(self.ledger, key, stored.version)
+        scheme = digests.V1
+        if route is RECORDS:
+            scheme = str((await self.ledger.record(key, stored.version)).get("digestScheme") or digests.V1)
         if on_chain.first_version_only and stored.version > 1:
             stored = self.read(stored.type, stored.id, 1)
         resource = json.loads(stored.content)
-        mine = digests.resource_digest(self.store.digest_key(stored.patient), resource)
+        mine = _digest(scheme, self.store.digest_key(stored.patient), resource, key, stored.version)
         ok = mine == on_chain.digest
         reason = (
-            "the stored content matches the ledger" if ok else "the stored content differs from what was registered"
+            f"the stored content matches the ledger (digest scheme {scheme})"
+            if ok
+            else "the stored content differs from what was registered"
         )
         return Verification(ok, reason, on_chain.digest, mine, on_chain.tx_id)
+
+    # ----- selective disclosure (digest scheme v2) --------------------------------------------------------------
+
+    async def disclose(self, stored: Stored, paths: list[str]) -> dict[str, Any]:
+        """A disclosure document of the chosen elements of a stored version registered with a v2 digest: values,
+        salts and inclusion proofs against the root on chain. NotKeptHere when the version has a v1 digest (it
+        was written before v2) or is not registered on chain; ValueError for a malformed element path."""
+        if route_of(stored.type) is not RECORDS:
+            raise NotKeptHere([Issue("not-supported", "", f"{stored.type} is not registered with element digests")])
+        key = self.store.ledger_key(stored.type, stored.id)
+        record = await self.ledger.record(key, stored.version)
+        if (record.get("digestScheme") or digests.V1) != digests.V2:
+            raise NotKeptHere(
+                [Issue("not-supported", "", "this version was registered with a v1 digest: nothing to disclose from")]
+            )
+        salt_key = digests.salt_key(self.store.digest_key(stored.patient))
+        tree = disclosure.commit(json.loads(stored.content), salt_key, key, stored.version)
+        return disclosure.disclosure(tree, disclosure.chosen(tree, paths), record, salt_key)
+
+    async def verify_disclosure(self, document: dict[str, Any]) -> disclosure.Verified:
+        """Check a disclosure document against the record on chain it names (any custodian's)."""
+        key, version = str(document.get("resourceKey") or ""), document.get("version")
+        if not disclosure.HEX64.match(key) or not isinstance(version, int) or version < 1:
+            return disclosure.Verified(False, "the document names no resource version (resourceKey, version)")
+        try:
+            record = await self.ledger.record(key, version)
+        except LedgerNotFound:
+            return disclosure.Verified(False, "the ledger has no record of this resource version")
+        return disclosure.verify(document, record)
 
     async def erase(self, patient: str) -> str:
         """Crypto-shred the patient's data here and record the erasure on chain; returns the transaction id."""
         self.store.erase(patient, now_instant())
         return (await self.ledger.record_erasure(patient)).tx_id
+
+
+def _digest(scheme: str, digest_key: bytes, resource: dict[str, Any], key: str, version: int) -> str:
+    try:
+        return digests.digest(scheme, digest_key, resource, key, version)
+    except ValueError as e:  # a key that is no FHIR element name cannot be committed to element by element
+        raise FhirInvalid([Issue("structure", resource.get("resourceType", ""), str(e))]) from None
 
 
 def _rewrite_references(resource: dict[str, Any], targets: dict[str, str]) -> dict[str, Any]:
