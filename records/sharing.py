@@ -8,6 +8,8 @@
   and, where it names any, its categories), a deny nothing.
 - `disclose_elements`: the same decision, but what is released is a disclosure document per covered resource of the
   asked types, with only the asked elements (salted Merkle proofs against the digests on chain, `records.disclosure`).
+- `research_export` / `research_dataset`: de-identified data of a study's subjects for its sponsor (the custodian's
+  part, decided per subject on the research consent; the sponsor's whole, collected from every enrolling custodian).
 - `claim_response_for`: the insurer answers a claim's provider, and nobody else, with its ClaimResponse.
 """
 
@@ -18,8 +20,10 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+from records import deidentify
 from records.errors import NotHeld, NotKeptHere, Refused
 from records.federation import Disclosed, Federation, Withheld
 from records.fhir_claim import claim_response_id
@@ -27,6 +31,7 @@ from records.service import Records
 from records.store import Stored
 
 CLAIM_RESPONSE_WAIT_S = 5.0
+RESEARCH_PURPOSE = "HRESCH"
 log = logging.getLogger("careledger.sharing")
 
 
@@ -140,6 +145,49 @@ class Sharing:
             except NotKeptHere:
                 log.info("not disclosable", extra={"type": stored.type, "reason": "v1 digest"})
         return documents
+
+    # ----- research ------------------------------------------------------------------------------------------------
+
+    async def research_export(self, study_id: str, sponsor: str) -> list[dict[str, Any]]:
+        """The de-identified records of the study's subjects this org enrolled, for the sponsor: per subject, only
+        when the enrolment's consent was given to `sponsor` (the study's sponsor: the contract checked it at
+        enrolment), and only what the research consent releases now (decided and logged on chain, purpose
+        HRESCH). Erased or no longer held subjects are left out."""
+        today = datetime.now(UTC).date()
+        store, ledger = self.records.store, self.records.ledger
+        out: list[dict[str, Any]] = []
+        for enrolment in await ledger.enrolments(study_id):
+            subject = str(enrolment["subject"])
+            patient_id = store.patient_of_pseudonym(subject)
+            if enrolment["enrolledBy"] != self.org or patient_id is None:
+                continue
+            if store.is_erased(subject) or (await ledger.consent(enrolment["consentId"]))["grantee"] != sponsor:
+                continue
+            decision = await ledger.record_access(subject, sponsor, "$everything", RESEARCH_PURPOSE)
+            held = [json.loads(s.content) for s in released(decision, store.patient_resources(subject))]
+            keys = deidentify.Subject.keyed(store.digest_key(subject), study_id)
+            out += deidentify.subject_export(held, keys, today, patient_id)
+        log.info("research export", extra={"study": study_id, "sponsor": sponsor, "resources": len(out)})
+        return out
+
+    async def research_dataset(self, study_id: str) -> list[dict[str, Any]]:
+        """This org's study, as its sponsor sees it: every enrolling custodian's de-identified part (this org's own
+        part directly, the others' over mutual TLS). A custodian that refuses or fails makes the whole fail: a
+        dataset is anchored only complete."""
+        custodians = sorted({str(e["enrolledBy"]) for e in await self.records.ledger.enrolments(study_id)})
+        resources: list[dict[str, Any]] = []
+        for custodian in custodians:
+            if custodian == self.org:
+                resources += await self.research_export(study_id, self.org)
+                continue
+            member = self.federation.members.get(custodian) if self.federation else None
+            if member is None or self.federation is None:
+                raise NotHeld(f"{custodian} enrolled subjects, and this gateway cannot reach it")
+            r = await self.federation._client.get(f"{member.url}/federation/research/{study_id}")
+            if r.status_code != 200:
+                raise Refused(f"{custodian} did not export its part of {study_id}: {r.status_code} {r.text[:200]}")
+            resources += list(r.json()["resources"])
+        return resources
 
     async def claim_response_for(self, claim_id: str, caller: str) -> Stored:
         """The ClaimResponse to a claim, for the claim's provider only. The provider asks as soon as the adjudication
