@@ -11,7 +11,7 @@ from gateway import metrics
 from gateway.deps import Services
 from gateway.outcome import KNOWN_ERRORS, operation_outcome, problem, retry_after
 from gateway.responses import FhirResponse
-from gateway.routers import audit, disclosure, federation, metadata, operations, research, rest, supply
+from gateway.routers import audit, binary, disclosure, federation, metadata, operations, research, rest, supply
 from records.errors import Issue
 
 log = logging.getLogger("careledger.gateway")
@@ -22,7 +22,7 @@ def create_app(services: Services) -> FastAPI:
     app.state.services = services
     metrics.instrument(app)
     # Specific paths first: the REST router's `/fhir/{rtype}` routes would otherwise take them.
-    for router in (metadata, audit, operations, federation, supply, disclosure, research, rest):
+    for router in (metadata, audit, operations, federation, supply, disclosure, research, binary, rest):
         app.include_router(router.router)
 
     async def to_outcome(request: Request, err: Exception) -> FhirResponse:

@@ -9,17 +9,32 @@ refuses, the staged rows are discarded; when the outcome is unknown (timeout), t
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import tempfile
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fabric_gateway import CommitUnknown
 from ledger.contracts import Committed, Ledger
 from ledger.errors import LedgerNotFound
 from records import digests, disclosure
+from records.blobs import (
+    BLOB_EXTENSION,
+    BlobBackend,
+    BlobInfo,
+    Blobs,
+    FileBackend,
+    attachments,
+    backend_from_env,
+    blob_of,
+    name_of,
+    one_shot,
+)
 from records.errors import (
     FhirInvalid,
     Issue,
@@ -84,7 +99,13 @@ class Custodian:
 
 class Records:
     def __init__(
-        self, store: Store, ledger: Ledger, consortium_key: bytes, mpi_system: str, custodian: Custodian
+        self,
+        store: Store,
+        ledger: Ledger,
+        consortium_key: bytes,
+        mpi_system: str,
+        custodian: Custodian,
+        blob_backend: BlobBackend | None = None,
     ) -> None:
         self.store = store
         self.ledger = ledger
@@ -92,12 +113,16 @@ class Records:
         self.mpi_system = mpi_system
         self.custodian = custodian
         self._conditional_writes = asyncio.Lock()
+        # Binary content and attachments, encrypted under the patient's key, off the chain (`records.blobs`).
+        backend = blob_backend or FileBackend(store_blobs_default(store))
+        self.blobs = Blobs(backend, store.digest_key)
 
     @classmethod
     def open(cls, settings: CustodianSettings, ledger: Ledger) -> Records:
         """The org's records as its settings place them: its store, its keys, its kind in the consortium."""
         custodian = Custodian(settings.org.msp_id, settings.org.kind)
-        return cls(settings.open_store(), ledger, settings.consortium_key(), settings.mpi_system, custodian)
+        blobs = backend_from_env(settings.topology.gateway_home(settings.org) / "blobs")
+        return cls(settings.open_store(), ledger, settings.consortium_key(), settings.mpi_system, custodian, blobs)
 
     # ----- patients --------------------------------------------------------------------------------------------
 
@@ -206,6 +231,9 @@ class Records:
         """The one write path: version and stamp each resource, stage its encrypted row, register the write on
         chain (unless the route keeps it here only), then commit the rows, or discard them when the ledger refuses."""
         stamp = now_instant()
+        asked = len(resources)
+        if route is RECORDS:
+            resources, versions = await self._attachments_to_blobs(resources, versions)
         rows: list[Row] = []
         entries: list[dict[str, Any]] = []
         written: list[Written] = []
@@ -238,6 +266,57 @@ class Records:
             self.store.commit(batch, "")
         else:
             await self._settle(batch, submit)
+        return written[:asked]
+
+    async def _attachments_to_blobs(
+        self, resources: list[dict[str, Any]], versions: list[tuple[str, str, int, str]]
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, str, int, str]]]:
+        """Attachments live in blobs: inline `data` becomes a blob and a Binary resource written in the same batch
+        (the attachment then points at `Binary/<id>`); an attachment that points at a Binary held here gets that
+        blob's size and hash, so the digest on chain commits to the content. A Binary of another patient, or a
+        size or hash that contradicts the blob, is refused. A blob stored for a write the ledger then refuses stays
+        unreferenced (content addressed: the same content stored again reuses it)."""
+        out, out_versions, extra = [], [], []
+        for resource, (rtype, rid, version, patient) in zip(resources, versions, strict=True):
+            found = attachments(resource)
+            if found:
+                resource = json.loads(json.dumps(resource))
+                found = attachments(resource)
+            for i, att in enumerate(found):
+                where = f"{rtype}.attachment[{i}]"
+                if att.get("data") is not None:
+                    try:
+                        raw = base64.b64decode(str(att.pop("data")), validate=True)
+                    except ValueError:
+                        raise FhirInvalid([Issue("value", where + ".data", "not base64")]) from None
+                    info = await self.blobs.put(patient, one_shot(raw))
+                    binary_id = str(uuid.uuid4())
+                    content_type = str(att.get("contentType") or "application/octet-stream")
+                    extra.append((binary_resource(binary_id, content_type, info, f"{rtype}/{rid}"), patient))
+                    att |= {"url": f"Binary/{binary_id}", "size": info.size, "hash": info.sha1}
+                elif str(att.get("url") or "").startswith("Binary/"):
+                    held = self.store.read("Binary", str(att["url"]).split("/", 1)[1])
+                    blob = blob_of(json.loads(held.content)) if held else None
+                    if held is None or blob is None or held.patient != patient:
+                        raise FhirInvalid(
+                            [Issue("value", where + ".url", f"{att['url']} is no Binary of this patient")]
+                        )
+                    for k in ("size", "hash"):
+                        if att.get(k) is not None and att[k] != blob[k]:
+                            raise FhirInvalid([Issue("value", f"{where}.{k}", f"{k} is not the blob's {blob[k]}")])
+                        att[k] = blob[k]
+            out.append(resource)
+            out_versions.append((rtype, rid, version, patient))
+        for binary, patient in extra:
+            out.append(binary)
+            out_versions.append(("Binary", binary["id"], 1, patient))
+        return out, out_versions
+
+    async def keep_binary(self, patient: str, content_type: str, stream: AsyncIterator[bytes], context: str) -> Written:
+        """Store streamed content as a blob and register its Binary resource (version 1) on chain."""
+        info = await self.blobs.put(patient, stream)
+        binary = binary_resource(str(uuid.uuid4()), content_type, info, context)
+        (written,) = await self._write(RECORDS, [binary], [("Binary", binary["id"], 1, patient)])
         return written
 
     def _route(self, entries: list[Entry]) -> Route:
@@ -402,9 +481,34 @@ class Records:
         return disclosure.verify(document, record)
 
     async def erase(self, patient: str) -> str:
-        """Crypto-shred the patient's data here and record the erasure on chain; returns the transaction id."""
+        """Crypto-shred the patient's data here (their blob key derives from the data key too), delete their blobs,
+        and record the erasure on chain; returns the transaction id."""
+        names = [
+            name_of(str(blob.get("url") or ""))
+            for s in self.store.patient_resources(patient)
+            if s.type == "Binary" and (blob := blob_of(json.loads(s.content)))
+        ]
         self.store.erase(patient, now_instant())
+        for name in names:
+            if name:
+                await self.blobs.delete(name)
         return (await self.ledger.record_erasure(patient)).tx_id
+
+
+def binary_resource(binary_id: str, content_type: str, info: BlobInfo, context: str) -> dict[str, Any]:
+    """A Binary that points at a blob (its content is never inline: `meta.extension` names the blob)."""
+    return {
+        "resourceType": "Binary",
+        "id": binary_id,
+        "meta": {"extension": [{"url": BLOB_EXTENSION, "valueAttachment": info.attachment(content_type)}]},
+        "contentType": content_type,
+        "securityContext": {"reference": context},
+    }
+
+
+def store_blobs_default(store: Store) -> Path:
+    """Beside the store, when no backend is given (unit tests, tools)."""
+    return Path(tempfile.gettempdir()) / "careledger-blobs" / store.ledger_key("Store", "blobs")[:16]
 
 
 def _digest(scheme: str, digest_key: bytes, resource: dict[str, Any], key: str, version: int) -> str:
