@@ -17,7 +17,10 @@ INTERACTIONS = ("read", "vread", "history-instance", "create", "update", "search
 
 
 def _resource(t: str) -> dict[str, Any]:
-    operations = [{"name": "verify", "definition": "urn:careledger:operation:verify"}]
+    operations = [
+        {"name": "verify", "definition": "urn:careledger:operation:verify"},
+        {"name": "disclose", "definition": "urn:careledger:operation:disclose"},  # docs/DISCLOSURE.md
+    ]
     if t == "Patient":
         operations += [
             {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
@@ -42,6 +45,11 @@ def capability_statement(org: str) -> dict[str, Any]:
         "interaction": [{"code": "search-type"}],
         "searchParam": [{"name": "patient", "type": "reference"}],
     }
+    binary = {  # streamed content, stored as encrypted blobs (docs/BLOBS.md); the patient in X-Security-Context
+        "type": "Binary",
+        "interaction": [{"code": "create"}, {"code": "read"}],
+        "operation": [{"name": "verify", "definition": "urn:careledger:operation:verify"}],
+    }
     smart = {"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}
     return {
         "resourceType": "CapabilityStatement",
@@ -57,7 +65,10 @@ def capability_statement(org: str) -> dict[str, Any]:
                 "mode": "server",
                 "security": {"service": [{"coding": [smart]}]},
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],
-                "resource": [_resource(t) for t in sorted(fv.PATIENT_ELEMENT)] + [audit],
+                "resource": [_resource(t) for t in sorted(fv.PATIENT_ELEMENT)] + [audit, binary],
+                "operation": [
+                    {"name": "verify-disclosure", "definition": "urn:careledger:operation:verify-disclosure"},
+                ],
             }
         ],
     }

@@ -15,7 +15,7 @@ from typing import Any
 from consortium.errors import CommandFailed
 from consortium.processes import ManagedProcess
 from consortium.topology import Topology
-from network import binaries, channels, crypto, endorsers, nodes, org_secrets, redis_server
+from network import binaries, channels, crypto, endorsers, nodes, org_secrets, redis_server, s3_server
 from network import chaincode as cc
 from network.admin import Admin
 
@@ -38,6 +38,8 @@ def up(topology: Topology, progress: Progress = print) -> None:
         step("made each org's master and token-issuer keys and the consortium pseudonym key")
     if redis_server.start(topology):
         step(f"starting redis on {topology.host}:{topology.redis_port}")
+    if s3_server.start(topology):
+        step(f"S3-compatible blob store (development) on {s3_server.endpoint(topology)}")
     for group in (topology.orderers, topology.peers):
         starting = [n for n in group if nodes.start(topology, fabric, n)]
         for node in starting:

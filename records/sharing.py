@@ -183,7 +183,7 @@ class Sharing:
             member = self.federation.members.get(custodian) if self.federation else None
             if member is None or self.federation is None:
                 raise NotHeld(f"{custodian} enrolled subjects, and this gateway cannot reach it")
-            r = await self.federation._client.get(f"{member.url}/federation/research/{study_id}")
+            r = await self.federation._client.get(f"{member.url}/federation/research/{study_id}", timeout=300)
             if r.status_code != 200:
                 raise Refused(f"{custodian} did not export its part of {study_id}: {r.status_code} {r.text[:200]}")
             resources += list(r.json()["resources"])
