@@ -472,7 +472,7 @@ class Records:
     async def verify_disclosure(self, document: dict[str, Any]) -> disclosure.Verified:
         """Check a disclosure document against the record on chain it names (any custodian's)."""
         key, version = str(document.get("resourceKey") or ""), document.get("version")
-        if not disclosure.HEX64.match(key) or not isinstance(version, int) or version < 1:
+        if not disclosure.HEX64.match(key) or type(version) is not int or version < 1:
             return disclosure.Verified(False, "the document names no resource version (resourceKey, version)")
         try:
             record = await self.ledger.record(key, version)

@@ -48,7 +48,10 @@ async def upload(
     if pseudonym is None:
         raise NotHeld(f"Patient/{patient_id} is not held here")
     require_compartment(svc, grant, pseudonym)
-    declared = int(request.headers.get("content-length") or 0)
+    try:
+        declared = int(request.headers.get("content-length") or 0)
+    except ValueError:
+        raise HttpProblem(400, "structure", "Content-Length is not a number") from None
     if declared > MAX_BLOB_BYTES:
         raise HttpProblem(413, "too-costly", f"the content is {declared} bytes; at most {MAX_BLOB_BYTES} here")
     content_type = (request.headers.get("content-type") or "application/octet-stream").split(";")[0].strip()

@@ -65,7 +65,8 @@ async def make_dataset(
 @router.post("/research/studies/{study}/datasets/{version}/$verify")
 async def verify_dataset(study: str, version: str, request: Request, svc: ServicesDep, _: ClientDep) -> JSONResponse:
     _names(study, version)
-    if int(request.headers.get("content-length") or 0) > MAX_EXPORT_BYTES:
+    length = request.headers.get("content-length") or "0"
+    if not length.isdigit() or int(length) > MAX_EXPORT_BYTES:
         raise HttpProblem(413, "too-costly", f"an export is at most {MAX_EXPORT_BYTES} bytes here")
     try:
         named_study, named_version, files = deidentify.read_zip(await request.body())
