@@ -266,7 +266,6 @@ ATTACHMENTS: dict[str, tuple[tuple[str, str | None], ...]] = {
     "DocumentReference": (("content", "attachment"),),
     "Media": (("content", None),),
     "Communication": (("payload", "contentAttachment"),),
-    "Consent": (("sourceAttachment", None),),
 }
 
 

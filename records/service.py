@@ -43,12 +43,13 @@ from records.errors import (
     OutcomeUnknown,
     OutsideCompartment,
     PreconditionFailed,
+    Tampered,
     VersionTaken,
 )
 from records.routes import POSTABLE, RECORDS, Route, route_of
 from records.search import identifier_condition
 from records.settings import CustodianSettings
-from records.store import Row, Store, Stored
+from records.store import Query, Row, Store, Stored
 from records.validation import PATIENT_ELEMENT, Entry
 
 
@@ -451,6 +452,25 @@ class Records:
         )
         return Verification(ok, reason, on_chain.digest, mine, on_chain.tx_id)
 
+    def _blob_names(self, patient: str) -> list[str]:
+        """The blobs the patient's Binary resources point at. Erasure must not depend on anything being readable:
+        from a Binary row that fails authentication on, the listing stops (those blobs stay, unreadable once the key
+        is gone)."""
+        names: list[str] = []
+        offset = 0
+        while True:
+            try:
+                total, page = self.store.search(Query("Binary", patient=patient, count=500, offset=offset))
+            except Tampered:
+                return names
+            for s in page:
+                blob = blob_of(json.loads(s.content))
+                if blob and (name := name_of(str(blob.get("url") or ""))):
+                    names.append(name)
+            offset += len(page)
+            if not page or offset >= total:
+                return names
+
     # ----- selective disclosure (digest scheme v2) --------------------------------------------------------------
 
     async def disclose(self, stored: Stored, paths: list[str]) -> dict[str, Any]:
@@ -483,11 +503,7 @@ class Records:
     async def erase(self, patient: str) -> str:
         """Crypto-shred the patient's data here (their blob key derives from the data key too), delete their blobs,
         and record the erasure on chain; returns the transaction id."""
-        names = [
-            name_of(str(blob.get("url") or ""))
-            for s in self.store.patient_resources(patient)
-            if s.type == "Binary" and (blob := blob_of(json.loads(s.content)))
-        ]
+        names = self._blob_names(patient)
         self.store.erase(patient, now_instant())
         for name in names:
             if name:

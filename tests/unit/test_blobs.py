@@ -236,3 +236,34 @@ def test_binary_routes_and_attachments(tmp_path: Path) -> None:
         gw.run(scenario)
     finally:
         gw.close()
+
+
+def test_erasure_does_not_depend_on_readable_rows(tmp_path: Path) -> None:
+    import sqlite3
+
+    gw = Gateway(tmp_path)
+
+    async def scenario(g: Gateway) -> None:
+        obs = fhir.observation("x", "x", "718-7", 12.0, "g/dL")
+        obs.pop("id")
+        obs["subject"] = {"reference": "urn:uuid:p"}
+        r = await g.post("/fhir", patient_bundle("MPI-E1", [obs]))
+        assert r.status_code == 200, r.text
+        patient, observation = (e["response"]["location"].split("/_history")[0] for e in r.json()["entry"])
+        up = await g.post("/fhir/Binary", b"scan", **{"Content-Type": "image/png", "X-Security-Context": patient})
+        assert up.status_code == 201
+        with sqlite3.connect(g.db) as db:  # someone flips a byte of the Observation's ciphertext
+            (ct,) = db.execute("SELECT ciphertext FROM resources WHERE id = ?", (observation.split("/")[1],)).fetchone()
+            db.execute(
+                "UPDATE resources SET ciphertext = ? WHERE id = ?",
+                (bytes([ct[0] ^ 1]) + ct[1:], observation.split("/")[1]),
+            )
+        erased = await g.post(f"/fhir/{patient}/$erase", {})
+        assert erased.status_code == 200, erased.text
+        name = blobs.name_of(str(blobs.blob_of(up.json())["url"]))  # type: ignore[index]
+        assert name is not None and not await g.records.blobs.backend.exists(name)
+
+    try:
+        gw.run(scenario)
+    finally:
+        gw.close()
