@@ -28,6 +28,7 @@ TYPE_OPERATIONS: dict[str, list[dict[str, str]]] = {
     "Claim": [
         {"name": "submit", "definition": "http://hl7.org/fhir/us/davinci-pas/OperationDefinition/Claim-submit"},
         {"name": "submission", "definition": "urn:careledger:operation:submission"},
+        {"name": "appeal", "definition": "urn:careledger:operation:appeal"},
     ],
     "ClaimResponse": [{"name": "decide", "definition": "urn:careledger:operation:decide"}],
 }

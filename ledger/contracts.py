@@ -140,6 +140,10 @@ class Ledger:
     async def decide_preauth(self, claim_id: str, decision: Mapping[str, Any]) -> Committed:
         return await self.submit(CLAIMS, "Claims:DecidePreauth", claim_id, json.dumps(decision))
 
+    async def appeal_preauth(self, claim_id: str, documentation_digest: str) -> Committed:
+        """The provider's one appeal of a denied prior authorisation, with the keyed digest of its documentation."""
+        return await self.submit(CLAIMS, "Claims:AppealPreauth", claim_id, documentation_digest)
+
     async def due_for_purge(self, before: str, page_size: int = 200) -> list[dict[str, Any]]:
         return await self._pages(CLAIMS, "Claims:DueForPurge", "claims", before, page_size=page_size)
 

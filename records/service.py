@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fabric_gateway import NotCommitted
-from ledger.contracts import Ledger
+from ledger.contracts import Committed, Ledger
 from ledger.errors import LedgerNotFound
 from ledger.transport import OutcomeUnknown
 from records import digests, disclosure, fhir_claim
@@ -709,6 +709,15 @@ class Records:
         except LedgerNotFound:
             return disclosure.Verified(False, "the ledger has no record of this resource version")
         return disclosure.verify(document, record)
+
+    async def appeal_preauth(self, claim_id: str, documentation: dict[str, Any]) -> Committed:
+        """Appeal the denial of a prior-authorisation request this org made: the chain gets the keyed digest of the
+        documentation the appeal adds (which stays with the caller), so the appeal is on record without PHI."""
+        stored = self.read("Claim", claim_id)
+        if json.loads(stored.content).get("use") != "preauthorization":
+            raise FhirInvalid([Issue("value", "Claim.use", f"Claim/{claim_id} is not a prior-authorisation request")])
+        digest = digests.resource_digest(self.store.digest_key(stored.patient), documentation)
+        return await self.ledger.appeal_preauth(self.store.ledger_key("Claim", claim_id), digest)
 
     async def erase(self, patient: str) -> str:
         """Crypto-shred the patient's data here (their blob key derives from the data key too), delete their blobs,
