@@ -98,6 +98,12 @@ def peer_env(topology: Topology, binaries: FabricBinaries, node: Node) -> dict[s
         # A peer that joins a channel first cannot yet authenticate the other orgs' anchor peers ("could not acquire
         # policy manager"); it retries after reconnectInterval, 25 s by default. Retry quickly on one machine.
         "CORE_PEER_GOSSIP_RECONNECTINTERVAL": "2s",
+        # A block whose private data a peer lacks waits this long for it before committing without it (it is fetched
+        # later by reconciliation). A signed transaction sent again after an unknown outcome (a killed orderer or
+        # gateway) is in a later block too, invalid as a duplicate, its private data gone from the transient store:
+        # with the default 60 s every write on the channel waited a minute behind it. Endorsers hold the private data
+        # of their own transactions, so nothing valid needs long.
+        "CORE_PEER_GOSSIP_PVTDATA_PULLRETRYTHRESHOLD": "5s",
         "CORE_PEER_LOCALMSPID": node.org.msp_id,
         "CORE_PEER_MSPCONFIGPATH": str(topology.node_dir(node) / "msp"),
         "CORE_PEER_TLS_ENABLED": "true",
