@@ -92,7 +92,7 @@ def capability_statement(org: str) -> dict[str, Any]:
                 "mode": "server",
                 "security": {"service": [{"coding": [smart]}]},
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],
-                "resource": [_resource(t) for t in sorted(fv.STORED_TYPES)] + [audit, _subscription()],
+                "resource": [_resource(t) for t in sorted(fv.stored_types())] + [audit, _subscription()],
             }
         ],
     }

@@ -32,10 +32,19 @@ NOT_STORED = {  # resource types that are not records, and why
 }
 
 
-def _r4_types() -> frozenset[str]:
-    """Every resource type the R4 models know (a resource: a model with a resource type of its own)."""
-    from fhir.resources.R4B import fhirtypes
+def _is_resource(model: type[FHIRAbstractModel]) -> bool:
+    """A model of a resource type of its own (not a data type, not the abstract Resource or DomainResource)."""
     from fhir.resources.R4B.resource import Resource
+
+    return issubclass(model, Resource) and model.get_resource_type() not in ("Resource", "DomainResource")
+
+
+@functools.cache
+def stored_types() -> frozenset[str]:
+    """Every resource type this server keeps as a record: every type the R4 models know, less NOT_STORED. Computed
+    when first asked (the CapabilityStatement): it imports every model, which takes seconds of CPU, and a gateway or
+    worker must start without that (validation looks up only the models the data names)."""
+    from fhir.resources.R4B import fhirtypes
 
     found = set()
     for name in dir(fhirtypes):
@@ -45,12 +54,9 @@ def _r4_types() -> frozenset[str]:
             model = get_fhir_model_class(name.removesuffix("Type"))
         except (ValueError, AttributeError):
             continue
-        if issubclass(model, Resource) and model.get_resource_type() not in ("Resource", "DomainResource"):
+        if _is_resource(model):
             found.add(model.get_resource_type())
-    return frozenset(found)
-
-
-STORED_TYPES = _r4_types() - frozenset(NOT_STORED)  # every resource type this server keeps as a record
+    return frozenset(found) - frozenset(NOT_STORED)
 
 
 @dataclass(frozen=True)
@@ -250,10 +256,10 @@ def binding_issues(node: dict[str, Any], model: type[FHIRAbstractModel], path: s
                         stack.append((item, inner, where))
 
 
-def validate_resource(data: Any, path: str, supported: Collection[str] = STORED_TYPES) -> FHIRAbstractModel:
+def validate_resource(data: Any, path: str, supported: Collection[str] | None = None) -> FHIRAbstractModel:
     """Parse one resource with its R4 model and check its required bindings; raise FhirInvalid naming elements.
-    `supported`: the resource types accepted (by default every type stored as a record; a Subscription is checked
-    with its own list by `records.subscriptions`)."""
+    `supported`: the resource types accepted (by default every type stored as a record, `stored_types()`; a
+    Subscription is checked with its own list by `records.subscriptions`)."""
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
         raise Malformed([Issue("structure", path, "a resource is a JSON object with a resourceType")])
     resource_type = data["resourceType"]
@@ -263,7 +269,11 @@ def validate_resource(data: Any, path: str, supported: Collection[str] = STORED_
         raise FhirInvalid(
             [Issue("not-supported", f"{path}.resourceType", f"unknown resource type {resource_type!r}")]
         ) from None
-    if resource_type not in supported:
+    if supported is None:
+        accepted = _is_resource(model_class) and resource_type not in NOT_STORED
+    else:
+        accepted = resource_type in supported
+    if not accepted:
         why = NOT_STORED.get(resource_type) or f"{resource_type} is not taken here"
         raise FhirInvalid([Issue("not-supported", f"{path}.resourceType", why)])
     issues = sorted(binding_issues(data, model_class, path), key=lambda i: i.expression)

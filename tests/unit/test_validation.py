@@ -163,3 +163,14 @@ def test_the_gateway_answers_413_for_too_many_bytes_or_entries_and_stores_nothin
         assert g.rows() == 0
 
     small_gw.run(scenario)
+
+
+@pytest.mark.parametrize("rtype", ["Coding", "Resource", "DomainResource", "Parameters", "OperationOutcome"])
+def test_a_data_type_or_an_abstract_or_unstored_type_is_not_a_record(rtype: str) -> None:
+    assert issues_of({"resourceType": rtype}) == [("not-supported", "R.resourceType")]
+
+
+def test_every_stored_type_is_accepted_without_loading_the_list_first() -> None:
+    fv.validate_resource({"resourceType": "ImagingStudy", "status": "available", "subject": {"reference": "P/1"}}, "R")
+    assert "ImagingStudy" in fv.stored_types() and "Coding" not in fv.stored_types()
+    assert not set(fv.NOT_STORED) & fv.stored_types()
