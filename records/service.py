@@ -26,6 +26,7 @@ from records.errors import (
     Issue,
     NotHeld,
     NotKeptHere,
+    NotOnChain,
     OutsideCompartment,
     PreconditionFailed,
     StillPending,
@@ -558,7 +559,10 @@ class Records:
         )
 
     async def verify(self, stored: Stored) -> Verification:
-        """Recompute the stored content's digest and compare it with the one registered on chain."""
+        """Recompute the stored content's digest and compare it with the one registered on chain. A Claim of a
+        bundle is on chain only once the claim outbox filed it: until then (or if it never will be) NotOnChain."""
+        if stored.type == "Claim" and (filed := self.store.outbox_claim(stored.id)) and filed.state != "submitted":
+            raise NotOnChain(f"Claim/{stored.id} is {filed.state} (Claim/$submission): not on chain to compare with")
         route = route_of(stored.type)
         if route is HELD and stored.tx_id:  # posted by an EHR and registered, not kept by a worker
             route = RECORDS

@@ -17,7 +17,7 @@ from ledger.errors import LedgerForbidden
 from ledger.fake import FakeLedger
 from records import synthetic
 from records import validation as fv
-from records.errors import FhirInvalid, NotKeptHere, PreconditionFailed, Refused, StillPending
+from records.errors import FhirInvalid, NotKeptHere, NotOnChain, PreconditionFailed, Refused, StillPending
 from records.service import Custodian, Records
 from records.sharing import Sharing
 from tests import fhir_samples as fhir
@@ -305,6 +305,8 @@ def test_a_bundle_claim_naming_no_consortium_payer_is_kept_and_held(world: FakeL
     claims = [w for w in run(hospital.transaction(entries(bundle))) if w.type == "Claim"]
     assert {hospital.submission(w.id).state for w in claims} == {"held"}
     assert not submitted_events(world)
+    with pytest.raises(NotOnChain):  # nothing on chain to compare with: not "the claim does not exist"
+        run(hospital.verify(hospital.read("Claim", claims[0].id)))
 
 
 def test_a_bundle_claim_r4_forbids_refuses_the_whole_bundle(world: FakeLedger, hospital: Records) -> None:
