@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 import sys
 import urllib.request
@@ -16,7 +15,7 @@ from consortium.processes import ensure_port_free
 from consortium.supervision import Program, Supervised, program_env
 from consortium.topology import Topology
 from gateway.dev_issuer import dev_token
-from gateway.serve import serve
+from gateway.serve import run
 from gateway.settings import GatewaySettings
 
 MEMBER_ORGS_HELP = "member org name, e.g. HospitalOrg (repeatable; default: every member org)"
@@ -70,7 +69,7 @@ def serve_command(org: str) -> None:
     logs.configure()
     settings = GatewaySettings.load(topo.load(), org)
     readiness.require_peer(settings.topology, settings.org)
-    asyncio.run(serve(settings))
+    run(settings)
 
 
 @gateway.command(name="start")

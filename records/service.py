@@ -9,15 +9,17 @@ refuses, the staged rows are discarded; when the outcome is unknown (timeout), t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from fabric_gateway import NotCommitted
 from ledger.contracts import Ledger
-from ledger.transport import OutcomeUnknown
+from ledger.transport import UNKNOWN_OUTCOME_DEADLINE_S, OutcomeUnknown
 from records import digests, fhir_claim
 from records.claim_outbox import ClaimOutbox
 from records.compartments import DIRECTORY, EITHER, PATIENT_ELEMENTS, in_compartment, patient_references
@@ -109,6 +111,7 @@ class Records:
         self.claims_outbox = ClaimOutbox(store, ledger, self.payers)
         self._conditional_writes = asyncio.Lock()
         self._in_flight: set[str] = set()  # batches this process is writing now: not the reconciler's
+        self._unknown: set[str] = set()  # batches this process sent and gave up waiting for: settled at once
 
     @classmethod
     def open(cls, settings: CustodianSettings, ledger: Ledger) -> Records:
@@ -217,8 +220,25 @@ class Records:
         conditional = any(e.if_none_exist or e.if_match or e.if_none_match for e in entries)
         if not conditional:
             return await self._transaction(entries, {}, compartment)
-        async with self._conditional_writes:
+        async with self._conditional_writes, self._locked_across_processes():
             return await self._transaction(entries, self._existing(entries), compartment)
+
+    @contextlib.asynccontextmanager
+    async def _locked_across_processes(self) -> AsyncIterator[None]:
+        """The org's other gateway and worker processes (on this machine, or on any that share a PostgreSQL store)
+        decide their conditional writes before or after this one's, never at the same time: the store's lock."""
+        lock = self.store.exclusive()
+        waiting = asyncio.ensure_future(asyncio.to_thread(lock.acquire))
+        try:
+            await asyncio.shield(waiting)
+        except BaseException:
+            # Given up while the thread still waits for the lock: let it go as soon as the thread has it.
+            waiting.add_done_callback(lambda w: lock.release() if not w.cancelled() and w.exception() is None else None)
+            raise
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _existing(self, entries: list[Entry]) -> dict[int, Stored]:
         """The conditional entries that find what they ask for, by entry index; PreconditionFailed when one fails."""
@@ -472,6 +492,7 @@ class Records:
         try:
             committed = await submit(lambda prepared: self.pending.save(batch, prepared))
         except OutcomeUnknown:
+            self._unknown.add(batch)
             raise StillPending(batch) from None
         except BaseException:
             self.store.discard(batch)
@@ -482,14 +503,24 @@ class Records:
         self.store.commit(batch, committed.tx_id)
         self.pending.remove(batch)
 
-    async def reconcile_pending(self, grace_s: float = 120.0) -> dict[str, int]:
-        """Settle every pending batch this process is not writing now: those with a kept transaction at once, those
-        without one once they are older than `grace_s` (another process of this org may still be about to send
-        it). Returns how many were committed, discarded and are still unknown."""
-        old = set(self.store.pending_batches(older_than_s=grace_s))
+    async def reconcile_pending(
+        self, grace_s: float = 120.0, sending_s: float = UNKNOWN_OUTCOME_DEADLINE_S
+    ) -> dict[str, int]:
+        """Settle every pending batch this process is not writing now. Those this process gave up waiting for, at
+        once; another process's (or a dead one's) with a kept transaction once they are `sending_s` old (until
+        then the process that sent it is still waiting for its outcome); those without one once they are
+        `grace_s` old (another process may still be about to send it). Returns how many were committed,
+        discarded and are still unknown."""
+        unsent_old = set(self.store.pending_batches(older_than_s=grace_s))
+        sent_old = set(self.store.pending_batches(older_than_s=sending_s))
         counts = {"committed": 0, "discarded": 0, "unknown": 0}
         for batch in self.store.pending_batches():
-            if batch in self._in_flight or (batch not in old and self.pending.load(batch) is None):
+            if batch in self._in_flight:
+                continue
+            if self.pending.load(batch) is None:
+                if batch not in unsent_old:
+                    continue
+            elif batch not in self._unknown and batch not in sent_old:
                 continue
             settled = await self.reconcile(batch)
             counts["unknown" if settled is None else "committed" if settled else "discarded"] += 1
@@ -503,6 +534,7 @@ class Records:
         prepared = self.pending.load(batch)
         if prepared is None:
             self.store.discard(batch)
+            self._unknown.discard(batch)
             return False
         try:
             committed = await self.ledger.settle(prepared)
@@ -511,9 +543,11 @@ class Records:
         except NotCommitted:
             self.store.discard(batch)
             self.pending.remove(batch)
+            self._unknown.discard(batch)
             return False
         self.store.commit(batch, committed.tx_id)
         self.pending.remove(batch)
+        self._unknown.discard(batch)
         return True
 
     # ----- reads, verification, erasure -------------------------------------------------------------------------
