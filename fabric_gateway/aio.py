@@ -14,11 +14,12 @@ from typing import Any, TypeAlias, TypeVar, Unpack
 import grpc
 import grpc.aio
 
-from fabric_gateway import base, commits, steps
+from fabric_gateway import base, blocks, commits, lifecycle, steps
 from fabric_gateway import connection as transport
 from fabric_gateway import messages as m
 from fabric_gateway.checkpoint import Checkpoint
 from fabric_gateway.connection import Endpoint
+from fabric_gateway.errors import EventsUnavailable
 from fabric_gateway.identity import Identity, Signer
 from fabric_gateway.steps import DEFAULT_TIMEOUTS, Steps, Submitted, Timeouts
 
@@ -70,6 +71,15 @@ class Awaiting:
 
     def events(self, request: bytes) -> Any:
         return self._events(request)
+
+    def filtered_blocks(self, channel: str, start_block: int | None) -> Any:
+        """A channel's filtered-block stream (DeliverResponse bytes), from the newest block or `start_block` on."""
+        if self._deliver is None or self._tls_cert_hash is None:
+            raise EventsUnavailable("UNAVAILABLE", "this connection cannot open a block stream")
+        request = commits.seek_request(
+            self._session.identity, self._session.signature, channel, self._tls_cert_hash, start_block
+        )
+        return self._deliver(iter([request]))
 
     # ----- the channels' block streams (see fabric_gateway.commits) -----
 
@@ -215,6 +225,63 @@ class AsyncNetwork(base.NetworkBase[Awaiting]):
         finally:
             if hasattr(call, "cancel"):
                 call.cancel()
+
+    # ----- what an explorer asks: the system chaincodes (qscc, _lifecycle) and the block stream -----
+
+    async def _system(self, chaincode: str, function: str, args: Sequence[str | bytes], org: str | None) -> bytes:
+        target = m.Target(self.name, chaincode)
+        orgs = self._own_org([org] if org else None)
+        proposal = target.proposal(self._session.identity, function, args, endorsing_orgs=orgs)
+        return await self._driver.run(steps.evaluate(self._session, proposal))
+
+    async def chain_info(self, org: str | None = None) -> lifecycle.ChainInfo:
+        """The channel's height on one org's peer (default: this identity's org), by qscc GetChainInfo."""
+        return lifecycle.chain_info(await self._system(lifecycle.QSCC, "GetChainInfo", [self.name], org))
+
+    async def block(self, number: int) -> blocks.BlockSummary:
+        """A block from the own org's peer (qscc GetBlockByNumber): its transactions, without their arguments."""
+        raw = await self._system(lifecycle.QSCC, "GetBlockByNumber", [self.name, str(number)], None)
+        return blocks.block_summary(raw)
+
+    async def transaction(self, tx_id: str) -> blocks.TransactionSummary:
+        """A committed transaction by id (qscc GetTransactionByID), with its validation code."""
+        raw = await self._system(lifecycle.QSCC, "GetTransactionByID", [self.name, tx_id], None)
+        return blocks.processed_transaction(raw)
+
+    async def block_number_of(self, tx_id: str) -> int:
+        """The number of the block holding a transaction (qscc GetBlockByTxID)."""
+        raw = await self._system(lifecycle.QSCC, "GetBlockByTxID", [self.name, tx_id], None)
+        return blocks.block_summary(raw).number
+
+    async def chaincode_definitions(self) -> list[lifecycle.ChaincodeDefinition]:
+        """Every chaincode definition committed on the channel, with each member's approval (_lifecycle)."""
+        names = lifecycle.definition_names(
+            await self._system(lifecycle.LIFECYCLE, "QueryChaincodeDefinitions", [lifecycle.definitions_args()], None)
+        )
+        found = []
+        for name in names:
+            raw = await self._system(
+                lifecycle.LIFECYCLE, "QueryChaincodeDefinition", [lifecycle.definition_args(name)], None
+            )
+            found.append(lifecycle.definition(name, raw))
+        return found
+
+    async def filtered_blocks(self, start_block: int | None = None) -> AsyncGenerator[blocks.FilteredBlock, None]:
+        """The own peer's blocks as they commit (from the newest, or from `start_block`): numbers, transaction ids,
+        validation codes, event names. Stop with `aclose()` (or by leaving the loop)."""
+        stream = self._driver.filtered_blocks(self.name, start_block)
+        try:
+            async for response in stream:
+                block = blocks.filtered_block(response)
+                if block is None:
+                    return
+                yield block
+        except grpc.RpcError as e:
+            if (error := steps.events_failure(e)) is not None:
+                raise error from None
+        finally:
+            if hasattr(stream, "cancel"):
+                stream.cancel()
 
 
 class AsyncContract(base.ContractBase[Awaiting]):

@@ -42,9 +42,16 @@ KEEP = 10_000  # statuses of recent transactions kept, for submits that wait aft
 W = TypeVar("W")  # what a waiting submit blocks on: a threading.Event-like object or an asyncio future
 
 
-def seek_request(identity: Identity, sign: Callable[[bytes], bytes], channel: str, tls_cert_hash: bytes) -> bytes:
-    """The signed Envelope asking for filtered blocks from the newest one on, for ever. Mutual TLS binds the request
-    to the connection: `tls_cert_hash` is the SHA-256 of the client's TLS certificate (DER)."""
+def seek_request(
+    identity: Identity,
+    sign: Callable[[bytes], bytes],
+    channel: str,
+    tls_cert_hash: bytes,
+    start_block: int | None = None,
+) -> bytes:
+    """The signed Envelope asking for filtered blocks from the newest one on (or from `start_block`), for ever.
+    Mutual TLS binds the request to the connection: `tls_cert_hash` is the SHA-256 of the client's TLS certificate
+    (DER)."""
     nonce = os.urandom(m.NONCE_BYTES)
     timestamp = timestamp_pb2.Timestamp()
     timestamp.GetCurrentTime()
@@ -56,7 +63,11 @@ def seek_request(identity: Identity, sign: Callable[[bytes], bytes], channel: st
         tls_cert_hash=tls_cert_hash,
     )
     seek = ab_pb2.SeekInfo(
-        start=ab_pb2.SeekPosition(newest=ab_pb2.SeekNewest()),
+        start=(
+            ab_pb2.SeekPosition(newest=ab_pb2.SeekNewest())
+            if start_block is None
+            else ab_pb2.SeekPosition(specified=ab_pb2.SeekSpecified(number=start_block))
+        ),
         stop=ab_pb2.SeekPosition(specified=ab_pb2.SeekSpecified(number=2**64 - 1)),
         behavior=ab_pb2.SeekInfo.BLOCK_UNTIL_READY,
     )

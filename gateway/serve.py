@@ -14,7 +14,8 @@ org's one store. What keeps that correct:
   a batch that never kept a transaction, after a grace), so none sends a transaction its writer is still sending;
 - the claim outbox: a process takes the due claims it submits for a few seconds, and reads from the chain whether a
   claim is filed before filing it (the Claims contract files a key once), so concurrent drains file each once.
-One process (the first) runs the others and exits when one of them does, so supervisord restarts them together.
+Only the first process follows the chain's events into the console's activity index (the others read it).
+One process (the parent) runs the others and exits when one of them does, so supervisord restarts them together.
 """
 
 from __future__ import annotations
@@ -36,10 +37,15 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from consortium import connect, logs, tls
+from fabric_gateway import AsyncGateway
 from gateway.app import create_app
+from gateway.console.service import Console
 from gateway.deps import GatewayConfig, Services
 from gateway.settings import GatewaySettings
-from ledger.contracts import Ledger
+from ledger import activity
+from ledger.activity import ActivityIndex
+from ledger.contracts import CLAIMS, PROVIDERS, Ledger
+from ledger.explorer import Explorer
 from ledger.transport import FabricTransport
 from records.federation import Federation
 from records.service import Records
@@ -90,15 +96,23 @@ class ClientCertProtocol(H11Protocol):
 # ----- running ----------------------------------------------------------------------------------------------------
 
 
-async def serve(settings: GatewaySettings) -> None:
+async def serve(settings: GatewaySettings, first: bool = True) -> None:
+    """Serve the org's gateway in this process. `first`: the process that keeps the console's activity index (one
+    writer follows the chain's events; the org's other processes read the index)."""
     fed = Federation.for_org(settings.topology, settings.org)
     async with connect.async_gateway(settings.topology, settings.org) as gw:
         transport = FabricTransport(gw, settings.topology.chaincode_name, deadline_s=WRITE_DEADLINE_S)
         records = Records.open(settings.custodian, Ledger(transport, claim_window_s=CLAIM_WINDOW_S))
         store = records.store
         reconciler = asyncio.create_task(_reconcile_forever(records))
+        console = open_console(settings, gw)
+        followers = [
+            asyncio.create_task(activity.follow(gw.network(ch), settings.topology.chaincode_name, console.activity))
+            for ch in console.channels
+            if first and ch in (CLAIMS, PROVIDERS)
+        ]
         config = GatewayConfig(settings.org.msp_id, settings.token_policy())
-        app = create_app(Services(config, records, Sharing(records, fed)))
+        app = create_app(Services(config, records, Sharing(records, fed), console))
         cert, key, cas = server_ssl_files(settings)
         server = uvicorn.Server(
             uvicorn.Config(
@@ -119,9 +133,19 @@ async def serve(settings: GatewaySettings) -> None:
         try:
             await server.serve(sockets=[listening_socket(settings)])
         finally:
-            reconciler.cancel()
+            for task in (reconciler, *followers):
+                task.cancel()
             await fed.aclose()
             store.close()
+            console.activity.close()
+
+
+def open_console(settings: GatewaySettings, gw: AsyncGateway) -> Console:
+    """The console's sources: the org's own peer, and its activity index (`console-index.sqlite` in the org's
+    gateway folder, rebuilt from the chain's events if it is deleted)."""
+    t, org = settings.topology, settings.org
+    index = ActivityIndex(t.gateway_home(org) / "console-index.sqlite", org.msp_id)
+    return Console(t, org, Explorer(gw), index)
 
 
 def listening_socket(settings: GatewaySettings) -> socket.socket:
@@ -141,7 +165,7 @@ def run(settings: GatewaySettings) -> None:
         return
     context = multiprocessing.get_context("spawn")  # no fork: gRPC's threads do not survive one
     children = [
-        context.Process(target=_serve_one, args=(settings,), name=f"gateway-{settings.org.name}-{i}")
+        context.Process(target=_serve_one, args=(settings, i == 0), name=f"gateway-{settings.org.name}-{i}")
         for i in range(settings.processes)
     ]
     for child in children:
@@ -163,10 +187,10 @@ def run(settings: GatewaySettings) -> None:
     sys.exit(1 if failed else 0)
 
 
-def _serve_one(settings: GatewaySettings) -> None:
+def _serve_one(settings: GatewaySettings, first: bool) -> None:
     """One of the gateway's processes."""
     logs.configure()
-    asyncio.run(serve(settings))
+    asyncio.run(serve(settings, first))
 
 
 async def _reconcile_forever(records: Records) -> None:

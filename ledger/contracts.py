@@ -140,6 +140,10 @@ class Ledger:
     async def decide_preauth(self, claim_id: str, decision: Mapping[str, Any]) -> Committed:
         return await self.submit(CLAIMS, "Claims:DecidePreauth", claim_id, json.dumps(decision))
 
+    async def appeal_preauth(self, claim_id: str, documentation_digest: str) -> Committed:
+        """The provider's one appeal of a denied prior authorisation, with the keyed digest of its documentation."""
+        return await self.submit(CLAIMS, "Claims:AppealPreauth", claim_id, documentation_digest)
+
     async def due_for_purge(self, before: str, page_size: int = 200) -> list[dict[str, Any]]:
         return await self._pages(CLAIMS, "Claims:DueForPurge", "claims", before, page_size=page_size)
 
@@ -172,6 +176,48 @@ class Ledger:
 
     async def audit_by_patient(self, patient: str, start: str, end: str) -> list[dict[str, Any]]:
         return await self._pages(PROVIDERS, "Audit:ByPatient", "entries", patient, start, end)
+
+    async def audit_page(
+        self, patient: str, start: str, end: str, page_size: int, bookmark: str = ""
+    ) -> tuple[list[dict[str, Any]], str]:
+        """One page of a patient's access log, oldest first, and the bookmark of the next ("" on the last)."""
+        page = await self.evaluate(PROVIDERS, "Audit:ByPatient", patient, start, end, str(page_size), bookmark)
+        return list(page["entries"] or []), str(page["bookmark"] or "")
+
+    # ----- Supply ----------------------------------------------------------------------------------------------
+
+    async def pack(self, gtin: str, serial: str) -> dict[str, Any]:
+        """A pack's current state (NOT_FOUND when it was never commissioned)."""
+        return dict(await self.evaluate(PHARMA, "Supply:Get", gtin, serial))
+
+    async def custody(self, gtin: str, serial: str) -> list[dict[str, Any]]:
+        """A pack's custody events, oldest first."""
+        return list(await self.evaluate(PHARMA, "Supply:History", gtin, serial) or [])
+
+    async def pack_alerts(self, gtin: str, serial: str) -> list[dict[str, Any]]:
+        """Suspicious verifications reported for a pack, oldest first."""
+        return list(await self.evaluate(PHARMA, "Supply:Alerts", gtin, serial) or [])
+
+    async def verify_pack(self, gtin: str, serial: str, lot: str, expiry: str) -> dict[str, Any]:
+        """Whether a pack as printed is authentic now, with the flags that say why not."""
+        return dict(await self.evaluate(PHARMA, "Supply:Verify", gtin, serial, lot, expiry))
+
+    # ----- Trials ----------------------------------------------------------------------------------------------
+
+    async def register_study(self, study_id: str, protocol_digest: str) -> Committed:
+        return await self.submit(PROVIDERS, "Trials:RegisterStudy", study_id, protocol_digest)
+
+    async def enrol(self, study_id: str, subject: str, consent_id: str) -> Committed:
+        return await self.submit(PROVIDERS, "Trials:Enrol", study_id, subject, consent_id)
+
+    async def enrolments(self, study_id: str) -> list[dict[str, Any]]:
+        return list(await self.evaluate(PROVIDERS, "Trials:Enrolments", study_id) or [])
+
+    async def anchor_dataset(self, study_id: str, version: str, digest: str) -> Committed:
+        return await self.submit(PROVIDERS, "Trials:AnchorDataset", study_id, version, digest)
+
+    async def verify_dataset(self, study_id: str, version: str, digest: str) -> dict[str, Any]:
+        return dict(await self.evaluate(PROVIDERS, "Trials:VerifyDataset", study_id, version, digest))
 
     async def _pages(
         self, channel: str, function: str, field: str, *args: str, page_size: int = 100

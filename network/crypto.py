@@ -41,7 +41,7 @@ def cryptogen_config(topology: Topology) -> dict[str, Any]:
         }
 
     orderer_hosts = [n.short for n in topology.orderers]
-    # Each member org gets User1 (its applications: gateway, workers) and User2 (in tests, a patient's own identity).
+    # Each member org gets User1 (its applications: gateway, workers) and User2 (in tests, another plain client).
     peer_orgs = [org_entry(org, ["peer0"], 2) for org in topology.member_orgs]
     # The chaincode server's TLS identity: server cert for the chaincode process, Admin's TLS cert as the client
     # certificate peers present when they dial it.

@@ -139,6 +139,7 @@ ROUTES: Mapping[str, Route] = {
     "Consent": CONSENT,
     "Coverage": HELD,  # the insurer keeps its members' coverage; adjudication checks it
     "ClaimResponse": HELD,
+    "ExplanationOfBenefit": HELD,  # the insurer's, made from the adjudication on chain; a provider's EHR's are records
     "PaymentReconciliation": HELD,
     # Topic-based subscriptions and the notifications sent for them (records.subscriptions): this org's own business.
     "Subscription": HELD,

@@ -32,31 +32,156 @@ NOT_STORED = {  # resource types that are not records, and why
 }
 
 
-def _is_resource(model: type[FHIRAbstractModel]) -> bool:
-    """A model of a resource type of its own (not a data type, not the abstract Resource or DomainResource)."""
-    from fhir.resources.R4B.resource import Resource
+# Every resource type of the FHIR models this server validates with (fhir.resources R4B: R4's types and R4B's few
+# additions). Written out, because finding them takes importing every model (seconds); a unit test checks the list
+# against the models.
+RESOURCE_TYPES = frozenset(
+    {
+        "Account",
+        "ActivityDefinition",
+        "AdministrableProductDefinition",
+        "AdverseEvent",
+        "AllergyIntolerance",
+        "Appointment",
+        "AppointmentResponse",
+        "AuditEvent",
+        "Basic",
+        "Binary",
+        "BiologicallyDerivedProduct",
+        "BodyStructure",
+        "Bundle",
+        "CapabilityStatement",
+        "CarePlan",
+        "CareTeam",
+        "CatalogEntry",
+        "ChargeItem",
+        "ChargeItemDefinition",
+        "Citation",
+        "Claim",
+        "ClaimResponse",
+        "ClinicalImpression",
+        "ClinicalUseDefinition",
+        "CodeSystem",
+        "Communication",
+        "CommunicationRequest",
+        "CompartmentDefinition",
+        "Composition",
+        "ConceptMap",
+        "Condition",
+        "Consent",
+        "Contract",
+        "Coverage",
+        "CoverageEligibilityRequest",
+        "CoverageEligibilityResponse",
+        "DetectedIssue",
+        "Device",
+        "DeviceDefinition",
+        "DeviceMetric",
+        "DeviceRequest",
+        "DeviceUseStatement",
+        "DiagnosticReport",
+        "DocumentManifest",
+        "DocumentReference",
+        "Encounter",
+        "Endpoint",
+        "EnrollmentRequest",
+        "EnrollmentResponse",
+        "EpisodeOfCare",
+        "EventDefinition",
+        "Evidence",
+        "EvidenceReport",
+        "EvidenceVariable",
+        "ExampleScenario",
+        "ExplanationOfBenefit",
+        "FamilyMemberHistory",
+        "Flag",
+        "Goal",
+        "GraphDefinition",
+        "Group",
+        "GuidanceResponse",
+        "HealthcareService",
+        "ImagingStudy",
+        "Immunization",
+        "ImmunizationEvaluation",
+        "ImmunizationRecommendation",
+        "ImplementationGuide",
+        "Ingredient",
+        "InsurancePlan",
+        "Invoice",
+        "Library",
+        "Linkage",
+        "List",
+        "Location",
+        "ManufacturedItemDefinition",
+        "Measure",
+        "MeasureReport",
+        "Media",
+        "Medication",
+        "MedicationAdministration",
+        "MedicationDispense",
+        "MedicationKnowledge",
+        "MedicationRequest",
+        "MedicationStatement",
+        "MedicinalProductDefinition",
+        "MessageDefinition",
+        "MessageHeader",
+        "MolecularSequence",
+        "NamingSystem",
+        "NutritionOrder",
+        "NutritionProduct",
+        "Observation",
+        "ObservationDefinition",
+        "OperationDefinition",
+        "OperationOutcome",
+        "Organization",
+        "OrganizationAffiliation",
+        "PackagedProductDefinition",
+        "Parameters",
+        "Patient",
+        "PaymentNotice",
+        "PaymentReconciliation",
+        "Person",
+        "PlanDefinition",
+        "Practitioner",
+        "PractitionerRole",
+        "Procedure",
+        "Provenance",
+        "Questionnaire",
+        "QuestionnaireResponse",
+        "RegulatedAuthorization",
+        "RelatedPerson",
+        "RequestGroup",
+        "ResearchDefinition",
+        "ResearchElementDefinition",
+        "ResearchStudy",
+        "ResearchSubject",
+        "RiskAssessment",
+        "Schedule",
+        "SearchParameter",
+        "ServiceRequest",
+        "Slot",
+        "Specimen",
+        "SpecimenDefinition",
+        "StructureDefinition",
+        "StructureMap",
+        "Subscription",
+        "SubscriptionStatus",
+        "SubscriptionTopic",
+        "Substance",
+        "SubstanceDefinition",
+        "SupplyDelivery",
+        "SupplyRequest",
+        "Task",
+        "TerminologyCapabilities",
+        "TestReport",
+        "TestScript",
+        "ValueSet",
+        "VerificationResult",
+        "VisionPrescription",
+    }
+)
 
-    return issubclass(model, Resource) and model.get_resource_type() not in ("Resource", "DomainResource")
-
-
-@functools.cache
-def stored_types() -> frozenset[str]:
-    """Every resource type this server keeps as a record: every type the R4 models know, less NOT_STORED. Computed
-    when first asked (the CapabilityStatement): it imports every model, which takes seconds of CPU, and a gateway or
-    worker must start without that (validation looks up only the models the data names)."""
-    from fhir.resources.R4B import fhirtypes
-
-    found = set()
-    for name in dir(fhirtypes):
-        if not name.endswith("Type"):
-            continue
-        try:
-            model = get_fhir_model_class(name.removesuffix("Type"))
-        except (ValueError, AttributeError):
-            continue
-        if _is_resource(model):
-            found.add(model.get_resource_type())
-    return frozenset(found) - frozenset(NOT_STORED)
+STORED_TYPES = RESOURCE_TYPES - frozenset(NOT_STORED)  # every resource type this server keeps as a record
 
 
 @dataclass(frozen=True)
@@ -256,10 +381,10 @@ def binding_issues(node: dict[str, Any], model: type[FHIRAbstractModel], path: s
                         stack.append((item, inner, where))
 
 
-def validate_resource(data: Any, path: str, supported: Collection[str] | None = None) -> FHIRAbstractModel:
+def validate_resource(data: Any, path: str, supported: Collection[str] = STORED_TYPES) -> FHIRAbstractModel:
     """Parse one resource with its R4 model and check its required bindings; raise FhirInvalid naming elements.
-    `supported`: the resource types accepted (by default every type stored as a record, `stored_types()`; a
-    Subscription is checked with its own list by `records.subscriptions`)."""
+    `supported`: the resource types accepted (by default every type stored as a record; a Subscription is checked
+    with its own list by `records.subscriptions`)."""
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
         raise Malformed([Issue("structure", path, "a resource is a JSON object with a resourceType")])
     resource_type = data["resourceType"]
@@ -269,11 +394,7 @@ def validate_resource(data: Any, path: str, supported: Collection[str] | None = 
         raise FhirInvalid(
             [Issue("not-supported", f"{path}.resourceType", f"unknown resource type {resource_type!r}")]
         ) from None
-    if supported is None:
-        accepted = _is_resource(model_class) and resource_type not in NOT_STORED
-    else:
-        accepted = resource_type in supported
-    if not accepted:
+    if resource_type not in supported:
         why = NOT_STORED.get(resource_type) or f"{resource_type} is not taken here"
         raise FhirInvalid([Issue("not-supported", f"{path}.resourceType", why)])
     issues = sorted(binding_issues(data, model_class, path), key=lambda i: i.expression)

@@ -19,6 +19,7 @@ import redis
 
 from ledger.contracts import CLAIMS
 from ledger.errors import LedgerConflict, LedgerNotFound
+from records import disclosure
 from records.store import Query
 from workers import claim_response, rules
 from workers.context import OrgContext
@@ -70,16 +71,39 @@ def _remember(ctx: OrgContext, claim: dict[str, Any], lines: list[dict[str, Any]
     ctx.redis.hset(ctx.settings.keys.claim_lines(claim["patient"]), mapping=cast(Any, mapping))
 
 
+# What a records review reads of the patient's record: these elements of these types, never whole resources.
+REVIEW_ELEMENTS = (
+    "Observation.code",
+    "Observation.status",
+    "Observation.value[x]",
+    "Observation.effective[x]",
+    "Procedure.code",
+    "Procedure.status",
+    "Procedure.performed[x]",
+)
+
+
 def _records_disclosed(ctx: OrgContext, claim: dict[str, Any]) -> bool:
-    """Ask the provider for the patient's record for the review purpose. The provider decides on the patient's
-    consent on chain and logs the access either way; 403 means no consent."""
+    """Ask the provider for the elements a review needs (REVIEW_ELEMENTS), for the review purpose. The provider
+    decides on the patient's consent on chain and logs the access either way (403: no consent), then answers with
+    disclosure documents of only those elements. Each must prove its elements against the root it names; the
+    insurer is not on the providers channel, so the root's match with the chain is the provider's word, logged."""
     assert ctx.settings.rules is not None
-    url = f"{ctx.member_url(claim['provider'])}/federation/everything/{claim['patient']}"
-    r = ctx.members.get(url, params={"purpose": ctx.settings.rules.review_purpose})
-    if r.status_code in (200, 403):
-        return r.status_code == 200
-    r.raise_for_status()
-    raise NotYetAvailable(f"the provider answered {r.status_code}")
+    url = f"{ctx.member_url(claim['provider'])}/federation/disclosures/{claim['patient']}"
+    params = {"purpose": ctx.settings.rules.review_purpose, "element": list(REVIEW_ELEMENTS)}
+    r = ctx.members.get(url, params=params)
+    if r.status_code == 403:
+        return False
+    if r.status_code != 200:
+        r.raise_for_status()
+        raise NotYetAvailable(f"the provider answered {r.status_code}")
+    documents = r.json().get("disclosures") or []
+    checked = [disclosure.verify(d) for d in documents]
+    log.info(
+        "records review",
+        extra={"claim": claim["claimId"], "resources": len(documents), "verified": sum(c.ok for c in checked)},
+    )
+    return all(c.ok for c in checked)
 
 
 @contextlib.contextmanager
@@ -108,13 +132,15 @@ class Pending:
 
     claim: dict[str, Any]
     lines: list[dict[str, Any]]
+    coverage: str = ""  # the provider's reference to the Coverage, as the claim's private detail has it
     decision: rules.Decision | None = None
 
 
 def load_lines(ctx: OrgContext, claim: dict[str, Any]) -> Pending | str:
     """The claim's lines, or a word saying why there is nothing to decide."""
     try:
-        return Pending(claim, ctx.run(ctx.ledger.claim_lines(claim["claimId"]))["lines"])
+        detail = ctx.run(ctx.ledger.claim_lines(claim["claimId"]))
+        return Pending(claim, detail["lines"], str(detail.get("coverage") or ""))
     except LedgerNotFound as e:
         if "purged" in e.message:
             return "its lines are purged"  # long settled
@@ -142,19 +168,18 @@ def _ledger_body(ctx: OrgContext, decision: rules.Decision) -> dict[str, Any]:
     return {"lines": [d.as_ledger() for d in decision.lines], "retentionSeconds": ctx.settings.rules.retention_seconds}
 
 
-def _answer(
-    ctx: OrgContext, on_chain: dict[str, Any], lines: list[dict[str, Any]], recorded: dict[str, Any] | None = None
-) -> str:
-    """Keep the ClaimResponse built from what the chain recorded (`recorded`: the decision this run recorded;
-    None: read it from the chain), never from a fresh decision."""
+def _answer(ctx: OrgContext, on_chain: dict[str, Any], p: Pending, recorded: dict[str, Any] | None = None) -> str:
+    """Keep the ClaimResponse and the ExplanationOfBenefit built from what the chain recorded (`recorded`: the
+    decision this run recorded; None: read it from the chain), never from a fresh decision."""
     if on_chain["status"] == "cancelled":
         return "cancelled"
     if on_chain["status"] == "submitted":
         raise NotYetAvailable("the claim is still submitted on chain: try again")
     if recorded is None:
         recorded = ctx.run(ctx.ledger.adjudication(on_chain["claimId"]))
-    _remember(ctx, on_chain, lines)
-    keep(ctx, claim_response.adjudicated(on_chain, lines, recorded), on_chain["patient"])
+    _remember(ctx, on_chain, p.lines)
+    keep(ctx, claim_response.adjudicated(on_chain, p.lines, recorded), on_chain["patient"])
+    keep(ctx, claim_response.explanation_of_benefit(on_chain, p.lines, recorded, p.coverage), on_chain["patient"])
     log.info("claim adjudicated", extra={"claim": on_chain["claimId"], "outcome": on_chain["outcome"]})
     return str(on_chain["outcome"])
 
@@ -175,8 +200,8 @@ def adjudicate_one(ctx: OrgContext, claim: dict[str, Any]) -> str:
         try:
             on_chain = ctx.run(ctx.ledger.adjudicate(claim["claimId"], body)).result
         except LedgerConflict:  # adjudicated by an earlier run, or cancelled: the chain's state says which
-            return _answer(ctx, ctx.run(ctx.ledger.claim(claim["claimId"])), loaded.lines)
-        return _answer(ctx, on_chain, loaded.lines, {"outcome": on_chain["outcome"], "lines": body["lines"]})
+            return _answer(ctx, ctx.run(ctx.ledger.claim(claim["claimId"])), loaded)
+        return _answer(ctx, on_chain, loaded, {"outcome": on_chain["outcome"], "lines": body["lines"]})
 
 
 def adjudicate_batch(ctx: OrgContext, claims: list[dict[str, Any]]) -> dict[str, str]:
@@ -205,11 +230,11 @@ def adjudicate_batch(ctx: OrgContext, claims: list[dict[str, Any]]) -> dict[str,
             bodies = {cid: _ledger_body(ctx, p.decision) for cid, p in to_record.items() if p.decision}
             result = ctx.run(ctx.ledger.adjudicate_batch(bodies)).result
             for r in result["results"]:
-                cid, lines = r["claimId"], to_record[r["claimId"]].lines
+                cid, pending = r["claimId"], to_record[r["claimId"]]
                 if r["status"] == "adjudicated":
                     recorded = {"outcome": r["claim"]["outcome"], "lines": bodies[cid]["lines"]}
-                    outcomes[cid] = _answer(ctx, r["claim"], lines, recorded)
+                    outcomes[cid] = _answer(ctx, r["claim"], pending, recorded)
                 else:  # refused: an earlier run (or a cancel) came first, and the chain's state says which
                     log.info("claim refused in batch", extra={"claim": cid, "code": r["code"]})
-                    outcomes[cid] = _answer(ctx, ctx.run(ctx.ledger.claim(cid)), lines)
+                    outcomes[cid] = _answer(ctx, ctx.run(ctx.ledger.claim(cid)), pending)
     return outcomes

@@ -94,7 +94,9 @@ def number(ctx: OrgContext, subscription_id: str, event_id: str) -> int:
     if not ctx.redis.exists(counter):
         ctx.redis.set(counter, sub.events_kept(ctx.records, subscription_id), nx=True)
     marker = keys.subscription_event(subscription_id, event_id)
-    return int(cast(Any, ctx.redis.eval(NUMBER_ONCE, 2, marker, counter, EVENT_MARKER_S)))
+    # A registered script runs by EVALSHA (loading it once), which the org's Redis user may run; plain EVAL it may not.
+    script = ctx.redis.register_script(NUMBER_ONCE)
+    return int(cast(Any, script(keys=[marker, counter], args=[EVENT_MARKER_S])))
 
 
 # ----- what an event is about ---------------------------------------------------------------------------------------
@@ -224,7 +226,8 @@ def _base(ctx: OrgContext) -> str:
 
 
 def _local_claim(ctx: OrgContext, claim: dict[str, Any]) -> Stored | None:
-    return ctx.records.by_ledger_key("Claim", str(claim["claimId"]))
+    key = claim.get("claimId")
+    return ctx.records.by_ledger_key("Claim", str(key)) if key else None
 
 
 def _held(ctx: OrgContext, rtype: str, rid: str) -> Stored | None:
@@ -279,6 +282,11 @@ def announce(ctx: OrgContext, event: str, claim: dict[str, Any], delivery_id: st
     """Hand a claim event to the org's subscriptions, as a task of its own (a subscriber's trouble never holds up the
     org's stream or webhook). Nothing when no live subscription has one of the event's topics."""
     msp = ctx.settings.org.msp_id
+    if event == "Claims.PaidBatch" and "claimId" not in claim:  # one payment of many claims: an event per claim
+        shared = {k: v for k, v in claim.items() if k != "lines"}
+        for line in claim.get("lines") or []:
+            announce(ctx, event, {**shared, **line}, f"{delivery_id}:{line['claimId']}")
+        return
     topics = sub.topics_of_event(event, claim, msp)
     if topics and _live(ctx, topics):
         args = [event, claim, delivery_id]

@@ -785,7 +785,7 @@ func (c *Claims) Cancel(ctx contractapi.TransactionContextInterface, claimID, re
 // PurgeLines removes a decided claim's private lines and adjudication from every peer and from their history
 // (Fabric's purge), once the retention period has passed. Either party may run it; the hashes stay on chain.
 func (c *Claims) PurgeLines(ctx contractapi.TransactionContextInterface, claimID string) (*Claim, error) {
-	caller, err := writer(ctx)
+	caller, err := orgCaller(ctx, "Claims.PurgeLines")
 	if err != nil {
 		return nil, err
 	}
@@ -932,6 +932,9 @@ func (c *Claims) AdjudicationOf(ctx contractapi.TransactionContextInterface, cla
 func (c *Claims) private(ctx contractapi.TransactionContextInterface, cl *Claim, kind string, v any) error {
 	caller, err := callerOf(ctx)
 	if err != nil {
+		return err
+	}
+	if err := notAPatient(caller, "reading the private part of claim "+cl.ClaimID); err != nil {
 		return err
 	}
 	if caller.MSP != cl.Provider && caller.MSP != cl.Insurer {

@@ -160,13 +160,15 @@ class Store:
                 self._drop_unused_key(sql, patient)
 
     def erase(self, patient: str, at: str) -> bool:
-        """Crypto-shred: destroy the patient's data key and their ciphertexts. False if nothing was held."""
+        """Crypto-shred: destroy the patient's data key and their ciphertexts, and drop their resources from every
+        listing. False if nothing was held."""
         with self._db.write() as sql:
             erased = sql.run(
                 "UPDATE patient_keys SET wrapped = NULL, erased_at = ? WHERE patient = ? AND wrapped IS NOT NULL",
                 (at, patient),
             )
-            sql.run("UPDATE resources SET ciphertext = ?, nonce = ? WHERE patient = ?", (b"", b"", patient))
+            # No longer listed anywhere (searches, a record's pages); a read of a version says it was erased.
+            sql.run("UPDATE resources SET ciphertext = ?, nonce = ?, newest = 0 WHERE patient = ?", (b"", b"", patient))
             sql.run(
                 "DELETE FROM identifiers WHERE (type, id, version) IN"
                 " (SELECT type, id, version FROM resources WHERE patient = ?)",

@@ -407,3 +407,78 @@ def test_a_bundle_claim_r4_forbids_refuses_the_whole_bundle(world: FakeLedger, h
         run(hospital.transaction(entries(visit_with_claims(status="draft"))))
     assert hospital.store.search(fv_query("Patient"))[0] == 0
     assert not [p for p in world.events if p[2] == "Records.Registered"]
+
+
+# ----- patient identity: local pseudonyms, links, $match ------------------------------------------------------------
+
+ANN = {
+    "resourceType": "Patient",
+    "identifier": [{"system": "urn:oid:2.16.840.1.113883.19.5", "value": "MRN-778"}],
+    "name": [{"use": "official", "family": "Doe", "given": ["Ann", "Marie"]}],
+    "birthDate": "1970-01-01",
+    "gender": "female",
+}
+
+
+def put(rtype: str, rid: str, resource: dict[str, Any], index: int = 0) -> fv.Entry:
+    return fv.entry({"resource": resource, "request": {"method": "PUT", "url": f"{rtype}/{rid}"}}, index)
+
+
+def post(resource: dict[str, Any]) -> fv.Entry:
+    return fv.entry({"resource": resource, "request": {"method": "POST", "url": resource["resourceType"]}}, 0)
+
+
+def observation_of(reference: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": reference,
+    }
+
+
+def test_a_patient_without_a_consortium_identifier_is_linked_when_one_is_added(hospital: Records) -> None:
+    run(hospital.transaction([put("Patient", "ann", ANN)]))
+    local = hospital.local_pseudonym("ann")
+    assert hospital.pseudonym_of_local_patient("ann") == local
+    run(hospital.transaction([post(observation_of({"reference": "Patient/ann"}))]))
+    mpi = {"system": fhir.MPI_SYSTEM, "value": "MPI-ANN-1"}
+    run(hospital.transaction([put("Patient", "ann", {**ANN, "identifier": [*ANN["identifier"], mpi]})]))
+    consortium = hospital.pseudonym_of_identifier(fhir.MPI_SYSTEM, "MPI-ANN-1")
+    custodians = run(hospital.ledger.custodians(consortium))
+    assert [(c["custodian"], c["localPseudonym"]) for c in custodians] == [("HospitalMSP", local)]
+    assert hospital.filed_under(consortium) == local and hospital.consortium_pseudonym("ann") == consortium
+    # A later resource naming the patient by that identifier joins the same record, under the local pseudonym.
+    by_identifier = {"reference": f"Patient?identifier={fhir.MPI_SYSTEM}|MPI-ANN-1"}
+    (obs,) = run(hospital.transaction([post(observation_of(by_identifier))]))
+    assert hospital.read("Observation", obs.id).patient == local
+    record = run(Sharing(hospital, None).everything(consortium, "TREAT"))
+    assert sorted(s.type for s in record.own) == ["Observation", "Observation", "Patient"]
+
+
+def test_patient_match_finds_by_identifier_or_by_demographics(hospital: Records) -> None:
+    run(hospital.transaction([put("Patient", "ann", ANN)]))
+    run(hospital.transaction([put("Patient", "bob", {**ANN, "identifier": [], "name": [{"family": "Roe"}]})]))
+    by_id = hospital.match({"resourceType": "Patient", "identifier": ANN["identifier"]})
+    assert [(s.id, score) for s, score in by_id] == [("ann", 1.0)]
+    folded = {"resourceType": "Patient", "name": [{"family": "DOE", "given": ["ann"]}], "birthDate": "1970-01-01"}
+    assert [(s.id, score) for s, score in hospital.match({**folded, "gender": "female"})] == [("ann", 0.9)]
+    assert hospital.match({**folded, "gender": "male"}) == []
+    assert hospital.match(folded) == []  # without every element of the token, no demographic match
+
+
+def test_a_batch_entry_pointing_at_another_entry_is_told_to_use_a_transaction() -> None:
+    raw = {"fullUrl": "urn:uuid:1", "resource": observation_of({"reference": "urn:uuid:2"}), "request": {
+        "method": "POST", "url": "Observation"}}  # fmt: skip
+    with pytest.raises(FhirInvalid) as refused:
+        fv.batch_entry(raw, 3)
+    (issue,) = refused.value.issues
+    assert issue.expression == "Bundle.entry[3].resource.subject.reference" and "transaction" in issue.diagnostics
+
+
+def test_a_coverage_an_ehr_sends_a_provider_is_a_registered_record(hospital: Records) -> None:
+    coverage = {**synthetic.coverage("MPI-ANN-2", "InsurerMSP", "2026-01-01", "2026-12-31"), "id": "cov1"}
+    run(hospital.transaction([put("Patient", "ann", {**ANN, "identifier": [
+        {"system": fhir.MPI_SYSTEM, "value": "MPI-ANN-2"}]}), put("Coverage", "cov1", coverage, 1)]))  # fmt: skip
+    stored = hospital.read("Coverage", "cov1")
+    assert stored.tx_id and run(hospital.verify(stored)).ok

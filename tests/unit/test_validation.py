@@ -172,5 +172,5 @@ def test_a_data_type_or_an_abstract_or_unstored_type_is_not_a_record(rtype: str)
 
 def test_every_stored_type_is_accepted_without_loading_the_list_first() -> None:
     fv.validate_resource({"resourceType": "ImagingStudy", "status": "available", "subject": {"reference": "P/1"}}, "R")
-    assert "ImagingStudy" in fv.stored_types() and "Coding" not in fv.stored_types()
-    assert not set(fv.NOT_STORED) & fv.stored_types()
+    assert "ImagingStudy" in fv.STORED_TYPES and "Coding" not in fv.STORED_TYPES
+    assert not set(fv.NOT_STORED) & fv.STORED_TYPES

@@ -114,6 +114,25 @@ def test_a_claim_without_coverage_is_denied_with_carc_31(insurer: Any, tmp_path:
     assert [c["code"] for c in reasons] == ["31"]
 
 
+def test_every_adjudicated_claim_gets_an_explanation_of_benefit(insurer: Any, tmp_path: Path) -> None:
+    world, records, ctx = insurer
+    cover(ctx)
+    claim = submit_claim(world, tmp_path, [("99213", 1, "100.00"), ("85025", 2, "15.00")])
+    assert tasks.adjudicate.apply(args=[claim]).get() == "approved"
+    eob = json.loads(records.read("ExplanationOfBenefit", claim_response_id(claim["claimId"])).content)
+    fv.validate_resource(eob, "ExplanationOfBenefit")  # valid R4
+    assert eob["claim"]["identifier"]["value"] == claim["claimId"]
+    assert eob["patient"]["identifier"]["value"] == claim["patient"]
+    assert eob["insurance"] == [{"focal": True, "coverage": {"reference": "Coverage/c1"}}]
+    assert [(i["productOrService"]["coding"][0]["code"], i["net"]["value"]) for i in eob["item"]] == [
+        ("99213", 100.0),
+        ("85025", 30.0),
+    ]
+    assert [t["amount"]["value"] for t in eob["total"]] == [130.0, 130.0]
+    assert eob["payment"]["amount"]["value"] == 130.0
+    assert not records.store.pending_batches()  # kept at the insurer, registered nowhere
+
+
 def test_claims_filed_together_are_adjudicated_together_and_paid_in_one_remittance(
     insurer: Any, tmp_path: Path
 ) -> None:
