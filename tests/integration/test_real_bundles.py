@@ -291,23 +291,25 @@ def test_the_bundles_claims_are_filed_and_adjudicated(gateways: dict[str, Gatewa
             assert response["outcome"] in ("complete", "partial", "error"), response
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the insurer's workers answer a claim with a ClaimResponse and a PaymentReconciliation; they make no"
-    " ExplanationOfBenefit yet (workers/claim_response.py)",
-)
 def test_an_adjudicated_bundle_claim_gets_an_explanation_of_benefit(
     gateways: dict[str, GatewayHttp], posted: list[Posted]
 ) -> None:
-    hospital = gateways["HospitalOrg"]
-    location = posted[0].of_type("Claim")[0][1]
-    key = submission(hospital, location)["claimKey"]
+    """The insurer keeps, beside its ClaimResponse, the ExplanationOfBenefit of every claim it adjudicated (what a
+    payer serves its members through the CMS Patient Access API), named by the claim's key on chain."""
+    hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
+    for p in posted:
+        for _, location in p.of_type("Claim")[:CLAIMS_SAMPLE]:
+            key = wait_for(partial(filed, hospital, location), 300, f"{location} filed")["claimKey"]
 
-    def made_by_the_insurer() -> int:
-        found = hospital.get("/ExplanationOfBenefit", params={"identifier": f"{CLAIM_KEY_SYSTEM}|{key}"})
-        return int(found.json()["total"])
+            def kept_by_the_insurer(rtype: str, key: str = key) -> dict[str, Any] | None:
+                r = insurer.get(f"/{rtype}/{key}")
+                return r.json() if r.status_code == 200 else None
 
-    assert wait_for(made_by_the_insurer, 60, "an ExplanationOfBenefit made by the insurer") == 1
+            eob = wait_for(partial(kept_by_the_insurer, "ExplanationOfBenefit"), 300, f"the EOB of {location}")
+            response = wait_for(partial(kept_by_the_insurer, "ClaimResponse"), 60, f"the response to {location}")
+            assert eob["claim"] == {"identifier": {"system": CLAIM_KEY_SYSTEM, "value": key}}
+            assert eob["claimResponse"] == {"reference": f"ClaimResponse/{response['id']}"}
+            assert eob["outcome"] == "complete" and eob["item"] and eob["total"], eob
 
 
 class FixedIds(Records):
