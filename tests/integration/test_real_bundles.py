@@ -10,6 +10,8 @@ through the same tests without adding them to the repository: CARELEDGER_EXTRA_B
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import os
 import sqlite3
@@ -35,6 +37,7 @@ from gateway.deps import GatewayConfig, Services
 from ledger.contracts import Ledger
 from ledger.transport import FabricTransport
 from records import synthetic
+from records.blobs import attachments
 from records.service import Custodian, Records
 from records.sharing import Sharing
 from records.store import Store
@@ -175,7 +178,9 @@ def expected_as_stored(p: Posted, index: int, stored: dict[str, Any]) -> dict[st
     - every `urn:uuid:` reference to an entry of the bundle names the resource it became (Type/id); every other
       reference (Synthea's conditional `Practitioner?identifier=...`, `Organization?identifier=...`) is unchanged;
     - a Claim also carries its key on chain as an identifier (system urn:careledger:claim), so the EHR can match the
-      claim's events to it.
+      claim's events to it;
+    - an attachment's inline `data` is kept as an encrypted blob (records.blobs): the attachment points at the
+      Binary that holds it (`url`), with the content's `size` and SHA-1 `hash`, which must be the published data's.
     Nothing else may differ: every other element, value and number is as published."""
     targets = {e.get("fullUrl"): loc for e, loc in zip(p.published["entry"], p.locations, strict=True)}
     resource = _rewritten(p.published["entry"][index]["resource"], targets)
@@ -185,6 +190,14 @@ def expected_as_stored(p: Posted, index: int, stored: dict[str, Any]) -> dict[st
     if resource["resourceType"] == "Claim":
         key = claim_key(stored)
         resource["identifier"] = [*(resource.get("identifier") or []), {"system": CLAIM_KEY_SYSTEM, "value": key}]
+    resource = json.loads(json.dumps(resource))
+    for published, kept in zip(attachments(resource), attachments(stored), strict=True):
+        if "data" in published:
+            content = base64.b64decode(published.pop("data"))
+            assert str(kept.get("url") or "").startswith("Binary/"), kept
+            assert kept.get("size") == len(content), kept
+            assert kept.get("hash") == base64.b64encode(hashlib.sha1(content).digest()).decode(), kept
+            published |= {"url": kept["url"], "size": kept["size"], "hash": kept["hash"]}
     return resource
 
 
