@@ -2,9 +2,15 @@
 1, 10 and 100 entries POSTed to HospitalOrg's running gateway (HTTPS, bearer token) on a real network; then where
 the time of one 100-entry bundle goes, stage by stage, measured in this process on the same code.
 
-    .venv/bin/python bench/ingest.py [--reuse-network] [--seconds 20]
+    .venv/bin/python bench/ingest.py [--reuse-network] [--seconds 20] [--port-base N]
+    .venv/bin/python bench/ingest.py --real [--processes 1,2] [--stores sqlite,postgresql]
 
-Starts its own network and gateway in run/bench (ports from 37000) unless --reuse-network.
+--real: the published Synthea bundles of tests/data/synthea (and of the folders CARELEDGER_EXTRA_BUNDLES names),
+POSTed as published, by 1 and by 4 clients, for each gateway process count and each store (the gateway is
+restarted for each); a resource counts once its bundle is answered 200.
+
+Starts its own network and gateway in run/bench (ports from CARELEDGER_TEST_PORT_BASE, else 37000) unless
+--reuse-network.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import ssl
 import statistics
 import tempfile
@@ -34,6 +41,81 @@ from records.synthetic import Synthetic
 
 ORG = "HospitalOrg"
 SCENARIOS = [(1, 32), (10, 16), (100, 8)]  # (entries per bundle, concurrent clients)
+REAL_CLIENTS = (1, 4)
+FIXTURES = topo.REPO_ROOT / "tests" / "data" / "synthea"
+
+
+def real_bundles() -> list[bytes]:
+    """The published bundles, byte for byte as published."""
+    folders = [FIXTURES] + [Path(p) for p in os.environ.get("CARELEDGER_EXTRA_BUNDLES", "").split(os.pathsep) if p]
+    return [f.read_bytes() for folder in folders for f in sorted(folder.glob("*.json"))]
+
+
+async def post_for(
+    settings: GatewaySettings, bodies: list[tuple[bytes, int]], concurrency: int, seconds: float
+) -> tuple[int, list[float], int, float]:
+    """POST the bodies round robin from `concurrency` clients for `seconds`: (resources committed, latencies in ms,
+    failures, elapsed seconds)."""
+    ctx = ssl.create_default_context(cafile=str(settings.topology.tls_ca_cert(settings.org)))
+    headers = {
+        "Authorization": f"Bearer {dev_token(settings, 'bench', 'system/*.write', 3600)}",
+        "Content-Type": "application/fhir+json",
+    }
+    latencies: list[float] = []
+    committed = 0
+    failures = 0
+    deadline = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(verify=ctx, timeout=600, limits=limits) as http:
+
+        async def client(k: int) -> None:
+            nonlocal failures, committed
+            i = k
+            while time.monotonic() < deadline:
+                body, entries = bodies[i % len(bodies)]
+                t0 = time.perf_counter()
+                r = await http.post(f"{settings.url}/fhir", content=body, headers=headers)
+                if r.status_code == 200:
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                    committed += entries
+                else:
+                    failures += 1
+                i += concurrency
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return committed, latencies, failures, elapsed
+
+
+def real_scenarios(t: topo.Topology, processes: list[int], stores: list[str], seconds: float) -> None:
+    """The published bundles by 1 and 4 clients, for each store and gateway process count."""
+    bodies = [(b, len(json.loads(b)["entry"])) for b in real_bundles()]
+    print(f"real bundles: {len(bodies)} published Synthea bundles, {sum(n for _, n in bodies)} entries", flush=True)
+    for store in stores:
+        for count in processes:
+            os.environ["CARELEDGER_GATEWAY_PROCESSES"] = str(count)
+            if store == "postgresql":
+                os.environ["CARELEDGER_STORE_URL"] = t.postgres_url("{org}")
+            else:
+                os.environ.pop("CARELEDGER_STORE_URL", None)
+            process(t, ORG).stop()
+            start(t, ORG)
+            settings = GatewaySettings.load(t, ORG)
+            asyncio.run(post_for(settings, bodies[:1], 1, 1))  # warm up: one bundle
+            for clients in REAL_CLIENTS:
+                n, latencies, failures, elapsed = asyncio.run(post_for(settings, bodies, clients, seconds))
+                p50 = statistics.median(latencies) if latencies else 0.0
+                print(
+                    f"real {store:10} processes={count} c={clients}: {n / elapsed:7.1f} resources/s"
+                    f"  {len(latencies) / elapsed:5.2f} bundles/s  p50 {p50:7.0f} ms  failures {failures}",
+                    flush=True,
+                )
+    os.environ.pop("CARELEDGER_STORE_URL", None)
+    os.environ["CARELEDGER_GATEWAY_PROCESSES"] = "1"
+    print("where the time of one published bundle goes, outside the ledger, in one process (median of 5):")
+    for line in stage_breakdown(5, [b for b, _ in bodies]):
+        print(line, flush=True)
 
 
 async def scenario(settings: GatewaySettings, size: int, concurrency: int, seconds: float) -> str:
@@ -86,10 +168,14 @@ def ledger_seconds(settings: GatewaySettings) -> tuple[float, float]:
     return values.get("ledger_register_seconds_sum", 0.0), values.get("ledger_register_seconds_count", 0.0)
 
 
-def stage_breakdown(rounds: int = 20) -> list[str]:
-    """Per 100-entry bundle: parse + validate, canonical JSON + keyed digests, encrypt + stage in SQLite."""
-    gen = Synthetic.seeded(1)
-    bodies = [json.dumps(gen.transaction(100)).encode() for _ in range(rounds)]
+def stage_breakdown(rounds: int = 20, bodies: list[bytes] | None = None) -> list[str]:
+    """Per bundle (by default 100-entry synthetic ones): parse + validate, canonical JSON + keyed digests, encrypt +
+    stage in SQLite; all in this one process."""
+    if bodies is None:
+        gen = Synthetic.seeded(1)
+        bodies = [json.dumps(gen.transaction(100)).encode() for _ in range(rounds)]
+    else:
+        bodies = [bodies[n % len(bodies)] for n in range(rounds)]
     timings: dict[str, list[float]] = {"parse+validate": [], "canonical+digest": [], "encrypt+store": []}
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "s.sqlite", b"k" * 32)
@@ -113,18 +199,30 @@ def stage_breakdown(rounds: int = 20) -> list[str]:
             timings["canonical+digest"].append((t2 - t1) * 1000)
             timings["encrypt+store"].append((t3 - t2) * 1000)
         store.close()
-    return [f"  {name:18} {statistics.median(ms):7.1f} ms per 100-entry bundle" for name, ms in timings.items()]
+    return [f"  {name:18} {statistics.median(ms):7.1f} ms per bundle" for name, ms in timings.items()]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reuse-network", action="store_true", help="use the network of CARELEDGER_HOME")
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of each scenario")
+    parser.add_argument("--port-base", type=int, default=int(os.environ.get("CARELEDGER_TEST_PORT_BASE") or 37000))
+    parser.add_argument("--real", action="store_true", help="the published Synthea bundles instead")
+    parser.add_argument("--processes", default="1,2", help="gateway process counts of --real")
+    parser.add_argument("--stores", default="sqlite,postgresql", help="stores of --real")
     args = parser.parse_args()
-    t = topo.load() if args.reuse_network else topo.load(home=topo.REPO_ROOT / "run" / "bench", port_base=37000)
+    home = topo.REPO_ROOT / "run" / "bench"
+    t = topo.load() if args.reuse_network else topo.load(home=home, port_base=args.port_base)
     if not args.reuse_network:
         control.down(t, purge=True, progress=lambda _m: None)
     control.up(t, progress=lambda _m: None)
+    if args.real:
+        try:
+            real_scenarios(t, [int(p) for p in args.processes.split(",")], args.stores.split(","), args.seconds)
+        finally:
+            if not args.reuse_network:
+                control.down(t, purge=True, progress=lambda _m: None)
+        return
     start(t, ORG)
     settings = GatewaySettings.load(t, ORG)
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import ssl
 import sys
@@ -76,9 +75,9 @@ def serve_command(org: str) -> None:
     logs.configure()
     settings = GatewaySettings.load(topo.load(), org)
     readiness.require_peer(settings.topology, settings.org)
-    from gateway.serve import serve  # the web stack loads only for the command that runs it
+    from gateway.serve import run  # the web stack loads only for the command that runs it
 
-    asyncio.run(serve(settings))
+    run(settings)
 
 
 @gateway.command(name="start")

@@ -103,7 +103,7 @@ def negotiate(request: Request) -> None:
 
 async def fhir_body(request: Request, svc: ServicesDep) -> bytes:
     """The request body: FHIR JSON only (415 otherwise), refused before it is read when it declares more than the
-    limit."""
+    limit, and as soon as it passes the limit when it declares nothing."""
     content_type = _media_types(request.headers.get("content-type") or "")
     if not content_type or content_type[0] not in JSON_TYPES:
         shown = request.headers.get("content-type") or "none"
@@ -114,9 +114,15 @@ async def fhir_body(request: Request, svc: ServicesDep) -> bytes:
         declared = int(request.headers.get("content-length") or 0)
     except ValueError:
         raise HttpProblem(400, "structure", "Content-Length is not a number") from None
-    if declared > svc.config.limits.max_bytes:
-        raise HttpProblem(413, "too-costly", f"the request is {declared} bytes; at most {svc.config.limits.max_bytes}")
-    return await request.body()
+    limit = svc.config.limits.max_bytes
+    if declared > limit:
+        raise HttpProblem(413, "too-costly", f"the request is {declared} bytes; at most {limit}")
+    body = bytearray()
+    async for chunk in request.stream():  # a body sent without Content-Length is cut off at the limit, not read whole
+        body += chunk
+        if len(body) > limit:
+            raise HttpProblem(413, "too-costly", f"the request is more than {limit} bytes")
+    return bytes(body)
 
 
 BodyDep = Annotated[bytes, Depends(fhir_body)]

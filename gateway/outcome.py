@@ -6,6 +6,7 @@
 | records.Malformed / TooCostly / NotKeptHere / FhirInvalid | 400 / 413 / 403 / 422 | per issue |
 | records.NotHeld / PreconditionFailed / VersionTaken / PatientErased | 404 / 412 / 409 / 410 | |
 | records.Refused (no consent) | 403 | forbidden |
+| records.NotOnChain ($verify of a Claim still queued, held or refused: see Claim/$submission) | 409 | not-found |
 | records.StillPending (sent, outcome not known yet) | 503 with Retry-After: the same request again | transient |
 | Fabric timeouts | 504 with Retry-After | timeout |
 | ledger refusals CONFLICT / FORBIDDEN / NOT_FOUND / INVALID_ARGUMENT | 409 / 403 / 404 / 422 | |
@@ -40,6 +41,7 @@ from records.errors import (
     Malformed,
     NotHeld,
     NotKeptHere,
+    NotOnChain,
     OutsideCompartment,
     PatientErased,
     PreconditionFailed,
@@ -82,6 +84,7 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (VersionTaken, 409, "conflict"),
     (PatientErased, 410, "deleted"),
     (Refused, 403, "forbidden"),
+    (NotOnChain, 409, "not-found"),
     (OutsideCompartment, 403, "forbidden"),
     (Tampered, 500, "exception"),
     (StillPending, 503, "transient"),

@@ -2,13 +2,33 @@
 
 TLS: the server presents the org's gateway certificate (issued by the org's TLS CA) and asks for, but does not
 require, a client certificate: EHR clients authenticate with bearer tokens, member gateways with their certificate.
+
+Processes: `GatewaySettings.processes` of them serve the org's port, each with its own socket bound with
+SO_REUSEPORT (the kernel spreads new connections over them), its own Fabric connection, its own reconciler, and the
+org's one store. What keeps that correct:
+- the store is safe for several writers (SQLite in WAL mode with BEGIN IMMEDIATE; PostgreSQL);
+- conditional writes are decided under the store's lock (a file lock, or a PostgreSQL advisory lock), so two
+  processes never both create what only one may;
+- a write's signed transaction is kept in the pending folder the processes share; each reconciler settles at once
+  what its own process gave up waiting for, and another process's only after that process's wait is over (or, for
+  a batch that never kept a transaction, after a grace), so none sends a transaction its writer is still sending;
+- the claim outbox: a process takes the due claims it submits for a few seconds, and reads from the chain whether a
+  claim is filed before filing it (the Claims contract files a key once), so concurrent drains file each once.
+Only the first process follows the chain's events into the console's activity index (the others read it).
+One process (the parent) runs the others and exits when one of them does, so supervisord restarts them together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
 import ssl
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +36,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from consortium import connect, tls
+from consortium import connect, logs, tls
 from fabric_gateway import AsyncGateway
 from gateway.app import create_app
 from gateway.console.service import Console
@@ -44,7 +64,9 @@ def server_ssl_files(settings: GatewaySettings) -> tuple[Path, Path, Path]:
     certs = t.gateway_tls_dir(org)
     bundle = t.gateway_home(org) / "member-tls-cas.pem"
     bundle.parent.mkdir(parents=True, exist_ok=True)
-    bundle.write_text(tls.member_cas(t))
+    tmp = bundle.with_name(f"{bundle.name}.{os.getpid()}.tmp")  # the org's other processes may be reading it
+    tmp.write_text(tls.member_cas(t))
+    tmp.replace(bundle)
     return certs / "server.crt", certs / "server.key", bundle
 
 
@@ -74,7 +96,9 @@ class ClientCertProtocol(H11Protocol):
 # ----- running ----------------------------------------------------------------------------------------------------
 
 
-async def serve(settings: GatewaySettings) -> None:
+async def serve(settings: GatewaySettings, first: bool = True) -> None:
+    """Serve the org's gateway in this process. `first`: the process that keeps the console's activity index (one
+    writer follows the chain's events; the org's other processes read the index)."""
     fed = Federation.for_org(settings.topology, settings.org)
     async with connect.async_gateway(settings.topology, settings.org) as gw:
         transport = FabricTransport(gw, settings.topology.chaincode_name, deadline_s=WRITE_DEADLINE_S)
@@ -85,7 +109,7 @@ async def serve(settings: GatewaySettings) -> None:
         followers = [
             asyncio.create_task(activity.follow(gw.network(ch), settings.topology.chaincode_name, console.activity))
             for ch in console.channels
-            if ch in (CLAIMS, PROVIDERS)
+            if first and ch in (CLAIMS, PROVIDERS)
         ]
         config = GatewayConfig(settings.org.msp_id, settings.token_policy())
         app = create_app(Services(config, records, Sharing(records, fed), console))
@@ -107,7 +131,7 @@ async def serve(settings: GatewaySettings) -> None:
         )
         log.info("gateway listening", extra={"org": settings.org.name, "url": settings.url})
         try:
-            await server.serve()
+            await server.serve(sockets=[listening_socket(settings)])
         finally:
             for task in (reconciler, *followers):
                 task.cancel()
@@ -122,6 +146,51 @@ def open_console(settings: GatewaySettings, gw: AsyncGateway) -> Console:
     t, org = settings.topology, settings.org
     index = ActivityIndex(t.gateway_home(org) / "console-index.sqlite", org.msp_id)
     return Console(t, org, Explorer(gw), index)
+
+
+def listening_socket(settings: GatewaySettings) -> socket.socket:
+    """The port, bound with SO_REUSEPORT so that every process of the org's gateway can listen on it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((settings.topology.host, settings.port))
+    return sock
+
+
+def run(settings: GatewaySettings) -> None:
+    """Serve in this process, or, with several processes set, start them and watch them: when one exits (or this
+    one is told to stop) the others are stopped too and this one exits, with a failure if a process failed."""
+    if settings.processes == 1:
+        asyncio.run(serve(settings))
+        return
+    context = multiprocessing.get_context("spawn")  # no fork: gRPC's threads do not survive one
+    children = [
+        context.Process(target=_serve_one, args=(settings, i == 0), name=f"gateway-{settings.org.name}-{i}")
+        for i in range(settings.processes)
+    ]
+    for child in children:
+        child.start()
+
+    def stop(signum: int, frame: object) -> None:
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    multiprocessing.connection.wait([c.sentinel for c in children])
+    stop(signal.SIGTERM, None)
+    for child in children:
+        child.join()
+    failed = [c.exitcode for c in children if c.exitcode not in (0, -signal.SIGTERM)]
+    log.info("gateway processes ended", extra={"org": settings.org.name, "failed": len(failed)})
+    sys.exit(1 if failed else 0)
+
+
+def _serve_one(settings: GatewaySettings, first: bool) -> None:
+    """One of the gateway's processes."""
+    logs.configure()
+    asyncio.run(serve(settings, first))
 
 
 async def _reconcile_forever(records: Records) -> None:

@@ -5,6 +5,11 @@
 | listen port | port base + 400 + org index | CARELEDGER_GATEWAY_PORT |
 | token verification key | run/gateway/<org>/token-issuer.pub (development) | CARELEDGER_TOKEN_PUBLIC_KEY_FILE |
 | token issuer / audience | https://auth.<domain> / https://gateway.<domain>/fhir | CARELEDGER_TOKEN_ISSUER, _AUDIENCE |
+| processes serving the port | 1 | CARELEDGER_GATEWAY_PROCESSES |
+
+Several processes share the org's port (SO_REUSEPORT: the kernel spreads connections over them) and its store
+(SQLite in WAL mode with BEGIN IMMEDIATE, or PostgreSQL: both safe for several writers). Parsing FHIR is CPU-bound,
+so one process per core is what lets a gateway ingest at the machine's speed; each runs its own reconciler.
 
 The store and key settings are `records.settings`. The development token issuer (`careledger gateway token`) stands
 in for the org's OAuth2 server; in production, set the public key, issuer and audience of the real one.
@@ -29,6 +34,7 @@ class GatewaySettings:
     token_public_key_file: Path
     issuer: str
     audience: str
+    processes: int = 1
 
     @classmethod
     def load(cls, topology: Topology, org_name: str) -> GatewaySettings:
@@ -43,6 +49,7 @@ class GatewaySettings:
             ),
             issuer=env("CARELEDGER_TOKEN_ISSUER") or f"https://auth.{org.domain}",
             audience=env("CARELEDGER_TOKEN_AUDIENCE") or f"https://gateway.{org.domain}/fhir",
+            processes=max(1, int(env("CARELEDGER_GATEWAY_PROCESSES") or 1)),
         )
 
     @property

@@ -73,6 +73,11 @@ class StillPending(RecordsError):
         self.batch = batch
 
 
+class NotOnChain(RecordsError):
+    """The resource is held here but the ledger has no record of it to compare with: a Claim of a bundle that is
+    still queued for its own transaction, or that names no payer of the consortium, or that the contract refused."""
+
+
 class OutsideCompartment(RecordsError):
     """A write limited to one patient's compartment (a `patient/` token) touches another patient's record."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import tempfile
 import uuid
@@ -22,7 +23,7 @@ from typing import Any
 from fabric_gateway import NotCommitted
 from ledger.contracts import Committed, Ledger
 from ledger.errors import LedgerNotFound
-from ledger.transport import OutcomeUnknown, Prepared
+from ledger.transport import UNKNOWN_OUTCOME_DEADLINE_S, OutcomeUnknown, Prepared
 from records import digests, disclosure, fhir_claim
 from records.blobs import (
     BLOB_EXTENSION,
@@ -43,6 +44,7 @@ from records.errors import (
     Issue,
     NotHeld,
     NotKeptHere,
+    NotOnChain,
     OutsideCompartment,
     PreconditionFailed,
     StillPending,
@@ -127,6 +129,7 @@ class Records:
         self.claims_outbox = ClaimOutbox(store, ledger, self.payers)
         self._conditional_writes = asyncio.Lock()
         self._in_flight: dict[str, asyncio.Event] = {}  # batches this process is writing now (set when done)
+        self._unknown: set[str] = set()  # batches this process sent and gave up waiting for: settled at once
         # Binary content and attachments, encrypted under the patient's key, off the chain (`records.blobs`).
         backend = blob_backend or FileBackend(store_blobs_default(store))
         self.blobs = Blobs(backend, store.digest_key)
@@ -244,8 +247,25 @@ class Records:
         conditional = any(e.if_none_exist or e.if_match or e.if_none_match for e in entries)
         if not conditional:
             return await self._transaction(entries, {}, compartment, request)
-        async with self._conditional_writes:
+        async with self._conditional_writes, self._locked_across_processes():
             return await self._transaction(entries, self._existing(entries), compartment, request)
+
+    @contextlib.asynccontextmanager
+    async def _locked_across_processes(self) -> AsyncIterator[None]:
+        """The org's other gateway and worker processes (on this machine, or on any that share a PostgreSQL store)
+        decide their conditional writes before or after this one's, never at the same time: the store's lock."""
+        lock = self.store.exclusive()
+        waiting = asyncio.ensure_future(asyncio.to_thread(lock.acquire))
+        try:
+            await asyncio.shield(waiting)
+        except BaseException:
+            # Given up while the thread still waits for the lock: let it go as soon as the thread has it.
+            waiting.add_done_callback(lambda w: lock.release() if not w.cancelled() and w.exception() is None else None)
+            raise
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _existing(self, entries: list[Entry]) -> dict[int, Stored]:
         """The conditional entries that find what they ask for, by entry index; PreconditionFailed when one fails."""
@@ -571,6 +591,7 @@ class Records:
         try:
             committed = await submit(keep)
         except OutcomeUnknown:
+            self._unknown.add(batch)
             raise StillPending(batch) from None
         except BaseException:
             self.store.discard(batch)
@@ -585,14 +606,24 @@ class Records:
         if request is not None:
             self.pending.forget(request)  # answered: the same content sent again is a new write, as in FHIR
 
-    async def reconcile_pending(self, grace_s: float = 120.0) -> dict[str, int]:
-        """Settle every pending batch this process is not writing now: those with a kept transaction at once, those
-        without one once they are older than `grace_s` (another process of this org may still be about to send
-        it). Returns how many were committed, discarded and are still unknown."""
-        old = set(self.store.pending_batches(older_than_s=grace_s))
+    async def reconcile_pending(
+        self, grace_s: float = 120.0, sending_s: float = UNKNOWN_OUTCOME_DEADLINE_S
+    ) -> dict[str, int]:
+        """Settle every pending batch this process is not writing now. Those this process gave up waiting for, at
+        once; another process's (or a dead one's) with a kept transaction once they are `sending_s` old (until
+        then the process that sent it is still waiting for its outcome); those without one once they are
+        `grace_s` old (another process may still be about to send it). Returns how many were committed,
+        discarded and are still unknown."""
+        unsent_old = set(self.store.pending_batches(older_than_s=grace_s))
+        sent_old = set(self.store.pending_batches(older_than_s=sending_s))
         counts = {"committed": 0, "discarded": 0, "unknown": 0}
         for batch in self.store.pending_batches():
-            if batch in self._in_flight or (batch not in old and self.pending.load(batch) is None):
+            if batch in self._in_flight:
+                continue
+            if self.pending.load(batch) is None:
+                if batch not in unsent_old:
+                    continue
+            elif batch not in self._unknown and batch not in sent_old:
                 continue
             settled = await self.reconcile(batch)
             counts["unknown" if settled is None else "committed" if settled else "discarded"] += 1
@@ -606,6 +637,7 @@ class Records:
         prepared = self.pending.load(batch)
         if prepared is None:
             self.store.discard(batch)
+            self._unknown.discard(batch)
             return False
         try:
             committed = await self.ledger.settle(prepared)
@@ -614,9 +646,11 @@ class Records:
         except NotCommitted:
             self.store.discard(batch)
             self.pending.remove(batch)
+            self._unknown.discard(batch)
             return False
         self.store.commit(batch, committed.tx_id)
         self.pending.remove(batch)
+        self._unknown.discard(batch)
         return True
 
     # ----- reads, verification, erasure -------------------------------------------------------------------------
@@ -662,7 +696,10 @@ class Records:
         )
 
     async def verify(self, stored: Stored) -> Verification:
-        """Recompute the stored content's digest, by the scheme the chain recorded, and compare."""
+        """Recompute the stored content's digest, by the scheme the chain recorded, and compare. A Claim of a
+        bundle is on chain only once the claim outbox filed it: until then (or if it never will be) NotOnChain."""
+        if stored.type == "Claim" and (filed := self.store.outbox_claim(stored.id)) and filed.state != "submitted":
+            raise NotOnChain(f"Claim/{stored.id} is {filed.state} (Claim/$submission): not on chain to compare with")
         route = route_of(stored.type)
         if route is HELD and stored.tx_id:  # posted by an EHR and registered, not kept by a worker
             route = RECORDS

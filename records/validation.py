@@ -11,8 +11,10 @@ bundle in one round trip.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import typing
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -275,23 +277,108 @@ def _path(prefix: str, loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _binding_issues(model: FHIRAbstractModel, path: str) -> Iterator[Issue]:
-    """Coded elements with a required binding whose value is not one of the bound codes, at any depth."""
-    for name, info in type(model).model_fields.items():
-        value = getattr(model, name, None)
-        if value is None:
-            continue
-        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        enum = extra.get("enum_values")
-        allowed = [str(a) for a in enum] if isinstance(enum, list) else []
-        items = value if isinstance(value, list) else [value]
-        for i, item in enumerate(items):
-            where = f"{path}.{info.alias or name}" + (f"[{i}]" if isinstance(value, list) else "")
-            if allowed and isinstance(item, str) and item not in allowed:
-                codes = ", ".join(allowed)
-                yield Issue("code-invalid", where, f"{item!r} is not one of the required codes: {codes}")
-            elif isinstance(item, FHIRAbstractModel):
-                yield from _binding_issues(item, where)
+# Required bindings whose codes `fhir.resources` lists only in part: its `enum_values` end with "+" where the R4 value
+# set goes on (ObservationStatus: "registered | preliminary | final | amended +"). Without the rest, an amended,
+# cancelled or entered-in-error record, which EHRs send every day, would be refused. The full R4 (4.0.1) value sets:
+CONTINUED_CODES: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("registered", "preliminary", "final", "amended", "+"): (  # Observation, DetectedIssue, RiskAssessment
+        "registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error", "unknown",
+    ),
+    ("registered", "partial", "preliminary", "final", "+"): (  # DiagnosticReport
+        "registered", "partial", "preliminary", "final", "amended", "corrected", "appended", "cancelled",
+        "entered-in-error", "unknown",
+    ),
+    ("planned", "arrived", "triaged", "in-progress", "onleave", "finished", "cancelled", "+"): (  # Encounter
+        "planned", "arrived", "triaged", "in-progress", "onleave", "finished", "cancelled", "entered-in-error",
+        "unknown",
+    ),
+    ("active", "completed", "entered-in-error", "+"): (  # DeviceUseStatement
+        "active", "completed", "entered-in-error", "intended", "stopped", "on-hold",
+    ),
+    ("draft", "active", "suspended", "+"): (  # SupplyRequest
+        "draft", "active", "suspended", "cancelled", "completed", "entered-in-error", "unknown",
+    ),
+    ("draft", "requested", "received", "accepted", "+"): (  # Task
+        "draft", "requested", "received", "accepted", "rejected", "ready", "cancelled", "in-progress", "on-hold",
+        "failed", "completed", "entered-in-error",
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Element:
+    """What the binding check needs of one element of a model: its bound codes, and the model of its value."""
+
+    codes: tuple[str, ...] | None
+    model: type[FHIRAbstractModel] | None  # a complex element's model; Resource: any resource
+
+
+def _bound_codes(extra: Any) -> tuple[str, ...] | None:
+    enum = extra.get("enum_values") if isinstance(extra, dict) else None
+    if not isinstance(enum, list):
+        return None
+    listed = tuple(str(code) for code in enum)
+    if listed and listed[-1] == "+":
+        return CONTINUED_CODES.get(listed, listed[:-1])
+    return listed
+
+
+def _element_model(annotation: Any) -> type[FHIRAbstractModel] | None:
+    """The model a field's values are parsed with (through Optional and List), or None for a primitive."""
+    stack = [annotation]
+    while stack:
+        tp = stack.pop()
+        if isinstance(tp, type) and hasattr(tp, "get_model_klass"):
+            model: type[FHIRAbstractModel] = tp.get_model_klass()
+            return model
+        stack.extend(typing.get_args(tp))
+    return None
+
+
+@functools.cache
+def _elements(model: type[FHIRAbstractModel]) -> dict[str, _Element]:
+    """The elements of a model, by JSON name, that carry a required binding or hold other elements."""
+    found: dict[str, _Element] = {}
+    for name, info in model.model_fields.items():
+        element = _Element(_bound_codes(info.json_schema_extra), _element_model(info.annotation))
+        if element.codes is not None or element.model is not None:
+            found[info.alias or name] = element
+    return found
+
+
+def _model_of(node: dict[str, Any], declared: type[FHIRAbstractModel]) -> type[FHIRAbstractModel] | None:
+    """A nested value's model: the declared one, or, for an element that holds any resource (contained,
+    Bundle.entry.resource, Parameters.parameter.resource), the model its resourceType names."""
+    if declared.__name__ not in ("Resource", "FHIRAbstractModel"):
+        return declared
+    try:
+        return get_fhir_model_class(str(node.get("resourceType")))
+    except (KeyError, ValueError):
+        return None  # an unknown type: the model's own validation says so
+
+
+def binding_issues(node: dict[str, Any], model: type[FHIRAbstractModel], path: str) -> Iterator[Issue]:
+    """Coded elements with a required binding whose value is not one of the bound codes, at any depth, read from
+    the JSON as sent. Only the elements present are visited, so this costs a fraction of the model's own parse,
+    and it reports bindings even when the model refuses the resource for other reasons (every problem at once)."""
+    stack: list[tuple[dict[str, Any], type[FHIRAbstractModel], str]] = [(node, model, path)]
+    while stack:
+        current, current_model, at = stack.pop()
+        elements = _elements(current_model)
+        for key, value in current.items():
+            element = elements.get(key)
+            if element is None:
+                continue
+            many = isinstance(value, list)
+            for i, item in enumerate(value if many else [value]):
+                where = f"{at}.{key}" + (f"[{i}]" if many else "")
+                if element.codes is not None and isinstance(item, str) and item not in element.codes:
+                    codes = ", ".join(element.codes)
+                    yield Issue("code-invalid", where, f"{item!r} is not one of the required codes: {codes}")
+                elif element.model is not None and isinstance(item, dict):
+                    inner = _model_of(item, element.model)
+                    if inner is not None:
+                        stack.append((item, inner, where))
 
 
 def validate_resource(data: Any, path: str, supported: Collection[str] = STORED_TYPES) -> FHIRAbstractModel:
@@ -310,14 +397,13 @@ def validate_resource(data: Any, path: str, supported: Collection[str] = STORED_
     if resource_type not in supported:
         why = NOT_STORED.get(resource_type) or f"{resource_type} is not taken here"
         raise FhirInvalid([Issue("not-supported", f"{path}.resourceType", why)])
+    issues = sorted(binding_issues(data, model_class, path), key=lambda i: i.expression)
     try:
         model = model_class.model_validate(data)
     except pydantic.ValidationError as e:
-        issues = [Issue("structure", _path(path, tuple(err["loc"])), err["msg"]) for err in e.errors()]
-        raise FhirInvalid(issues) from None
+        issues += [Issue("structure", _path(path, tuple(err["loc"])), err["msg"]) for err in e.errors()]
     except RecursionError:
         raise Malformed([Issue("too-costly", path, "the resource nests too deep to check")]) from None
-    issues = list(_binding_issues(model, path))
     if issues:
         raise FhirInvalid(issues)
     return model

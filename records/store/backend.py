@@ -51,7 +51,21 @@ class Backend(ABC):
         """One transaction: committed when the block ends, rolled back when it raises."""
 
     @abstractmethod
+    def exclusive(self) -> Exclusive:
+        """A lock every process that opens this store takes in turn (on any machine that shares it)."""
+
+    @abstractmethod
     def close(self) -> None: ...
+
+
+class Exclusive(Protocol):
+    """A lock shared by every process of a store, held from `acquire` to `release` (or the holder's death)."""
+
+    def acquire(self) -> None:
+        """Wait until this one holds it (blocking: run it in a thread from an event loop)."""
+        ...
+
+    def release(self) -> None: ...
 
 
 class Pool(Generic[C]):

@@ -16,7 +16,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from records.errors import PatientErased, Tampered, VersionTaken
-from records.store.backend import Backend, Duplicate, Sql
+from records.store.backend import Backend, Duplicate, Exclusive, Sql
 from records.store.model import Cursor, OutboxClaim, Page, Query, Row, Stored
 
 DIGEST_KEY_LABEL = b"careledger/digest-key/v1"
@@ -71,6 +71,10 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    def exclusive(self) -> Exclusive:
+        """A lock shared by every process that opens this store (`Backend.exclusive`)."""
+        return self._db.exclusive()
 
     # ----- keys ------------------------------------------------------------------------------------------------
 
@@ -298,12 +302,22 @@ class Store:
     # ----- the claim outbox ------------------------------------------------------------------------------------
 
     def claims_due(self, limit: int, retry_after_s: float) -> list[OutboxClaim]:
-        """Queued claims to submit: those never tried, and those whose last try is `retry_after_s` old."""
-        with self._db.read() as sql:
+        """Queued claims to submit, taken for `retry_after_s`: those never tried, and those whose last try (or
+        taking) is `retry_after_s` old. Taking them keeps the org's other processes from trying the same claims at
+        the same time (it would be safe, the chain files a claim once, but wasted); one that dies holding them
+        leaves them due again after `retry_after_s`."""
+        now = time.time()
+        with self._db.write() as sql:
             rows = sql.rows(
-                OUTBOX + " WHERE state = 'queued' AND (attempts = 0 OR updated < ?) ORDER BY updated LIMIT ?",
-                (time.time() - retry_after_s, limit),
+                OUTBOX + " WHERE state = 'queued' AND ((attempts = 0 AND reason IS NULL) OR updated < ?)"
+                " ORDER BY updated LIMIT ?",
+                (now - retry_after_s, limit),
             )
+            if rows:
+                sql.many(
+                    f"UPDATE claim_outbox SET reason = '{BEING_SUBMITTED}', updated = ? WHERE key = ?",
+                    [(now, r[0]) for r in rows],
+                )
         return [_outbox_claim(r) for r in rows]
 
     def outbox_claim(self, claim_id: str) -> OutboxClaim | None:
@@ -477,6 +491,7 @@ class Store:
         return open_row
 
 
+BEING_SUBMITTED = "being submitted"  # the reason of a queued claim one process is submitting now
 OUTBOX = "SELECT key, id, patient, digest, state, attempts, tx_id, reason FROM claim_outbox"
 
 

@@ -23,10 +23,11 @@ import psycopg
 from psycopg import errors
 from psycopg.pq import TransactionStatus
 
-from records.store.backend import Args, Backend, Duplicate, Pool, Sql
+from records.store.backend import Args, Backend, Duplicate, Exclusive, Pool, Sql
 
 CONNECT_TIMEOUT_S = 10
 SCHEMA_LOCK = 0x4341_5245  # pg_advisory_xact_lock key for schema changes
+EXCLUSIVE_LOCK = 0x4341_5246  # pg_advisory_lock key of `PostgresBackend.exclusive`, with the store's schema
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS patient_keys (
@@ -138,8 +139,33 @@ class PostgresBackend(Backend):
         with self._pool.connection() as db, db.transaction():
             yield _Statements(db)
 
+    def exclusive(self) -> Exclusive:
+        """A session advisory lock on a connection of its own: every process of every machine that uses the
+        database takes it in turn; the server releases it when the holder's connection ends."""
+        return _AdvisoryLock(self.url)
+
     def close(self) -> None:
         self._pool.close()
+
+
+class _AdvisoryLock:
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._db: psycopg.Connection[tuple[Any, ...]] | None = None
+
+    def acquire(self) -> None:
+        db = psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        try:
+            db.execute("SELECT pg_advisory_lock(%s, hashtext(current_schema()))", (EXCLUSIVE_LOCK,))
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    def release(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()  # the session ends: its advisory lock with it
 
 
 def _usable(db: psycopg.Connection[tuple[Any, ...]]) -> bool:

@@ -10,13 +10,15 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from records.store.backend import Args, Backend, Duplicate, Pool, Sql
+from records.store.backend import Args, Backend, Duplicate, Exclusive, Pool, Sql
 
 BUSY_TIMEOUT_S = 30.0
 
@@ -155,8 +157,33 @@ class SqliteBackend(Backend):
                 raise
             db.execute("COMMIT")
 
+    def exclusive(self) -> Exclusive:
+        """An flock on `<store>.lock` beside the file: every process that opens the file on this machine (SQLite
+        is not shared across machines) takes it in turn; the kernel releases it when the holder dies."""
+        return _FileLock(self.path.with_name(self.path.name + ".lock"))
+
     def close(self) -> None:
         self._pool.close()
+
+
+class _FileLock:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the lock
 
 
 def _statements(script: str) -> list[str]:

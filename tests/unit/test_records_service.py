@@ -14,13 +14,14 @@ import pytest
 from fabric_gateway import CommitStatusUnavailable
 from ledger.contracts import Ledger
 from ledger.errors import LedgerForbidden
-from ledger.fake import FakeLedger
+from ledger.fake import FakeLedger, FakeTransport
 from records import synthetic
 from records import validation as fv
-from records.errors import FhirInvalid, NotKeptHere, PreconditionFailed, Refused, StillPending
+from records.errors import FhirInvalid, NotKeptHere, NotOnChain, PreconditionFailed, Refused, StillPending
 from records.pending import PendingFiles, Remembered
 from records.service import Custodian, Records
 from records.sharing import Sharing
+from records.store import Row
 from tests import fhir_samples as fhir
 from tests.unit.conftest import Stores
 
@@ -177,6 +178,98 @@ def test_concurrent_conditional_creates_make_one_resource(hospital: Records) -> 
     results = run(ten())
     assert len({w.id for (w,) in results}) == 1
     assert sum(w.created for (w,) in results) == 1
+
+
+class SlowLedger(FakeTransport):
+    """The in-memory ledger, answering a submit only after the event loop has run whatever else is ready."""
+
+    async def submit(self, *args: Any, **kwargs: Any) -> Any:
+        for _ in range(20):
+            await asyncio.sleep(0)
+        return await super().submit(*args, **kwargs)
+
+
+def test_conditional_creates_in_several_processes_of_an_org_make_one_resource(
+    world: FakeLedger, tmp_path: Path, hospital: Records
+) -> None:
+    """Two gateway processes of one org (two Records on one store, each with its own in-process lock) decide
+    conditional creates one after the other, through the store's lock (a file lock or a PostgreSQL advisory lock:
+    each Records takes its own, so they exclude each other as two processes' would)."""
+    others = [open_records(world, tmp_path, "HospitalMSP") for _ in range(2)]
+    for records in others:  # each write waits for the ledger as a real one does, so the other process runs meanwhile
+        records.ledger = Ledger(SlowLedger(world, "HospitalMSP"))
+    entry = conditional_create(fhir.PATIENTS[1], f"identifier={fhir.MPI_SYSTEM}|MPI-88412-ZR")
+
+    async def racing() -> list[Any]:
+        return list(await asyncio.gather(*(others[i % 2].transaction([entry]) for i in range(8))))
+
+    results = run(racing())
+    for records in others:
+        records.store.close()
+    assert len({w.id for (w,) in results}) == 1
+    assert sum(w.created for (w,) in results) == 1
+
+
+def test_the_store_lock_is_released_when_a_waiter_gives_up(hospital: Records) -> None:
+    """A conditional write cancelled while it waits for the store's lock lets the lock go once its thread gets it:
+    the next write still gets it."""
+    holder = hospital.store.exclusive()
+    holder.acquire()
+
+    async def give_up_waiting_then_write() -> None:
+        waiting = asyncio.ensure_future(hospital._locked_across_processes().__aenter__())
+        await asyncio.sleep(0)  # its first step runs: it is waiting for the lock in a thread
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        holder.release()
+        async with hospital._locked_across_processes():
+            pass
+
+    run(asyncio.wait_for(give_up_waiting_then_write(), timeout=30))
+
+
+def test_a_batch_another_process_is_sending_is_left_to_it_until_its_outcome_deadline(
+    world: FakeLedger, tmp_path: Path, hospital: Records
+) -> None:
+    """Two processes of one org share the store and the kept transactions. The one whose write's outcome is unknown
+    settles it at once; another leaves it alone while the sender may still be waiting for the outcome, and settles
+    it (the same transaction, once) after that."""
+    other = open_records(world, tmp_path, "HospitalMSP")
+    other.pending = hospital.pending
+    world.fail_next("Records:Register", CommitStatusUnavailable("UNAVAILABLE", "peer gone"), committed=True)
+    with pytest.raises(StillPending):
+        run(hospital.transaction(entries(visit(3))))
+    assert run(other.reconcile_pending()) == {"committed": 0, "discarded": 0, "unknown": 0}
+    assert run(other.reconcile_pending(sending_s=0)) == {"committed": 1, "discarded": 0, "unknown": 0}
+    assert run(hospital.reconcile_pending()) == {"committed": 0, "discarded": 0, "unknown": 0}
+    assert hospital.store.search(fv_query("Observation"))[0] == 2
+    assert len([p for p in world.events if p[2] == "Records.Registered"]) == 1
+    other.store.close()
+
+
+def test_a_batch_staged_without_a_kept_transaction_is_discarded_only_after_the_grace(
+    world: FakeLedger, tmp_path: Path, hospital: Records
+) -> None:
+    """Rows staged by a process that had not yet kept (so not sent) its transaction: another may be about to send
+    it, so they stay until the grace has passed; after it, nothing of them can be on chain and they go."""
+    hospital.store.stage("b" * 32, [Row("Observation", "o-1", 1, "p" * 64, "2026-01-01T00:00:00Z", b"{}")])
+    assert run(hospital.reconcile_pending()) == {"committed": 0, "discarded": 0, "unknown": 0}
+    assert run(hospital.reconcile_pending(grace_s=0)) == {"committed": 0, "discarded": 1, "unknown": 0}
+    assert not hospital.store.pending_batches()
+
+
+def test_processes_taking_due_claims_do_not_take_the_same_ones(world: FakeLedger, hospital: Records) -> None:
+    """A due claim one process took is not due for another until the retry delay has passed (it died holding it)."""
+    world.fail_next("Records:Register", CommitStatusUnavailable("UNAVAILABLE", "peer gone"), committed=True)
+    with pytest.raises(StillPending):
+        run(hospital.transaction(entries(visit_with_claims())))
+    assert run(hospital.reconcile_pending()) == {"committed": 1, "discarded": 0, "unknown": 0}
+    taken = hospital.store.claims_due(100, 60)
+    assert len(taken) == 2
+    assert hospital.store.claims_due(100, 60) == []
+    assert {c.key for c in hospital.store.claims_due(100, 0)} == {c.key for c in taken}
+    assert run(hospital.claims_outbox.submit_due(retry_after_s=0)) == {"submitted": 2}
 
 
 def test_a_conditional_entry_inside_a_transaction_bundle_reuses_the_patient(hospital: Records) -> None:
@@ -336,6 +429,8 @@ def test_a_bundle_claim_naming_no_consortium_payer_is_kept_and_held(world: FakeL
     claims = [w for w in run(hospital.transaction(entries(bundle))) if w.type == "Claim"]
     assert {hospital.submission(w.id).state for w in claims} == {"held"}
     assert not submitted_events(world)
+    with pytest.raises(NotOnChain):  # nothing on chain to compare with: not "the claim does not exist"
+        run(hospital.verify(hospital.read("Claim", claims[0].id)))
 
 
 def test_a_bundle_claim_r4_forbids_refuses_the_whole_bundle(world: FakeLedger, hospital: Records) -> None:

@@ -1,0 +1,94 @@
+"""Claims as payers receive them (records.fhir_claim): the insurer found however an EHR names it, lines priced by
+`net` alone, and what a payer's front end answers with a claim edit rather than a refusal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from records import fhir_claim
+from records.errors import FhirInvalid
+
+PAYERS = fhir_claim.PayerDirectory.of(
+    {"InsurerMSP": {"names": ["Humana", "CareLedger Health"], "identifiers": ["http://payers.example|PAYER-7"]}}
+)
+
+
+def claim(**changes: Any) -> dict[str, Any]:
+    """A Claim shaped as Synthea exports it: insurer by display, coverage by display, lines with `net` only."""
+    base: dict[str, Any] = {
+        "resourceType": "Claim",
+        "status": "active",
+        "billablePeriod": {"start": "2023-02-01T10:00:00Z"},
+        "insurer": {"display": "Humana"},
+        "insurance": [{"sequence": 1, "focal": True, "coverage": {"display": "Humana"}}],
+        "item": [
+            {"sequence": 1, "productOrService": {"coding": [{"code": "185345009"}]}, "net": {"value": 129.16}},
+            {"sequence": 2, "productOrService": {"coding": [{"code": "410620009"}]}, "net": {"value": 10.84}},
+        ],
+        "total": {"value": 140.0, "currency": "USD"},
+    }
+    return base | changes
+
+
+def submitted(c: dict[str, Any]) -> fhir_claim.ClaimForLedger:
+    found = fhir_claim.for_ledger(c, "k" * 64, "p" * 64, "d" * 64, PAYERS)
+    assert found is not None
+    return found
+
+
+def test_a_claim_priced_by_net_and_naming_its_insurer_by_display_is_submitted_without_edits() -> None:
+    c = submitted(claim())
+    assert c.submission["insurer"] == "InsurerMSP"
+    assert c.submission["totalCents"] == 14000
+    assert [line["netCents"] for line in c.detail["lines"]] == [12916, 1084]
+    assert "edits" not in c.detail
+    assert c.detail["coverage"] == "none"  # by display only: the insurer finds the member's Coverage itself
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        {"insurer": {"identifier": {"system": "http://payers.example", "value": "PAYER-7"}}},
+        {"insurer": {"reference": "Organization?identifier=http://payers.example|PAYER-7"}},
+        {"insurer": {}, "insurance": [{"sequence": 1, "focal": True, "coverage": {"display": "careledger health"}}]},
+        {
+            "insurer": {},
+            "insurance": [
+                {
+                    "sequence": 1,
+                    "focal": True,
+                    "coverage": {"identifier": {"system": "urn:careledger:msp", "value": "InsurerMSP"}},
+                }
+            ],
+        },
+    ],
+)
+def test_the_insurer_is_found_by_identifier_reference_or_the_coverage(names: dict[str, Any]) -> None:
+    assert submitted(claim(**names)).submission["insurer"] == "InsurerMSP"
+
+
+def test_a_claim_naming_no_payer_of_the_consortium_is_not_submitted() -> None:
+    c = claim(
+        insurer={"display": "A payer elsewhere"}, insurance=[{"sequence": 1, "coverage": {"display": "Elsewhere"}}]
+    )
+    assert fhir_claim.for_ledger(c, "k" * 64, "p" * 64, "d" * 64, PAYERS) is None
+
+
+def test_a_total_its_lines_do_not_add_up_to_is_a_claim_edit_not_a_refusal() -> None:
+    c = submitted(claim(total={"value": 150.0, "currency": "USD"}))
+    assert c.submission["totalCents"] == 15000  # what the provider billed
+    assert c.detail["edits"] == [{"sequence": 0, "reason": "16", "remark": "M54"}]
+
+
+def test_a_line_without_a_charge_is_a_claim_edit_not_a_refusal() -> None:
+    items = claim()["item"] + [{"sequence": 3, "productOrService": {"coding": [{"code": "99999"}]}}]
+    c = submitted(claim(item=items))
+    assert {"sequence": 3, "reason": "16", "remark": "M79"} in c.detail["edits"]
+
+
+def test_what_r4_forbids_is_still_refused() -> None:
+    bad = claim()["item"][0] | {"quantity": {"value": 2}, "unitPrice": {"value": 10.0}, "net": {"value": 25.0}}
+    with pytest.raises(FhirInvalid):
+        fhir_claim.for_ledger(claim(item=[bad]), "k" * 64, "p" * 64, "d" * 64, PAYERS)
