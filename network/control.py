@@ -36,7 +36,7 @@ def up(topology: Topology, progress: Progress = print) -> None:
     def step(msg: str) -> None:
         progress(f"[{time.monotonic() - started:6.1f}s] {msg}")
 
-    private_dir(topology.home)  # nothing in the run folder is for other users
+    private_dir(topology.home)  # nothing in the run folder is for other users (PostgreSQL's user may pass through)
     fabric = binaries.ensure(step)
     step(f"Fabric {topology.fabric_version} binaries ready")
     if crypto.ensure(topology, fabric):

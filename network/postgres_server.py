@@ -97,6 +97,14 @@ def _password(topology: Topology) -> str:
     return read_secret(topology.postgres_passfile, "the PostgreSQL password file").decode().strip().rsplit(":", 1)[1]
 
 
+def _let_through(topology: Topology, data: Path) -> None:
+    """The run folder is private; the PostgreSQL server's own user must still pass through it (and through
+    data/) to the folder it owns. Passing through (o+x) is all it gets: it cannot list or read anything else."""
+    for folder in (topology.home, data.parent):
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(folder.stat().st_mode | stat.S_IXOTH)
+
+
 def _reachable(path: Path, user: str) -> None:
     """Fail with a sentence when `user` cannot reach `path` (a run folder under /root, say)."""
     account = pwd.getpwnam(user)
@@ -156,6 +164,8 @@ def start(topology: Topology) -> bool:
         return False
     binaries = bindir()
     user = _run_as()
+    if user is not None:
+        _let_through(topology, topology.data_dir(NAME))
     _initdb(topology, user)
     ensure_port_free(NAME, topology.host, topology.postgres_port, wait=5)
     argv = [
