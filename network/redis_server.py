@@ -48,8 +48,10 @@ ORG_COMMANDS = [
     "multi", "exec", "discard", "watch", "unwatch",
     # redis-py locks (the restore mutex, one adjudication per member) release and extend with Lua scripts
     "evalsha", "script|load",
-    # CareLedger's own keys: outbox, failures, dead letters, the org's event stream and its readers
+    # CareLedger's own keys: outbox, failures, dead letters, the org's event stream and its readers, the queues of
+    # claims waiting for the next remittance, the insurer's memory of claim lines, liveness
     "lpop", "lrange", "ltrim", "xadd", "xrange", "xread", "xreadgroup", "xack", "xlen", "xgroup|create",
+    "zcard", "incr", "setex", "psetex",
 ]  # fmt: skip
 
 
