@@ -3,7 +3,7 @@
 Debian's `postgresql` package (scripts/bootstrap installs it) provides the binaries; we do not use its system
 cluster. `start` makes a cluster in run/data/postgres with `initdb` on first use (superuser `careledger`, SCRAM
 password from the libpq password file `topology.postgres_passfile`, C locale), runs `postgres` in the foreground
-on 127.0.0.1 at port base + 301 with no Unix socket, and `wait_ready` creates one database per member org (the
+on the services host at port base + 301 with no Unix socket, and `wait_ready` creates one database per member org (the
 org's name in lower case: `records.settings.org_database`). PostgreSQL refuses to run as root, so when we are root
 the server runs as the `postgres` system user the Debian package creates, which must be able to reach the run folder.
 It is stopped with SIGINT (fast shutdown: sessions are ended and a checkpoint is written).
@@ -42,7 +42,13 @@ STOP_SIGNAL = signal.SIGINT
 class _Postgres(ManagedProcess):
     """A managed process that can drop root for another system user, as PostgreSQL requires."""
 
-    def start_as(self, user: str | None, argv: list[str]) -> int:
+    def start_as(self, user: str | None, argv: list[str], launcher: list[str] | None = None) -> int:
+        """Start as `user`; in a network namespace, the launcher enters it as root and setpriv then drops to `user`
+        before exec (the pid stays the server's)."""
+        if launcher:
+            if user is not None:
+                launcher = [*launcher, "setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"]
+            argv, user = [*launcher, *argv], None
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as log:
@@ -60,7 +66,8 @@ class _Postgres(ManagedProcess):
                 extra_groups=[] if user else None,
             )
         # The same pid file ManagedProcess writes, so `careledger network down` finds and stops it.
-        self.pid_file.write_text(f"{proc.pid}\n{os.path.realpath(argv[0])}\n")
+        program = next(a for a in argv if a.endswith("/postgres"))
+        self.pid_file.write_text(f"{proc.pid}\n{os.path.realpath(program)}\n")
         return proc.pid
 
     def stop(self, timeout: float = 30.0, sig: signal.Signals = STOP_SIGNAL) -> bool:
@@ -167,16 +174,16 @@ def start(topology: Topology) -> bool:
     if user is not None:
         _let_through(topology, topology.data_dir(NAME))
     _initdb(topology, user)
-    ensure_port_free(NAME, topology.host, topology.postgres_port, wait=5)
+    ensure_port_free(NAME, topology.services_host, topology.postgres_port, wait=5)
     argv = [
         str(binaries / "postgres"),
         "-D", str(topology.data_dir(NAME)),
         "-p", str(topology.postgres_port),
-        "-c", f"listen_addresses={topology.host}",
+        "-c", f"listen_addresses={topology.services_host}",
         "-c", "unix_socket_directories=",
         "-c", "max_connections=200",
     ]  # fmt: skip
-    proc.start_as(user, argv)
+    proc.start_as(user, argv, topology.launcher_of(None))
     return True
 
 
