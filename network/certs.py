@@ -11,8 +11,10 @@ profile (network/crypto.py), and puts them to use one node at a time:
   org's admin), then a restart, then the next orderer once this one serves and a Raft leader exists again. Two of
   three consenters keep ordering throughout.
 
-CA certificates are not renewed here (a new root is a new org definition and a channel config update of its MSP);
-`certs` warns about them like any other.
+Not renewed here, though listed and warned about like any other: CA certificates (a new root is a new org definition
+and a channel config update of its MSP), admin and client certificates (people's and applications' identities,
+re-enrolled by their owners), and the chaincode server's pairs (carried in the org's chaincode package: a new
+package is a new approval on every channel, which `careledger network up` does with the next chaincode upgrade).
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ def of_org(topology: Topology, org: Org) -> list[CertInfo]:
         found.append(_info(org, "gateway tls", topology.gateway_tls_dir(org) / "server.crt"))
         cc_tls = crypto.chaincode_tls_dir(topology, org)
         found.append(_info(org, "chaincode server tls", cc_tls / "server.crt"))
+        found.append(_info(org, "chaincode client tls", cc_tls / "client.crt"))
     return [f for f in found if f is not None]
 
 

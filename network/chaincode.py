@@ -116,14 +116,13 @@ def build_server() -> Path:
 
 
 def _tls_files(topology: Topology, org: Org) -> dict[str, Path]:
-    server = crypto.chaincode_tls_dir(topology, org)
-    peer_tls = topology.node_dir(topology.peer_of(org)) / "tls"
+    tls = crypto.chaincode_tls_dir(topology, org)
     return {
         "ca": topology.own_tls_ca_cert(org),
-        "server_cert": server / "server.crt",
-        "server_key": server / "server.key",
-        "client_cert": peer_tls / "server.crt",  # the peer dials its org's chaincode server with its own TLS pair
-        "client_key": peer_tls / "server.key",
+        "server_cert": tls / "server.crt",
+        "server_key": tls / "server.key",
+        "client_cert": tls / "client.crt",  # what the peer presents to its org's chaincode server
+        "client_key": tls / "client.key",
     }
 
 
@@ -159,11 +158,12 @@ def _targz(files: dict[str, bytes]) -> bytes:
 
 def package(topology: Topology, org: Org) -> Package:
     """The org's chaincode package, in its home."""
+    crypto.ensure_chaincode_tls(topology, org)
     label = f"{topology.chaincode_name}_{source_digest()}"
     code = _targz({"connection.json": connection_json(topology, org)})
     metadata = json.dumps({"type": "ccaas", "label": label}).encode()
     archive = _targz({"metadata.json": metadata, "code.tar.gz": code})
-    # The package carries the peer's TLS key, which it presents to the chaincode server: a secret like any key.
+    # The package carries the client key the peer presents to the chaincode server: a secret like any key.
     path = topology.chaincode_home(org) / f"{label}.tar.gz"
     if not path.exists() or path.read_bytes() != archive:
         replace_secret(path, archive)

@@ -170,12 +170,12 @@ def write_pair(out: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCur
     tmp.replace(out / f"{stem}.crt")
 
 
-def _ensure_tls_pair(topology: Topology, org: Org, out: Path, name: str) -> bool:
-    if (out / "server.crt").exists() and (out / "server.key").exists():
+def _ensure_tls_pair(topology: Topology, org: Org, out: Path, name: str, stem: str = "server") -> bool:
+    if (out / f"{stem}.crt").exists() and (out / f"{stem}.key").exists():
         return False
     ca = load_ca(topology.own_tls_ca_cert(org).parent)
     cert, key = issue(ca, name, tls=True, san=[name, *sans(org)])
-    write_pair(out, "server", cert, key)
+    write_pair(out, stem, cert, key)
     return True
 
 
@@ -193,5 +193,8 @@ def chaincode_tls_dir(topology: Topology, org: Org) -> Path:
 
 
 def ensure_chaincode_tls(topology: Topology, org: Org) -> bool:
-    """The org's chaincode server's TLS certificate, from the org's own TLS CA (its peer is the only client)."""
-    return _ensure_tls_pair(topology, org, chaincode_tls_dir(topology, org), f"chaincode.{org.domain}")
+    """The org's chaincode server's TLS pair, and the client pair its peer dials it with (carried in the package,
+    so that renewing the peer's own certificates does not change the package), from the org's own TLS CA."""
+    out = chaincode_tls_dir(topology, org)
+    made = _ensure_tls_pair(topology, org, out, f"chaincode.{org.domain}")
+    return _ensure_tls_pair(topology, org, out, f"chaincode-client.{org.domain}", stem="client") or made
