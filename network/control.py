@@ -106,6 +106,7 @@ def down(topology: Topology, purge: bool = False, progress: Progress = print) ->
             progress(f"stopped {proc.name}")
     if purge and topology.home.exists():
         shutil.rmtree(topology.home)
+        topology.refresh()  # the overlay went with it: back to the repository's definition
         progress(f"removed {topology.home} (ledgers, crypto material, logs)")
 
 

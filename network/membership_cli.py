@@ -159,6 +159,16 @@ def submit_command(file: Path, org_name: str | None) -> None:
     click.echo("submitted; the channel's config block is in")
 
 
+@channel.command(name="follow")
+@click.argument("channel_name", metavar="CHANNEL")
+@click.option("--org", "org_name", required=True, help="a member, to read the channel's config")
+def follow_command(channel_name: str, org_name: str) -> None:
+    """Write the channel's membership, as its config says now, into the consortium definition (the overlay)."""
+    t = topo.load()
+    members = membership.follow_channel(admin_for(t), t.org(org_name), channel_name)
+    click.echo(f"{channel_name}: {', '.join(members)}")
+
+
 def _first_member(t: topo.Topology, channel_name: str) -> str:
     members = t.channels.get(channel_name)
     if not members:
