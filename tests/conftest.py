@@ -29,6 +29,15 @@ TEST_STORE = os.environ.get("CARELEDGER_TEST_STORE") or "sqlite"
 log = logging.getLogger("careledger.tests")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests with a network of their own in network namespaces run first, before the session's network starts; tests
+    that change the consortium (members joining and leaving, certificates renewed) run last, because every other
+    test assumes the founding consortium."""
+    first = [i for i in items if i.get_closest_marker("netns")]
+    last = [i for i in items if i.get_closest_marker("membership")]
+    items[:] = first + [i for i in items if i not in first and i not in last] + last
+
+
 @pytest.fixture(scope="session")
 def network() -> Iterator[topo.Topology]:
     """A fresh CareLedger network in run/test, separate from any network started by scripts/demo."""
