@@ -34,7 +34,7 @@ from consortium.topology import REPO_ROOT, Org, Topology
 from fabric_gateway import Gateway, GatewayError
 from gateway import cli as gateway_cli
 from gateway.settings import GatewaySettings
-from network import channels, endorsers, membership, nodes
+from network import certs, channels, endorsers, membership, nodes
 from network.admin import Admin
 from records import synthetic
 from tests.conftest import GatewayHttp, claim_key
@@ -188,7 +188,28 @@ def test_members_join_and_leave_under_load(
             gw.network("claims").contract("careledger").submit("Probe:Write", args=["after-leaving", "x"])
         collections = membership.chaincode_status(admin, "claims", "HospitalOrg")["collections"]
         assert not any("Clinic2MSP" in str(c) for c in collections)  # no collection it would get private data from
-        time.sleep(5)
+
+        # ----- certificates renewed while the load runs: the orderers' (consenter set updated on every channel,
+        # one orderer at a time) and an insurer's (its peer restarted; claims endorse with any two members) ---------
+        started = time.monotonic()
+        before = {
+            (c.org, c.kind, c.subject): c.serial for c in certs.inventory(t, [t.orderer_org, t.org("InsurerOrg")])
+        }
+        cli(t, "org", "renew", "--org", "OrdererOrg")
+        cli(t, "org", "renew", "--org", "InsurerOrg")
+        renewal = time.monotonic() - started
+        renewal_window = load.figures(started, time.monotonic())
+        after = {(c.org, c.kind, c.subject): c.serial for c in certs.inventory(t, [t.orderer_org, t.org("InsurerOrg")])}
+        renewed = {k for k in before if k in after and after[k] != before[k]}
+        node_kinds = {"orderer", "orderer tls", "peer", "peer tls", "gateway tls"}
+        assert {k for k in before if k[1] in node_kinds} <= renewed, sorted(before.keys() - renewed)
+        assert not any(k[1] in ("ca", "tls ca") for k in renewed)  # roots stay: no new org definition needed
+        listed = cli(t, "network", "certs").stdout
+        assert "orderer0" in listed and "Insurer2Org" in listed
+        # After the renewal the channels order and the insurer endorses with its new certificates.
+        endorsers.wait_until_endorses(t, t.org("InsurerOrg"), "claims")
+        marker = len(load.claims)
+        wait_for(lambda: len(load.claims) > marker + 3, 90, "claims filed after the renewal")
     finally:
         load.stop()
 
@@ -213,6 +234,8 @@ def test_members_join_and_leave_under_load(
             "claims_filed_by_the_load": len(load.claims),
             "removal_block": removal,
             "removed_peer_height": stopped,
+            "renewal_s (OrdererOrg then InsurerOrg)": round(renewal, 1),
+            "load_during_renewal": renewal_window.as_dict(),
         }
     )
     out = t.home / "figures" / "membership.json"
