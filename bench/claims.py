@@ -1,8 +1,14 @@
 """Claim turnaround through the whole stack: from the POST of a FHIR Claim at HospitalOrg's gateway until the
-insurer's ClaimResponse is stored at the hospital (its worker announces that on the hospital's Redis stream), at a
-fixed offered rate of 10 and 50 claims/s.
+insurer's ClaimResponse is stored at the hospital (its worker announces that on the hospital's Redis stream), at
+fixed offered rates; and from adjudication until the claim is paid (the remittance reaches the hospital).
 
-    .venv/bin/python bench/claims.py [--reuse-network] [--seconds 30]
+    .venv/bin/python bench/claims.py [--reuse-network] [--seconds 60] [--rates 10 50 100] [--preauth 0.3]
+
+Every claim offered counts: a POST that is not 201, and a claim not answered within 60 s of the end of its rate,
+are failures, and they count in the percentiles as slower than anything answered (an unanswered claim is not a fast
+one). A warm-up at a low rate runs first and is not reported. `--preauth 0.3`: 30 % of what is offered are prior
+authorisation requests (`Claim/$submit`), timed until their decision arrives at the hospital. The backlog (offered
+and not yet answered) is sampled every 5 s; a backlog that keeps growing means the rate is above capacity.
 
 Starts its own network, gateways, listeners and workers in run/bench (ports from 37000) unless --reuse-network.
 """
@@ -13,38 +19,46 @@ import argparse
 import asyncio
 import datetime
 import json
+import math
+import os
 import ssl
-import statistics
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 
 import httpx
 import redis
 
 from consortium import topology as topo
-from consortium.processes import cpu_seconds, rss_bytes
+from consortium.processes import cpu_seconds
 from consortium.redis_keys import OrgKeys
 from consortium.topology import Topology
 from gateway import cli as gateway_cli
-from gateway.serve import GatewaySettings, dev_token
+from gateway.dev_issuer import dev_token
+from gateway.settings import GatewaySettings
 from network import control
 from network.control import managed_processes
 from records import synthetic
 from workers import cli as worker_cli
 
-RATES = [10, 50]
+RATES = [10, 50, 100]
 MEMBERS = 60
+ANSWER_WAIT_S = 60.0
+WARM_UP = (5, 10.0)  # claims/s, seconds
+SAMPLE_EVERY_S = 5.0
+CORES = os.cpu_count() or 1
 
 
-def client(t: Topology, org: str) -> tuple[GatewaySettings, httpx.AsyncClient]:
+def client(t: Topology, org: str) -> httpx.AsyncClient:
     s = GatewaySettings.load(t, org)
     headers = {
         "Authorization": f"Bearer {dev_token(s, 'bench', 'system/*.read system/*.write', 7200)}",
         "Content-Type": "application/fhir+json",
     }
     ctx = ssl.create_default_context(cafile=str(t.tls_ca_cert(s.org)))
-    return s, httpx.AsyncClient(base_url=f"{s.url}/fhir", verify=ctx, headers=headers, timeout=60)
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    return httpx.AsyncClient(base_url=f"{s.url}/fhir", verify=ctx, headers=headers, timeout=60, limits=limits)
 
 
 async def enrol(hospital: httpx.AsyncClient, insurer: httpx.AsyncClient, n: int) -> list[str]:
@@ -54,19 +68,24 @@ async def enrol(hospital: httpx.AsyncClient, insurer: httpx.AsyncClient, n: int)
     for _ in range(n):
         mpi = gen.mpi_value()
         r = await hospital.post("", content=json.dumps(gen.transaction(1, mpi)))
+        r.raise_for_status()
         ids.append(r.json()["entry"][0]["response"]["location"].split("/")[1])
         coverage = synthetic.coverage(mpi, "InsurerMSP", "2026-01-01", "2027-12-31")
-        await insurer.post("/Coverage", content=json.dumps(coverage))
+        (await insurer.post("/Coverage", content=json.dumps(coverage))).raise_for_status()
     return ids
 
 
 class Arrivals:
-    """Reads the hospital's claim stream in a thread: when each claim's ClaimResponse arrived."""
+    """Reads the hospital's claim stream in a thread: when each claim's answer (ClaimResponse, or prior
+    authorisation decision) and its payment arrived, by the hospital's own Claim id."""
 
     def __init__(self, t: Topology) -> None:
         self.r = redis.Redis.from_url(t.redis_url_for("HospitalOrg"))  # as the hospital EHR reads it
         self.stream = OrgKeys("HospitalMSP").stream("claims")
-        self.at: dict[str, float] = {}
+        self.answered: dict[str, float] = {}
+        self.adjudicated_key: dict[str, str] = {}  # chain key -> local id, for payments
+        self.paid: dict[str, float] = {}
+        self.lock = threading.Lock()
         self.stop = threading.Event()
         self.last = "$"
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -74,49 +93,148 @@ class Arrivals:
 
     def run(self) -> None:
         while not self.stop.is_set():
-            for _, entries in self.r.xread({self.stream: self.last}, block=200) or []:
+            found: list[tuple[bytes, list[tuple[str, dict[bytes, bytes]]]]] = self.r.xread(  # type: ignore[assignment]
+                {self.stream: self.last}, block=200
+            )
+            for _, entries in found or []:
                 for entry_id, fields in entries:
                     self.last = entry_id
-                    if fields[b"event"] == b"Claims.Adjudicated":
-                        self.at.setdefault(fields[b"claimId"].decode(), time.monotonic())
+                    self.note(fields[b"event"].decode(), json.loads(fields[b"claim"]), time.monotonic())
+
+    def note(self, event: str, claim: dict[str, object], at: float) -> None:
+        with self.lock:
+            if event in ("Claims.Adjudicated", "Claims.PreauthDecided"):
+                local = str(claim.get("claim", "")).removeprefix("Claim/")
+                self.answered.setdefault(local, at)
+                self.adjudicated_key[str(claim.get("claimId"))] = local
+            elif event == "Claims.PaidBatch":
+                for line in claim.get("lines") or []:  # type: ignore[attr-defined]
+                    self.paid.setdefault(str(line["claimId"]), at)
+            elif event == "Claims.Paid":
+                self.paid.setdefault(str(claim.get("claimId")), at)
 
 
-async def offered_load(hospital: httpx.AsyncClient, members: list[str], rate: int, seconds: float) -> dict[str, float]:
-    """POST claims at `rate` per second for `seconds`; returns claim id -> POST start time."""
-    started: dict[str, float] = {}
+@dataclass
+class Offered:
+    """What one rate offered: when each POST started, by the Claim id the gateway gave it; what failed."""
+
+    rate: int
+    started: dict[str, float] = field(default_factory=dict)
+    refused: int = 0  # POSTs answered with anything but 201 (or not answered at all)
+    preauth: set[str] = field(default_factory=set)
+    backlog: list[tuple[float, int]] = field(default_factory=list)
+
+
+def _claim(member: str, code: str, today: str, preauth: bool) -> dict[str, object]:
+    claim = synthetic.claim(member, "InsurerMSP", [(code, 1, "42.00")], today, "Coverage/b")
+    if preauth:
+        claim |= {"use": "preauthorization"}
+    return claim
+
+
+async def offered_load(
+    hospital: httpx.AsyncClient, members: list[str], rate: int, seconds: float, preauth: float, arrivals: Arrivals
+) -> Offered:
+    """POST claims at `rate` per second for `seconds` (every `1/preauth`-th one a prior authorisation request)."""
+    out = Offered(rate)
     today = datetime.date.today().isoformat()
     run_id = uuid.uuid4().hex[:6]
     tasks = []
 
     async def one(n: int) -> None:
         t0 = time.monotonic()
+        is_pa = int((n + 1) * preauth) > int(n * preauth)  # an even spread: `preauth` of all requests
         code = f"B{run_id}{n:05d}"  # unique codes: no duplicates, every claim approved
-        claim = synthetic.claim(members[n % len(members)], "InsurerMSP", [(code, 1, "42.00")], today, "Coverage/b")
-        r = await hospital.post("/Claim", content=json.dumps(claim))
-        if r.status_code == 201:
-            started[r.json()["id"]] = t0
+        body = json.dumps(_claim(members[n % len(members)], code, today, is_pa))
+        try:
+            r = await (
+                hospital.post("/Claim/$submit", content=body) if is_pa else hospital.post("/Claim", content=body)
+            )
+        except httpx.HTTPError:
+            out.refused += 1
+            return
+        if is_pa and r.status_code == 201:  # the PAS answer: a Bundle whose ClaimResponse names the Claim
+            local = _pas_claim_id(r.json())
+            out.started[local] = t0
+            out.preauth.add(local)
+        elif not is_pa and r.status_code == 201:
+            out.started[r.json()["id"]] = t0
+        else:
+            out.refused += 1
 
+    async def sample() -> None:
+        begin = time.monotonic()
+        while True:
+            await asyncio.sleep(SAMPLE_EVERY_S)
+            with arrivals.lock:
+                waiting = sum(1 for c in out.started if c not in arrivals.answered)
+            out.backlog.append((time.monotonic() - begin, waiting))
+
+    sampler = asyncio.create_task(sample())
     begin = time.monotonic()
     for n in range(int(rate * seconds)):
         await asyncio.sleep(max(0.0, begin + n / rate - time.monotonic()))
         tasks.append(asyncio.create_task(one(n + rate * 100_000)))
     await asyncio.gather(*tasks)
-    return started
+    sampler.cancel()
+    return out
 
 
-def report(rate: int, started: dict[str, float], arrivals: Arrivals, t: Topology) -> str:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not all(c in arrivals.at for c in started):
+def _pas_claim_id(bundle: dict[str, object]) -> str:
+    for entry in bundle.get("entry") or []:  # type: ignore[attr-defined]
+        resource = entry.get("resource") or {}
+        if resource.get("resourceType") == "ClaimResponse":
+            return str(resource.get("request", {}).get("reference", "")).removeprefix("Claim/")
+    return ""
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank); inf counts as slower than everything."""
+    ranked = sorted(values)
+    return ranked[max(0, math.ceil(p / 100 * len(ranked)) - 1)]
+
+
+def fmt(seconds: float) -> str:
+    return "  >60 s" if math.isinf(seconds) else f"{seconds:5.2f} s"
+
+
+def report(offered: Offered, arrivals: Arrivals) -> list[str]:
+    deadline = time.monotonic() + ANSWER_WAIT_S
+    while time.monotonic() < deadline:
+        with arrivals.lock:
+            if all(c in arrivals.answered for c in offered.started):
+                break
         time.sleep(0.2)
-    done = [arrivals.at[c] - s for c, s in started.items() if c in arrivals.at]
-    if not done:
-        return f"{rate:3} claims/s offered: {len(started)} submitted, none answered within 60 s"
-    rss = sum(rss_bytes(p) for org in worker_cli.orgs_with_workers(t) if (p := worker_cli.worker_process(t, org).pid()))
-    return (
-        f"{rate:3} claims/s offered: {len(started)} submitted, {len(done)} answered;"
-        f"  turnaround p50 {statistics.median(done):5.2f} s  p99 {statistics.quantiles(done, n=100)[98]:5.2f} s"
-        f"  max {max(done):5.2f} s   worker rss (3 orgs) {rss / 2**20:5.0f} MiB"
-    )
+    with arrivals.lock:
+        answered = dict(arrivals.answered)
+        paid_by_key = dict(arrivals.paid)
+        local_of = dict(arrivals.adjudicated_key)
+    total = len(offered.started) + offered.refused
+    times = [answered[c] - s if c in answered else math.inf for c, s in offered.started.items()]
+    times += [math.inf] * offered.refused
+    unanswered = sum(1 for c in offered.started if c not in answered)
+    lines = [
+        f"{offered.rate:3} claims/s offered: {total} offered, {offered.refused} refused (not 201), "
+        f"{unanswered} unanswered within {ANSWER_WAIT_S:.0f} s, {len(offered.preauth)} prior authorisations",
+    ]
+    if times:
+        lines.append(
+            f"      POST -> answer at the provider: p50 {fmt(percentile(times, 50))}  p99 {fmt(percentile(times, 99))}"
+            f"  (failures count as > 60 s)"
+        )
+    paid = [
+        paid_by_key[key] - answered[local]
+        for key, local in local_of.items()
+        if local in offered.started and local not in offered.preauth and key in paid_by_key and local in answered
+    ]
+    claims = len([c for c in offered.started if c not in offered.preauth])
+    if claims:
+        p99 = fmt(percentile(paid + [math.inf] * (claims - len(paid)), 99))
+        lines.append(f"      answer -> paid at the provider: {len(paid)} of {claims} paid; p99 {p99}")
+    if offered.backlog:
+        trail = ", ".join(f"{t:.0f}s:{n}" for t, n in offered.backlog)
+        lines.append(f"      backlog (offered, not yet answered) every {SAMPLE_EVERY_S:.0f} s: {trail}")
+    return lines
 
 
 def cpu_by_process(t: Topology) -> dict[str, float]:
@@ -124,26 +242,31 @@ def cpu_by_process(t: Topology) -> dict[str, float]:
     for proc in managed_processes(t):
         if (pid := proc.pid()) is not None:
             out[proc.name] = cpu_seconds(pid)
+    for org in worker_cli.orgs_with_workers(t):
+        for name, p in (("worker", worker_cli.worker_process(t, org)),):
+            if (pid := p.pid()) is not None:
+                out[f"{name}-{org}"] = cpu_seconds(pid)
     return out
 
 
 def cpu_report(before: dict[str, float], after: dict[str, float], wall: float) -> str:
-    """Where the CPU went: each process's share of one core over the run, largest first (2 cores = 200 %)."""
+    """Where the CPU went: each process's share of one core over the run, largest first."""
     used = sorted(((after[n] - before.get(n, 0.0), n) for n in after), reverse=True)
     total = sum(u for u, _ in used)
     parts = ", ".join(f"{n} {100 * u / wall:.0f}%" for u, n in used if u / wall >= 0.03)
-    return f"      cpu {100 * total / wall:.0f}% of 200%: {parts}"
+    return f"      cpu {100 * total / wall:.0f}% of {100 * CORES}% ({CORES} cores): {parts}"
 
 
-async def run(t: Topology, seconds: float, rates: list[int]) -> None:
-    _, hospital = client(t, "HospitalOrg")
-    _, insurer = client(t, "InsurerOrg")
+async def run(t: Topology, seconds: float, rates: list[int], preauth: float) -> None:
+    hospital, insurer = client(t, "HospitalOrg"), client(t, "InsurerOrg")
     members = await enrol(hospital, insurer, MEMBERS)
     arrivals = Arrivals(t)
+    await offered_load(hospital, members, WARM_UP[0], WARM_UP[1], preauth, arrivals)  # warm-up, not reported
     for rate in rates:
         cpu_before, wall = cpu_by_process(t), time.monotonic()
-        started = await offered_load(hospital, members, rate, seconds)
-        print(await asyncio.to_thread(report, rate, started, arrivals, t), flush=True)
+        offered = await offered_load(hospital, members, rate, seconds, preauth, arrivals)
+        for line in await asyncio.to_thread(report, offered, arrivals):
+            print(line, flush=True)
         print(cpu_report(cpu_before, cpu_by_process(t), time.monotonic() - wall), flush=True)
     arrivals.stop.set()
     await hospital.aclose()
@@ -153,8 +276,9 @@ async def run(t: Topology, seconds: float, rates: list[int]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reuse-network", action="store_true", help="use the network of CARELEDGER_HOME")
-    parser.add_argument("--seconds", type=float, default=30.0, help="duration of each offered rate")
+    parser.add_argument("--seconds", type=float, default=60.0, help="duration of each offered rate")
     parser.add_argument("--rates", type=int, nargs="+", default=RATES, help="offered claims per second")
+    parser.add_argument("--preauth", type=float, default=0.0, help="share of prior authorisation requests (0-1)")
     args = parser.parse_args()
     t = topo.load() if args.reuse_network else topo.load(home=topo.REPO_ROOT / "run" / "bench", port_base=37000)
     if not args.reuse_network:
@@ -165,8 +289,9 @@ def main() -> None:
     for org in worker_cli.orgs_with_workers(t):
         worker_cli.start_worker(t, org)
         worker_cli.start_listener(t, org)
+    print(f"{CORES} cores; {args.seconds:.0f} s per rate; prior authorisation share {args.preauth:.0%}", flush=True)
     try:
-        asyncio.run(run(t, args.seconds, args.rates))
+        asyncio.run(run(t, args.seconds, args.rates, args.preauth))
     finally:
         if not args.reuse_network:
             control.down(t, purge=True, progress=lambda _m: None)

@@ -22,6 +22,7 @@ import subprocess
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from consortium import connect
@@ -39,10 +40,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def line(name: str, n: int, seconds: float, latencies_ms: list[float], rss_mib: float) -> str:
+@dataclass(frozen=True)
+class Run:
+    seconds: float
+    latencies_ms: list[float]
+    cpu_seconds: float  # the client process's own CPU (user + system, all its threads) over the run
+
+
+def line(name: str, n: int, run: Run, rss_mib: float) -> str:
+    """Throughput, latency, and the client's CPU per transaction: the figure that outside load on the machine
+    disturbs least, since the peers and orderers share the same cores."""
     return (
-        f"{name:26} {n / seconds:8.1f} tx/s  p50 {statistics.median(latencies_ms):7.1f} ms"
-        f"  p99 {percentile(latencies_ms, 0.99):7.1f} ms  rss {rss_mib:6.1f} MiB"
+        f"{name:26} {n / run.seconds:8.1f} tx/s  p50 {statistics.median(run.latencies_ms):7.1f} ms"
+        f"  p99 {percentile(run.latencies_ms, 0.99):7.1f} ms  cpu {run.cpu_seconds / n * 1e6:6.0f} us/tx"
+        f"  rss {rss_mib:6.1f} MiB"
     )
 
 
@@ -51,7 +62,12 @@ def self_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_python_threads(t: topo.Topology, concurrency: int, count: int) -> tuple[float, list[float]]:
+def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_python_threads(t: topo.Topology, concurrency: int, count: int) -> Run:
     prefix = f"py-{uuid.uuid4().hex[:6]}"
     latencies = [0.0] * count
     with connect.gateway(t, ORG) as gw:
@@ -62,19 +78,19 @@ def run_python_threads(t: topo.Topology, concurrency: int, count: int) -> tuple[
             contract.submit("Probe:Write", args=[f"{prefix}-{i}", "v"])
             latencies[i] = (time.perf_counter() - t0) * 1000
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds()
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             list(pool.map(one, range(count)))
-        return time.perf_counter() - started, latencies
+        return Run(time.perf_counter() - started, latencies, cpu_seconds() - cpu)
 
 
-def run_python_asyncio(t: topo.Topology, concurrency: int, count: int) -> tuple[float, list[float]]:
+def run_python_asyncio(t: topo.Topology, concurrency: int, count: int) -> Run:
     org = t.org(ORG)
     identity, signer = load_msp(t.user_dir(org, "User1") / "msp", org.msp_id)
     prefix = f"pya-{uuid.uuid4().hex[:6]}"
     latencies = [0.0] * count
 
-    async def main() -> float:
+    async def main() -> Run:
         async with AsyncGateway(connect.endpoint(t, org), identity, signer) as gw:
             contract = gw.network("claims").contract(t.chaincode_name)
             queue: asyncio.Queue[int] = asyncio.Queue()
@@ -88,11 +104,11 @@ def run_python_asyncio(t: topo.Topology, concurrency: int, count: int) -> tuple[
                     await contract.submit("Probe:Write", args=[f"{prefix}-{i}", "v"])
                     latencies[i] = (time.perf_counter() - t0) * 1000
 
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), cpu_seconds()
             await asyncio.gather(*(worker() for _ in range(concurrency)))
-            return time.perf_counter() - started
+            return Run(time.perf_counter() - started, latencies, cpu_seconds() - cpu)
 
-    return asyncio.run(main()), latencies
+    return asyncio.run(main())
 
 
 def build_go() -> Path:
@@ -101,7 +117,7 @@ def build_go() -> Path:
     return binary
 
 
-def run_go(binary: Path, t: topo.Topology, concurrency: int, count: int) -> tuple[float, list[float], float]:
+def run_go(binary: Path, t: topo.Topology, concurrency: int, count: int) -> tuple[Run, float]:
     org = t.org(ORG)
     tls = t.user_dir(org, "User1") / "tls"
     argv = [
@@ -112,10 +128,13 @@ def run_go(binary: Path, t: topo.Topology, concurrency: int, count: int) -> tupl
         "-channel", "claims", "-chaincode", t.chaincode_name, "-prefix", f"go-{uuid.uuid4().hex[:6]}",
         "-count", str(count), "-concurrency", str(concurrency),
     ]  # fmt: skip
+    cpu = cpu_seconds(resource.RUSAGE_CHILDREN)
     result = json.loads(subprocess.run(argv, capture_output=True, check=True).stdout)
     if result["failed"]:
         raise RuntimeError(f"Go client: {result['failed']} transactions failed")
-    return result["seconds"], result["latencies_ms"], result["peak_rss_kib"] / 1024
+    # The Go process's CPU includes its start and connection: a few ms, next to seconds of work.
+    run = Run(result["seconds"], result["latencies_ms"], cpu_seconds(resource.RUSAGE_CHILDREN) - cpu)
+    return run, result["peak_rss_kib"] / 1024
 
 
 def main() -> None:
@@ -131,24 +150,29 @@ def main() -> None:
     control.up(t, progress=lambda _m: None)
     binary = build_go()
     ratios: dict[int, list[str]] = {c: [] for c, _ in SCENARIOS}
+    cpu: dict[str, list[float]] = {}
     try:
         run_python_threads(t, 8, 100)  # warm up connections, chaincode and JIT-free paths alike
         for _ in range(args.rounds):
             for concurrency, count in SCENARIOS:
-                py_s, py_lat = run_python_threads(t, concurrency, count)
-                print(line(f"python-threads c={concurrency}", count, py_s, py_lat, self_rss_mib()), flush=True)
-                pa_s, pa_lat = run_python_asyncio(t, concurrency, count)
-                print(line(f"python-asyncio c={concurrency}", count, pa_s, pa_lat, self_rss_mib()), flush=True)
-                go_s, go_lat, go_rss = run_go(binary, t, concurrency, count)
-                print(line(f"go-official c={concurrency}", count, go_s, go_lat, go_rss), flush=True)
-                best = max(count / py_s, count / pa_s)
-                ratio = best / (count / go_s)
+                threads = run_python_threads(t, concurrency, count)
+                print(line(f"python-threads c={concurrency}", count, threads, self_rss_mib()), flush=True)
+                aio = run_python_asyncio(t, concurrency, count)
+                print(line(f"python-asyncio c={concurrency}", count, aio, self_rss_mib()), flush=True)
+                go, go_rss = run_go(binary, t, concurrency, count)
+                print(line(f"go-official c={concurrency}", count, go, go_rss), flush=True)
+                rates = [count / r.seconds for r in (threads, aio, go)]
+                ratio = max(rates[:2]) / rates[2]
                 print(f"{'ratio python/go':26} {ratio:8.2f}", flush=True)
                 ratios[concurrency].append(
-                    f"{ratio:.2f} (threads {count / py_s:.0f}, asyncio {count / pa_s:.0f}, go {count / go_s:.0f})"
+                    f"{ratio:.2f} (threads {rates[0]:.0f}, asyncio {rates[1]:.0f}, go {rates[2]:.0f} tx/s)"
                 )
+                for name, r in (("threads", threads), ("asyncio", aio), ("go", go)):
+                    cpu.setdefault(f"c={concurrency:<3} {name}", []).append(r.cpu_seconds / count * 1e6)
         for concurrency, measured in ratios.items():
             print(f"c={concurrency:<3} python/go per round: {'; '.join(measured)}", flush=True)
+        for name, per_tx in cpu.items():
+            print(f"{name:12} client cpu us/tx per round: {' '.join(f'{v:.0f}' for v in per_tx)}", flush=True)
     finally:
         if not args.reuse_network:
             control.down(t, purge=True, progress=lambda _m: None)

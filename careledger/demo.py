@@ -137,3 +137,12 @@ def demo(resources: int) -> None:
         click.secho(f"\n  a gateway did not answer: {e}; run `careledger gateway start`", fg="red", err=True)
         sys.exit(1)
     click.echo("done")
+    console_addresses(t)
+
+
+def console_addresses(t: Topology) -> None:
+    """Where each org's web console is, and how to log in to it."""
+    click.echo("\nThe console of each org (log in with `careledger gateway token --org <org>`):")
+    for org in t.member_orgs:
+        click.echo(f"  {org.name:<12} {GatewaySettings.load(t, org.name).url}/console")
+    click.echo(f"  the browser must trust the org's TLS CA, e.g. {t.tls_ca_cert(t.member_orgs[0])}")

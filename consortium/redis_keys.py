@@ -91,3 +91,27 @@ class OrgKeys:
     def member_lock(self, patient: str) -> str:
         """One adjudication per member at a time."""
         return f"{self.prefix}lock:member:{patient}"
+
+    # ----- topic-based subscriptions (workers.subscriptions) ---------------------------------------------------------
+
+    def subscription_events(self, subscription: str) -> str:
+        """How many events a subscription has had: the last event number given out (INCR)."""
+        return f"{self.prefix}subscription:{subscription}:events"
+
+    def subscription_event(self, subscription: str, event: str) -> str:
+        """The number a subscription gave one event (by its delivery id), so a rerun of the task gets the same one."""
+        return f"{self.prefix}subscription:{subscription}:event:{event}"
+
+    def subscription_channel(self, subscription: str) -> str:
+        """What the workers know of a subscription's channel: when it was last sent something, consecutive failures
+        (a hash)."""
+        return f"{self.prefix}subscription:{subscription}:channel"
+
+    def subscription_pending(self, subscription: str, what: str) -> str:
+        """A handshake or heartbeat already on its way (a flag that expires), so the ticker does not send two."""
+        return f"{self.prefix}subscription:{subscription}:pending:{what}"
+
+    @property
+    def subscription_tick(self) -> str:
+        """The ticker's flag: one tick task at a time per org, however many listeners run."""
+        return f"{self.prefix}subscription-tick"

@@ -345,6 +345,16 @@ class Topology:
     def channels(self) -> dict[str, list[Org]]:
         return {ch: [self.org(m) for m in members] for ch, members in self.definition["channels"].items()}
 
+    @property
+    def identity_systems(self) -> tuple[str, ...]:
+        """The person identifier systems of the consortium, in priority order."""
+        return tuple(str(s) for s in self.definition.get("patient_identity") or [])
+
+    @property
+    def payers(self) -> dict[str, Any]:
+        """Per insurer MSP: the names and identifiers claims may name it by."""
+        return dict(self.definition.get("payers") or {})
+
     def channels_of(self, org: Org) -> list[str]:
         return [ch for ch, members in self.channels.items() if org in members]
 

@@ -15,13 +15,15 @@ commit.status(); each value has `digest` and `to_bytes()`, and `gw.*_from_bytes(
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar, Unpack
+from typing import Any, TypeAlias, TypeVar, Unpack
 
 import grpc
 
-from fabric_gateway import base, steps
+from fabric_gateway import base, commits, steps
+from fabric_gateway import connection as transport
 from fabric_gateway import messages as m
 from fabric_gateway.checkpoint import Checkpoint
 from fabric_gateway.connection import Endpoint
@@ -29,22 +31,39 @@ from fabric_gateway.identity import Identity, Signer
 from fabric_gateway.steps import DEFAULT_TIMEOUTS, Steps, Submitted, Timeouts
 
 T = TypeVar("T")
-UnaryCall = Callable[..., bytes | None]  # None: a pause
+UnaryCall = Callable[..., bytes]
+_Watch: TypeAlias = "commits.CommitWatch[_Waiter]"
 
 
 class Blocking:
-    """Performs steps with blocking gRPC calls on the caller's thread."""
+    """Performs steps with blocking gRPC calls on the caller's thread; one thread per channel reads its block stream."""
 
-    def __init__(self, connection: grpc.Channel | Any) -> None:
+    def __init__(self, connection: grpc.Channel | Any, session: steps.Session, tls_cert_hash: bytes | None) -> None:
+        self._session = session
+        self._tls_cert_hash = tls_cert_hash
         if isinstance(connection, grpc.Channel):
-            self._calls: dict[str, UnaryCall] = steps.unary_calls(connection)
-            self._events: Callable[[bytes], Any] = steps.events_call(connection)
+            calls = transport.unary_calls(connection)
+            self._events: Callable[[bytes], Any] = transport.events_call(connection)
+            self._deliver: Callable[[Iterator[bytes]], Any] | None = transport.deliver_call(connection)
         else:  # a Gateway stub, such as a test's fake: it speaks protobuf messages
-            self._calls = {stage: _stub_call(*method) for stage, method in steps.stub_methods(connection).items()}
+            calls = {stage: _stub_call(*method) for stage, method in transport.stub_methods(connection).items()}
             self._events = lambda request: _StubStream(
-                connection.ChaincodeEvents(steps.events_request_message(request))
+                connection.ChaincodeEvents(transport.events_request_message(request))
             )
-        self._calls["pause"] = lambda _, timeout: time.sleep(timeout)
+            deliver = getattr(connection, "DeliverFiltered", None)
+            self._deliver = (
+                None if deliver is None else lambda requests: _StubStream(deliver(transport.envelopes(requests)))
+            )
+        self._calls: dict[str, Callable[[steps.Call], steps.Reply]] = {
+            stage: steps.taking_call(unary) for stage, unary in calls.items()
+        }
+        self._calls |= {
+            "pause": lambda call: time.sleep(call.timeout),
+            "watch": self._watch,
+            "commit_event": self._event,
+        }
+        self._watches: dict[str, _Watch] = {}
+        self._watches_lock = threading.Lock()
 
     def run(self, operation: Steps[T]) -> T:
         step = steps.resume(operation, None)
@@ -54,12 +73,68 @@ class Blocking:
 
     def _perform(self, call: steps.Call) -> steps.Reply:
         try:
-            return self._calls[call.stage](call.request, timeout=call.timeout)
+            return self._calls[call.stage](call)
         except grpc.RpcError as e:
             return e
 
     def events(self, request: bytes) -> Any:
         return self._events(request)
+
+    # ----- the channels' block streams (see fabric_gateway.commits) -----
+
+    def _watch(self, call: steps.Call) -> _Watch | None:
+        if self._deliver is None or self._tls_cert_hash is None:
+            return None
+        with self._watches_lock:
+            watch = self._watches.get(call.channel)
+            if watch is None or watch.replace():
+                watch = commits.CommitWatch(call.channel, _Waiter, _Waiter.settle, threading.Lock)
+                self._watches[call.channel] = watch
+                threading.Thread(target=self._read, args=(watch,), name="fabric-commits", daemon=True).start()
+        if not watch.ready:
+            watch.first_block.event.wait(commits.READY_WITHIN)
+        return watch if watch.running else None
+
+    def _read(self, watch: _Watch) -> None:
+        assert self._deliver is not None and self._tls_cert_hash is not None
+        try:
+            request = commits.seek_request(
+                self._session.identity, self._session.signature, watch.channel, self._tls_cert_hash
+            )
+            watch.stream = stream = self._deliver(iter([request]))
+            for response in stream:
+                if not watch.on_response(response):
+                    break
+        except (grpc.RpcError, ValueError):
+            pass  # refused, broken or cancelled: the submits waiting ask CommitStatus
+        finally:
+            watch.end()
+
+    def _event(self, call: steps.Call) -> m.CommitStatus | bool | None:
+        watch: _Watch = call.handle  # type: ignore[assignment]
+        waiter = watch.wait_for(call.tx_id)
+        if not waiter.event.wait(call.timeout):
+            watch.forget(call.tx_id)
+            return False
+        return waiter.status
+
+    def close(self) -> None:
+        for watch in list(self._watches.values()):
+            if (cancel := getattr(watch.stream, "cancel", None)) is not None:
+                cancel()
+
+
+class _Waiter:
+    __slots__ = ("event", "status")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.status: m.CommitStatus | None = None
+
+    @staticmethod
+    def settle(waiter: _Waiter, status: m.CommitStatus | None) -> None:
+        waiter.status = status
+        waiter.event.set()
 
 
 def _stub_call(method: Any, request_type: Any) -> UnaryCall:
@@ -70,7 +145,7 @@ def _stub_call(method: Any, request_type: Any) -> UnaryCall:
 
 
 class _StubStream:
-    """A stub's stream of event messages, seen as the channel's stream of bytes."""
+    """A stub's stream of messages, seen as the channel's stream of bytes."""
 
     def __init__(self, call: Any) -> None:
         self._call = call
@@ -88,6 +163,8 @@ class Gateway(base.GatewayBase[Blocking]):
 
     `connection` is an `Endpoint` (the gateway opens the channel and closes it), or a `grpc.Channel` or a Gateway
     stub that the caller owns. Without a signer every value must be signed offline (see the module docstring).
+    `submit` follows commits on each channel's block stream (see `commits`); for a channel opened elsewhere with
+    mutual TLS, give `tls_cert_hash` (SHA-256 of the client certificate, DER), else submit asks CommitStatus.
     """
 
     def __init__(
@@ -96,9 +173,12 @@ class Gateway(base.GatewayBase[Blocking]):
         identity: Identity,
         signer: Signer | None = None,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        tls_cert_hash: bytes | None = None,
     ) -> None:
         self._channel = connection.channel() if isinstance(connection, Endpoint) else None
-        super().__init__(steps.Session(identity, signer, timeouts), Blocking(self._channel or connection))
+        session = steps.Session(identity, signer, timeouts)
+        hash_ = transport.binding_hash(connection, tls_cert_hash)
+        super().__init__(session, Blocking(self._channel or connection, session, hash_))
 
     def network(self, name: str) -> Network:
         return Network(self._session, self._driver, name)
@@ -113,6 +193,7 @@ class Gateway(base.GatewayBase[Blocking]):
         return Commit(self._session, self._driver, m.CommitState.from_bytes(data, signature))
 
     def close(self) -> None:
+        self._driver.close()
         if self._channel is not None:
             self._channel.close()
 

@@ -15,11 +15,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    Prehashed,
-    decode_dss_signature,
-    encode_dss_signature,
-)
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.hashes import SHA256
 from fabric_protos.msp import identities_pb2
 
@@ -55,18 +51,20 @@ def ecdsa_signer(private_key: ec.EllipticCurvePrivateKey) -> Signer:
 
     def sign(message_digest: bytes) -> bytes:
         der = private_key.sign(message_digest, algorithm)
-        if _s_of(der) <= P256_HALF_ORDER:
+        s_at = 4 + der[3]  # DER: 0x30 len, 0x02 rlen r, 0x02 slen s (short lengths: P-256 fits)
+        s = int.from_bytes(der[s_at + 2 :], "big")
+        if s <= P256_HALF_ORDER:
             return der
-        r, s = decode_dss_signature(der)
-        return encode_dss_signature(r, P256_ORDER - s)
+        return _der(der[4:s_at], P256_ORDER - s)
 
     return sign
 
 
-def _s_of(der: bytes) -> int:
-    """The S value of a DER ECDSA signature: SEQUENCE { INTEGER r, INTEGER s }, short lengths (P-256 fits)."""
-    s_at = 4 + der[3]  # 0x30 len 0x02 rlen r... then 0x02 slen s...
-    return int.from_bytes(der[s_at + 2 : s_at + 2 + der[s_at + 1]], "big")
+def _der(r: bytes, s: int) -> bytes:
+    """SEQUENCE { INTEGER r, INTEGER s } with r already encoded (as it came) and s positive and minimal."""
+    s_bytes = s.to_bytes((s.bit_length() + 8) // 8, "big")  # one bit more: a leading 0x00 when the top bit is set
+    body = b"\x02" + bytes((len(r),)) + r + b"\x02" + bytes((len(s_bytes),)) + s_bytes
+    return b"\x30" + bytes((len(body),)) + body
 
 
 def load_private_key(pem: bytes) -> ec.EllipticCurvePrivateKey:

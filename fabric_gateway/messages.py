@@ -240,17 +240,27 @@ def _result_of(payload: common_pb2.Payload) -> bytes:
 
 def prepared(proposal: ProposalState, endorse_response: bytes) -> TransactionState:
     """The endorsed transaction in a gateway.EndorseResponse."""
-    envelope = gateway_pb2.EndorseResponse.FromString(endorse_response).prepared_transaction
-    return TransactionState.of_envelope(proposal.tx_id, envelope.payload)
+    payload = gateway_pb2.EndorseResponse.FromString(endorse_response).prepared_transaction.payload
+    return TransactionState(
+        proposal.tx_id, proposal.channel, payload, _result_of(common_pb2.Payload.FromString(payload))
+    )
 
 
 def evaluate_result(evaluate_response: bytes) -> bytes:
     return bytes(gateway_pb2.EvaluateResponse.FromString(evaluate_response).result.payload)
 
 
+_CODE_NAMES: dict[int, str] = {number: name for name, number in transaction_pb2.TxValidationCode.items()}
+
+
+def code_name(code: int) -> str:
+    """A peer.TxValidationCode's name."""
+    return _CODE_NAMES.get(code, str(code))
+
+
 def commit_status(tx_id: str, commit_status_response: bytes) -> CommitStatus:
     response = gateway_pb2.CommitStatusResponse.FromString(commit_status_response)
-    return CommitStatus(tx_id, transaction_pb2.TxValidationCode.Name(response.result), response.block_number)
+    return CommitStatus(tx_id, code_name(response.result), response.block_number)
 
 
 def chain_height(blockchain_info: bytes) -> int:

@@ -1,7 +1,10 @@
 """Every Gateway operation as a generator of steps, with no I/O: the one core of the blocking and asyncio clients.
 
-An operation yields what it needs done, a `Call` of a Gateway method with its serialised request (or a pause), and
-is sent back the answer: the serialised response, or the `grpc.RpcError` the call raised, or None after a pause.
+An operation yields what it needs done, a `Call` of a Gateway method with its serialised request, and is sent back
+the answer: the serialised response, or the `grpc.RpcError` the call raised. Three more calls are not gRPC: "pause"
+(answer None), and "watch" / "commit_event", by which `submit_transaction` follows commits on the channel's block
+stream (see `commits`) when the driver has one (answers: the running stream's handle, or None; then the status,
+None to ask CommitStatus instead, or False when the deadline passed).
 Everything else — building and signing requests, reading answers, mapping failures to errors, deciding to poll
 again — happens here, once. A driver only performs the steps: `client.Gateway` with blocking calls, `aio.AsyncGateway`
 by awaiting them. Requests and responses stay bytes between the two, so the drivers hand them to gRPC without
@@ -11,18 +14,18 @@ protobuf (de)serialisers, and each operation parses only the answer it reads.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar
+from typing import Generic, Literal, TypeAlias, TypeVar
 
 import grpc
-from fabric_protos.gateway import gateway_pb2
 
 from fabric_gateway import messages as m
 from fabric_gateway.checkpoint import Checkpoint
 from fabric_gateway.errors import (
     BlockWaitTimeout,
     CommitError,
+    CommitStatusTimeout,
     EvaluateError,
     EvaluateTimeout,
     EvaluateUnavailable,
@@ -36,23 +39,30 @@ T = TypeVar("T")
 UnaryStage = Literal["evaluate", "endorse", "submit", "commit_status"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass is slower to build, and there is one per call
 class Call:
-    """One thing a driver does: call a Gateway method with a serialised request and a deadline, or (stage "pause")
-    wait for `timeout` seconds."""
+    """One thing a driver does: call a Gateway method with a serialised request and a deadline; or wait."""
 
-    stage: UnaryStage | Literal["pause"]
+    stage: UnaryStage | Literal["pause", "watch", "commit_event"]
     request: bytes
     timeout: float
+    channel: str = ""
+    tx_id: str = ""
+    handle: object = None  # for "commit_event": what "watch" answered
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Done(Generic[T]):
     value: T
 
 
-Reply: TypeAlias = "bytes | grpc.RpcError | None"
+Reply: TypeAlias = object  # see the module docstring
 Steps: TypeAlias = Generator[Call, Reply, T]
+
+
+def taking_call(unary: Callable[..., T]) -> Callable[[Call], T]:
+    """A unary callable (request, timeout=) as the drivers perform a Call."""
+    return lambda call: unary(call.request, timeout=call.timeout)
 
 
 def resume(operation: Steps[T], reply: Reply) -> Call | Done[T]:
@@ -61,36 +71,6 @@ def resume(operation: Steps[T], reply: Reply) -> Call | Done[T]:
         return operation.send(reply)
     except StopIteration as stop:
         return Done(stop.value)
-
-
-# Each unary stage's Gateway method, and the request type a stub (rather than a channel) takes.
-METHODS: Final[dict[UnaryStage, tuple[str, Any]]] = {
-    "evaluate": ("/gateway.Gateway/Evaluate", gateway_pb2.EvaluateRequest),
-    "endorse": ("/gateway.Gateway/Endorse", gateway_pb2.EndorseRequest),
-    "submit": ("/gateway.Gateway/Submit", gateway_pb2.SubmitRequest),
-    "commit_status": ("/gateway.Gateway/CommitStatus", gateway_pb2.SignedCommitStatusRequest),
-}
-EVENTS_METHOD: Final = "/gateway.Gateway/ChaincodeEvents"
-
-
-def unary_calls(channel: Any) -> dict[str, Any]:
-    """A grpc.Channel's or grpc.aio.Channel's callables for the Gateway's unary methods, bytes in and out."""
-    return {stage: channel.unary_unary(path, _registered_method=True) for stage, (path, _) in METHODS.items()}
-
-
-def events_call(channel: Any) -> Any:
-    """The channel's callable for the chaincode events stream, bytes in and out."""
-    return channel.unary_stream(EVENTS_METHOD, _registered_method=True)
-
-
-def stub_methods(stub: Any) -> dict[str, tuple[Any, Any]]:
-    """A Gateway stub's method for each unary stage, with the request type it takes."""
-    return {stage: (getattr(stub, path.rsplit("/", 1)[1]), request) for stage, (path, request) in METHODS.items()}
-
-
-def events_request_message(request: bytes) -> Any:
-    """What a stub's ChaincodeEvents takes."""
-    return gateway_pb2.SignedChaincodeEventsRequest.FromString(request)
 
 
 @dataclass(frozen=True)
@@ -145,6 +125,16 @@ def rpc(stage: UnaryStage, request: bytes, timeout: float, tx_id: str) -> Steps[
     raise from_rpc_error(stage, reply, tx_id, deadline_passed=time.monotonic() - started >= timeout)
 
 
+def commit_event(session: Session, tx: m.TransactionState, watch: object) -> Steps[m.CommitStatus | None]:
+    """The status the channel's block stream brings (see `commits`), or None: ask CommitStatus."""
+    timeout = session.timeouts.commit_status
+    reply = yield Call("commit_event", b"", timeout, tx.channel, tx.tx_id, watch)
+    if reply is False:
+        raise CommitStatusTimeout("DEADLINE_EXCEEDED", f"not committed within {timeout:g} s", (), tx.tx_id)
+    assert reply is None or isinstance(reply, m.CommitStatus)
+    return reply
+
+
 # ----- one stage each ----------------------------------------------------------------------------------------
 
 
@@ -186,9 +176,14 @@ def submit_async(session: Session, proposal: m.ProposalState) -> Steps[tuple[m.T
 
 
 def submit_transaction(session: Session, proposal: m.ProposalState) -> Steps[Submitted]:
-    """Endorse, order, and wait for the commit; raises CommitError unless the transaction is valid."""
-    tx, commit = yield from submit_async(session, proposal)
-    status = yield from commit_status(session, commit)
+    """Endorse, order, and wait for the commit; raises CommitError unless the transaction is valid. The channel's
+    block stream must run before the transaction is sent, so that its block cannot be missed."""
+    tx = yield from endorse(session, proposal)
+    watch = yield Call("watch", b"", 0, tx.channel)
+    commit = yield from submit(session, tx)
+    status = (yield from commit_event(session, tx, watch)) if watch is not None else None
+    if status is None:
+        status = yield from commit_status(session, commit)
     if not status.successful:
         raise CommitError(status.tx_id, status.code, status.block_number)
     return Submitted(tx.tx_id, tx.result, status)

@@ -6,12 +6,15 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.responses import Response
 
 from gateway import metrics
+from gateway.console import render as console_render
+from gateway.console import routes as console_routes
 from gateway.deps import Services
 from gateway.outcome import KNOWN_ERRORS, operation_outcome, problem, retry_after
 from gateway.responses import FhirResponse
-from gateway.routers import audit, federation, metadata, operations, preauth, rest, supply
+from gateway.routers import audit, federation, metadata, operations, patients, preauth, rest, subscriptions, supply
 from records.errors import Issue
 
 log = logging.getLogger("careledger.gateway")
@@ -22,10 +25,11 @@ def create_app(services: Services) -> FastAPI:
     app.state.services = services
     metrics.instrument(app)
     # Specific paths first: the REST router's `/fhir/{rtype}` routes would otherwise take them.
-    for router in (metadata, audit, preauth, operations, federation, supply, rest):
+    for router in (metadata, audit, preauth, patients, operations, federation, supply, subscriptions, rest):
         app.include_router(router.router)
+    console_routes.install(app)
 
-    async def to_outcome(request: Request, err: Exception) -> FhirResponse:
+    async def to_outcome(request: Request, err: Exception) -> Response:
         mapped = problem(err)
         if mapped is not None and mapped[0] >= 500:
             log.warning("request failed", extra={"error": type(err).__name__, "detail": str(err)[:300]})
@@ -33,6 +37,8 @@ def create_app(services: Services) -> FastAPI:
             log.exception("unhandled error", extra={"route": request.url.path})
             mapped = 500, operation_outcome([Issue("exception", "", "internal error; see the gateway log")])
         status, outcome = mapped
+        if request.url.path.startswith("/console"):
+            return console_render.error(request, status, outcome)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else retry_after(status)
         return FhirResponse(outcome, status_code=status, headers=headers)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from records import subscriptions as sub
 from records import validation as fv
 
 SEARCH_PARAMS = [
@@ -36,6 +37,39 @@ def _resource(t: str) -> dict[str, Any]:
     }
 
 
+def _subscription() -> dict[str, Any]:
+    """Topic-based subscriptions (Subscriptions R5 Backport IG), with every topic's canonical URL for discovery (each
+    org can use those for its kind of member: `GET /fhir/SubscriptionTopic`)."""
+    return {
+        "type": "Subscription",
+        "extension": [{"url": sub.TOPIC_CANONICAL_URL, "valueCanonical": t.url} for t in sub.TOPICS],
+        "supportedProfile": [sub.SUBSCRIPTION_PROFILE],
+        "interaction": [
+            {"code": c} for c in ("read", "vread", "history-instance", "create", "update", "delete", "search-type")
+        ],
+        "versioning": "versioned",
+        "readHistory": True,
+        "updateCreate": True,
+        "searchParam": [
+            {
+                "name": "status",
+                "definition": "http://hl7.org/fhir/SearchParameter/Subscription-status",
+                "type": "token",
+            },
+            {"name": "url", "definition": "http://hl7.org/fhir/SearchParameter/Subscription-url", "type": "uri"},
+            {
+                "name": "criteria",
+                "definition": "http://hl7.org/fhir/SearchParameter/Subscription-criteria",
+                "type": "string",
+            },
+        ],
+        "operation": [
+            {"name": "status", "definition": sub.STATUS_OPERATION},
+            {"name": "events", "definition": sub.EVENTS_OPERATION},
+        ],
+    }
+
+
 def capability_statement(org: str) -> dict[str, Any]:
     audit = {
         "type": "AuditEvent",
@@ -50,6 +84,7 @@ def capability_statement(org: str) -> dict[str, Any]:
         "kind": "instance",
         "software": {"name": "CareLedger FHIR gateway"},
         "implementation": {"description": f"CareLedger gateway of {org}"},
+        "instantiates": [sub.SERVER_CAPABILITY],
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json"],
         "rest": [
@@ -57,7 +92,7 @@ def capability_statement(org: str) -> dict[str, Any]:
                 "mode": "server",
                 "security": {"service": [{"coding": [smart]}]},
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],
-                "resource": [_resource(t) for t in sorted(fv.PATIENT_ELEMENT)] + [audit],
+                "resource": [_resource(t) for t in sorted(fv.STORED_TYPES)] + [audit, _subscription()],
             }
         ],
     }

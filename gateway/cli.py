@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import sys
 import urllib.request
@@ -16,7 +17,6 @@ from consortium.processes import ensure_port_free
 from consortium.supervision import Program, Supervised, program_env
 from consortium.topology import Topology
 from gateway.dev_issuer import dev_token
-from gateway.serve import serve
 from gateway.settings import GatewaySettings
 
 MEMBER_ORGS_HELP = "member org name, e.g. HospitalOrg (repeatable; default: every member org)"
@@ -36,6 +36,12 @@ def healthy(settings: GatewaySettings) -> bool:
         return False
 
 
+def start_timeout() -> float:
+    """How long a gateway may take to answer after it starts: it imports the FHIR models first, which takes tens
+    of seconds on a loaded machine (CARELEDGER_GATEWAY_START_TIMEOUT, seconds; default 30)."""
+    return float(os.environ.get("CARELEDGER_GATEWAY_START_TIMEOUT") or 30)
+
+
 def start(topology: Topology, org: str) -> bool:
     """Start the org's gateway in the background unless it runs; wait until it answers. True when started."""
     settings = GatewaySettings.load(topology, org)
@@ -47,7 +53,7 @@ def start(topology: Topology, org: str) -> bool:
     argv = [sys.executable, "-m", "careledger.cli", "gateway", "serve", "--org", org]
     proc.start(Program(proc.name, argv, program_env(topology), topo.REPO_ROOT))
     try:
-        proc.wait_until(lambda: healthy(settings), f"answering on {settings.url}", timeout=30)
+        proc.wait_until(lambda: healthy(settings), f"answering on {settings.url}", timeout=start_timeout())
     except NetworkError:
         proc.stop()  # rather than have supervisord retry a gateway that cannot start
         raise
@@ -70,6 +76,8 @@ def serve_command(org: str) -> None:
     logs.configure()
     settings = GatewaySettings.load(topo.load(), org)
     readiness.require_peer(settings.topology, settings.org)
+    from gateway.serve import serve  # the web stack loads only for the command that runs it
+
     asyncio.run(serve(settings))
 
 

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from gateway.auth import Client, Grant, TokenPolicy, authenticate, require
+from gateway.console.service import Console
 from gateway.outcome import HttpProblem
 from records import validation as fv
 from records.federation import Federation
@@ -30,6 +31,7 @@ class Services:
     config: GatewayConfig
     records: Records
     sharing: Sharing
+    console: Console | None = None  # the web console's sources; None: no console
 
     @property
     def federation(self) -> Federation | None:

@@ -17,10 +17,15 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from consortium import connect, tls
+from fabric_gateway import AsyncGateway
 from gateway.app import create_app
+from gateway.console.service import Console
 from gateway.deps import GatewayConfig, Services
 from gateway.settings import GatewaySettings
-from ledger.contracts import Ledger
+from ledger import activity
+from ledger.activity import ActivityIndex
+from ledger.contracts import CLAIMS, PROVIDERS, Ledger
+from ledger.explorer import Explorer
 from ledger.transport import FabricTransport
 from records.federation import Federation
 from records.service import Records
@@ -76,8 +81,14 @@ async def serve(settings: GatewaySettings) -> None:
         records = Records.open(settings.custodian, Ledger(transport, claim_window_s=CLAIM_WINDOW_S))
         store = records.store
         reconciler = asyncio.create_task(_reconcile_forever(records))
+        console = open_console(settings, gw)
+        followers = [
+            asyncio.create_task(activity.follow(gw.network(ch), settings.topology.chaincode_name, console.activity))
+            for ch in console.channels
+            if ch in (CLAIMS, PROVIDERS)
+        ]
         config = GatewayConfig(settings.org.msp_id, settings.token_policy())
-        app = create_app(Services(config, records, Sharing(records, fed)))
+        app = create_app(Services(config, records, Sharing(records, fed), console))
         cert, key, cas = server_ssl_files(settings)
         server = uvicorn.Server(
             uvicorn.Config(
@@ -104,19 +115,32 @@ async def serve(settings: GatewaySettings) -> None:
         try:
             await server.serve()
         finally:
-            follower.cancel()
-            reconciler.cancel()
+            for task in (reconciler, follower, *followers):
+                task.cancel()
             await fed.aclose()
             store.close()
+            console.activity.close()
+
+
+def open_console(settings: GatewaySettings, gw: AsyncGateway) -> Console:
+    """The console's sources: the org's own peer, and its activity index (`console-index.sqlite` in the org's
+    gateway folder, rebuilt from the chain's events if it is deleted)."""
+    t, org = settings.topology, settings.org
+    index = ActivityIndex(t.gateway_home(org) / "console-index.sqlite", org.msp_id)
+    return Console(t, org, Explorer(gw), index)
 
 
 async def _reconcile_forever(records: Records) -> None:
-    """Settle writes whose outcome was unknown (or that a crash left pending) as soon as the ledger answers."""
+    """Settle writes whose outcome was unknown (or that a crash left pending) as soon as the ledger answers, and
+    file the claims of committed bundles that are still queued."""
     while True:
         try:
             counts = await records.reconcile_pending()
             if any(counts.values()):
                 log.info("settled pending writes", extra=counts)
+            filed = await records.claims_outbox.submit_due()
+            if filed:
+                log.info("filed queued claims", extra=filed)
         except Exception as e:  # the ledger or the store is down: try again on the next round
             log.warning("reconciling pending writes failed", extra={"error": str(e)[:300]})
         await asyncio.sleep(RECONCILE_EVERY_S)

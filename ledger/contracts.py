@@ -173,6 +173,31 @@ class Ledger:
     async def audit_by_patient(self, patient: str, start: str, end: str) -> list[dict[str, Any]]:
         return await self._pages(PROVIDERS, "Audit:ByPatient", "entries", patient, start, end)
 
+    async def audit_page(
+        self, patient: str, start: str, end: str, page_size: int, bookmark: str = ""
+    ) -> tuple[list[dict[str, Any]], str]:
+        """One page of a patient's access log, oldest first, and the bookmark of the next ("" on the last)."""
+        page = await self.evaluate(PROVIDERS, "Audit:ByPatient", patient, start, end, str(page_size), bookmark)
+        return list(page["entries"] or []), str(page["bookmark"] or "")
+
+    # ----- Supply ----------------------------------------------------------------------------------------------
+
+    async def pack(self, gtin: str, serial: str) -> dict[str, Any]:
+        """A pack's current state (NOT_FOUND when it was never commissioned)."""
+        return dict(await self.evaluate(PHARMA, "Supply:Get", gtin, serial))
+
+    async def custody(self, gtin: str, serial: str) -> list[dict[str, Any]]:
+        """A pack's custody events, oldest first."""
+        return list(await self.evaluate(PHARMA, "Supply:History", gtin, serial) or [])
+
+    async def pack_alerts(self, gtin: str, serial: str) -> list[dict[str, Any]]:
+        """Suspicious verifications reported for a pack, oldest first."""
+        return list(await self.evaluate(PHARMA, "Supply:Alerts", gtin, serial) or [])
+
+    async def verify_pack(self, gtin: str, serial: str, lot: str, expiry: str) -> dict[str, Any]:
+        """Whether a pack as printed is authentic now, with the flags that say why not."""
+        return dict(await self.evaluate(PHARMA, "Supply:Verify", gtin, serial, lot, expiry))
+
     async def _pages(
         self, channel: str, function: str, field: str, *args: str, page_size: int = 100
     ) -> list[dict[str, Any]]:

@@ -204,8 +204,9 @@ def _register(call: Call) -> int:
         record = {**e, "custodian": call.msp, "txId": call.tx_id}
         call.put(head_key, record)
         call.put(f"{head_key}/{e['version']}", record)
-        custodianship = {"custodian": call.msp, "patient": e["patient"], "localPseudonym": ""}
-        call.put(f"custodian/{e['patient']}/{call.msp}", custodianship)
+        if not e.get("directory"):
+            custodianship = {"custodian": call.msp, "patient": e["patient"], "localPseudonym": ""}
+            call.put(f"custodian/{e['patient']}/{call.msp}", custodianship)
         written.append(e)
     if written:
         call.emit("Records.Registered", {"custodian": call.msp, "txId": call.tx_id, "entries": written})
@@ -221,8 +222,30 @@ def _record(call: Call) -> Json:
 
 
 def _custodians(call: Call) -> list[Json]:
-    prefix = f"custodian/{call.args[0]}/"
-    return [v for k, v in sorted(call.state.items()) if k.startswith(prefix)]
+    """Registered custodians of the pseudonym, then those that linked a local pseudonym of theirs to it."""
+    prefix, links = f"custodian/{call.args[0]}/", f"link/{call.args[0]}/"
+    out = [v for k, v in sorted(call.state.items()) if k.startswith(prefix)]
+    linked = [v for k, v in sorted(call.state.items()) if k.startswith(links) and v["status"] == "linked"]
+    return out + [
+        {"custodian": v["custodian"], "patient": v["consortium"], "localPseudonym": v["local"]} for v in linked
+    ]
+
+
+def _link(call: Call) -> Json:
+    _must_be(call, "provider", "Records.LinkPatient")
+    local, consortium = call.args
+    if call.get(f"custodian/{local}/{call.msp}") is None:
+        raise LedgerForbidden(f"{call.msp} registered no records under this local pseudonym")
+    current = call.get(f"local-link/{local}/{call.msp}")
+    if current is not None and current["status"] == "linked":
+        if current["consortium"] == consortium:
+            return dict(current)
+        raise LedgerConflict(f"{call.msp} linked this local pseudonym to another patient")
+    link = {"consortium": consortium, "local": local, "custodian": call.msp, "status": "linked", "txId": call.tx_id}
+    call.put(f"local-link/{local}/{call.msp}", link)
+    call.put(f"link/{consortium}/{call.msp}/{local}", link)
+    call.emit("Records.PatientLinked", link)
+    return link
 
 
 def _erasure(call: Call) -> Json:
@@ -237,6 +260,7 @@ _RECORDS: dict[str, Handler] = {
     "Records:Register": _register,
     "Records:Get": _record,
     "Records:Custodians": _custodians,
+    "Records:LinkPatient": _link,
     "Records:RecordErasure": _erasure,
 }
 

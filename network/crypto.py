@@ -28,7 +28,7 @@ from consortium.secrets import private_dir, replace_secret, tighten_tree
 from consortium.topology import Org, Topology
 from network.binaries import FabricBinaries
 
-USERS = 2  # User1: the org's applications (gateway, workers); User2: in tests, a patient's own identity
+USERS = 2  # User1: the org's applications (gateway, workers); User2: in tests, another plain client
 
 
 def sans(org: Org) -> list[str]:

@@ -102,9 +102,10 @@ class Federation:
             return member.msp
         return None
 
-    async def everything(self, custodians: list[str], patient: str, purpose: str) -> list[Disclosed | Withheld]:
-        """Ask each custodian for the patient's records, concurrently."""
-        return list(await asyncio.gather(*(self._everything_from(c, patient, purpose) for c in custodians)))
+    async def everything(self, custodians: dict[str, str], purpose: str) -> list[Disclosed | Withheld]:
+        """Ask each custodian for the patient's records, concurrently, by the pseudonym it files them under."""
+        asks = (self._everything_from(c, patient, purpose) for c, patient in sorted(custodians.items()))
+        return list(await asyncio.gather(*asks))
 
     async def _everything_from(self, custodian: str, patient: str, purpose: str) -> Disclosed | Withheld:
         if custodian not in self.members:

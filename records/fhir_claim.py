@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -41,13 +41,45 @@ def _cents(value: Any, where: str) -> int:
     return int(amount)
 
 
-def insurer_msp(claim: dict[str, Any]) -> str:
-    ident = (claim.get("insurer") or {}).get("identifier") or {}
-    if ident.get("system") != MSP_SYSTEM or not ident.get("value"):
-        raise FhirInvalid(
-            [Issue("required", "Claim.insurer.identifier", f"name the insurer by its MSP id (system {MSP_SYSTEM})")]
-        )
-    return str(ident["value"])
+@dataclass(frozen=True)
+class PayerDirectory:
+    """How claims name their payer, and which member it is: names and identifiers per insurer MSP (from the
+    consortium definition's `payers`). An MSP id under the system urn:careledger:msp always names itself."""
+
+    names: dict[str, str] = field(default_factory=dict)  # payer name (folded case) -> MSP id
+    identifiers: dict[str, str] = field(default_factory=dict)  # "system|value" -> MSP id
+
+    @classmethod
+    def of(cls, payers: dict[str, Any]) -> PayerDirectory:
+        names = {str(n).casefold(): msp for msp, spec in payers.items() for n in (spec or {}).get("names") or []}
+        idents = {str(i): msp for msp, spec in payers.items() for i in (spec or {}).get("identifiers") or []}
+        return cls(names, idents)
+
+    def by_identifier(self, ident: dict[str, Any]) -> str | None:
+        if ident.get("system") == MSP_SYSTEM and ident.get("value"):
+            return str(ident["value"])
+        return self.identifiers.get(f"{ident.get('system', '')}|{ident.get('value', '')}")
+
+    def by_reference(self, ref: dict[str, Any]) -> str | None:
+        """A payer named by identifier, logical or conditional reference (Organization?identifier=s|v), or display."""
+        found = self.by_identifier(ref.get("identifier") or {})
+        reference = str(ref.get("reference") or "")
+        if found is None and "?identifier=" in reference:
+            system, _, value = reference.split("?identifier=", 1)[1].partition("|")
+            found = self.by_identifier({"system": system, "value": value})
+        if found is None and ref.get("display"):
+            found = self.names.get(str(ref["display"]).casefold())
+        return found
+
+
+def insurer_msp(claim: dict[str, Any], payers: PayerDirectory) -> str | None:
+    """The member insurer a claim is for: from Claim.insurer, else the focal insurance's coverage (reference,
+    identifier or display); None when it names no payer of the consortium."""
+    found = payers.by_reference(claim.get("insurer") or {})
+    insurance = sorted(claim.get("insurance") or [], key=lambda i: not i.get("focal"))
+    for ins in insurance:
+        found = found or payers.by_reference(ins.get("coverage") or {})
+    return found
 
 
 def _service_date(claim: dict[str, Any]) -> str:
@@ -63,66 +95,90 @@ def _service_date(claim: dict[str, Any]) -> str:
 
 
 def _coverage(claim: dict[str, Any]) -> str:
+    """The claim's coverage as the insurer can look it up: a reference or system|value; "none" when the claim names
+    it by display only (the insurer finds the member's Coverage by the patient instead)."""
     insurance = claim.get("insurance") or [{}]
     coverage = insurance[0].get("coverage") or {}
-    if coverage.get("reference"):
-        return str(coverage["reference"])
+    if coverage.get("reference") and "?" not in str(coverage["reference"]):
+        return str(coverage["reference"])[:128]
     ident = coverage.get("identifier") or {}
     if ident.get("value"):
-        return f"{ident.get('system', '')}|{ident['value']}"
-    raise FhirInvalid([Issue("required", "Claim.insurance[0].coverage", "the claim must name its coverage")])
+        return f"{ident.get('system', '')}|{ident['value']}"[:128]
+    return "none"
 
 
-def _lines(claim: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+MISSING_CHARGE = ("16", "M79")  # CARC 16 claim lacks information; RARC M79 missing/incomplete/invalid charge
+TOTAL_MISMATCH = ("16", "M54")  # RARC M54 missing/incomplete/invalid total charges
+
+
+def _line(item: dict[str, Any], where: str) -> tuple[dict[str, Any], str, bool]:
+    """One billed line (net, else quantity x unitPrice), its currency, and whether it has a charge at all."""
+    codings = (item.get("productOrService") or {}).get("coding") or []
+    if not codings or not codings[0].get("code"):
+        raise FhirInvalid([Issue("required", f"{where}.productOrService.coding", "a billed line needs a code")])
+    quantity = Decimal(str((item.get("quantity") or {}).get("value", 1)))
+    if quantity != quantity.to_integral_value() or quantity < 1:
+        raise FhirInvalid([Issue("value", f"{where}.quantity", "quantities are whole numbers of at least 1")])
+    price, net = item.get("unitPrice") or {}, item.get("net") or {}
+    unit = _cents(price["value"], f"{where}.unitPrice.value") if "value" in price else 0
+    net_cents = _cents(net["value"], f"{where}.net.value") if "value" in net else int(quantity) * unit
+    if unit and net_cents != int(quantity) * unit:
+        raise FhirInvalid([Issue("invariant", f"{where}.net", "net is not quantity x unitPrice")])
+    line = {
+        "sequence": int(item["sequence"]),
+        "code": str(codings[0]["code"])[:32],
+        "quantity": int(quantity),
+        "unitPriceCents": unit,
+        "netCents": net_cents,
+    }
+    return line, str(net.get("currency") or price.get("currency") or ""), net_cents > 0
+
+
+def _lines(claim: dict[str, Any]) -> tuple[list[dict[str, Any]], str, list[dict[str, Any]]]:
+    """The billed lines, their currency, and the front-end edits a payer would answer (a line without a charge, a
+    total its lines do not add up to) — edits, not refusals: R4 allows both."""
     lines: list[dict[str, Any]] = []
+    edits: list[dict[str, Any]] = []
     currencies: set[str] = set()
     for i, item in enumerate(claim.get("item") or []):
-        where = f"Claim.item[{i}]"
-        codings = (item.get("productOrService") or {}).get("coding") or []
-        if not codings or not codings[0].get("code"):
-            raise FhirInvalid([Issue("required", f"{where}.productOrService.coding", "a billed line needs a code")])
-        quantity = Decimal(str((item.get("quantity") or {}).get("value", 1)))
-        if quantity != quantity.to_integral_value() or quantity < 1:
-            raise FhirInvalid([Issue("value", f"{where}.quantity", "quantities are whole numbers of at least 1")])
-        price = item.get("unitPrice") or {}
-        if "value" not in price:
-            raise FhirInvalid([Issue("required", f"{where}.unitPrice", "a billed line needs a unit price")])
-        currencies.add(str(price.get("currency") or ""))
-        unit = _cents(price["value"], f"{where}.unitPrice.value")
-        net = item.get("net")
-        net_cents = _cents(net["value"], f"{where}.net.value") if net else int(quantity) * unit
-        if net_cents != int(quantity) * unit:
-            raise FhirInvalid([Issue("invariant", f"{where}.net", "net is not quantity x unitPrice")])
-        lines.append(
-            {
-                "sequence": int(item["sequence"]),
-                "code": str(codings[0]["code"]),
-                "quantity": int(quantity),
-                "unitPriceCents": unit,
-                "netCents": net_cents,
-            }
-        )
+        line, currency, charged = _line(item, f"Claim.item[{i}]")
+        lines.append(line)
+        if currency:
+            currencies.add(currency)
+        if not charged:
+            edits.append({"sequence": line["sequence"], "reason": MISSING_CHARGE[0], "remark": MISSING_CHARGE[1]})
     if not lines:
         raise FhirInvalid([Issue("required", "Claim.item", "a claim bills at least one item")])
-    if len(currencies) != 1 or "" in currencies:
-        raise FhirInvalid(
-            [Issue("value", "Claim.item.unitPrice.currency", "every line names one and the same currency")]
-        )
-    return lines, currencies.pop()
+    total = claim.get("total") or {}
+    if total.get("currency"):
+        currencies.add(str(total["currency"]))
+    if len(currencies) > 1:
+        raise FhirInvalid([Issue("value", "Claim.item.net.currency", "every amount names one and the same currency")])
+    return lines, currencies.pop() if currencies else "USD", edits
 
 
-def for_ledger(claim: dict[str, Any], claim_id: str, patient: str, digest: str) -> ClaimForLedger:
-    """The Claims:Submit arguments for a validated FHIR Claim, or FhirInvalid naming what is missing."""
+def for_ledger(
+    claim: dict[str, Any], claim_id: str, patient: str, digest: str, payers: PayerDirectory
+) -> ClaimForLedger | None:
+    """The Claims:Submit arguments for a validated FHIR Claim; None when it names no payer of the consortium (it is
+    then kept, not submitted). What R4 forbids is refused (FhirInvalid); what a payer's front end would answer (no
+    charge on a line, a total that is not the sum of the lines) travels as edits the insurer's rules answer."""
     if claim.get("status") != "active":
         raise FhirInvalid([Issue("value", "Claim.status", "a new claim is submitted with status active")])
-    lines, currency = _lines(claim)
+    insurer = insurer_msp(claim, payers)
+    if insurer is None:
+        return None
+    lines, currency, edits = _lines(claim)
     total = sum(line["netCents"] for line in lines)
-    if claim.get("total") and _cents(claim["total"].get("value"), "Claim.total.value") != total:
-        raise FhirInvalid([Issue("invariant", "Claim.total", "total is not the sum of the items' net amounts")])
+    if claim.get("total") and "value" in claim["total"]:
+        billed = _cents(claim["total"]["value"], "Claim.total.value")
+        if billed != total:
+            total = billed
+            edits.append({"sequence": 0, "reason": TOTAL_MISMATCH[0], "remark": TOTAL_MISMATCH[1]})
     submission = {
         "claimId": claim_id,
         "patient": patient,
-        "insurer": insurer_msp(claim),
+        "insurer": insurer,
         "serviceDate": _service_date(claim),
         "currency": currency,
         "totalCents": total,
@@ -130,7 +186,14 @@ def for_ledger(claim: dict[str, Any], claim_id: str, patient: str, digest: str) 
     }
     if claim.get("use") == "preauthorization":  # a prior-authorisation request: due in 72 h (expedited) or 7 days
         submission |= {"use": "preauthorization", "priority": preauth_priority(claim)}
-    detail = {"claimId": claim_id, "lines": lines, "coverage": _coverage(claim), "salt": os.urandom(32).hex()}
+    detail: dict[str, Any] = {
+        "claimId": claim_id,
+        "lines": lines,
+        "coverage": _coverage(claim),
+        "salt": os.urandom(32).hex(),
+    }
+    if edits:
+        detail["edits"] = edits
     return ClaimForLedger(submission, detail)
 
 

@@ -5,10 +5,11 @@
 | records | every other clinical type | Records:Register, one per bundle, on `providers` | providers |
 | claim | Claim | Claims:Submit (new) or Claims:Cancel (status cancelled), on `claims` | providers |
 | consent | Consent | Consent:Grant (new, active) or Consent:Revoke (status inactive), on `providers` | providers |
-| held | Coverage, ClaimResponse, PaymentReconciliation | none: kept by the custodian only | insurers and providers |
+| held | Coverage, ClaimResponse, PaymentReconciliation, Subscription, Bundle | none: kept here only | both kinds |
 
-A claim or consent is a transaction of its own, so it is posted on its own. Each route also knows how to ask the ledger
-which digest the ledger holds (`$verify`).
+A claim or consent is a transaction of its own, so it is posted on its own. Each route also knows how to ask the
+ledger which digest the ledger holds (`$verify`). Held Subscriptions and Bundles are topic-based subscriptions and
+the notifications kept for them (`records.subscriptions`).
 The ledger names each resource, claim and consent by its opaque key (`records.store.Store.ledger_key`), never by
 the id a client chose.
 """
@@ -28,6 +29,14 @@ LedgerCall = Callable[[OnPrepared], Awaitable[Committed]]  # given where to keep
 
 
 @dataclass(frozen=True)
+class Ledgers:
+    """Where a write goes: the contracts, and the payer directory that says which insurer a claim is for."""
+
+    ledger: Ledger
+    payers: fhir_claim.PayerDirectory
+
+
+@dataclass(frozen=True)
 class OnChain:
     """What the ledger holds for a stored version: the digest registered, the transaction that did it."""
 
@@ -44,7 +53,7 @@ class Route:
         """The resource as stored and digested; a route may add what its ledger record must be found by."""
         return resource
 
-    def call(self, ledger: Ledger, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
+    def call(self, to: Ledgers, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
         """The one ledger transaction that registers the write (None: the resource is only kept here)."""
         raise NotImplementedError
 
@@ -55,8 +64,8 @@ class Route:
 class RecordsRoute(Route):
     name = "records"
 
-    def call(self, ledger: Ledger, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
-        return lambda keep: ledger.register(entries, keep)
+    def call(self, to: Ledgers, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
+        return lambda keep: to.ledger.register(entries, keep)
 
     async def on_chain(self, ledger: Ledger, key: str, version: int) -> OnChain:
         record = await ledger.record(key, version)
@@ -75,13 +84,15 @@ class ClaimRoute(Route):
         others = [i for i in resource.get("identifier") or [] if i.get("system") != CLAIM_KEY_SYSTEM]
         return {**resource, "identifier": [*others, {"system": CLAIM_KEY_SYSTEM, "value": key}]}
 
-    def call(self, ledger: Ledger, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
+    def call(self, to: Ledgers, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
         e = entries[0]
         if e["version"] == 1:
-            claim = fhir_claim.for_ledger(resource, e["resourceKey"], e["patient"], e["digest"])
-            return lambda keep: ledger.submit_claim(claim.submission, claim.detail, keep)
+            claim = fhir_claim.for_ledger(resource, e["resourceKey"], e["patient"], e["digest"], to.payers)
+            if claim is None:
+                return None  # it names no payer of the consortium: kept here, not submitted
+            return lambda keep: to.ledger.submit_claim(claim.submission, claim.detail, keep)
         if resource.get("status") == "cancelled":
-            return lambda keep: ledger.cancel_claim(e["resourceKey"], "provider-cancelled", keep)
+            return lambda keep: to.ledger.cancel_claim(e["resourceKey"], "provider-cancelled", keep)
         raise FhirInvalid([Issue("not-supported", "Claim.status", "a submitted claim can only be cancelled")])
 
     async def on_chain(self, ledger: Ledger, key: str, version: int) -> OnChain:
@@ -93,13 +104,13 @@ class ConsentRoute(Route):
     name = "consent"
     alone = True
 
-    def call(self, ledger: Ledger, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
+    def call(self, to: Ledgers, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
         e = entries[0]
         if e["version"] == 1:
             grant = fhir_consent.grant(resource, e["resourceKey"], e["patient"], e["digest"])
-            return lambda keep: ledger.grant(grant, keep)
+            return lambda keep: to.ledger.grant(grant, keep)
         if fhir_consent.revokes(resource):
-            return lambda keep: ledger.revoke(e["resourceKey"], e["digest"], keep)
+            return lambda keep: to.ledger.revoke(e["resourceKey"], e["digest"], keep)
         raise FhirInvalid(
             [Issue("not-supported", "Consent.status", "a granted consent can only be revoked (status inactive)")]
         )
@@ -112,7 +123,7 @@ class ConsentRoute(Route):
 class HeldRoute(Route):
     name = "held"
 
-    def call(self, ledger: Ledger, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
+    def call(self, to: Ledgers, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
         return None
 
     async def on_chain(self, ledger: Ledger, key: str, version: int) -> OnChain:
@@ -128,7 +139,11 @@ ROUTES: Mapping[str, Route] = {
     "Consent": CONSENT,
     "Coverage": HELD,  # the insurer keeps its members' coverage; adjudication checks it
     "ClaimResponse": HELD,
+    "ExplanationOfBenefit": HELD,  # the insurer's, made from the adjudication on chain; a provider's EHR's are records
     "PaymentReconciliation": HELD,
+    # Topic-based subscriptions and the notifications sent for them (records.subscriptions): this org's own business.
+    "Subscription": HELD,
+    "Bundle": HELD,
 }
 
 # What EHRs may post to a member of each kind (held resources the insurer's workers write are not posted).

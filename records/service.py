@@ -18,7 +18,9 @@ from typing import Any
 from fabric_gateway import NotCommitted
 from ledger.contracts import Ledger
 from ledger.transport import OutcomeUnknown
-from records import digests
+from records import digests, fhir_claim
+from records.claim_outbox import ClaimOutbox
+from records.compartments import DIRECTORY, EITHER, PATIENT_ELEMENTS, in_compartment, patient_references
 from records.errors import (
     FhirInvalid,
     Issue,
@@ -29,12 +31,14 @@ from records.errors import (
     StillPending,
     VersionTaken,
 )
+from records.fhir_claim import PayerDirectory
+from records.identity import DEMOGRAPHICS_SYSTEM, IdentitySystems, demographic_token
 from records.pending import PendingFiles, PendingInMemory, PendingTransactions
-from records.routes import POSTABLE, LedgerCall, Route, route_of
+from records.routes import CLAIM, HELD, POSTABLE, RECORDS, LedgerCall, Ledgers, Route, route_of
 from records.search import identifier_condition
 from records.settings import CustodianSettings
-from records.store import Row, Store, Stored
-from records.validation import PATIENT_ELEMENT, Entry
+from records.store import OutboxClaim, Row, Store, Stored
+from records.validation import Entry
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class Verification:
 
 
 LEDGER_KEY_SYSTEM = "urn:careledger:ledger-key"  # indexes each resource by its key on chain, to find it from an event
+PSEUDONYM_SYSTEM = "urn:careledger:pseudonym"  # indexes each Patient by its consortium pseudonym, wherever it is filed
 
 
 def etag(version: int) -> str:
@@ -88,16 +93,19 @@ class Records:
         store: Store,
         ledger: Ledger,
         consortium_key: bytes,
-        mpi_system: str,
+        identity_systems: str | tuple[str, ...],
         custodian: Custodian,
         pending: PendingTransactions | None = None,
+        payers: PayerDirectory | None = None,
     ) -> None:
         self.store = store
         self.ledger = ledger
-        self.consortium_key = consortium_key
-        self.mpi_system = mpi_system
+        systems = (identity_systems,) if isinstance(identity_systems, str) else identity_systems
+        self.identity = IdentitySystems(systems, consortium_key)
         self.custodian = custodian
+        self.payers = payers or PayerDirectory()
         self.pending = pending if pending is not None else PendingInMemory()
+        self.claims_outbox = ClaimOutbox(store, ledger, self.payers)
         self._conditional_writes = asyncio.Lock()
         self._in_flight: set[str] = set()  # batches this process is writing now: not the reconciler's
 
@@ -106,26 +114,55 @@ class Records:
         """The org's records as its settings place them: its store, its keys, its kind in the consortium."""
         custodian = Custodian(settings.org.msp_id, settings.org.kind)
         pending = PendingFiles(settings.pending_dir)
-        return cls(settings.open_store(), ledger, settings.consortium_key(), settings.mpi_system, custodian, pending)
+        key, systems, payers = settings.consortium_key(), settings.identity_systems, settings.payers
+        return cls(settings.open_store(), ledger, key, systems, custodian, pending, payers)
 
     # ----- patients --------------------------------------------------------------------------------------------
 
-    def pseudonym_of_identifier(self, system: str, value: str) -> str:
-        return digests.pseudonym(self.consortium_key, system, value)
+    @property
+    def mpi_system(self) -> str:
+        """The consortium's first person identifier system."""
+        return self.identity.primary
 
-    def pseudonym_of_patient(self, patient: dict[str, Any], where: str) -> str:
-        for ident in patient.get("identifier") or []:
-            if ident.get("system") == self.mpi_system and ident.get("value"):
-                return self.pseudonym_of_identifier(self.mpi_system, ident["value"])
-        raise FhirInvalid(
-            [
-                Issue(
-                    "required",
-                    f"{where}.identifier",
-                    f"a Patient needs its consortium identifier (system {self.mpi_system})",
-                )
-            ]
-        )
+    def pseudonym_of_identifier(self, system: str, value: str) -> str:
+        return self.identity.pseudonym(system, value)
+
+    def local_pseudonym(self, patient_id: str) -> str:
+        """The pseudonym of a Patient with no consortium identifier: keyed with this org's own key (no other member
+        can compute it), until it is linked to a consortium pseudonym."""
+        return self.store.ledger_key("LocalPatient", patient_id)
+
+    def pseudonym_of_patient(self, patient: dict[str, Any], patient_id: str) -> str:
+        """A Patient is filed under the pseudonym it was first stored under; a new one under its consortium pseudonym,
+        or a local one when it carries no consortium identifier."""
+        head = self.store.head("Patient", patient_id)
+        if head is not None:
+            return head[1]
+        return self.identity.of(patient) or self.local_pseudonym(patient_id)
+
+    def _patient_index(self, patient: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+        """What a Patient is also found by: its consortium pseudonym, its demographic token (`match`)."""
+        found: tuple[tuple[str, str], ...] = ()
+        if (consortium := self.identity.of(patient)) is not None:
+            found += ((PSEUDONYM_SYSTEM, consortium),)
+        if (token := demographic_token(patient)) is not None:
+            found += ((DEMOGRAPHICS_SYSTEM, token),)
+        return found
+
+    def filed_under(self, pseudonym: str) -> str:
+        """The pseudonym this org files a patient's records under: the consortium one, or the local one of a Patient
+        registered here before it carried a consortium identifier."""
+        found = self.store.with_identifier("Patient", PSEUDONYM_SYSTEM, pseudonym)
+        head = self.store.head("Patient", found[0][0]) if found else None
+        return head[1] if head is not None else pseudonym
+
+    def consortium_pseudonym(self, patient_id: str) -> str | None:
+        """The pseudonym the consortium knows a Patient held here by: its consortium identifier's, else the one it is
+        filed under. None when the Patient is not held here."""
+        stored = self.store.read("Patient", patient_id)
+        if stored is None:
+            return None
+        return self.identity.of(json.loads(stored.content)) or stored.patient
 
     def by_ledger_key(self, rtype: str, key: str) -> Stored | None:
         """The newest version of the resource this org registered under a key seen on chain (in an event)."""
@@ -211,7 +248,7 @@ class Records:
         known = {by_index[i].full_url: s for i, s in existing.items() if by_index[i].full_url}
         written: dict[int, Written] = {i: Written.of(s) for i, s in existing.items()}
         if to_write:
-            route = self._route(to_write)
+            route, outboxed = self._route(to_write)
             ids = self._assign_ids(to_write)
             patients = self._patients(to_write, ids, {url: s.patient for url, s in known.items()})
             if compartment is not None and any(p != compartment for p in patients.values()):
@@ -220,9 +257,20 @@ class Records:
             targets |= {url: f"{s.type}/{s.id}" for url, s in known.items()}
             resources = [_rewrite_references(e.resource, targets) for e in to_write]
             versions = [(*ids[e.index], patients[e.index]) for e in to_write]
-            done = await self._write(route, resources, versions)
+            done = await self._write(route, resources, versions, outboxed)
             written |= {e.index: w for e, w in zip(to_write, done, strict=True)}
+            for w, (_, _, _, filed) in zip(done, versions, strict=True):
+                if w.type == "Patient":
+                    await self._link(filed, w.resource)
         return [written[e.index] for e in entries]
+
+    async def _link(self, filed: str, patient: dict[str, Any]) -> None:
+        """A Patient filed under this org's local pseudonym that now carries a consortium identifier: record on chain
+        that its records are the consortium patient's (Records:LinkPatient; linking again changes nothing). The
+        records stay filed where they are; members fetch them by the local pseudonym the link names."""
+        consortium = self.identity.of(patient)
+        if consortium is not None and consortium != filed:
+            await self.ledger.link_patient(filed, consortium)
 
     async def keep(self, resource: dict[str, Any], patient: str) -> bool:
         """Keep a resource this org's own workers made (a ClaimResponse, a PaymentReconciliation) as its next version,
@@ -241,25 +289,38 @@ class Records:
         return True
 
     async def _write(
-        self, route: Route, resources: list[dict[str, Any]], versions: list[tuple[str, str, int, str]]
+        self,
+        route: Route,
+        resources: list[dict[str, Any]],
+        versions: list[tuple[str, str, int, str]],
+        outboxed: frozenset[int] = frozenset(),
     ) -> list[Written]:
         """The one write path: version and stamp each resource, stage its encrypted row, register the write on
-        chain (unless the route keeps it here only), then commit the rows, or discard them when the ledger refuses."""
+        chain (unless the route keeps it here only), then commit the rows, or discard them when the ledger refuses.
+        `outboxed`: positions of new Claims that go through the claim outbox, each submitted after the commit."""
         stamp = now_instant()
         rows: list[Row] = []
         entries: list[dict[str, Any]] = []
+        claims: list[OutboxClaim] = []
         written: list[Written] = []
-        for resource, (rtype, rid, version, patient) in zip(resources, versions, strict=True):
+        for at, (resource, (rtype, rid, version, patient)) in enumerate(zip(resources, versions, strict=True)):
             key = self.store.ledger_key(rtype, rid)
             meta = {**(resource.get("meta") or {}), "versionId": str(version), "lastUpdated": stamp}
-            resource = route.stamp({**resource, "id": rid, "meta": meta}, key)
+            resource = (CLAIM if at in outboxed else route).stamp({**resource, "id": rid, "meta": meta}, key)
             content = digests.canonical_json(resource)
             digest = digests.resource_digest(self.store.digest_key(patient), resource)
             identifiers = (*_identifiers(resource), (LEDGER_KEY_SYSTEM, key))
+            if rtype == "Patient":
+                identifiers += self._patient_index(resource)
             rows.append(Row(rtype, rid, version, patient, stamp, content, identifiers))
+            written.append(Written(rtype, rid, version, stamp, version == 1, resource))
+            if at in outboxed:
+                claims.append(self._outbox_claim(resource, key, patient, digest))
+                continue
             entries.append(
                 {
-                    "patient": patient,
+                    "patient": "" if patient == DIRECTORY else patient,
+                    "directory": patient == DIRECTORY,
                     "resourceType": rtype,
                     "resourceKey": key,
                     "version": version,
@@ -268,33 +329,61 @@ class Records:
                     "size": len(content),
                 }
             )
-            written.append(Written(rtype, rid, version, stamp, version == 1, resource))
-        submit = route.call(self.ledger, written[0].resource, entries)
+        first = next((w.resource for at, w in enumerate(written) if at not in outboxed), None)
+        submit = route.call(Ledgers(self.ledger, self.payers), first, entries) if first is not None else None
         batch = uuid.uuid4().hex
-        self.store.stage(batch, rows)
+        self.store.stage(batch, rows, claims)
         if submit is None:
             self.store.commit(batch, "")
         else:
             await self._settle(batch, submit)
+        if claims:
+            self.claims_outbox.kick()
         return written
 
-    def _route(self, entries: list[Entry]) -> Route:
-        routes = {route_of(e.resource["resourceType"]) for e in entries}
+    def _outbox_claim(self, claim: dict[str, Any], key: str, patient: str, digest: str) -> OutboxClaim:
+        """A new Claim of a bundle, checked now as the Claims contract will take it (what R4 forbids is refused with
+        the bundle), queued for its own transaction after the bundle's."""
+        held = fhir_claim.for_ledger(claim, key, patient, digest, self.payers) is None
+        return OutboxClaim(key, str(claim["id"]), patient, digest, "held" if held else "queued")
+
+    def _route(self, entries: list[Entry]) -> tuple[Route, frozenset[int]]:
+        """The route of the entries' ledger transaction, and which of them are Claims filed through the claim
+        outbox after it: a bundle may mix new Claims with records; a Consent, or a Claim's update, goes alone."""
+        types = [e.resource["resourceType"] for e in entries]
+        outboxed: frozenset[int] = frozenset()
+        if len(entries) > 1:
+            outboxed = frozenset(
+                i
+                for i, (t, e) in enumerate(zip(types, entries, strict=True))
+                if t == "Claim" and (e.resource_id is None or self.store.head("Claim", e.resource_id) is None)
+            )
+        routes = {self._posted_route(t) for i, t in enumerate(types) if i not in outboxed} or {RECORDS}
         if len(routes) > 1 or (len(entries) > 1 and any(r.alone for r in routes)):
             raise FhirInvalid(
                 [
                     Issue(
                         "not-supported",
                         "Bundle.entry",
-                        "Claim and Consent each become their own ledger transaction: post them on their own",
+                        "a Consent, and a change to a submitted Claim, each become a ledger transaction of their own:"
+                        " post them on their own",
                     )
                 ]
             )
         route = routes.pop()
-        if route.name not in POSTABLE.get(self.custodian.kind, frozenset()):
-            kind = self.custodian.kind
-            what = entries[0].resource["resourceType"]
-            raise NotKeptHere([Issue("forbidden", "Bundle.entry", f"a {kind} org does not keep {what} here")])
+        kind = self.custodian.kind
+        allowed = POSTABLE.get(kind, frozenset())
+        for t in {*types}:
+            if self._posted_route(t).name not in allowed:
+                raise NotKeptHere([Issue("forbidden", "Bundle.entry", f"a {kind} org does not keep {t} here")])
+        return route, outboxed
+
+    def _posted_route(self, rtype: str) -> Route:
+        """The route of a resource an EHR posts here: what an insurer's workers keep unregistered (Coverage,
+        ClaimResponse, PaymentReconciliation) is, at a provider, a record like any other."""
+        route = route_of(rtype)
+        if route is HELD and HELD.name not in POSTABLE.get(self.custodian.kind, frozenset()):
+            return RECORDS
         return route
 
     def _assign_ids(self, entries: list[Entry]) -> dict[int, tuple[str, str, int]]:
@@ -311,44 +400,69 @@ class Records:
     def _patients(
         self, entries: list[Entry], ids: dict[int, tuple[str, str, int]], known: dict[str, str]
     ) -> dict[int, str]:
-        """The pseudonym each entry is filed under: its own (Patient) or its patient element's, which names a
-        Patient of this bundle (`known`: those a conditional entry found), a Patient held here, or the patient's
-        consortium identifier (logical reference)."""
+        """Whom each entry is filed under: a Patient under its pseudonym; a resource of the patient compartment under
+        the pseudonym of the patient its element names (a Patient of this bundle — `known`: those a conditional entry
+        found —, a Patient held here, or the patient's consortium identifier, as a logical or conditional reference);
+        any other resource under this org's directory."""
         by_url = {e.full_url: e for e in entries if e.full_url}
         out: dict[int, str] = {}
         for e in entries:
-            where = f"Bundle.entry[{e.index}].resource"
             if e.resource["resourceType"] == "Patient":
-                out[e.index] = self.pseudonym_of_patient(e.resource, where)
+                out[e.index] = self.pseudonym_of_patient(e.resource, ids[e.index][1])
+        issues: list[Issue] = []
         for e in entries:
-            element = PATIENT_ELEMENT[e.resource["resourceType"]]
-            if element is None:
+            rtype = e.resource["resourceType"]
+            if rtype == "Patient":
                 continue
-            where = f"Bundle.entry[{e.index}].resource.{element}"
-            value = e.resource.get(element) or {}
-            ref = str(value.get("reference") or "")
-            ident = value.get("identifier") or {}
-            target = by_url.get(ref)
-            if target is not None and target.resource["resourceType"] == "Patient":
-                out[e.index] = out[target.index]
-            elif ref in known:
-                out[e.index] = known[ref]
-            elif ref.startswith("Patient/") and (p := self.pseudonym_of_local_patient(ref.split("/", 1)[1])):
-                out[e.index] = p
-            elif not ref and ident.get("system") == self.mpi_system and ident.get("value"):
-                out[e.index] = self.pseudonym_of_identifier(self.mpi_system, str(ident["value"]))
+            if not in_compartment(rtype):
+                out[e.index] = DIRECTORY
+                continue
+            refs = patient_references(e.resource)
+            found = next((p for r in refs if (p := self._patient_named(r, by_url, out, known)) is not None), None)
+            if found is not None:
+                out[e.index] = found
+            elif rtype in EITHER:
+                out[e.index] = DIRECTORY
             else:
-                raise FhirInvalid(
-                    [
-                        Issue(
-                            "invariant",
-                            where,
-                            f"{ref or 'no reference'}: must name a Patient held here or in this bundle,"
-                            f" or the patient's identifier of system {self.mpi_system}",
-                        )
-                    ]
+                where = f"Bundle.entry[{e.index}].resource.{PATIENT_ELEMENTS[rtype][0]}"
+                names = ", ".join(self.identity.systems)
+                issues.append(
+                    Issue(
+                        "invariant",
+                        where,
+                        "must name a Patient of this bundle or held here, or the patient by an identifier of a"
+                        f" consortium system ({names})",
+                    )
                 )
+        if issues:
+            raise FhirInvalid(issues)
         return out
+
+    def _patient_named(
+        self, ref: dict[str, Any], by_url: dict[str, Entry], filed: dict[int, str], known: dict[str, str]
+    ) -> str | None:
+        """The pseudonym of the patient a Reference names, or None when it names none this org can file under."""
+        target = str(ref.get("reference") or "")
+        in_bundle = by_url.get(target)
+        if in_bundle is not None:
+            return filed.get(in_bundle.index)
+        if target in known:
+            return known[target]
+        if target.startswith("Patient/") and (held := self.pseudonym_of_local_patient(target.split("/", 1)[1])):
+            return held
+        ident = ref.get("identifier") or {}
+        if target.startswith("Patient?identifier="):
+            system, _, value = target.split("=", 1)[1].partition("|")
+            ident = {"system": system, "value": value}
+        if not (ident.get("system") and ident.get("value")):
+            return None
+        system, value = str(ident["system"]), str(ident["value"])
+        held_ids = self.store.with_identifier("Patient", system, value)
+        if len(held_ids) == 1 and (head := self.store.head("Patient", held_ids[0][0])) is not None:
+            return head[1]  # the Patient held here with that identifier, wherever it is filed
+        if system in self.identity.systems:
+            return self.pseudonym_of_identifier(system, value)
+        return None
 
     async def _settle(self, batch: str, submit: LedgerCall) -> None:
         """Send the write's ledger transaction, keeping it signed first; commit the rows when it is valid, discard
@@ -415,9 +529,39 @@ class Records:
             raise NotHeld(f"{rtype}/{rid} is not held here")
         return versions
 
+    def match(self, patient: dict[str, Any]) -> list[tuple[Stored, float]]:
+        """Patients held here that are the person described (`Patient/$match`), best first, with a score: 1.0 for
+        one that shares an identifier, 0.9 for the same family and given name, birth date and gender."""
+        found: dict[str, float] = {}
+        for system, value in _identifiers(patient):
+            for rid, _ in self.store.with_identifier("Patient", system, value):
+                found[rid] = 1.0
+        token = demographic_token(patient)
+        if token is not None:
+            for rid, _ in self.store.with_identifier("Patient", DEMOGRAPHICS_SYSTEM, token):
+                found.setdefault(rid, 0.9)
+        ranked = sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))
+        return [(stored, score) for rid, score in ranked if (stored := self.store.read("Patient", rid)) is not None]
+
+    def submission(self, claim_id: str) -> OutboxClaim:
+        """Where a Claim held here stands with the ledger: queued (in the claim outbox), submitted (its
+        transaction), refused (why) or held (it names no payer of the consortium, so it is kept here only)."""
+        queued = self.store.outbox_claim(claim_id)
+        if queued is not None:
+            return queued
+        first = self.read("Claim", claim_id, 1)
+        key = self.store.ledger_key("Claim", claim_id)
+        if first.tx_id:
+            return OutboxClaim(key, claim_id, first.patient, "", "submitted", tx_id=first.tx_id)
+        return OutboxClaim(
+            key, claim_id, first.patient, "", "held", reason="the claim names no payer of the consortium"
+        )
+
     async def verify(self, stored: Stored) -> Verification:
         """Recompute the stored content's digest and compare it with the one registered on chain."""
         route = route_of(stored.type)
+        if route is HELD and stored.tx_id:  # posted by an EHR and registered, not kept by a worker
+            route = RECORDS
         on_chain = await route.on_chain(self.ledger, self.store.ledger_key(stored.type, stored.id), stored.version)
         if on_chain.first_version_only and stored.version > 1:
             stored = self.read(stored.type, stored.id, 1)

@@ -5,7 +5,6 @@
 | store | SQLite in run/orgs/<org>/gateway/store.sqlite | CARELEDGER_STORE_URL, or CARELEDGER_STORE (a SQLite path) |
 | master key (wraps patient keys) | run/orgs/<org>/gateway/master.key | CARELEDGER_MASTER_KEY_FILE |
 | consortium pseudonym key | run/orgs/<org>/gateway/pseudonym.key (the org's copy) | CARELEDGER_CONSORTIUM_KEY_FILE |
-| patient identifier system | the consortium's master patient index | CARELEDGER_MPI_SYSTEM |
 
 The store URL is `sqlite:///<absolute path>` or `postgresql://<user>@<host>:<port>/<database>` (any libpq URL:
 `?passfile=`, `?sslmode=`, ...). `{org}` in it becomes the org's name in lower case, so one environment can serve
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from consortium.secrets import read_secret
 from consortium.topology import Org, Topology
+from records.fhir_claim import PayerDirectory
 from records.store import Store
 
 MPI_SYSTEM_DEFAULT = "urn:oid:2.16.840.1.113883.3.4711.1"
@@ -49,7 +49,8 @@ class CustodianSettings:
     store_url: str
     master_key_file: Path
     consortium_key_file: Path
-    mpi_system: str
+    identity_systems: tuple[str, ...]
+    payers: PayerDirectory
 
     @classmethod
     def load(cls, topology: Topology, org_name: str) -> CustodianSettings:
@@ -61,7 +62,8 @@ class CustodianSettings:
             store_url=store_url(topology, org),
             master_key_file=Path(env("CARELEDGER_MASTER_KEY_FILE") or topology.master_key_file(org)),
             consortium_key_file=Path(env("CARELEDGER_CONSORTIUM_KEY_FILE") or topology.consortium_key_file(org)),
-            mpi_system=env("CARELEDGER_MPI_SYSTEM") or MPI_SYSTEM_DEFAULT,
+            identity_systems=topology.identity_systems or (MPI_SYSTEM_DEFAULT,),
+            payers=PayerDirectory.of(topology.payers),
         )
 
     @property

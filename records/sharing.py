@@ -88,16 +88,20 @@ class Sharing:
         this org's own resources after the cursor only (see the module's note on paging)."""
         store = self.records.store
         if after is not None:
-            page = store.patient_page(pseudonym, count, after)
+            page = store.patient_page(self.records.filed_under(pseudonym), count, after)
             return Everything(page.items, own_total=page.total, next=page.next, first=False)
-        custodians = {c["custodian"] for c in await self.records.ledger.custodians(pseudonym)}
+        # Each custodian files the patient under the consortium pseudonym, or under its own local pseudonym that it
+        # linked to it (a patient first registered without a consortium identifier).
+        custodians: dict[str, str] = {}
+        for c in await self.records.ledger.custodians(pseudonym):
+            custodians.setdefault(str(c["custodian"]), str(c.get("localPseudonym") or pseudonym))
         if not custodians:
             raise NotHeld("no member holds records of this patient")
-        own = store.patient_page(pseudonym, count) if self.org in custodians else Page([], 0, None)
-        others = sorted(custodians - {self.org})
-        if others and self.federation is None:
+        mine = custodians.pop(self.org, None)
+        own = store.patient_page(mine, count) if mine is not None else Page([], 0, None)
+        if custodians and self.federation is None:
             raise NotHeld("this gateway is not configured to reach the other members that hold this patient")
-        answers = await self.federation.everything(others, pseudonym, purpose) if self.federation else []
+        answers = await self.federation.everything(custodians, purpose) if self.federation else []
         result = Everything(
             own.items,
             [a for a in answers if isinstance(a, Disclosed)],

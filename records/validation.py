@@ -2,8 +2,9 @@
 
 `fhir.resources` (R4 through its R4B models) checks structure and types. It does not check terminology: it accepts
 `Bundle.type = "nonsense"` and `Patient.gender = "xyz"`. So every coded element whose model lists `enum_values` (the
-required bindings) is checked here as well. Bundle rules come on top: supported types only, unique fullUrls, no
-dangling `urn:uuid:` references, ids, nesting depth and size limits. Every problem is an `Issue` that names the
+required bindings) is checked here as well. Every R4 resource type is accepted. Bundle rules come on top: unique
+fullUrls, no dangling `urn:uuid:` references, ids, nesting depth and size limits. Every problem is an `Issue` that
+names the
 element, and a refused request lists every problem found (up to `records.errors.MAX_ISSUES`), so an integrator fixes a
 bundle in one round trip.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,25 +23,163 @@ from fhir_core.fhirabstractmodel import FHIRAbstractModel
 
 from records.errors import FhirInvalid, Issue, Malformed, TooCostly
 
-# The resource types this gateway stores, each with the element that names its patient (None: it is the patient).
-PATIENT_ELEMENT: dict[str, str | None] = {
-    "Patient": None,
-    "AllergyIntolerance": "patient",
-    "CarePlan": "subject",
-    "Claim": "patient",
-    "ClaimResponse": "patient",
-    "Condition": "subject",
-    "Consent": "patient",
-    "Coverage": "beneficiary",
-    "DiagnosticReport": "subject",
-    "Encounter": "subject",
-    "Immunization": "patient",
-    "MedicationDispense": "subject",
-    "MedicationRequest": "subject",
-    "MedicationStatement": "subject",
-    "Observation": "subject",
-    "Procedure": "subject",
+NOT_STORED = {  # resource types that are not records, and why
+    "Parameters": "a Parameters is not a record to store",
+    "OperationOutcome": "an OperationOutcome is not a record to store",
+    "Subscription": "a Subscription is not a record: create it with POST /fhir/Subscription",
 }
+
+
+# Every resource type of the FHIR models this server validates with (fhir.resources R4B: R4's types and R4B's few
+# additions). Written out, because finding them takes importing every model (seconds); a unit test checks the list
+# against the models.
+RESOURCE_TYPES = frozenset(
+    {
+        "Account",
+        "ActivityDefinition",
+        "AdministrableProductDefinition",
+        "AdverseEvent",
+        "AllergyIntolerance",
+        "Appointment",
+        "AppointmentResponse",
+        "AuditEvent",
+        "Basic",
+        "Binary",
+        "BiologicallyDerivedProduct",
+        "BodyStructure",
+        "Bundle",
+        "CapabilityStatement",
+        "CarePlan",
+        "CareTeam",
+        "CatalogEntry",
+        "ChargeItem",
+        "ChargeItemDefinition",
+        "Citation",
+        "Claim",
+        "ClaimResponse",
+        "ClinicalImpression",
+        "ClinicalUseDefinition",
+        "CodeSystem",
+        "Communication",
+        "CommunicationRequest",
+        "CompartmentDefinition",
+        "Composition",
+        "ConceptMap",
+        "Condition",
+        "Consent",
+        "Contract",
+        "Coverage",
+        "CoverageEligibilityRequest",
+        "CoverageEligibilityResponse",
+        "DetectedIssue",
+        "Device",
+        "DeviceDefinition",
+        "DeviceMetric",
+        "DeviceRequest",
+        "DeviceUseStatement",
+        "DiagnosticReport",
+        "DocumentManifest",
+        "DocumentReference",
+        "Encounter",
+        "Endpoint",
+        "EnrollmentRequest",
+        "EnrollmentResponse",
+        "EpisodeOfCare",
+        "EventDefinition",
+        "Evidence",
+        "EvidenceReport",
+        "EvidenceVariable",
+        "ExampleScenario",
+        "ExplanationOfBenefit",
+        "FamilyMemberHistory",
+        "Flag",
+        "Goal",
+        "GraphDefinition",
+        "Group",
+        "GuidanceResponse",
+        "HealthcareService",
+        "ImagingStudy",
+        "Immunization",
+        "ImmunizationEvaluation",
+        "ImmunizationRecommendation",
+        "ImplementationGuide",
+        "Ingredient",
+        "InsurancePlan",
+        "Invoice",
+        "Library",
+        "Linkage",
+        "List",
+        "Location",
+        "ManufacturedItemDefinition",
+        "Measure",
+        "MeasureReport",
+        "Media",
+        "Medication",
+        "MedicationAdministration",
+        "MedicationDispense",
+        "MedicationKnowledge",
+        "MedicationRequest",
+        "MedicationStatement",
+        "MedicinalProductDefinition",
+        "MessageDefinition",
+        "MessageHeader",
+        "MolecularSequence",
+        "NamingSystem",
+        "NutritionOrder",
+        "NutritionProduct",
+        "Observation",
+        "ObservationDefinition",
+        "OperationDefinition",
+        "OperationOutcome",
+        "Organization",
+        "OrganizationAffiliation",
+        "PackagedProductDefinition",
+        "Parameters",
+        "Patient",
+        "PaymentNotice",
+        "PaymentReconciliation",
+        "Person",
+        "PlanDefinition",
+        "Practitioner",
+        "PractitionerRole",
+        "Procedure",
+        "Provenance",
+        "Questionnaire",
+        "QuestionnaireResponse",
+        "RegulatedAuthorization",
+        "RelatedPerson",
+        "RequestGroup",
+        "ResearchDefinition",
+        "ResearchElementDefinition",
+        "ResearchStudy",
+        "ResearchSubject",
+        "RiskAssessment",
+        "Schedule",
+        "SearchParameter",
+        "ServiceRequest",
+        "Slot",
+        "Specimen",
+        "SpecimenDefinition",
+        "StructureDefinition",
+        "StructureMap",
+        "Subscription",
+        "SubscriptionStatus",
+        "SubscriptionTopic",
+        "Substance",
+        "SubstanceDefinition",
+        "SupplyDelivery",
+        "SupplyRequest",
+        "Task",
+        "TerminologyCapabilities",
+        "TestReport",
+        "TestScript",
+        "ValueSet",
+        "VerificationResult",
+        "VisionPrescription",
+    }
+)
+
+STORED_TYPES = RESOURCE_TYPES - frozenset(NOT_STORED)  # every resource type this server keeps as a record
 
 
 @dataclass(frozen=True)
@@ -71,6 +210,17 @@ def id_issue(value: str, where: str) -> Issue | None:
         return None
     shown = value if len(value) <= 70 else value[:64] + "..."
     return Issue("value", where, f"{shown!r} is not a FHIR id (1 to 64 of A-Z a-z 0-9 - .)")
+
+
+def check_type(resource_type: str) -> str:
+    """A resource type of FHIR R4 (search and read name one in the URL)."""
+    try:
+        get_fhir_model_class(resource_type)
+    except (KeyError, ValueError):
+        raise Malformed(
+            [Issue("not-supported", "type", f"{resource_type[:64]!r} is not a FHIR resource type")]
+        ) from None
+    return resource_type
 
 
 def check_id(value: str, where: str = "id") -> str:
@@ -144,8 +294,10 @@ def _binding_issues(model: FHIRAbstractModel, path: str) -> Iterator[Issue]:
                 yield from _binding_issues(item, where)
 
 
-def validate_resource(data: Any, path: str) -> FHIRAbstractModel:
-    """Parse one resource with its R4 model and check its required bindings; raise FhirInvalid naming elements."""
+def validate_resource(data: Any, path: str, supported: Collection[str] = STORED_TYPES) -> FHIRAbstractModel:
+    """Parse one resource with its R4 model and check its required bindings; raise FhirInvalid naming elements.
+    `supported`: the resource types accepted (by default every type stored as a record; a Subscription is checked
+    with its own list by `records.subscriptions`)."""
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
         raise Malformed([Issue("structure", path, "a resource is a JSON object with a resourceType")])
     resource_type = data["resourceType"]
@@ -155,17 +307,9 @@ def validate_resource(data: Any, path: str) -> FHIRAbstractModel:
         raise FhirInvalid(
             [Issue("not-supported", f"{path}.resourceType", f"unknown resource type {resource_type!r}")]
         ) from None
-    if resource_type not in PATIENT_ELEMENT:
-        supported = ", ".join(sorted(PATIENT_ELEMENT))
-        raise FhirInvalid(
-            [
-                Issue(
-                    "not-supported",
-                    f"{path}.resourceType",
-                    f"{resource_type} is not stored here; supported: {supported}",
-                )
-            ]
-        )
+    if resource_type not in supported:
+        why = NOT_STORED.get(resource_type) or f"{resource_type} is not taken here"
+        raise FhirInvalid([Issue("not-supported", f"{path}.resourceType", why)])
     try:
         model = model_class.model_validate(data)
     except pydantic.ValidationError as e:
@@ -284,3 +428,23 @@ def transaction_entries(env: Envelope) -> list[Entry]:
     if issues:
         raise FhirInvalid(issues)
     return entries
+
+
+def batch_entry(raw: Any, i: int) -> Entry:
+    """One entry of a batch: checked on its own, since a batch's entries are independent (FHIR). A reference to
+    another entry by its `urn:uuid:` fullUrl cannot be resolved in a batch: that takes a transaction."""
+    checked = entry(raw, i)
+    checked.full_url = ""
+    issues = [
+        Issue(
+            "invariant",
+            where,
+            f"{ref} points at another entry: a batch's entries are independent; send a transaction Bundle"
+            " to have references between entries resolved",
+        )
+        for ref, where in references(checked.resource, f"Bundle.entry[{i}].resource")
+        if ref.startswith(("urn:uuid:", "urn:oid:"))
+    ]
+    if issues:
+        raise FhirInvalid(issues)
+    return checked

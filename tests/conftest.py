@@ -7,6 +7,9 @@ import logging
 import os
 import ssl
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import pytest
@@ -27,15 +30,6 @@ TEST_PORT_BASE = int(os.environ.get("CARELEDGER_TEST_PORT_BASE") or 27000)
 # test network's own PostgreSQL, one database per org).
 TEST_STORE = os.environ.get("CARELEDGER_TEST_STORE") or "sqlite"
 log = logging.getLogger("careledger.tests")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests with a network of their own in network namespaces run first, before the session's network starts; tests
-    that change the consortium (members joining and leaving, certificates renewed) run last, because every other
-    test assumes the founding consortium."""
-    first = [i for i in items if i.get_closest_marker("netns")]
-    last = [i for i in items if i.get_closest_marker("membership")]
-    items[:] = first + [i for i in items if i not in first and i not in last] + last
 
 
 @pytest.fixture(scope="session")
@@ -145,3 +139,202 @@ def claim_key(claim: dict[str, object]) -> str:
     identifiers = claim.get("identifier") or []
     assert isinstance(identifiers, list)
     return next(str(i["value"]) for i in identifiers if i.get("system") == CLAIM_KEY_SYSTEM)
+
+
+# ----- Members calling each other ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def member_client(network: topo.Topology) -> Iterator[Callable[[str], httpx.Client]]:
+    """member_client("ClinicOrg"): an HTTPS client that presents ClinicOrg's gateway certificate (mutual TLS), as
+    ClinicOrg's gateway does when it calls another member's; the URLs are `consortium.tls.member_url`'s."""
+    from consortium import tls
+
+    opened: dict[str, httpx.Client] = {}
+
+    def get(org: str) -> httpx.Client:
+        if org not in opened:
+            context = tls.member_client_context(network, network.org(org))
+            opened[org] = httpx.Client(verify=context, timeout=60)
+        return opened[org]
+
+    yield get
+    for client in opened.values():
+        client.close()
+
+
+# ----- The PHI registry: what every test wrote about patients, for the scan that runs last ---------------------------
+#
+# Every request a test sends through httpx or requests (GatewayHttp, the in-process gateways, fhirpy) is looked at
+# once it has been answered: the Patients of an accepted request (2xx; for a batch, its accepted entries) are noted —
+# names, identifiers, birth dates, addresses, phone numbers, e-mail addresses — and so is every id a client chose (a
+# PUT's id can be an MRN). tests/integration/test_phi.py, ordered after every other test, then looks for each of them
+# in every block of every channel and in every peer's databases.
+
+PHI_SCAN_MARKER = "phi_scan"
+
+
+class PhiRegistry:
+    """Strings that must never reach the ledger, each with what it is (for the scan's failure message)."""
+
+    def __init__(self) -> None:
+        self.strings: dict[str, str] = {}
+        self.mrn_like_ids: set[str] = set()  # ids a test chose equal to the patient's identifier
+        self._paused = 0
+
+    def add(self, text: object, what: str) -> None:
+        if isinstance(text, str) and text.strip() and not self._paused:
+            self.strings.setdefault(text, what)
+
+    def client_id(self, rtype: str, rid: str) -> None:
+        self.add(rid, f"client-chosen id of a {rtype}")
+
+    def patient(self, resource: dict[str, Any]) -> None:
+        """Every identifying element of a Patient resource."""
+        self.add(resource.get("id"), "client-chosen Patient id")
+        self.add(resource.get("birthDate"), "birth date")
+        names = list(_dicts(resource.get("name")))
+        names += [c["name"] for c in _dicts(resource.get("contact")) if isinstance(c.get("name"), dict)]
+        for name in names:
+            for part in ("family", "text"):
+                self.add(name.get(part), f"name ({part})")
+            for given in name.get("given") or []:
+                self.add(given, "name (given)")
+        for ident in _dicts(resource.get("identifier")):
+            self.add(ident.get("value"), f"identifier ({ident.get('system', '')})")
+        for address in _dicts(resource.get("address")):
+            for line in address.get("line") or []:
+                self.add(line, "address line")
+            for part in ("city", "postalCode", "text"):
+                self.add(address.get(part), f"address ({part})")
+        for telecom in _dicts(resource.get("telecom")):
+            self.add(telecom.get("value"), f"telecom ({telecom.get('system', '')})")
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Note nothing inside (a fuzz run whose accepted inputs are random text, not realistic patients)."""
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
+
+    def answered(self, method: str, url: str, body: bytes | str | None, status: int, answer: bytes) -> None:
+        """Note what an answered request wrote."""
+        if status >= 300 or method.upper() not in ("POST", "PUT") or not body:
+            return
+        try:
+            sent = json.loads(body)
+        except ValueError:
+            return
+        path = unquote(urlsplit(url).path).split("/")
+        if method.upper() == "PUT" and len(path) >= 2 and path[-2][:1].isupper():
+            self.client_id(path[-2], path[-1])
+        if not isinstance(sent, dict):
+            return
+        entries = sent.get("entry") if sent.get("resourceType") == "Bundle" else None
+        if isinstance(entries, list):
+            accepted = _accepted_entries(entries, sent.get("type"), answer)
+            for entry in accepted:
+                request = entry.get("request") if isinstance(entry.get("request"), dict) else {}
+                url_in_bundle = str(request.get("url") or "")
+                if request.get("method") == "PUT" and "/" in url_in_bundle:
+                    rtype, _, rid = url_in_bundle.partition("/")
+                    self.client_id(rtype, rid.partition("?")[0])
+                self._walk(entry.get("resource"))
+        else:
+            self._walk(sent)
+
+    def _walk(self, node: object) -> None:
+        if isinstance(node, dict):
+            if node.get("resourceType") == "Patient":
+                self.patient(node)
+            for value in node.values():
+                self._walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                self._walk(value)
+
+
+def _dicts(value: object) -> Iterator[dict[str, Any]]:
+    items = value if isinstance(value, list) else [value]
+    yield from (v for v in items if isinstance(v, dict))
+
+
+def _accepted_entries(entries: list[Any], bundle_type: object, answer: bytes) -> list[dict[str, Any]]:
+    """A transaction's entries (accepted together), or a batch's entries whose own status is 2xx."""
+    dict_entries = [e if isinstance(e, dict) else {} for e in entries]
+    if bundle_type != "batch":
+        return dict_entries
+    try:
+        answered = json.loads(answer).get("entry") or []
+    except (ValueError, AttributeError):
+        return dict_entries  # when in doubt, note everything
+    statuses = [str(((a or {}).get("response") or {}).get("status", "")) for a in answered]
+    return [e for e, s in zip(dict_entries, statuses, strict=False) if s.startswith("2")]
+
+
+PHI = PhiRegistry()
+
+
+@pytest.fixture(scope="session")
+def phi_registry() -> PhiRegistry:
+    return PHI
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _note_what_tests_write() -> Iterator[None]:
+    """Wrap the HTTP clients tests use so that every answered write is noted in the PHI registry."""
+    import requests
+
+    patch = pytest.MonkeyPatch()
+    sync_send, async_send, requests_send = httpx.Client.send, httpx.AsyncClient.send, requests.Session.send
+
+    def note(request: httpx.Request, response: httpx.Response) -> None:
+        try:
+            content = request.content
+        except httpx.RequestNotRead:
+            return
+        PHI.answered(request.method, str(request.url), content, response.status_code, response.content)
+
+    def send(self: httpx.Client, request: httpx.Request, **kw: Any) -> httpx.Response:
+        response = sync_send(self, request, **kw)
+        if not kw.get("stream"):
+            note(request, response)
+        return response
+
+    async def asend(self: httpx.AsyncClient, request: httpx.Request, **kw: Any) -> httpx.Response:
+        response = await async_send(self, request, **kw)
+        if not kw.get("stream"):
+            note(request, response)
+        return response
+
+    def rsend(self: requests.Session, request: requests.PreparedRequest, **kw: Any) -> requests.Response:
+        response = requests_send(self, request, **kw)
+        PHI.answered(str(request.method), str(request.url), request.body, response.status_code, response.content)
+        return response
+
+    patch.setattr(httpx.Client, "send", send)
+    patch.setattr(httpx.AsyncClient, "send", asend)
+    patch.setattr(requests.Session, "send", rsend)
+    yield
+    patch.undo()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{PHI_SCAN_MARKER}: the PHI scan, run after every other test")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests with a network of their own in network namespaces run first, before the session's network starts. The PHI
+    scan looks for what every other test wrote to the network, so its tests (in their own order) run right after the
+    last other test that uses the founding consortium, while the network still runs. Tests that change the consortium
+    (members joining and leaving, certificates renewed) run last, because every other test assumes the founding
+    consortium."""
+    first = [i for i in items if i.get_closest_marker("netns")]
+    last = [i for i in items if i.get_closest_marker("membership") and i not in first]
+    scan = [i for i in items if i.get_closest_marker(PHI_SCAN_MARKER) and i not in first and i not in last]
+    rest = [i for i in items if i not in first and i not in last and i not in scan]
+    on_network = [n for n, item in enumerate(rest) if item.get_closest_marker("network")]
+    at = on_network[-1] + 1 if on_network else len(rest)
+    items[:] = first + rest[:at] + scan + rest[at:] + last

@@ -108,13 +108,15 @@ class Pending:
 
     claim: dict[str, Any]
     lines: list[dict[str, Any]]
+    coverage: str = ""  # the provider's reference to the Coverage, as the claim's private detail has it
     decision: rules.Decision | None = None
 
 
 def load_lines(ctx: OrgContext, claim: dict[str, Any]) -> Pending | str:
     """The claim's lines, or a word saying why there is nothing to decide."""
     try:
-        return Pending(claim, ctx.run(ctx.ledger.claim_lines(claim["claimId"]))["lines"])
+        detail = ctx.run(ctx.ledger.claim_lines(claim["claimId"]))
+        return Pending(claim, detail["lines"], str(detail.get("coverage") or ""))
     except LedgerNotFound as e:
         if "purged" in e.message:
             return "its lines are purged"  # long settled
@@ -142,19 +144,18 @@ def _ledger_body(ctx: OrgContext, decision: rules.Decision) -> dict[str, Any]:
     return {"lines": [d.as_ledger() for d in decision.lines], "retentionSeconds": ctx.settings.rules.retention_seconds}
 
 
-def _answer(
-    ctx: OrgContext, on_chain: dict[str, Any], lines: list[dict[str, Any]], recorded: dict[str, Any] | None = None
-) -> str:
-    """Keep the ClaimResponse built from what the chain recorded (`recorded`: the decision this run recorded;
-    None: read it from the chain), never from a fresh decision."""
+def _answer(ctx: OrgContext, on_chain: dict[str, Any], p: Pending, recorded: dict[str, Any] | None = None) -> str:
+    """Keep the ClaimResponse and the ExplanationOfBenefit built from what the chain recorded (`recorded`: the
+    decision this run recorded; None: read it from the chain), never from a fresh decision."""
     if on_chain["status"] == "cancelled":
         return "cancelled"
     if on_chain["status"] == "submitted":
         raise NotYetAvailable("the claim is still submitted on chain: try again")
     if recorded is None:
         recorded = ctx.run(ctx.ledger.adjudication(on_chain["claimId"]))
-    _remember(ctx, on_chain, lines)
-    keep(ctx, claim_response.adjudicated(on_chain, lines, recorded), on_chain["patient"])
+    _remember(ctx, on_chain, p.lines)
+    keep(ctx, claim_response.adjudicated(on_chain, p.lines, recorded), on_chain["patient"])
+    keep(ctx, claim_response.explanation_of_benefit(on_chain, p.lines, recorded, p.coverage), on_chain["patient"])
     log.info("claim adjudicated", extra={"claim": on_chain["claimId"], "outcome": on_chain["outcome"]})
     return str(on_chain["outcome"])
 
@@ -175,8 +176,8 @@ def adjudicate_one(ctx: OrgContext, claim: dict[str, Any]) -> str:
         try:
             on_chain = ctx.run(ctx.ledger.adjudicate(claim["claimId"], body)).result
         except LedgerConflict:  # adjudicated by an earlier run, or cancelled: the chain's state says which
-            return _answer(ctx, ctx.run(ctx.ledger.claim(claim["claimId"])), loaded.lines)
-        return _answer(ctx, on_chain, loaded.lines, {"outcome": on_chain["outcome"], "lines": body["lines"]})
+            return _answer(ctx, ctx.run(ctx.ledger.claim(claim["claimId"])), loaded)
+        return _answer(ctx, on_chain, loaded, {"outcome": on_chain["outcome"], "lines": body["lines"]})
 
 
 def adjudicate_batch(ctx: OrgContext, claims: list[dict[str, Any]]) -> dict[str, str]:
@@ -205,11 +206,11 @@ def adjudicate_batch(ctx: OrgContext, claims: list[dict[str, Any]]) -> dict[str,
             bodies = {cid: _ledger_body(ctx, p.decision) for cid, p in to_record.items() if p.decision}
             result = ctx.run(ctx.ledger.adjudicate_batch(bodies)).result
             for r in result["results"]:
-                cid, lines = r["claimId"], to_record[r["claimId"]].lines
+                cid, pending = r["claimId"], to_record[r["claimId"]]
                 if r["status"] == "adjudicated":
                     recorded = {"outcome": r["claim"]["outcome"], "lines": bodies[cid]["lines"]}
-                    outcomes[cid] = _answer(ctx, r["claim"], lines, recorded)
+                    outcomes[cid] = _answer(ctx, r["claim"], pending, recorded)
                 else:  # refused: an earlier run (or a cancel) came first, and the chain's state says which
                     log.info("claim refused in batch", extra={"claim": cid, "code": r["code"]})
-                    outcomes[cid] = _answer(ctx, ctx.run(ctx.ledger.claim(cid)), lines)
+                    outcomes[cid] = _answer(ctx, ctx.run(ctx.ledger.claim(cid)), pending)
     return outcomes

@@ -40,7 +40,7 @@ HEARTBEAT_S = 5.0  # a worker's heartbeat key is renewed this often and expires 
 
 VISIBILITY_TIMEOUT_S = float(os.environ.get("CARELEDGER_VISIBILITY_TIMEOUT") or 60)
 
-app = Celery("careledger", include=["workers.tasks"])
+app = Celery("careledger", include=["workers.tasks", "workers.subscriptions"])
 _topology = topo.load()
 _org = os.environ.get("CARELEDGER_ORG")
 # Every key Celery writes for an org lives under the org's own prefix (see consortium.redis_keys).

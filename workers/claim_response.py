@@ -1,5 +1,7 @@
-"""The insurer's answer as FHIR: a ClaimResponse built from the adjudication recorded on chain (never from a fresh
-decision, so a retried task builds the same answer), and a PaymentReconciliation for the payment.
+"""The insurer's answer as FHIR: a ClaimResponse and an ExplanationOfBenefit built from the adjudication recorded on
+chain (never from a fresh decision, so a retried task builds the same answer), and a PaymentReconciliation for the
+payment. The ExplanationOfBenefit is what a payer serves its members through the CMS Patient Access API: the claim
+as billed and as adjudicated, line by line, in one resource.
 
 The patient is named by pseudonym only (the insurer never learns the provider's Patient id or identifiers beyond
 what the Coverage says); `request` names the provider's Claim by id.
@@ -86,6 +88,71 @@ def adjudicated(claim: dict[str, Any], lines: list[dict[str, Any]], adjudication
                 "amount": _money(int(claim["approvedCents"]), currency),
             },
         ],
+    }
+
+
+def _coverage(reference: str) -> dict[str, Any]:
+    """The provider's reference to the Coverage, as the claim's detail carries it: `Coverage/<id>`, or
+    `system|value` of the member identifier."""
+    if reference.startswith("Coverage/") and "/" not in reference[len("Coverage/") :]:
+        return {"reference": reference}
+    system, bar, value = reference.partition("|")
+    if bar and system and value:
+        return {"identifier": {"system": system, "value": value}}
+    return {"display": reference or "coverage of record"}
+
+
+def _amount(code: str, cents: int, currency: str) -> dict[str, Any]:
+    return {"category": {"coding": [{"system": ADJUDICATION_SYSTEM, "code": code}]}, "amount": _money(cents, currency)}
+
+
+def explanation_of_benefit(
+    claim: dict[str, Any], lines: list[dict[str, Any]], adjudication: dict[str, Any], coverage: str
+) -> dict[str, Any]:
+    """The ExplanationOfBenefit of an adjudicated claim: each line's code, billed and allowed amounts and the
+    reasons (CARC) for any difference, the totals, and the payment due."""
+    currency = str(claim["currency"])
+    by_seq = {int(line["sequence"]): line for line in lines}
+    items = []
+    for d in adjudication["lines"]:
+        line = by_seq[int(d["sequence"])]
+        benefit = _amount("benefit", int(d["approvedCents"]), currency)
+        if d["reasons"]:
+            benefit["reason"] = {"coding": [{"system": CARC_SYSTEM, "code": r} for r in d["reasons"]]}
+        items.append(
+            {
+                "sequence": int(d["sequence"]),
+                "productOrService": {"coding": [{"code": str(line["code"])}]},
+                "servicedDate": str(claim["serviceDate"])[:10],
+                "quantity": {"value": int(line.get("quantity") or 1)},
+                "net": _money(int(line["netCents"]), currency),
+                "adjudication": [_amount("submitted", int(line["netCents"]), currency), benefit],
+            }
+        )
+    response = adjudicated(claim, lines, adjudication)
+    return {
+        "resourceType": "ExplanationOfBenefit",
+        "id": response["id"],
+        "identifier": response["identifier"],
+        "status": "active",
+        "type": response["type"],
+        "use": "claim",
+        "patient": response["patient"],
+        "billablePeriod": {"start": str(claim["serviceDate"])[:10]},
+        "created": response["created"],
+        "insurer": response["insurer"],
+        "provider": response["requestor"],
+        "claim": {"identifier": {"system": CLAIM_KEY_SYSTEM, "value": claim["claimId"]}},
+        "claimResponse": {"reference": f"ClaimResponse/{response['id']}"},
+        "outcome": "complete",
+        "disposition": response["disposition"],
+        "insurance": [{"focal": True, "coverage": _coverage(coverage)}],
+        "item": items,
+        "total": [
+            _amount("submitted", int(claim["totalCents"]), currency),
+            _amount("benefit", int(claim["approvedCents"]), currency),
+        ],
+        "payment": {"amount": _money(int(claim["approvedCents"]), currency)},
     }
 
 

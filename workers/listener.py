@@ -27,7 +27,7 @@ from consortium import connect
 from fabric_gateway import FabricError
 from fabric_gateway.checkpoint import RedisCheckpointer, after_event
 from ledger.contracts import CLAIMS
-from workers import outbox, schedule
+from workers import outbox, schedule, subscriptions
 from workers.app import heartbeat
 from workers.settings import WorkerSettings
 
@@ -123,6 +123,10 @@ def listen(settings: WorkerSettings, stop: threading.Event | None = None) -> Non
     beat = (url, settings.keys.alive("listener"), stop or threading.Event())
     threading.Thread(target=heartbeat, args=beat, name="heartbeat", daemon=True).start()
     wait = BACKOFF_S[0]
+    # Handshakes and heartbeats of the org's FHIR subscriptions come from a periodic task (workers/subscriptions.py).
+    threading.Thread(
+        target=subscriptions.ticker, args=(r, settings, stop), name="subscription-ticker", daemon=True
+    ).start()
     while stop is None or not stop.is_set():
         try:
             with connect.gateway(t, org) as gw:

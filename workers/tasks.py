@@ -28,7 +28,7 @@ from celery.signals import task_postrun
 from fabric_gateway import FabricError
 from ledger.contracts import CLAIMS
 from ledger.errors import LedgerConflict, LedgerNotFound
-from workers import adjudication, claim_response, outbox, preauth, remittance
+from workers import adjudication, claim_response, outbox, preauth, remittance, subscriptions
 from workers.adjudication import NotYetAvailable, caught_up, keep
 from workers.app import app
 from workers.context import current
@@ -205,6 +205,7 @@ def notify(self: Any, event: str, claim: dict[str, Any], delivery_id: str) -> st
         outbox.publish(
             ctx.redis, msp, queue, "careledger.deliver", [event, claim, delivery_id], f"{delivery_id}:webhook"
         )
+    subscriptions.announce(ctx, event, claim, delivery_id)  # FHIR topic-based subscriptions (workers/subscriptions.py)
     return "notified"
 
 

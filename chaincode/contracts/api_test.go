@@ -99,9 +99,9 @@ func js(t *testing.T, v any) string { return mustJSON(t, v) }
 func TestContractAPIProviders(t *testing.T) {
 	w := newWorld("providers")
 	hospital, clinic := client(t, "HospitalMSP"), client(t, "ClinicMSP")
-	patient := newActor(t, "HospitalMSP", "client", "patient-app")
-	phone := newActor(t, "HospitalMSP", "client", "patient-phone")
-	lost := newActor(t, "HospitalMSP", "client", "patient-lost")
+	patient := patientCert(t, "HospitalMSP", "patient-app")
+	phone := patientCert(t, "HospitalMSP", "patient-phone")
+	lost := patientCert(t, "HospitalMSP", "patient-lost")
 	patientC := strings.Repeat("c3", 32)
 	v2 := entry(patientA, "Observation", "o1", 1, digest1)
 	v2.DigestScheme = SchemeMerkle

@@ -75,7 +75,8 @@ const (
 var (
 	currencyPattern = regexp.MustCompile(`^[A-Z]{3}$`)
 	saltPattern     = regexp.MustCompile(`^[0-9a-f]{32,128}$`)
-	reasonPattern   = regexp.MustCompile(`^[A-Z0-9]{1,5}$`) // X12 claim adjustment reason codes: 18, 45, 197, A1, ...
+	remarkPattern   = regexp.MustCompile(`^[A-Z]{1,2}[0-9]{1,4}$`) // X12 remittance advice remark codes: M79, MA130, N382
+	reasonPattern   = regexp.MustCompile(`^[A-Z0-9]{1,5}$`)        // X12 claim adjustment reason codes: 18, 45, 197, A1, ...
 )
 
 // LinesCollection names the private data collection a provider shares with an insurer. The network definition
@@ -110,6 +111,17 @@ type ClaimDetail struct {
 	Lines    []ClaimLine `json:"lines"`
 	Coverage string      `json:"coverage"` // reference to the insurer's Coverage, e.g. "Coverage/123"
 	Salt     string      `json:"salt"`
+	Edits    []ClaimEdit `json:"edits,omitempty" metadata:",optional"`
+}
+
+// ClaimEdit is a front-end edit the provider's gateway found in the claim as the EHR sent it (a line without a
+// price, a total that is not the sum of its lines), as a payer's front end reports them: an X12 claim adjustment
+// reason code and a remittance advice remark code. The claim goes on chain as sent, with its edits, and the
+// insurer's rules answer them; an edit is what explains a claim whose lines do not add up.
+type ClaimEdit struct {
+	Sequence int    `json:"sequence"` // the line it is about; 0: the whole claim
+	Reason   string `json:"reason"`   // CARC, e.g. 16 (claim lacks information)
+	Remark   string `json:"remark"`   // RARC, e.g. M79 (missing charge), M54 (missing/invalid total charges)
 }
 
 // Claim is the public state of a claim or prior authorisation request.
@@ -248,6 +260,10 @@ func (d ClaimDetail) validate(claimID string, totalCents int64) error {
 	if len(d.Lines) == 0 || len(d.Lines) > maxClaimLines {
 		return invalid("a claim has 1 to %d lines", maxClaimLines)
 	}
+	edited, err := d.validateEdits()
+	if err != nil {
+		return err
+	}
 	seen := map[int]bool{}
 	var sum int64
 	for i, l := range d.Lines {
@@ -260,16 +276,45 @@ func (d ClaimDetail) validate(claimID string, totalCents int64) error {
 			return invalid("claim.lines[%d].quantity %d is out of range", i, l.Quantity)
 		case l.UnitPriceCents < 0 || l.UnitPriceCents > maxAmountCents:
 			return invalid("claim.lines[%d].unitPriceCents is out of range", i)
-		case l.NetCents != l.Quantity*l.UnitPriceCents:
+		case l.NetCents < 0 || l.NetCents > maxAmountCents:
+			return invalid("claim.lines[%d].netCents is out of range", i)
+		case l.UnitPriceCents > 0 && l.NetCents != l.Quantity*l.UnitPriceCents:
 			return invalid("claim.lines[%d].netCents %d is not quantity x unitPriceCents", i, l.NetCents)
+		case l.NetCents == 0 && !edited[l.Sequence]:
+			return invalid("claim.lines[%d] has no charge and no edit that says so", i)
 		}
 		seen[l.Sequence] = true
 		sum += l.NetCents
 	}
-	if sum != totalCents {
+	for seq := range edited {
+		if seq != 0 && !seen[seq] {
+			return invalid("claim.edits name line %d, which the claim does not have", seq)
+		}
+	}
+	if sum != totalCents && !edited[0] {
 		return invalid("totalCents %d is not the sum of the lines (%d)", totalCents, sum)
 	}
 	return nil
+}
+
+// validateEdits checks each edit and returns the lines (0: the whole claim) that carry one.
+func (d ClaimDetail) validateEdits() (map[int]bool, error) {
+	if len(d.Edits) > maxClaimLines+1 {
+		return nil, invalid("a claim has at most %d edits", maxClaimLines+1)
+	}
+	edited := map[int]bool{}
+	for i, e := range d.Edits {
+		switch {
+		case e.Sequence < 0:
+			return nil, invalid("claim.edits[%d].sequence %d is negative", i, e.Sequence)
+		case !reasonPattern.MatchString(e.Reason):
+			return nil, invalid("claim.edits[%d].reason %q is not a claim adjustment reason code", i, e.Reason)
+		case !remarkPattern.MatchString(e.Remark):
+			return nil, invalid("claim.edits[%d].remark %q is not a remittance advice remark code", i, e.Remark)
+		}
+		edited[e.Sequence] = true
+	}
+	return edited, nil
 }
 
 // codesKey is the sorted list of line codes: what makes two claims of a patient on one day the same claim.
@@ -740,7 +785,7 @@ func (c *Claims) Cancel(ctx contractapi.TransactionContextInterface, claimID, re
 // PurgeLines removes a decided claim's private lines and adjudication from every peer and from their history
 // (Fabric's purge), once the retention period has passed. Either party may run it; the hashes stay on chain.
 func (c *Claims) PurgeLines(ctx contractapi.TransactionContextInterface, claimID string) (*Claim, error) {
-	caller, err := writer(ctx)
+	caller, err := orgCaller(ctx, "Claims.PurgeLines")
 	if err != nil {
 		return nil, err
 	}
@@ -887,6 +932,9 @@ func (c *Claims) AdjudicationOf(ctx contractapi.TransactionContextInterface, cla
 func (c *Claims) private(ctx contractapi.TransactionContextInterface, cl *Claim, kind string, v any) error {
 	caller, err := callerOf(ctx)
 	if err != nil {
+		return err
+	}
+	if err := notAPatient(caller, "reading the private part of claim "+cl.ClaimID); err != nil {
 		return err
 	}
 	if caller.MSP != cl.Provider && caller.MSP != cl.Insurer {

@@ -365,6 +365,9 @@ func (c *Claims) DueForPurge(ctx contractapi.TransactionContextInterface, before
 	if err != nil {
 		return nil, err
 	}
+	if err := notAPatient(caller, "Claims.DueForPurge"); err != nil {
+		return nil, err
+	}
 	before, err := instant("beforeTime", beforeTime)
 	if err != nil {
 		return nil, err

@@ -79,6 +79,10 @@ func TestClaimsSubmitValidation(t *testing.T) {
 		{"net is not qty x price", "", nil, func(d *ClaimDetail) { d.Lines[1].NetCents = 14000 }, CodeInvalid, "quantity x unitPriceCents"},
 		{"zero quantity", "", nil, func(d *ClaimDetail) { d.Lines[0].Quantity = 0 }, CodeInvalid, "quantity"},
 		{"bad coverage ref", "", nil, func(d *ClaimDetail) { d.Coverage = "" }, CodeInvalid, "Coverage"},
+		{"a line without charge and no edit", "", func(s *ClaimSubmission) { s.TotalCents = 15000 }, func(d *ClaimDetail) { d.Lines[0].UnitPriceCents, d.Lines[0].NetCents = 0, 0 }, CodeInvalid, "no charge"},
+		{"an edit of a line the claim lacks", "", nil, func(d *ClaimDetail) { d.Edits = []ClaimEdit{{Sequence: 9, Reason: "16", Remark: "M79"}} }, CodeInvalid, "does not have"},
+		{"an edit without a remark code", "", nil, func(d *ClaimDetail) { d.Edits = []ClaimEdit{{Reason: "16", Remark: "missing"}} }, CodeInvalid, "remark"},
+		{"an edit without a reason code", "", nil, func(d *ClaimDetail) { d.Edits = []ClaimEdit{{Reason: "sixteen", Remark: "M54"}} }, CodeInvalid, "reason"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -98,6 +102,18 @@ func TestClaimsSubmitValidation(t *testing.T) {
 			refused(t, w, err, tc.code, tc.msg)
 		})
 	}
+	t.Run("a claim as the EHR sent it goes on chain with its front-end edits", func(t *testing.T) {
+		w := newWorld("claims")
+		s, d := submission("cl-2"), detail("cl-2")
+		s.TotalCents = 99999 // the lines do not add up to it ...
+		d.Lines[0].UnitPriceCents, d.Lines[0].NetCents = 0, 0
+		d.Lines[1].UnitPriceCents = 0 // ... one line has no charge, one a net amount only
+		d.Edits = []ClaimEdit{{Sequence: 0, Reason: "16", Remark: "M54"}, {Sequence: 1, Reason: "16", Remark: "M79"}}
+		claim, err := submit(t, w, client(t, "HospitalMSP"), s, d)
+		if err != nil || claim.TotalCents != 99999 {
+			t.Fatalf("claim with edits refused or changed: %v %+v", err, claim)
+		}
+	})
 	t.Run("lines must come as transient data", func(t *testing.T) {
 		w := newWorld("claims")
 		c := newClaims(testConfig)

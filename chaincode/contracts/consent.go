@@ -189,8 +189,8 @@ func grantee(v string) error {
 
 // grantor decides in whose name the caller records a grant of the patient: as the patient, when its certificate is
 // the patient's confirmed identity at some custodian; or as a custodian org holding the patient's records, with the
-// digest of the consent document the patient signed. It returns how (ViaPatient | ViaCustodian) and, for the
-// patient, the signing certificate's fingerprint.
+// digest of the consent document the patient signed (never with a patient certificate). It returns how
+// (ViaPatient | ViaCustodian) and, for the patient, the signing certificate's fingerprint.
 func grantor(ctx contractapi.TransactionContextInterface, cfg Config, caller Caller, patient, documentDigest string) (string, string, error) {
 	bound, err := ctx.GetStub().GetStateByPartialCompositeKey(keyBoundIdentity, []string{caller.IDHash, patient})
 	if err != nil {
@@ -205,6 +205,10 @@ func grantor(ctx contractapi.TransactionContextInterface, cfg Config, caller Cal
 		return "", "", err
 	} else if other {
 		return "", "", forbidden("this certificate is another patient's own identity; it acts for that patient only")
+	}
+	if caller.Patient {
+		return "", "", forbidden("this certificate is a patient's own identity (OU %s) that no custodian has confirmed for "+
+			"this patient; it does not act for %s", PatientOU, caller.MSP)
 	}
 	custodian := false
 	if cfg.kindOf(caller.MSP) == KindProvider {
@@ -331,6 +335,9 @@ func (c *Consent) revoker(ctx contractapi.TransactionContextInterface, caller Ca
 	if caller.MSP != rec.GrantedBy {
 		return "", forbidden("consent %s was recorded by %s; only %s (with the signed document) or the patient's identity it knows may revoke it",
 			rec.ConsentID, rec.GrantedBy, rec.GrantedBy)
+	}
+	if err := notAPatient(caller, "Consent.Revoke"); err != nil {
+		return "", err
 	}
 	if patient, err := isPatientIdentity(ctx, caller.IDHash); err != nil {
 		return "", err

@@ -19,7 +19,7 @@ func consentWorld(t *testing.T) (*world, actor, actor) {
 	t.Helper()
 	w := newWorld("providers")
 	hospital := client(t, "HospitalMSP")
-	patient := newActor(t, "HospitalMSP", "client", "patient-app")
+	patient := patientCert(t, "HospitalMSP", "patient-app")
 	_, err := register(t, w, hospital, entry(patientA, "Patient", "p1", 1, digest1))
 	mustOK(t, err)
 	mustOK(t, registerIdentity(w, hospital, patientA, patient))
@@ -190,9 +190,9 @@ func identities(t *testing.T, w *world, patient string) map[string]PatientIdenti
 func TestConsentPatientIdentityLifecycle(t *testing.T) {
 	w := newWorld("providers")
 	hospital, clinic := client(t, "HospitalMSP"), client(t, "ClinicMSP")
-	phone := newActor(t, "HospitalMSP", "client", "patient-phone")
-	newPhone := newActor(t, "HospitalMSP", "client", "patient-new-phone")
-	lost := newActor(t, "HospitalMSP", "client", "patient-after-loss")
+	phone := patientCert(t, "HospitalMSP", "patient-phone")
+	newPhone := patientCert(t, "HospitalMSP", "patient-new-phone")
+	lost := patientCert(t, "HospitalMSP", "patient-after-loss")
 	_, err := register(t, w, hospital, entry(patientA, "Patient", "p1", 1, digest1))
 	mustOK(t, err)
 	_, err = register(t, w, clinic, entry(patientA, "Patient", "p9", 1, digest1))
@@ -214,7 +214,7 @@ func TestConsentPatientIdentityLifecycle(t *testing.T) {
 		return g
 	}
 
-	// Proposed, not yet confirmed: the certificate is no patient identity yet, and acts only as its org's client.
+	// Proposed, not yet confirmed: the certificate is no patient identity yet, and never acts for its org.
 	mustOK(t, registerIdentity(w, hospital, patientA, phone))
 	if ev := lastEvent(t, w); ev.Name != "Consent.PatientIdentityRegistered" {
 		t.Fatalf("event %s", ev.Name)
@@ -223,7 +223,7 @@ func TestConsentPatientIdentityLifecycle(t *testing.T) {
 		t.Fatalf("pending binding %+v", pid)
 	}
 	_, err = doGrant(t, w, phone, stayGrant("g0"))
-	refused(t, w, err, CodeForbidden, "signed consent document")
+	refused(t, w, err, CodeForbidden, "no custodian has confirmed for this patient")
 	refused(t, w, confirmIdentity(w, newPhone, patientA), CodeForbidden, "waiting for the caller's certificate")
 	mustOK(t, registerIdentity(w, hospital, patientA, phone)) // a retry proposes nothing new
 	wroteNothing(t, w)
@@ -269,7 +269,7 @@ func TestConsentPatientIdentityLifecycle(t *testing.T) {
 		t.Fatalf("a grant signed by the rotated-away certificate: %+v", d)
 	}
 	_, err = doGrant(t, w, phone, stayGrant("g2"))
-	refused(t, w, err, CodeForbidden, "signed consent document") // the old phone is only a hospital client again
+	refused(t, w, err, CodeForbidden, "no custodian has confirmed") // the old phone speaks for nobody now
 	_, err = doGrant(t, w, newPhone, stayGrant("g3"))
 	mustOK(t, err)
 
@@ -323,13 +323,13 @@ func TestConsentRegisterPatientIdentity(t *testing.T) {
 		})
 		return err
 	}
-	someone := newActor(t, "HospitalMSP", "client", "p")
+	someone := patientCert(t, "HospitalMSP", "p")
 	hospital := client(t, "HospitalMSP")
 	refused(t, w, reg(client(t, "ClinicMSP"), someone.pem()), CodeForbidden, "holds no records")
 	refused(t, w, reg(client(t, "InsurerMSP"), someone.pem()), CodeForbidden, "only provider orgs")
 	refused(t, w, reg(hospital, "not a pem"), CodeInvalid, "PEM")
 	refused(t, w, reg(hospital, someone.pem()+someone.pem()), CodeInvalid, "not a chain")
-	refused(t, w, reg(hospital, hospital.pem()), CodeInvalid, "caller's own")
+	refused(t, w, reg(hospital, hospital.pem()), CodeInvalid, "not a patient certificate")
 }
 
 // The surgery case: a surgeon, a lab and an anesthesiologist get read access for the stay; the lab's access is
@@ -405,8 +405,8 @@ func TestConsentCheckRejectsBadInput(t *testing.T) {
 // with the patient's signed document, and the patient signed c-pat (a practitioner, treatment).
 func TestConsentAttacks(t *testing.T) {
 	hospital, clinic := client(t, "HospitalMSP"), client(t, "ClinicMSP")
-	patient := newActor(t, "HospitalMSP", "client", "patient-app")
-	mallory := newActor(t, "ClinicMSP", "client", "mallory")
+	patient := patientCert(t, "HospitalMSP", "patient-app")
+	mallory := patientCert(t, "ClinicMSP", "mallory")
 	fixture := func(t *testing.T) *world {
 		w := newWorld("providers")
 		_, err := register(t, w, hospital, entry(patientA, "Patient", "p1", 1, digest1), entry(patientB, "Patient", "p2", 1, digest1))
@@ -545,7 +545,8 @@ func TestConsentAttacks(t *testing.T) {
 			name: "dummy custodian proposes the real custodian's gateway certificate as a patient identity",
 			prep: dummy,
 			move: func(t *testing.T, w *world) error { return registerIdentity(w, clinic, patientA, hospital) },
-			then: func(t *testing.T, w *world) { // unconfirmed, it changes nothing for the gateway
+			code: CodeInvalid, msg: "not a patient certificate",
+			then: func(t *testing.T, w *world) {
 				_, err := register(t, w, hospital, entry(patientA, "Observation", "o1", 1, digest1))
 				mustOK(t, err)
 			},
@@ -665,4 +666,4 @@ func TestConsentAttacks(t *testing.T) {
 	})
 }
 
-func hospital2(t *testing.T) actor { return newActor(t, "HospitalMSP", "client", "patient-b-app") }
+func hospital2(t *testing.T) actor { return patientCert(t, "HospitalMSP", "patient-b-app") }

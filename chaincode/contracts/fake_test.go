@@ -79,9 +79,15 @@ var testKey, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 
 func newActor(t *testing.T, msp, role, name string) actor {
 	t.Helper()
+	return newActorOUs(t, msp, name, role)
+}
+
+// newActorOUs is an actor whose certificate's subject carries exactly these OUs, in this order.
+func newActorOUs(t *testing.T, msp, name string, ous ...string) actor {
+	t.Helper()
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: name, OrganizationalUnit: []string{role}},
+		Subject:      pkix.Name{CommonName: name, OrganizationalUnit: ous},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(time.Hour),
 	}
@@ -101,6 +107,11 @@ func client(t *testing.T, msp string) actor { return newActor(t, msp, "client", 
 func admin(t *testing.T, msp string) actor { return newActor(t, msp, "admin", "Admin@"+msp) }
 
 func peerOf(t *testing.T, msp string) actor { return newActor(t, msp, "peer", "peer0."+msp) }
+
+// patientCert is a patient's own certificate as the org's CA issues it: a client marked with OU patient.
+func patientCert(t *testing.T, msp, name string) actor {
+	return newActorOUs(t, msp, name, "client", PatientOU)
+}
 
 func (a actor) fingerprint() string {
 	sum := sha256.Sum256(a.cert.Raw)

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
+	"fmt"
 
 	"github.com/hyperledger/fabric-contract-api-go/v2/contractapi"
 )
@@ -23,8 +24,13 @@ import (
 // digest of the identity-proofing document; the old certificate stops counting at once). Every state a binding
 // had is kept in its history.
 //
-// A confirmed patient identity never acts for an org: patients' certificates may be issued by a member org's CA,
-// and a patient must not record custodian consents, register records or log accesses in that org's name.
+// A patient identity never acts for an org: patients' certificates are issued by a member org's CA as clients, and a
+// patient must not record custodian consents, register records, log accesses, submit claims or move drug packs in
+// that org's name. So a patient certificate is marked: besides its NodeOU client it carries the subject OU patient
+// (PatientOU), which every channel's contracts read from the signer's certificate (caller.go). Only marked
+// certificates are proposed (RegisterPatientIdentity, RotatePatientIdentity, RecoverPatientIdentity) and confirmed
+// (ConfirmPatientIdentity), so every patient identity confirmed under this rule is marked. On providers, where the bindings are, a
+// confirmed certificate is refused org actions by its binding as well (orgWriter).
 
 const (
 	keyPatientIdentity = "patientIdentity"    // patient, custodian -> PatientIdentity
@@ -60,7 +66,9 @@ type IdentityChange struct {
 	TxID     string            `json:"txId"`
 }
 
-func certFingerprint(certificatePEM string) (string, error) {
+// patientCertFingerprint is the fingerprint of a certificate proposed as a patient's identity: one PEM certificate,
+// a client (NodeOU client) marked with OU patient.
+func patientCertFingerprint(certificatePEM string) (string, error) {
 	block, rest := pem.Decode([]byte(certificatePEM))
 	if block == nil || block.Type != "CERTIFICATE" {
 		return "", invalid("certificate must be one PEM-encoded X.509 certificate")
@@ -68,11 +76,24 @@ func certFingerprint(certificatePEM string) (string, error) {
 	if next, _ := pem.Decode(rest); next != nil {
 		return "", invalid("certificate must be one PEM-encoded X.509 certificate, not a chain")
 	}
-	if _, err := x509.ParseCertificate(block.Bytes); err != nil {
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
 		return "", invalid("certificate does not parse: %v", err)
+	}
+	if err := patientMarked(cert); err != nil {
+		return "", invalid("certificate %s", err)
 	}
 	sum := sha256.Sum256(block.Bytes)
 	return hex.EncodeToString(sum[:]), nil
+}
+
+// patientMarked says why a certificate is not a patient certificate (a client marked with OU patient), or nil.
+func patientMarked(cert *x509.Certificate) error {
+	if !isPatientCertificate(cert) || roleOf(cert) != "client" {
+		return fmt.Errorf("is not a patient certificate: a patient's own certificate is a client (NodeOU client) "+
+			"that carries OU %s; its OUs are %q", PatientOU, cert.Subject.OrganizationalUnit)
+	}
+	return nil
 }
 
 // isPatientIdentity reports whether the certificate is a confirmed patient identity of any patient.
@@ -85,8 +106,8 @@ func isPatientIdentity(ctx contractapi.TransactionContextInterface, fingerprint 
 	return it.HasNext(), nil
 }
 
-// orgWriter returns the caller if it may act for its org: a client or admin of an org of one of the kinds, whose
-// certificate is not a confirmed patient identity.
+// orgWriter returns the caller if it may act for its org on providers: a client or admin of an org of one of the
+// kinds, whose certificate is neither marked as a patient's (writerOfKind) nor confirmed as a patient identity.
 func orgWriter(ctx contractapi.TransactionContextInterface, cfg Config, action, kind string, more ...string) (Caller, error) {
 	c, err := writerOfKind(ctx, cfg, kind, action, more...)
 	if err != nil {
@@ -201,12 +222,9 @@ func (c *Consent) RegisterPatientIdentity(ctx contractapi.TransactionContextInte
 	if err != nil {
 		return nil, err
 	}
-	fingerprint, err := certFingerprint(certificatePEM)
+	fingerprint, err := patientCertFingerprint(certificatePEM)
 	if err != nil {
 		return nil, err
-	}
-	if fingerprint == caller.IDHash {
-		return nil, invalid("the certificate proposed is the caller's own; a patient's identity is the patient's certificate")
 	}
 	pid, err := bindingOf(ctx, patient, caller.MSP)
 	if err != nil {
@@ -233,10 +251,14 @@ func (c *Consent) RegisterPatientIdentity(ctx contractapi.TransactionContextInte
 
 // ConfirmPatientIdentity is signed by the patient's own certificate: every binding of the patient that is waiting
 // for this certificate (registered, rotated to, or recovered to) takes it as the patient's identity.
+// Only a patient certificate (a client marked with OU patient) confirms, so no unmarked certificate becomes one.
 func (c *Consent) ConfirmPatientIdentity(ctx contractapi.TransactionContextInterface, patient string) (*IdentityChange, error) {
 	caller, err := writer(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if !caller.Patient || caller.Role != "client" {
+		return nil, forbidden("only a patient certificate (a client that carries OU %s) confirms a patient identity", PatientOU)
 	}
 	if err := pseudonym("patient", patient); err != nil {
 		return nil, err
@@ -276,7 +298,7 @@ func (c *Consent) RotatePatientIdentity(ctx contractapi.TransactionContextInterf
 	if err := pseudonym("patient", patient); err != nil {
 		return nil, err
 	}
-	fingerprint, err := certFingerprint(certificatePEM)
+	fingerprint, err := patientCertFingerprint(certificatePEM)
 	if err != nil {
 		return nil, err
 	}
@@ -316,15 +338,12 @@ func (c *Consent) RecoverPatientIdentity(ctx contractapi.TransactionContextInter
 	if err != nil {
 		return nil, err
 	}
-	fingerprint, err := certFingerprint(certificatePEM)
+	fingerprint, err := patientCertFingerprint(certificatePEM)
 	if err != nil {
 		return nil, err
 	}
 	if err := digestField("documentDigest", documentDigest); err != nil {
 		return nil, err
-	}
-	if fingerprint == caller.IDHash {
-		return nil, invalid("the certificate proposed is the caller's own; a patient's identity is the patient's certificate")
 	}
 	pid, err := bindingOf(ctx, patient, caller.MSP)
 	if err != nil {

@@ -13,7 +13,7 @@ import (
 func TestNoClientIDOnTheLedger(t *testing.T) {
 	const mrn = "MRN0042"
 	hospital, insurer := client(t, "HospitalMSP"), client(t, "InsurerMSP")
-	patient := newActor(t, "HospitalMSP", "client", "patient-app")
+	patient := patientCert(t, "HospitalMSP", "patient-app")
 
 	providers := newWorld("providers")
 	_, err := register(t, providers, hospital,

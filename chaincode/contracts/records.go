@@ -39,14 +39,25 @@ const (
 	keyLinkOf        = "patientLinkOf"   // local pseudonym, custodian -> PatientLink
 )
 
-// directoryTypes are the resource types that may be registered as directory records: resources about the
-// organisation rather than a patient (who works where, what is stocked, which devices exist, definitions).
-var directoryTypes = map[string]bool{
-	"Organization": true, "OrganizationAffiliation": true, "Practitioner": true, "PractitionerRole": true,
-	"Location": true, "HealthcareService": true, "Endpoint": true, "InsurancePlan": true,
-	"Medication": true, "MedicationKnowledge": true, "Substance": true, "Device": true, "DeviceDefinition": true,
-	"CodeSystem": true, "ValueSet": true, "ConceptMap": true, "StructureDefinition": true, "Questionnaire": true,
-	"PlanDefinition": true, "ActivityDefinition": true, "Library": true, "Measure": true,
+// patientTypes are resource types that always belong to a patient (the FHIR R4 Patient compartment, less the types
+// that belong to one only when they name one, such as a Device): they are never registered as directory records.
+// Every other type may be: resources about the organisation rather than a patient (who works where, what is
+// stocked, which devices exist, definitions).
+var patientTypes = map[string]bool{
+	"AdverseEvent": true, "AllergyIntolerance": true, "BodyStructure": true, "CarePlan": true, "CareTeam": true,
+	"Claim": true, "ClaimResponse": true, "ClinicalImpression": true, "Communication": true,
+	"CommunicationRequest": true, "Composition": true, "Condition": true, "Consent": true, "Coverage": true,
+	"CoverageEligibilityRequest": true, "CoverageEligibilityResponse": true, "DetectedIssue": true,
+	"DeviceRequest": true, "DeviceUseStatement": true, "DiagnosticReport": true, "DocumentManifest": true,
+	"DocumentReference": true, "Encounter": true, "EnrollmentRequest": true, "EpisodeOfCare": true,
+	"ExplanationOfBenefit": true, "FamilyMemberHistory": true, "Flag": true, "Goal": true,
+	"GuidanceResponse": true, "ImagingStudy": true, "Immunization": true, "ImmunizationEvaluation": true,
+	"ImmunizationRecommendation": true, "Invoice": true, "Media": true, "MedicationAdministration": true,
+	"MedicationDispense": true, "MedicationRequest": true, "MedicationStatement": true, "MolecularSequence": true,
+	"NutritionOrder": true, "Observation": true, "Patient": true, "Procedure": true,
+	"QuestionnaireResponse": true, "RelatedPerson": true, "RequestGroup": true, "ResearchSubject": true,
+	"RiskAssessment": true, "ServiceRequest": true, "Specimen": true, "SupplyDelivery": true, "Task": true,
+	"VisionPrescription": true,
 }
 
 // RecordEntry is one resource version as the gateway registers it: a patient's (patient set, directory false) or a
@@ -144,7 +155,7 @@ func (e RecordEntry) validate(i int) error {
 		if e.Patient != "" {
 			return invalid("%s: a directory record belongs to no patient; patient must be empty", at)
 		}
-		if !directoryTypes[e.ResourceType] {
+		if patientTypes[e.ResourceType] {
 			return invalid("%s: %s is not a directory resource type; register it under its patient", at, e.ResourceType)
 		}
 	} else if err := pseudonym(at+".patient", e.Patient); err != nil {

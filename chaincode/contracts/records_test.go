@@ -250,7 +250,7 @@ func TestRecordsErasure(t *testing.T) {
 // by the hospital's CA) is confirmed as the patient's identity at the hospital.
 func TestRecordsAttacks(t *testing.T) {
 	hospital, clinic := client(t, "HospitalMSP"), client(t, "ClinicMSP")
-	patient := newActor(t, "HospitalMSP", "client", "patient-app")
+	patient := patientCert(t, "HospitalMSP", "patient-app")
 	fixture := func(t *testing.T) *world {
 		w := newWorld("providers")
 		_, err := register(t, w, hospital, entry(patientA, "Observation", "o1", 1, digest1))
@@ -461,7 +461,7 @@ func TestRecordsPatientLinks(t *testing.T) {
 // knows as patientA; ClinicMSP holds records under patientA. Local pseudonyms are visible on chain.
 func TestRecordsLinkAttacks(t *testing.T) {
 	hospital, clinic := client(t, "HospitalMSP"), client(t, "ClinicMSP")
-	patient := newActor(t, "HospitalMSP", "client", "patient-app")
+	patient := patientCert(t, "HospitalMSP", "patient-app")
 	local, consortium, victim := patientB, patientA, strings.Repeat("c3", 32)
 	r := newRecords(testConfig)
 	fixture := func(t *testing.T) *world {

@@ -18,8 +18,8 @@ type write struct {
 // writes lists every write of every contract, each with what it needs to succeed.
 func writes(t *testing.T) []write {
 	hospital, insurer, pharma := client(t, "HospitalMSP"), client(t, "InsurerMSP"), client(t, "PharmaMSP")
-	patient := newActor(t, "HospitalMSP", "client", "patient-app")
-	newIdentity := newActor(t, "HospitalMSP", "client", "patient-new")
+	patient := patientCert(t, "HospitalMSP", "patient-app")
+	newIdentity := patientCert(t, "HospitalMSP", "patient-new")
 	p, r, cs, tr, cl, su := newProbe(testConfig), newRecords(testConfig), newConsent(testConfig),
 		newTrials(testConfig), newClaims(testConfig), newSupply(testConfig)
 	records := func(t *testing.T, w *world) {

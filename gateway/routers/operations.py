@@ -36,10 +36,11 @@ async def everything_by_identifier(
     """The longitudinal record of a patient named by the consortium identifier (system|value)."""
     system, value = search.identifier_condition(f"identifier={identifier}")
     records = svc.records
-    if system != records.mpi_system:
-        raise HttpProblem(400, "value", f"name the patient by the consortium identifier (system {records.mpi_system})")
+    if system not in records.identity.systems:
+        names = ", ".join(records.identity.systems)
+        raise HttpProblem(400, "value", f"name the patient by an identifier of a consortium system ({names})")
     pseudonym = records.pseudonym_of_identifier(system, value)
-    require_compartment(svc, grant, pseudonym)
+    require_compartment(svc, grant, records.filed_under(pseudonym))
     count, after = _page(request)
     return _everything_bundle(request, await svc.sharing.everything(pseudonym, purpose, count, after))
 
@@ -50,10 +51,11 @@ async def everything_of_patient(
 ) -> FhirResponse:
     """The longitudinal record of a patient held here: what this org holds, and what every other custodian on the
     ledger's index discloses to this org under the patient's consent."""
-    pseudonym = svc.records.pseudonym_of_local_patient(fv.check_id(rid, "Patient id"))
-    if pseudonym is None:
+    rid = fv.check_id(rid, "Patient id")
+    filed, pseudonym = svc.records.pseudonym_of_local_patient(rid), svc.records.consortium_pseudonym(rid)
+    if filed is None or pseudonym is None:
         raise NotHeld(f"Patient/{rid} is not held here")
-    require_compartment(svc, grant, pseudonym)
+    require_compartment(svc, grant, filed)
     count, after = _page(request)
     return _everything_bundle(request, await svc.sharing.everything(pseudonym, purpose, count, after))
 
@@ -92,6 +94,26 @@ async def verify(rtype: str, rid: str, svc: ServicesDep, grant: Annotated[Grant,
     except Tampered as e:  # a ciphertext that fails authentication is a verification result, not an error
         ok, message = False, str(e)
     params = [{"name": "result", "valueBoolean": ok}, {"name": "message", "valueString": message}]
+    return FhirResponse({"resourceType": "Parameters", "parameter": params})
+
+
+@router.get("/Claim/{rid}/$submission")
+async def submission(rid: str, svc: ServicesDep, grant: Annotated[Grant, Depends(Scope("r", "Claim"))]) -> FhirResponse:
+    """Where a Claim stands with the ledger. A Claim of a transaction bundle is filed on the claims channel after
+    the bundle's records commit: `queued` until then, then `submitted` (with its transaction), `refused` (with the
+    contract's reason) or `held` (it names no payer of the consortium)."""
+    rid = fv.check_id(rid, "Claim id")
+    state = svc.records.submission(rid)
+    require_compartment(svc, grant, state.patient)
+    params: list[dict[str, Any]] = [
+        {"name": "state", "valueCode": state.state},
+        {"name": "claimKey", "valueString": state.key},
+        {"name": "attempts", "valueInteger": state.attempts},
+    ]
+    if state.tx_id:
+        params.append({"name": "transaction", "valueString": state.tx_id})
+    if state.reason:
+        params.append({"name": "reason", "valueString": state.reason})
     return FhirResponse({"resourceType": "Parameters", "parameter": params})
 
 

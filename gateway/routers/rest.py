@@ -69,8 +69,7 @@ async def bundle(svc: ServicesDep, client: ClientDep, body: BodyDep, key: Reques
 async def _batch_entry(records: Records, raw: Any, i: int, limit: str | None, key: str) -> dict[str, Any]:
     """A batch answers each entry on its own: a failure is that entry's status and outcome."""
     try:
-        entry = fv.entry(raw, i)
-        entry.full_url = ""  # batch entries may not refer to each other
+        entry = fv.batch_entry(raw, i)
         (w,) = await records.transaction([entry], limit, key)
         return {"response": entry_response(w)}
     except Exception as e:
@@ -108,8 +107,7 @@ async def update(
 
 @router.get("/{rtype}")
 async def search_type(rtype: str, request: Request, svc: ServicesDep, grant: Searcher) -> FhirResponse:
-    if rtype not in fv.PATIENT_ELEMENT:
-        raise HttpProblem(404, "not-supported", f"{rtype} is not stored here")
+    fv.check_type(rtype)
     records = svc.records
     wanted = search.parse(rtype, list(request.query_params.multi_items()), records.pseudonym_of_local_patient)
     query = wanted.query

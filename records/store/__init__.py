@@ -22,10 +22,11 @@ of the org (gateways, workers) writing at once.
 
 from records.errors import PatientErased, Tampered, VersionTaken
 from records.store.core import Store, open_backend
-from records.store.model import Cursor, Page, Query, Row, Stored
+from records.store.model import Cursor, OutboxClaim, Page, Query, Row, Stored
 
 __all__ = [
     "Cursor",
+    "OutboxClaim",
     "Page",
     "PatientErased",
     "Query",

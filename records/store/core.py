@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from records.errors import PatientErased, Tampered, VersionTaken
 from records.store.backend import Backend, Duplicate, Sql
-from records.store.model import Cursor, Page, Query, Row, Stored
+from records.store.model import Cursor, OutboxClaim, Page, Query, Row, Stored
 
 DIGEST_KEY_LABEL = b"careledger/digest-key/v1"
 INDEX_KEY_LABEL = b"careledger/identifier-index/v1"
@@ -156,13 +156,15 @@ class Store:
                 self._drop_unused_key(sql, patient)
 
     def erase(self, patient: str, at: str) -> bool:
-        """Crypto-shred: destroy the patient's data key and their ciphertexts. False if nothing was held."""
+        """Crypto-shred: destroy the patient's data key and their ciphertexts, and drop their resources from every
+        listing. False if nothing was held."""
         with self._db.write() as sql:
             erased = sql.run(
                 "UPDATE patient_keys SET wrapped = NULL, erased_at = ? WHERE patient = ? AND wrapped IS NOT NULL",
                 (at, patient),
             )
-            sql.run("UPDATE resources SET ciphertext = ?, nonce = ? WHERE patient = ?", (b"", b"", patient))
+            # No longer listed anywhere (searches, a record's pages); a read of a version says it was erased.
+            sql.run("UPDATE resources SET ciphertext = ?, nonce = ?, newest = 0 WHERE patient = ?", (b"", b"", patient))
             sql.run(
                 "DELETE FROM identifiers WHERE (type, id, version) IN"
                 " (SELECT type, id, version FROM resources WHERE patient = ?)",
@@ -179,8 +181,9 @@ class Store:
 
     # ----- writes ----------------------------------------------------------------------------------------------
 
-    def stage(self, batch: str, rows: Sequence[Row]) -> None:
-        """Encrypt and insert rows as pending, all or none. VersionTaken when another writer has a version."""
+    def stage(self, batch: str, rows: Sequence[Row], claims: Sequence[OutboxClaim] = ()) -> None:
+        """Encrypt and insert rows as pending, all or none. VersionTaken when another writer has a version.
+        `claims`: claims among the rows to submit on chain once the batch commits (the claim outbox)."""
         rows = sorted(rows, key=lambda r: (r.type, r.id, r.version))  # one lock order for every writer
         patients = sorted({r.patient for r in rows})
         with self._issued_lock:
@@ -205,6 +208,23 @@ class Store:
                         "INSERT INTO identifiers (token, type, id, version) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                         tokens,
                     )
+                if claims:
+                    sql.many(
+                        "INSERT INTO claim_outbox (key, id, batch, patient, digest, state, updated)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            (
+                                c.key,
+                                c.id,
+                                batch,
+                                c.patient,
+                                c.digest,
+                                "staged-held" if c.state == "held" else "staged",
+                                now,
+                            )
+                            for c in claims
+                        ],
+                    )
         except Duplicate as e:
             raise VersionTaken(str(e)) from None
 
@@ -221,6 +241,11 @@ class Store:
             )
             if not committed:
                 return
+            sql.run(
+                "UPDATE claim_outbox SET state = CASE state WHEN 'staged' THEN 'queued' ELSE 'held' END, updated = ?"
+                " WHERE batch = ? AND state IN ('staged', 'staged-held')",
+                (time.time(), batch),
+            )
             # Resources the batch gives a next version: the older versions stop being the newest. Row by row on the
             # primary key, so that the plan never depends on the database's statistics.
             later = sql.rows(
@@ -248,6 +273,7 @@ class Store:
                 (batch,),
             )
             sql.run("DELETE FROM resources WHERE batch = ? AND state = 'pending'", (batch,))
+            sql.run("DELETE FROM claim_outbox WHERE batch = ? AND state IN ('staged', 'staged-held')", (batch,))
             for patient in sorted(patients):
                 self._drop_unused_key(sql, patient)
 
@@ -268,6 +294,41 @@ class Store:
         with self._db.read() as sql:
             found = sql.rows("SELECT type, id, version FROM resources WHERE batch = ? ORDER BY type, id", (batch,))
         return [(str(r[0]), str(r[1]), int(r[2])) for r in found]
+
+    # ----- the claim outbox ------------------------------------------------------------------------------------
+
+    def claims_due(self, limit: int, retry_after_s: float) -> list[OutboxClaim]:
+        """Queued claims to submit: those never tried, and those whose last try is `retry_after_s` old."""
+        with self._db.read() as sql:
+            rows = sql.rows(
+                OUTBOX + " WHERE state = 'queued' AND (attempts = 0 OR updated < ?) ORDER BY updated LIMIT ?",
+                (time.time() - retry_after_s, limit),
+            )
+        return [_outbox_claim(r) for r in rows]
+
+    def outbox_claim(self, claim_id: str) -> OutboxClaim | None:
+        """The outbox entry of a Claim held here (None: the claim was not filed through the outbox)."""
+        with self._db.read() as sql:
+            row = sql.one(OUTBOX + " WHERE id = ? AND state NOT IN ('staged', 'staged-held')", (claim_id,))
+        return _outbox_claim(row) if row else None
+
+    def claim_settled(self, key: str, state: str, tx_id: str | None = None, reason: str | None = None) -> None:
+        """A queued claim is submitted, refused or held for good."""
+        with self._db.write() as sql:
+            sql.run(
+                "UPDATE claim_outbox SET state = ?, tx_id = ?, reason = ?, updated = ?"
+                " WHERE key = ? AND state = 'queued'",
+                (state, tx_id, reason, time.time(), key),
+            )
+
+    def claim_retry(self, key: str, reason: str) -> None:
+        """A try whose outcome is unknown or that could not reach the ledger: tried again later."""
+        with self._db.write() as sql:
+            sql.run(
+                "UPDATE claim_outbox SET attempts = attempts + 1, reason = ?, updated = ?"
+                " WHERE key = ? AND state = 'queued'",
+                (reason, time.time(), key),
+            )
 
     # ----- reads -----------------------------------------------------------------------------------------------
 
@@ -414,6 +475,14 @@ class Store:
             return Stored(type_, id_, version, patient, str(row[4]), content, None if row[7] is None else str(row[7]))
 
         return open_row
+
+
+OUTBOX = "SELECT key, id, patient, digest, state, attempts, tx_id, reason FROM claim_outbox"
+
+
+def _outbox_claim(row: tuple[Any, ...]) -> OutboxClaim:
+    key, id_, patient, digest, state, attempts, tx_id, reason = row
+    return OutboxClaim(str(key), str(id_), str(patient), str(digest), str(state), int(attempts), tx_id, reason)
 
 
 def _aad(type_: str, id_: str, version: int) -> bytes:

@@ -88,3 +88,20 @@ class Page:
     items: list[Stored]
     total: int
     next: Cursor | None
+
+
+@dataclass(frozen=True)
+class OutboxClaim:
+    """A claim of a committed bundle, waiting for (or past) its own Claims transaction.
+
+    state: `queued` (to submit), `submitted` (on chain: `tx_id`), `refused` (the contract refused it: `reason`),
+    `held` (it names no payer of the consortium: kept here only)."""
+
+    key: str
+    id: str
+    patient: str
+    digest: str
+    state: str = "queued"
+    attempts: int = 0
+    tx_id: str | None = None
+    reason: str | None = None

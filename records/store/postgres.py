@@ -57,13 +57,27 @@ CREATE TABLE IF NOT EXISTS identifiers (
     version INTEGER NOT NULL,
     PRIMARY KEY (token, type, id, version)
 );
+CREATE TABLE IF NOT EXISTS claim_outbox (
+    key      TEXT COLLATE "C" PRIMARY KEY,
+    id       TEXT COLLATE "C" NOT NULL,
+    batch    TEXT COLLATE "C" NOT NULL,
+    patient  TEXT COLLATE "C" NOT NULL,
+    digest   TEXT NOT NULL,
+    state    TEXT COLLATE "C" NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    tx_id    TEXT,
+    reason   TEXT,
+    updated  DOUBLE PRECISION NOT NULL DEFAULT 0
+);
 CREATE INDEX IF NOT EXISTS resources_by_batch ON resources (batch);
 CREATE INDEX IF NOT EXISTS resources_of_patient ON resources (patient);
 CREATE INDEX IF NOT EXISTS resources_pending ON resources (staged) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS newest_by_type ON resources (type, last_updated, id) WHERE newest = 1;
 CREATE INDEX IF NOT EXISTS newest_by_patient_type ON resources (patient, type, last_updated, id) WHERE newest = 1;
 CREATE INDEX IF NOT EXISTS newest_by_patient ON resources (patient, last_updated, type, id) WHERE newest = 1;
-CREATE INDEX IF NOT EXISTS identifiers_of_resource ON identifiers (type, id, version)
+CREATE INDEX IF NOT EXISTS identifiers_of_resource ON identifiers (type, id, version);
+CREATE INDEX IF NOT EXISTS claim_outbox_by_state ON claim_outbox (state, updated);
+CREATE INDEX IF NOT EXISTS claim_outbox_by_claim ON claim_outbox (id)
 """
 
 

@@ -48,6 +48,18 @@ CREATE TABLE IF NOT EXISTS identifiers (  -- keyed hashes of Type + identifier, 
     id      TEXT NOT NULL,
     version INTEGER NOT NULL,
     PRIMARY KEY (token, type, id, version)
+);
+CREATE TABLE IF NOT EXISTS claim_outbox (  -- claims of a committed bundle, each submitted on chain after it
+    key      TEXT PRIMARY KEY,    -- the claim's key on chain
+    id       TEXT NOT NULL,       -- the Claim's id here
+    batch    TEXT NOT NULL,
+    patient  TEXT NOT NULL,
+    digest   TEXT NOT NULL,
+    state    TEXT NOT NULL,       -- staged | staged-held | queued | submitted | refused | held
+    attempts INTEGER NOT NULL DEFAULT 0,
+    tx_id    TEXT,
+    reason   TEXT,
+    updated  REAL NOT NULL DEFAULT 0 -- epoch seconds
 )
 """
 
@@ -72,7 +84,9 @@ CREATE INDEX IF NOT EXISTS resources_pending ON resources (staged) WHERE state =
 CREATE INDEX IF NOT EXISTS newest_by_type ON resources (type, last_updated, id) WHERE newest = 1;
 CREATE INDEX IF NOT EXISTS newest_by_patient_type ON resources (patient, type, last_updated, id) WHERE newest = 1;
 CREATE INDEX IF NOT EXISTS newest_by_patient ON resources (patient, last_updated, type, id) WHERE newest = 1;
-CREATE INDEX IF NOT EXISTS identifiers_of_resource ON identifiers (type, id, version)
+CREATE INDEX IF NOT EXISTS identifiers_of_resource ON identifiers (type, id, version);
+CREATE INDEX IF NOT EXISTS claim_outbox_by_state ON claim_outbox (state, updated);
+CREATE INDEX IF NOT EXISTS claim_outbox_by_claim ON claim_outbox (id)
 """
 
 

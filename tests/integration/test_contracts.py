@@ -1,7 +1,8 @@
-"""The contracts on the real network, through CareLedger's Python Gateway client.
+"""The contracts on the real network, through CareLedger's Python Gateway client, as docs/CONTRACTS.md describes them.
 
-Inputs are synthetic FHIR resources (tests/fhir_samples.py); only pseudonyms and keyed digests derived from them are
-sent to the ledger, and the last test reads every block of every channel to prove that no PHI got there.
+Inputs are synthetic FHIR resources (tests/fhir_samples.py); only pseudonyms, opaque keys and keyed digests derived
+from them are sent to the ledger. tests/integration/test_phi.py reads every block and every peer's state database at
+the end of the run to prove that no PHI got there.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -18,9 +19,10 @@ import pytest
 
 from consortium import topology as topo
 from consortium.topology import Topology
-from fabric_gateway import EndorseError, EvaluateError, Gateway, GatewayError, Submitted
+from fabric_gateway import EndorseError, EvaluateError, Gateway, GatewayError, Identity, Submitted
 from records import digests
 from tests import fhir_samples as fhir
+from tests.integration.identities import PATIENT_OU, fingerprint, minted, organizational_units
 
 pytestmark = pytest.mark.network
 
@@ -64,20 +66,28 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def opaque_key() -> str:
+    """A ledger key as a gateway derives one: 64 lower-case hex characters that say nothing of the client's id."""
+    return secrets.token_hex(32)
+
+
 def pseudonym_of(patient: dict[str, Any]) -> str:
     ident = patient["identifier"][0]
     return digests.pseudonym(fhir.CONSORTIUM_KEY, ident["system"], ident["value"])
 
 
-def register(gw: Gateway, patient: dict[str, Any], *resources: dict[str, Any]) -> str:
-    """Register the resources (with fresh ids) in the patient's record index; returns the pseudonym."""
+def register(gw: Gateway, patient: dict[str, Any], *resources: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """Register the resources in the patient's record index under fresh opaque keys; returns the pseudonym and each
+    resource's key by its id."""
     pseud = pseudonym_of(patient)
     patient_key = secrets.token_bytes(32)
+    keys = {r["id"]: opaque_key() for r in resources}
     entries = [
         {
             "patient": pseud,
+            "directory": False,
             "resourceType": r["resourceType"],
-            "id": unique(r["id"]),
+            "resourceKey": keys[r["id"]],
             "version": 1,
             "digest": digests.resource_digest(patient_key, r),
             "lastUpdated": iso(datetime.now(UTC)),
@@ -86,22 +96,65 @@ def register(gw: Gateway, patient: dict[str, Any], *resources: dict[str, Any]) -
         for r in resources
     ]
     assert call(gw, "providers", "Records:Register", json.dumps(entries)) == len(entries)
-    return pseud
+    return pseud, keys
 
 
-def test_consent_grant_check_revoke_and_expiry(gateway_as: GatewayAs, network: Topology) -> None:
-    hospital, clinic = gateway_as("HospitalOrg"), gateway_as("ClinicOrg")
-    patient_app = gateway_as("HospitalOrg", "User2")  # the patient's own identity
+def test_the_index_takes_opaque_keys_never_client_ids(gateway_as: GatewayAs) -> None:
+    hospital = gateway_as("HospitalOrg")
     jane = fhir.PATIENTS[0]
-    pseud = register(hospital, jane, jane, fhir.observation("pat-jane", "obs-hb", "718-7", 13.2, "g/dL"))
+    obs = fhir.observation("pat-jane", "obs-index", "718-7", 12.9, "g/dL")
+    pseud, keys = register(hospital, jane, obs)
+    record = ask(hospital, "providers", "Records:Get", keys["obs-index"], "0")
+    assert (record["patient"], record["resourceKey"], record["custodian"]) == (pseud, keys["obs-index"], "HospitalMSP")
+    assert "obs-index" not in json.dumps(record)
 
-    # Before the hospital vouches for the patient's key, the patient app is just another hospital client.
-    cert = next((network.user_dir(network.org("HospitalOrg"), "User2") / "msp" / "signcerts").glob("*.pem"))
-    call(hospital, "providers", "Consent:RegisterPatientIdentity", pseud, cert.read_text())
+    # The old shape, with the client's id, is refused before anything is written.
+    by_id = [{**{k: v for k, v in record.items() if k not in ("custodian", "txId")}, "resourceKey": "obs-index"}]
+    with pytest.raises(EndorseError) as refused:
+        call(hospital, "providers", "Records:Register", json.dumps(by_id))
+    assert contract_error(refused.value) == "INVALID_ARGUMENT" and "opaque key" in str(refused.value)
+    with pytest.raises(EvaluateError) as unknown:
+        ask(hospital, "providers", "Records:Get", "obs-index", "0")
+    assert contract_error(unknown.value) == "INVALID_ARGUMENT"
+
+
+@pytest.fixture
+def patient_app(network: Topology) -> Iterator[tuple[Gateway, Identity]]:
+    """A patient's own certificate as HospitalOrg's CA issues it (a client marked with OU `patient`), and a Gateway
+    that signs as it."""
+    gw, identity = minted(network, "HospitalOrg", "patient", patient=True)
+    with gw:
+        yield gw, identity
+
+
+def test_consent_grant_check_revoke_and_expiry(
+    gateway_as: GatewayAs, network: Topology, patient_app: tuple[Gateway, Identity]
+) -> None:
+    hospital, clinic = gateway_as("HospitalOrg"), gateway_as("ClinicOrg")
+    patient, patient_cert = patient_app  # the patient's own identity
+    jane = fhir.PATIENTS[0]
+    pseud, keys = register(hospital, jane, jane, fhir.observation("pat-jane", "obs-hb", "718-7", 13.2, "g/dL"))
+
+    # Only a patient certificate is a patient's identity: an ordinary client of the hospital (User2) is refused.
+    plain = next((network.user_dir(network.org("HospitalOrg"), "User2") / "msp" / "signcerts").glob("*.pem"))
+    with pytest.raises(EndorseError) as unmarked:
+        call(hospital, "providers", "Consent:RegisterPatientIdentity", pseud, plain.read_text())
+    assert contract_error(unmarked.value) == "INVALID_ARGUMENT" and "not a patient certificate" in str(unmarked.value)
+
+    # The hospital proposes the patient's certificate; only the certificate's holder can confirm it. Until then, a
+    # grant the patient app signs counts for nothing. The peers' MSPs take the certificate's extra OU: the
+    # confirmation commits.
+    assert organizational_units(patient_cert) == ["client", PATIENT_OU]
+    proposed = call(
+        hospital, "providers", "Consent:RegisterPatientIdentity", pseud, patient_cert.certificate_pem.decode()
+    )
+    assert proposed["registeredBy"] == "HospitalMSP" and proposed["fingerprint"] == "" and proposed["pending"]
+    confirmed = call(patient, "providers", "Consent:ConfirmPatientIdentity", pseud)
+    assert [b["fingerprint"] for b in confirmed["bindings"]] == [proposed["pending"]] == [fingerprint(patient_cert)]
 
     now = datetime.now(UTC)
     short = {
-        "consentId": unique("stay-lab"),
+        "consentId": opaque_key(),
         "patient": pseud,
         "grantee": "ClinicMSP",
         "action": "read",
@@ -111,13 +164,13 @@ def test_consent_grant_check_revoke_and_expiry(gateway_as: GatewayAs, network: T
         "end": iso(now + timedelta(seconds=6)),
         "documentDigest": "",
     }
-    surgeon = {**short, "consentId": unique("stay-surgeon"), "grantee": "practitioner:npi|1234567893", "scope": ["*"]}
-    granted = call(patient_app, "providers", "Consent:Grant", json.dumps(short))
+    surgeon = {**short, "consentId": opaque_key(), "grantee": "practitioner:npi|1234567893", "scope": ["*"]}
+    granted = call(patient, "providers", "Consent:Grant", json.dumps(short))
     assert granted["grantedVia"] == "patient" and granted["status"] == "active"
-    assert call(patient_app, "providers", "Consent:Grant", json.dumps(surgeon))["grantedVia"] == "patient"
+    assert call(patient, "providers", "Consent:Grant", json.dumps(surgeon))["grantedVia"] == "patient"
 
     # A custodian acting for the patient must show the signed consent document's digest.
-    on_behalf = {**short, "consentId": unique("by-custodian"), "grantee": "InsurerMSP", "purpose": "HPAYMT"}
+    on_behalf = {**short, "consentId": opaque_key(), "grantee": "InsurerMSP", "purpose": "HPAYMT"}
     with pytest.raises(EndorseError) as refused:
         call(hospital, "providers", "Consent:Grant", json.dumps(on_behalf))
     assert contract_error(refused.value) == "FORBIDDEN"
@@ -125,21 +178,43 @@ def test_consent_grant_check_revoke_and_expiry(gateway_as: GatewayAs, network: T
     assert call(hospital, "providers", "Consent:Grant", json.dumps(on_behalf))["grantedVia"] == "custodian"
 
     def decision(grantee: str, resource_type: str) -> dict[str, Any]:
-        return dict(ask(clinic, "providers", "Consent:Check", pseud, grantee, resource_type, "TREAT"))
+        """What HospitalMSP's records of the patient open to the grantee (the custodian is asked about by name)."""
+        return dict(ask(clinic, "providers", "Consent:Check", pseud, "HospitalMSP", grantee, resource_type, "TREAT"))
 
     def clinic_reads_observation() -> dict[str, Any]:
         """HospitalMSP, about to serve ClinicMSP an Observation, logs the access decision."""
-        request = {"patient": pseud, "accessor": "ClinicMSP", "resource": "Observation/obs-hb", "purpose": "TREAT"}
+        resource = f"Observation/{keys['obs-hb']}"
+        request = {"patient": pseud, "accessor": "ClinicMSP", "resource": resource, "purpose": "TREAT"}
         return dict(call(hospital, "providers", "Audit:RecordAccess", json.dumps(request)))
 
     assert decision("ClinicMSP", "Observation")["decision"] == "permit"
     assert decision("ClinicMSP", "Condition")["decision"] == "deny"
     assert decision("practitioner:npi|1234567893", "Condition")["decision"] == "permit"
+    assert decision("practitioner:npi|1234567893", "*")["decision"] == "permit"
+    assert decision("ClinicMSP", "*")["decision"] == "partial"  # the lab's grant covers Observation only
+    # The grants open the hospital's records, and no other custodian's.
+    elsewhere = ask(clinic, "providers", "Consent:Check", pseud, "ClinicMSP", "ClinicMSP", "Observation", "TREAT")
+    assert elsewhere["decision"] == "deny"
     logged = clinic_reads_observation()
     assert logged["decision"] == "permit" and logged["consentId"] == short["consentId"]
 
+    # The whole record: only the lab results are covered, so the decision is partial, with what it covers. The old
+    # form of the request, with the patient's FHIR id, is refused.
+    whole = {"patient": pseud, "accessor": "ClinicMSP", "resource": "$everything", "purpose": "TREAT"}
+    partial = call(hospital, "providers", "Audit:RecordAccess", json.dumps(whole))
+    assert partial["decision"] == "partial"
+    assert [(c["consentId"], c["scope"]) for c in partial["coverage"]] == [(short["consentId"], ["Observation"])]
+    with pytest.raises(EndorseError) as old_form:
+        call(
+            hospital,
+            "providers",
+            "Audit:RecordAccess",
+            json.dumps({**whole, "resource": "Patient/pat-jane/$everything"}),
+        )
+    assert contract_error(old_form.value) == "INVALID_ARGUMENT"
+
     # The patient revokes the surgeon's access; the lab's expires with its period.
-    call(patient_app, "providers", "Consent:Revoke", surgeon["consentId"], "")
+    call(patient, "providers", "Consent:Revoke", surgeon["consentId"], "")
     assert "revoked at" in decision("practitioner:npi|1234567893", "Condition")["reason"]
     time.sleep(max(0.0, (now + timedelta(seconds=6.5) - datetime.now(UTC)).total_seconds()))
     expired = decision("ClinicMSP", "Observation")
@@ -157,14 +232,14 @@ def test_consent_grant_check_revoke_and_expiry(gateway_as: GatewayAs, network: T
         "100",
         "",
     )
-    assert [e["decision"] for e in log["entries"]] == ["permit", "deny"]
+    assert [e["decision"] for e in log["entries"]] == ["permit", "partial", "deny"]
     assert {e["custodian"] for e in log["entries"]} == {"HospitalMSP"}
 
 
 def test_claim_submit_adjudicate_pay_with_private_lines(gateway_as: GatewayAs) -> None:
     hospital, insurer, clinic = gateway_as("HospitalOrg"), gateway_as("InsurerOrg"), gateway_as("ClinicOrg")
     omar = fhir.PATIENTS[1]
-    claim_id = unique("claim")
+    claim_id = opaque_key()
     submission = {
         "claimId": claim_id,
         "patient": pseudonym_of(omar),
@@ -183,6 +258,16 @@ def test_claim_submit_adjudicate_pay_with_private_lines(gateway_as: GatewayAs) -
             {"sequence": 2, "code": "85025", "quantity": 2, "unitPriceCents": 7500, "netCents": 15000},
         ],
     }
+    # A claim is known on chain by an opaque key, never by the id the provider's EHR gave it.
+    with pytest.raises(EndorseError) as by_id:
+        call(
+            hospital,
+            "claims",
+            "Claims:Submit",
+            json.dumps({**submission, "claimId": "claim-2026-0001"}),
+            transient={"claim": {**lines, "claimId": "claim-2026-0001"}},
+        )
+    assert contract_error(by_id.value) == "INVALID_ARGUMENT" and "opaque key" in str(by_id.value)
     claim = call(hospital, "claims", "Claims:Submit", json.dumps(submission), transient={"claim": lines})
     assert claim["status"] == "submitted" and claim["collection"] == "lines_HospitalMSP_InsurerMSP"
 
@@ -195,7 +280,7 @@ def test_claim_submit_adjudicate_pay_with_private_lines(gateway_as: GatewayAs) -
     assert ask(clinic, "claims", "Claims:Get", claim_id)["totalCents"] == 27500  # the public summary is shared
 
     # The same claim again under a new id is a duplicate.
-    dup = {**submission, "claimId": unique("claim")}
+    dup = {**submission, "claimId": opaque_key()}
     with pytest.raises(EndorseError) as duplicate:
         call(
             hospital,
@@ -251,12 +336,23 @@ def test_counterfeit_packs_are_detected(gateway_as: GatewayAs) -> None:
         call(hospital, "pharma", "Supply:Receive", gtin, serial)
     call(hospital, "pharma", "Supply:Dispense", gtin, resold)
 
+    # Verify is a read: evaluated, it answers and records nothing.
     ok = ask(hospital, "pharma", "Supply:Verify", gtin, genuine, "LOT7", "2030-01-31")
     assert ok == {"authentic": True, "flags": [], "state": "active", "custodian": "HospitalMSP"}
     clone = ask(clinic, "pharma", "Supply:Verify", gtin, resold, "LOT7", "")
     assert not clone["authentic"] and "already_dispensed" in clone["flags"]
+    assert ask(clinic, "pharma", "Supply:Alerts", gtin, resold) == []
     unknown = ask(clinic, "pharma", "Supply:Verify", gtin, "NEVER-MADE-1", "", "")
     assert unknown["flags"] == ["unknown_serial"]
+
+    # VerifyAndReport is submitted: the suspicious pack is reported on chain as an Alert, the genuine one is not.
+    reported = call(clinic, "pharma", "Supply:VerifyAndReport", gtin, resold, "LOT7", "")
+    assert not reported["authentic"] and "already_dispensed" in reported["flags"]
+    (alert,) = ask(hospital, "pharma", "Supply:Alerts", gtin, resold)
+    assert (alert["verifiedBy"], alert["manufacturer"]) == ("ClinicMSP", "PharmaMSP")
+    assert "already_dispensed" in alert["flags"]
+    assert call(hospital, "pharma", "Supply:VerifyAndReport", gtin, genuine, "LOT7", "2030-01-31")["authentic"]
+    assert ask(hospital, "pharma", "Supply:Alerts", gtin, genuine) == []
     history = ask(clinic, "pharma", "Supply:History", gtin, resold)
     assert [e["bizStep"] for e in history] == ["commissioning", "shipping", "receiving", "dispensing"]
     with pytest.raises(EndorseError) as second:
@@ -268,22 +364,3 @@ def test_contracts_refuse_the_wrong_channel(gateway_as: GatewayAs) -> None:
     with pytest.raises(EvaluateError) as wrong:
         ask(gateway_as("HospitalOrg"), "claims", "Records:Custodians", "0" * 64)
     assert contract_error(wrong.value) == "FORBIDDEN" and "does not serve channel" in str(wrong.value)
-
-
-def test_no_phi_in_any_block_of_any_channel(network: Topology) -> None:
-    """Runs last in this module: scans the raw block files of every channel on every node."""
-    phi = [s.encode() for s in fhir.phi_strings()]
-    pseudonyms = [pseudonym_of(p).encode() for p in fhir.PATIENTS]
-    scanned = 0
-    seen_pseudonyms: set[bytes] = set()
-    for node in network.nodes:
-        chains = network.data_dir(node.name) / "ledger"
-        for block_file in sorted(chains.rglob("blockfile_*")):
-            raw = block_file.read_bytes()
-            scanned += len(raw)
-            found = [s.decode() for s in phi if s in raw]
-            assert not found, f"PHI {found} in {block_file.relative_to(network.home)}"
-            seen_pseudonyms.update(p for p in pseudonyms if p in raw)
-    assert scanned > 0
-    # The scan sees real content: the pseudonyms the tests registered are there, in place of the identities.
-    assert seen_pseudonyms == set(pseudonyms)

@@ -59,6 +59,15 @@ def test_submit_then_evaluate_round_trip(hospital: Gateway) -> None:
     assert record == {"key": key, "value": "hello", "writer": "HospitalMSP", "txId": submitted.tx_id}
 
 
+def test_submit_follows_commits_on_the_channels_block_stream(network: Topology) -> None:
+    """The peer accepts the filtered-block stream bound to our TLS certificate, so submits need no CommitStatus."""
+    with connect.gateway(network, "ClinicOrg") as gw:
+        submitted = probe(gw, "providers").submit("Write", args=[unique("stream"), "v"])
+        watch = gw._driver._watches["providers"]
+        assert watch.running, "the block stream was refused: submits fall back to CommitStatus"
+        assert watch.wait_for(submitted.tx_id).status == submitted.status  # delivered by the stream
+
+
 def test_submit_async_returns_the_tx_id_before_commit(hospital: Gateway) -> None:
     commit = probe(hospital, "providers").submit_async("Write", args=[unique("async"), "v"])
     assert len(commit.tx_id) == 64 and commit.result is not None

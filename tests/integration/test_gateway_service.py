@@ -142,9 +142,13 @@ def test_claims_and_coverage_go_where_they_belong(
     hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
     patient_id, mpi, _ = new_patient(hospital, 2)
     coverage = synthetic.coverage(mpi, "InsurerMSP", "2026-01-01", "2026-12-31")
-    # The insurer keeps its Coverage; a provider does not, and an insurer keeps no clinical records.
+    # The insurer keeps its Coverage unregistered; a Coverage an EHR sends a provider is one of its records, registered
+    # like any other; an insurer keeps no clinical records.
     assert insurer.post("/Coverage", coverage).status_code == 201
-    assert hospital.post("/Coverage", coverage).status_code == 403
+    at_provider = hospital.post("/Coverage", coverage)
+    assert at_provider.status_code == 201, at_provider.text
+    verified = hospital.get(f"/Coverage/{at_provider.json()['id']}/$verify").json()
+    assert verified["parameter"][0] == {"name": "result", "valueBoolean": True}
     assert insurer.post("", synthetic.Synthetic.seeded(3).transaction(2)).status_code == 403
 
     today = datetime.date.today().isoformat()

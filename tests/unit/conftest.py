@@ -21,7 +21,7 @@ import pytest
 
 from consortium import topology as topo
 from consortium.errors import ToolMissing
-from network import postgres_server
+from network import org_secrets, postgres_server, redis_server
 from records.store import Store
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -105,3 +105,14 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
     found = Stores(request.param, tmp_path, pg)
     yield found
     found.cleanup()
+
+
+@pytest.fixture(scope="module")
+def redis_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[topo.Topology]:
+    """A real Redis of its own, on a free port, for the tests of one module, with the org users' passwords."""
+    t = topo.load(home=tmp_path_factory.mktemp("redis"), port_base=free_port() - topo.REDIS_PORT)
+    org_secrets.ensure(t)
+    redis_server.start(t)
+    redis_server.wait_ready(t)
+    yield t
+    redis_server.process(t).stop()

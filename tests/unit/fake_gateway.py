@@ -4,7 +4,9 @@ the way a real Gateway does (a gRPC status with gateway.ErrorDetail messages in 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,9 +18,11 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.hashes import SHA256
 from fabric_protos.common import common_pb2, ledger_pb2
 from fabric_protos.gateway import gateway_pb2
+from fabric_protos.orderer import ab_pb2
 from fabric_protos.peer import (
     chaincode_event_pb2,
     chaincode_pb2,
+    events_pb2,
     proposal_pb2,
     proposal_response_pb2,
     transaction_pb2,
@@ -80,6 +84,12 @@ class FakeGateway:
     submitted: list[gateway_pb2.SubmitRequest] = field(default_factory=list)
     committed: dict[str, tuple[str, int]] = field(default_factory=dict)  # tx id -> (validation code, block)
     events_requests: list[gateway_pb2.ChaincodeEventsRequest] = field(default_factory=list)
+    blocks: list[events_pb2.FilteredBlock] = field(default_factory=list)  # what DeliverFiltered streams
+    new_block: threading.Condition = field(default_factory=threading.Condition)
+    commit_status_calls: int = 0
+    deliver: bool = False  # whether DeliverFiltered is served (else it is UNIMPLEMENTED, as a stub without it)
+    orders: bool = True  # False: submitted transactions are accepted but never committed
+    seek_headers: list[common_pb2.ChannelHeader] = field(default_factory=list)
 
     @property
     def identity(self) -> Identity:
@@ -153,12 +163,22 @@ class FakeGateway:
         self._enter("submit", timeout)
         self._verify(request.prepared_transaction.payload, request.prepared_transaction.signature)
         self.submitted.append(request)
-        if request.transaction_id not in self.committed:  # a transaction id commits once
-            self.committed[request.transaction_id] = (self.validation_code, len(self.committed) + 1)
+        if not self.orders:
+            return gateway_pb2.SubmitResponse()
+        tx_id = request.transaction_id
+        with self.new_block:
+            code = self.validation_code if tx_id not in self.committed else "DUPLICATE_TXID"
+            number = len(self.committed) + 1
+            self.committed.setdefault(tx_id, (code, number))  # a transaction id commits once
+            validation_code = transaction_pb2.TxValidationCode.Value(code)
+            tx = events_pb2.FilteredTransaction(txid=tx_id, tx_validation_code=validation_code)
+            self.blocks.append(events_pb2.FilteredBlock(channel_id="claims", number=number, filtered_transactions=[tx]))
+            self.new_block.notify_all()
         return gateway_pb2.SubmitResponse()
 
     def CommitStatus(self, signed: gateway_pb2.SignedCommitStatusRequest, timeout: float | None = None) -> Any:
         self._enter("commit_status", timeout)
+        self.commit_status_calls += 1
         self._verify(signed.request, signed.signature)
         request = gateway_pb2.CommitStatusRequest.FromString(signed.request)
         if request.transaction_id not in self.committed:
@@ -175,6 +195,53 @@ class FakeGateway:
         yield from self.events
         if "events" in self.fail:
             raise self.fail["events"]
+
+    def DeliverFiltered(self, envelopes: Iterator[common_pb2.Envelope], timeout: float | None = None) -> Any:
+        """Filtered blocks from the newest on, as the peer's Deliver service sends them. `fail["deliver"]` refuses
+        the stream; `fail["deliver_later"]` breaks it at the next block."""
+        if not self.deliver:
+            raise FakeRpcError(grpc.StatusCode.UNIMPLEMENTED, "unknown service protos.Deliver")
+        envelope = next(envelopes)
+        self._verify(envelope.payload, envelope.signature)
+        payload = common_pb2.Payload.FromString(envelope.payload)
+        header = common_pb2.ChannelHeader.FromString(payload.header.channel_header)
+        assert header.type == common_pb2.HeaderType.DELIVER_SEEK_INFO
+        assert ab_pb2.SeekInfo.FromString(payload.data).start.WhichOneof("Type") == "newest"
+        self.seek_headers.append(header)
+        if "deliver" in self.fail:
+            raise self.fail["deliver"]
+        return FakeStream(self)
+
+
+class FakeStream:
+    """An open DeliverFiltered stream: the newest block, then each new one; cancel() ends it."""
+
+    def __init__(self, fake: FakeGateway) -> None:
+        self.fake = fake
+        self.cancelled = False
+        self.sent = max(len(fake.blocks) - 1, 0)
+
+    def __iter__(self) -> FakeStream:
+        return self
+
+    def __next__(self) -> events_pb2.DeliverResponse:
+        with self.fake.new_block:
+            if not self.fake.blocks:  # a new channel: its genesis block
+                self.fake.blocks.append(events_pb2.FilteredBlock(channel_id="claims", number=0))
+            while self.sent >= len(self.fake.blocks) and not self.cancelled:
+                self.fake.new_block.wait(0.05)
+            if self.cancelled:
+                raise FakeRpcError(grpc.StatusCode.CANCELLED, "cancelled")
+            if "deliver_later" in self.fake.fail and self.sent > 0:
+                raise self.fake.fail["deliver_later"]
+            block = self.fake.blocks[self.sent]
+            self.sent += 1
+            return events_pb2.DeliverResponse(filtered_block=block)
+
+    def cancel(self) -> None:
+        with self.fake.new_block:
+            self.cancelled = True
+            self.fake.new_block.notify_all()
 
 
 class AsyncFakeGateway:
@@ -201,6 +268,16 @@ class AsyncFakeGateway:
     async def _stream(self, request: Any) -> AsyncIterator[Any]:
         for response in self.fake.ChaincodeEvents(request):
             yield response
+
+    def DeliverFiltered(self, envelopes: Iterator[Any]) -> AsyncIterator[Any]:
+        return self._deliver(self.fake.DeliverFiltered(envelopes))
+
+    async def _deliver(self, stream: FakeStream) -> AsyncIterator[Any]:
+        while True:
+            if stream.sent < len(self.fake.blocks) or not self.fake.blocks:
+                yield next(stream)
+            else:
+                await asyncio.sleep(0.001)
 
 
 def event(block: int, tx_id: str, name: str, payload: bytes = b"{}") -> gateway_pb2.ChaincodeEventsResponse:

@@ -8,6 +8,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -251,6 +252,58 @@ def test_chaincode_events_resume_after_a_checkpoint(fake: FakeGateway, gw: Gatew
     assert len(list(claims.chaincode_events("careledger"))) == 2
 
 
+# ----- commits followed on the channel's block stream -------------------------------------------------------------
+
+
+def test_submit_follows_commits_on_the_block_stream(fake: FakeGateway) -> None:
+    fake.deliver = True
+    with Gateway(fake, fake.identity, fake.signer()) as gw:
+        contract = gw.network("claims").contract("careledger")
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            done = list(pool.map(lambda i: contract.submit("Probe:Write", args=[str(i)]), range(20)))
+        assert sorted(s.status.block_number for s in done) == list(range(1, 21))
+        assert all(s.status.successful and s.status.tx_id == s.tx_id for s in done)
+        assert fake.commit_status_calls == 0  # one stream instead of a call per transaction
+        fake.validation_code = "MVCC_READ_CONFLICT"
+        with pytest.raises(CommitError) as err:
+            contract.submit("Probe:Increment")
+        assert (err.value.code, err.value.block_number) == ("MVCC_READ_CONFLICT", 21)
+        # the stream is opened once, bound to the connection's TLS certificate (none for a stub)
+        assert len(fake.seek_headers) == 1 and fake.seek_headers[0].channel_id == "claims"
+        # commit.status() after submit_async asks CommitStatus, as the official clients do
+        assert contract.submit_async("Probe:Write").status().code == "MVCC_READ_CONFLICT"
+        assert fake.commit_status_calls == 1
+
+
+def test_submit_asks_commit_status_when_the_stream_is_refused_or_breaks(fake: FakeGateway) -> None:
+    fake.deliver = True
+    fake.fail["deliver"] = FakeRpcError(grpc.StatusCode.PERMISSION_DENIED, "access denied")
+    gw = Gateway(fake, fake.identity, fake.signer())
+    contract = gw.network("claims").contract("careledger")
+    assert contract.submit("Probe:Write").status.successful
+    assert contract.submit("Probe:Write").status.successful
+    assert (fake.commit_status_calls, len(fake.seek_headers)) == (2, 1)  # not asked again at once
+    del fake.fail["deliver"]
+    other = gw.network("providers").contract("careledger")
+    assert other.submit("Probe:Write").status.successful and fake.commit_status_calls == 2
+    fake.fail["deliver_later"] = FakeRpcError(grpc.StatusCode.UNAVAILABLE, "peer went away")
+    assert other.submit("Probe:Write").status.successful  # its block broke the stream: it asked
+    assert fake.commit_status_calls == 3
+    gw.close()
+
+
+def test_a_commit_the_stream_never_brings_times_out_as_an_unknown_outcome(fake: FakeGateway) -> None:
+    fake.deliver = True
+    gw = Gateway(fake, fake.identity, fake.signer(), Timeouts(commit_status=0.05))
+    contract = gw.network("claims").contract("careledger")
+    contract.submit("Probe:Write")
+    fake.orders = False
+    with pytest.raises(CommitStatusTimeout) as err:
+        contract.submit("Probe:Write")
+    assert isinstance(err.value, CommitUnknown) and len(err.value.tx_id) == 64
+    gw.close()
+
+
 # ----- asyncio ---------------------------------------------------------------------------------------------------
 
 
@@ -281,6 +334,18 @@ def test_the_asyncio_client_drives_the_same_steps(fake: FakeGateway) -> None:
         assert [e.tx_id async for e in claims.chaincode_events("careledger", start_block=7)] == ["tx7"]
         await gw.close()
 
+        # On the block stream: no CommitStatus calls for submits.
+        del fake.fail["endorse"]
+        fake.deliver, fake.validation_code, asked = True, "VALID", fake.commit_status_calls
+        gw = AsyncGateway(AsyncFakeGateway(fake), fake.identity, fake.signer())
+        contract = gw.network("claims").contract("careledger")
+        done = await asyncio.gather(*(contract.submit("Probe:Write", args=[str(i)]) for i in range(10)))
+        assert all(s.status.successful for s in done) and fake.commit_status_calls == asked
+        fake.validation_code = "MVCC_READ_CONFLICT"
+        with pytest.raises(CommitError, match="MVCC_READ_CONFLICT"):
+            await contract.submit("Probe:Write")
+        await gw.close()
+
     asyncio.run(scenario())
 
 
@@ -293,8 +358,20 @@ class _Served(grpc.GenericRpcHandler):
     def __init__(self, fake: FakeGateway) -> None:
         self.fake = fake
 
+    def deliver(self, envelopes: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            stream = self.fake.DeliverFiltered(envelopes)
+        except FakeRpcError as e:
+            context.abort(e.code(), e.details())
+        context.add_callback(stream.cancel)
+        yield from stream
+
     def service(self, details: Any) -> Any:
         name = details.method.rsplit("/", 1)[1]
+        if name == "DeliverFiltered":
+            return grpc.stream_stream_rpc_method_handler(
+                self.deliver, common_pb2.Envelope.FromString, lambda m: m.SerializeToString()
+            )
         request_type = {
             "Evaluate": gateway_pb2.EvaluateRequest,
             "Endorse": gateway_pb2.EndorseRequest,
@@ -333,10 +410,12 @@ def served(fake: FakeGateway) -> Iterator[str]:
 
 
 def test_the_blocking_client_over_a_grpc_channel(fake: FakeGateway, served: str) -> None:
+    fake.deliver = True
     with grpc.insecure_channel(served) as channel:
-        gw = Gateway(channel, fake.identity, fake.signer())
+        gw = Gateway(channel, fake.identity, fake.signer(), tls_cert_hash=b"")
         contract = gw.network("claims").contract("careledger")
         assert contract.submit("Probe:Write", args=["k"]).status.successful
+        assert fake.commit_status_calls == 0 and len(fake.seek_headers) == 1
         assert contract.evaluate("Probe:Read") == b"result of Probe:Read"
         fake.fail["endorse"] = FakeRpcError(grpc.StatusCode.ABORTED, "failed to endorse", PEERS)
         with pytest.raises(EndorseError) as err:
@@ -347,21 +426,27 @@ def test_the_blocking_client_over_a_grpc_channel(fake: FakeGateway, served: str)
         fake.delay = 0.2
         with pytest.raises(GatewayTimeout):
             contract.evaluate("Probe:Read", timeout=0.05)
+        gw.close()
 
 
 def test_the_asyncio_client_over_a_grpc_aio_channel(fake: FakeGateway, served: str) -> None:
+    fake.deliver = True
+
     async def scenario() -> None:
         async with grpc.aio.insecure_channel(served) as channel:
-            gw = AsyncGateway(channel, fake.identity, fake.signer())
+            gw = AsyncGateway(channel, fake.identity, fake.signer(), tls_cert_hash=b"")
             contract = gw.network("claims").contract("careledger")
             done = await asyncio.gather(*(contract.submit("Probe:Write", args=[str(i)]) for i in range(8)))
             assert sorted(s.status.block_number for s in done) == list(range(1, 9))
+            assert fake.commit_status_calls == 0 and len(fake.seek_headers) == 1
             fake.fail["commit_status"] = FakeRpcError(grpc.StatusCode.UNAVAILABLE, "peer restarting")
+            assert (await contract.submit("Probe:Write")).status.successful  # the stream needs no CommitStatus
             with pytest.raises(CommitStatusUnavailable):
-                await contract.submit("Probe:Write")
+                await (await contract.submit_async("Probe:Write")).status()
             fake.events = [event(3, "tx3", "Probe.Written")]
             events = gw.network("claims").chaincode_events("careledger")
             assert [e.tx_id async for e in events] == ["tx3"]
+            await gw.close()
 
     asyncio.run(scenario())
 

@@ -11,7 +11,7 @@ from fabric_gateway import CommitStatusUnavailable
 from ledger.errors import LedgerConflict
 from records import synthetic
 from records.store import Query
-from tests.unit.gateway_harness import Gateway
+from tests.unit.gateway_harness import WRITE, Gateway
 
 Run = Callable[[Callable[[Gateway], Awaitable[None]]], None]
 
@@ -134,5 +134,45 @@ def test_bodies_must_be_fhir_json_and_answers_are_fhir_json(gw: Gateway) -> None
         assert (await g.get("/fhir/Patient", Accept="application/fhir+xml")).status_code == 406
         assert (await g.get("/fhir/Patient", Accept="application/fhir+json")).status_code == 200
         assert (await g.get("/fhir/Patient", Accept="*/*")).status_code == 200
+
+    gw.run(scenario)
+
+
+def test_a_bundles_claims_answer_201_and_say_where_they_stand(gw: Gateway) -> None:
+    async def scenario(g: Gateway) -> None:
+        bundle = synthetic.Synthetic.seeded(5).transaction(2)
+        claim = synthetic.claim("x", "InsurerMSP", [("99213", 1, "80.00")], "2026-11-01", "Coverage/c1")
+        claim["patient"] = {"reference": bundle["entry"][0]["fullUrl"]}
+        bundle["entry"].append({"resource": claim, "request": {"method": "POST", "url": "Claim"}})
+        r = await g.post("/fhir", bundle)
+        assert r.status_code == 200, r.text
+        status, location = (r.json()["entry"][-1]["response"][k] for k in ("status", "location"))
+        assert status == "201 Created" and location.startswith("Claim/")
+        await g.records.claims_outbox.idle()
+        state = await g.get(f"/fhir/{location.rsplit('/', 2)[0]}/$submission")
+        params = {p["name"]: next(v for k, v in p.items() if k.startswith("value")) for p in state.json()["parameter"]}
+        assert params["state"] == "submitted" and params["transaction"]
+
+    gw.run(scenario)
+
+
+def test_patient_match_and_link(gw: Gateway) -> None:
+    async def scenario(g: Gateway) -> None:
+        ann = {"resourceType": "Patient", "name": [{"family": "Doe", "given": ["Ann"]}], "birthDate": "1970-01-01",
+               "gender": "female"}  # fmt: skip
+        assert (await g.request("PUT", "/fhir/Patient/ann", ann, WRITE)).status_code == 201
+        query = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": ann}]}
+        found = (await g.post("/fhir/Patient/$match", query)).json()
+        assert [(e["resource"]["id"], e["search"]["score"]) for e in found["entry"]] == [("ann", 0.9)]
+        certain = {**query, "parameter": [*query["parameter"], {"name": "onlyCertainMatches", "valueBoolean": True}]}
+        assert (await g.post("/fhir/Patient/$match", certain)).json()["total"] == 0
+        mpi = {"system": synthetic.MPI_SYSTEM, "value": "MPI-ANN-9"}
+        link = {"resourceType": "Parameters", "parameter": [{"name": "identifier", "valueIdentifier": mpi}]}
+        linked = await g.post("/fhir/Patient/ann/$link", link)
+        assert linked.status_code == 200 and mpi in linked.json()["identifier"]
+        other = {"system": "urn:not-a-consortium-system", "value": "1"}
+        bad = {"resourceType": "Parameters", "parameter": [{"name": "identifier", "valueIdentifier": other}]}
+        refused = await g.post("/fhir/Patient/ann/$link", bad)
+        assert refused.status_code == 422 and refused.json()["resourceType"] == "OperationOutcome"
 
     gw.run(scenario)

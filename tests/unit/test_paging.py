@@ -50,9 +50,9 @@ class OtherCustodian:
         self.asked = 0
         self.resources = [{"resourceType": "Observation", "id": f"clinic-{i}", "status": "final"} for i in range(3)]
 
-    async def everything(self, custodians: list[str], patient: str, purpose: str) -> list[Disclosed]:
+    async def everything(self, custodians: dict[str, str], purpose: str) -> list[Disclosed]:
         self.asked += 1
-        assert custodians == ["ClinicMSP"]
+        assert list(custodians) == ["ClinicMSP"]
         return [Disclosed("ClinicMSP", "https://clinic.test", self.resources)]
 
 

@@ -17,7 +17,7 @@ from ledger.errors import LedgerForbidden
 from ledger.fake import FakeLedger
 from records import synthetic
 from records import validation as fv
-from records.errors import NotKeptHere, PreconditionFailed, Refused, StillPending
+from records.errors import FhirInvalid, NotKeptHere, PreconditionFailed, Refused, StillPending
 from records.service import Custodian, Records
 from records.sharing import Sharing
 from tests import fhir_samples as fhir
@@ -227,3 +227,163 @@ def fv_query(rtype: str) -> Any:
     from records.store import Query
 
     return Query(rtype)
+
+
+# ----- claims inside transaction bundles (the claim outbox) --------------------------------------------------------
+
+
+def visit_with_claims(seed: int = 3, insurer: str = "InsurerMSP", status: str = "active") -> dict[str, Any]:
+    """A visit whose bundle also bills it: two Claims naming the bundle's Patient by its urn:uuid."""
+    bundle = visit(2, seed=seed)
+    patient_url = bundle["entry"][0]["fullUrl"]
+    for n in (1, 2):
+        claim = synthetic.claim("x", insurer, [("99213", 1, f"{100 + n}.00")], "2026-11-01", "Coverage/c1")
+        claim |= {"patient": {"reference": patient_url}, "status": status}
+        bundle["entry"].append({"resource": claim, "request": {"method": "POST", "url": "Claim"}})
+    return bundle
+
+
+def submitted_events(world: FakeLedger) -> list[Any]:
+    return [p for p in world.events if p[2] in ("Claims.Submitted", "Claims.SubmittedBatch")]
+
+
+def test_the_claims_of_a_transaction_bundle_are_filed_once_after_its_records(
+    world: FakeLedger, hospital: Records
+) -> None:
+    async def scenario() -> list[Any]:
+        written = await hospital.transaction(entries(visit_with_claims()))
+        await hospital.claims_outbox.idle()
+        return written
+
+    written = run(scenario())
+    claims = [w for w in written if w.type == "Claim"]
+    assert len(claims) == 2 and all(w.created for w in claims)
+    assert len([p for p in world.events if p[2] == "Records.Registered"]) == 1
+    assert len(submitted_events(world)) == 2
+    for w in claims:
+        state = hospital.submission(w.id)
+        assert (state.state, state.attempts) == ("submitted", 0) and state.tx_id
+        on_chain = run(hospital.ledger.claim(hospital.store.ledger_key("Claim", w.id)))
+        assert on_chain["patient"] == hospital.read("Patient", written[0].id).patient
+        assert run(hospital.verify(hospital.read("Claim", w.id))).ok
+    assert run(hospital.claims_outbox.submit_due(retry_after_s=0)) == {}  # nothing left to file
+
+
+def test_a_refused_bundle_queues_none_of_its_claims(world: FakeLedger, hospital: Records) -> None:
+    world.fail_next("Records:Register", LedgerForbidden("refused"))
+    with pytest.raises(LedgerForbidden):
+        run(hospital.transaction(entries(visit_with_claims())))
+    assert hospital.store.claims_due(100, 0) == []
+    assert hospital.store.search(fv_query("Claim"))[0] == 0
+    assert not submitted_events(world)
+
+
+@pytest.mark.parametrize("committed", [True, False])
+def test_a_claim_whose_submission_outcome_was_unknown_is_filed_exactly_once(
+    world: FakeLedger, hospital: Records, committed: bool
+) -> None:
+    for _ in range(2):
+        world.fail_next("Claims:Submit", CommitStatusUnavailable("UNAVAILABLE", "peer gone"), committed=committed)
+
+    async def scenario() -> list[Any]:
+        written = await hospital.transaction(entries(visit_with_claims()))
+        await hospital.claims_outbox.idle()
+        return written
+
+    claims = [w for w in run(scenario()) if w.type == "Claim"]
+    assert {hospital.submission(w.id).state for w in claims} == {"queued"}
+    assert {hospital.submission(w.id).attempts for w in claims} == {1}
+    assert run(hospital.claims_outbox.submit_due(retry_after_s=0)) == {"submitted": 2}
+    assert len(submitted_events(world)) == 2  # each claim on chain once, whether the first try committed or not
+    assert all(hospital.submission(w.id).state == "submitted" for w in claims)
+
+
+def test_a_bundle_claim_naming_no_consortium_payer_is_kept_and_held(world: FakeLedger, hospital: Records) -> None:
+    bundle = visit_with_claims()
+    for e in bundle["entry"][-2:]:
+        e["resource"]["insurer"] = {"display": "A payer outside the consortium"}
+    claims = [w for w in run(hospital.transaction(entries(bundle))) if w.type == "Claim"]
+    assert {hospital.submission(w.id).state for w in claims} == {"held"}
+    assert not submitted_events(world)
+
+
+def test_a_bundle_claim_r4_forbids_refuses_the_whole_bundle(world: FakeLedger, hospital: Records) -> None:
+    with pytest.raises(FhirInvalid):
+        run(hospital.transaction(entries(visit_with_claims(status="draft"))))
+    assert hospital.store.search(fv_query("Patient"))[0] == 0
+    assert not [p for p in world.events if p[2] == "Records.Registered"]
+
+
+# ----- patient identity: local pseudonyms, links, $match ------------------------------------------------------------
+
+ANN = {
+    "resourceType": "Patient",
+    "identifier": [{"system": "urn:oid:2.16.840.1.113883.19.5", "value": "MRN-778"}],
+    "name": [{"use": "official", "family": "Doe", "given": ["Ann", "Marie"]}],
+    "birthDate": "1970-01-01",
+    "gender": "female",
+}
+
+
+def put(rtype: str, rid: str, resource: dict[str, Any], index: int = 0) -> fv.Entry:
+    return fv.entry({"resource": resource, "request": {"method": "PUT", "url": f"{rtype}/{rid}"}}, index)
+
+
+def post(resource: dict[str, Any]) -> fv.Entry:
+    return fv.entry({"resource": resource, "request": {"method": "POST", "url": resource["resourceType"]}}, 0)
+
+
+def observation_of(reference: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": reference,
+    }
+
+
+def test_a_patient_without_a_consortium_identifier_is_linked_when_one_is_added(hospital: Records) -> None:
+    run(hospital.transaction([put("Patient", "ann", ANN)]))
+    local = hospital.local_pseudonym("ann")
+    assert hospital.pseudonym_of_local_patient("ann") == local
+    run(hospital.transaction([post(observation_of({"reference": "Patient/ann"}))]))
+    mpi = {"system": fhir.MPI_SYSTEM, "value": "MPI-ANN-1"}
+    run(hospital.transaction([put("Patient", "ann", {**ANN, "identifier": [*ANN["identifier"], mpi]})]))
+    consortium = hospital.pseudonym_of_identifier(fhir.MPI_SYSTEM, "MPI-ANN-1")
+    custodians = run(hospital.ledger.custodians(consortium))
+    assert [(c["custodian"], c["localPseudonym"]) for c in custodians] == [("HospitalMSP", local)]
+    assert hospital.filed_under(consortium) == local and hospital.consortium_pseudonym("ann") == consortium
+    # A later resource naming the patient by that identifier joins the same record, under the local pseudonym.
+    by_identifier = {"reference": f"Patient?identifier={fhir.MPI_SYSTEM}|MPI-ANN-1"}
+    (obs,) = run(hospital.transaction([post(observation_of(by_identifier))]))
+    assert hospital.read("Observation", obs.id).patient == local
+    record = run(Sharing(hospital, None).everything(consortium, "TREAT"))
+    assert sorted(s.type for s in record.own) == ["Observation", "Observation", "Patient"]
+
+
+def test_patient_match_finds_by_identifier_or_by_demographics(hospital: Records) -> None:
+    run(hospital.transaction([put("Patient", "ann", ANN)]))
+    run(hospital.transaction([put("Patient", "bob", {**ANN, "identifier": [], "name": [{"family": "Roe"}]})]))
+    by_id = hospital.match({"resourceType": "Patient", "identifier": ANN["identifier"]})
+    assert [(s.id, score) for s, score in by_id] == [("ann", 1.0)]
+    folded = {"resourceType": "Patient", "name": [{"family": "DOE", "given": ["ann"]}], "birthDate": "1970-01-01"}
+    assert [(s.id, score) for s, score in hospital.match({**folded, "gender": "female"})] == [("ann", 0.9)]
+    assert hospital.match({**folded, "gender": "male"}) == []
+    assert hospital.match(folded) == []  # without every element of the token, no demographic match
+
+
+def test_a_batch_entry_pointing_at_another_entry_is_told_to_use_a_transaction() -> None:
+    raw = {"fullUrl": "urn:uuid:1", "resource": observation_of({"reference": "urn:uuid:2"}), "request": {
+        "method": "POST", "url": "Observation"}}  # fmt: skip
+    with pytest.raises(FhirInvalid) as refused:
+        fv.batch_entry(raw, 3)
+    (issue,) = refused.value.issues
+    assert issue.expression == "Bundle.entry[3].resource.subject.reference" and "transaction" in issue.diagnostics
+
+
+def test_a_coverage_an_ehr_sends_a_provider_is_a_registered_record(hospital: Records) -> None:
+    coverage = {**synthetic.coverage("MPI-ANN-2", "InsurerMSP", "2026-01-01", "2026-12-31"), "id": "cov1"}
+    run(hospital.transaction([put("Patient", "ann", {**ANN, "identifier": [
+        {"system": fhir.MPI_SYSTEM, "value": "MPI-ANN-2"}]}), put("Coverage", "cov1", coverage, 1)]))  # fmt: skip
+    stored = hospital.read("Coverage", "cov1")
+    assert stored.tx_id and run(hospital.verify(stored)).ok

@@ -145,6 +145,20 @@ def test_tampering_and_erasure(stores: Stores) -> None:
     assert not store.erase(PATIENT, "2026-01-10T00:00:00Z")
 
 
+def test_an_erased_patient_drops_out_of_every_listing_and_the_others_stay(stores: Stores) -> None:
+    store = stores.open()
+    other = "b" * 64
+    keep(store, "b1", [row("o1"), row("o2", when=at(3))])
+    keep(store, "b2", [row("x1", patient=other, when=at(2))])
+    assert store.erase(PATIENT, "2026-01-09T00:00:00Z")
+    total, found = store.search(Query("Observation"))
+    assert (total, [s.id for s in found]) == (1, ["x1"])  # a page holding an erased row would not open
+    assert store.search(Query("Observation", patient=PATIENT)) == (0, [])
+    assert store.patient_resources(PATIENT) == [] and store.patient_page(PATIENT, 10).items == []
+    with pytest.raises(PatientErased):  # a direct read still says what happened
+        store.read("Observation", "o1")
+
+
 def test_pending_batches_can_leave_out_those_just_staged(stores: Stores) -> None:
     store = stores.open()
     store.stage("b1", [row("o1")])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -20,7 +19,6 @@ from consortium import topology as topo
 from ledger.claim_batches import ClaimBatches
 from ledger.contracts import Ledger
 from ledger.fake import FakeLedger
-from network import org_secrets, redis_server
 from records import synthetic
 from records import validation as fv
 from records.fhir_claim import claim_response_id
@@ -32,23 +30,6 @@ from workers.settings import WorkerSettings
 
 KINDS = {"HospitalMSP": "provider", "ClinicMSP": "provider", "InsurerMSP": "insurer"}
 MPI = "MPI-55501-TT"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def redis_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[topo.Topology]:
-    """A real Redis of its own, on a free port, for these tests only."""
-    t = topo.load(home=tmp_path_factory.mktemp("redis"), port_base=free_port() - topo.REDIS_PORT)
-    org_secrets.ensure(t)  # the Redis users' passwords
-    redis_server.start(t)
-    redis_server.wait_ready(t)
-    yield t
-    redis_server.process(t).stop()
 
 
 def records_of(world: FakeLedger, tmp_path: Path, msp: str) -> Records:
@@ -131,6 +112,25 @@ def test_a_claim_without_coverage_is_denied_with_carc_31(insurer: Any, tmp_path:
     response = json.loads(records.read("ClaimResponse", claim_response_id(claim["claimId"])).content)
     reasons = response["item"][0]["adjudication"][1]["reason"]["coding"]
     assert [c["code"] for c in reasons] == ["31"]
+
+
+def test_every_adjudicated_claim_gets_an_explanation_of_benefit(insurer: Any, tmp_path: Path) -> None:
+    world, records, ctx = insurer
+    cover(ctx)
+    claim = submit_claim(world, tmp_path, [("99213", 1, "100.00"), ("85025", 2, "15.00")])
+    assert tasks.adjudicate.apply(args=[claim]).get() == "approved"
+    eob = json.loads(records.read("ExplanationOfBenefit", claim_response_id(claim["claimId"])).content)
+    fv.validate_resource(eob, "ExplanationOfBenefit")  # valid R4
+    assert eob["claim"]["identifier"]["value"] == claim["claimId"]
+    assert eob["patient"]["identifier"]["value"] == claim["patient"]
+    assert eob["insurance"] == [{"focal": True, "coverage": {"reference": "Coverage/c1"}}]
+    assert [(i["productOrService"]["coding"][0]["code"], i["net"]["value"]) for i in eob["item"]] == [
+        ("99213", 100.0),
+        ("85025", 30.0),
+    ]
+    assert [t["amount"]["value"] for t in eob["total"]] == [130.0, 130.0]
+    assert eob["payment"]["amount"]["value"] == 130.0
+    assert not records.store.pending_batches()  # kept at the insurer, registered nowhere
 
 
 def test_claims_filed_together_are_adjudicated_together_and_paid_in_one_remittance(
