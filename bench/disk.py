@@ -1,6 +1,7 @@
 """Disk per resource per node after a long ingest, and the orderers' Raft write-ahead log over time.
 
     .venv/bin/python bench/disk.py [--reuse-network] [--minutes 15] [--bundle 1000] [--clients 3] [--target-mb 120]
+        [--port-base N]
 
 Posts transaction bundles to HospitalOrg's gateway (HTTPS, every entry validated, encrypted, registered on
 `providers` in one transaction per bundle) until the channel's blocks reach --target-mb or --minutes pass, sampling
@@ -9,7 +10,8 @@ private data, transient store, ...; an orderer's blocks, WAL and snapshots), the
 and the WAL of every orderer over the run: Raft snapshots every 16 MB (network/configtx.py), so the WAL must stop
 growing with the ledger.
 
-Starts its own network in run/bench-disk (ports from a free base at 38000 or above) unless --reuse-network.
+Starts its own network in run/bench-disk (ports from --port-base, else a free base at 38000 or above) unless
+--reuse-network.
 """
 
 from __future__ import annotations
@@ -125,11 +127,12 @@ def main() -> None:
     parser.add_argument("--bundle", type=int, default=1000, help="entries per transaction bundle")
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--target-mb", type=float, default=120.0, help="stop once providers' blocks reach this")
+    parser.add_argument("--port-base", type=int, default=None, help="ports of its own network (default: a free base)")
     args = parser.parse_args()
     if args.reuse_network:
         t = topo.load()
     else:
-        t = topo.load(home=topo.REPO_ROOT / "run" / "bench-disk", port_base=free_base(38000))
+        t = topo.load(home=topo.REPO_ROOT / "run" / "bench-disk", port_base=args.port_base or free_base(38000))
         control.down(t, purge=True, progress=lambda _m: None)
     control.up(t, progress=lambda _m: None)
     start(t, ORG)
@@ -160,11 +163,13 @@ def main() -> None:
         time.sleep(5)
         print(f"\ningested {entries} resources in {elapsed / 60:.1f} min ({entries / elapsed:.0f}/s)")
         reached = channel_blocks(t, o1, CHANNEL) / MiB
-        print(f"\ndisk per resource per node (MiB), after {CHANNEL} reached {reached:.1f} MiB")
+        print(f"\ndisk per node (MiB) and per resource (KB), after {CHANNEL} reached {reached:.1f} MiB")
         for node in t.nodes:
             parts = peer_resources(t, node) if node.kind == "peer" else orderer_resources(t, node)
             line = "  ".join(f"{k} {v / MiB:.1f}" for k, v in parts.items() if v)
-            print(f"  {node.name:16} total {sum(parts.values()) / MiB:7.1f}  {line}")
+            total = sum(parts.values())
+            per = total / 1000 / entries if entries else 0.0
+            print(f"  {node.name:16} total {total / MiB:7.1f}  ({per:.2f} KB/resource)  {line}")
         for name in ("redis", "postgres"):
             print(f"  {name:16} total {size(t.data_dir(name)) / MiB:7.1f}")
         for org in t.member_orgs:

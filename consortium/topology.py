@@ -355,6 +355,12 @@ class Topology:
         """Per insurer MSP: the names and identifiers claims may name it by."""
         return dict(self.definition.get("payers") or {})
 
+    def former_members(self, channel: str) -> list[tuple[str, str]]:
+        """Orgs that left the channel, as (MSP id, kind): the chaincode definition keeps their private data
+        collections (Fabric never drops a collection), with only the remaining members in their policies."""
+        former = self.definition.get("former_members", {}).get(channel) or []
+        return [(str(f["msp_id"]), str(f["kind"])) for f in former]
+
     def channels_of(self, org: Org) -> list[str]:
         return [ch for ch, members in self.channels.items() if org in members]
 

@@ -46,26 +46,33 @@ def collections(topology: Topology, channel: str) -> list[dict[str, Any]]:
     """Private data collections of a channel: for Claims, one per provider-insurer pair among its members.
 
     Only the pair's peers hold the lines (memberOnlyRead/Write); nothing expires by block count: the contract purges
-    explicitly once the retention period it records has passed.
+    explicitly once the retention period it records has passed. Fabric never lets a definition drop a collection, so
+    a pair with an org that left the channel keeps its collection, with the org that left taken out of its policy: it
+    gets no new private data (if both left, the policy stays as it was; no member of the channel writes to it).
     """
     if CLAIMS_CONTRACT not in topology.contracts.get(channel, []):
         return []
-    members = topology.channels[channel]
-    providers = [o for o in members if o.kind == "provider"]
-    insurers = [o for o in members if o.kind == "insurer"]
-    return [
-        {
-            "name": lines_collection(p.msp_id, i.msp_id),
-            "policy": f"OR('{p.msp_id}.member','{i.msp_id}.member')",
-            "requiredPeerCount": 0,
-            "maxPeerCount": 1,
-            "blockToLive": 0,
-            "memberOnlyRead": True,
-            "memberOnlyWrite": True,
-        }
-        for p in providers
-        for i in insurers
-    ]
+    current = [(o.msp_id, o.kind) for o in topology.channels[channel]]
+    here = {msp for msp, _ in current}
+    every = current + [f for f in topology.former_members(channel) if f[0] not in here]
+    providers = [msp for msp, kind in every if kind == "provider"]
+    insurers = [msp for msp, kind in every if kind == "insurer"]
+    out = []
+    for p in providers:
+        for i in insurers:
+            members = [m for m in (p, i) if m in here] or [p, i]
+            out.append(
+                {
+                    "name": lines_collection(p, i),
+                    "policy": "OR({})".format(",".join(f"'{m}.member'" for m in members)),
+                    "requiredPeerCount": 0,
+                    "maxPeerCount": 1,
+                    "blockToLive": 0,
+                    "memberOnlyRead": True,
+                    "memberOnlyWrite": True,
+                }
+            )
+    return out
 
 
 def endorsement_policy(topology: Topology, channel: str) -> str:

@@ -300,9 +300,15 @@ def follow_channel(admin: Admin, org: Org, channel: str) -> list[str]:
     """Write the channel's membership, as its config now says, into the consortium definition (the overlay)."""
     t = admin.topology
     members = _members_after(t, fetch_config(admin, org, channel), channel)
-    if members != [o.name for o in t.channels.get(channel, [])]:
+    before = t.channels.get(channel, [])
+    if members != [o.name for o in before]:
+        left = [{"msp_id": o.msp_id, "kind": o.kind} for o in before if o.name not in members]
+        back = {t.org(m).msp_id for m in members}
         with t.editing_overlay() as overlay:
             overlay.setdefault("channels", {})[channel] = members
+            formers = overlay.setdefault("former_members", {})
+            kept = [f for f in formers.get(channel, []) if f["msp_id"] not in back]
+            formers[channel] = kept + [f for f in left if f["msp_id"] not in {k["msp_id"] for k in kept}]
     return members
 
 

@@ -164,6 +164,28 @@ def _initdb(topology: Topology, user: str | None) -> None:
         raise NetworkError(f"initdb failed for {data}:\n{(done.stdout + done.stderr).strip()[-2000:]}")
 
 
+def hba_lines(topology: Topology) -> list[str]:
+    """Who may connect, every one of them with the SCRAM password: the services host's own networks (`samenet`: its
+    loopback, or the subnet its address is on, where the operator's tools dial it from) and every member org's host
+    as the consortium definition places it (a routed network is not the same net)."""
+    hosts = sorted({topology.services_host, *(o.host for o in topology.member_orgs)})
+    lines = ["host all all samenet scram-sha-256"]
+    lines += [f"host all all {h}/{128 if ':' in h else 32} scram-sha-256" for h in hosts if h != "localhost"]
+    return lines
+
+
+def _write_hba(topology: Topology, user: str | None) -> None:
+    """pg_hba.conf from the consortium definition, on every start (initdb's allows 127.0.0.1 alone)."""
+    path = topology.data_dir(NAME) / "pg_hba.conf"
+    path.write_text(
+        "# written by careledger (network/postgres_server.py) on every start\n" + "\n".join(hba_lines(topology)) + "\n"
+    )
+    path.chmod(0o600)
+    if user is not None:
+        account = pwd.getpwnam(user)
+        os.chown(path, account.pw_uid, account.pw_gid)
+
+
 def start(topology: Topology) -> bool:
     """Start the run folder's PostgreSQL unless it runs (making its cluster on first use). True when started."""
     proc = process(topology)
@@ -174,6 +196,7 @@ def start(topology: Topology) -> bool:
     if user is not None:
         _let_through(topology, topology.data_dir(NAME))
     _initdb(topology, user)
+    _write_hba(topology, user)
     ensure_port_free(NAME, topology.services_host, topology.postgres_port, wait=5)
     argv = [
         str(binaries / "postgres"),

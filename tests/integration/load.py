@@ -23,7 +23,7 @@ CLAIM_CODES = ["99213", "85025", "80053", "71046", "99214"]
 
 @dataclass(frozen=True)
 class Request:
-    kind: str  # bundle | claim
+    kind: str  # bundle | claim | coverage
     org: str
     started: float
     seconds: float
@@ -62,7 +62,8 @@ class Figures:
 
 @dataclass
 class Load:
-    """Bundles posted at each provider's gateway and claims filed to an insurer, by a few threads each."""
+    """Bundles posted at each provider's gateway and claims filed to an insurer (each claimed patient covered there
+    first), by a few threads each."""
 
     providers: dict[str, GatewayHttp]
     insurer: GatewayHttp
@@ -97,15 +98,29 @@ class Load:
             self._timed("bundle", org, lambda: http.post("", gen.transaction(self.bundle_size)))
             time.sleep(self.pause_s)
 
-    def _claims(self, org: str, http: GatewayHttp, seed: int) -> None:
-        gen = synthetic.Synthetic.seeded(seed)
+    def _new_patient(self, org: str, http: GatewayHttp, gen: synthetic.Synthetic) -> str | None:
+        """A patient registered at the provider, covered by the insurer this year."""
         mpi = gen.mpi_value()
-        first = self._timed("bundle", org, lambda: http.post("", gen.transaction(1, mpi)))
+        made = self._timed("bundle", org, lambda: http.post("", gen.transaction(1, mpi)))
         year = datetime.date.today().year
-        self.insurer.post("/Coverage", synthetic.coverage(mpi, self.insurer_msp, f"{year}-01-01", f"{year}-12-31"))
-        patient = first.json()["entry"][0]["response"]["location"].split("/")[1]
+        body = synthetic.coverage(mpi, self.insurer_msp, f"{year}-01-01", f"{year}-12-31")
+        covered = self._timed("coverage", self.insurer_msp, lambda: self.insurer.post("/Coverage", body))
+        if made is None or made.status_code != 200 or covered is None or covered.status_code != 201:
+            return None
+        return str(made.json()["entry"][0]["response"]["location"].split("/")[1])
+
+    def _claims(self, org: str, http: GatewayHttp, seed: int) -> None:
+        """Claims of one code each; a new patient once every code was claimed, since the same patient, provider, day
+        and codes again is a duplicate the ledger refuses (409), which is not what this load is about."""
+        gen = synthetic.Synthetic.seeded(seed)
+        patient: str | None = None
         n = 0
         while not self._stop.is_set():
+            if patient is None or n % len(CLAIM_CODES) == 0:
+                patient = self._new_patient(org, http, gen)
+                if patient is None:
+                    time.sleep(self.pause_s)
+                    continue
             code = CLAIM_CODES[n % len(CLAIM_CODES)]
             n += 1
             body = synthetic.claim(patient, self.insurer_msp, [(code, 1, f"{10 + n % 50}.00")], TODAY, "Coverage/x")

@@ -140,3 +140,14 @@ def test_claim_lines_collections_pair_each_provider_with_the_insurer(t: topo.Top
     assert hospital["memberOnlyRead"] and hospital["memberOnlyWrite"]
     path = chaincode_config.collections_file(t, "claims")
     assert path is not None and json.loads(path.read_text()) == chaincode_config.collections(t, "claims")
+
+
+def test_a_collection_outlives_the_member_that_left(t: topo.Topology) -> None:
+    """Fabric never drops a collection from a definition: ClinicOrg's pair stays, with ClinicOrg out of its policy."""
+    with t.editing_overlay() as overlay:
+        overlay["channels"] = {"claims": ["HospitalOrg", "InsurerOrg"]}
+        overlay["former_members"] = {"claims": [{"msp_id": "ClinicMSP", "kind": "provider"}]}
+    cols = {c["name"]: c for c in chaincode_config.collections(t, "claims")}
+    assert set(cols) == {"lines_HospitalMSP_InsurerMSP", "lines_ClinicMSP_InsurerMSP"}
+    assert cols["lines_ClinicMSP_InsurerMSP"]["policy"] == "OR('InsurerMSP.member')"
+    assert cols["lines_HospitalMSP_InsurerMSP"]["policy"] == "OR('HospitalMSP.member','InsurerMSP.member')"
