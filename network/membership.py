@@ -40,7 +40,8 @@ from network.admin import Admin
 from network.binaries import FabricBinaries
 
 Progress = Callable[[str], None]
-SUBMIT_WAIT_S = 60.0
+SUBMIT_WAIT_S = 120.0
+RESEND_AFTER_S = 15.0  # no config block this long after the orderers took an update: send it again
 
 
 class MembershipError(NetworkError):
@@ -335,10 +336,26 @@ def submit(admin: Admin, path: Path, org_name: str | None = None) -> cu.Status:
     watcher = org
     if org.msp_id in removed:  # it cannot read the channel any more; a remaining signer can
         watcher = next(t.any_org(s.msp_id) for s in st.signatures.valid if s.msp_id not in removed)
+    # The orderers' acknowledgement is not the block: a Raft leader that hands over leadership (as one whose own
+    # consenter certificate the update rotates does) can drop what it was given. The outcome is looked up in the
+    # channel's config; while it has not moved on, the same envelope is sent again (it can only apply once: its read
+    # set names the versions it was made against).
     deadline = time.monotonic() + SUBMIT_WAIT_S
+    resend_at = time.monotonic() + RESEND_AFTER_S
     while fetch_config(admin, watcher, f.channel).sequence <= before.sequence:
-        if time.monotonic() > deadline:
-            raise MembershipError(f"the update of {f.channel} was sent but no config block came in {SUBMIT_WAIT_S}s")
+        now = time.monotonic()
+        if now > deadline:
+            raise MembershipError(
+                f"the update of {f.channel} was sent but no config block came in {SUBMIT_WAIT_S:.0f}s; `careledger"
+                f" channel status {path} --org {org.name}` says whether it is in, else submit it again"
+            )
+        if now > resend_at:
+            try:
+                _send(admin, org, path, f.channel)
+            except CommandFailed:  # refused: e.g. the first one is in by now, so this one's read set is stale
+                if fetch_config(admin, watcher, f.channel).sequence <= before.sequence:
+                    raise
+            resend_at = time.monotonic() + RESEND_AFTER_S
         time.sleep(0.2)
     if not watcher.is_orderer:
         follow_channel(admin, watcher, f.channel)

@@ -212,7 +212,7 @@ def test_members_join_and_leave_under_load(
         assert {k for k in before if k[1] in node_kinds} <= renewed, sorted(before.keys() - renewed)
         assert not any(k[1] in ("ca", "tls ca") for k in renewed)  # roots stay: no new org definition needed
         listed = cli(t, "network", "certs").stdout
-        assert "orderer0" in listed and "Insurer2Org" in listed
+        assert "o1.orderer.careledger.local" in listed and "Insurer2Org" in listed
         # After the renewal the channels order and the insurer endorses with its new certificates.
         endorsers.wait_until_endorses(t, t.org("InsurerOrg"), "claims")
         marker = len(load.claims)
