@@ -10,7 +10,8 @@ one). A warm-up at a low rate runs first and is not reported. `--preauth 0.3`: 3
 authorisation requests (`Claim/$submit`), timed until their decision arrives at the hospital. The backlog (offered
 and not yet answered) is sampled every 5 s; a backlog that keeps growing means the rate is above capacity.
 
-Starts its own network, gateways, listeners and workers in run/bench (ports from 37000) unless --reuse-network.
+Starts its own network, gateways, listeners and workers in run/bench (ports from --port-base, 24000) unless
+--reuse-network.
 """
 
 from __future__ import annotations
@@ -279,8 +280,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="duration of each offered rate")
     parser.add_argument("--rates", type=int, nargs="+", default=RATES, help="offered claims per second")
     parser.add_argument("--preauth", type=float, default=0.0, help="share of prior authorisation requests (0-1)")
+    parser.add_argument("--port-base", type=int, default=24000, help="first port of the bench's own network")
     args = parser.parse_args()
-    t = topo.load() if args.reuse_network else topo.load(home=topo.REPO_ROOT / "run" / "bench", port_base=37000)
+    t = (
+        topo.load()
+        if args.reuse_network
+        else topo.load(home=topo.REPO_ROOT / "run" / "bench", port_base=args.port_base)
+    )
     if not args.reuse_network:
         control.down(t, purge=True, progress=lambda _m: None)
     control.up(t, progress=lambda _m: None)

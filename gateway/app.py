@@ -14,7 +14,20 @@ from gateway.console import routes as console_routes
 from gateway.deps import Services
 from gateway.outcome import KNOWN_ERRORS, operation_outcome, problem, retry_after
 from gateway.responses import FhirResponse
-from gateway.routers import audit, federation, metadata, operations, patients, preauth, rest, subscriptions, supply
+from gateway.routers import (
+    audit,
+    binary,
+    disclosure,
+    federation,
+    metadata,
+    operations,
+    patients,
+    preauth,
+    research,
+    rest,
+    subscriptions,
+    supply,
+)
 from records.errors import Issue
 
 log = logging.getLogger("careledger.gateway")
@@ -25,7 +38,20 @@ def create_app(services: Services) -> FastAPI:
     app.state.services = services
     metrics.instrument(app)
     # Specific paths first: the REST router's `/fhir/{rtype}` routes would otherwise take them.
-    for router in (metadata, audit, preauth, patients, operations, federation, supply, subscriptions, rest):
+    for router in (
+        metadata,
+        audit,
+        preauth,
+        patients,
+        operations,
+        federation,
+        supply,
+        subscriptions,
+        disclosure,
+        research,
+        binary,
+        rest,
+    ):
         app.include_router(router.router)
     console_routes.install(app)
 

@@ -17,13 +17,29 @@ SEARCH_PARAMS = [
 INTERACTIONS = ("read", "vread", "history-instance", "create", "update", "search-type")
 
 
+# Operations beyond $verify and $disclose, by resource type (docs/CONTRACTS.md, docs/SUBSCRIPTIONS.md).
+TYPE_OPERATIONS: dict[str, list[dict[str, str]]] = {
+    "Patient": [
+        {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
+        {"name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match"},
+        {"name": "link", "definition": "urn:careledger:operation:link"},
+        {"name": "erase", "definition": "urn:careledger:operation:erase"},
+    ],
+    "Claim": [
+        {"name": "submit", "definition": "http://hl7.org/fhir/us/davinci-pas/OperationDefinition/Claim-submit"},
+        {"name": "submission", "definition": "urn:careledger:operation:submission"},
+        {"name": "appeal", "definition": "urn:careledger:operation:appeal"},
+    ],
+    "ClaimResponse": [{"name": "decide", "definition": "urn:careledger:operation:decide"}],
+}
+
+
 def _resource(t: str) -> dict[str, Any]:
-    operations = [{"name": "verify", "definition": "urn:careledger:operation:verify"}]
-    if t == "Patient":
-        operations += [
-            {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
-            {"name": "erase", "definition": "urn:careledger:operation:erase"},
-        ]
+    operations = [
+        {"name": "verify", "definition": "urn:careledger:operation:verify"},
+        {"name": "disclose", "definition": "urn:careledger:operation:disclose"},  # docs/DISCLOSURE.md
+    ]
+    operations += TYPE_OPERATIONS.get(t, [])
     return {
         "type": t,
         "interaction": [{"code": c} for c in INTERACTIONS],
@@ -76,6 +92,11 @@ def capability_statement(org: str) -> dict[str, Any]:
         "interaction": [{"code": "search-type"}],
         "searchParam": [{"name": "patient", "type": "reference"}],
     }
+    binary = {  # streamed content, stored as encrypted blobs (docs/BLOBS.md); the patient in X-Security-Context
+        "type": "Binary",
+        "interaction": [{"code": "create"}, {"code": "read"}],
+        "operation": [{"name": "verify", "definition": "urn:careledger:operation:verify"}],
+    }
     smart = {"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}
     return {
         "resourceType": "CapabilityStatement",
@@ -92,7 +113,11 @@ def capability_statement(org: str) -> dict[str, Any]:
                 "mode": "server",
                 "security": {"service": [{"coding": [smart]}]},
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],
-                "resource": [_resource(t) for t in sorted(fv.STORED_TYPES)] + [audit, _subscription()],
+                "resource": [_resource(t) for t in sorted(fv.STORED_TYPES - {"Binary"})]
+                + [audit, binary, _subscription()],
+                "operation": [
+                    {"name": "verify-disclosure", "definition": "urn:careledger:operation:verify-disclosure"},
+                ],
             }
         ],
     }

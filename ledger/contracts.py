@@ -140,6 +140,10 @@ class Ledger:
     async def decide_preauth(self, claim_id: str, decision: Mapping[str, Any]) -> Committed:
         return await self.submit(CLAIMS, "Claims:DecidePreauth", claim_id, json.dumps(decision))
 
+    async def appeal_preauth(self, claim_id: str, documentation_digest: str) -> Committed:
+        """The provider's one appeal of a denied prior authorisation, with the keyed digest of its documentation."""
+        return await self.submit(CLAIMS, "Claims:AppealPreauth", claim_id, documentation_digest)
+
     async def due_for_purge(self, before: str, page_size: int = 200) -> list[dict[str, Any]]:
         return await self._pages(CLAIMS, "Claims:DueForPurge", "claims", before, page_size=page_size)
 
@@ -197,6 +201,23 @@ class Ledger:
     async def verify_pack(self, gtin: str, serial: str, lot: str, expiry: str) -> dict[str, Any]:
         """Whether a pack as printed is authentic now, with the flags that say why not."""
         return dict(await self.evaluate(PHARMA, "Supply:Verify", gtin, serial, lot, expiry))
+
+    # ----- Trials ----------------------------------------------------------------------------------------------
+
+    async def register_study(self, study_id: str, protocol_digest: str) -> Committed:
+        return await self.submit(PROVIDERS, "Trials:RegisterStudy", study_id, protocol_digest)
+
+    async def enrol(self, study_id: str, subject: str, consent_id: str) -> Committed:
+        return await self.submit(PROVIDERS, "Trials:Enrol", study_id, subject, consent_id)
+
+    async def enrolments(self, study_id: str) -> list[dict[str, Any]]:
+        return list(await self.evaluate(PROVIDERS, "Trials:Enrolments", study_id) or [])
+
+    async def anchor_dataset(self, study_id: str, version: str, digest: str) -> Committed:
+        return await self.submit(PROVIDERS, "Trials:AnchorDataset", study_id, version, digest)
+
+    async def verify_dataset(self, study_id: str, version: str, digest: str) -> dict[str, Any]:
+        return dict(await self.evaluate(PROVIDERS, "Trials:VerifyDataset", study_id, version, digest))
 
     async def _pages(
         self, channel: str, function: str, field: str, *args: str, page_size: int = 100

@@ -82,7 +82,7 @@ class FakeLedger:
         self.prepared: dict[str, tuple[str, str, list[str], dict[str, bytes]]] = {}  # tx id -> the call, to resend
         self.committed: dict[str, Sent] = {}
         self.invalid: set[str] = set()
-        self.handlers: dict[str, Handler] = {**_RECORDS, **_CONSENT, **_AUDIT, **_CLAIMS}
+        self.handlers: dict[str, Handler] = {**_RECORDS, **_CONSENT, **_AUDIT, **_TRIALS, **_CLAIMS}
 
     def member(self, msp: str) -> FakeTransport:
         if msp not in self.kinds:
@@ -197,11 +197,14 @@ def _register(call: Call) -> int:
         if head is not None and head["custodian"] != call.msp:
             raise LedgerForbidden(f"resource {e['resourceKey']} is held by {head['custodian']}")
         current = head["version"] if head else 0
-        if e["version"] == current and head is not None and head["digest"] == e["digest"]:
+        same_scheme = head is not None and head["digestScheme"] == (e.get("digestScheme") or "v1")
+        if e["version"] == current and head is not None and head["digest"] == e["digest"] and same_scheme:
             continue  # a retry of what is registered
         if e["version"] != current + 1:
             raise LedgerConflict(f"resource {e['resourceKey']}: version {e['version']} is not next ({current + 1})")
-        record = {**e, "custodian": call.msp, "txId": call.tx_id}
+        if e.get("digestScheme", "v1") not in ("v1", "v2"):
+            raise LedgerInvalid(f"digestScheme {e['digestScheme']!r} is neither v1 nor v2")
+        record = {**e, "digestScheme": e.get("digestScheme") or "v1", "custodian": call.msp, "txId": call.tx_id}
         call.put(head_key, record)
         call.put(f"{head_key}/{e['version']}", record)
         if not e.get("directory"):
@@ -277,8 +280,8 @@ def _grant(call: Call) -> Json:
     if call.get(f"custodian/{grant['patient']}/{call.msp}") is None:
         raise LedgerForbidden(f"{call.msp} holds no records of this patient")
     record = {
-        "categories": [],
         **grant,
+        "categories": sorted(grant.get("categories") or []),
         "status": "active",
         "grantedBy": call.msp,
         "grantedVia": "custodian",
@@ -314,30 +317,88 @@ def _instant(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def _decide(call: Call, patient: str, accessor: str, custodian: str, purpose: str) -> Json:
+def _reach(grant: Json, resource_type: str, single: bool, categories: Sequence[str]) -> str:
+    """How much of a request one grant covers: "all", "part" or "" (the contract's rule)."""
+    restricted = bool(grant.get("categories"))
+    if resource_type == "*":
+        return "all" if "*" in grant["scope"] and not restricted else "part"
+    if "*" not in grant["scope"] and resource_type not in grant["scope"]:
+        return ""
+    if not restricted:
+        return "all"
+    if not single:
+        return "part"
+    return "all" if set(categories) & set(grant["categories"]) else ""
+
+
+def _decide(
+    call: Call,
+    patient: str,
+    accessor: str,
+    custodian: str,
+    purpose: str,
+    resource_type: str = "*",
+    single: bool = False,
+    categories: Sequence[str] = (),
+) -> Json:
+    """permit, partial (release what `coverage` lists) or deny, over the grants that open the custodian's records."""
+    coverage: list[Json] = []
+    permit, partial = "", []
+    now = _instant(call.now)
     for key, c in sorted(call.state.items()):
         if not key.startswith("consent/") or c["patient"] != patient or c["grantee"] != accessor:
             continue
         opened_by = c["grantedVia"] == "patient" or c["grantedBy"] == custodian
-        now = _instant(call.now)
         in_period = _instant(c["start"]) <= now and (not c["end"] or now < _instant(c["end"]))
-        if opened_by and c["status"] == "active" and c["purpose"] == purpose and in_period and "*" in c["scope"]:
-            return {"decision": "permit", "reason": f"consent {c['consentId']} permits it", "consentId": c["consentId"]}
+        if not (opened_by and c["status"] == "active" and c["purpose"] == purpose and in_period):
+            continue
+        reach = _reach(c, resource_type, single, categories)
+        if not reach:
+            continue
+        coverage.append({"consentId": c["consentId"], "scope": c["scope"], "categories": c.get("categories") or []})
+        if reach == "all" and not permit:
+            permit = c["consentId"]
+        elif reach == "part":
+            partial.append(c["consentId"])
+    if permit:
+        return {
+            "decision": "permit",
+            "reason": f"consent {permit} permits it",
+            "consentId": permit,
+            "coverage": coverage,
+        }
+    if partial:
+        reason = f"consents {', '.join(partial)} cover part of it; release only what the coverage lists"
+        return {"decision": "partial", "reason": reason, "consentId": "", "coverage": coverage}
     return {
         "decision": "deny",
         "reason": f"no consent grants {accessor} access to this patient's records",
         "consentId": "",
+        "coverage": [],
     }
 
 
 def _record_access(call: Call) -> Json:
     _must_be(call, "provider", "Audit.RecordAccess")
     request: Json = json.loads(call.args[0])
-    if request["resource"] != "$everything":
-        raise LedgerInvalid("the fake ledger models $everything requests only")
+    resource = request["resource"]
+    rtype, _, rkey = resource.partition("/")
+    if resource != "$everything" and (not rtype[:1].isupper() or (rkey and len(rkey) != 64)):
+        raise LedgerInvalid(f"resource {resource!r} is neither Type/<resourceKey>, Type nor $everything")
+    if request.get("categories") and not rkey:
+        raise LedgerInvalid("categories describe one requested resource")
     if call.get(f"custodian/{request['patient']}/{call.msp}") is None:
         raise LedgerForbidden(f"{call.msp} holds no records of this patient")
-    decision = _decide(call, request["patient"], request["accessor"], call.msp, request["purpose"])
+    decision = _decide(
+        call,
+        request["patient"],
+        request["accessor"],
+        call.msp,
+        request["purpose"],
+        "*" if resource == "$everything" else rtype,
+        bool(rkey),
+        request.get("categories") or (),
+    )
     entry = {**request, **decision, "custodian": call.msp, "at": call.now, "txId": call.tx_id}
     call.put(f"audit/{request['patient']}/{call.now}/{call.tx_id}", entry)
     call.emit("Audit.Logged", entry)
@@ -352,6 +413,109 @@ def _audit_by_patient(call: Call) -> Json:
 
 _CONSENT: dict[str, Handler] = {"Consent:Grant": _grant, "Consent:Get": _consent, "Consent:Revoke": _revoke}
 _AUDIT: dict[str, Handler] = {"Audit:RecordAccess": _record_access, "Audit:ByPatient": _audit_by_patient}
+
+
+# ----- Trials: studies, enrolment under a research consent, anchored datasets ------------------------------------
+
+
+def _register_study(call: Call) -> Json:
+    if call.kind not in ("provider", "manufacturer"):
+        raise LedgerForbidden(f"Trials.RegisterStudy: {call.msp} is {call.kind!r}")
+    study_id, protocol = call.args
+    if call.get(f"study/{study_id}") is not None:
+        raise LedgerConflict(f"study {study_id} is registered already; its protocol cannot change")
+    study = {
+        "studyId": study_id,
+        "sponsor": call.msp,
+        "protocolDigest": protocol,
+        "registeredAt": call.now,
+        "txId": call.tx_id,
+    }
+    call.put(f"study/{study_id}", study)
+    call.emit("Trials.StudyRegistered", study)
+    return study
+
+
+def _study(call: Call, study_id: str) -> Json:
+    study: Json | None = call.get(f"study/{study_id}")
+    if study is None:
+        raise LedgerNotFound(f"study {study_id} is not registered")
+    return study
+
+
+def _enrol(call: Call) -> Json:
+    _must_be(call, "provider", "Trials.Enrol")
+    study_id, subject, consent_id = call.args
+    study = _study(call, study_id)
+    if call.get(f"custodian/{subject}/{call.msp}") is None:
+        raise LedgerForbidden(f"{call.msp} holds no records of this subject")
+    consent: Json | None = call.get(f"consent/{consent_id}")
+    if consent is None:
+        raise LedgerNotFound(f"consent {consent_id} does not exist")
+    if consent["patient"] != subject or consent["grantee"] != study["sponsor"]:
+        raise LedgerForbidden(f"consent {consent_id} is not the subject's consent to the sponsor {study['sponsor']}")
+    if consent["grantedVia"] == "custodian" and consent["grantedBy"] != call.msp:
+        raise LedgerForbidden(f"consent {consent_id} does not open {call.msp}'s records")
+    if consent["status"] != "active" or consent["purpose"] != "HRESCH":
+        raise LedgerForbidden(f"consent {consent_id} does not allow enrolment: not in force for HRESCH")
+    if not _reach(consent, "ResearchSubject", False, ()):
+        raise LedgerForbidden(f"consent {consent_id} does not allow enrolment: does not cover ResearchSubject")
+    if call.get(f"enrolment/{study_id}/{subject}") is not None:
+        raise LedgerConflict(f"the subject is enrolled in {study_id} already")
+    enrolment = {
+        "studyId": study_id,
+        "subject": subject,
+        "consentId": consent_id,
+        "enrolledBy": call.msp,
+        "enrolledAt": call.now,
+        "txId": call.tx_id,
+    }
+    call.put(f"enrolment/{study_id}/{subject}", enrolment)
+    call.emit("Trials.SubjectEnrolled", enrolment)
+    return enrolment
+
+
+def _enrolments(call: Call) -> list[Json]:
+    _study(call, call.args[0])
+    prefix = f"enrolment/{call.args[0]}/"
+    return [v for k, v in sorted(call.state.items()) if k.startswith(prefix)]
+
+
+def _anchor_dataset(call: Call) -> Json:
+    study_id, version, digest = call.args
+    study = _study(call, study_id)
+    if study["sponsor"] != call.msp:
+        raise LedgerForbidden(f"only the sponsor {study['sponsor']} anchors datasets of {study_id}")
+    if len(digest) != 64:
+        raise LedgerInvalid("digest must be 64 lower-case hex characters")
+    if call.get(f"dataset/{study_id}/{version}") is not None:
+        raise LedgerConflict(f"dataset {version} of {study_id} is anchored already")
+    dataset = {"studyId": study_id, "version": version, "digest": digest, "anchoredAt": call.now, "txId": call.tx_id}
+    call.put(f"dataset/{study_id}/{version}", dataset)
+    call.emit("Trials.DatasetAnchored", dataset)
+    return dataset
+
+
+def _verify_dataset(call: Call) -> Json:
+    study_id, version, digest = call.args
+    _study(call, study_id)
+    dataset: Json | None = call.get(f"dataset/{study_id}/{version}")
+    if dataset is None:
+        raise LedgerNotFound(f"dataset {version} of {study_id} is not anchored")
+    return {
+        "match": dataset["digest"] == digest,
+        "anchoredDigest": dataset["digest"],
+        "anchoredAt": dataset["anchoredAt"],
+    }
+
+
+_TRIALS: dict[str, Handler] = {
+    "Trials:RegisterStudy": _register_study,
+    "Trials:Enrol": _enrol,
+    "Trials:Enrolments": _enrolments,
+    "Trials:AnchorDataset": _anchor_dataset,
+    "Trials:VerifyDataset": _verify_dataset,
+}
 
 
 # ----- Claims --------------------------------------------------------------------------------------------------

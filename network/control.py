@@ -23,7 +23,18 @@ from consortium.processes import ManagedProcess
 from consortium.redis_keys import OrgKeys
 from consortium.secrets import SecretMissing
 from consortium.topology import Topology
-from network import binaries, channels, crypto, endorsers, nodes, org_secrets, orgdef, postgres_server, redis_server
+from network import (
+    binaries,
+    channels,
+    crypto,
+    endorsers,
+    nodes,
+    org_secrets,
+    orgdef,
+    postgres_server,
+    redis_server,
+    s3_server,
+)
 from network import chaincode as cc
 from network.admin import Admin
 
@@ -54,6 +65,8 @@ def up(topology: Topology, progress: Progress = print) -> None:
         step(f"starting redis on {topology.services_host}:{topology.redis_port}")
     if postgres_server.start(topology):
         step(f"starting postgres on {topology.services_host}:{topology.postgres_port} (for stores kept in PostgreSQL)")
+    if s3_server.start(topology):
+        step(f"S3-compatible blob store (development) on {s3_server.endpoint(topology)}")
     for group in (topology.orderers, topology.peers):
         starting = [n for n in group if nodes.start(topology, fabric, n)]
         for node in starting:

@@ -25,7 +25,10 @@ class FhirInvalid(RecordsError):
     """The input breaks FHIR R4 or this server's rules: every problem found, each naming its element."""
 
     def __init__(self, issues: list[Issue]) -> None:
-        self.issues = issues[:MAX_ISSUES]
+        if len(issues) > MAX_ISSUES:  # the last place says how many more there are, so nobody thinks it all
+            more = len(issues) - MAX_ISSUES + 1
+            issues = [*issues[: MAX_ISSUES - 1], Issue("too-costly", "", f"{more} more problems are not listed")]
+        self.issues = issues
         super().__init__("; ".join(f"{i.expression}: {i.diagnostics}" for i in self.issues))
 
 

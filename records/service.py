@@ -9,16 +9,33 @@ refuses, the staged rows are discarded; when the outcome is unknown (timeout), t
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import tempfile
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fabric_gateway import NotCommitted
-from ledger.contracts import Ledger
+from ledger.contracts import Committed, Ledger
+from ledger.errors import LedgerNotFound
 from ledger.transport import OutcomeUnknown
-from records import digests, fhir_claim
+from records import digests, disclosure, fhir_claim
+from records.blobs import (
+    BLOB_EXTENSION,
+    BlobBackend,
+    BlobInfo,
+    Blobs,
+    FileBackend,
+    attachments,
+    backend_from_env,
+    blob_of,
+    name_of,
+    one_shot,
+)
 from records.claim_outbox import ClaimOutbox
 from records.compartments import DIRECTORY, EITHER, PATIENT_ELEMENTS, in_compartment, patient_references
 from records.errors import (
@@ -29,6 +46,7 @@ from records.errors import (
     OutsideCompartment,
     PreconditionFailed,
     StillPending,
+    Tampered,
     VersionTaken,
 )
 from records.fhir_claim import PayerDirectory
@@ -37,7 +55,7 @@ from records.pending import PendingFiles, PendingInMemory, PendingTransactions
 from records.routes import CLAIM, HELD, POSTABLE, RECORDS, LedgerCall, Ledgers, Route, route_of
 from records.search import identifier_condition
 from records.settings import CustodianSettings
-from records.store import OutboxClaim, Row, Store, Stored
+from records.store import OutboxClaim, Query, Row, Store, Stored
 from records.validation import Entry
 
 
@@ -97,6 +115,7 @@ class Records:
         custodian: Custodian,
         pending: PendingTransactions | None = None,
         payers: PayerDirectory | None = None,
+        blob_backend: BlobBackend | None = None,
     ) -> None:
         self.store = store
         self.ledger = ledger
@@ -108,6 +127,9 @@ class Records:
         self.claims_outbox = ClaimOutbox(store, ledger, self.payers)
         self._conditional_writes = asyncio.Lock()
         self._in_flight: set[str] = set()  # batches this process is writing now: not the reconciler's
+        # Binary content and attachments, encrypted under the patient's key, off the chain (`records.blobs`).
+        backend = blob_backend or FileBackend(store_blobs_default(store))
+        self.blobs = Blobs(backend, store.digest_key)
 
     @classmethod
     def open(cls, settings: CustodianSettings, ledger: Ledger) -> Records:
@@ -115,7 +137,8 @@ class Records:
         custodian = Custodian(settings.org.msp_id, settings.org.kind)
         pending = PendingFiles(settings.pending_dir)
         key, systems, payers = settings.consortium_key(), settings.identity_systems, settings.payers
-        return cls(settings.open_store(), ledger, key, systems, custodian, pending, payers)
+        blobs = backend_from_env(settings.topology.gateway_home(settings.org) / "blobs")
+        return cls(settings.open_store(), ledger, key, systems, custodian, pending, payers, blobs)
 
     # ----- patients --------------------------------------------------------------------------------------------
 
@@ -299,6 +322,9 @@ class Records:
         chain (unless the route keeps it here only), then commit the rows, or discard them when the ledger refuses.
         `outboxed`: positions of new Claims that go through the claim outbox, each submitted after the commit."""
         stamp = now_instant()
+        asked = len(resources)
+        if route is RECORDS:
+            resources, versions = await self._attachments_to_blobs(resources, versions)
         rows: list[Row] = []
         entries: list[dict[str, Any]] = []
         claims: list[OutboxClaim] = []
@@ -308,7 +334,9 @@ class Records:
             meta = {**(resource.get("meta") or {}), "versionId": str(version), "lastUpdated": stamp}
             resource = (CLAIM if at in outboxed else route).stamp({**resource, "id": rid, "meta": meta}, key)
             content = digests.canonical_json(resource)
-            digest = digests.resource_digest(self.store.digest_key(patient), resource)
+            # Records get element digests (v2); claims and consents keep their v1 digests.
+            scheme = digests.V2 if route is RECORDS and at not in outboxed else digests.V1
+            digest = _digest(scheme, self.store.digest_key(patient), resource, key, version)
             identifiers = (*_identifiers(resource), (LEDGER_KEY_SYSTEM, key))
             if rtype == "Patient":
                 identifiers += self._patient_index(resource)
@@ -325,6 +353,7 @@ class Records:
                     "resourceKey": key,
                     "version": version,
                     "digest": digest,
+                    "digestScheme": scheme,
                     "lastUpdated": stamp,
                     "size": len(content),
                 }
@@ -339,6 +368,57 @@ class Records:
             await self._settle(batch, submit)
         if claims:
             self.claims_outbox.kick()
+        return written[:asked]
+
+    async def _attachments_to_blobs(
+        self, resources: list[dict[str, Any]], versions: list[tuple[str, str, int, str]]
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, str, int, str]]]:
+        """Attachments live in blobs: inline `data` becomes a blob and a Binary resource written in the same batch
+        (the attachment then points at `Binary/<id>`); an attachment that points at a Binary held here gets that
+        blob's size and hash, so the digest on chain commits to the content. A Binary of another patient, or a
+        size or hash that contradicts the blob, is refused. A blob stored for a write the ledger then refuses stays
+        unreferenced (content addressed: the same content stored again reuses it)."""
+        out, out_versions, extra = [], [], []
+        for resource, (rtype, rid, version, patient) in zip(resources, versions, strict=True):
+            found = attachments(resource)
+            if found:
+                resource = json.loads(json.dumps(resource))
+                found = attachments(resource)
+            for i, att in enumerate(found):
+                where = f"{rtype}.attachment[{i}]"
+                if att.get("data") is not None:
+                    try:
+                        raw = base64.b64decode(str(att.pop("data")), validate=True)
+                    except ValueError:
+                        raise FhirInvalid([Issue("value", where + ".data", "not base64")]) from None
+                    info = await self.blobs.put(patient, one_shot(raw))
+                    binary_id = str(uuid.uuid4())
+                    content_type = str(att.get("contentType") or "application/octet-stream")
+                    extra.append((binary_resource(binary_id, content_type, info, f"{rtype}/{rid}"), patient))
+                    att |= {"url": f"Binary/{binary_id}", "size": info.size, "hash": info.sha1}
+                elif str(att.get("url") or "").startswith("Binary/"):
+                    held = self.store.read("Binary", str(att["url"]).split("/", 1)[1])
+                    blob = blob_of(json.loads(held.content)) if held else None
+                    if held is None or blob is None or held.patient != patient:
+                        raise FhirInvalid(
+                            [Issue("value", where + ".url", f"{att['url']} is no Binary of this patient")]
+                        )
+                    for k in ("size", "hash"):
+                        if att.get(k) is not None and att[k] != blob[k]:
+                            raise FhirInvalid([Issue("value", f"{where}.{k}", f"{k} is not the blob's {blob[k]}")])
+                        att[k] = blob[k]
+            out.append(resource)
+            out_versions.append((rtype, rid, version, patient))
+        for binary, patient in extra:
+            out.append(binary)
+            out_versions.append(("Binary", binary["id"], 1, patient))
+        return out, out_versions
+
+    async def keep_binary(self, patient: str, content_type: str, stream: AsyncIterator[bytes], context: str) -> Written:
+        """Store streamed content as a blob and register its Binary resource (version 1) on chain."""
+        info = await self.blobs.put(patient, stream)
+        binary = binary_resource(str(uuid.uuid4()), content_type, info, context)
+        (written,) = await self._write(RECORDS, [binary], [("Binary", binary["id"], 1, patient)])
         return written
 
     def _outbox_claim(self, claim: dict[str, Any], key: str, patient: str, digest: str) -> OutboxClaim:
@@ -558,25 +638,119 @@ class Records:
         )
 
     async def verify(self, stored: Stored) -> Verification:
-        """Recompute the stored content's digest and compare it with the one registered on chain."""
+        """Recompute the stored content's digest, by the scheme the chain recorded, and compare."""
         route = route_of(stored.type)
         if route is HELD and stored.tx_id:  # posted by an EHR and registered, not kept by a worker
             route = RECORDS
-        on_chain = await route.on_chain(self.ledger, self.store.ledger_key(stored.type, stored.id), stored.version)
+        key = self.store.ledger_key(stored.type, stored.id)
+        on_chain = await route.on_chain(self.ledger, key, stored.version)
+        scheme = digests.V1
+        if route is RECORDS:
+            scheme = str((await self.ledger.record(key, stored.version)).get("digestScheme") or digests.V1)
         if on_chain.first_version_only and stored.version > 1:
             stored = self.read(stored.type, stored.id, 1)
         resource = json.loads(stored.content)
-        mine = digests.resource_digest(self.store.digest_key(stored.patient), resource)
+        mine = _digest(scheme, self.store.digest_key(stored.patient), resource, key, stored.version)
         ok = mine == on_chain.digest
         reason = (
-            "the stored content matches the ledger" if ok else "the stored content differs from what was registered"
+            f"the stored content matches the ledger (digest scheme {scheme})"
+            if ok
+            else "the stored content differs from what was registered"
         )
         return Verification(ok, reason, on_chain.digest, mine, on_chain.tx_id)
 
+    def _blob_names(self, patient: str) -> list[str]:
+        """The blobs the patient's Binary resources point at. Erasure must not depend on anything being readable:
+        from a Binary row that fails authentication on, the listing stops (those blobs stay, unreadable once the key
+        is gone)."""
+        names: list[str] = []
+        after = None
+        while True:
+            try:
+                page = self.store.search_page(Query("Binary", patient=patient, count=500, after=after))
+            except Tampered:
+                return names
+            for s in page.items:
+                blob = blob_of(json.loads(s.content))
+                if blob and (name := name_of(str(blob.get("url") or ""))):
+                    names.append(name)
+            if page.next is None or not page.items:
+                return names
+            after = page.next
+
+    # ----- selective disclosure (digest scheme v2) --------------------------------------------------------------
+
+    async def disclose(self, stored: Stored, paths: list[str]) -> dict[str, Any]:
+        """A disclosure document of the chosen elements of a stored version registered with a v2 digest: values,
+        salts and inclusion proofs against the root on chain. NotKeptHere when the version has a v1 digest (it
+        was written before v2) or is not registered on chain; ValueError for a malformed element path."""
+        route = route_of(stored.type)
+        if route is HELD and stored.tx_id:  # posted by an EHR and registered, not kept by a worker
+            route = RECORDS
+        if route is not RECORDS:
+            raise NotKeptHere([Issue("not-supported", "", f"{stored.type} is not registered with element digests")])
+        key = self.store.ledger_key(stored.type, stored.id)
+        record = await self.ledger.record(key, stored.version)
+        if (record.get("digestScheme") or digests.V1) != digests.V2:
+            raise NotKeptHere(
+                [Issue("not-supported", "", "this version was registered with a v1 digest: nothing to disclose from")]
+            )
+        salt_key = digests.salt_key(self.store.digest_key(stored.patient))
+        tree = disclosure.commit(json.loads(stored.content), salt_key, key, stored.version)
+        return disclosure.disclosure(tree, disclosure.chosen(tree, paths), record, salt_key)
+
+    async def verify_disclosure(self, document: dict[str, Any]) -> disclosure.Verified:
+        """Check a disclosure document against the record on chain it names (any custodian's)."""
+        key, version = str(document.get("resourceKey") or ""), document.get("version")
+        if not disclosure.HEX64.match(key) or type(version) is not int or version < 1:
+            return disclosure.Verified(False, "the document names no resource version (resourceKey, version)")
+        try:
+            record = await self.ledger.record(key, version)
+        except LedgerNotFound:
+            return disclosure.Verified(False, "the ledger has no record of this resource version")
+        return disclosure.verify(document, record)
+
+    async def appeal_preauth(self, claim_id: str, documentation: dict[str, Any]) -> Committed:
+        """Appeal the denial of a prior-authorisation request this org made: the chain gets the keyed digest of the
+        documentation the appeal adds (which stays with the caller), so the appeal is on record without PHI."""
+        stored = self.read("Claim", claim_id)
+        if json.loads(stored.content).get("use") != "preauthorization":
+            raise FhirInvalid([Issue("value", "Claim.use", f"Claim/{claim_id} is not a prior-authorisation request")])
+        digest = digests.resource_digest(self.store.digest_key(stored.patient), documentation)
+        return await self.ledger.appeal_preauth(self.store.ledger_key("Claim", claim_id), digest)
+
     async def erase(self, patient: str) -> str:
-        """Crypto-shred the patient's data here and record the erasure on chain; returns the transaction id."""
+        """Crypto-shred the patient's data here (their blob key derives from the data key too), delete their blobs,
+        and record the erasure on chain; returns the transaction id."""
+        names = self._blob_names(patient)
         self.store.erase(patient, now_instant())
+        for name in names:
+            if name:
+                await self.blobs.delete(name)
         return (await self.ledger.record_erasure(patient)).tx_id
+
+
+def binary_resource(binary_id: str, content_type: str, info: BlobInfo, context: str) -> dict[str, Any]:
+    """A Binary that points at a blob (its content is never inline: `meta.extension` names the blob)."""
+    return {
+        "resourceType": "Binary",
+        "id": binary_id,
+        "meta": {"extension": [{"url": BLOB_EXTENSION, "valueAttachment": info.attachment(content_type)}]},
+        "contentType": content_type,
+        "securityContext": {"reference": context},
+    }
+
+
+def store_blobs_default(store: Store) -> Path:
+    """Beside the store, when no backend is given (unit tests, tools)."""
+    return Path(tempfile.gettempdir()) / "careledger-blobs" / store.ledger_key("Store", "blobs")[:16]
+
+
+def _digest(scheme: str, digest_key: bytes, resource: dict[str, Any], key: str, version: int) -> str:
+    try:
+        return digests.digest(scheme, digest_key, resource, key, version)
+    except ValueError as e:  # a key that is no FHIR element name cannot be committed to element by element
+        raise FhirInvalid([Issue("structure", resource.get("resourceType", ""), str(e))]) from None
 
 
 def _rewrite_references(resource: dict[str, Any], targets: dict[str, str]) -> dict[str, Any]:

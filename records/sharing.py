@@ -3,7 +3,13 @@
 - `everything`: the asking side. The ledger says which members hold the patient; this org's own records and what
   every other custodian discloses to it are merged, a page at a time.
 - `disclose`: the custodian side. Another member asks for what this org holds; consent is checked and the access
-  logged on chain in ONE transaction (Audit:RecordAccess), permit or deny; only a permit releases anything.
+  logged on chain in ONE transaction (Audit:RecordAccess), permit, partial or deny. Minimum necessary: a permit
+  releases the record, a partial decision exactly the resources some consent in force covers (its resource types
+  and, where it names any, its categories), a deny nothing.
+- `disclose_elements`: the same decision, but what is released is a disclosure document per covered resource of the
+  asked types, with only the asked elements (salted Merkle proofs against the digests on chain, `records.disclosure`).
+- `research_export` / `research_dataset`: de-identified data of a study's subjects for its sponsor (the custodian's
+  part, decided per subject on the research consent; the sponsor's whole, collected from every enrolling custodian).
 - `claim_response_for`: the insurer answers a claim's provider, and nobody else, with its ClaimResponse.
 
 Paging `everything`: this org's own resources come from the store `count` at a time, in (lastUpdated, type, id)
@@ -22,9 +28,11 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from records.errors import NotHeld, Refused
+from records import deidentify
+from records.errors import NotHeld, NotKeptHere, Refused
 from records.federation import Disclosed, Federation, Withheld
 from records.fhir_claim import claim_response_id
 from records.service import Records
@@ -32,6 +40,7 @@ from records.store import Cursor, Page, Stored
 
 CLAIM_RESPONSE_WAIT_S = 5.0
 EVERYTHING_COUNT, EVERYTHING_MAX_COUNT = 100, 1000  # own resources per $everything page: default, most
+RESEARCH_PURPOSE = "HRESCH"
 log = logging.getLogger("careledger.sharing")
 
 
@@ -57,10 +66,17 @@ class Everything:
 
 
 def categories_of(resource: dict[str, Any]) -> set[str]:
-    """The category codes a resource carries (`category` is a CodeableConcept or a list of them)."""
+    """The category codes a resource carries. `category` is a CodeableConcept (Procedure), a list of them
+    (Observation, Condition, ...) or a list of codes (AllergyIntolerance)."""
     value = resource.get("category")
-    concepts = value if isinstance(value, list) else [value] if isinstance(value, dict) else []
-    return {str(c.get("code")) for concept in concepts for c in concept.get("coding") or [] if c.get("code")}
+    items = value if isinstance(value, list) else [value] if value is not None else []
+    codes: set[str] = set()
+    for item in items:
+        if isinstance(item, str):
+            codes.add(item)
+        elif isinstance(item, dict):
+            codes |= {str(c["code"]) for c in item.get("coding") or [] if isinstance(c, dict) and c.get("code")}
+    return codes
 
 
 def covers(coverage: dict[str, Any], resource: dict[str, Any]) -> bool:
@@ -70,6 +86,17 @@ def covers(coverage: dict[str, Any], resource: dict[str, Any]) -> bool:
         return False
     wanted = set(coverage.get("categories") or [])
     return not wanted or bool(wanted & categories_of(resource))
+
+
+def released(decision: dict[str, Any], held: list[Stored]) -> list[Stored]:
+    """What a decision on a whole-record request lets the custodian release: all on permit, exactly what some
+    coverage entry covers on partial, nothing on deny."""
+    if decision.get("decision") == "permit":
+        return held
+    if decision.get("decision") != "partial":
+        return []
+    coverage = decision.get("coverage") or []
+    return [s for s in held if any(covers(c, json.loads(s.content)) for c in coverage)]
 
 
 class Sharing:
@@ -112,12 +139,10 @@ class Sharing:
         log.info("everything", extra={"custodians": len(custodians), "withheld": len(result.withheld)})
         return result
 
-    async def disclose(self, pseudonym: str, accessor: str, purpose: str) -> list[dict[str, Any]]:
-        """What this org holds of the patient, for `accessor`, if the patient's consent permits; Refused if not.
-
-        A patient not held here is refused with the same answer as one held without consent, so the answer tells
-        the asking member nothing about whom this org treats. Every request is logged: a decision on chain (in the
-        same transaction that checked consent) for a patient held here, a log line for one that is not."""
+    async def _decided(self, pseudonym: str, accessor: str, purpose: str) -> list[Stored]:
+        """Decide a whole-record request on chain (logged either way) and return what it releases; Refused when
+        nothing. A patient not held here is refused with the same answer as one held without consent, so the
+        answer tells the asking member nothing about whom this org treats."""
         refused = Refused(f"{self.org} discloses no records of this patient to {accessor} for {purpose}")
         pid = self.records.store.patient_of_pseudonym(pseudonym)
         if pid is None:
@@ -127,11 +152,73 @@ class Sharing:
         log.info("disclosure", extra={"accessor": accessor, "decision": decision["decision"], "tx": decision["txId"]})
         if decision["decision"] not in ("permit", "partial"):
             raise refused
-        held = [json.loads(s.content) for s in self.records.store.patient_resources(pseudonym)]
-        if decision["decision"] == "permit":
-            return held
-        # Minimum necessary: only what some consent in force covers, never the rest of the record.
-        return [r for r in held if any(covers(c, r) for c in decision["coverage"])]
+        return released(decision, self.records.store.patient_resources(pseudonym))
+
+    async def disclose(self, pseudonym: str, accessor: str, purpose: str) -> list[dict[str, Any]]:
+        """What this org holds of the patient, for `accessor`, as far as the patient's consent reaches; Refused if
+        it reaches nothing. Every request is logged: a decision on chain (in the same transaction that checked
+        consent) for a patient held here, a log line for one that is not."""
+        return [json.loads(s.content) for s in await self._decided(pseudonym, accessor, purpose)]
+
+    async def disclose_elements(
+        self, pseudonym: str, accessor: str, purpose: str, wanted: dict[str, list[str]]
+    ) -> list[dict[str, Any]]:
+        """Disclosure documents, under the same decision as `disclose`: for each released resource of a type in
+        `wanted`, only the elements named for that type. Versions registered before v2 have nothing to disclose
+        from and are left out (logged)."""
+        documents = []
+        for stored in await self._decided(pseudonym, accessor, purpose):
+            paths = wanted.get(stored.type)
+            if not paths:
+                continue
+            try:
+                documents.append(await self.records.disclose(stored, paths))
+            except NotKeptHere:
+                log.info("not disclosable", extra={"type": stored.type, "reason": "v1 digest"})
+        return documents
+
+    # ----- research ------------------------------------------------------------------------------------------------
+
+    async def research_export(self, study_id: str, sponsor: str) -> list[dict[str, Any]]:
+        """The de-identified records of the study's subjects this org enrolled, for the sponsor: per subject, only
+        when the enrolment's consent was given to `sponsor` (the study's sponsor: the contract checked it at
+        enrolment), and only what the research consent releases now (decided and logged on chain, purpose
+        HRESCH). Erased or no longer held subjects are left out."""
+        today = datetime.now(UTC).date()
+        store, ledger = self.records.store, self.records.ledger
+        out: list[dict[str, Any]] = []
+        for enrolment in await ledger.enrolments(study_id):
+            subject = str(enrolment["subject"])
+            patient_id = store.patient_of_pseudonym(subject)
+            if enrolment["enrolledBy"] != self.org or patient_id is None:
+                continue
+            if store.is_erased(subject) or (await ledger.consent(enrolment["consentId"]))["grantee"] != sponsor:
+                continue
+            decision = await ledger.record_access(subject, sponsor, "$everything", RESEARCH_PURPOSE)
+            held = [json.loads(s.content) for s in released(decision, store.patient_resources(subject))]
+            keys = deidentify.Subject.keyed(store.digest_key(subject), study_id)
+            out += deidentify.subject_export(held, keys, today, patient_id)
+        log.info("research export", extra={"study": study_id, "sponsor": sponsor, "resources": len(out)})
+        return out
+
+    async def research_dataset(self, study_id: str) -> list[dict[str, Any]]:
+        """This org's study, as its sponsor sees it: every enrolling custodian's de-identified part (this org's own
+        part directly, the others' over mutual TLS). A custodian that refuses or fails makes the whole fail: a
+        dataset is anchored only complete."""
+        custodians = sorted({str(e["enrolledBy"]) for e in await self.records.ledger.enrolments(study_id)})
+        resources: list[dict[str, Any]] = []
+        for custodian in custodians:
+            if custodian == self.org:
+                resources += await self.research_export(study_id, self.org)
+                continue
+            member = self.federation.members.get(custodian) if self.federation else None
+            if member is None or self.federation is None:
+                raise NotHeld(f"{custodian} enrolled subjects, and this gateway cannot reach it")
+            r = await self.federation._client.get(f"{member.url}/federation/research/{study_id}", timeout=300)
+            if r.status_code != 200:
+                raise Refused(f"{custodian} did not export its part of {study_id}: {r.status_code} {r.text[:200]}")
+            resources += list(r.json()["resources"])
+        return resources
 
     async def payment_for(self, payment_ref: str, caller: str) -> Stored:
         """The PaymentReconciliation of a batch payment, for the provider it paid only (waiting a little, as for a

@@ -19,6 +19,7 @@ import redis
 
 from ledger.contracts import CLAIMS
 from ledger.errors import LedgerConflict, LedgerNotFound
+from records import disclosure
 from records.store import Query
 from workers import claim_response, rules
 from workers.context import OrgContext
@@ -70,16 +71,39 @@ def _remember(ctx: OrgContext, claim: dict[str, Any], lines: list[dict[str, Any]
     ctx.redis.hset(ctx.settings.keys.claim_lines(claim["patient"]), mapping=cast(Any, mapping))
 
 
+# What a records review reads of the patient's record: these elements of these types, never whole resources.
+REVIEW_ELEMENTS = (
+    "Observation.code",
+    "Observation.status",
+    "Observation.value[x]",
+    "Observation.effective[x]",
+    "Procedure.code",
+    "Procedure.status",
+    "Procedure.performed[x]",
+)
+
+
 def _records_disclosed(ctx: OrgContext, claim: dict[str, Any]) -> bool:
-    """Ask the provider for the patient's record for the review purpose. The provider decides on the patient's
-    consent on chain and logs the access either way; 403 means no consent."""
+    """Ask the provider for the elements a review needs (REVIEW_ELEMENTS), for the review purpose. The provider
+    decides on the patient's consent on chain and logs the access either way (403: no consent), then answers with
+    disclosure documents of only those elements. Each must prove its elements against the root it names; the
+    insurer is not on the providers channel, so the root's match with the chain is the provider's word, logged."""
     assert ctx.settings.rules is not None
-    url = f"{ctx.member_url(claim['provider'])}/federation/everything/{claim['patient']}"
-    r = ctx.members.get(url, params={"purpose": ctx.settings.rules.review_purpose})
-    if r.status_code in (200, 403):
-        return r.status_code == 200
-    r.raise_for_status()
-    raise NotYetAvailable(f"the provider answered {r.status_code}")
+    url = f"{ctx.member_url(claim['provider'])}/federation/disclosures/{claim['patient']}"
+    params = {"purpose": ctx.settings.rules.review_purpose, "element": list(REVIEW_ELEMENTS)}
+    r = ctx.members.get(url, params=params)
+    if r.status_code == 403:
+        return False
+    if r.status_code != 200:
+        r.raise_for_status()
+        raise NotYetAvailable(f"the provider answered {r.status_code}")
+    documents = r.json().get("disclosures") or []
+    checked = [disclosure.verify(d) for d in documents]
+    log.info(
+        "records review",
+        extra={"claim": claim["claimId"], "resources": len(documents), "verified": sum(c.ok for c in checked)},
+    )
+    return all(c.ok for c in checked)
 
 
 @contextlib.contextmanager

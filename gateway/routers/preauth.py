@@ -5,6 +5,9 @@
   Bundle holding the ClaimResponse: the decision when the insurer's rules decide at once, else `queued` with the time
   the decision is due (72 hours expedited, 7 calendar days standard). A later decision arrives by notification and
   is kept as `ClaimResponse/<the Claim's id>`.
+- `POST /fhir/Claim/{id}/$appeal` (provider): the one appeal of a denied request, with Parameters carrying the
+  added `documentation` (an Attachment or a resource); its keyed digest goes on chain (Claims:AppealPreauth), the
+  request is open again and due anew, and the insurer decides it like a new one.
 - `POST /fhir/ClaimResponse/{id}/$decide` (insurer): a person decides a pended (or appealed) request: Parameters with
   `decision` (approved | denied) and, for a denial, the specific `reason` code. Recorded on chain
   (Claims:DecidePreauth), then the insurer's worker keeps the ClaimResponse and the provider is notified.
@@ -20,7 +23,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 
 from gateway.auth import Grant
-from gateway.deps import BodyDep, RequestKeyDep, Scope, ServicesDep, compartment, negotiate
+from gateway.deps import BodyDep, RequestKeyDep, Scope, ServicesDep, compartment, negotiate, require_compartment
 from gateway.outcome import HttpProblem
 from gateway.responses import FhirResponse
 from records import validation as fv
@@ -81,6 +84,27 @@ def _queued(claim_id: str, claim: dict[str, Any]) -> dict[str, Any]:
         "outcome": "queued",
         "disposition": f"pended: the insurer decides within {window}",
     }
+
+
+@router.post("/Claim/{rid}/$appeal")
+async def appeal(
+    rid: str, svc: ServicesDep, grant: Annotated[Grant, Depends(Scope("u", "Claim"))], body: BodyDep
+) -> FhirResponse:
+    if svc.records.custodian.kind != "provider":
+        raise HttpProblem(404, "not-supported", "only a provider appeals its prior-authorisation requests")
+    parameters = fv.parse_json(body, svc.config.limits)
+    found = [p for p in parameters.get("parameter") or [] if isinstance(p, dict) and p.get("name") == "documentation"]
+    if parameters.get("resourceType") != "Parameters" or len(found) != 1:
+        raise FhirInvalid(
+            [Issue("required", "Parameters.parameter", "an appeal carries one `documentation` parameter")]
+        )
+    claim_id = fv.check_id(rid, "Claim id")
+    require_compartment(svc, grant, svc.records.read("Claim", claim_id).patient)
+    done = await svc.records.appeal_preauth(claim_id, found[0])
+    return FhirResponse({"resourceType": "Parameters", "parameter": [
+        {"name": "status", "valueCode": str(done.result["status"])},
+        {"name": "transaction", "valueString": done.tx_id},
+    ]})  # fmt: skip
 
 
 @router.post("/ClaimResponse/{rid}/$decide")

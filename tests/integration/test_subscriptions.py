@@ -132,7 +132,8 @@ def status_of(gw: GatewayHttp, sid: str) -> dict[str, Any]:
     return parameters({"entry": r.json()["entry"]})
 
 
-def enrol(hospital: GatewayHttp, insurer: GatewayHttp) -> str:
+def enrol(hospital: GatewayHttp, insurer: GatewayHttp) -> tuple[str, str]:
+    """A patient at the hospital with coverage at the insurer: (the hospital's Patient id, the MPI identifier)."""
     gen = synthetic.Synthetic.seeded(None)
     mpi = gen.mpi_value()
     r = hospital.post("", gen.transaction(2, mpi))
@@ -140,7 +141,7 @@ def enrol(hospital: GatewayHttp, insurer: GatewayHttp) -> str:
     assert (
         insurer.post("/Coverage", synthetic.coverage(mpi, "InsurerMSP", "2026-01-01", "2027-12-31")).status_code == 201
     )
-    return str(r.json()["entry"][0]["response"]["location"].split("/")[1])
+    return str(r.json()["entry"][0]["response"]["location"].split("/")[1]), mpi
 
 
 def submit(hospital: GatewayHttp, patient_id: str, code: str) -> tuple[str, str]:
@@ -166,12 +167,16 @@ def test_subscribers_hear_claims_flow_miss_some_while_down_and_recover_them(
     hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
 
     # The hospital's EHR subscribes to adjudications (with heartbeats) and payments, full resources; the insurer's
-    # claims system to submitted claims, ids only. Each is handshaken, then active.
+    # claims system to submitted claims, ids only; each about this test's patient (other tests' claims may still be
+    # settling). Each is handshaken, then active.
+    patient, mpi = enrol(hospital, insurer)
+    mine, theirs = (f"patient=Patient/{patient}",), (f"patient={synthetic.MPI_SYSTEM}|{mpi}",)
     adj = subscribe(
-        hospital, subscription("claim-adjudicated", subscriber.url("ehr"), "full-resource", heartbeat=HEARTBEAT_S)
+        hospital,
+        subscription("claim-adjudicated", subscriber.url("ehr"), "full-resource", mine, heartbeat=HEARTBEAT_S),
     )
-    pay = subscribe(hospital, subscription("payment-issued", subscriber.url("ehr"), "full-resource"))
-    sub = subscribe(insurer, subscription("claim-submitted", subscriber.url("claims"), "id-only"))
+    pay = subscribe(hospital, subscription("payment-issued", subscriber.url("ehr"), "full-resource", mine))
+    sub = subscribe(insurer, subscription("claim-submitted", subscriber.url("claims"), "id-only", theirs))
     owners = {adj: hospital, pay: hospital, sub: insurer}
     for sid, gw in owners.items():
         wait_for(
@@ -181,7 +186,6 @@ def test_subscribers_hear_claims_flow_miss_some_while_down_and_recover_them(
         assert parameters(handshake)["status"] == "requested"
 
     # Claims flow: every subscriber hears of every one, once, numbered 1, 2.
-    patient = enrol(hospital, insurer)
     flowing = [submit(hospital, patient, code) for code in ("86001", "86002")]
     for sid in owners:
         wait_for(lambda sid=sid: len(subscriber.events(sid)) >= 2, 30, f"events 1-2 of {sid}")

@@ -4,6 +4,7 @@ fails the first attempts of every delivery on purpose."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
 import hmac
@@ -476,6 +477,29 @@ def test_prior_authorisation_is_decided_by_rules_or_by_a_person(
         "the person's decision at the hospital",
     )
     assert decided["error"][0]["code"]["coding"][0]["code"] == "50"
+
+    # The hospital appeals the denial once, with documentation (only its keyed digest goes on chain); a person at the
+    # insurer approves it, and the hospital hears of it.
+    documentation = {"contentType": "text/plain", "data": base64.b64encode(b"MRI: medial meniscus tear").decode()}
+    appeal = {"resourceType": "Parameters", "parameter": [{"name": "documentation", "valueAttachment": documentation}]}
+    r = hospital.post(f"/Claim/{claim_id}/$appeal", appeal)
+    assert r.status_code == 200, r.text
+    assert r.json()["parameter"][0]["valueCode"] == "appealed"
+    again = hospital.post(f"/Claim/{claim_id}/$appeal", appeal)
+    assert again.status_code == 409, again.text  # one appeal per request
+    approve = {"resourceType": "Parameters", "parameter": [{"name": "decision", "valueCode": "approved"}]}
+    r = insurer.post(f"/ClaimResponse/{key}/$decide", approve)
+    assert r.status_code == 200, r.text
+    approved_on_appeal = wait_for(
+        lambda: (
+            (c := hospital.get(f"/ClaimResponse/{claim_id}").json()).get("outcome") == "complete"
+            and not c.get("error")
+            and c
+        ),
+        30,
+        "the approval on appeal at the hospital",
+    )
+    assert approved_on_appeal["preAuthRef"].startswith("PA-")
     metrics = subprocess.run(
         [sys.executable, "-m", "careledger.cli", "claims", "pa-metrics", "--org", "InsurerOrg"],
         env={**os.environ, "CARELEDGER_HOME": str(workers.home), "CARELEDGER_PORT_BASE": str(workers.port_base)},
@@ -483,7 +507,8 @@ def test_prior_authorisation_is_decided_by_rules_or_by_a_person(
     )  # fmt: skip
     assert metrics.returncode == 0, metrics.stderr
     row = next(line.split() for line in metrics.stdout.splitlines() if line.strip().startswith("all"))
-    assert int(row[1]) >= 2 and int(row[2]) >= 1 and int(row[3]) >= 1  # requests, approved, denied
+    # requests, approved, denied, approved after appeal
+    assert int(row[1]) >= 2 and int(row[2]) >= 1 and int(row[4]) >= 1
 
 
 def test_claim_lines_are_purged_when_their_retention_passes(

@@ -87,6 +87,26 @@ def test_every_problem_of_a_bundle_is_listed_and_nothing_is_stored(gw: Gateway) 
     gw.run(scenario)
 
 
+def test_a_bundle_with_more_problems_than_listed_says_how_many_more(gw: Gateway) -> None:
+    async def scenario(g: Gateway) -> None:
+        bundle = synthetic.Synthetic.seeded(8).transaction(1)
+        patient = bundle["entry"][0]
+        entries = []
+        for i in range(150):
+            entry = {**patient, "fullUrl": f"urn:uuid:00000000-0000-4000-8000-{i:012d}"}
+            entry["resource"] = {**patient["resource"], "gender": "unknown-to-fhir"}
+            entries.append(entry)
+        r = await g.post("/fhir", {**bundle, "entry": entries})
+        assert r.status_code == 422
+        issues = r.json()["issue"]
+        assert len(issues) == 100
+        assert issues[98]["expression"] == ["Bundle.entry[98].resource.gender"]
+        assert issues[99]["diagnostics"] == "51 more problems are not listed"
+        assert g.rows() == 0
+
+    gw.run(scenario)
+
+
 def test_a_ledger_refusal_is_a_conflict_and_leaves_nothing(gw: Gateway) -> None:
     async def scenario(g: Gateway) -> None:
         g.world.fail_next("Records:Register", LedgerConflict("not the next version"))
