@@ -47,7 +47,9 @@ class ManagedProcess:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 return None
-            if exe.strip().encode() not in cmdline and os.path.realpath(exe.strip()).encode() not in cmdline:
+            real = os.path.realpath(exe.strip())
+            # The program may be named by a link (a virtualenv's python): compare where each argument leads.
+            if not any(os.path.realpath(a.decode(errors="replace")) == real for a in cmdline if a.startswith(b"/")):
                 return None
         return pid
 
