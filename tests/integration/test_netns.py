@@ -73,8 +73,9 @@ def make_hosts() -> None:
 
 
 def remove_hosts() -> None:
-    for ns, _ in PLACES.values():
-        ip("netns", "del", ns, check=False)  # its veth end goes with it, and the pair
+    for i, (ns, _) in enumerate(PLACES.values()):
+        ip("netns", "del", ns, check=False)  # its veth end goes with it, and the pair, once nothing runs in it
+        ip("link", "del", f"cl{TAG}v{i}", check=False)  # at once, even if a process still holds the namespace
     ip("link", "del", BRIDGE, check=False)
 
 
@@ -93,8 +94,8 @@ def spread() -> Iterator[topo.Topology]:
     home = topo.REPO_ROOT / "run" / "test-netns"
     t = topo.load(home=home, port_base=PORT_BASE)
     control.down(t, purge=True, progress=log.info)
-    make_hosts()
     try:
+        make_hosts()
         with t.editing_overlay() as overlay:
             overlay["services"] = {"netns": PLACES["services"][0], "host": PLACES["services"][1]}
             overlay["ordering"] = {"netns": PLACES["OrdererOrg"][0], "host": PLACES["OrdererOrg"][1]}
