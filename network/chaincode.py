@@ -111,7 +111,11 @@ def build_server() -> Path:
     proc = subprocess.run(argv, cwd=SOURCE_DIR, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise BuildFailed(f"building the chaincode failed:\n{proc.stderr.strip()[-4000:]}")
-    tmp.replace(binary)
+    try:
+        tmp.replace(binary)
+    except FileNotFoundError:  # the cache is shared by checkouts: another one built the same source meanwhile
+        if not binary.exists():
+            raise
     return binary
 
 
