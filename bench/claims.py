@@ -26,6 +26,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 
 import httpx
@@ -122,6 +123,7 @@ class Offered:
     rate: int
     started: dict[str, float] = field(default_factory=dict)
     refused: int = 0  # POSTs answered with anything but 201 (or not answered at all)
+    why: Counter[str] = field(default_factory=Counter)  # refusals by status code or error
     preauth: set[str] = field(default_factory=set)
     backlog: list[tuple[float, int]] = field(default_factory=list)
 
@@ -151,8 +153,9 @@ async def offered_load(
             r = await (
                 hospital.post("/Claim/$submit", content=body) if is_pa else hospital.post("/Claim", content=body)
             )
-        except httpx.HTTPError:
+        except httpx.HTTPError as e:
             out.refused += 1
+            out.why[type(e).__name__] += 1
             return
         if is_pa and r.status_code == 201:  # the PAS answer: a Bundle whose ClaimResponse names the Claim
             local = _pas_claim_id(r.json())
@@ -162,6 +165,7 @@ async def offered_load(
             out.started[r.json()["id"]] = t0
         else:
             out.refused += 1
+            out.why[str(r.status_code)] += 1
 
     async def sample() -> None:
         begin = time.monotonic()
@@ -218,6 +222,8 @@ def report(offered: Offered, arrivals: Arrivals) -> list[str]:
         f"{offered.rate:3} claims/s offered: {total} offered, {offered.refused} refused (not 201), "
         f"{unanswered} unanswered within {ANSWER_WAIT_S:.0f} s, {len(offered.preauth)} prior authorisations",
     ]
+    if offered.why:
+        lines.append("      refused: " + ", ".join(f"{n} x {why}" for why, n in offered.why.most_common()))
     if times:
         lines.append(
             f"      POST -> answer at the provider: p50 {fmt(percentile(times, 50))}  p99 {fmt(percentile(times, 99))}"
