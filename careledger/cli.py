@@ -12,10 +12,12 @@ from typing import Any
 
 import click
 
+from careledger import orgs  # noqa: F401  (adds `org add` and `org leave` to the org group)
 from careledger.demo import demo
 from consortium.errors import NetworkError
 from gateway.cli import gateway
 from network.cli import network
+from network.membership_cli import chaincode, channel, org
 from workers.cli import claims, worker
 
 DEBUG = "CARELEDGER_DEBUG"
@@ -43,6 +45,9 @@ def main() -> None:
 
 
 main.add_command(network)
+main.add_command(org)
+main.add_command(channel)
+main.add_command(chaincode)
 main.add_command(gateway)
 main.add_command(worker)
 main.add_command(claims)

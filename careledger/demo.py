@@ -74,7 +74,7 @@ def demo(resources: int) -> None:
     for org in ("HospitalOrg", "ClinicOrg", "InsurerOrg"):
         readiness.require_peer(t, t.org(org))
         settings = GatewaySettings.load(t, org)
-        if not readiness.answers(t.host, settings.port):
+        if not readiness.answers(settings.org.host, settings.port):
             raise click.ClickException(
                 f"{org}'s gateway is not running at {settings.url}; run `careledger gateway start`"
             )

@@ -9,7 +9,7 @@ from fabric_gateway import DEFAULT_TIMEOUTS, AsyncGateway, Endpoint, Gateway, Ti
 def endpoint(topology: Topology, org: Org, user: str = "User1") -> Endpoint:
     peer = topology.peer_of(org)
     tls = topology.user_dir(org, user) / "tls"
-    return Endpoint.from_files(peer.address, topology.tls_ca_cert(org), tls / "client.crt", tls / "client.key")
+    return Endpoint.from_files(peer.address, topology.own_tls_ca_cert(org), tls / "client.crt", tls / "client.key")
 
 
 def gateway(topology: Topology, org: Org | str, user: str = "User1", timeouts: Timeouts = DEFAULT_TIMEOUTS) -> Gateway:

@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from consortium.errors import NodeUnhealthy, PortInUse
@@ -42,20 +42,32 @@ class ManagedProcess:
         except OSError:
             return None
         if os.path.realpath(exe.strip()) != running.removesuffix(" (deleted)"):
-            return None
+            # Just started through a launcher (`ip netns exec`) that has not exec'ed the program yet?
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                return None
+            real = os.path.realpath(exe.strip())
+            # The program may be named by a link (a virtualenv's python): compare where each argument leads.
+            if not any(os.path.realpath(a.decode(errors="replace")) == real for a in cmdline if a.startswith(b"/")):
+                return None
         return pid
 
     def running(self) -> bool:
         return self.pid() is not None
 
-    def start(self, argv: list[str], env: Mapping[str, str], cwd: Path | None = None) -> int:
+    def start(
+        self, argv: list[str], env: Mapping[str, str], cwd: Path | None = None, launcher: Sequence[str] = ()
+    ) -> int:
+        """Start `argv` detached, its output appended to the log file. `launcher` is a prefix that execs the program
+        in place (`ip netns exec <ns>`), so the pid is the program's own; the pid file names the program, not it."""
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as log:
             log.write(f"\n===== start {time.strftime('%Y-%m-%dT%H:%M:%S')} =====\n".encode())
             log.flush()
             proc = subprocess.Popen(
-                argv,
+                [*launcher, *argv],
                 env=dict(env),
                 cwd=cwd,
                 stdin=subprocess.DEVNULL,
@@ -144,11 +156,23 @@ def ensure_port_free(owner: str, host: str, port: int, wait: float = 0.0) -> Non
                 s.bind((host, port))
                 return
             except OSError as e:
-                if e.errno != errno.EADDRINUSE:
+                if e.errno == errno.EADDRNOTAVAIL:
+                    # The address is another host's or another network namespace's: ask it instead.
+                    if not _answers(host, port):
+                        return
+                elif e.errno != errno.EADDRINUSE:
                     raise
         if time.monotonic() >= deadline:
             raise PortInUse(owner, f"{host}:{port}")
         time.sleep(0.1)
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def rss_bytes(pid: int) -> int:

@@ -20,7 +20,7 @@ class NotRunning(NetworkError):
 
 
 def require_set_up(topology: Topology) -> None:
-    if not topology.crypto_dir.exists() or not topology.pseudonym_key_file.exists():
+    if not topology.orgs_dir.exists() or not topology.redis_admin_password_file.exists():
         raise NotSetUp(f"there is no CareLedger network in {topology.home}; {UP}")
 
 
@@ -42,5 +42,5 @@ def require_peer(topology: Topology, org: Org) -> None:
 
 def require_redis(topology: Topology) -> None:
     require_set_up(topology)
-    if not answers(topology.host, topology.redis_port):
-        raise NotRunning(f"redis is not running on {topology.host}:{topology.redis_port}; {UP}")
+    if not answers(topology.services_host, topology.redis_port):
+        raise NotRunning(f"redis is not running on {topology.services_host}:{topology.redis_port}; {UP}")

@@ -54,6 +54,12 @@ class Program:
     env: dict[str, str]
     cwd: Path = REPO_ROOT
 
+    def launcher(self, topology: Topology) -> list[str]:
+        """Programs are named <kind>-<Org> (gateway-HospitalOrg): each runs where its org's processes run (its
+        network namespace, if the consortium definition gives it one)."""
+        _kind, _, org = self.name.partition("-")
+        return topology.launcher_of(topology.org(org)) if org and topology.has_org(org) else []
+
     def conf(self, topology: Topology) -> str:
         for key, value in self.env.items():
             if any(c in value for c in '"\n\r'):
@@ -63,7 +69,7 @@ class Program:
         return "\n".join(
             [
                 f"[program:{self.name}]",
-                f"command={_escape(shlex.join(self.argv))}",
+                f"command={_escape(shlex.join([*self.launcher(topology), *self.argv]))}",
                 f"directory={_escape(str(self.cwd))}",
                 f"environment={env}",
                 "autostart=false",

@@ -1,11 +1,35 @@
-"""The consortium as data: orgs, nodes, channels, addresses and where each node's files live.
+"""The consortium as data: orgs, nodes, channels, addresses and where each party's files live.
 
-Everything else in `network` reads this model; nothing else knows a port number or a crypto path.
+Everything else reads this model; nothing else knows a port number, a host or a file path.
+
+The definition is the repository's consortium.yaml with the run folder's overlay (`<run>/consortium/overlay.yaml`)
+merged over it. The tooling writes the overlay when membership changes (an org created, a channel joined or left)
+and when a deployment places orgs on their own hosts; long-running processes pick changes up with `refresh()`.
+
+Files, per party (see docs/OPERATIONS.md):
+
+    <run>/orgs/<Org>/            an org's home: its keys and everything its nodes, gateway and workers read
+        crypto/                  its identities (cryptogen for this org alone, then our own renewals)
+        data/<node>/             its nodes' ledgers (orderers: also the Raft WAL and snapshots)
+        gateway/                 its gateway's and workers' store, master key, token issuer, Redis password, ...
+        chaincode/               its chaincode package, its chaincode server's TLS pair and config
+    <run>/consortium/            public only: what orgs exchange
+        overlay.yaml             membership and placement as the tooling knows it now
+        orgs/<Org>/              each org's published definition (org.json) and public MSP folder
+        chaincode/<channel>/     each chaincode definition the tooling proposed, by version
+        updates/                 config-update envelopes passed between admins for signatures
+    <run>/channels/              genesis blocks (public)
+    <run>/redis, <run>/postgres, <run>/data/{redis,postgres}   shared services of this host
+    <run>/logs, <run>/pids, <run>/supervisor                    the tooling's view of processes
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import fcntl
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -15,7 +39,7 @@ from urllib.parse import quote
 import yaml
 
 from consortium.errors import NetworkError
-from consortium.secrets import read_secret
+from consortium.secrets import private_dir, read_secret
 
 DEFINITION_FILE = Path(__file__).with_name("consortium.yaml")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -24,13 +48,15 @@ NodeKind = Literal["orderer", "peer"]
 
 # Port offsets from the port base. Each node owns a block of ten ports.
 ORDERER_BLOCK = 0  # orderer i: base + 10*i + {0 listen, 1 admin, 2 operations}
-PEER_BLOCK = 100  # peer j: base + 100 + 10*j + {0 listen, 1 chaincode, 2 operations}
-CHAINCODE_PORT = 200
+PEER_BLOCK = 100  # org j's peer: base + 100 + 10*j + {0 listen, 1 chaincode, 2 operations, 3 chaincode server}
+CHAINCODE_SERVER_OFFSET = 3  # the org's own chaincode-as-a-service process, in its peer's block
 REDIS_PORT = 300
 POSTGRES_PORT = 301
-GATEWAY_BLOCK = 400  # gateway j: base + 400 + j
+GATEWAY_BLOCK = 400  # org j's gateway: base + 400 + j
+MAX_MEMBER_ORGS = 30  # peer blocks from base+100 must stay below redis at base+300
 
 REDIS_ADMIN_USER = "careledger-admin"
+OVERLAY_NAME = "overlay.yaml"
 
 
 class UnknownName(NetworkError, KeyError):
@@ -47,6 +73,8 @@ class Org:
     subdomain: str
     domain: str
     kind: str  # orderer | provider | insurer | manufacturer
+    host: str = "127.0.0.1"  # where its nodes, chaincode server and gateway listen
+    netns: str = ""  # a Linux network namespace its processes run in ("" = the caller's)
 
     @property
     def is_orderer(self) -> bool:
@@ -102,15 +130,57 @@ class Ordering:
     heartbeat_tick: int
 
 
+def merge(definition: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """The definition with an overlay merged over it.
+
+    `orgs` entries are matched by name: an existing org's fields are updated (e.g. its host), a new one is appended
+    (so existing orgs keep their port blocks). `channels` entries replace that channel's member list. Any other
+    mapping is merged key by key; anything else replaces.
+    """
+    out = copy.deepcopy(definition)
+    for key, value in (overlay or {}).items():
+        if key == "orgs":
+            by_name = {o["name"]: o for o in out.setdefault("orgs", [])}
+            for spec in value or []:
+                if spec["name"] in by_name:
+                    by_name[spec["name"]].update(spec)
+                else:
+                    out["orgs"].append(dict(spec))
+                    by_name[spec["name"]] = out["orgs"][-1]
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged_dict(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _merged_dict(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merged_dict(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
 class Topology:
     """The consortium definition rendered for one run folder and one port base."""
 
+    _CACHED = ("orderer_org", "member_orgs", "orderers", "peers", "channels", "contracts")
+
     def __init__(self, definition: dict[str, Any], home: Path, port_base: int) -> None:
-        self.definition = definition
+        self.base_definition = definition
         self.home = home
         self.port_base = port_base
+        self.generation = 0  # incremented by every refresh() that found a changed overlay
+        self._overlay_stamp = self._stamp()
+        self._apply(merge(definition, self._read_overlay()))
+
+    def _apply(self, definition: dict[str, Any]) -> None:
+        self.definition = definition
         self.domain: str = definition["domain"]
-        self.host: str = definition["host"]
+        self.host: str = definition["host"]  # the default host of every org and service
         self.fabric_version: str = definition["fabric"]["version"]
         self.chaincode_name: str = definition["chaincode"]["name"]
         o = definition["ordering"]
@@ -123,6 +193,61 @@ class Topology:
             election_tick=int(o["election_tick"]),
             heartbeat_tick=int(o["heartbeat_tick"]),
         )
+        services = definition.get("services") or {}
+        self.services_host: str = services.get("host") or self.host  # redis and postgres
+        self.services_netns: str = services.get("netns") or ""
+        for name in self._CACHED:
+            self.__dict__.pop(name, None)
+
+    # ----- the overlay ----------------------------------------------------------------------------------------
+
+    @property
+    def consortium_dir(self) -> Path:
+        """Public material the orgs exchange: the overlay, org definitions, chaincode definitions, update files."""
+        return self.home / "consortium"
+
+    @property
+    def overlay_file(self) -> Path:
+        return self.consortium_dir / OVERLAY_NAME
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.overlay_file.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def _read_overlay(self) -> dict[str, Any]:
+        try:
+            return dict(yaml.safe_load(self.overlay_file.read_text()) or {})
+        except FileNotFoundError:
+            return {}
+
+    def refresh(self) -> bool:
+        """Re-read the overlay if it changed since it was read; True when it did (then `generation` moves on).
+        Cheap (one stat) when nothing changed, so long-running processes call it whenever they meet a name they do
+        not know, and gateways every few seconds."""
+        stamp = self._stamp()
+        if stamp == self._overlay_stamp:
+            return False
+        self._overlay_stamp = stamp
+        self._apply(merge(self.base_definition, self._read_overlay()))
+        self.generation += 1
+        return True
+
+    @contextlib.contextmanager
+    def editing_overlay(self) -> Iterator[dict[str, Any]]:
+        """Change the overlay under a lock: yields its content, writes it back, then refreshes this topology."""
+        self.consortium_dir.mkdir(parents=True, exist_ok=True)
+        with (self.consortium_dir / ".overlay.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            overlay = self._read_overlay()
+            yield overlay
+            tmp = self.overlay_file.with_name(f".{OVERLAY_NAME}.{os.getpid()}")
+            header = "# Written by the careledger tooling; merged over consortium/consortium.yaml.\n"
+            tmp.write_text(header + yaml.safe_dump(overlay, sort_keys=False))
+            os.replace(tmp, self.overlay_file)
+        self.refresh()
 
     # ----- orgs and nodes -------------------------------------------------------------------------------------
 
@@ -134,36 +259,57 @@ class Topology:
             subdomain=sub,
             domain=f"{sub}.{self.domain}",
             kind=kind,
+            host=spec.get("host") or self.host,
+            netns=spec.get("netns") or "",
         )
 
     @cached_property
     def orderer_org(self) -> Org:
         o = self.definition["ordering"]
-        return self._org({"name": o["org"], "msp_id": o["msp_id"], "subdomain": o["subdomain"]}, "orderer")
+        spec = {k: o.get(k) for k in ("subdomain", "host", "netns")}
+        return self._org({"name": o["org"], "msp_id": o["msp_id"], **spec}, "orderer")
 
     @cached_property
     def member_orgs(self) -> list[Org]:
-        return [self._org(spec, spec["kind"]) for spec in self.definition["orgs"]]
+        orgs = [self._org(spec, spec["kind"]) for spec in self.definition["orgs"]]
+        if len(orgs) > MAX_MEMBER_ORGS:
+            raise NetworkError(f"at most {MAX_MEMBER_ORGS} member orgs fit the port layout, not {len(orgs)}")
+        return orgs
 
-    @cached_property
-    def chaincode_tls_org(self) -> Org:
-        """A TLS-only identity for the chaincode server; it is a member of no channel."""
-        sub = self.definition["chaincode"]["tls_subdomain"]
-        return Org(name="ChaincodeServer", msp_id="", subdomain=sub, domain=f"{sub}.{self.domain}", kind="chaincode")
+    @property
+    def all_orgs(self) -> list[Org]:
+        return [self.orderer_org, *self.member_orgs]
 
     def org(self, name: str) -> Org:
-        for org in self.member_orgs:
-            if name in (org.name, org.msp_id):
-                return org
+        """A member org by name or MSP id."""
+        for attempt in range(2):
+            for org in self.member_orgs:
+                if name in (org.name, org.msp_id):
+                    return org
+            if attempt == 0 and not self.refresh():
+                break
         raise UnknownName(
             f"there is no member org {name!r}; the members are {', '.join(o.name for o in self.member_orgs)}"
         )
 
+    def any_org(self, name: str) -> Org:
+        """A member org or the orderer org, by name or MSP id."""
+        o = self.orderer_org
+        return o if name in (o.name, o.msp_id) else self.org(name)
+
+    def has_org(self, name: str) -> bool:
+        try:
+            self.any_org(name)
+        except UnknownName:
+            return False
+        return True
+
     @cached_property
     def orderers(self) -> list[Node]:
         base = self.port_base + ORDERER_BLOCK
+        org = self.orderer_org
         return [
-            Node(short, "orderer", self.orderer_org, self.host, base + 10 * i, base + 10 * i + 1, base + 10 * i + 2)
+            Node(short, "orderer", org, org.host, base + 10 * i, base + 10 * i + 1, base + 10 * i + 2)
             for i, short in enumerate(self.definition["ordering"]["nodes"])
         ]
 
@@ -171,13 +317,16 @@ class Topology:
     def peers(self) -> list[Node]:
         base = self.port_base + PEER_BLOCK
         return [
-            Node("peer0", "peer", org, self.host, base + 10 * j, base + 10 * j + 1, base + 10 * j + 2)
+            Node("peer0", "peer", org, org.host, base + 10 * j, base + 10 * j + 1, base + 10 * j + 2)
             for j, org in enumerate(self.member_orgs)
         ]
 
     @property
     def nodes(self) -> list[Node]:
         return [*self.orderers, *self.peers]
+
+    def nodes_of(self, org: Org) -> list[Node]:
+        return [n for n in self.nodes if n.org == org]
 
     def peer_of(self, org: Org | str) -> Node:
         name = org if isinstance(org, str) else org.name
@@ -206,6 +355,12 @@ class Topology:
         """Per insurer MSP: the names and identifiers claims may name it by."""
         return dict(self.definition.get("payers") or {})
 
+    def former_members(self, channel: str) -> list[tuple[str, str]]:
+        """Orgs that left the channel, as (MSP id, kind): the chaincode definition keeps their private data
+        collections (Fabric never drops a collection), with only the remaining members in their policies."""
+        former = self.definition.get("former_members", {}).get(channel) or []
+        return [(str(f["msp_id"]), str(f["kind"])) for f in former]
+
     def channels_of(self, org: Org) -> list[str]:
         return [ch for ch, members in self.channels.items() if org in members]
 
@@ -215,18 +370,29 @@ class Topology:
         declared = self.definition["chaincode"].get("contracts") or {}
         return {ch: list(declared.get(ch) or []) for ch in self.channels}
 
+    # ----- processes --------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def launcher(netns: str) -> list[str]:
+        """The argv prefix that runs a program in a network namespace (nothing for the caller's own)."""
+        return ["ip", "netns", "exec", netns] if netns else []
+
+    def launcher_of(self, org: Org | None) -> list[str]:
+        """For an org's processes; None means the shared services (redis, postgres)."""
+        return self.launcher(org.netns if org is not None else self.services_netns)
+
     # ----- other services -------------------------------------------------------------------------------------
 
-    @property
-    def chaincode_address(self) -> str:
-        return f"{self.host}:{self.port_base + CHAINCODE_PORT}"
+    def chaincode_address(self, org: Org) -> str:
+        """Where the org's own chaincode server listens (its peer dials it)."""
+        return f"{org.host}:{self.peer_of(org).port + CHAINCODE_SERVER_OFFSET}"
 
     @property
     def redis_port(self) -> int:
         return self.port_base + REDIS_PORT
 
     # Redis has no default user: each member org has its own (limited to its own keys, see consortium.redis_keys)
-    # and the set-up and operators have an admin user. Passwords are secret files made by `careledger network up`.
+    # and the set-up and operators have an admin user. Passwords are secret files made at set-up.
 
     def redis_user(self, org: Org) -> str:
         return org.msp_id
@@ -236,8 +402,12 @@ class Topology:
 
     @property
     def redis_dir(self) -> Path:
-        """Redis's users (ACL file) and the admin password."""
+        """Redis's users (ACL file, the hashes orgs registered) and the admin password."""
         return self.home / "redis"
+
+    def redis_user_hash_file(self, org: Org) -> Path:
+        """The SHA-256 of the org's Redis password, which the org hands to whoever runs Redis (not the password)."""
+        return self.redis_dir / "users" / f"{org.msp_id}.sha256"
 
     @property
     def redis_admin_password_file(self) -> Path:
@@ -249,7 +419,7 @@ class Topology:
 
     def _redis_url(self, user: str, password_file: Path) -> str:
         password = read_secret(password_file, f"the Redis password of {user}").decode().strip()
-        return f"redis://{quote(user, safe='')}:{quote(password, safe='')}@{self.host}:{self.redis_port}/0"
+        return f"redis://{quote(user, safe='')}:{quote(password, safe='')}@{self.services_host}:{self.redis_port}/0"
 
     def redis_url_for(self, org: Org | str) -> str:
         """The URL an org's processes connect to Redis with: the org's own user, which reaches only its keys."""
@@ -272,24 +442,39 @@ class Topology:
 
     def postgres_url(self, database: str) -> str:
         """A database of the run folder's PostgreSQL, which `careledger network up` starts."""
-        return f"postgresql://careledger@{self.host}:{self.postgres_port}/{database}?passfile={self.postgres_passfile}"
+        return (
+            f"postgresql://careledger@{self.services_host}:{self.postgres_port}/{database}"
+            f"?passfile={self.postgres_passfile}"
+        )
 
     def gateway_port(self, org: Org) -> int:
         return self.port_base + GATEWAY_BLOCK + self.member_orgs.index(org)
 
-    # ----- files ----------------------------------------------------------------------------------------------
+    def gateway_url(self, org: Org) -> str:
+        return f"https://{org.host}:{self.gateway_port(org)}"
+
+    # ----- an org's home ----------------------------------------------------------------------------------------
 
     @property
-    def crypto_dir(self) -> Path:
-        return self.home / "crypto"
+    def orgs_dir(self) -> Path:
+        return self.home / "orgs"
+
+    def org_home(self, org: Org) -> Path:
+        """Everything the org's own processes read: its keys, ledgers, store. Nothing of another org is in it."""
+        return self.orgs_dir / org.name
+
+    def crypto_dir(self, org: Org) -> Path:
+        return self.org_home(org) / "crypto"
 
     def org_dir(self, org: Org) -> Path:
-        return self.crypto_dir / org.org_type_dir / org.domain
+        """The org's identity tree in cryptogen's layout (msp/, ca/, tlsca/, peers|orderers/, users/)."""
+        return self.crypto_dir(org) / org.org_type_dir / org.domain
 
     def org_msp_dir(self, org: Org) -> Path:
         return self.org_dir(org) / "msp"
 
-    def tls_ca_cert(self, org: Org) -> Path:
+    def own_tls_ca_cert(self, org: Org) -> Path:
+        """The org's TLS CA certificate, in its own home (what its own processes read)."""
         return self.org_dir(org) / "tlsca" / f"tlsca.{org.domain}-cert.pem"
 
     def gateway_tls_dir(self, org: Org) -> Path:
@@ -298,7 +483,7 @@ class Topology:
 
     def gateway_home(self, org: Org) -> Path:
         """Where the org's gateway and workers keep its store and keys."""
-        return self.home / "gateway" / org.name
+        return self.org_home(org) / "gateway"
 
     def master_key_file(self, org: Org) -> Path:
         """The org's master key (wraps every patient's data key); production: a KMS."""
@@ -311,19 +496,62 @@ class Topology:
     def token_issuer_public_key_file(self, org: Org) -> Path:
         return self.gateway_home(org) / "token-issuer.pub"
 
-    @property
-    def pseudonym_key_file(self) -> Path:
-        """The consortium pseudonym key every member holds (production: distributed out of band)."""
-        return self.home / "consortium" / "pseudonym.key"
+    def consortium_key_file(self, org: Org) -> Path:
+        """The org's copy of the consortium pseudonym key every member holds (distributed out of band)."""
+        return self.gateway_home(org) / "pseudonym.key"
+
+    def worker_config_file(self, org: Org) -> Path:
+        """The org's worker settings made when it joined (rules, webhook); founding orgs use config/workers/."""
+        return self.org_home(org) / "config" / "worker.yaml"
+
+    def chaincode_home(self, org: Org) -> Path:
+        """The org's chaincode package, its chaincode server's TLS pair, config and what it serves."""
+        return self.org_home(org) / "chaincode"
 
     def node_dir(self, node: Node) -> Path:
         sub = "orderers" if node.kind == "orderer" else "peers"
         return self.org_dir(node.org) / sub / node.tls_hostname
 
+    def node_data_dir(self, node: Node) -> Path:
+        return self.org_home(node.org) / "data" / node.name
+
     def user_dir(self, org: Org, user: str = "Admin") -> Path:
         return self.org_dir(org) / "users" / f"{user}@{org.domain}"
 
+    # ----- what orgs publish --------------------------------------------------------------------------------------
+
+    def public_dir(self, org: Org) -> Path:
+        """The org's published definition: org.json and a public MSP folder (certificates and NodeOUs only)."""
+        return self.consortium_dir / "orgs" / org.name
+
+    def org_definition_file(self, org: Org) -> Path:
+        return self.public_dir(org) / "org.json"
+
+    def public_msp_dir(self, org: Org) -> Path:
+        return self.public_dir(org) / "msp"
+
+    def tls_ca_cert(self, org: Org) -> Path:
+        """The org's TLS CA certificate as it published it: what everyone else trusts for it."""
+        return self.public_msp_dir(org) / "tlscacerts" / "tlsca.pem"
+
+    def public_tls_cert(self, node: Node) -> Path:
+        """A node's TLS certificate as its org published it (orderers: the consenter certificate)."""
+        return self.public_dir(node.org) / "nodes" / node.tls_hostname / "tls.pem"
+
+    @property
+    def updates_dir(self) -> Path:
+        return self.consortium_dir / "updates"
+
+    def chaincode_definitions_dir(self, channel: str) -> Path:
+        return self.consortium_dir / "chaincode" / channel
+
+    # ----- the tooling's files ------------------------------------------------------------------------------------
+
     def data_dir(self, name: str) -> Path:
+        """A node's data folder (in its org's home) by node name, or a shared service's (redis, postgres)."""
+        for node in self.nodes:
+            if node.name == name:
+                return self.node_data_dir(node)
         return self.home / "data" / name
 
     def log_file(self, name: str) -> Path:
@@ -345,9 +573,16 @@ class Topology:
     def generated_config_dir(self) -> Path:
         return self.home / "config"
 
+    def make_private(self) -> None:
+        """The run folder and every org's home: 0700."""
+        private_dir(self.home)
+        for org in self.all_orgs:
+            private_dir(self.org_home(org))
+
 
 def load(home: Path | None = None, port_base: int | None = None) -> Topology:
-    """Load the consortium for a run folder (CARELEDGER_HOME) and port base (CARELEDGER_PORT_BASE)."""
+    """Load the consortium for a run folder (CARELEDGER_HOME) and port base (CARELEDGER_PORT_BASE), with the run
+    folder's overlay merged over the repository's definition."""
     definition = yaml.safe_load(DEFINITION_FILE.read_text())
     home = home or Path(os.environ.get("CARELEDGER_HOME", REPO_ROOT / "run"))
     if port_base is None:

@@ -48,7 +48,7 @@ def start(topology: Topology, org: str) -> bool:
     if proc.running():
         return False
     readiness.require_peer(topology, settings.org)
-    ensure_port_free(proc.name, topology.host, settings.port, wait=5)
+    ensure_port_free(proc.name, settings.org.host, settings.port, wait=5)
     argv = [sys.executable, "-m", "careledger.cli", "gateway", "serve", "--org", org]
     proc.start(Program(proc.name, argv, program_env(topology), topo.REPO_ROOT))
     try:

@@ -117,7 +117,7 @@ async def serve(settings: GatewaySettings, first: bool = True) -> None:
         server = uvicorn.Server(
             uvicorn.Config(
                 app,
-                host=settings.topology.host,
+                host=settings.org.host,
                 port=settings.port,
                 http=ClientCertProtocol,
                 ssl_certfile=str(cert),
@@ -129,11 +129,17 @@ async def serve(settings: GatewaySettings, first: bool = True) -> None:
                 lifespan="off",
             )
         )
+        # Members that join later are trusted without a restart: the server's TLS context follows the consortium.
+        server.config.load()
+        assert server.config.ssl is not None
+        tls.trust_members(server.config.ssl, settings.topology)
+        tls.present(server.config.ssl, cert, key)  # a renewed certificate is served without a restart
+        follower = asyncio.create_task(tls.follow_members(settings.topology))
         log.info("gateway listening", extra={"org": settings.org.name, "url": settings.url})
         try:
             await server.serve(sockets=[listening_socket(settings)])
         finally:
-            for task in (reconciler, *followers):
+            for task in (reconciler, follower, *followers):
                 task.cancel()
             await fed.aclose()
             store.close()

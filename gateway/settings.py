@@ -3,7 +3,7 @@
 | setting | default | environment |
 |---|---|---|
 | listen port | port base + 400 + org index | CARELEDGER_GATEWAY_PORT |
-| token verification key | run/gateway/<org>/token-issuer.pub (development) | CARELEDGER_TOKEN_PUBLIC_KEY_FILE |
+| token verification key | run/orgs/<org>/gateway/token-issuer.pub (development) | CARELEDGER_TOKEN_PUBLIC_KEY_FILE |
 | token issuer / audience | https://auth.<domain> / https://gateway.<domain>/fhir | CARELEDGER_TOKEN_ISSUER, _AUDIENCE |
 | processes serving the port | 1 | CARELEDGER_GATEWAY_PROCESSES |
 
@@ -62,7 +62,7 @@ class GatewaySettings:
 
     @property
     def url(self) -> str:
-        return f"https://{self.topology.host}:{self.port}"
+        return f"https://{self.org.host}:{self.port}"
 
     def token_policy(self) -> TokenPolicy:
         key = read_secret(self.token_public_key_file, f"{self.org.name}'s token verification key")

@@ -19,21 +19,26 @@ class Admin:
         self.binaries = binaries
 
     def peer_env(self, org: Org, peer: Node | None = None) -> dict[str, str]:
+        """The peer CLI as the org's admin (from the org's home), talking to its own peer unless told another. An
+        ordering org's admin has no peer: its env serves commands that only reach orderers (`channel update`)."""
         t = self.topology
-        peer = peer or t.peer_of(org)
         admin_tls = t.user_dir(org) / "tls"
-        return {
+        env = {
             **base_env(self.binaries),
             "FABRIC_LOGGING_SPEC": "warning",
             "CORE_PEER_LOCALMSPID": org.msp_id,
             "CORE_PEER_MSPCONFIGPATH": str(t.user_dir(org) / "msp"),
-            "CORE_PEER_ADDRESS": peer.address,
             "CORE_PEER_TLS_ENABLED": "true",
-            "CORE_PEER_TLS_ROOTCERT_FILE": str(t.tls_ca_cert(peer.org)),
             "CORE_PEER_TLS_CLIENTAUTHREQUIRED": "true",
             "CORE_PEER_TLS_CLIENTCERT_FILE": str(admin_tls / "client.crt"),
             "CORE_PEER_TLS_CLIENTKEY_FILE": str(admin_tls / "client.key"),
         }
+        if peer is None and org.is_orderer:
+            return env
+        peer = peer or t.peer_of(org)
+        env["CORE_PEER_ADDRESS"] = peer.address
+        env["CORE_PEER_TLS_ROOTCERT_FILE"] = str(t.tls_ca_cert(peer.org))
+        return env
 
     def orderer_flags(self, org: Org, orderer: Node | None = None) -> list[str]:
         """Flags for peer commands that send a transaction to the ordering service."""

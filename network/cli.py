@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import sys
 
@@ -10,7 +11,7 @@ import click
 from consortium import readiness
 from consortium import topology as topo
 from consortium.errors import NetworkError
-from network import binaries, control, probe
+from network import binaries, certs, control, probe
 from network.admin import Admin
 
 
@@ -102,6 +103,49 @@ def status(as_json: bool) -> None:
         click.secho(f"not alive: {', '.join(dead)}; supervisord restarts what exits", fg="red", err=True)
     if down or dead:
         sys.exit(1)
+
+
+@network.command()
+@click.option("--org", "org_names", multiple=True, help="only this org's (repeatable; default: every org here)")
+@click.option("--warn-days", default=certs.WARN_DAYS, show_default=True, help="warn when fewer days are left")
+@click.option("--json", "as_json", is_flag=True, help="Print the stable JSON form.")
+def certs_command(org_names: tuple[str, ...], warn_days: int, as_json: bool) -> None:
+    """Every certificate (CA, node, TLS, admin, client, gateway, chaincode server) with its expiry; warns about
+    those that expire within --warn-days (exit status 2 when any does)."""
+    t = topo.load()
+    only = [t.any_org(n) for n in org_names] or None
+    found = certs.inventory(t, only)
+    now = datetime.datetime.now(datetime.UTC)
+    expiring = [c for c in found if c.expiring(warn_days, now)]
+    if as_json:
+        rows = [
+            {
+                "org": c.org,
+                "kind": c.kind,
+                "subject": c.subject,
+                "path": str(c.path),
+                "not_after": c.not_after.isoformat(),
+                "days_left": round(c.days_left(now), 1),
+                "expiring": c.expiring(warn_days, now),
+            }
+            for c in found
+        ]
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        for c in found:
+            line = f"  {c.org:14} {c.kind:22} {c.subject:42} {c.not_after:%Y-%m-%d}  {c.days_left(now):7.0f} days"
+            click.echo(click.style(line + "  EXPIRES SOON", fg="red") if c in expiring else line)
+    if expiring:
+        click.secho(
+            f"{len(expiring)} certificate(s) expire within {warn_days} days; renew node and TLS certificates with"
+            " `careledger org renew --org <Org>`",
+            fg="red",
+            err=True,
+        )
+        sys.exit(2)
+
+
+network.add_command(certs_command, name="certs")
 
 
 @network.command()

@@ -1,5 +1,8 @@
 """The consortium's channel configuration: our configtx.yaml, rendered into the run folder from the topology.
 
+configtxgen reads only what the orgs published (`<run>/consortium/orgs/<Org>/`: public MSP folders, the orderers'
+consenter certificates), never an org's home.
+
 Policies (the same on every channel):
 - an org's Readers: its admins, peers and clients; Writers: its admins and clients; Admins: its admins;
   Endorsement: its peers;
@@ -48,7 +51,7 @@ def organization(topology: Topology, org: Org) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "Name": org.name,
         "ID": org.msp_id,
-        "MSPDir": str(topology.org_msp_dir(org)),
+        "MSPDir": str(topology.public_msp_dir(org)),  # the org's published certificates, never its home
         "Policies": {
             "Readers": _signature(_roles(org, "admin", "peer", "client")),
             "Writers": _signature(_roles(org, "admin", "client")),
@@ -70,7 +73,7 @@ def orderer_section(topology: Topology) -> dict[str, Any]:
     o = topology.ordering
     consenters = []
     for node in topology.orderers:
-        tls = topology.node_dir(node) / "tls" / "server.crt"
+        tls = topology.public_tls_cert(node)
         consenters.append({"Host": node.host, "Port": node.port, "ClientTLSCert": str(tls), "ServerTLSCert": str(tls)})
     return {
         "OrdererType": "etcdraft",

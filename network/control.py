@@ -21,9 +21,20 @@ from consortium import supervision
 from consortium.errors import CommandFailed
 from consortium.processes import ManagedProcess
 from consortium.redis_keys import OrgKeys
-from consortium.secrets import SecretMissing, private_dir
+from consortium.secrets import SecretMissing
 from consortium.topology import Topology
-from network import binaries, channels, crypto, endorsers, nodes, org_secrets, postgres_server, redis_server, s3_server
+from network import (
+    binaries,
+    channels,
+    crypto,
+    endorsers,
+    nodes,
+    org_secrets,
+    orgdef,
+    postgres_server,
+    redis_server,
+    s3_server,
+)
 from network import chaincode as cc
 from network.admin import Admin
 
@@ -36,19 +47,24 @@ def up(topology: Topology, progress: Progress = print) -> None:
     def step(msg: str) -> None:
         progress(f"[{time.monotonic() - started:6.1f}s] {msg}")
 
-    private_dir(topology.home)  # nothing in the run folder is for other users (PostgreSQL's user may pass through)
+    # Nothing in the run folder is for other users (PostgreSQL's user may pass through); each org's home is its own.
+    topology.make_private()
     fabric = binaries.ensure(step)
     step(f"Fabric {topology.fabric_version} binaries ready")
-    if crypto.ensure(topology, fabric):
-        step("generated crypto material for every org (cryptogen, NodeOUs on)")
+    made = crypto.ensure(topology, fabric)
+    if made:
+        step(f"each org made its own identities in its home (cryptogen per org): {', '.join(o.name for o in made)}")
+    for org in topology.all_orgs:
+        if not topology.org_definition_file(org).exists() or org in made:
+            orgdef.publish(topology, org)
     if [org for org in topology.member_orgs if crypto.ensure_gateway_tls(topology, org)]:
         step("issued the FHIR gateways' TLS certificates from each org's TLS CA")
     if org_secrets.ensure(topology):
-        step("made each org's master and token-issuer keys and the consortium pseudonym key")
+        step("made each org's master, token-issuer and Redis keys, and gave each the consortium pseudonym key")
     if redis_server.start(topology):
-        step(f"starting redis on {topology.host}:{topology.redis_port}")
+        step(f"starting redis on {topology.services_host}:{topology.redis_port}")
     if postgres_server.start(topology):
-        step(f"starting postgres on {topology.host}:{topology.postgres_port} (for stores kept in PostgreSQL)")
+        step(f"starting postgres on {topology.services_host}:{topology.postgres_port} (for stores kept in PostgreSQL)")
     if s3_server.start(topology):
         step(f"S3-compatible blob store (development) on {s3_server.endpoint(topology)}")
     for group in (topology.orderers, topology.peers):
@@ -59,6 +75,8 @@ def up(topology: Topology, progress: Progress = print) -> None:
             list(pool.map(lambda n: nodes.wait_healthy(topology, n), group))
         step(f"{len(group)} {group[0].kind}s healthy")
     redis_server.wait_ready(topology)
+    for user in redis_server.ensure_users(topology):
+        step(f"added the Redis user {user}")
     postgres_server.wait_ready(topology)
     admin = Admin(topology, fabric)
     for line in channels.ensure_joined(topology, fabric, admin):
@@ -91,7 +109,8 @@ def down(topology: Topology, purge: bool = False, progress: Progress = print) ->
         order[n.name] = 8
     for n in topology.peers:
         order[n.name] = 7
-    order[cc.SERVER_NAME] = 6
+    for org in topology.member_orgs:
+        order[cc.server_name(org)] = 6
     procs = sorted(managed_processes(topology), key=lambda p: order.get(p.name, 0))
     for proc in procs:
         if proc.name == postgres_server.NAME:
@@ -100,13 +119,14 @@ def down(topology: Topology, purge: bool = False, progress: Progress = print) ->
             progress(f"stopped {proc.name}")
     if purge and topology.home.exists():
         shutil.rmtree(topology.home)
+        topology.refresh()  # the overlay went with it: back to the repository's definition
         progress(f"removed {topology.home} (ledgers, crypto material, logs)")
 
 
 def _gateway_answers(topology: Topology, org_name: str) -> bool:
     org = topology.org(org_name)
     ctx = ssl.create_default_context(cafile=str(topology.tls_ca_cert(org)))
-    url = f"https://{topology.host}:{topology.gateway_port(org)}/fhir/metadata"
+    url = f"{topology.gateway_url(org)}/fhir/metadata"
     try:
         with urllib.request.urlopen(url, context=ctx, timeout=2) as resp:
             return bool(resp.status == 200)

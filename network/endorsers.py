@@ -29,6 +29,15 @@ def can_endorse(topology: Topology, org: Org, channel: str) -> str | None:
         return str(e)
 
 
+def wait_until_endorses(topology: Topology, org: Org, channel: str, timeout: float = 90.0) -> None:
+    """Until the org's own Gateway endorses a probe on the channel (a joining org's first endorsement)."""
+    deadline = time.monotonic() + timeout
+    while (reason := can_endorse(topology, org, channel)) is not None:
+        if time.monotonic() > deadline:
+            raise NetworkError(f"{org.name}'s Gateway cannot endorse on {channel} after {timeout:.0f}s: {reason}")
+        time.sleep(0.25)
+
+
 def wait_until_ready(topology: Topology, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     for channel, members in topology.channels.items():

@@ -1,5 +1,9 @@
 """Orderer and peer processes: Fabric's sampleconfig as the base, every per-node setting as an env override.
 
+Each node reads only its org's home (`<run>/orgs/<Org>/`): its identity, its TLS pair, its org's TLS CA, its ledger.
+Other orgs' TLS CAs are not configured: Fabric adds every channel member's TLS root CA, from the channel
+configuration, to a node's trusted client roots as it joins channels and as their configuration changes.
+
 Nothing is copied from sampleconfig into the run folder: FABRIC_CFG_PATH points at the cached copy of the
 module's sampleconfig, and every path setting that would resolve inside it (MSP, TLS, ledger, WAL, snapshots) is
 overridden with an absolute path, so no node can silently run as the sample identity.
@@ -32,10 +36,6 @@ def _orderer_list(paths: list[Path]) -> str:
     return "[" + ", ".join(str(p) for p in paths) + "]"
 
 
-def _all_tls_cas(topology: Topology) -> list[Path]:
-    return [topology.tls_ca_cert(org) for org in [topology.orderer_org, *topology.member_orgs]]
-
-
 def base_env(binaries: FabricBinaries) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TZ")}
     return {**keep, "FABRIC_CFG_PATH": str(binaries.sampleconfig), "FABRIC_LOGGING_SPEC": "info"}
@@ -43,8 +43,8 @@ def base_env(binaries: FabricBinaries) -> dict[str, str]:
 
 def orderer_env(topology: Topology, binaries: FabricBinaries, node: Node) -> dict[str, str]:
     tls = topology.node_dir(node) / "tls"
-    data = topology.data_dir(node.name)
-    orderer_ca = [topology.tls_ca_cert(topology.orderer_org)]
+    data = topology.node_data_dir(node)
+    orderer_ca = [tls / "ca.crt"]
     return {
         **base_env(binaries),
         "ORDERER_GENERAL_LISTENADDRESS": node.host,
@@ -57,7 +57,7 @@ def orderer_env(topology: Topology, binaries: FabricBinaries, node: Node) -> dic
         "ORDERER_GENERAL_TLS_PRIVATEKEY": str(tls / "server.key"),
         "ORDERER_GENERAL_TLS_ROOTCAS": _orderer_list([tls / "ca.crt"]),
         "ORDERER_GENERAL_TLS_CLIENTAUTHREQUIRED": "true",
-        "ORDERER_GENERAL_TLS_CLIENTROOTCAS": _orderer_list(_all_tls_cas(topology)),
+        "ORDERER_GENERAL_TLS_CLIENTROOTCAS": _orderer_list(orderer_ca),
         "ORDERER_GENERAL_CLUSTER_CLIENTCERTIFICATE": str(tls / "server.crt"),
         "ORDERER_GENERAL_CLUSTER_CLIENTPRIVATEKEY": str(tls / "server.key"),
         "ORDERER_GENERAL_CLUSTER_ROOTCAS": _orderer_list([tls / "ca.crt"]),
@@ -84,7 +84,7 @@ def orderer_env(topology: Topology, binaries: FabricBinaries, node: Node) -> dic
 
 def peer_env(topology: Topology, binaries: FabricBinaries, node: Node) -> dict[str, str]:
     tls = topology.node_dir(node) / "tls"
-    data = topology.data_dir(node.name)
+    data = topology.node_data_dir(node)
     builders = f"[{{name: ccaas_builder, path: {binaries.builder_dir}, propagateEnvironment: []}}]"
     return {
         **base_env(binaries),
@@ -111,8 +111,9 @@ def peer_env(topology: Topology, binaries: FabricBinaries, node: Node) -> dict[s
         "CORE_PEER_TLS_KEY_FILE": str(tls / "server.key"),
         "CORE_PEER_TLS_ROOTCERT_FILE": str(tls / "ca.crt"),
         "CORE_PEER_TLS_CLIENTAUTHREQUIRED": "true",
-        # The peer reads this list with viper: whitespace separated.
-        "CORE_PEER_TLS_CLIENTROOTCAS_FILES": " ".join(str(p) for p in _all_tls_cas(topology)),
+        # The peer reads this list with viper: whitespace separated. Its own org's TLS CA (its admin and clients);
+        # channel members' CAs come from the channel configurations.
+        "CORE_PEER_TLS_CLIENTROOTCAS_FILES": str(tls / "ca.crt"),
         "CORE_PEER_TLS_CLIENTCERT_FILE": str(tls / "server.crt"),
         "CORE_PEER_TLS_CLIENTKEY_FILE": str(tls / "server.key"),
         "CORE_PEER_GATEWAY_ENABLED": "true",
@@ -123,7 +124,7 @@ def peer_env(topology: Topology, binaries: FabricBinaries, node: Node) -> dict[s
         "CORE_OPERATIONS_TLS_CERT_FILE": str(tls / "server.crt"),
         "CORE_OPERATIONS_TLS_KEY_FILE": str(tls / "server.key"),
         "CORE_OPERATIONS_TLS_CLIENTAUTHREQUIRED": "true",
-        "CORE_OPERATIONS_TLS_CLIENTROOTCAS_FILES": str(topology.tls_ca_cert(node.org)),
+        "CORE_OPERATIONS_TLS_CLIENTROOTCAS_FILES": str(tls / "ca.crt"),
         "CORE_METRICS_PROVIDER": "prometheus",
         # No container engine: an empty endpoint keeps the peer from registering a Docker health check, and
         # chaincode runs only through our external builder (chaincode-as-a-service).
@@ -138,7 +139,7 @@ def process(topology: Topology, node: Node) -> ManagedProcess:
 
 def client_context(topology: Topology, node: Node) -> ssl.SSLContext:
     """TLS to one of the node's endpoints as its org's admin: the node's org TLS CA, the admin's client certificate."""
-    ctx = ssl.create_default_context(cafile=str(topology.tls_ca_cert(node.org)))
+    ctx = ssl.create_default_context(cafile=str(topology.own_tls_ca_cert(node.org)))
     admin_tls = topology.user_dir(node.org) / "tls"
     ctx.load_cert_chain(admin_tls / "client.crt", admin_tls / "client.key")
     return ctx
@@ -165,15 +166,16 @@ def start(topology: Topology, binaries: FabricBinaries, node: Node) -> bool:
         return False
     for port in node.ports:
         ensure_port_free(node.name, node.host, port)
-    data = topology.data_dir(node.name)
+    data = topology.node_data_dir(node)
     private_dir(data)
+    launcher = topology.launcher_of(node.org)
     if node.kind == "orderer":
-        proc.start([binaries.tool("orderer")], orderer_env(topology, binaries, node))
+        proc.start([binaries.tool("orderer")], orderer_env(topology, binaries, node), launcher=launcher)
     else:
         # The peer keeps installed chaincode packages (they hold the chaincode server's client key) in this folder;
         # it would create it group-readable, and keeps the mode of one that exists.
         private_dir(data / "ledger" / "lifecycle" / "chaincodes")
-        proc.start([binaries.tool("peer"), "node", "start"], peer_env(topology, binaries, node))
+        proc.start([binaries.tool("peer"), "node", "start"], peer_env(topology, binaries, node), launcher=launcher)
     return True
 
 

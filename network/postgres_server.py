@@ -3,7 +3,7 @@
 Debian's `postgresql` package (scripts/bootstrap installs it) provides the binaries; we do not use its system
 cluster. `start` makes a cluster in run/data/postgres with `initdb` on first use (superuser `careledger`, SCRAM
 password from the libpq password file `topology.postgres_passfile`, C locale), runs `postgres` in the foreground
-on 127.0.0.1 at port base + 301 with no Unix socket, and `wait_ready` creates one database per member org (the
+on the services host at port base + 301 with no Unix socket, and `wait_ready` creates one database per member org (the
 org's name in lower case: `records.settings.org_database`). PostgreSQL refuses to run as root, so when we are root
 the server runs as the `postgres` system user the Debian package creates, which must be able to reach the run folder.
 It is stopped with SIGINT (fast shutdown: sessions are ended and a checkpoint is written).
@@ -42,7 +42,13 @@ STOP_SIGNAL = signal.SIGINT
 class _Postgres(ManagedProcess):
     """A managed process that can drop root for another system user, as PostgreSQL requires."""
 
-    def start_as(self, user: str | None, argv: list[str]) -> int:
+    def start_as(self, user: str | None, argv: list[str], launcher: list[str] | None = None) -> int:
+        """Start as `user`; in a network namespace, the launcher enters it as root and setpriv then drops to `user`
+        before exec (the pid stays the server's)."""
+        if launcher:
+            if user is not None:
+                launcher = [*launcher, "setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"]
+            argv, user = [*launcher, *argv], None
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as log:
@@ -60,7 +66,8 @@ class _Postgres(ManagedProcess):
                 extra_groups=[] if user else None,
             )
         # The same pid file ManagedProcess writes, so `careledger network down` finds and stops it.
-        self.pid_file.write_text(f"{proc.pid}\n{os.path.realpath(argv[0])}\n")
+        program = next(a for a in argv if a.endswith("/postgres"))
+        self.pid_file.write_text(f"{proc.pid}\n{os.path.realpath(program)}\n")
         return proc.pid
 
     def stop(self, timeout: float = 30.0, sig: signal.Signals = STOP_SIGNAL) -> bool:
@@ -157,6 +164,28 @@ def _initdb(topology: Topology, user: str | None) -> None:
         raise NetworkError(f"initdb failed for {data}:\n{(done.stdout + done.stderr).strip()[-2000:]}")
 
 
+def hba_lines(topology: Topology) -> list[str]:
+    """Who may connect, every one of them with the SCRAM password: the services host's own networks (`samenet`: its
+    loopback, or the subnet its address is on, where the operator's tools dial it from) and every member org's host
+    as the consortium definition places it (a routed network is not the same net)."""
+    hosts = sorted({topology.services_host, *(o.host for o in topology.member_orgs)})
+    lines = ["host all all samenet scram-sha-256"]
+    lines += [f"host all all {h}/{128 if ':' in h else 32} scram-sha-256" for h in hosts if h != "localhost"]
+    return lines
+
+
+def _write_hba(topology: Topology, user: str | None) -> None:
+    """pg_hba.conf from the consortium definition, on every start (initdb's allows 127.0.0.1 alone)."""
+    path = topology.data_dir(NAME) / "pg_hba.conf"
+    path.write_text(
+        "# written by careledger (network/postgres_server.py) on every start\n" + "\n".join(hba_lines(topology)) + "\n"
+    )
+    path.chmod(0o600)
+    if user is not None:
+        account = pwd.getpwnam(user)
+        os.chown(path, account.pw_uid, account.pw_gid)
+
+
 def start(topology: Topology) -> bool:
     """Start the run folder's PostgreSQL unless it runs (making its cluster on first use). True when started."""
     proc = process(topology)
@@ -167,16 +196,17 @@ def start(topology: Topology) -> bool:
     if user is not None:
         _let_through(topology, topology.data_dir(NAME))
     _initdb(topology, user)
-    ensure_port_free(NAME, topology.host, topology.postgres_port, wait=5)
+    _write_hba(topology, user)
+    ensure_port_free(NAME, topology.services_host, topology.postgres_port, wait=5)
     argv = [
         str(binaries / "postgres"),
         "-D", str(topology.data_dir(NAME)),
         "-p", str(topology.postgres_port),
-        "-c", f"listen_addresses={topology.host}",
+        "-c", f"listen_addresses={topology.services_host}",
         "-c", "unix_socket_directories=",
         "-c", "max_connections=200",
     ]  # fmt: skip
-    proc.start_as(user, argv)
+    proc.start_as(user, argv, topology.launcher_of(None))
     return True
 
 

@@ -13,7 +13,8 @@ start:
   the commands its processes need, with no pub/sub channels: Celery's remote control, events and gossip are off
   (workers/app.py, workers/cli.py), so nothing publishes or subscribes;
 - `careledger-admin`, every command and key, for the set-up, operators and tests.
-The passwords are secret files made by `careledger network up` (network/org_secrets.py).
+The passwords are secret files in each org's home (network/org_secrets.py); Redis gets only their SHA-256, which
+each org hands over (`<run>/redis/users/<MSP>.sha256`). An org that joins later is added live (`ensure_users`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from consortium.errors import ToolMissing
 from consortium.processes import ManagedProcess, ensure_port_free
 from consortium.redis_keys import OrgKeys
 from consortium.secrets import read_secret, replace_secret
-from consortium.topology import REDIS_ADMIN_USER, Topology
+from consortium.topology import REDIS_ADMIN_USER, Org, Topology
 
 NAME = "redis"
 
@@ -75,6 +76,14 @@ def _hash(password: bytes) -> str:
     return hashlib.sha256(password.strip()).hexdigest()
 
 
+def _org_user(topology: Topology, org: Org, commands: list[str]) -> str:
+    """An org's ACL rule, from the password hash the org handed over (never the password itself)."""
+    password_hash = read_secret(topology.redis_user_hash_file(org), f"{org.name}'s Redis password hash").decode()
+    patterns = " ".join(f"~{p}" for p in OrgKeys(org.msp_id).acl_patterns)
+    allowed = " ".join(f"+{c}" for c in commands)
+    return f"on #{password_hash.strip()} resetchannels {patterns} -@all {allowed}"
+
+
 def acl_lines(topology: Topology, commands: list[str]) -> list[str]:
     """The ACL file: the default user off, the admin, one user per member org allowed `commands`."""
     admin = read_secret(topology.redis_admin_password_file, "the Redis admin password")
@@ -82,12 +91,27 @@ def acl_lines(topology: Topology, commands: list[str]) -> list[str]:
         f"user default on #{_hash(secrets.token_hex(32).encode())} ~* &* +@all",  # see the module's docstring
         f"user {REDIS_ADMIN_USER} on #{_hash(admin)} ~* &* +@all",
     ]
-    allowed = " ".join(f"+{c}" for c in commands)
     for org in topology.member_orgs:
-        password = read_secret(topology.redis_password_file(org), f"{org.name}'s Redis password")
-        patterns = " ".join(f"~{p}" for p in OrgKeys(org.msp_id).acl_patterns)
-        lines.append(f"user {topology.redis_user(org)} on #{_hash(password)} resetchannels {patterns} -@all {allowed}")
+        lines.append(f"user {topology.redis_user(org)} {_org_user(topology, org, commands)}")
     return lines
+
+
+def ensure_users(topology: Topology) -> list[str]:
+    """Add the users of orgs that joined since Redis started, without a restart (ACL SETUSER, then ACL SAVE so the
+    file keeps them). Returns the users added."""
+    binary = shutil.which("redis-server") or "redis-server"
+    commands = _commands(binary)
+    added = []
+    with admin(topology) as r:
+        existing = {u.decode() if isinstance(u, bytes) else str(u) for u in r.acl_users()}
+        for org in topology.member_orgs:
+            user = topology.redis_user(org)
+            if user not in existing:
+                r.execute_command("ACL", "SETUSER", user, "reset", *_org_user(topology, org, commands).split())
+                added.append(user)
+        if added:
+            r.execute_command("ACL", "SAVE")
+    return added
 
 
 def admin(topology: Topology, timeout: float = 2.0) -> redis.Redis:
@@ -125,12 +149,12 @@ def start(topology: Topology) -> bool:
         if not _without_our_users(topology):
             return False
         proc.stop()
-    ensure_port_free(NAME, topology.host, topology.redis_port, wait=5.0)
+    ensure_port_free(NAME, topology.services_host, topology.redis_port, wait=5.0)
     data = topology.data_dir(NAME)
     data.mkdir(parents=True, exist_ok=True)
     argv = [
         binary,
-        "--bind", topology.host,
+        "--bind", topology.services_host,
         "--port", str(topology.redis_port),
         "--dir", str(data),
         "--appendonly", "yes",
@@ -140,7 +164,7 @@ def start(topology: Topology) -> bool:
         "--protected-mode", "yes",
         "--aclfile", str(topology.redis_acl_file),
     ]  # fmt: skip
-    proc.start(argv, {"PATH": "/usr/bin:/bin"})
+    proc.start(argv, {"PATH": "/usr/bin:/bin"}, launcher=topology.launcher_of(None))
     return True
 
 

@@ -2,7 +2,7 @@
 
 moto's server mode (`moto_server`, from PyPI, Apache-2.0), installed by scripts/bootstrap into its own virtualenv in
 the cache folder (`<cache>/s3-server`), started by `careledger network up` on the port base + 310, bound to the
-topology's host. It keeps objects in its process (spilled to temporary files past 16 MiB each), so blobs kept there
+services host. It keeps objects in its process (spilled to temporary files past 16 MiB each), so blobs kept there
 last as long as the process. A deployment points the gateways at its own S3-compatible service instead
 (`CARELEDGER_BLOBS=s3://<bucket>` and `CARELEDGER_S3_*`, see `records.blobs`). When the server is not installed,
 `up` says so and goes on: the filesystem backend is the default.
@@ -37,7 +37,7 @@ def port(topology: Topology) -> int:
 
 
 def endpoint(topology: Topology) -> str:
-    return f"http://{topology.host}:{port(topology)}"
+    return f"http://{topology.services_host}:{port(topology)}"
 
 
 def process(topology: Topology) -> ManagedProcess:
@@ -46,7 +46,7 @@ def process(topology: Topology) -> ManagedProcess:
 
 def answering(topology: Topology) -> bool:
     try:
-        with socket.create_connection((topology.host, port(topology)), timeout=1):
+        with socket.create_connection((topology.services_host, port(topology)), timeout=1):
             return True
     except OSError:
         return False
@@ -57,8 +57,8 @@ def start(topology: Topology) -> bool:
     proc = process(topology)
     if proc.running() or not installed():
         return False
-    ensure_port_free(NAME, topology.host, port(topology))
-    argv = [str(server_python()), "-m", "moto.server", "-H", topology.host, "-p", str(port(topology))]
-    proc.start(argv, {"PATH": "/usr/bin:/bin"})
+    ensure_port_free(NAME, topology.services_host, port(topology))
+    argv = [str(server_python()), "-m", "moto.server", "-H", topology.services_host, "-p", str(port(topology))]
+    proc.start(argv, {"PATH": "/usr/bin:/bin"}, launcher=topology.launcher_of(None))
     proc.wait_until(lambda: answering(topology), "answering HTTP", 30.0)
     return True

@@ -50,19 +50,37 @@ class Federation:
     def __init__(self, members: Mapping[str, Member], client_ssl: ssl.SSLContext, timeout_s: float = 10.0) -> None:
         self.members = dict(members)
         self._client = httpx.AsyncClient(verify=client_ssl, timeout=timeout_s)
+        self._topology: Topology | None = None
+        self._generation = 0
 
-    @classmethod
-    def for_org(cls, topology: Topology, org: Org) -> Federation:
-        """Every member's gateway, reached over mutual TLS as `org`."""
-        members = {
+    @staticmethod
+    def _members_of(topology: Topology) -> dict[str, Member]:
+        return {
             o.msp_id: Member(
                 o.msp_id,
-                tls.member_url(topology, o.msp_id),
+                topology.gateway_url(o),
                 x509.load_pem_x509_certificate(topology.tls_ca_cert(o).read_bytes()),
             )
             for o in topology.member_orgs
+            if topology.tls_ca_cert(o).exists()
         }
-        return cls(members, tls.member_client_context(topology, org))
+
+    @classmethod
+    def for_org(cls, topology: Topology, org: Org) -> Federation:
+        """Every member's gateway, reached over mutual TLS as `org`; members that join later are found when first
+        met (the consortium definition is read again)."""
+        fed = cls(cls._members_of(topology), tls.member_client_context(topology, org))
+        fed._topology, fed._generation = topology, topology.generation
+        return fed
+
+    def _follow(self) -> None:
+        """Catch up with the consortium definition when it changed (a member joined)."""
+        if self._topology is None:
+            return
+        tls.refresh_members(self._topology)
+        if self._topology.generation != self._generation:
+            self._generation = self._topology.generation
+            self.members = self._members_of(self._topology)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -72,6 +90,8 @@ class Federation:
         if not client_cert_pem:
             return None
         cert = x509.load_pem_x509_certificate(client_cert_pem.encode())
+        if not any(cert.issuer == m.tls_ca.subject for m in self.members.values()):
+            self._follow()
         for member in self.members.values():
             if cert.issuer != member.tls_ca.subject:
                 continue
@@ -88,6 +108,8 @@ class Federation:
         return list(await asyncio.gather(*asks))
 
     async def _everything_from(self, custodian: str, patient: str, purpose: str) -> Disclosed | Withheld:
+        if custodian not in self.members:
+            self._follow()
         member = self.members.get(custodian)
         if member is None:
             return Withheld(custodian, 502, _outcome("not-found", f"{custodian} runs no gateway known here"))

@@ -2,9 +2,9 @@
 
 | setting | default | environment |
 |---|---|---|
-| store | SQLite in run/gateway/<org>/store.sqlite | CARELEDGER_STORE_URL, or CARELEDGER_STORE (a SQLite path) |
-| master key (wraps patient keys) | run/gateway/<org>/master.key | CARELEDGER_MASTER_KEY_FILE |
-| consortium pseudonym key | run/consortium/pseudonym.key, shared by every member | CARELEDGER_CONSORTIUM_KEY_FILE |
+| store | SQLite in run/orgs/<org>/gateway/store.sqlite | CARELEDGER_STORE_URL, or CARELEDGER_STORE (a SQLite path) |
+| master key (wraps patient keys) | run/orgs/<org>/gateway/master.key | CARELEDGER_MASTER_KEY_FILE |
+| consortium pseudonym key | run/orgs/<org>/gateway/pseudonym.key (the org's copy) | CARELEDGER_CONSORTIUM_KEY_FILE |
 
 The store URL is `sqlite:///<absolute path>` or `postgresql://<user>@<host>:<port>/<database>` (any libpq URL:
 `?passfile=`, `?sslmode=`, ...). `{org}` in it becomes the org's name in lower case, so one environment can serve
@@ -61,7 +61,7 @@ class CustodianSettings:
             org=org,
             store_url=store_url(topology, org),
             master_key_file=Path(env("CARELEDGER_MASTER_KEY_FILE") or topology.master_key_file(org)),
-            consortium_key_file=Path(env("CARELEDGER_CONSORTIUM_KEY_FILE") or topology.pseudonym_key_file),
+            consortium_key_file=Path(env("CARELEDGER_CONSORTIUM_KEY_FILE") or topology.consortium_key_file(org)),
             identity_systems=topology.identity_systems or (MPI_SYSTEM_DEFAULT,),
             payers=PayerDirectory.of(topology.payers),
         )

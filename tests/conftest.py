@@ -326,10 +326,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The PHI scan looks for what every other test wrote to the network, so its tests (in their own order) run right
-    after the last other test that uses the network, while the network still runs."""
-    scan = [item for item in items if item.get_closest_marker(PHI_SCAN_MARKER)]
-    rest = [item for item in items if not item.get_closest_marker(PHI_SCAN_MARKER)]
-    on_network = [i for i, item in enumerate(rest) if item.get_closest_marker("network")]
+    """Tests with a network of their own in network namespaces run first, before the session's network starts. The PHI
+    scan looks for what every other test wrote to the network, so its tests (in their own order) run right after the
+    last other test that uses the founding consortium, while the network still runs. Tests that change the consortium
+    (members joining and leaving, certificates renewed) run last, because every other test assumes the founding
+    consortium."""
+    first = [i for i in items if i.get_closest_marker("netns")]
+    last = [i for i in items if i.get_closest_marker("membership") and i not in first]
+    scan = [i for i in items if i.get_closest_marker(PHI_SCAN_MARKER) and i not in first and i not in last]
+    rest = [i for i in items if i not in first and i not in last and i not in scan]
+    on_network = [n for n, item in enumerate(rest) if item.get_closest_marker("network")]
     at = on_network[-1] + 1 if on_network else len(rest)
-    items[:] = rest[:at] + scan + rest[at:]
+    items[:] = first + rest[:at] + scan + rest[at:] + last

@@ -46,7 +46,7 @@ _org = os.environ.get("CARELEDGER_ORG")
 # Every key Celery writes for an org lives under the org's own prefix (see consortium.redis_keys).
 _prefix = {"global_keyprefix": OrgKeys(_topology.org(_org).msp_id).celery_prefix} if _org else {}
 # A process that is no org's (nothing but tests importing this module) gets no credentials: Redis refuses it.
-_broker_url = _topology.redis_url_for(_org) if _org else f"redis://{_topology.host}:{_topology.redis_port}/0"
+_broker_url = _topology.redis_url_for(_org) if _org else f"redis://{_topology.services_host}:{_topology.redis_port}/0"
 app.conf.update(
     broker_url=_broker_url,
     task_ignore_result=True,  # effects are recorded on chain and in the org's store, never as Celery results

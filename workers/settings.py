@@ -1,8 +1,9 @@
 """What one org's workers need to know: its identity in the network, its webhook, its adjudication rules, and the
 broker settings that make delivery lossless.
 
-Per-org settings live in `config/workers/<Org>.yaml` (directory overridable by CARELEDGER_WORKER_CONFIG_DIR); the
-webhook secret can come from CARELEDGER_WEBHOOK_SECRET instead of the file.
+Per-org settings live in `config/workers/<Org>.yaml` (directory overridable by CARELEDGER_WORKER_CONFIG_DIR), or for
+an org that joined later in its home (`run/orgs/<Org>/config/worker.yaml`, made when it was created); the webhook
+secret can come from CARELEDGER_WEBHOOK_SECRET instead of the file.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ class WorkerSettings:
         org = topology.org(org_name)
         config_dir = Path(os.environ.get("CARELEDGER_WORKER_CONFIG_DIR") or CONFIG_DIR)
         path = config_dir / f"{org.name}.yaml"
+        if not path.exists() and topology.worker_config_file(org).exists():
+            path = topology.worker_config_file(org)  # an org that joined later keeps its settings in its home
         cfg = yaml.safe_load(path.read_text()) if path.exists() else {}
         hook = cfg.get("webhook") or {}
         secret = os.environ.get("CARELEDGER_WEBHOOK_SECRET") or str(hook.get("secret") or "")

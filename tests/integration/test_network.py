@@ -52,9 +52,9 @@ def test_status_reports_every_node_channel_and_definition(network: Topology) -> 
     assert claims["members"] == ["HospitalMSP", "ClinicMSP", "InsurerMSP"]
     assert set(claims["heights"]) == {"peer0.hospital", "peer0.clinic", "peer0.insurer"}
     assert all(isinstance(h, int) and h >= 2 for h in claims["heights"].values())
-    for channel in state["channels"].values():
+    for name, channel in state["channels"].items():
         assert [(d["name"], d["version"]) for d in channel["chaincodes"]] == [
-            ("careledger", cc.chaincode_version(network))
+            ("careledger", cc.chaincode_version(network, name))
         ]
 
 
@@ -171,11 +171,11 @@ def test_a_changed_chaincode_redeploys_with_the_next_sequence(
     shutil.copytree(cc.SOURCE_DIR, changed)
     (changed / "revision.go").write_text("package main\n\n// revision marks a changed build for the upgrade test.\n")
     monkeypatch.setattr(cc, "SOURCE_DIR", changed)
-    pkg, _ = cc.ensure_deployed(admin)
+    cc.ensure_deployed(admin)
     for channel, members in network.channels.items():
         (definition,) = cc.committed(admin, members[0], channel)
         assert definition.sequence == sequences[channel] + 1
-        assert definition.version == pkg.version
+        assert definition.version == cc.chaincode_version(network, channel)
     # The upgraded chaincode serves transactions.
     probe.write(admin, "pharma", network.org("PharmaOrg"), "after-upgrade", "ok")
     assert probe.read(admin, "pharma", network.org("HospitalOrg"), "after-upgrade")["value"] == "ok"
@@ -186,9 +186,14 @@ def test_a_changed_chaincode_redeploys_with_the_next_sequence(
 
 
 def test_package_is_reproducible(network: Topology) -> None:
-    first, second = cc.package(network), cc.package(network)
+    hospital, clinic = network.org("HospitalOrg"), network.org("ClinicOrg")
+    first, second = cc.package(network, hospital), cc.package(network, hospital)
     assert first.package_id == second.package_id
     assert first.path.read_bytes() == second.path.read_bytes()
+    # Each org packages for its own chaincode server: same label (the source), its own id (address, TLS).
+    other = cc.package(network, clinic)
+    assert other.label == first.label and other.package_id != first.package_id
+    assert first.path.is_relative_to(network.org_home(hospital))
 
 
 def test_a_taken_port_fails_fast_and_names_it(network: Topology, tmp_path) -> None:
@@ -276,8 +281,25 @@ def test_no_secret_is_readable_by_other_users(network: Topology, gateways: dict[
     assert {"priv_sk", "server.key", "client.key", "master.key", "pseudonym.key", "token-issuer.key"} <= names
     assert {"redis.password", "admin.password", "users.acl", "connection.json"} <= names
     packages = [p for p in secrets if p.name.endswith(".tar.gz")]
-    assert any(p.parent == network.home / "chaincode" for p in packages), "the chaincode package"
+    for org in network.member_orgs:
+        assert any(p.parent == network.chaincode_home(org) for p in packages), f"{org.name}'s chaincode package"
     assert any(p.parent.name == "chaincodes" for p in packages), "the packages installed on the peers"
+
+
+def test_each_org_holds_only_its_own_keys_and_publishes_none(network: Topology) -> None:
+    """Each org's home holds its own identities and nothing of another org; what orgs exchange (the consortium
+    folder) holds no private key."""
+    for org in network.all_orgs:
+        crypto_tree = network.crypto_dir(org)
+        assert sorted(p.name for p in (crypto_tree / org.org_type_dir).iterdir()) == [org.domain], org.name
+        others = [o for o in network.all_orgs if o != org]
+        for folder, _dirs, _files in os.walk(network.org_home(org)):
+            assert not any(o.domain in folder or f"/{o.name}/" in folder for o in others), folder
+    for folder, _dirs, files in os.walk(network.consortium_dir):
+        for name in files:
+            path = Path(folder) / name
+            assert not is_key_file(path), f"a key in the public consortium folder: {path}"
+            assert b"PRIVATE KEY" not in path.read_bytes(), f"a private key in {path}"
 
 
 # ----- operations endpoints ---------------------------------------------------------------------------------

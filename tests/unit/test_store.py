@@ -255,7 +255,7 @@ def test_the_store_url_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     hospital = t.org("HospitalOrg")
     for name in ("CARELEDGER_STORE_URL", "CARELEDGER_STORE"):
         monkeypatch.delenv(name, raising=False)
-    assert store_url(t, hospital) == f"sqlite://{tmp_path}/gateway/HospitalOrg/store.sqlite"
+    assert store_url(t, hospital) == f"sqlite://{tmp_path}/orgs/HospitalOrg/gateway/store.sqlite"
     monkeypatch.setenv("CARELEDGER_STORE", str(tmp_path / "elsewhere.sqlite"))
     assert store_url(t, hospital) == f"sqlite://{tmp_path}/elsewhere.sqlite"
     monkeypatch.setenv("CARELEDGER_STORE_URL", t.postgres_url("{org}"))  # wins over CARELEDGER_STORE

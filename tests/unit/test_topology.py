@@ -16,7 +16,8 @@ def t(tmp_path: Path) -> topo.Topology:
 
 def all_ports(t: topo.Topology) -> list[int]:
     ports = [p for n in t.nodes for p in (n.port, n.second_port, n.ops_port)]
-    ports += [int(t.chaincode_address.rsplit(":", 1)[1]), t.redis_port]
+    ports += [int(t.chaincode_address(o).rsplit(":", 1)[1]) for o in t.member_orgs]
+    ports += [t.redis_port, t.postgres_port]
     ports += [t.gateway_port(o) for o in t.member_orgs]
     return ports
 
@@ -61,6 +62,30 @@ def test_every_path_is_inside_the_run_folder(t: topo.Topology) -> None:
             assert path.is_relative_to(t.home)
 
 
+def test_each_orgs_files_are_in_its_own_home(t: topo.Topology) -> None:
+    for org in t.all_orgs:
+        home = t.org_home(org)
+        for node in t.nodes_of(org):
+            assert t.node_dir(node).is_relative_to(home) and t.node_data_dir(node).is_relative_to(home)
+        if org.is_orderer:
+            continue
+        for path in (
+            t.gateway_home(org),
+            t.gateway_tls_dir(org),
+            t.master_key_file(org),
+            t.consortium_key_file(org),
+            t.redis_password_file(org),
+            t.token_issuer_key_file(org),
+            t.chaincode_home(org),
+            t.own_tls_ca_cert(org),
+            t.user_dir(org, "User1"),
+        ):
+            assert path.is_relative_to(home), path
+        # What others read of it is published outside every home.
+        assert t.tls_ca_cert(org).is_relative_to(t.consortium_dir)
+        assert not t.tls_ca_cert(org).is_relative_to(t.orgs_dir)
+
+
 def test_configtx_policies_and_capabilities(t: topo.Topology) -> None:
     profile = configtx.channel_profile(t, "claims")
     app = profile["Application"]
@@ -82,11 +107,13 @@ def test_configtx_policies_and_capabilities(t: topo.Topology) -> None:
     assert orderer["Organizations"][0]["OrdererEndpoints"] == [n.address for n in t.orderers]
 
 
-def test_tls_certificates_name_the_loopback_address(t: topo.Topology) -> None:
-    config = crypto.cryptogen_config(t)
-    specs = [s for org in config["OrdererOrgs"] + config["PeerOrgs"] for s in org["Specs"]]
-    assert specs and all("127.0.0.1" in s["SANS"] for s in specs)
-    assert all(org["EnableNodeOUs"] for org in config["PeerOrgs"])
+def test_tls_certificates_name_the_orgs_host(t: topo.Topology) -> None:
+    for org in t.all_orgs:
+        config = crypto.cryptogen_config(t, org)
+        (entry,) = config["OrdererOrgs" if org.is_orderer else "PeerOrgs"]
+        assert entry["EnableNodeOUs"]
+        assert [s["Hostname"] for s in entry["Specs"]] == [n.short for n in t.nodes_of(org)]
+        assert all(s["SANS"][0] == org.host == "127.0.0.1" for s in entry["Specs"])
 
 
 def test_chaincode_config_names_kinds_and_contracts_per_channel(t: topo.Topology) -> None:
@@ -113,3 +140,14 @@ def test_claim_lines_collections_pair_each_provider_with_the_insurer(t: topo.Top
     assert hospital["memberOnlyRead"] and hospital["memberOnlyWrite"]
     path = chaincode_config.collections_file(t, "claims")
     assert path is not None and json.loads(path.read_text()) == chaincode_config.collections(t, "claims")
+
+
+def test_a_collection_outlives_the_member_that_left(t: topo.Topology) -> None:
+    """Fabric never drops a collection from a definition: ClinicOrg's pair stays, with ClinicOrg out of its policy."""
+    with t.editing_overlay() as overlay:
+        overlay["channels"] = {"claims": ["HospitalOrg", "InsurerOrg"]}
+        overlay["former_members"] = {"claims": [{"msp_id": "ClinicMSP", "kind": "provider"}]}
+    cols = {c["name"]: c for c in chaincode_config.collections(t, "claims")}
+    assert set(cols) == {"lines_HospitalMSP_InsurerMSP", "lines_ClinicMSP_InsurerMSP"}
+    assert cols["lines_ClinicMSP_InsurerMSP"]["policy"] == "OR('InsurerMSP.member')"
+    assert cols["lines_HospitalMSP_InsurerMSP"]["policy"] == "OR('HospitalMSP.member','InsurerMSP.member')"

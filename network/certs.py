@@ -1,0 +1,186 @@
+"""Every certificate the consortium's orgs hold, with its expiry; and renewing an org's node and TLS certificates
+while the network runs.
+
+Renewal issues new leaf certificates (and new keys) from the org's own CAs, in its own home, with cryptogen's
+profile (network/crypto.py), and puts them to use one node at a time:
+
+- a peer: new enrolment and TLS pair, then one restart (its TLS certificate chains to the org's TLS root in the
+  channel configuration, which does not change); the org's gateway re-reads its renewed TLS pair without a restart;
+- an orderer: new enrolment and TLS pair; its TLS certificate is also its consenter identity, written in every
+  channel's configuration, so first a config update of the consenter set on every channel (signed by the ordering
+  org's admin), then a restart, then the next orderer once this one serves and a Raft leader exists again. Two of
+  three consenters keep ordering throughout.
+
+Not renewed here, though listed and warned about like any other: CA certificates (a new root is a new org definition
+and a channel config update of its MSP), admin and client certificates (people's and applications' identities,
+re-enrolled by their owners), and the chaincode server's pairs (carried in the org's chaincode package: a new
+package is a new approval on every channel, which `careledger network up` does with the next chaincode upgrade).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+
+from consortium.errors import NetworkError
+from consortium.secrets import replace_secret
+from consortium.topology import Node, Org, Topology
+from network import channels, crypto, membership, nodes, orgdef
+from network.admin import Admin
+
+WARN_DAYS = 30
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    org: str
+    kind: str  # ca | tls ca | peer | orderer | peer tls | orderer tls | admin | admin tls | client | client tls | ...
+    subject: str
+    path: Path
+    not_after: datetime.datetime
+    serial: int
+
+    def days_left(self, now: datetime.datetime | None = None) -> float:
+        now = now or datetime.datetime.now(datetime.UTC)
+        return (self.not_after - now).total_seconds() / 86400
+
+    def expiring(self, days: int = WARN_DAYS, now: datetime.datetime | None = None) -> bool:
+        return self.days_left(now) < days
+
+
+def _info(org: Org, kind: str, path: Path) -> CertInfo | None:
+    if not path.exists():
+        return None
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    subject = str(cn[0].value) if cn else cert.subject.rfc4514_string()
+    return CertInfo(org.name, kind, subject, path, cert.not_valid_after_utc, cert.serial_number)
+
+
+def _signcert(msp: Path) -> Path:
+    return next(iter(sorted((msp / "signcerts").glob("*.pem"))), msp / "signcerts" / "missing.pem")
+
+
+def of_org(topology: Topology, org: Org) -> list[CertInfo]:
+    """Every certificate in the org's home, each once: CAs, nodes (enrolment and TLS), admin, users, gateway,
+    chaincode server."""
+    base = topology.org_dir(org)
+    found: list[CertInfo | None] = [
+        _info(org, "ca", next(iter(sorted((base / "ca").glob("*-cert.pem"))), base / "ca" / "missing")),
+        _info(org, "tls ca", topology.own_tls_ca_cert(org)),
+    ]
+    for node in topology.nodes_of(org):
+        d = topology.node_dir(node)
+        found += [_info(org, node.kind, _signcert(d / "msp")), _info(org, f"{node.kind} tls", d / "tls" / "server.crt")]
+    users = base / "users"
+    for user_dir in sorted(users.iterdir()) if users.exists() else []:
+        role = "admin" if user_dir.name.startswith("Admin@") else "client"
+        found += [
+            _info(org, role, _signcert(user_dir / "msp")),
+            _info(org, f"{role} tls", user_dir / "tls" / "client.crt"),
+        ]
+    if not org.is_orderer:
+        found.append(_info(org, "gateway tls", topology.gateway_tls_dir(org) / "server.crt"))
+        cc_tls = crypto.chaincode_tls_dir(topology, org)
+        found.append(_info(org, "chaincode server tls", cc_tls / "server.crt"))
+        found.append(_info(org, "chaincode client tls", cc_tls / "client.crt"))
+    return [f for f in found if f is not None]
+
+
+def inventory(topology: Topology, only: list[Org] | None = None) -> list[CertInfo]:
+    out: list[CertInfo] = []
+    for org in only or topology.all_orgs:
+        if topology.crypto_dir(org).exists():
+            out += of_org(topology, org)
+    return out
+
+
+# ----- renewal ---------------------------------------------------------------------------------------------------
+
+
+def _renew_node_files(topology: Topology, node: Node) -> None:
+    """New enrolment certificate and key, new TLS pair, for one node (files replaced atomically, key first)."""
+    org = node.org
+    d = topology.node_dir(node)
+    enrol_ca = crypto.load_ca(topology.org_dir(org) / "ca")
+    tls_ca = crypto.load_ca(topology.own_tls_ca_cert(org).parent)
+    cert, key = crypto.issue(enrol_ca, node.tls_hostname, tls=False, ou=node.kind)
+    signcert = _signcert(d / "msp")
+    replace_secret(d / "msp" / "keystore" / "priv_sk", crypto.key_pem(key))  # cryptogen's name for the key
+    tmp = signcert.with_name(f".{signcert.name}.new")
+    tmp.write_bytes(crypto.pem(cert))
+    tmp.replace(signcert)
+    san = [node.tls_hostname, node.short, *crypto.sans(org)]
+    tls_cert, tls_key = crypto.issue(tls_ca, node.tls_hostname, tls=True, san=san)
+    crypto.write_pair(d / "tls", "server", tls_cert, tls_key)
+
+
+def _restart(admin: Admin, node: Node) -> None:
+    t = admin.topology
+    nodes.process(t, node).stop()
+    nodes.start(t, admin.binaries, node)
+    nodes.wait_healthy(t, node)
+
+
+def _wait_orderer_back(admin: Admin, node: Node, timeout: float = 60.0) -> None:
+    """Until every channel has a Raft leader again and this orderer holds as many blocks as the others."""
+    t = admin.topology
+    channels.wait_for_leaders(t, timeout)
+    deadline = time.monotonic() + timeout
+    for channel in t.channels:
+        others = [o for o in t.orderers if o != node]
+        target = max(_orderer_height(admin, o, channel) for o in others)
+        while _orderer_height(admin, node, channel) < target:
+            if time.monotonic() > deadline:
+                raise NetworkError(f"{node.name} did not catch up on {channel} after its restart")
+            time.sleep(0.2)
+
+
+def _orderer_height(admin: Admin, orderer: Node, channel: str) -> int:
+    out = admin.osnadmin(orderer, ["channel", "list", "--channelID", channel], f"height of {channel}")
+    return int(json.loads(out[out.index("{") :])["height"])
+
+
+def renew(admin: Admin, org_name: str, progress: Progress = print) -> list[CertInfo]:
+    """Renew the org's node and TLS certificates (and its gateway's TLS pair), one node at a time, without
+    stopping the consortium. Returns the certificates as they are afterwards."""
+    t = admin.topology
+    org = t.any_org(org_name)
+    if org.is_orderer:
+        for node in t.orderers:
+            _renew_orderer(admin, node, progress)
+    else:
+        for node in t.nodes_of(org):
+            _renew_node_files(t, node)
+            _restart(admin, node)
+            progress(f"{node.name}: new enrolment and TLS certificates, restarted, healthy")
+        tls_ca = crypto.load_ca(t.own_tls_ca_cert(org).parent)
+        name = f"gateway.{org.domain}"
+        cert, key = crypto.issue(tls_ca, name, tls=True, san=[name, *crypto.sans(org)])
+        crypto.write_pair(t.gateway_tls_dir(org), "server", cert, key)
+        progress(f"{org.name}'s gateway TLS pair re-issued (a running gateway takes it without a restart)")
+    orgdef.publish(t, org)
+    return of_org(t, org)
+
+
+def _renew_orderer(admin: Admin, node: Node, progress: Progress) -> None:
+    t = admin.topology
+    _renew_node_files(t, node)
+    new_tls = (t.node_dir(node) / "tls" / "server.crt").read_bytes()
+    for channel in t.channels:
+        update = membership.propose_consenter_cert(admin, channel, node.host, node.port, new_tls)
+        if update is None:
+            continue
+        membership.sign(admin, update, t.orderer_org.name)
+        membership.submit(admin, update, t.orderer_org.name)
+        progress(f"{channel}: consenter {node.name} now known by its new TLS certificate")
+    _restart(admin, node)
+    _wait_orderer_back(admin, node)
+    progress(f"{node.name}: restarted with its new certificates, caught up; Raft has a leader on every channel")
