@@ -29,6 +29,7 @@ import signal
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ from records.sharing import Sharing
 log = logging.getLogger("careledger.gateway")
 
 RECONCILE_EVERY_S = 5.0
+STARTED_ENV = "CARELEDGER_GATEWAY_STARTED"  # when this start of the gateway's processes began (Unix time)
 CLAIM_WINDOW_S = 0.02  # claims filed within this long of each other are submitted in one transaction
 WRITE_DEADLINE_S = 15.0  # a write whose outcome is still unknown then is answered 503 and settled in the background
 
@@ -169,6 +171,7 @@ def run(settings: GatewaySettings) -> None:
     if settings.processes == 1:
         asyncio.run(serve(settings))
         return
+    os.environ[STARTED_ENV] = str(time.time())  # the processes' start, which they inherit (_reconcile_forever)
     context = multiprocessing.get_context("spawn")  # no fork: gRPC's threads do not survive one
     children = [
         context.Process(target=_serve_one, args=(settings, i == 0), name=f"gateway-{settings.org.name}-{i}")
@@ -201,10 +204,12 @@ def _serve_one(settings: GatewaySettings, first: bool) -> None:
 
 async def _reconcile_forever(records: Records) -> None:
     """Settle writes whose outcome was unknown (or that a crash left pending) as soon as the ledger answers, and
-    file the claims of committed bundles that are still queued."""
+    file the claims of committed bundles that are still queued. What the gateway's processes before this start
+    left pending is settled at once: they are gone (all of a gateway's processes start and stop together)."""
+    writers_since = float(os.environ.get(STARTED_ENV) or time.time())
     while True:
         try:
-            counts = await records.reconcile_pending()
+            counts = await records.reconcile_pending(writers_since=writers_since)
             if any(counts.values()):
                 log.info("settled pending writes", extra=counts)
             filed = await records.claims_outbox.submit_due()

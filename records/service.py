@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -607,20 +608,29 @@ class Records:
             self.pending.forget(request)  # answered: the same content sent again is a new write, as in FHIR
 
     async def reconcile_pending(
-        self, grace_s: float = 120.0, sending_s: float = UNKNOWN_OUTCOME_DEADLINE_S
+        self,
+        grace_s: float = 120.0,
+        sending_s: float = UNKNOWN_OUTCOME_DEADLINE_S,
+        writers_since: float | None = None,
     ) -> dict[str, int]:
         """Settle every pending batch this process is not writing now. Those this process gave up waiting for, at
         once; another process's (or a dead one's) with a kept transaction once they are `sending_s` old (until
         then the process that sent it is still waiting for its outcome); those without one once they are
-        `grace_s` old (another process may still be about to send it). Returns how many were committed,
-        discarded and are still unknown."""
+        `grace_s` old (another process may still be about to send it). `writers_since`: when the processes now
+        sharing the store started (a Unix time); a batch staged before then was left by a process that is gone,
+        and is settled at once. Returns how many were committed, discarded and are still unknown."""
         unsent_old = set(self.store.pending_batches(older_than_s=grace_s))
         sent_old = set(self.store.pending_batches(older_than_s=sending_s))
+        orphaned: set[str] = set()
+        if writers_since is not None:
+            orphaned = set(self.store.pending_batches(older_than_s=max(0.0, time.time() - writers_since)))
         counts = {"committed": 0, "discarded": 0, "unknown": 0}
         for batch in self.store.pending_batches():
             if batch in self._in_flight:
                 continue
-            if self.pending.load(batch) is None:
+            if batch in orphaned:
+                pass
+            elif self.pending.load(batch) is None:
                 if batch not in unsent_old:
                     continue
             elif batch not in self._unknown and batch not in sent_old:

@@ -180,6 +180,7 @@ class PhiRegistry:
     def __init__(self) -> None:
         self.strings: dict[str, str] = {}
         self.mrn_like_ids: set[str] = set()  # ids a test chose equal to the patient's identifier
+        self.assigned: set[str] = set()  # `Type/id` the server gave in a create's answer: not chosen by a client
         self._paused = 0
 
     def add(self, text: object, what: str) -> None:
@@ -187,11 +188,13 @@ class PhiRegistry:
             self.strings.setdefault(text, what)
 
     def client_id(self, rtype: str, rid: str) -> None:
-        self.add(rid, f"client-chosen id of a {rtype}")
+        if f"{rtype}/{rid}" not in self.assigned:  # an update of what the server created keeps the server's id
+            self.add(rid, f"client-chosen id of a {rtype}")
 
     def patient(self, resource: dict[str, Any]) -> None:
         """Every identifying element of a Patient resource."""
-        self.add(resource.get("id"), "client-chosen Patient id")
+        if f"Patient/{resource.get('id')}" not in self.assigned:
+            self.add(resource.get("id"), "client-chosen Patient id")
         self.add(resource.get("birthDate"), "birth date")
         names = list(_dicts(resource.get("name")))
         names += [c["name"] for c in _dicts(resource.get("contact")) if isinstance(c.get("name"), dict)]
@@ -228,6 +231,7 @@ class PhiRegistry:
         except ValueError:
             return
         path = unquote(urlsplit(url).path).split("/")
+        self._note_assigned(method, sent, answer)
         if method.upper() == "PUT" and len(path) >= 2 and path[-2][:1].isupper():
             self.client_id(path[-2], path[-1])
         if not isinstance(sent, dict):
@@ -244,6 +248,29 @@ class PhiRegistry:
                 self._walk(entry.get("resource"))
         else:
             self._walk(sent)
+
+    def _note_assigned(self, method: str, sent: object, answer: bytes) -> None:
+        """The ids the server gave to what a POST created: the resource answered, or the locations a bundle's POST
+        entries got (a PUT entry's id stays the client's)."""
+        if method.upper() != "POST" or not isinstance(sent, dict):
+            return
+        try:
+            got = json.loads(answer)
+        except ValueError:
+            return
+        if not isinstance(got, dict):
+            return
+        if sent.get("resourceType") != "Bundle":
+            if isinstance(got.get("id"), str):
+                self.assigned.add(f"{got.get('resourceType')}/{got['id']}")
+            return
+        for entry, answered in zip(sent.get("entry") or [], got.get("entry") or [], strict=False):
+            request = (entry or {}).get("request") if isinstance(entry, dict) else None
+            response = (answered or {}).get("response") if isinstance(answered, dict) else None
+            created = isinstance(response, dict) and str(response.get("status") or "").startswith("201")
+            if created and isinstance(request, dict) and request.get("method") == "POST":
+                assert isinstance(response, dict)
+                self.assigned.add("/".join(str(response.get("location") or "").split("/")[:2]))
 
     def _walk(self, node: object) -> None:
         if isinstance(node, dict):

@@ -103,3 +103,35 @@ def test_needles_find_whole_strings_only() -> None:
     assert needles.find('"Zoë"'.encode()) == {"Zoë"}
     assert needles.find(b'"Zo\\u00eb"') == {"Zoë"}  # as Python's JSON writes it
     assert needles.find(b'"\\u003cb\\u003e"') == {"<b>"}  # as Go's JSON writes it
+
+
+def test_the_registry_takes_ids_the_server_gave_for_what_they_are() -> None:
+    from tests.conftest import PhiRegistry
+
+    reg = PhiRegistry()
+    sub = {"resourceType": "Subscription", "status": "requested"}
+    reg.answered(
+        "POST", "https://gw/fhir/Subscription", json.dumps(sub), 201, json.dumps({**sub, "id": "srv-1"}).encode()
+    )
+    reg.answered("PUT", "https://gw/fhir/Subscription/srv-1", json.dumps({**sub, "id": "srv-1"}), 200, b"{}")
+    assert "srv-1" not in reg.strings  # an update of what the server created
+    reg.answered("PUT", "https://gw/fhir/Observation/MRN-77", json.dumps({"resourceType": "Observation"}), 201, b"{}")
+    assert reg.strings["MRN-77"] == "client-chosen id of a Observation"
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": {"resourceType": "Observation"}, "request": {"method": "POST", "url": "Observation"}},
+            {"resource": {"resourceType": "Observation"}, "request": {"method": "PUT", "url": "Observation/MRN-78"}},
+        ],
+    }
+    answer = {
+        "resourceType": "Bundle",
+        "entry": [
+            {"response": {"status": "201 Created", "location": "Observation/srv-2/_history/1"}},
+            {"response": {"status": "201 Created", "location": "Observation/MRN-78/_history/1"}},
+        ],
+    }
+    reg.answered("POST", "https://gw/fhir", json.dumps(bundle), 200, json.dumps(answer).encode())
+    assert "Observation/srv-2" in reg.assigned and "Observation/MRN-78" not in reg.assigned
+    assert reg.strings["MRN-78"] == "client-chosen id of a Observation"  # a PUT entry's id is the client's

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -246,6 +247,26 @@ def test_a_batch_another_process_is_sending_is_left_to_it_until_its_outcome_dead
     assert hospital.store.search(fv_query("Observation"))[0] == 2
     assert len([p for p in world.events if p[2] == "Records.Registered"]) == 1
     other.store.close()
+
+
+def test_a_batch_left_by_the_gateways_processes_before_a_restart_is_settled_at_once(
+    world: FakeLedger, tmp_path: Path, hospital: Records
+) -> None:
+    """A process of the gateway dies with a write whose outcome it never learned; the gateway's processes start
+    again. Whatever was staged before they started has no live writer: the first reconciliation settles it, without
+    waiting out the sender's deadline."""
+    world.fail_next("Records:Register", CommitStatusUnavailable("UNAVAILABLE", "peer gone"), committed=True)
+    with pytest.raises(StillPending):
+        run(hospital.transaction(entries(visit(3))))
+    restarted = open_records(world, tmp_path, "HospitalMSP")
+    restarted.pending = hospital.pending
+    nothing = {"committed": 0, "discarded": 0, "unknown": 0}
+    # Processes that started before the write: its writer may still be waiting for the outcome.
+    assert run(restarted.reconcile_pending(writers_since=time.time() - 60)) == nothing
+    # Processes that started after it: nobody is left to settle it.
+    assert run(restarted.reconcile_pending(writers_since=time.time() + 1)) == {**nothing, "committed": 1}
+    assert len([p for p in world.events if p[2] == "Records.Registered"]) == 1
+    restarted.store.close()
 
 
 def test_a_batch_staged_without_a_kept_transaction_is_discarded_only_after_the_grace(
