@@ -161,7 +161,7 @@ def listening_socket(settings: GatewaySettings) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((settings.topology.host, settings.port))
+    sock.bind((settings.org.host, settings.port))
     return sock
 
 
