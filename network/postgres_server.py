@@ -55,15 +55,12 @@ class _Postgres(ManagedProcess):
             log.write(f"\n===== start {time.strftime('%Y-%m-%dT%H:%M:%S')} =====\n".encode())
             log.flush()
             proc = subprocess.Popen(
-                argv,
+                as_user(user, argv),
                 env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                user=user,
-                group=user,
-                extra_groups=[] if user else None,
             )
         # The same pid file ManagedProcess writes, so `careledger network down` finds and stops it.
         program = next(a for a in argv if a.endswith("/postgres"))
@@ -72,6 +69,22 @@ class _Postgres(ManagedProcess):
 
     def stop(self, timeout: float = 30.0, sig: signal.Signals = STOP_SIGNAL) -> bool:
         return super().stop(timeout, sig)
+
+
+def as_user(user: str | None, argv: list[str]) -> list[str]:
+    """`argv` run as the system `user` (and only its own group), or unchanged for None.
+
+    setpriv drops the ids in the child rather than Python's `subprocess(user=...)`: asking Python to change ids
+    makes it fork() instead of vfork(), and fork() runs the fork handlers of libraries already loaded in this
+    process (the gRPC core's among them), which can abort the child before it ever runs the program.
+    """
+    if user is None:
+        return argv
+    setpriv = shutil.which("setpriv", path="/usr/bin:/bin")
+    if setpriv is None:
+        raise ToolMissing("setpriv (util-linux) is not installed")
+    account = pwd.getpwnam(user)
+    return [setpriv, f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups", "--", *argv]
 
 
 def process(topology: Topology) -> _Postgres:

@@ -181,6 +181,7 @@ class PhiRegistry:
         self.strings: dict[str, str] = {}
         self.mrn_like_ids: set[str] = set()  # ids a test chose equal to the patient's identifier
         self.assigned: set[str] = set()  # `Type/id` the server gave in a create's answer: not chosen by a client
+        self.service_dates: set[str] = set()  # dates of service of the Claims tests filed (public on `claims`)
         self._paused = 0
 
     def add(self, text: object, what: str) -> None:
@@ -212,6 +213,17 @@ class PhiRegistry:
                 self.add(address.get(part), f"address ({part})")
         for telecom in _dicts(resource.get("telecom")):
             self.add(telecom.get("value"), f"telecom ({telecom.get('system', '')})")
+
+    def claim(self, resource: dict[str, Any]) -> None:
+        """A Claim's dates of service: its summary on `claims` carries one by design (docs/SECURITY.md)."""
+        periods = [resource.get("billablePeriod")]
+        for item in _dicts(resource.get("item")):
+            self.service_dates.add(str(item.get("servicedDate") or "")[:10])
+            periods.append(item.get("servicedPeriod"))
+        for period in _dicts(periods):
+            for end in ("start", "end"):
+                self.service_dates.add(str(period.get(end) or "")[:10])
+        self.service_dates.discard("")
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -276,6 +288,8 @@ class PhiRegistry:
         if isinstance(node, dict):
             if node.get("resourceType") == "Patient":
                 self.patient(node)
+            if node.get("resourceType") == "Claim":
+                self.claim(node)
             for value in node.values():
                 self._walk(value)
         elif isinstance(node, list):

@@ -206,8 +206,21 @@ def test_no_phi_in_any_block_or_peer_database(network: Topology, phi_registry: P
     assert any(": claims block" in w for w in controls[1]), summary
     assert any("peer0.insurer" in w and "stateLeveldb" in w for w in controls[1]), summary
 
+    # A claim's date of service is on the claims channel by design (docs/SECURITY.md, "Not covered"): a birth date
+    # that is also the date of service of a claim some test filed is no leak where claims are kept. Elsewhere it is.
+    for text in [t for t in found.hits if strings[t] == "birth date" and t in phi_registry.service_dates]:
+        elsewhere = {w for w in found.hits[text] if not on_claims_channel(w)}
+        if elsewhere:
+            found.hits[text] = elsewhere
+        else:
+            del found.hits[text]
     leaks = {f"{text!r} ({strings[text]})": sorted(where)[:5] for text, where in found.hits.items()}
     assert not leaks, f"PHI on the ledger: {leaks}\n{summary}"
+
+
+def on_claims_channel(where: str) -> bool:
+    """Whether a finding's place is a block of `claims` or a record of the claims channel's databases."""
+    return ": claims block" in where or "claims\\x00" in where
 
 
 def test_no_phi_in_the_logs_of_gateways_and_workers(network: Topology, phi_registry: PhiRegistry) -> None:

@@ -135,3 +135,16 @@ def test_the_registry_takes_ids_the_server_gave_for_what_they_are() -> None:
     reg.answered("POST", "https://gw/fhir", json.dumps(bundle), 200, json.dumps(answer).encode())
     assert "Observation/srv-2" in reg.assigned and "Observation/MRN-78" not in reg.assigned
     assert reg.strings["MRN-78"] == "client-chosen id of a Observation"  # a PUT entry's id is the client's
+
+
+def test_the_registry_keeps_the_dates_of_service_of_claims() -> None:
+    from tests.conftest import PhiRegistry
+
+    reg = PhiRegistry()
+    claim = {
+        "resourceType": "Claim",
+        "billablePeriod": {"start": "2016-01-06T09:00:00-05:00", "end": "2016-01-06T09:30:00-05:00"},
+        "item": [{"sequence": 1, "servicedDate": "2016-01-07"}, {"sequence": 2}],
+    }
+    reg.answered("POST", "https://gw/fhir/Claim", json.dumps(claim), 201, json.dumps({**claim, "id": "c1"}).encode())
+    assert reg.service_dates == {"2016-01-06", "2016-01-07"}
