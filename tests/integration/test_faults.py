@@ -12,7 +12,7 @@ the stores are audited:
 - no repeat on the orgs' event streams or webhooks;
 - service is back (a request answered 2xx, a new claim adjudicated) within 30 s of the kill, with nobody's help.
 
-Ledger nodes, Redis and the chaincode server are started again by the test right after the kill, as a host's
+Ledger nodes, Redis and the orgs' chaincode servers are started again by the test right after the kill, as a host's
 service manager would; gateways, listeners and workers by supervisord. The table of figures is printed at the end
 (`pytest -m faults` runs this module alone).
 """
@@ -408,8 +408,15 @@ def kill_redis(t: Topology) -> Callable[[], None]:
 
 
 def kill_chaincode_server(t: Topology) -> Callable[[], None]:
-    cc.server_process(t).stop(timeout=0, sig=signal.SIGKILL)
-    return lambda: cc.ensure_server(t, cc.package(t)) and None
+    """Every org runs its own chaincode server for its own peer: all of them die at once, so no peer can endorse."""
+    for org in t.member_orgs:
+        cc.server_process(t, org).stop(timeout=0, sig=signal.SIGKILL)
+
+    def restart() -> None:
+        for org in t.member_orgs:
+            cc.ensure_server(t, org, cc.package(t, org))
+
+    return restart
 
 
 def kill_insurer_worker(t: Topology) -> None:
@@ -436,7 +443,7 @@ def _everything_up(t: Topology) -> bool:
     return (
         all(nodes.ready(t, n) for n in t.nodes)
         and redis_server.ping(t)
-        and cc.server_process(t).running()
+        and all(cc.server_process(t, o).running() for o in t.member_orgs)
         and _all_alive(t)
         and all(gateway_cli.healthy(GatewaySettings.load(t, o)) for o in gateway_cli.orgs_with_gateways(t))
     )
