@@ -108,7 +108,11 @@ KNOWN_ERRORS: tuple[type[Exception], ...] = (
 
 
 # What endorsing peers answer when they cannot reach another peer or the chaincode server (Fabric's own wording).
-_UNREACHABLE = re.compile(r"code = Unavailable|could not launch chaincode|connection refused", re.IGNORECASE)
+# A peer or chaincode server away: "chaincode stream terminated" is the peer losing its chaincode server in the middle
+# of a simulation (the server died or restarted); nothing was written, and the peer reconnects on the next call.
+_UNREACHABLE = re.compile(
+    r"code = Unavailable|could not launch chaincode|chaincode stream terminated|connection refused", re.IGNORECASE
+)
 
 
 def unreachable(err: GatewayError) -> bool:
