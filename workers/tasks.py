@@ -42,7 +42,9 @@ log = logging.getLogger("careledger.workers")
 # chain's state decides what is left to do.
 TRANSIENT = (FabricError, TimeoutError, httpx.TransportError, redis.ConnectionError, NotYetAvailable)
 # Backoff 1 s, 2 s, 4 s, 8 s, 8 s, ... (Celery's smallest factor is one second; shorter waits are explicit below).
-PURGE_LOCK_S = 600
+# The purge lock is a lease its holder renews before each claim: a worker killed in the middle of a purge blocks the
+# next ones for this long at most, not for as long as a whole backlog may take.
+PURGE_LEASE_S = 30
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": True, "retry_backoff_max": 8, "retry_jitter": False}
 
 
@@ -128,15 +130,21 @@ def remit(self: Any) -> list[str]:
 def purge_due(self: Any) -> int:
     """Purge the private lines of every claim of this org whose retention has passed (the summary stays)."""
     ctx = current()
-    # One purge at a time (a lock that expires): a purge still running when the next period starts (a backlog after
-    # an outage) would otherwise be joined by another that purges the same claims, and another, each holding a
-    # worker thread.
-    lock = ctx.redis.lock(ctx.settings.keys.purge_lock, timeout=PURGE_LOCK_S, blocking_timeout=0)
+    # One purge at a time (a lease that expires unless renewed): a purge still running when the next period starts (a
+    # backlog after an outage) would otherwise be joined by another that purges the same claims, and another, each
+    # holding a worker thread. A lease lost meanwhile (a read slower than the lease) ends this run; a claim purged by
+    # both is refused the second time, which is taken as done below.
+    lock = ctx.redis.lock(ctx.settings.keys.purge_lock, timeout=PURGE_LEASE_S, blocking_timeout=0)
     if not lock.acquire():
         return 0
     try:
         due = ctx.run(ctx.ledger.due_for_purge(claim_response.now()))
-        for claim in due:
+        for n, claim in enumerate(due):
+            try:
+                lock.reacquire()
+            except redis.exceptions.LockNotOwnedError:
+                log.info("purge lease lost; the next period goes on", extra={"done": n, "due": len(due)})
+                return n
             try:
                 ctx.run(ctx.ledger.purge_lines(claim["claimId"]))
             except (LedgerConflict, LedgerNotFound) as e:  # purged meanwhile by the other party

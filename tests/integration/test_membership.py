@@ -49,6 +49,9 @@ log = logging.getLogger("careledger.tests.membership")
 def cli(t: Topology, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
     """One `careledger` command, as an operator would run it on this run folder."""
     env = {**os.environ, "CARELEDGER_HOME": str(t.home), "CARELEDGER_PORT_BASE": str(t.port_base)}
+    # A new member's first gateway start imports the FHIR models while the load and the other steps keep this
+    # 2-core machine busy: the operator's documented setting for a loaded host (default 30 s).
+    env.setdefault("CARELEDGER_GATEWAY_START_TIMEOUT", "120")
     done = subprocess.run(
         [sys.executable, "-m", "careledger.cli", *args], env=env, capture_output=True, text=True, timeout=600
     )

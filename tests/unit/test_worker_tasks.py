@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +20,7 @@ from consortium import topology as topo
 from fabric_gateway import BlockWaitTimeout, CommitStatusUnavailable
 from ledger.claim_batches import ClaimBatches
 from ledger.contracts import Ledger
-from ledger.errors import LedgerNotFound
+from ledger.errors import LedgerConflict, LedgerNotFound
 from ledger.fake import FakeLedger
 from records import synthetic
 from records import validation as fv
@@ -232,6 +233,40 @@ def test_one_purge_runs_at_a_time(insurer: Any) -> None:
     running.release()
     assert tasks.purge_due.apply().get() == 0
     assert asked == ["due"]
+
+
+def test_a_worker_killed_while_purging_blocks_purges_only_for_the_lease(
+    insurer: Any, redis_topology: topo.Topology
+) -> None:
+    """The lock of a purge whose worker died is a lease: it lapses within PURGE_LEASE_S, and the purge after that
+    runs. A purge renews its lease before each claim, so a long backlog keeps it."""
+    world, _, ctx = insurer
+    admin = redis.Redis.from_url(redis_topology.redis_admin_url)  # the org's own user may not read TTLs
+    asked: list[str] = []
+    world.handlers["Claims:DueForPurge"] = lambda call: asked.append("due") or {"claims": [], "bookmark": ""}
+    assert tasks.PURGE_LEASE_S <= 60
+    dead = ctx.redis.lock(ctx.settings.keys.purge_lock, timeout=tasks.PURGE_LEASE_S)
+    assert dead.acquire()  # and its worker is killed: nobody releases it
+    assert tasks.purge_due.apply().get() == 0 and asked == []
+    assert 0 < admin.pttl(ctx.settings.keys.purge_lock) <= tasks.PURGE_LEASE_S * 1000
+    admin.pexpire(ctx.settings.keys.purge_lock, 1)  # the lease lapses
+    time.sleep(0.05)
+    assert tasks.purge_due.apply().get() == 0 and asked == ["due"]
+
+    renewed: list[int] = []
+    claims = [{"claimId": f"c{i}"} for i in range(3)]
+    world.handlers["Claims:DueForPurge"] = lambda call: {"claims": claims, "bookmark": ""}
+
+    def purge(call: Any) -> Any:
+        renewed.append(int(admin.pttl(ctx.settings.keys.purge_lock)))
+        raise LedgerConflict("the lines of the claim are purged already")
+
+    world.handlers["Claims:PurgeLines"] = purge
+    assert tasks.purge_due.apply().get() == 3
+    assert len(renewed) == 3 and all(
+        tasks.PURGE_LEASE_S * 1000 - 2000 < ms <= tasks.PURGE_LEASE_S * 1000 for ms in renewed
+    )
+    assert not admin.exists(ctx.settings.keys.purge_lock)
 
 
 def test_a_claim_response_for_a_claim_still_settling_here_is_fetched_once_it_settles(
