@@ -165,7 +165,8 @@ def start(topology: Topology, binaries: FabricBinaries, node: Node) -> bool:
     if proc.running():
         return False
     for port in node.ports:
-        ensure_port_free(node.name, node.host, port)
+        # A node just stopped (a restart with renewed certificates, a fault) may hold its ports a moment longer.
+        ensure_port_free(node.name, node.host, port, wait=10.0)
     data = topology.node_data_dir(node)
     private_dir(data)
     launcher = topology.launcher_of(node.org)
