@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from gateway.auth import Client, Grant, TokenPolicy, authenticate, require
 from gateway.console.service import Console
 from gateway.outcome import HttpProblem
+from ledger.contracts import CLAIMS, PHARMA, PROVIDERS
 from records import validation as fv
 from records.federation import Federation
 from records.service import Records
@@ -22,6 +23,7 @@ class GatewayConfig:
     org: str
     tokens: TokenPolicy
     limits: fv.Limits = field(default_factory=fv.Limits)
+    channels: frozenset[str] = frozenset({PROVIDERS, CLAIMS, PHARMA})  # those the org's peer serves
 
 
 @dataclass(frozen=True)

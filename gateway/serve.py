@@ -113,7 +113,8 @@ async def serve(settings: GatewaySettings, first: bool = True) -> None:
             for ch in console.channels
             if first and ch in (CLAIMS, PROVIDERS)
         ]
-        config = GatewayConfig(settings.org.msp_id, settings.token_policy())
+        channels = frozenset(settings.topology.channels_of(settings.org))
+        config = GatewayConfig(settings.org.msp_id, settings.token_policy(), channels=channels)
         app = create_app(Services(config, records, Sharing(records, fed), console))
         cert, key, cas = server_ssl_files(settings)
         server = uvicorn.Server(

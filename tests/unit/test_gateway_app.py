@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from fabric_gateway import CommitStatusUnavailable, EndorseError, ErrorDetail
+from gateway import consistency
 from ledger.errors import LedgerConflict
 from records import synthetic
 from records.store import Query
@@ -248,5 +250,50 @@ def test_patient_match_and_link(gw: Gateway) -> None:
         bad = {"resourceType": "Parameters", "parameter": [{"name": "identifier", "valueIdentifier": other}]}
         refused = await g.post("/fhir/Patient/ann/$link", bad)
         assert refused.status_code == 422 and refused.json()["resourceType"] == "OperationOutcome"
+
+    gw.run(scenario)
+
+
+def test_a_write_says_its_block_and_a_read_can_wait_for_one(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    waits: list[tuple[str, int]] = []
+    transport = gw.records.ledger.transport
+
+    async def wait_for_block(channel: str, block_number: int, orgs: object) -> None:
+        waits.append((channel, block_number))
+
+    monkeypatch.setattr(transport, "wait_for_block", wait_for_block)
+
+    async def scenario(g: Gateway) -> None:
+        r = await g.post("/fhir", synthetic.Synthetic.seeded(5).transaction(2))
+        assert r.status_code == 200, r.text
+        channel, _, block = r.headers["x-ledger-block"].partition(":")
+        assert channel == "providers" and int(block) >= 1
+        patient = r.json()["entry"][0]["response"]["location"].split("/")[1]
+        read = await g.get(f"/fhir/Patient/{patient}", **{"X-Ledger-Min-Block": f"providers:{block}, claims:3"})
+        assert read.status_code == 200 and "x-ledger-block" not in read.headers  # a read commits nothing
+        assert sorted(waits) == [("claims", 3), ("providers", int(block))]
+        for bad in ("providers", "providers:-1", "providers:x", "providers:1,", "Providers:1"):
+            refused = await g.get(f"/fhir/Patient/{patient}", **{"X-Ledger-Min-Block": bad})
+            assert refused.status_code == 400, bad
+            assert refused.json()["issue"][0]["diagnostics"].startswith("X-Ledger-Min-Block")
+        unknown = await g.get(f"/fhir/Patient/{patient}", **{"X-Ledger-Min-Block": "elsewhere:4"})
+        assert unknown.status_code == 400 and "elsewhere" in unknown.text
+
+    gw.run(scenario)
+
+
+def test_a_peer_that_does_not_reach_the_block_named_gets_a_503_to_retry(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def never(channel: str, block_number: int, orgs: object) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(gw.records.ledger.transport, "wait_for_block", never)
+    monkeypatch.setattr(consistency, "MIN_BLOCK_WAIT_S", 0.2)
+
+    async def scenario(g: Gateway) -> None:
+        r = await g.get("/fhir/Patient?_count=1", **{"X-Ledger-Min-Block": "providers:999"})
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert r.json()["issue"][0]["code"] == "transient"
 
     gw.run(scenario)
