@@ -28,7 +28,7 @@ from records.fhir_claim import claim_response_id
 from records.service import Custodian, Records
 from records.store import Store
 from tests import fhir_samples as fhir
-from workers import context, tasks
+from workers import adjudication, context, rules, tasks
 from workers.adjudication import NotYetAvailable
 from workers.settings import WorkerSettings
 
@@ -276,3 +276,28 @@ def test_a_claim_response_for_a_claim_still_settling_here_is_fetched_once_it_set
         context._context = None
         loop.call_soon_threadsafe(loop.stop)
         hospital.store.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (200, {"disclosures": []}, False),  # nothing disclosed is no documentation
+        (403, {"resourceType": "OperationOutcome"}, False),  # no consent for the review purpose
+        (200, {"disclosures": [{"resourceKey": "0" * 64, "version": 1}]}, False),  # a document that proves nothing
+    ],
+)
+def test_a_records_review_passes_only_on_records_that_prove_themselves(
+    insurer: Any, status: int, body: dict[str, Any], expected: bool
+) -> None:
+    _, _, ctx = insurer
+    asked: list[httpx.Request] = []
+
+    def provider(request: httpx.Request) -> httpx.Response:
+        asked.append(request)
+        return httpx.Response(status, json=body)
+
+    review = replace(ctx, members=httpx.Client(transport=httpx.MockTransport(provider)))
+    review.settings = replace(ctx.settings, rules=rules.Rules.from_config({"records_review": {"codes": ["97110"]}}))
+    claim = {"claimId": "c1", "provider": "HospitalMSP", "insurer": "InsurerMSP", "patient": "p" * 64}
+    assert adjudication._records_disclosed(review, claim) is expected
+    assert asked and asked[0].url.params["purpose"] == "HPAYMT"
