@@ -16,7 +16,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from records.blobs import (
     name_of,
     one_shot,
 )
-from records.claim_outbox import ClaimOutbox
+from records.claim_outbox import ClaimOutbox, held_here
 from records.compartments import DIRECTORY, EITHER, PATIENT_ELEMENTS, in_compartment, patient_references
 from records.errors import (
     FhirInvalid,
@@ -375,7 +375,7 @@ class Records:
             rows.append(Row(rtype, rid, version, patient, stamp, content, identifiers))
             written.append(Written(rtype, rid, version, stamp, version == 1, resource))
             if at in outboxed:
-                claims.append(self._outbox_claim(resource, key, patient, digest))
+                claims.append(OutboxClaim(key, rid, patient, digest))
                 continue
             entries.append(
                 {
@@ -390,8 +390,13 @@ class Records:
                     "size": len(content),
                 }
             )
-        first = next((w.resource for at, w in enumerate(written) if at not in outboxed), None)
-        submit = route.call(Ledgers(self.ledger, self.payers), first, entries) if first is not None else None
+        together = [(w.resource, v[3]) for w, v in zip(written, versions, strict=True)]
+        claims = [self._outbox_claim(c, together) for c in claims]
+        first = next((at for at in range(len(written)) if at not in outboxed), None)
+        submit = None
+        if first is not None:
+            to = Ledgers(self.ledger, self.payers, held_here(self.store, versions[first][3], together))
+            submit = route.call(to, written[first].resource, entries)
         batch = uuid.uuid4().hex
         self.store.stage(batch, rows, claims)
         if submit is None:
@@ -453,11 +458,20 @@ class Records:
         (written,) = await self._write(RECORDS, [binary], [("Binary", binary["id"], 1, patient)])
         return written
 
-    def _outbox_claim(self, claim: dict[str, Any], key: str, patient: str, digest: str) -> OutboxClaim:
+    def _outbox_claim(self, claim: OutboxClaim, together: list[tuple[dict[str, Any], str]]) -> OutboxClaim:
         """A new Claim of a bundle, checked now as the Claims contract will take it (what R4 forbids is refused with
-        the bundle), queued for its own transaction after the bundle's."""
-        held = fhir_claim.for_ledger(claim, key, patient, digest, self.payers) is None
-        return OutboxClaim(key, str(claim["id"]), patient, digest, "held" if held else "queued")
+        the bundle), queued for its own transaction after the bundle's (`together`: the bundle's resources, which
+        may name its payer, with the patients they are filed under)."""
+        resource = next(r for r, _ in together if r["resourceType"] == "Claim" and r["id"] == claim.id)
+        found = fhir_claim.for_ledger(
+            resource,
+            claim.key,
+            claim.patient,
+            claim.digest,
+            self.payers,
+            held_here(self.store, claim.patient, together),
+        )
+        return replace(claim, state="held" if found is None else "queued")
 
     def _route(self, entries: list[Entry]) -> tuple[Route, frozenset[int]]:
         """The route of the entries' ledger transaction, and which of them are Claims filed through the claim

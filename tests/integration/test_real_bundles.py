@@ -347,6 +347,37 @@ def test_an_adjudicated_bundle_claim_gets_an_explanation_of_benefit(
             assert eob["outcome"] == "complete" and eob["item"] and eob["total"], eob
 
 
+def test_a_claim_naming_no_payer_is_filed_with_the_insurer_of_the_patients_coverage(
+    gateways: dict[str, GatewayHttp], posted: list[Posted]
+) -> None:
+    """A Claim whose insurer and coverage name no payer of the consortium (Synthea's "NO_INSURANCE") is filed
+    with the payer of the patient's Coverage the hospital holds, found through the payer directory by its payor's
+    name, and the insurer answers it."""
+    hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
+    patient_id = posted[0].locations[0].split("/")[1]
+    coverage = {
+        "resourceType": "Coverage",
+        "status": "active",
+        "beneficiary": {"reference": f"Patient/{patient_id}"},
+        "payor": [{"display": "Humana"}],  # a name of InsurerMSP in the consortium's payer directory
+    }
+    assert hospital.post("/Coverage", coverage).status_code == 201
+    claim = synthetic.claim(patient_id, "-", [("99214", 1, "180.00")], "2025-06-17", "-")
+    claim |= {"insurer": {"display": "NO_INSURANCE"}}
+    claim["insurance"] = [{"sequence": 1, "focal": True, "coverage": {"display": "NO_INSURANCE"}}]
+    r = hospital.post("/Claim", claim)
+    assert r.status_code == 201, r.text[:2000]
+    key = claim_key(r.json())
+
+    def answered() -> dict[str, Any] | None:
+        found = insurer.get(f"/ClaimResponse/{key}")
+        return found.json() if found.status_code == 200 else None
+
+    response = wait_for(answered, 300, "the insurer's ClaimResponse")
+    assert response["insurer"] == {"identifier": {"system": "urn:careledger:msp", "value": "InsurerMSP"}}
+    assert response["outcome"] == "complete", response
+
+
 class FixedIds(Records):
     """Records that give a bundle's resources the same ids every time: two stores with the same master key then
     register the same ledger keys, as a gateway restored from an old backup would."""

@@ -14,7 +14,7 @@ import pytest
 
 from fabric_gateway import CommitStatusUnavailable
 from ledger.contracts import Ledger
-from ledger.errors import LedgerForbidden
+from ledger.errors import LedgerForbidden, LedgerNotFound
 from ledger.fake import FakeLedger, FakeTransport
 from records import synthetic
 from records import validation as fv
@@ -534,3 +534,48 @@ def test_a_coverage_an_ehr_sends_a_provider_is_a_registered_record(hospital: Rec
         {"system": fhir.MPI_SYSTEM, "value": "MPI-ANN-2"}]}), put("Coverage", "cov1", coverage, 1)]))  # fmt: skip
     stored = hospital.read("Coverage", "cov1")
     assert stored.tx_id and run(hospital.verify(stored)).ok
+
+
+def naming_no_payer(claim: dict[str, Any]) -> dict[str, Any]:
+    """The claim as an EHR may send it: no insurer, its coverage by a display no payer of the consortium has."""
+    return claim | {"insurer": {}, "insurance": [{"sequence": 1, "focal": True, "coverage": {"display": "Plan"}}]}
+
+
+def test_a_claim_naming_no_payer_is_filed_with_the_insurer_of_the_patients_coverage(hospital: Records) -> None:
+    (patient,) = run(hospital.transaction(entries({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": fhir.PATIENTS[0], "request": {"method": "PUT", "url": "Patient/pat-jane"}}
+    ]})))  # fmt: skip
+    claim = naming_no_payer(synthetic.claim(patient.id, "-", [("99213", 1, "120.00")], "2026-11-01", "-"))
+    post = fv.entry({"resource": claim, "request": {"method": "POST", "url": "Claim"}}, 0)
+    (kept,) = run(hospital.transaction([post]))  # no Coverage held yet: kept here, not filed
+    with pytest.raises(LedgerNotFound):
+        run(hospital.ledger.claim(hospital.store.ledger_key("Claim", kept.id)))
+    cov = synthetic.coverage("x", "InsurerMSP", "2026-01-01", "2026-12-31")
+    cov["beneficiary"] = {"reference": f"Patient/{patient.id}"}
+    run(hospital.transaction([fv.entry({"resource": cov, "request": {"method": "POST", "url": "Coverage"}}, 0)]))
+    again = claim | {"billablePeriod": {"start": "2026-11-02"}}
+    post = fv.entry({"resource": again, "request": {"method": "POST", "url": "Claim"}}, 0)
+    (filed,) = run(hospital.transaction([post]))
+    on_chain = run(hospital.ledger.claim(hospital.store.ledger_key("Claim", filed.id)))
+    assert (on_chain["status"], on_chain["insurer"]) == ("submitted", "InsurerMSP")
+
+
+def test_a_bundle_claim_takes_its_insurer_from_the_patients_coverage_in_the_same_bundle(
+    world: FakeLedger, hospital: Records
+) -> None:
+    bundle = visit_with_claims()
+    for e in bundle["entry"][-2:]:
+        e["resource"] = naming_no_payer(e["resource"])
+    cov = synthetic.coverage("x", "InsurerMSP", "2026-01-01", "2026-12-31")
+    cov["beneficiary"] = {"reference": bundle["entry"][0]["fullUrl"]}
+    bundle["entry"].append({"resource": cov, "request": {"method": "POST", "url": "Coverage"}})  # after the claims
+
+    async def scenario() -> list[Any]:
+        written = await hospital.transaction(entries(bundle))
+        await hospital.claims_outbox.idle()
+        return written
+
+    claims = [w for w in run(scenario()) if w.type == "Claim"]
+    assert {hospital.submission(w.id).state for w in claims} == {"submitted"}
+    for w in claims:
+        assert run(hospital.ledger.claim(hospital.store.ledger_key("Claim", w.id)))["insurer"] == "InsurerMSP"
