@@ -168,10 +168,14 @@ def test_claims_and_coverage_go_where_they_belong(
     assert [(line["code"], line["netCents"]) for line in lines["lines"]] == [("99213", 12500), ("85025", 6100)]
     assert hospital.get(f"/Claim/{claim_id}/$verify").json()["parameter"][0]["valueBoolean"] is True
 
-    # The same claim again is a duplicate the contract refuses, and nothing is stored for it.
+    # The same claim again is a second claim, an exact duplicate: the contract files it with the whole-claim edit
+    # CARC 18 and the claim it duplicates (private, for the insurer to deny it as a payer does), not refused.
     dup = hospital.post("/Claim", claim)
-    assert dup.status_code == 409 and "duplicate" in dup.json()["issue"][0]["diagnostics"]
-    assert hospital.get("/Claim", params={"patient": patient_id}).json()["total"] == 1
+    assert dup.status_code == 201, dup.text
+    dup_lines = json.loads(claims.evaluate("Claims:Lines", args=[claim_key(dup.json())]))
+    assert dup_lines["duplicateOf"] == key and {"sequence": 0, "reason": "18", "remark": ""} in dup_lines["edits"]
+    assert "duplicateOf" not in json.loads(claims.evaluate("Claims:Lines", args=[key]))
+    assert hospital.get("/Claim", params={"patient": patient_id}).json()["total"] == 2
 
     # Before adjudication the provider may withdraw it: the Claim updated to cancelled cancels it on chain. Any
     # other change to a submitted claim is refused.

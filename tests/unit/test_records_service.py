@@ -579,3 +579,27 @@ def test_a_bundle_claim_takes_its_insurer_from_the_patients_coverage_in_the_same
     assert {hospital.submission(w.id).state for w in claims} == {"submitted"}
     for w in claims:
         assert run(hospital.ledger.claim(hospital.store.ledger_key("Claim", w.id)))["insurer"] == "InsurerMSP"
+
+
+def test_a_claim_request_sent_again_is_the_same_claim_and_a_new_one_is_a_duplicate(
+    world: FakeLedger, hospital: Records
+) -> None:
+    """The same request (same request key) sent again while its outcome was unknown gets the first one's claim: on
+    chain once, no duplicate edit. The same claim in a new request (a resend after the answer, or by another
+    system) is a second claim, filed as the first one's exact duplicate (CARC 18), for the insurer to deny."""
+    (patient,) = run(hospital.transaction(entries({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": fhir.PATIENTS[0], "request": {"method": "PUT", "url": "Patient/pat-jane"}}
+    ]})))  # fmt: skip
+    claim = synthetic.claim(patient.id, "InsurerMSP", [("99213", 1, "120.00")], "2026-11-01", "Coverage/c1")
+    post = fv.entry({"resource": claim, "request": {"method": "POST", "url": "Claim"}}, 0)
+    world.fail_next("Claims:Submit", CommitStatusUnavailable("UNAVAILABLE", "peer gone"), committed=True)
+    with pytest.raises(StillPending):
+        run(hospital.transaction([post], request="first"))
+    (first,) = run(hospital.transaction([post], request="first"))
+    key = hospital.store.ledger_key("Claim", first.id)
+    assert len(submitted_events(world)) == 1
+    assert "duplicateOf" not in run(hospital.ledger.claim_lines(key))
+    (second,) = run(hospital.transaction([post], request="second"))
+    assert second.id != first.id and second.created
+    detail = run(hospital.ledger.claim_lines(hospital.store.ledger_key("Claim", second.id)))
+    assert detail["duplicateOf"] == key and {"sequence": 0, "reason": "18"} in detail["edits"]

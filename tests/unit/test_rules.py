@@ -148,3 +148,18 @@ def test_a_batch_event_stands_for_each_claim_it_lists() -> None:
     assert len({d.task_id for d in insurer}) == 4
     assert [c["eventBlock"] for c in insurer[0].args[0]] == [7, 7, 7]
     assert dispatches("HospitalMSP", "Claims.SubmittedBatch", "tx9", 7, payload) == []
+
+
+def test_front_end_edits_are_answered_before_the_other_rules() -> None:
+    lines = [line(1, "85025", 1, 100), line(2, "80053", 1, 0)]
+    duplicate = [{"sequence": 0, "reason": "18"}]
+    assert outcomes(rules.decide(RULES, CLAIM, lines, [COVERED], [], edits=duplicate)) == [
+        ("denied", 0, ["18"]),
+        ("denied", 0, ["18"]),
+    ]
+    assert outcomes(rules.decide(RULES, CLAIM, lines, [], [], edits=duplicate))[0] == ("denied", 0, ["18"])
+    no_charge = [{"sequence": 2, "reason": "16", "remark": "M79"}, {"sequence": 0, "reason": "16", "remark": "M54"}]
+    assert outcomes(rules.decide(RULES, CLAIM, lines, [COVERED], [], edits=no_charge)) == [
+        ("approved", 100, []),
+        ("denied", 0, ["16"]),
+    ]
