@@ -361,6 +361,7 @@ class Records:
         entries: list[dict[str, Any]] = []
         claims: list[OutboxClaim] = []
         written: list[Written] = []
+        digest_keys: dict[str, bytes] = {}  # one look-up per patient of the write, not one per resource
         for at, (resource, (rtype, rid, version, patient)) in enumerate(zip(resources, versions, strict=True)):
             key = self.store.ledger_key(rtype, rid)
             meta = {**(resource.get("meta") or {}), "versionId": str(version), "lastUpdated": stamp}
@@ -368,7 +369,9 @@ class Records:
             content = digests.canonical_json(resource)
             # Records get element digests (v2); claims and consents keep their v1 digests.
             scheme = digests.V2 if route is RECORDS and at not in outboxed else digests.V1
-            digest = _digest(scheme, self.store.digest_key(patient), resource, key, version)
+            if patient not in digest_keys:
+                digest_keys[patient] = self.store.digest_key(patient)
+            digest = _digest(scheme, digest_keys[patient], resource, key, version)
             identifiers = (*_identifiers(resource), (LEDGER_KEY_SYSTEM, key))
             if rtype == "Patient":
                 identifiers += self._patient_index(resource)
