@@ -419,6 +419,7 @@ class Records:
         size or hash that contradicts the blob, is refused. A blob stored for a write the ledger then refuses stays
         unreferenced (content addressed: the same content stored again reuses it)."""
         out, out_versions, extra = [], [], []
+        inline: list[tuple[dict[str, Any], bytes, str, str]] = []
         for resource, (rtype, rid, version, patient) in zip(resources, versions, strict=True):
             found = attachments(resource)
             if found:
@@ -427,15 +428,7 @@ class Records:
             for i, att in enumerate(found):
                 where = f"{rtype}.attachment[{i}]"
                 if att.get("data") is not None:
-                    try:
-                        raw = base64.b64decode(str(att.pop("data")), validate=True)
-                    except ValueError:
-                        raise FhirInvalid([Issue("value", where + ".data", "not base64")]) from None
-                    info = await self.blobs.put(patient, one_shot(raw))
-                    binary_id = str(uuid.uuid4())
-                    content_type = str(att.get("contentType") or "application/octet-stream")
-                    extra.append((binary_resource(binary_id, content_type, info, f"{rtype}/{rid}"), patient))
-                    att |= {"url": f"Binary/{binary_id}", "size": info.size, "hash": info.sha1}
+                    inline.append((att, _decoded(att, where), patient, f"{rtype}/{rid}"))
                 elif str(att.get("url") or "").startswith("Binary/"):
                     held = self.store.read("Binary", str(att["url"]).split("/", 1)[1])
                     blob = blob_of(json.loads(held.content)) if held else None
@@ -449,10 +442,26 @@ class Records:
                         att[k] = blob[k]
             out.append(resource)
             out_versions.append((rtype, rid, version, patient))
+        extra += await self._inline_to_blobs(inline)
         for binary, patient in extra:
             out.append(binary)
             out_versions.append(("Binary", binary["id"], 1, patient))
         return out, out_versions
+
+    async def _inline_to_blobs(
+        self, inline: list[tuple[dict[str, Any], bytes, str, str]]
+    ) -> list[tuple[dict[str, Any], str]]:
+        """Store each inline content, (attachment, content, patient, "Type/id" of its resource), as a blob and point
+        its attachment at a new Binary; the Binary resources to write, with their patients. The blobs are stored
+        together, so their writes to disk overlap."""
+        infos = await asyncio.gather(*(self.blobs.put(patient, one_shot(raw)) for _, raw, patient, _ in inline))
+        binaries = []
+        for (att, _, patient, context), info in zip(inline, infos, strict=True):
+            binary_id = str(uuid.uuid4())
+            content_type = str(att.get("contentType") or "application/octet-stream")
+            binaries.append((binary_resource(binary_id, content_type, info, context), patient))
+            att |= {"url": f"Binary/{binary_id}", "size": info.size, "hash": info.sha1}
+        return binaries
 
     async def keep_binary(self, patient: str, content_type: str, stream: AsyncIterator[bytes], context: str) -> Written:
         """Store streamed content as a blob and register its Binary resource (version 1) on chain."""
@@ -832,6 +841,14 @@ def binary_resource(binary_id: str, content_type: str, info: BlobInfo, context: 
 def store_blobs_default(store: Store) -> Path:
     """Beside the store, when no backend is given (unit tests, tools)."""
     return Path(tempfile.gettempdir()) / "careledger-blobs" / store.ledger_key("Store", "blobs")[:16]
+
+
+def _decoded(attachment: dict[str, Any], where: str) -> bytes:
+    """An attachment's inline content, taken out of it."""
+    try:
+        return base64.b64decode(str(attachment.pop("data")), validate=True)
+    except ValueError:
+        raise FhirInvalid([Issue("value", where + ".data", "not base64")]) from None
 
 
 def _digest(scheme: str, digest_key: bytes, resource: dict[str, Any], key: str, version: int) -> str:
