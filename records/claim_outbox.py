@@ -6,9 +6,9 @@ with its rows as outbox entries, which become `queued` in the same database tran
 vanish with them when the ledger refuses the bundle). A submitter then files each queued claim: at once when the
 bundle commits, and again every few seconds (the gateway's reconciler) until the chain has answered.
 
-Exactly once: before each try the chain is asked whether the claim's key is there, and the Claims contract files a
-key only once, so tries that overlap (a retry after an unknown outcome, two gateway processes) file the claim once;
-whether it was filed is always read from the chain, never guessed from an error.
+Exactly once: before each retry, and after any refusal, the chain is asked whether the claim's key is there, and the
+Claims contract files a key only once, so tries that overlap (a retry after an unknown outcome, two gateway
+processes) file the claim once; whether it was filed is always read from the chain, never guessed from an error.
 """
 
 from __future__ import annotations
@@ -97,7 +97,11 @@ class ClaimOutbox:
 
     async def _submit(self, claim: OutboxClaim) -> str:
         try:
-            filed = await self._on_chain(claim.key)
+            # A claim tried (or taken) before may be on chain already; a first try need not ask, which saves a round
+            # trip per claim of a bundle: should another try have come first after all, the contract refuses the
+            # key and the chain is asked then.
+            first_try = claim.attempts == 0 and claim.reason is None
+            filed = None if first_try else await self._on_chain(claim.key)
             if filed is not None:
                 return self._settled(claim, "submitted", tx_id=str(filed.get("txId") or ""))
             arguments = self._arguments(claim)

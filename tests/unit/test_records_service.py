@@ -603,3 +603,18 @@ def test_a_claim_request_sent_again_is_the_same_claim_and_a_new_one_is_a_duplica
     assert second.id != first.id and second.created
     detail = run(hospital.ledger.claim_lines(hospital.store.ledger_key("Claim", second.id)))
     assert detail["duplicateOf"] == key and {"sequence": 0, "reason": "18"} in detail["edits"]
+
+
+def test_a_bundle_claims_first_try_does_not_ask_the_chain_first(world: FakeLedger, hospital: Records) -> None:
+    """Never tried, a claim cannot be on chain: its first try files it without a Claims:Get round trip."""
+    for _ in range(2):
+        world.fail_next("Claims:Get", LedgerForbidden("a first try must not ask"))
+
+    async def scenario() -> list[Any]:
+        written = await hospital.transaction(entries(visit_with_claims()))
+        await hospital.claims_outbox.idle()
+        return written
+
+    claims = [w for w in run(scenario()) if w.type == "Claim"]
+    assert {hospital.submission(w.id).state for w in claims} == {"submitted"}
+    assert len([f for f in world.failures if f.function == "Claims:Get"]) == 2  # never asked
