@@ -859,19 +859,33 @@ def _digest(scheme: str, digest_key: bytes, resource: dict[str, Any], key: str, 
 
 
 def _rewrite_references(resource: dict[str, Any], targets: dict[str, str]) -> dict[str, Any]:
-    """A copy of the resource with in-bundle (urn:uuid:) references pointing at the stored Type/id."""
+    """The resource with in-bundle (urn:uuid:) references pointing at the stored Type/id: a new dict, sharing the
+    parts that hold no such reference with the resource given (nothing changes either afterwards)."""
+    return dict(_rewritten(resource, targets))
 
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            out = {k: walk(v) for k, v in node.items()}
-            if isinstance(out.get("reference"), str) and out["reference"] in targets:
-                out["reference"] = targets[out["reference"]]
-            return out
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
 
-    return dict(walk(resource))
+def _rewritten(node: Any, targets: dict[str, str]) -> Any:
+    """`node` itself when no reference in it changes, else a copy of the objects and arrays on the way to those
+    that do (copy on write)."""
+    if isinstance(node, dict):
+        out: dict[str, Any] | None = None
+        for k, v in node.items():
+            if isinstance(v, (dict, list)) and (w := _rewritten(v, targets)) is not v:
+                out = out if out is not None else dict(node)
+                out[k] = w
+        ref = node.get("reference")
+        if isinstance(ref, str) and ref in targets:
+            out = out if out is not None else dict(node)
+            out["reference"] = targets[ref]
+        return out if out is not None else node
+    if isinstance(node, list):
+        items: list[Any] | None = None
+        for i, v in enumerate(node):
+            if isinstance(v, (dict, list)) and (w := _rewritten(v, targets)) is not v:
+                items = items if items is not None else list(node)
+                items[i] = w
+        return items if items is not None else node
+    return node
 
 
 def _identifiers(resource: dict[str, Any]) -> tuple[tuple[str, str], ...]:
