@@ -54,7 +54,14 @@ from records.errors import (
 )
 from records.fhir_claim import PayerDirectory
 from records.identity import DEMOGRAPHICS_SYSTEM, IdentitySystems, demographic_token
-from records.pending import PendingFiles, PendingInMemory, PendingTransactions, Version
+from records.pending import (
+    CLIENT_KEYS_KEPT_S,
+    PendingFiles,
+    PendingInMemory,
+    PendingTransactions,
+    Version,
+    kept_once_answered,
+)
 from records.routes import CLAIM, HELD, POSTABLE, RECORDS, LedgerCall, Ledgers, Route, route_of
 from records.search import identifier_condition
 from records.settings import CustodianSettings
@@ -108,6 +115,9 @@ class Custodian:
     kind: str  # provider | insurer | manufacturer
 
 
+PRUNE_EVERY_S = 600.0
+
+
 class Records:
     def __init__(
         self,
@@ -131,6 +141,7 @@ class Records:
         self._conditional_writes = asyncio.Lock()
         self._in_flight: dict[str, asyncio.Event] = {}  # batches this process is writing now (set when done)
         self._unknown: set[str] = set()  # batches this process sent and gave up waiting for: settled at once
+        self._pruned_at = -PRUNE_EVERY_S
         # Binary content and attachments, encrypted under the patient's key, off the chain (`records.blobs`).
         backend = blob_backend or FileBackend(store_blobs_default(store))
         self.blobs = Blobs(backend, store.digest_key)
@@ -233,7 +244,8 @@ class Records:
             if settled is None:
                 raise StillPending(batch)
             committed = settled
-        self.pending.forget(request)
+        if not committed or not kept_once_answered(request):
+            self.pending.forget(request)
         if not committed:
             return None  # it did not commit: this request writes anew
         # Answered as the first one would have been: its entries in the request's order, new ones as created.
@@ -630,7 +642,7 @@ class Records:
             self._in_flight.pop(batch).set()
         self.store.commit(batch, committed.tx_id)
         self.pending.remove(batch)
-        if request is not None:
+        if request is not None and not kept_once_answered(request):
             self.pending.forget(request)  # answered: the same content sent again is a new write, as in FHIR
 
     async def reconcile_pending(
@@ -651,6 +663,9 @@ class Records:
         if writers_since is not None:
             orphaned = set(self.store.pending_batches(older_than_s=max(0.0, time.time() - writers_since)))
         counts = {"committed": 0, "discarded": 0, "unknown": 0}
+        if time.monotonic() - self._pruned_at > PRUNE_EVERY_S:  # answers of client-keyed requests, a day old
+            self.pending.prune(CLIENT_KEYS_KEPT_S)
+            self._pruned_at = time.monotonic()
         for batch in self.store.pending_batches():
             if batch in self._in_flight:
                 continue

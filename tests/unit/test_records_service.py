@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -618,3 +619,13 @@ def test_a_bundle_claims_first_try_does_not_ask_the_chain_first(world: FakeLedge
     claims = [w for w in run(scenario()) if w.type == "Claim"]
     assert {hospital.submission(w.id).state for w in claims} == {"submitted"}
     assert len([f for f in world.failures if f.function == "Claims:Get"]) == 2  # never asked
+
+
+def test_answers_to_client_keyed_requests_are_kept_a_day(tmp_path: Path) -> None:
+    pending = PendingFiles(tmp_path / "pending")
+    pending.remember("old", "batch1")
+    pending.remember("new", "batch2")
+    day_ago = time.time() - 25 * 3600
+    os.utime(tmp_path / "pending" / "old.req", (day_ago, day_ago))
+    pending.prune(24 * 3600)
+    assert pending.remembered("old") is None and pending.remembered("new") == Remembered("batch2")
