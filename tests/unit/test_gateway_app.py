@@ -296,4 +296,25 @@ def test_a_peer_that_does_not_reach_the_block_named_gets_a_503_to_retry(
         assert r.status_code == 503 and r.headers["retry-after"]
         assert r.json()["issue"][0]["code"] == "transient"
 
+
+def test_a_claim_sent_again_with_its_idempotency_key_is_the_same_claim_not_a_duplicate(gw: Gateway) -> None:
+    """A client that lost the answer to its claim sends it again with the same Idempotency-Key: it gets the first
+    answer (the same Claim), not a second claim the insurer would deny as an exact duplicate. Without the key, the
+    same content again is a second claim, filed as the first one's duplicate (CARC 18)."""
+
+    async def scenario(g: Gateway) -> None:
+        patient = await g.post("/fhir/Patient", synthetic.Synthetic.seeded(9).transaction(0)["entry"][0]["resource"])
+        assert patient.status_code == 201, patient.text
+        claim = synthetic.claim(patient.json()["id"], "InsurerMSP", [("99213", 1, "80.00")], "2026-11-01", "C/1")
+        first = await g.post("/fhir/Claim", claim, **{"Idempotency-Key": "claim-0001"})
+        again = await g.post("/fhir/Claim", claim, **{"Idempotency-Key": "claim-0001"})
+        assert first.status_code == 201 and again.status_code in (200, 201), again.text
+        assert again.json()["id"] == first.json()["id"]
+        submitted = [p for _, _, name, p in g.world.events if name == "Claims.Submitted"]
+        assert len(submitted) == 1
+        resent = await g.post("/fhir/Claim", claim)  # no key: a new request with the same content
+        assert resent.status_code == 201 and resent.json()["id"] != first.json()["id"]
+        key = g.records.store.ledger_key("Claim", resent.json()["id"])
+        assert (await g.records.ledger.claim_lines(key))["duplicateOf"] == submitted[0]["claimId"]
+
     gw.run(scenario)

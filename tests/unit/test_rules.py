@@ -195,3 +195,18 @@ def test_a_block_of_more_claims_than_one_batch_takes_is_split() -> None:
     batches = [d for d in block_dispatches("InsurerMSP", block) if d.task == "careledger.adjudicate_batch"]
     assert [len(d.args[0]) for d in batches] == [500, 500, 203]
     assert sorted(c["claimId"] for d in batches for c in d.args[0]) == sorted(f"c{i}" for i in range(1203))
+
+
+def test_front_end_edits_are_answered_before_the_other_rules() -> None:
+    lines = [line(1, "85025", 1, 100), line(2, "80053", 1, 0)]
+    duplicate = [{"sequence": 0, "reason": "18"}]
+    assert outcomes(rules.decide(RULES, CLAIM, lines, [COVERED], [], edits=duplicate)) == [
+        ("denied", 0, ["18"]),
+        ("denied", 0, ["18"]),
+    ]
+    assert outcomes(rules.decide(RULES, CLAIM, lines, [], [], edits=duplicate))[0] == ("denied", 0, ["18"])
+    no_charge = [{"sequence": 2, "reason": "16", "remark": "M79"}, {"sequence": 0, "reason": "16", "remark": "M54"}]
+    assert outcomes(rules.decide(RULES, CLAIM, lines, [COVERED], [], edits=no_charge)) == [
+        ("approved", 100, []),
+        ("denied", 0, ["16"]),
+    ]

@@ -33,6 +33,8 @@ from workers.adjudication import NotYetAvailable
 from workers.settings import WorkerSettings
 
 KINDS = {"HospitalMSP": "provider", "ClinicMSP": "provider", "InsurerMSP": "insurer"}
+CARC = "https://x12.org/codes/claim-adjustment-reason-codes"
+RARC = "https://x12.org/codes/remittance-advice-remark-codes"
 MPI = "MPI-55501-TT"
 
 
@@ -301,3 +303,39 @@ def test_a_records_review_passes_only_on_records_that_prove_themselves(
     claim = {"claimId": "c1", "provider": "HospitalMSP", "insurer": "InsurerMSP", "patient": "p" * 64}
     assert adjudication._records_disclosed(review, claim) is expected
     assert asked and asked[0].url.params["purpose"] == "HPAYMT"
+
+
+def test_an_exact_duplicate_claim_is_answered_with_carc_18_naming_the_original(insurer: Any, tmp_path: Path) -> None:
+    """The same claim filed twice (a resend, or a bundle that bills a visit twice): the Claims contract files the
+    second with the whole-claim edit CARC 18, and the insurer answers it as a payer does: every line denied with 18,
+    the edit as the ClaimResponse's error, a note naming the claim it duplicates. The original is paid."""
+    world, records, ctx = insurer
+    cover(ctx)
+    first = submit_claim(world, tmp_path, [("99213", 1, "100.00"), ("85025", 2, "15.00")])
+    again = submit_claim(world, tmp_path, [("85025", 2, "15.00"), ("99213", 1, "100.00")])  # codes in another order
+    assert tasks.adjudicate.apply(args=[first]).get() == "approved"
+    assert tasks.adjudicate.apply(args=[again]).get() == "denied"
+    response = json.loads(records.read("ClaimResponse", claim_response_id(again["claimId"])).content)
+    for item in response["item"]:
+        benefit = item["adjudication"][1]
+        assert benefit["amount"]["value"] == 0 and [c["code"] for c in benefit["reason"]["coding"]] == ["18"]
+    assert response["error"] == [{"code": {"coding": [{"system": CARC, "code": "18"}]}}]
+    assert first["claimId"] in response["processNote"][0]["text"]
+    eob = json.loads(records.read("ExplanationOfBenefit", claim_response_id(again["claimId"])).content)
+    assert eob["payment"]["amount"]["value"] == 0 and first["claimId"] in eob["processNote"][0]["text"]
+    original = json.loads(records.read("ClaimResponse", claim_response_id(first["claimId"])).content)
+    assert "error" not in original and "processNote" not in original
+
+
+def test_a_line_without_a_charge_is_answered_with_its_edit(insurer: Any, tmp_path: Path) -> None:
+    """A front-end edit the provider's gateway found (CARC 16, RARC M79: a line without a charge) is answered on
+    that line, and listed with its RARC as the ClaimResponse's error."""
+    world, records, ctx = insurer
+    cover(ctx)
+    claim = submit_claim(world, tmp_path, [("99213", 1, "100.00"), ("85025", 1, "0")])
+    assert tasks.adjudicate.apply(args=[claim]).get() == "partial"
+    response = json.loads(records.read("ClaimResponse", claim_response_id(claim["claimId"])).content)
+    second = response["item"][1]["adjudication"][1]
+    assert [c["code"] for c in second["reason"]["coding"]] == ["16"]
+    codes = [(c["system"], c["code"]) for c in response["error"][0]["code"]["coding"]]
+    assert response["error"][0]["itemSequence"] == 2 and codes == [(CARC, "16"), (RARC, "M79")]
