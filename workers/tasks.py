@@ -26,6 +26,7 @@ import redis
 from celery import states
 from celery.exceptions import MaxRetriesExceededError
 from celery.signals import task_postrun
+from kombu.exceptions import OperationalError
 
 from fabric_gateway import FabricError
 from ledger.contracts import CLAIMS
@@ -39,8 +40,17 @@ log = logging.getLogger("careledger.workers")
 
 
 # A wait on the ledger that timed out is an unknown outcome, not a failure of the work: the task runs again and the
-# chain's state decides what is left to do.
-TRANSIENT = (FabricError, TimeoutError, httpx.TransportError, redis.ConnectionError, NotYetAvailable)
+# chain's state decides what is left to do. Redis away (a task's own keys, or the broker when it sends a task) is not
+# a failure of the work either.
+TRANSIENT = (
+    FabricError,
+    TimeoutError,
+    httpx.TransportError,
+    redis.ConnectionError,
+    redis.TimeoutError,
+    OperationalError,
+    NotYetAvailable,
+)
 # Backoff 1 s, 2 s, 4 s, 8 s, 8 s, ... (Celery's smallest factor is one second; shorter waits are explicit below).
 PURGE_LOCK_S = 600
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": True, "retry_backoff_max": 8, "retry_jitter": False}
