@@ -8,7 +8,11 @@ a repeat, which the tasks absorb (they are idempotent). On a fresh start with no
 channel's first block, so nothing that happened before the listener existed is missed either.
 
 Neither a broken event stream nor Redis going away (a restart, a network blip) ends the listener: it waits, with
-backoff doubling from half a second to ten, and resumes from the checkpoint.
+backoff doubling from half a second to ten, and resumes from the checkpoint. A Redis restart can also go unseen (the
+client reconnects by itself) and still have rolled back the latest writes, the tasks and the checkpoint with them
+(the checkpoint is written after its tasks, so it never survives without them): the checkpoint is moved only from
+the one this listener saved last, and when the stored one is different the listener resumes from it, replaying what
+was lost.
 """
 
 from __future__ import annotations
@@ -33,8 +37,14 @@ from workers.settings import WorkerSettings
 
 log = logging.getLogger("careledger.listener")
 
+
+class CheckpointMoved(Exception):
+    """The stored checkpoint is not the one this listener saved last: Redis lost writes (or another listener of the
+    org moved it). Resume from the stored one."""
+
+
 # What the listener rides out: the peer's event stream breaking, and Redis (checkpoints, outbox, the broker) going away.
-RECOVERABLE = (FabricError, redis.RedisError, OperationalError)
+RECOVERABLE = (FabricError, redis.RedisError, OperationalError, CheckpointMoved)
 BACKOFF_S = (0.5, 10.0)  # first and longest wait before reconnecting
 
 
@@ -138,12 +148,20 @@ def listen(settings: WorkerSettings, stop: threading.Event | None = None) -> Non
                     if event.name.startswith("Claims."):
                         for d in dispatches(org.msp_id, event.name, event.tx_id, event.block_number, event.payload):
                             outbox.publish(r, org.msp_id, settings.queue, d.task, d.args, d.task_id)
-                    checkpointer.save(after_event(event))
+                    if not checkpointer.move(checkpoint, after_event(event)):
+                        raise CheckpointMoved(f"expected block {checkpoint.block_number}, tx {checkpoint.tx_id[:12]}")
+                    checkpoint = after_event(event)
                     wait = BACKOFF_S[0]
                     if stop is not None and stop.is_set():
                         return
         except RECOVERABLE as e:
-            what = "event stream broke" if isinstance(e, FabricError) else "redis is unavailable"
+            what = (
+                "event stream broke"
+                if isinstance(e, FabricError)
+                else "the checkpoint is not where this listener left it; resuming from it"
+                if isinstance(e, CheckpointMoved)
+                else "redis is unavailable"
+            )
             log.warning(f"{what}; reconnecting", extra={"error": str(e)[:200], "retry_in_s": wait})
             if stop is not None and stop.wait(wait):
                 return

@@ -17,9 +17,10 @@ import redis
 
 from consortium import topology as topo
 from fabric_gateway import BlockWaitTimeout, CommitStatusUnavailable
+from fabric_gateway.checkpoint import Checkpoint, RedisCheckpointer
 from ledger.claim_batches import ClaimBatches
 from ledger.contracts import Ledger
-from ledger.errors import LedgerNotFound
+from ledger.errors import LedgerConflict, LedgerNotFound
 from ledger.fake import FakeLedger
 from records import synthetic
 from records import validation as fv
@@ -28,7 +29,8 @@ from records.fhir_claim import claim_response_id
 from records.service import Custodian, Records
 from records.store import Store
 from tests import fhir_samples as fhir
-from workers import context, tasks
+from workers import app as app_module
+from workers import context, remittance, tasks
 from workers.adjudication import NotYetAvailable
 from workers.settings import WorkerSettings
 
@@ -276,3 +278,92 @@ def test_a_claim_response_for_a_claim_still_settling_here_is_fetched_once_it_set
         context._context = None
         loop.call_soon_threadsafe(loop.stop)
         hospital.store.close()
+
+
+def test_a_payment_cut_off_before_its_reconciliation_is_finished_before_another_starts(
+    insurer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cycle pays two claims and is cut off (Redis away) before it keeps the PaymentReconciliation and empties
+    its queue; a third claim is queued meanwhile. The next cycle finishes THAT payment (same reference, its
+    reconciliation kept), and only the cycle after pays the third claim: each claim paid once, every payment
+    reconciled."""
+    world, records, ctx = insurer
+    cover(ctx)
+    claims = [submit_claim(world, tmp_path, [(code, 1, "50.00")]) for code in ("99213", "85025", "80053")]
+    for claim in claims:
+        assert tasks.adjudicate.apply(args=[claim]).get() in ("approved", "partial")  # 85025 above the schedule
+    adjudicated = {p["claimId"]: p for _, _, n, p in world.events if n == "Claims.Adjudicated"}
+    ctx.settings = replace(ctx.settings, remittance=replace(ctx.settings.remittance, cycle_seconds=0))
+    first, second, third = (adjudicated[c["claimId"]] for c in claims)
+    for claim in (first, second):
+        remittance.queue(ctx, claim)
+    keep = records.keep
+
+    async def cut_off(resource: dict[str, Any], patient: str) -> bool:
+        if resource["resourceType"] == "PaymentReconciliation":
+            raise redis.ConnectionError("Redis went away")
+        return await keep(resource, patient)
+
+    monkeypatch.setattr(records, "keep", cut_off)
+    with pytest.raises(redis.ConnectionError):
+        remittance.remit(ctx, "HospitalMSP")
+    monkeypatch.setattr(records, "keep", keep)
+    remittance.queue(ctx, third)
+    started = remittance.payment_ref("HospitalMSP", [first["claimId"], second["claimId"]])
+    assert remittance.remit(ctx, "HospitalMSP") == started
+    assert remittance.remit(ctx, "HospitalMSP") == remittance.payment_ref("HospitalMSP", [third["claimId"]])
+    assert remittance.remit(ctx, "HospitalMSP") is None
+    payments = [p for _, _, n, p in world.events if n == "Claims.PaidBatch"]
+    assert sorted(line["claimId"] for p in payments for line in p["lines"]) == sorted(c["claimId"] for c in claims)
+    for p in payments:
+        kept = json.loads(records.read("PaymentReconciliation", p["paymentRef"]).content)
+        assert [d["identifier"]["value"] for d in kept["detail"]] == [line["claimId"] for line in p["lines"]]
+    assert ctx.redis.get(ctx.settings.keys.payment_under_way("HospitalMSP")) is None
+
+
+def test_a_claim_refused_by_a_peer_behind_stays_queued_until_the_chain_shows_it_done(
+    insurer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world, _, ctx = insurer
+    cover(ctx)
+    claim = submit_claim(world, tmp_path, [("99213", 1, "50.00")])
+    assert tasks.adjudicate.apply(args=[claim]).get() == "approved"
+    ctx.settings = replace(ctx.settings, remittance=replace(ctx.settings.remittance, cycle_seconds=0))
+    remittance.queue(ctx, {**claim, "provider": "HospitalMSP"})
+    pay_batch = ctx.ledger.pay_batch
+
+    async def behind(provider: str, ref: str, claim_ids: list[str]) -> Any:
+        raise LedgerConflict("no claim of payment can be paid: claim is submitted")
+
+    monkeypatch.setattr(ctx.ledger, "pay_batch", behind)
+    assert remittance.remit(ctx, "HospitalMSP") is None
+    assert ctx.redis.zcard(ctx.settings.keys.to_pay("HospitalMSP")) == 1  # the chain says approved and unpaid
+    monkeypatch.setattr(ctx.ledger, "pay_batch", pay_batch)
+    assert remittance.remit(ctx, "HospitalMSP") is not None
+    assert ctx.redis.zcard(ctx.settings.keys.to_pay("HospitalMSP")) == 0
+
+
+def test_a_worker_renews_the_lease_of_the_messages_it_holds_only(insurer: Any) -> None:
+    """kombu restores an unacknowledged message once its score is older than the visibility timeout: the worker
+    keeps the score fresh for what it holds, and never adds back a message that was acknowledged meanwhile."""
+    _, _, ctx = insurer
+    index = ctx.settings.keys.celery_prefix + app_module.UNACKED_INDEX
+    ctx.redis.zadd(index, {"held": 1.0, "gone-worker": 1.0})
+    assert app_module.renew_leases(ctx.redis, index, ["held", "acknowledged"]) == 1
+    scores = dict(ctx.redis.zrange(index, 0, -1, withscores=True))
+    assert scores[b"gone-worker"] == 1.0 and scores[b"held"] > 1.0 and b"acknowledged" not in scores
+
+
+def test_a_listener_checkpoint_moves_only_from_the_one_it_saved_last(insurer: Any) -> None:
+    """Redis restarted and lost the latest writes (the tasks of an event and its checkpoint): the listener's next
+    move finds an older checkpoint than the one it saved, and is refused, so the listener resumes from the stored
+    one and replays the lost events' tasks."""
+    _, _, ctx = insurer
+    checkpointer = RedisCheckpointer(ctx.redis, ctx.settings.keys.listener_checkpoint_name("claims"))
+    start = checkpointer.load()
+    assert start == Checkpoint()  # a fresh start: nothing stored
+    assert checkpointer.move(start, Checkpoint(5, "tx-a"))
+    assert checkpointer.move(Checkpoint(5, "tx-a"), Checkpoint(5, "tx-b"))
+    checkpointer.save(Checkpoint(5, "tx-a"))  # the move to tx-b was lost
+    assert not checkpointer.move(Checkpoint(5, "tx-b"), Checkpoint(6, ""))
+    assert checkpointer.load() == Checkpoint(5, "tx-a")  # left as stored: the listener resumes from there
