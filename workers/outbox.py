@@ -8,6 +8,11 @@ older than `CARELEDGER_REDELIVER_AFTER` seconds (default 300; longer than any qu
 are harmless: every task is idempotent. A task that finished, well or for good badly, is removed; one that failed
 for good is also kept in `careledger:<MSP>:failed` for an operator. One that gave up on something that can still
 succeed (workers.tasks.can_still_succeed) stays, and is sent again.
+
+A Redis crash is the other moment a message can vanish: one a worker had just taken off its queue (the same window as
+above), or writes Redis acknowledged and had not yet put in its append-only file. So once Redis is back after an
+outage, the listener sends again at once every entry written before the outage was noticed (`sweep(...,
+written_before=...)`, workers/schedule.py), instead of after the usual delay.
 """
 
 from __future__ import annotations
@@ -40,14 +45,18 @@ def settle(r: redis.Redis, msp: str, task_id: str, failure: str | None = None) -
     r.hdel(OrgKeys(msp).inflight, task_id)
 
 
-def sweep(r: redis.Redis, msp: str, older_than_s: float = REDELIVER_AFTER_S) -> int:
-    """Send again every task written down longer ago than `older_than_s` and not finished; returns how many."""
+def sweep(
+    r: redis.Redis, msp: str, older_than_s: float = REDELIVER_AFTER_S, written_before: float | None = None
+) -> int:
+    """Send again every task written down longer ago than `older_than_s`, or before `written_before` (a Unix time),
+    and not finished; returns how many."""
     now = time.time()
     resent = 0
     raw: dict[bytes, bytes] = r.hgetall(OrgKeys(msp).inflight)  # type: ignore[assignment]
     for task_id, value in raw.items():
         entry = json.loads(value)
-        if now - float(entry["at"]) < older_than_s:
+        at = float(entry["at"])
+        if now - at < older_than_s and (written_before is None or at >= written_before):
             continue
         entry["at"] = now
         r.hset(OrgKeys(msp).inflight, task_id, json.dumps(entry))

@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import redis
@@ -110,6 +110,8 @@ def pay(self: Any, claim: dict[str, Any]) -> str:
         return "nothing to pay"
     caught_up(ctx, claim)
     if ctx.settings.remittance.mode == "batch":
+        if ctx.run(ctx.ledger.claim(claim["claimId"]))["status"] == "paid":  # a repeat after its payment
+            return "paid already"
         remittance.queue(ctx, claim)
         return "queued for the next remittance"
     ref = f"PAY-{claim['claimId']}"
@@ -222,11 +224,18 @@ def notify(self: Any, event: str, claim: dict[str, Any], delivery_id: str) -> st
     """Put the event on the org's Redis stream (once per delivery id) and hand it to webhook delivery."""
     ctx = current()
     marker = ctx.settings.keys.done(f"stream:{delivery_id}")
-    if ctx.redis.set(marker, 1, nx=True):
-        ctx.redis.xadd(
-            ctx.settings.keys.stream(CLAIMS),
-            {"event": event, "claimId": claim.get("claimId", ""), "delivery": delivery_id, "claim": json.dumps(claim)},
-        )
+    entry = {"event": event, "claimId": claim.get("claimId", ""), "delivery": delivery_id, "claim": json.dumps(claim)}
+
+    def append_once(pipe: redis.client.Pipeline) -> None:
+        # The marker and the entry in one MULTI/EXEC: a connection lost (or Redis killed) between the two would
+        # otherwise leave the marker without its entry, and every rerun would skip the entry for good.
+        done = pipe.exists(marker)
+        pipe.multi()
+        if not done:
+            pipe.set(marker, 1)
+            pipe.xadd(ctx.settings.keys.stream(CLAIMS), cast(Any, entry))
+
+    ctx.redis.transaction(append_once, marker)
     if ctx.settings.webhook.url:
         msp, queue = ctx.settings.org.msp_id, ctx.settings.queue
         outbox.publish(
@@ -236,7 +245,20 @@ def notify(self: Any, event: str, claim: dict[str, Any], delivery_id: str) -> st
     return "notified"
 
 
-@app.task(bind=True, name="careledger.deliver", max_retries=None, acks_late=True)
+# Redis or the broker away while a webhook delivery reads or sets its marker, or sends its retry: tried again.
+REDIS_AWAY = (redis.ConnectionError, redis.TimeoutError, OperationalError)
+
+
+@app.task(
+    bind=True,
+    name="careledger.deliver",
+    max_retries=None,
+    acks_late=True,
+    autoretry_for=REDIS_AWAY,
+    retry_backoff=True,
+    retry_backoff_max=8,
+    retry_jitter=False,
+)
 def deliver(self: Any, event: str, claim: dict[str, Any], delivery_id: str) -> str:
     """POST the event to the org's webhook: signed, retried with doubling backoff, dead-lettered after the configured
     number of attempts. Receivers can drop repeats by X-CareLedger-Delivery (a crash right after a successful POST

@@ -4,6 +4,7 @@ what they keep goes through the records service like every other write."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from collections.abc import Iterator
@@ -29,8 +30,9 @@ from records.fhir_claim import claim_response_id
 from records.service import Custodian, Records
 from records.store import Store
 from tests import fhir_samples as fhir
+from tests.unit.conftest import free_port
 from workers import app as app_module
-from workers import context, remittance, tasks
+from workers import context, outbox, remittance, schedule, tasks
 from workers.adjudication import NotYetAvailable
 from workers.settings import WorkerSettings
 
@@ -367,3 +369,53 @@ def test_a_listener_checkpoint_moves_only_from_the_one_it_saved_last(insurer: An
     checkpointer.save(Checkpoint(5, "tx-a"))  # the move to tx-b was lost
     assert not checkpointer.move(Checkpoint(5, "tx-b"), Checkpoint(6, ""))
     assert checkpointer.load() == Checkpoint(5, "tx-a")  # left as stored: the listener resumes from there
+
+
+def test_after_a_redis_outage_every_task_written_before_it_is_sent_again_at_once(
+    insurer: Any, redis_topology: topo.Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis crash can lose a message a worker had just taken, or writes not yet in the append-only file: once
+    the listener's watch saw Redis away and back, the outbox re-sends what was written before, not only after
+    its usual delay, and then goes back to the usual delay."""
+    _, _, ctx = insurer
+    sent: list[str] = []
+    monkeypatch.setattr(app_module.app, "send_task", lambda task, task_id="", **_: sent.append(task_id))
+    msp, queue = "InsurerMSP", ctx.settings.queue
+    outbox.publish(ctx.redis, msp, queue, "careledger.pay", [], "before")
+    watch = schedule.RedisWatch(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there: Redis is away
+    assert not watch.probe() and watch.outage() is None  # away, not back yet
+    watch.client = redis.Redis.from_url(redis_topology.redis_url_for("InsurerOrg"))
+    assert watch.probe()
+    noticed = watch.outage()
+    assert noticed is not None
+    outbox.publish(ctx.redis, msp, queue, "careledger.pay", [], "after")  # written once Redis was back
+    jobs = {job.name: job for job in schedule.jobs_for(ctx.settings, ctx.redis, watch)}
+    sent.clear()
+    jobs["outbox after a Redis outage"].run()
+    assert sent == ["before"] and watch.outage() is None
+    jobs["outbox after a Redis outage"].run()
+    jobs["outbox"].run()
+    assert sent == ["before"]  # once; the others wait for the usual delay
+
+
+def test_a_notification_cut_off_between_its_marker_and_its_stream_entry_is_not_lost(
+    insurer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream entry and its once-only marker are written in one MULTI/EXEC: a connection lost after the
+    marker and before the entry (Redis killed) cannot leave a marker that makes every rerun skip the entry."""
+    _, _, ctx = insurer
+    monkeypatch.setattr(app_module.app, "send_task", lambda *a, **k: None)
+    stream = ctx.settings.keys.stream("claims")
+    claim = {"claimId": "c1", "insurer": "InsurerMSP", "provider": "HospitalMSP"}
+
+    def cut_off(*args: Any, **kwargs: Any) -> Any:
+        raise redis.ConnectionError("Connection closed by server.")
+
+    monkeypatch.setattr(ctx.redis, "xadd", cut_off)  # a separate XADD after the marker would fail here
+    with contextlib.suppress(redis.ConnectionError):
+        tasks.notify.run("Claims.Submitted", claim, "d1")
+    monkeypatch.undo()
+    monkeypatch.setattr(app_module.app, "send_task", lambda *a, **k: None)
+    tasks.notify.run("Claims.Submitted", claim, "d1")  # the rerun
+    tasks.notify.run("Claims.Submitted", claim, "d1")
+    assert [f[b"delivery"] for _, f in ctx.redis.xrange(stream)] == [b"d1"]
