@@ -36,9 +36,10 @@ from ledger.errors import refusal
 CHAINCODE = "careledger"
 UNKNOWN_OUTCOME_DEADLINE_S = 60.0  # how long one submit keeps resolving an unknown outcome before it says so
 # How long one send waits for its commit before the same transaction is sent again: an orderer (the Raft leader) that
-# died with it never orders it, and the commit status would wait its whole deadline. Doubled after each send, so a
-# transaction that is only slow (a backlog) is not sent over and over.
-ATTEMPT_S = (4.0, 16.0)
+# died with it never orders it, and the commit status would wait its whole deadline. Long enough that a transaction
+# that is only slow is rarely sent twice (each copy that is ordered is an invalid duplicate in a later block, work for
+# every peer), and doubled after each send.
+ATTEMPT_S = (8.0, 16.0)
 SUBMIT_S = 10.0  # one Submit call (the orderer's acknowledgement)
 LOOKUP_S = 3.0  # one look-up of the commit status by transaction id
 
