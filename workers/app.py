@@ -99,6 +99,11 @@ app.conf.update(
 )
 
 
+def org_redis() -> tuple[str, str] | None:
+    """(MSP id, Redis URL) of the org whose worker this process is; None in a process that is no org's."""
+    return (_topology.org(_org).msp_id, _broker_url) if _org else None
+
+
 def heartbeat(url: str, key: str, stop: threading.Event, **facts: Any) -> None:
     """Renew `key` (with `facts`, e.g. the pid) every HEARTBEAT_S seconds until `stop` is set; Redis errors are
     logged and the beat goes on (a missing heartbeat is what `careledger network status` reports)."""

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -419,3 +420,23 @@ def test_a_notification_cut_off_between_its_marker_and_its_stream_entry_is_not_l
     tasks.notify.run("Claims.Submitted", claim, "d1")  # the rerun
     tasks.notify.run("Claims.Submitted", claim, "d1")
     assert [f[b"delivery"] for _, f in ctx.redis.xrange(stream)] == [b"d1"]
+
+
+def test_a_worker_that_starts_sends_again_what_was_unfinished_before_it(
+    insurer: Any, redis_topology: topo.Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed right after kombu took a message off the queue, before it recorded it, leaves that task in
+    the outbox only: the worker process started in its place sends every unfinished task written before it
+    started, once, instead of leaving it for the outbox's usual delay."""
+    _, _, ctx = insurer
+    sent: list[str] = []
+    monkeypatch.setattr(app_module.app, "send_task", lambda task, task_id="", **_: sent.append(task_id))
+    outbox.publish(ctx.redis, "InsurerMSP", ctx.settings.queue, "careledger.deliver", [], "taken-by-the-dead-one")
+    sent.clear()
+    url = redis_topology.redis_url_for("InsurerOrg")
+    monkeypatch.setattr(app_module, "org_redis", lambda: ("InsurerMSP", url))
+    outbox._resend_at_start()
+    started = time.monotonic()
+    while not sent and time.monotonic() - started < 10:
+        time.sleep(0.01)
+    assert sent == ["taken-by-the-dead-one"]
