@@ -52,7 +52,9 @@ TRANSIENT = (
     NotYetAvailable,
 )
 # Backoff 1 s, 2 s, 4 s, 8 s, 8 s, ... (Celery's smallest factor is one second; shorter waits are explicit below).
-PURGE_LOCK_S = 600
+# The purge's lock is a lease, renewed after each claim purged: a worker killed while purging holds purges up no
+# longer than this (it was ten minutes, and a kill at the wrong moment stopped every purge for that long).
+PURGE_LOCK_S = 30
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": True, "retry_backoff_max": 8, "retry_jitter": False}
 
 
@@ -148,7 +150,11 @@ def purge_due(self: Any) -> int:
         return 0
     try:
         due = ctx.run(ctx.ledger.due_for_purge(claim_response.now()))
-        for claim in due:
+        for n, claim in enumerate(due):
+            try:
+                lock.reacquire()  # the lease renewed; lost (it ran out and another purge took it): leave the rest to it
+            except redis.exceptions.LockError:
+                return n
             try:
                 ctx.run(ctx.ledger.purge_lines(claim["claimId"]))
             except (LedgerConflict, LedgerNotFound) as e:  # purged meanwhile by the other party
