@@ -107,8 +107,13 @@ KNOWN_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-# What endorsing peers answer when they cannot reach another peer or the chaincode server (Fabric's own wording).
-_UNREACHABLE = re.compile(r"code = Unavailable|could not launch chaincode|connection refused", re.IGNORECASE)
+# What endorsing peers answer when they cannot reach another peer or the chaincode server (Fabric's own wording:
+# core/chaincode; the last three when the chaincode server dies during the call, its stream ending or never answering).
+_UNREACHABLE = re.compile(
+    r"code = Unavailable|could not launch chaincode|connection refused"
+    r"|chaincode stream terminated|timeout expired while executing transaction|\] error sending",
+    re.IGNORECASE,
+)
 
 
 def unreachable(err: GatewayError) -> bool:

@@ -9,7 +9,11 @@ which the tasks absorb (they are idempotent). On a fresh start with no checkpoin
 block, so nothing that happened before the listener existed is missed either.
 
 Neither a broken event stream nor Redis going away (a restart, a network blip) ends the listener: it waits, with
-backoff doubling from half a second to ten, and resumes from the checkpoint.
+backoff doubling from half a second to ten, and resumes from the checkpoint. A Redis restart can also go unseen (the
+client reconnects by itself) and still have rolled back the latest writes, the tasks and the checkpoint with them
+(the checkpoint is written after its tasks, so it never survives without them): the checkpoint is moved only from
+the one this listener saved last, and when the stored one is different the listener resumes from it, replaying what
+was lost.
 """
 
 from __future__ import annotations
@@ -35,8 +39,14 @@ from workers.settings import WorkerSettings
 
 log = logging.getLogger("careledger.listener")
 
+
+class CheckpointMoved(Exception):
+    """The stored checkpoint is not the one this listener saved last: Redis lost writes (or another listener of the
+    org moved it). Resume from the stored one."""
+
+
 # What the listener rides out: the peer's event stream breaking, and Redis (checkpoints, outbox, the broker) going away.
-RECOVERABLE = (FabricError, redis.RedisError, OperationalError)
+RECOVERABLE = (FabricError, redis.RedisError, OperationalError, CheckpointMoved)
 BACKOFF_S = (0.5, 10.0)  # first and longest wait before reconnecting
 MAX_BATCH_CLAIMS = 500  # decisions the contract takes in one Claims:AdjudicateBatch
 
@@ -155,7 +165,9 @@ def listen(settings: WorkerSettings, stop: threading.Event | None = None) -> Non
     url = t.redis_url_for(org)
     r = redis.Redis.from_url(url)
     checkpointer = RedisCheckpointer(r, settings.keys.listener_checkpoint_name(CLAIMS))
-    jobs = schedule.jobs_for(settings, r)
+    watch = schedule.RedisWatch(url)
+    threading.Thread(target=watch.run, args=(stop or threading.Event(),), name="redis-watch", daemon=True).start()
+    jobs = schedule.jobs_for(settings, r, watch)
     threading.Thread(target=schedule.run, args=(jobs, stop), name="schedule", daemon=True).start()
     beat = (url, settings.keys.alive("listener"), stop or threading.Event())
     threading.Thread(target=heartbeat, args=beat, name="heartbeat", daemon=True).start()
@@ -175,12 +187,23 @@ def listen(settings: WorkerSettings, stop: threading.Event | None = None) -> Non
                     for d in block_dispatches(org.msp_id, block):
                         outbox.publish(r, org.msp_id, settings.queue, d.task, d.args, d.task_id)
                     if block:
-                        checkpointer.save(after_block(block[-1].block_number))
+                        handled = after_block(block[-1].block_number)
+                        if not checkpointer.move(checkpoint, handled):
+                            raise CheckpointMoved(
+                                f"expected block {checkpoint.block_number}, tx {checkpoint.tx_id[:12]}"
+                            )
+                        checkpoint = handled
                     wait = BACKOFF_S[0]
                     if stop is not None and stop.is_set():
                         return
         except RECOVERABLE as e:
-            what = "event stream broke" if isinstance(e, FabricError) else "redis is unavailable"
+            what = (
+                "event stream broke"
+                if isinstance(e, FabricError)
+                else "the checkpoint is not where this listener left it; resuming from it"
+                if isinstance(e, CheckpointMoved)
+                else "redis is unavailable"
+            )
             log.warning(f"{what}; reconnecting", extra={"error": str(e)[:200], "retry_in_s": wait})
             if stop is not None and stop.wait(wait):
                 return

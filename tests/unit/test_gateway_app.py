@@ -197,6 +197,21 @@ def test_bodies_must_be_fhir_json_and_answers_are_fhir_json(gw: Gateway) -> None
             ),
             503,
         ),
+        # The chaincode server is killed during the call.
+        (
+            EndorseError(
+                "ABORTED",
+                "failed to endorse transaction, see attached details for more info",
+                (
+                    ErrorDetail(
+                        "127.0.0.1:7100",
+                        "HospitalMSP",
+                        "error in simulation: failed to execute transaction 1f: chaincode stream terminated",
+                    ),
+                ),
+            ),
+            503,
+        ),
         # Anything else the ledger fails with is still a bad gateway.
         (EndorseError("ABORTED", "failed", (ErrorDetail("p", "HospitalMSP", "chaincode response 500, panic"),)), 502),
     ],
