@@ -413,10 +413,11 @@ class Records:
             to = Ledgers(self.ledger, self.payers, held_here(self.store, versions[first][3], together))
             submit = route.call(to, written[first].resource, entries)
         batch = uuid.uuid4().hex
-        self.store.stage(batch, rows, claims)
-        if submit is None:
-            self.store.commit(batch, "")
-        else:
+        # Kept here only (nothing to register): staged and committed at once, so a crash cannot leave a pending row
+        # that holds the version while nothing will ever settle it (a worker killed between the two left a
+        # ClaimResponse that every rerun took as "kept by a concurrent run", and nobody ever committed).
+        self.store.stage(batch, rows, claims, committed=submit is None)
+        if submit is not None:
             await self._settle(batch, submit, request, answer)
         if claims:
             self.claims_outbox.kick()
