@@ -24,6 +24,7 @@ import statistics
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import httpx
@@ -74,7 +75,10 @@ async def post_for(
             while time.monotonic() < deadline:
                 body, entries = bodies[i % len(bodies)]
                 t0 = time.perf_counter()
-                r = await http.post(f"{settings.url}/fhir", content=body, headers=headers)
+                # A key of its own: two clients posting the same bundle at once are two writes, not one request
+                # sent twice (which the gateway answers with the first one's result, writing nothing).
+                own = {**headers, "Idempotency-Key": uuid.uuid4().hex}
+                r = await http.post(f"{settings.url}/fhir", content=body, headers=own)
                 if r.status_code == 200:
                     latencies.append((time.perf_counter() - t0) * 1000)
                     committed += entries

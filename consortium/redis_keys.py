@@ -78,6 +78,11 @@ class OrgKeys:
         """An insurer's adjudicated claims of one provider waiting for the next remittance (a sorted set by time)."""
         return f"{self.prefix}to-pay:{provider}"
 
+    def payment_under_way(self, provider: str) -> str:
+        """An insurer's payment to one provider that was started and not yet finished: its reference and claims
+        (JSON), written before it is sent, so a cycle after a crash finishes that very payment."""
+        return f"{self.prefix}payment-under-way:{provider}"
+
     @property
     def paying(self) -> str:
         """The providers an insurer has claims queued to pay for (a set)."""

@@ -88,11 +88,31 @@ class RedisCheckpointer:
         self.key = f"careledger:checkpoint:{name}"
 
     def load(self) -> Checkpoint:
-        data = self.client.hgetall(self.key)
+        return self._read(self.client)
+
+    def _read(self, client: redis.Redis | redis.client.Pipeline) -> Checkpoint:
+        data = client.hgetall(self.key)
         if not data:
             return Checkpoint()
         tx_id = data[b"tx_id"]
         return Checkpoint(int(data[b"block_number"]), tx_id.decode() if isinstance(tx_id, bytes) else str(tx_id))
+
+    def move(self, expected: Checkpoint, checkpoint: Checkpoint) -> bool:
+        """Save `checkpoint` only if the stored one is still `expected` (WATCH, then MULTI/EXEC); False when it is
+        not. A listener that passes the checkpoint it saved last learns so when Redis lost its latest writes (a
+        restart that rolled back, when its append-only file had not reached the disk), and can resume from what is
+        stored instead of going on past events whose effects were lost with them."""
+        moved = True
+
+        def compare_and_set(pipe: redis.client.Pipeline) -> None:
+            nonlocal moved
+            moved = self._read(pipe) == expected
+            pipe.multi()
+            if moved:
+                self.save(checkpoint, pipe)
+
+        self.client.transaction(compare_and_set, self.key)
+        return moved
 
     def save(self, checkpoint: Checkpoint, pipeline: redis.client.Pipeline | None = None) -> None:
         """Save now, or as part of `pipeline` (a MULTI transaction) so the checkpoint moves together with the

@@ -283,9 +283,15 @@ class ChaincodeEvents:
         self._call = call
 
     def __iter__(self) -> Iterator[m.ChaincodeEvent]:
+        for events in self.blocks():
+            yield from events
+
+    def blocks(self) -> Iterator[list[m.ChaincodeEvent]]:
+        """The same events, a block at a time: each list holds the events of one block, in order (the peer sends a
+        block's events together), so a listener can act on what one block holds as a whole."""
         try:
             for response in self._call:
-                yield from m.chaincode_events(response)
+                yield m.chaincode_events(response)
         except grpc.RpcError as e:
             if (error := steps.events_failure(e)) is not None:
                 raise error from None

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
-from gateway import metrics
+from gateway import consistency, metrics
 from gateway.console import render as console_render
 from gateway.console import routes as console_routes
 from gateway.deps import Services
@@ -37,6 +37,7 @@ def create_app(services: Services) -> FastAPI:
     app = FastAPI(title=f"CareLedger FHIR gateway ({services.config.org})", docs_url=None, redoc_url=None)
     app.state.services = services
     metrics.instrument(app)
+    consistency.report_blocks(app)
     # Specific paths first: the REST router's `/fhir/{rtype}` routes would otherwise take them.
     for router in (
         metadata,
@@ -52,7 +53,7 @@ def create_app(services: Services) -> FastAPI:
         binary,
         rest,
     ):
-        app.include_router(router.router)
+        app.include_router(router.router, dependencies=[Depends(consistency.caught_up)])
     console_routes.install(app)
 
     async def to_outcome(request: Request, err: Exception) -> Response:

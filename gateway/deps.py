@@ -11,8 +11,10 @@ from fastapi import Depends, Request
 from gateway.auth import Client, Grant, TokenPolicy, authenticate, require
 from gateway.console.service import Console
 from gateway.outcome import HttpProblem
+from ledger.contracts import CLAIMS, PHARMA, PROVIDERS
 from records import validation as fv
 from records.federation import Federation
+from records.pending import RequestKey
 from records.service import Records
 from records.sharing import Sharing
 
@@ -22,6 +24,7 @@ class GatewayConfig:
     org: str
     tokens: TokenPolicy
     limits: fv.Limits = field(default_factory=fv.Limits)
+    channels: frozenset[str] = frozenset({PROVIDERS, CLAIMS, PHARMA})  # those the org's peer serves
 
 
 @dataclass(frozen=True)
@@ -143,17 +146,18 @@ def member_caller(request: Request, svc: ServicesDep) -> str:
 MemberDep = Annotated[str, Depends(member_caller)]
 
 
-def request_key(request: Request, body: BodyDep) -> str:
+def request_key(request: Request, body: BodyDep) -> RequestKey:
     """What makes a write request the same request when it is sent again: the client's Idempotency-Key, or else
-    its method, path and body. A write answered "still pending" and sent again settles to the first one's result."""
+    its method, path and body. A write answered "still pending" and sent again settles to the first one's result;
+    one the client keyed is answered again for a day after that (records.pending.RequestKey)."""
     given = request.headers.get("idempotency-key")
     basis = f"key {given}" if given else f"{request.method} {request.url.path}\n"
     digest = hashlib.sha256(basis.encode() + (b"" if given else body)).hexdigest()
-    return f"{svc_org(request)}{digest}"
+    return RequestKey(f"{svc_org(request)}{digest}", client_chosen=bool(given))
 
 
 def svc_org(request: Request) -> str:
     return "".join(c for c in services(request).config.org if c.isalnum())
 
 
-RequestKeyDep = Annotated[str, Depends(request_key)]
+RequestKeyDep = Annotated[RequestKey, Depends(request_key)]

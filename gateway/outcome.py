@@ -107,11 +107,12 @@ KNOWN_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-# What endorsing peers answer when they cannot reach another peer or the chaincode server (Fabric's own wording).
-# A peer or chaincode server away: "chaincode stream terminated" is the peer losing its chaincode server in the middle
-# of a simulation (the server died or restarted); nothing was written, and the peer reconnects on the next call.
+# What endorsing peers answer when they cannot reach another peer or the chaincode server (Fabric's own wording:
+# core/chaincode; the last three when the chaincode server dies during the call, its stream ending or never answering).
 _UNREACHABLE = re.compile(
-    r"code = Unavailable|could not launch chaincode|chaincode stream terminated|connection refused", re.IGNORECASE
+    r"code = Unavailable|could not launch chaincode|connection refused"
+    r"|chaincode stream terminated|timeout expired while executing transaction|\] error sending",
+    re.IGNORECASE,
 )
 
 

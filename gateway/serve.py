@@ -58,6 +58,10 @@ RECONCILE_EVERY_S = 5.0
 STARTED_ENV = "CARELEDGER_GATEWAY_STARTED"  # when this start of the gateway's processes began (Unix time)
 CLAIM_WINDOW_S = 0.02  # claims filed within this long of each other are submitted in one transaction
 WRITE_DEADLINE_S = 15.0  # a write whose outcome is still unknown then is answered 503 and settled in the background
+# An idle client connection is kept this long. Longer than clients keep theirs (httpx and most HTTP clients: 5 s),
+# so the client closes an idle connection first: a server that closes one just as the client sends on it makes the
+# client see "disconnected without a response", an unknown outcome for a POST.
+KEEP_ALIVE_S = 75
 
 
 def server_ssl_files(settings: GatewaySettings) -> tuple[Path, Path, Path]:
@@ -113,7 +117,8 @@ async def serve(settings: GatewaySettings, first: bool = True) -> None:
             for ch in console.channels
             if first and ch in (CLAIMS, PROVIDERS)
         ]
-        config = GatewayConfig(settings.org.msp_id, settings.token_policy())
+        channels = frozenset(settings.topology.channels_of(settings.org))
+        config = GatewayConfig(settings.org.msp_id, settings.token_policy(), channels=channels)
         app = create_app(Services(config, records, Sharing(records, fed), console))
         cert, key, cas = server_ssl_files(settings)
         server = uvicorn.Server(
@@ -129,6 +134,7 @@ async def serve(settings: GatewaySettings, first: bool = True) -> None:
                 log_config=None,
                 access_log=False,
                 lifespan="off",
+                timeout_keep_alive=KEEP_ALIVE_S,
             )
         )
         # Members that join later are trusted without a restart: the server's TLS context follows the consortium.

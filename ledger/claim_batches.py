@@ -1,7 +1,10 @@
 """Claims a provider files at about the same time go to the ledger together: one Claims:SubmitBatch transaction
 instead of one transaction per claim, while each caller still gets its own answer.
 
-A batch is sent when its window has passed since its first claim, or when it holds `max_claims`. The contract takes
+A batch is sent when its window has passed since its first claim, or when it holds `max_claims`. A claim whose
+patient is in a batch still on its way waits for the next one: the contract reads and writes a duplicate index per
+patient, so two batches in flight with the same patient would have one fail on an MVCC read conflict at commit (and
+at many claims a second, a retry would meet the next batch). The contract takes
 a batch all or nothing; so when it refuses one (a duplicate, an invalid claim), each claim of it is submitted again
 on its own, and only the faulty one fails. The signed batch transaction is given to every caller's `on_prepared`:
 each keeps it, and settling any of them settles all (it commits once).
@@ -10,6 +13,7 @@ each keeps it, and settling any of them settles all (it commits once).
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -29,6 +33,10 @@ class _Filed:
     answer: asyncio.Future[Committed] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
+def _patient(filed: _Filed) -> str:
+    return str(filed.submission.get("patient") or "")
+
+
 class ClaimBatches:
     def __init__(self, ledger: Ledger, window_s: float = 0.02, max_claims: int = 200) -> None:
         self.ledger = ledger
@@ -36,6 +44,7 @@ class ClaimBatches:
         self.max_claims = max_claims
         self._waiting: list[_Filed] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._in_flight: Counter[str] = Counter()  # patients of the batches sent and not answered yet
 
     async def submit(
         self, submission: Mapping[str, Any], detail: Mapping[str, Any], on_prepared: OnPrepared | None = None
@@ -52,9 +61,23 @@ class ClaimBatches:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        batch, self._waiting = self._waiting, []
+        batch = [f for f in self._waiting if not self._in_flight[_patient(f)]][: self.max_claims]
         if batch:
-            asyncio.get_running_loop().create_task(self._send(batch))
+            sent = {id(f) for f in batch}
+            self._waiting = [f for f in self._waiting if id(f) not in sent]
+            asyncio.get_running_loop().create_task(self._in_turn(batch))
+
+    async def _in_turn(self, batch: list[_Filed]) -> None:
+        """Send the batch, its patients marked in flight until it is answered; then whatever waited for them."""
+        patients = {_patient(f) for f in batch}
+        self._in_flight.update(patients)
+        try:
+            await self._send(batch)
+        finally:
+            self._in_flight.subtract(patients)
+            self._in_flight += Counter()  # drop the patients no batch holds any more
+            if self._waiting and self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(self.window_s, self._send_now)
 
     async def _send(self, batch: list[_Filed]) -> None:
         if len(batch) == 1:

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ledger import position
 from ledger.claim_batches import ClaimBatches
 from ledger.transport import OnPrepared, Prepared, Sent, Transport
 
@@ -48,11 +49,14 @@ class Ledger:
         caller that keeps it to settle an unknown outcome after a crash (see `settle`)."""
         encoded = {k: json.dumps(v).encode() for k, v in (transient or {}).items()}
         sent = await self.transport.submit(channel, function, list(args), encoded or None, on_prepared)
+        position.note(channel, sent.block_number)
         return _committed(sent)
 
     async def settle(self, prepared: Prepared) -> Committed:
         """Finish a transaction kept from an unknown outcome: committed, or NotCommitted."""
-        return _committed(await self.transport.settle(prepared))
+        sent = await self.transport.settle(prepared)
+        position.note(prepared.channel, sent.block_number)
+        return _committed(sent)
 
     async def wait_for_block(self, channel: str, block_number: int, orgs: Sequence[str]) -> None:
         """Return once these orgs' peers hold the block, e.g. before acting on another org's fresh write."""
@@ -89,8 +93,10 @@ class Ledger:
         self, submission: Mapping[str, Any], detail: Mapping[str, Any], on_prepared: OnPrepared | None = None
     ) -> Committed:
         """File a claim: with others filed at about the same time when batching is on, else on its own."""
-        if self.claim_batches is not None:
-            return await self.claim_batches.submit(submission, detail, on_prepared)
+        if self.claim_batches is not None:  # sent from the batch's own task: note its block for this caller too
+            committed = await self.claim_batches.submit(submission, detail, on_prepared)
+            position.note(CLAIMS, committed.block_number)
+            return committed
         return await self.submit_claim_now(submission, detail, on_prepared)
 
     async def submit_claim_now(

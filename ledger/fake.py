@@ -557,8 +557,31 @@ def _submit_claim(call: Call) -> Json:
         "paymentRef": "",
         "paidCents": 0,
     }
-    call.put(f"lines/{s['claimId']}", detail)
+    call.put(f"lines/{s['claimId']}", _marked_if_duplicate(call, claim, detail))
     return _save(call, claim, "Claims.Submitted")
+
+
+def _marked_if_duplicate(call: Call, claim: Json, detail: Json) -> Json:
+    """As the contract does: a claim with the same patient, provider, service date and codes as one filed before is
+    filed with the whole-claim edit CARC 18 and the claim it duplicates; an original enters the index."""
+    if detail.get("duplicateOf"):
+        raise LedgerInvalid("claim.duplicateOf is the contract's finding, not the provider's")
+    if claim.get("use") == "preauthorization":
+        return detail
+    key = f"claimindex/{claim['provider']}|{claim['insurer']}|{claim['patient']}"
+    index: list[Json] = list(call.get(key) or [])
+    codes = ",".join(sorted(str(line["code"]) for line in detail["lines"]))
+    original = next(
+        (e["claimId"] for e in index if (e["serviceDate"], e["codes"]) == (claim["serviceDate"], codes)), None
+    )
+    if original is not None:
+        return {
+            **detail,
+            "edits": [*(detail.get("edits") or []), {"sequence": 0, "reason": "18"}],
+            "duplicateOf": original,
+        }
+    call.put(key, [*index, {"claimId": claim["claimId"], "serviceDate": claim["serviceDate"], "codes": codes}])
+    return detail
 
 
 def _lines(call: Call) -> Json:
@@ -603,6 +626,8 @@ def _cancel(call: Call) -> Json:
     claim = _claim(call)
     if claim["status"] != "submitted":
         raise LedgerConflict(f"claim {claim['claimId']} is {claim['status']}; only a submitted claim is cancelled")
+    key = f"claimindex/{claim['provider']}|{claim['insurer']}|{claim['patient']}"
+    call.put(key, [e for e in call.get(key) or [] if e["claimId"] != claim["claimId"]])
     return _save(call, {**claim, "status": "cancelled", "cancelReason": call.args[1]}, "Claims.Cancelled")
 
 

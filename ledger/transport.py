@@ -24,6 +24,7 @@ from fabric_gateway import (
     AsyncTransaction,
     CommitError,
     CommitStatus,
+    CommitStatusTimeout,
     CommitUnknown,
     EndorseError,
     EvaluateError,
@@ -34,6 +35,13 @@ from ledger.errors import refusal
 
 CHAINCODE = "careledger"
 UNKNOWN_OUTCOME_DEADLINE_S = 60.0  # how long one submit keeps resolving an unknown outcome before it says so
+# How long one send waits for its commit before the same transaction is sent again: an orderer (the Raft leader) that
+# died with it never orders it, and the commit status would wait its whole deadline. Long enough that a transaction
+# that is only slow is rarely sent twice (each copy that is ordered is an invalid duplicate in a later block, work for
+# every peer), and doubled after each send.
+ATTEMPT_S = (8.0, 16.0)
+SUBMIT_S = 10.0  # one Submit call (the orderer's acknowledgement)
+LOOKUP_S = 3.0  # one look-up of the commit status by transaction id
 
 
 @dataclass(frozen=True)
@@ -137,36 +145,59 @@ class FabricTransport:
 
     async def _until_known(self, tx: AsyncTransaction, prepared: Prepared, sent_before: bool = False) -> Sent:
         """Send (again, as often as needed) and read the commit status until it is definite or the deadline passes.
-        A transaction the peers invalidated raises CommitError (NotCommitted)."""
+        Each wait for the commit is bounded (ATTEMPT_S, never past the deadline): when it runs out, the transaction is
+        not committed at our peer yet, so the same signed transaction is sent again (to an orderer that is alive; a
+        second copy that is ordered is refused as a duplicate and does no harm). After any other failure its commit
+        status is looked up by id first. A transaction the peers invalidated raises CommitError (NotCommitted)."""
         deadline = time.monotonic() + self.deadline_s
-        pause = 0.25
+        pause, wait = 0.25, ATTEMPT_S[0]
         while True:
+            began = time.monotonic()
             try:
-                status = await (await tx.submit()).status()
+                commit = await tx.submit(timeout=self._within(deadline, SUBMIT_S))
+                sent_before = True
+                status = await commit.status(timeout=self._within(deadline, wait))
             except SubmitRefused:
                 # Refused outright the first time: it never reached an orderer. Refused when sent again: the first
                 # copy may have been ordered, so only its commit status can tell.
-                if not sent_before or (found := await self._looked_up(prepared)) is None:
+                if not sent_before or (found := await self._looked_up(prepared, deadline)) is None:
                     raise
                 status = found
+            except CommitStatusTimeout as e:
+                # Not committed at our peer within this send's wait: send it again at once, waiting longer next time.
+                if time.monotonic() >= deadline:
+                    raise OutcomeUnknown(prepared, e) from e
+                if time.monotonic() - began < wait:  # answered before the wait was over: do not send in a loop
+                    await asyncio.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+                    pause = min(pause * 2, 2.0)
+                wait = min(wait * 2, ATTEMPT_S[1])
+                continue
             except CommitUnknown as e:
                 sent_before = True
-                if (found := await self._looked_up(prepared)) is None:
+                if (found := await self._looked_up(prepared, deadline)) is None:
                     if time.monotonic() + pause > deadline:
                         raise OutcomeUnknown(prepared, e) from e
                     await asyncio.sleep(pause)
-                    pause = min(pause * 2, 5.0)
+                    pause = min(pause * 2, 2.0)
                     continue
                 status = found
+            if status.code == "DUPLICATE_TXID":  # a later copy's verdict: the ledger keeps the first copy's
+                status = await self._looked_up(prepared, deadline) or status
             if not status.successful:
                 raise CommitError(prepared.tx_id, status.code, status.block_number)
             return Sent(prepared.tx_id, tx.result, status.block_number)
 
-    async def _looked_up(self, prepared: Prepared) -> CommitStatus | None:
+    @staticmethod
+    def _within(deadline: float, limit: float) -> float:
+        """A call's timeout: at most `limit`, never much past the deadline (a short call still goes out)."""
+        return max(min(limit, deadline - time.monotonic()), 0.5)
+
+    async def _looked_up(self, prepared: Prepared, deadline: float | None = None) -> CommitStatus | None:
         """The transaction's commit status by id when the peer knows it within a short wait, else None."""
         network = self.gateway.network(prepared.channel)
+        timeout = LOOKUP_S if deadline is None else self._within(deadline, LOOKUP_S)
         try:
-            return await network.commit_status(prepared.tx_id, timeout=3.0)
+            return await network.commit_status(prepared.tx_id, timeout=timeout)
         except CommitUnknown:
             return None
 

@@ -104,6 +104,10 @@ def peer_env(topology: Topology, binaries: FabricBinaries, node: Node) -> dict[s
         # with the default 60 s every write on the channel waited a minute behind it. Endorsers hold the private data
         # of their own transactions, so nothing valid needs long.
         "CORE_PEER_GOSSIP_PVTDATA_PULLRETRYTHRESHOLD": "5s",
+        # Such a copy is invalid whatever its private data: do not wait for that data at all (reconciliation may
+        # fetch it later). Otherwise every block holding a copy waited the 5 s above, commits slowed, more sends
+        # timed out and were sent again, and the channel crawled (one block every 6 s, seen under load).
+        "CORE_PEER_GOSSIP_PVTDATA_SKIPPULLINGINVALIDTRANSACTIONSDURINGCOMMIT": "true",
         "CORE_PEER_LOCALMSPID": node.org.msp_id,
         "CORE_PEER_MSPCONFIGPATH": str(topology.node_dir(node) / "msp"),
         "CORE_PEER_TLS_ENABLED": "true",

@@ -62,13 +62,27 @@ class _Postgres(ManagedProcess):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        binary = os.path.realpath(next(a for a in argv if a.endswith("/postgres")))
+        _until_exec(proc, binary)
         # The same pid file ManagedProcess writes, so `careledger network down` finds and stops it.
-        program = next(a for a in argv if a.endswith("/postgres"))
-        self.pid_file.write_text(f"{proc.pid}\n{os.path.realpath(program)}\n")
+        self.pid_file.write_text(f"{proc.pid}\n{binary}\n")
         return proc.pid
 
     def stop(self, timeout: float = 30.0, sig: signal.Signals = STOP_SIGNAL) -> bool:
         return super().stop(timeout, sig)
+
+
+def _until_exec(proc: subprocess.Popen[bytes], binary: str, timeout: float = 10.0) -> None:
+    """Return once the child runs `binary` (setpriv has dropped the ids and exec'd it) or has exited: until then the
+    pid belongs to setpriv, and a check of the pid file would take the server for one that is not running."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if os.readlink(f"/proc/{proc.pid}/exe").removesuffix(" (deleted)") == binary:
+                return
+        except OSError:
+            pass
+        time.sleep(0.002)
 
 
 def as_user(user: str | None, argv: list[str]) -> list[str]:

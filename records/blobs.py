@@ -21,6 +21,7 @@ chain, so the chain's digest commits to the blob's name, size and hash.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -210,7 +211,7 @@ class FileBackend:
                 async for chunk in chunks:
                     f.write(chunk)
                 f.flush()
-                os.fsync(f.fileno())
+                await asyncio.to_thread(os.fsync, f.fileno())  # the disk's wait does not hold up other requests
         except BaseException:
             path.unlink(missing_ok=True)
             raise

@@ -6,9 +6,9 @@ with its rows as outbox entries, which become `queued` in the same database tran
 vanish with them when the ledger refuses the bundle). A submitter then files each queued claim: at once when the
 bundle commits, and again every few seconds (the gateway's reconciler) until the chain has answered.
 
-Exactly once: before each try the chain is asked whether the claim's key is there, and the Claims contract files a
-key only once, so tries that overlap (a retry after an unknown outcome, two gateway processes) file the claim once;
-whether it was filed is always read from the chain, never guessed from an error.
+Exactly once: before each retry, and after any refusal, the chain is asked whether the claim's key is there, and the
+Claims contract files a key only once, so tries that overlap (a retry after an unknown outcome, two gateway
+processes) file the claim once; whether it was filed is always read from the chain, never guessed from an error.
 """
 
 from __future__ import annotations
@@ -16,18 +16,43 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from ledger.contracts import Ledger
 from ledger.errors import LedgerNotFound, LedgerRefused
 from records import fhir_claim
 from records.errors import FhirInvalid, PatientErased
-from records.store import OutboxClaim, Store
+from records.store import OutboxClaim, Query, Store
 
 log = logging.getLogger("careledger.records")
 
 RETRY_AFTER_S = 5.0
 BATCH = 200
+
+
+MAX_COVERAGES = 100  # of one patient, looked at to find a claim's payer
+
+
+def held_here(store: Store, patient: str, written: Sequence[tuple[dict[str, Any], str]] = ()) -> fhir_claim.HeldHere:
+    """What a claim of `patient` may point at to name its payer: the resources written with it (`written`: resource
+    and the patient it is filed under, as the write assigned them), then what the store holds."""
+    by_ref = {f"{r['resourceType']}/{r['id']}": r for r, _ in written}
+
+    def resource(reference: str) -> dict[str, Any] | None:
+        if reference in by_ref:
+            return by_ref[reference]
+        rtype, _, rid = reference.partition("/")
+        stored = store.read(rtype, rid)
+        return json.loads(stored.content) if stored is not None else None
+
+    def coverages() -> list[dict[str, Any]]:
+        mine = [r for r, p in written if r["resourceType"] == "Coverage" and p == patient]
+        ids = {r["id"] for r in mine}
+        _, found = store.search(Query("Coverage", patient=patient, count=MAX_COVERAGES))
+        return mine + [c for s in found if (c := json.loads(s.content))["id"] not in ids]
+
+    return fhir_claim.HeldHere(resource, coverages)
 
 
 class ClaimOutbox:
@@ -72,7 +97,11 @@ class ClaimOutbox:
 
     async def _submit(self, claim: OutboxClaim) -> str:
         try:
-            filed = await self._on_chain(claim.key)
+            # A claim tried (or taken) before may be on chain already; a first try need not ask, which saves a round
+            # trip per claim of a bundle: should another try have come first after all, the contract refuses the
+            # key and the chain is asked then.
+            first_try = claim.attempts == 0 and claim.reason is None
+            filed = None if first_try else await self._on_chain(claim.key)
             if filed is not None:
                 return self._settled(claim, "submitted", tx_id=str(filed.get("txId") or ""))
             arguments = self._arguments(claim)
@@ -106,11 +135,14 @@ class ClaimOutbox:
         if stored is None:
             raise _Refused("the claim is no longer held here")
         try:
+            held = held_here(self.store, claim.patient)
             return fhir_claim.for_ledger(
-                json.loads(stored.content), claim.key, claim.patient, claim.digest, self.payers
+                json.loads(stored.content), claim.key, claim.patient, claim.digest, self.payers, held
             )
         except FhirInvalid as e:
             raise _Refused("; ".join(i.diagnostics for i in e.issues)) from None
+        except PatientErased:
+            raise _Refused("the patient's data was erased before the claim was submitted") from None
 
     def _settled(self, claim: OutboxClaim, state: str, tx_id: str | None = None, reason: str | None = None) -> str:
         self.store.claim_settled(claim.key, state, tx_id, reason)

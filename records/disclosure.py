@@ -20,7 +20,7 @@ import hmac
 import json
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,9 +39,29 @@ HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # ----- the construction -----------------------------------------------------------------------------------------
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)  # made once, not per value
+
+
 def canonical(value: Any) -> bytes:
     """A JSON value's one byte form: keys sorted, no insignificant whitespace, UTF-8 (as `digests.canonical_json`)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    if value is True or value is False or value is None:
+        return b"true" if value else b"false" if value is False else b"null"
+    if type(value) is int:
+        return str(value).encode()  # as json writes an int
+    return _CANONICAL.encode(value).encode()
+
+
+_NAMES: set[str] = set()  # keys already found to be FHIR element names (a resource repeats the same few hundred)
+
+
+def _is_name(key: Any) -> bool:
+    if key in _NAMES:
+        return True
+    if isinstance(key, str) and NAME.match(key):
+        if len(_NAMES) < 100_000:
+            _NAMES.add(key)
+        return True
+    return False
 
 
 def elements(resource: Mapping[str, Any]) -> list[tuple[str, bytes]]:
@@ -53,7 +73,7 @@ def elements(resource: Mapping[str, Any]) -> list[tuple[str, bytes]]:
     def walk(node: Any, path: str) -> None:
         if isinstance(node, dict) and node:
             for key in sorted(node):
-                if not NAME.match(key):
+                if not _is_name(key):
                     raise ValueError(f"{path or 'the resource'} has a key {key[:40]!r} that is not a FHIR element name")
                 walk(node[key], f"{path}.{key}" if path else key)
         elif isinstance(node, list) and node:
@@ -66,15 +86,24 @@ def elements(resource: Mapping[str, Any]) -> list[tuple[str, bytes]]:
     return out
 
 
+def _keyed(salt_key: bytes, label: bytes, resource_key: str, version: int) -> Callable[[bytes], bytes]:
+    """HMAC-SHA-256 under the salt key of label ‖ 0 ‖ resource key ‖ 0 ‖ version ‖ 0 ‖ what is given: the common
+    prefix is hashed once, each call only adds its own end (the same bytes as hashing the whole message)."""
+    prefix = hmac.new(
+        salt_key, label + b"\x00" + resource_key.encode() + b"\x00" + str(version).encode() + b"\x00", "sha256"
+    )
+
+    def of(end: bytes) -> bytes:
+        h = prefix.copy()
+        h.update(end)
+        return h.digest()
+
+    return of
+
+
 def salt(salt_key: bytes, resource_key: str, version: int, path: str) -> bytes:
     """The element's 32-byte salt: HMAC-SHA-256 under the custodian's secret salt key (see DISCLOSURE.md)."""
-    msg = SALT_LABEL + b"\x00" + resource_key.encode() + b"\x00" + str(version).encode() + b"\x00" + path.encode()
-    return hmac.new(salt_key, msg, hashlib.sha256).digest()
-
-
-def _pad(salt_key: bytes, resource_key: str, version: int, i: int) -> bytes:
-    msg = PAD_LABEL + b"\x00" + resource_key.encode() + b"\x00" + str(version).encode() + b"\x00" + str(i).encode()
-    return hmac.new(salt_key, msg, hashlib.sha256).digest()
+    return _keyed(salt_key, SALT_LABEL, resource_key, version)(path.encode())
 
 
 def _u32(n: int) -> bytes:
@@ -111,27 +140,49 @@ class Commitment:
         return siblings
 
 
+def _leaves(
+    resource: Mapping[str, Any], salt_key: bytes, resource_key: str, version: int
+) -> tuple[list[tuple[str, bytes]], dict[str, bytes], list[bytes]]:
+    """The elements, each path's leaf hash, and every leaf in tree order (padded, sorted by hash)."""
+    pairs = elements(resource)
+    salt_of = _keyed(salt_key, SALT_LABEL, resource_key, version)
+    hashed = {}
+    for path, value in pairs:  # leaf_hash(salt(path), path, value), written out: it runs for every element
+        p = path.encode()
+        hashed[path] = hashlib.sha256(
+            LEAF_PREFIX + salt_of(p) + len(p).to_bytes(4, "big") + p + len(value).to_bytes(4, "big") + value
+        ).digest()
+    size = MIN_LEAVES
+    while size < len(pairs):
+        size *= 2
+    pad_of = _keyed(salt_key, PAD_LABEL, resource_key, version)
+    leaves = sorted([*hashed.values(), *(pad_of(str(i).encode()) for i in range(size - len(pairs)))])
+    return pairs, hashed, leaves
+
+
+def _above(below: list[bytes]) -> list[bytes]:
+    return [node_hash(below[i], below[i + 1]) for i in range(0, len(below), 2)]
+
+
 def commit(resource: Mapping[str, Any], salt_key: bytes, resource_key: str, version: int) -> Commitment:
     """The v2 tree of one resource version. Leaves are ordered by their own hash (pseudo-random), so a leaf's
     position says nothing about the paths of the others; the tree is padded with pseudo-random leaves to a power of
     two (at least MIN_LEAVES)."""
-    pairs = elements(resource)
-    hashed = {path: leaf_hash(salt(salt_key, resource_key, version, path), path, value) for path, value in pairs}
-    size = MIN_LEAVES
-    while size < len(pairs):
-        size *= 2
-    leaves = sorted([*hashed.values(), *(_pad(salt_key, resource_key, version, i) for i in range(size - len(pairs)))])
+    pairs, hashed, leaves = _leaves(resource, salt_key, resource_key, version)
     at = {h: i for i, h in enumerate(leaves)}
     levels = [leaves]
     while len(levels[-1]) > 1:
-        below = levels[-1]
-        levels.append([node_hash(below[i], below[i + 1]) for i in range(0, len(below), 2)])
+        levels.append(_above(levels[-1]))
     return Commitment(levels, {path: at[h] for path, h in hashed.items()}, dict(pairs))
 
 
 def root(resource: Mapping[str, Any], salt_key: bytes, resource_key: str, version: int) -> str:
-    """The v2 digest registered on chain: the tree's root, 64 lower-case hex characters."""
-    return commit(resource, salt_key, resource_key, version).root
+    """The v2 digest registered on chain: the tree's root, 64 lower-case hex characters (`commit(...).root`, without
+    keeping the levels and positions a disclosure needs)."""
+    level = _leaves(resource, salt_key, resource_key, version)[2]
+    while len(level) > 1:
+        level = _above(level)
+    return level[0].hex()
 
 
 # ----- choosing elements --------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from cryptography.exceptions import InvalidSignature
 
 from consortium import tls
 from consortium.topology import Org, Topology
+from ledger import position
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,8 @@ class Federation:
         if member is None:
             return Withheld(custodian, 502, _outcome("not-found", f"{custodian} runs no gateway known here"))
         try:
-            r = await self._client.get(f"{member.url}/federation/everything/{patient}", params={"purpose": purpose})
+            url, params = f"{member.url}/federation/everything/{patient}", {"purpose": purpose}
+            r = await self._client.get(url, params=params, headers=_at_least(position.required()))
         except httpx.HTTPError as e:
             return Withheld(custodian, 503, _outcome("transient", f"{custodian}'s gateway is unreachable: {e}"))
         body = r.json() if r.headers.get("content-type", "").endswith("json") else {}
@@ -122,6 +124,11 @@ class Federation:
             outcome = body if body.get("resourceType") == "OperationOutcome" else _outcome("exception", r.text[:200])
             return Withheld(custodian, r.status_code, outcome)
         return Disclosed(custodian, member.url, [e["resource"] for e in body.get("entry") or []])
+
+
+def _at_least(blocks: dict[str, int]) -> dict[str, str]:
+    """The blocks the request this one serves waited for: the custodian's peer must have them too."""
+    return {position.MIN_BLOCK_HEADER: position.render(blocks)} if blocks else {}
 
 
 def _outcome(code: str, diagnostics: str) -> dict[str, Any]:

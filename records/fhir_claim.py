@@ -6,7 +6,11 @@ into the provider-insurer private collection, with a random salt because Fabric 
 values into blocks. The FHIR Claim itself stays with the provider.
 
 How the Claim names things the ledger needs:
-- the insurer: `Claim.insurer.identifier` with system `urn:careledger:msp` and the insurer's MSP id as value;
+- the insurer, through the consortium's payer directory (names and identifiers of each insurer MSP; an identifier
+  with system `urn:careledger:msp` names the MSP itself), found in this order: `Claim.insurer` (identifier,
+  conditional reference, display, or a reference to an Organization held here or contained); the focal insurance's
+  `coverage` (the same, or a Coverage it references — contained, held here, or in the same bundle — by its payor);
+  else the patient's own Coverages held here (active, covering the service date, by `order`), by their payor;
 - the billed codes: `Claim.item.productOrService.coding[0].code`;
 - the service date: `Claim.billablePeriod.start`, else the first item's `servicedDate`;
 - the coverage: `Claim.insurance[0].coverage` (reference, or identifier system|value).
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -71,27 +76,101 @@ class PayerDirectory:
             found = self.names.get(str(ref["display"]).casefold())
         return found
 
+    def by_organization(self, org: dict[str, Any]) -> str | None:
+        """A payer's Organization resource: by any of its identifiers, else its name or an alias."""
+        for ident in org.get("identifier") or []:
+            if (found := self.by_identifier(ident)) is not None:
+                return found
+        names = [org.get("name"), *(org.get("alias") or [])]
+        return next(
+            (self.names[n.casefold()] for n in names if isinstance(n, str) and n.casefold() in self.names), None
+        )
 
-def insurer_msp(claim: dict[str, Any], payers: PayerDirectory) -> str | None:
-    """The member insurer a claim is for: from Claim.insurer, else the focal insurance's coverage (reference,
-    identifier or display); None when it names no payer of the consortium."""
-    found = payers.by_reference(claim.get("insurer") or {})
-    insurance = sorted(claim.get("insurance") or [], key=lambda i: not i.get("focal"))
-    for ins in insurance:
-        found = found or payers.by_reference(ins.get("coverage") or {})
+
+Resource = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class HeldHere:
+    """What the custodian holds that a claim may point at, looked up only when the claim's own names give no payer:
+    `resource("Type/id")` (held here, or written in the same bundle), and `coverages()` of the claim's patient."""
+
+    resource: Callable[[str], Resource | None] = lambda reference: None
+    coverages: Callable[[], list[Resource]] = list
+
+
+NOTHING_HELD = HeldHere()
+
+
+def _target(ref: dict[str, Any], claim: Resource, held: HeldHere, rtype: str) -> Resource | None:
+    """The resource of `rtype` a literal reference names: contained in the claim (#id), or held here (Type/id)."""
+    reference = str(ref.get("reference") or "")
+    if reference.startswith("#"):
+        found = next((c for c in claim.get("contained") or [] if c.get("id") == reference[1:]), None)
+    elif reference.startswith(f"{rtype}/") and reference.count("/") == 1:
+        found = held.resource(reference)
+    else:
+        return None
+    return found if found is not None and found.get("resourceType") == rtype else None
+
+
+def _payer(ref: dict[str, Any], claim: Resource, payers: PayerDirectory, held: HeldHere) -> str | None:
+    """The member insurer a reference to an organisation names: by its own words, else by the Organization it
+    references."""
+    found = payers.by_reference(ref)
+    if found is None and (org := _target(ref, claim, held, "Organization")) is not None:
+        found = payers.by_organization(org)
     return found
 
 
-def _service_date(claim: dict[str, Any]) -> str:
+def _coverage_payer(coverage: Resource, claim: Resource, payers: PayerDirectory, held: HeldHere) -> str | None:
+    return next((m for p in coverage.get("payor") or [] if (m := _payer(p, claim, payers, held)) is not None), None)
+
+
+def _in_force_first(coverages: list[Resource], service_date: str) -> list[Resource]:
+    """Active coverages, those whose period covers the service date first, then by `order` (1: primary)."""
+
+    def rank(c: Resource) -> tuple[bool, int]:
+        period = c.get("period") or {}
+        start, end = str(period.get("start") or "")[:10], str(period.get("end") or "")[:10]
+        covers = bool(service_date) and (not start or start <= service_date) and (not end or service_date <= end)
+        order = c.get("order")
+        return (not covers, order if isinstance(order, int) else 1_000_000)
+
+    return sorted((c for c in coverages if c.get("status") == "active"), key=rank)
+
+
+def insurer_msp(claim: Resource, payers: PayerDirectory, held: HeldHere = NOTHING_HELD) -> str | None:
+    """The member insurer a claim is for: from Claim.insurer, else the focal insurance's coverage (by its own
+    words, or the Coverage it references, by payor), else the patient's Coverages held here (by payor); None when
+    nothing names a payer of the consortium."""
+    found = _payer(claim.get("insurer") or {}, claim, payers, held)
+    insurance = sorted(claim.get("insurance") or [], key=lambda i: not i.get("focal"))
+    for ins in insurance:
+        ref = ins.get("coverage") or {}
+        found = found or _payer(ref, claim, payers, held)
+        if found is None and (coverage := _target(ref, claim, held, "Coverage")) is not None:
+            found = _coverage_payer(coverage, claim, payers, held)
+    if found is None:
+        service_date = _service_date_or_none(claim)
+        for coverage in _in_force_first(held.coverages(), service_date):
+            if (found := _coverage_payer(coverage, claim, payers, held)) is not None:
+                break
+    return found
+
+
+def _service_date_or_none(claim: Resource) -> str:
     start = str((claim.get("billablePeriod") or {}).get("start") or "")
-    if not start:
-        items = claim.get("item") or [{}]
-        start = str(items[0].get("servicedDate") or "")
+    return (start or str(((claim.get("item") or [{}])[0]).get("servicedDate") or ""))[:10]
+
+
+def _service_date(claim: dict[str, Any]) -> str:
+    start = _service_date_or_none(claim)
     if not start:
         raise FhirInvalid(
             [Issue("required", "Claim.billablePeriod.start", "a claim needs a service date (or item.servicedDate)")]
         )
-    return start[:10]
+    return start
 
 
 def _coverage(claim: dict[str, Any]) -> str:
@@ -158,14 +237,19 @@ def _lines(claim: dict[str, Any]) -> tuple[list[dict[str, Any]], str, list[dict[
 
 
 def for_ledger(
-    claim: dict[str, Any], claim_id: str, patient: str, digest: str, payers: PayerDirectory
+    claim: dict[str, Any],
+    claim_id: str,
+    patient: str,
+    digest: str,
+    payers: PayerDirectory,
+    held: HeldHere = NOTHING_HELD,
 ) -> ClaimForLedger | None:
     """The Claims:Submit arguments for a validated FHIR Claim; None when it names no payer of the consortium (it is
     then kept, not submitted). What R4 forbids is refused (FhirInvalid); what a payer's front end would answer (no
     charge on a line, a total that is not the sum of the lines) travels as edits the insurer's rules answer."""
     if claim.get("status") != "active":
         raise FhirInvalid([Issue("value", "Claim.status", "a new claim is submitted with status active")])
-    insurer = insurer_msp(claim, payers)
+    insurer = insurer_msp(claim, payers, held)
     if insurer is None:
         return None
     lines, currency, edits = _lines(claim)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +20,30 @@ from consortium.secrets import private_dir
 from ledger.transport import Prepared
 
 Version = tuple[str, str, int]  # (type, id, version)
+
+CLIENT_KEYS_KEPT_S = 24 * 3600.0  # how long the answer to a request the client keyed (Idempotency-Key) is kept
+
+
+class RequestKey(str):
+    """A request's key. `client_chosen`: the client named the request (an Idempotency-Key): its answer is kept for
+    CLIENT_KEYS_KEPT_S after it is definite, so a retry after a lost response gets it again instead of writing anew
+    (a second claim would be an exact duplicate, CARC 18). A key made from the request's content is forgotten once
+    answered: the same content sent again is a new write, as in FHIR."""
+
+    client_chosen: bool
+
+    def __new__(cls, value: str, client_chosen: bool = False) -> RequestKey:
+        key = super().__new__(cls, value)
+        key.client_chosen = client_chosen
+        return key
+
+    def part(self, suffix: str) -> RequestKey:
+        """The key of one part of the request (a batch entry), as chosen as the request's."""
+        return RequestKey(f"{self}{suffix}", self.client_chosen)
+
+
+def kept_once_answered(request: str) -> bool:
+    return isinstance(request, RequestKey) and request.client_chosen
 
 
 @dataclass(frozen=True)
@@ -46,6 +71,10 @@ class PendingTransactions(Protocol):
 
     def forget(self, request: str) -> None: ...
 
+    def prune(self, older_than_s: float) -> None:
+        """Forget the requests remembered longer ago than that."""
+        ...
+
 
 class PendingInMemory:
     """For tests and processes that need not survive a crash."""
@@ -62,6 +91,9 @@ class PendingInMemory:
 
     def forget(self, request: str) -> None:
         self._requests.pop(request, None)
+
+    def prune(self, older_than_s: float) -> None:
+        pass  # a test's process does not live that long
 
     def save(self, batch: str, prepared: Prepared) -> None:
         self._kept[batch] = prepared
@@ -104,6 +136,13 @@ class PendingFiles:
     def forget(self, request: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(request, ".req").unlink()
+
+    def prune(self, older_than_s: float) -> None:
+        since = time.time() - older_than_s
+        for path in self.folder.glob("*.req"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < since:
+                    path.unlink()
 
     def save(self, batch: str, prepared: Prepared) -> None:
         record = {"channel": prepared.channel, "txId": prepared.tx_id, "signed": prepared.signed.hex()}

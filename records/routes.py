@@ -34,6 +34,7 @@ class Ledgers:
 
     ledger: Ledger
     payers: fhir_claim.PayerDirectory
+    held: fhir_claim.HeldHere = fhir_claim.NOTHING_HELD  # what a claim may point at to name its payer
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class ClaimRoute(Route):
     def call(self, to: Ledgers, resource: dict[str, Any], entries: list[dict[str, Any]]) -> LedgerCall | None:
         e = entries[0]
         if e["version"] == 1:
-            claim = fhir_claim.for_ledger(resource, e["resourceKey"], e["patient"], e["digest"], to.payers)
+            claim = fhir_claim.for_ledger(resource, e["resourceKey"], e["patient"], e["digest"], to.payers, to.held)
             if claim is None:
                 return None  # it names no payer of the consortium: kept here, not submitted
             return lambda keep: to.ledger.submit_claim(claim.submission, claim.detail, keep)

@@ -16,7 +16,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from records.blobs import (
     name_of,
     one_shot,
 )
-from records.claim_outbox import ClaimOutbox
+from records.claim_outbox import ClaimOutbox, held_here
 from records.compartments import DIRECTORY, EITHER, PATIENT_ELEMENTS, in_compartment, patient_references
 from records.errors import (
     FhirInvalid,
@@ -54,7 +54,14 @@ from records.errors import (
 )
 from records.fhir_claim import PayerDirectory
 from records.identity import DEMOGRAPHICS_SYSTEM, IdentitySystems, demographic_token
-from records.pending import PendingFiles, PendingInMemory, PendingTransactions, Version
+from records.pending import (
+    CLIENT_KEYS_KEPT_S,
+    PendingFiles,
+    PendingInMemory,
+    PendingTransactions,
+    Version,
+    kept_once_answered,
+)
 from records.routes import CLAIM, HELD, POSTABLE, RECORDS, LedgerCall, Ledgers, Route, route_of
 from records.search import identifier_condition
 from records.settings import CustodianSettings
@@ -108,6 +115,9 @@ class Custodian:
     kind: str  # provider | insurer | manufacturer
 
 
+PRUNE_EVERY_S = 600.0
+
+
 class Records:
     def __init__(
         self,
@@ -131,6 +141,7 @@ class Records:
         self._conditional_writes = asyncio.Lock()
         self._in_flight: dict[str, asyncio.Event] = {}  # batches this process is writing now (set when done)
         self._unknown: set[str] = set()  # batches this process sent and gave up waiting for: settled at once
+        self._pruned_at = -PRUNE_EVERY_S
         # Binary content and attachments, encrypted under the patient's key, off the chain (`records.blobs`).
         backend = blob_backend or FileBackend(store_blobs_default(store))
         self.blobs = Blobs(backend, store.digest_key)
@@ -233,7 +244,8 @@ class Records:
             if settled is None:
                 raise StillPending(batch)
             committed = settled
-        self.pending.forget(request)
+        if not committed or not kept_once_answered(request):
+            self.pending.forget(request)
         if not committed:
             return None  # it did not commit: this request writes anew
         # Answered as the first one would have been: its entries in the request's order, new ones as created.
@@ -361,6 +373,7 @@ class Records:
         entries: list[dict[str, Any]] = []
         claims: list[OutboxClaim] = []
         written: list[Written] = []
+        digest_keys: dict[str, bytes] = {}  # one look-up per patient of the write, not one per resource
         for at, (resource, (rtype, rid, version, patient)) in enumerate(zip(resources, versions, strict=True)):
             key = self.store.ledger_key(rtype, rid)
             meta = {**(resource.get("meta") or {}), "versionId": str(version), "lastUpdated": stamp}
@@ -368,14 +381,16 @@ class Records:
             content = digests.canonical_json(resource)
             # Records get element digests (v2); claims and consents keep their v1 digests.
             scheme = digests.V2 if route is RECORDS and at not in outboxed else digests.V1
-            digest = _digest(scheme, self.store.digest_key(patient), resource, key, version)
+            if patient not in digest_keys:
+                digest_keys[patient] = self.store.digest_key(patient)
+            digest = _digest(scheme, digest_keys[patient], resource, key, version)
             identifiers = (*_identifiers(resource), (LEDGER_KEY_SYSTEM, key))
             if rtype == "Patient":
                 identifiers += self._patient_index(resource)
             rows.append(Row(rtype, rid, version, patient, stamp, content, identifiers))
             written.append(Written(rtype, rid, version, stamp, version == 1, resource))
             if at in outboxed:
-                claims.append(self._outbox_claim(resource, key, patient, digest))
+                claims.append(OutboxClaim(key, rid, patient, digest))
                 continue
             entries.append(
                 {
@@ -390,13 +405,19 @@ class Records:
                     "size": len(content),
                 }
             )
-        first = next((w.resource for at, w in enumerate(written) if at not in outboxed), None)
-        submit = route.call(Ledgers(self.ledger, self.payers), first, entries) if first is not None else None
+        together = [(w.resource, v[3]) for w, v in zip(written, versions, strict=True)]
+        claims = [self._outbox_claim(c, together) for c in claims]
+        first = next((at for at in range(len(written)) if at not in outboxed), None)
+        submit = None
+        if first is not None:
+            to = Ledgers(self.ledger, self.payers, held_here(self.store, versions[first][3], together))
+            submit = route.call(to, written[first].resource, entries)
         batch = uuid.uuid4().hex
-        self.store.stage(batch, rows, claims)
-        if submit is None:
-            self.store.commit(batch, "")
-        else:
+        # Kept here only (nothing to register): staged and committed at once, so a crash cannot leave a pending row
+        # that holds the version while nothing will ever settle it (a worker killed between the two left a
+        # ClaimResponse that every rerun took as "kept by a concurrent run", and nobody ever committed).
+        self.store.stage(batch, rows, claims, committed=submit is None)
+        if submit is not None:
             await self._settle(batch, submit, request, answer)
         if claims:
             self.claims_outbox.kick()
@@ -411,6 +432,7 @@ class Records:
         size or hash that contradicts the blob, is refused. A blob stored for a write the ledger then refuses stays
         unreferenced (content addressed: the same content stored again reuses it)."""
         out, out_versions, extra = [], [], []
+        inline: list[tuple[dict[str, Any], bytes, str, str]] = []
         for resource, (rtype, rid, version, patient) in zip(resources, versions, strict=True):
             found = attachments(resource)
             if found:
@@ -419,15 +441,7 @@ class Records:
             for i, att in enumerate(found):
                 where = f"{rtype}.attachment[{i}]"
                 if att.get("data") is not None:
-                    try:
-                        raw = base64.b64decode(str(att.pop("data")), validate=True)
-                    except ValueError:
-                        raise FhirInvalid([Issue("value", where + ".data", "not base64")]) from None
-                    info = await self.blobs.put(patient, one_shot(raw))
-                    binary_id = str(uuid.uuid4())
-                    content_type = str(att.get("contentType") or "application/octet-stream")
-                    extra.append((binary_resource(binary_id, content_type, info, f"{rtype}/{rid}"), patient))
-                    att |= {"url": f"Binary/{binary_id}", "size": info.size, "hash": info.sha1}
+                    inline.append((att, _decoded(att, where), patient, f"{rtype}/{rid}"))
                 elif str(att.get("url") or "").startswith("Binary/"):
                     held = self.store.read("Binary", str(att["url"]).split("/", 1)[1])
                     blob = blob_of(json.loads(held.content)) if held else None
@@ -441,10 +455,26 @@ class Records:
                         att[k] = blob[k]
             out.append(resource)
             out_versions.append((rtype, rid, version, patient))
+        extra += await self._inline_to_blobs(inline)
         for binary, patient in extra:
             out.append(binary)
             out_versions.append(("Binary", binary["id"], 1, patient))
         return out, out_versions
+
+    async def _inline_to_blobs(
+        self, inline: list[tuple[dict[str, Any], bytes, str, str]]
+    ) -> list[tuple[dict[str, Any], str]]:
+        """Store each inline content, (attachment, content, patient, "Type/id" of its resource), as a blob and point
+        its attachment at a new Binary; the Binary resources to write, with their patients. The blobs are stored
+        together, so their writes to disk overlap."""
+        infos = await asyncio.gather(*(self.blobs.put(patient, one_shot(raw)) for _, raw, patient, _ in inline))
+        binaries = []
+        for (att, _, patient, context), info in zip(inline, infos, strict=True):
+            binary_id = str(uuid.uuid4())
+            content_type = str(att.get("contentType") or "application/octet-stream")
+            binaries.append((binary_resource(binary_id, content_type, info, context), patient))
+            att |= {"url": f"Binary/{binary_id}", "size": info.size, "hash": info.sha1}
+        return binaries
 
     async def keep_binary(self, patient: str, content_type: str, stream: AsyncIterator[bytes], context: str) -> Written:
         """Store streamed content as a blob and register its Binary resource (version 1) on chain."""
@@ -453,11 +483,20 @@ class Records:
         (written,) = await self._write(RECORDS, [binary], [("Binary", binary["id"], 1, patient)])
         return written
 
-    def _outbox_claim(self, claim: dict[str, Any], key: str, patient: str, digest: str) -> OutboxClaim:
+    def _outbox_claim(self, claim: OutboxClaim, together: list[tuple[dict[str, Any], str]]) -> OutboxClaim:
         """A new Claim of a bundle, checked now as the Claims contract will take it (what R4 forbids is refused with
-        the bundle), queued for its own transaction after the bundle's."""
-        held = fhir_claim.for_ledger(claim, key, patient, digest, self.payers) is None
-        return OutboxClaim(key, str(claim["id"]), patient, digest, "held" if held else "queued")
+        the bundle), queued for its own transaction after the bundle's (`together`: the bundle's resources, which
+        may name its payer, with the patients they are filed under)."""
+        resource = next(r for r, _ in together if r["resourceType"] == "Claim" and r["id"] == claim.id)
+        found = fhir_claim.for_ledger(
+            resource,
+            claim.key,
+            claim.patient,
+            claim.digest,
+            self.payers,
+            held_here(self.store, claim.patient, together),
+        )
+        return replace(claim, state="held" if found is None else "queued")
 
     def _route(self, entries: list[Entry]) -> tuple[Route, frozenset[int]]:
         """The route of the entries' ledger transaction, and which of them are Claims filed through the claim
@@ -604,7 +643,7 @@ class Records:
             self._in_flight.pop(batch).set()
         self.store.commit(batch, committed.tx_id)
         self.pending.remove(batch)
-        if request is not None:
+        if request is not None and not kept_once_answered(request):
             self.pending.forget(request)  # answered: the same content sent again is a new write, as in FHIR
 
     async def reconcile_pending(
@@ -625,6 +664,9 @@ class Records:
         if writers_since is not None:
             orphaned = set(self.store.pending_batches(older_than_s=max(0.0, time.time() - writers_since)))
         counts = {"committed": 0, "discarded": 0, "unknown": 0}
+        if time.monotonic() - self._pruned_at > PRUNE_EVERY_S:  # answers of client-keyed requests, a day old
+            self.pending.prune(CLIENT_KEYS_KEPT_S)
+            self._pruned_at = time.monotonic()
         for batch in self.store.pending_batches():
             if batch in self._in_flight:
                 continue
@@ -817,6 +859,14 @@ def store_blobs_default(store: Store) -> Path:
     return Path(tempfile.gettempdir()) / "careledger-blobs" / store.ledger_key("Store", "blobs")[:16]
 
 
+def _decoded(attachment: dict[str, Any], where: str) -> bytes:
+    """An attachment's inline content, taken out of it."""
+    try:
+        return base64.b64decode(str(attachment.pop("data")), validate=True)
+    except ValueError:
+        raise FhirInvalid([Issue("value", where + ".data", "not base64")]) from None
+
+
 def _digest(scheme: str, digest_key: bytes, resource: dict[str, Any], key: str, version: int) -> str:
     try:
         return digests.digest(scheme, digest_key, resource, key, version)
@@ -825,19 +875,33 @@ def _digest(scheme: str, digest_key: bytes, resource: dict[str, Any], key: str, 
 
 
 def _rewrite_references(resource: dict[str, Any], targets: dict[str, str]) -> dict[str, Any]:
-    """A copy of the resource with in-bundle (urn:uuid:) references pointing at the stored Type/id."""
+    """The resource with in-bundle (urn:uuid:) references pointing at the stored Type/id: a new dict, sharing the
+    parts that hold no such reference with the resource given (nothing changes either afterwards)."""
+    return dict(_rewritten(resource, targets))
 
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            out = {k: walk(v) for k, v in node.items()}
-            if isinstance(out.get("reference"), str) and out["reference"] in targets:
-                out["reference"] = targets[out["reference"]]
-            return out
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
 
-    return dict(walk(resource))
+def _rewritten(node: Any, targets: dict[str, str]) -> Any:
+    """`node` itself when no reference in it changes, else a copy of the objects and arrays on the way to those
+    that do (copy on write)."""
+    if isinstance(node, dict):
+        out: dict[str, Any] | None = None
+        for k, v in node.items():
+            if isinstance(v, (dict, list)) and (w := _rewritten(v, targets)) is not v:
+                out = out if out is not None else dict(node)
+                out[k] = w
+        ref = node.get("reference")
+        if isinstance(ref, str) and ref in targets:
+            out = out if out is not None else dict(node)
+            out["reference"] = targets[ref]
+        return out if out is not None else node
+    if isinstance(node, list):
+        items: list[Any] | None = None
+        for i, v in enumerate(node):
+            if isinstance(v, (dict, list)) and (w := _rewritten(v, targets)) is not v:
+                items = items if items is not None else list(node)
+                items[i] = w
+        return items if items is not None else node
+    return node
 
 
 def _identifiers(resource: dict[str, Any]) -> tuple[tuple[str, str], ...]:

@@ -232,17 +232,21 @@ def check_id(value: str, where: str = "id") -> str:
 
 
 def _depth(node: Any, limit: int) -> int:
-    """How deep a JSON tree goes, counting no further than `limit`, without recursion."""
-    deepest, stack = 0, [(node, 1)]
+    """How deep a JSON tree goes (a value inside n objects or arrays is at depth n + 1), counting no further than
+    `limit`, without recursion. Only objects and arrays are stacked: a leaf only sets the depth of its level."""
+    deepest, stack = 1, [(node, 1)]
+    if deepest > limit:
+        return deepest
     while stack:
         value, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
-        if isinstance(value, dict):
-            stack.extend((v, depth + 1) for v in value.values())
-        elif isinstance(value, list):
-            stack.extend((v, depth + 1) for v in value)
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+            if depth + 1 > deepest:
+                deepest = depth + 1
+                if deepest > limit:
+                    return deepest
     return deepest
 
 
@@ -410,16 +414,20 @@ def validate_resource(data: Any, path: str, supported: Collection[str] = STORED_
 
 
 def references(node: Any, path: str) -> Iterator[tuple[str, str]]:
-    """Every Reference.reference in a JSON tree, with its FHIRPath."""
-    if isinstance(node, dict):
-        ref = node.get("reference")
-        if isinstance(ref, str):
-            yield ref, f"{path}.reference"
-        for k, v in node.items():
-            yield from references(v, f"{path}.{k}")
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from references(v, f"{path}[{i}]")
+    """Every Reference.reference in a JSON tree, with its FHIRPath, in document order. A path is written out only
+    for a reference found (most elements hold none)."""
+    stack: list[tuple[Any, tuple[str, ...]]] = [(node, (path,))]
+    while stack:
+        current, at = stack.pop()
+        if isinstance(current, dict):
+            ref = current.get("reference")
+            if isinstance(ref, str):
+                yield ref, "".join(at) + ".reference"
+            stack.extend((v, (*at, f".{k}")) for k, v in reversed(current.items()) if isinstance(v, (dict, list)))
+        elif isinstance(current, list):
+            stack.extend(
+                (v, (*at, f"[{i}]")) for i, v in reversed(list(enumerate(current))) if isinstance(v, (dict, list))
+            )
 
 
 def entry(raw: Any, i: int) -> Entry:

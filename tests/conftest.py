@@ -131,6 +131,42 @@ def gateways(network: topo.Topology, gateway_clients: dict[str, GatewayHttp]) ->
     return gateway_clients
 
 
+def stop_org_processes(network: topo.Topology) -> None:
+    """Stop every member's gateway, and the listeners and workers of the orgs on `claims` (started again on use)."""
+    from workers import cli as worker_cli
+
+    for org in gateway_cli.orgs_with_gateways(network):
+        gateway_cli.process(network, org).stop()
+    for org in worker_cli.orgs_with_workers(network):
+        worker_cli.listener_process(network, org).stop()
+        worker_cli.worker_process(network, org).stop(timeout=30)
+
+
+@contextmanager
+def org_processes_on(network: topo.Topology, store: str) -> Iterator[str]:
+    """The gateways and workers started meanwhile keep their records in `store` ("sqlite" or "postgresql": the test
+    network's own PostgreSQL, one database per org); those running before are stopped first, and those started
+    meanwhile after, so each test module that asks sees only its own store. Nothing changes for the session's
+    store (CARELEDGER_TEST_STORE)."""
+    if store == TEST_STORE:
+        yield store
+        return
+    before = os.environ.get("CARELEDGER_STORE_URL")
+    stop_org_processes(network)
+    if store == "postgresql":
+        os.environ["CARELEDGER_STORE_URL"] = network.postgres_url("{org}")
+    else:
+        os.environ.pop("CARELEDGER_STORE_URL", None)
+    try:
+        yield store
+    finally:
+        stop_org_processes(network)
+        if before is None:
+            os.environ.pop("CARELEDGER_STORE_URL", None)
+        else:
+            os.environ["CARELEDGER_STORE_URL"] = before
+
+
 CLAIM_KEY_SYSTEM = "urn:careledger:claim"
 
 

@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis
@@ -55,9 +55,9 @@ def coverages_of(ctx: OrgContext, patient: str) -> list[dict[str, Any]]:
 def _history(ctx: OrgContext, patient: str) -> list[rules.PriorLine]:
     raw: dict[bytes, bytes] = ctx.redis.hgetall(ctx.settings.keys.claim_lines(patient))  # type: ignore[assignment]
     out = []
-    for field, value in raw.items():
+    for name, value in raw.items():
         line = json.loads(value)
-        out.append(rules.PriorLine(field.decode().split("#")[0], line["code"], line["serviceDate"]))
+        out.append(rules.PriorLine(name.decode().split("#")[0], line["code"], line["serviceDate"]))
     return out
 
 
@@ -103,7 +103,8 @@ def _records_disclosed(ctx: OrgContext, claim: dict[str, Any]) -> bool:
         "records review",
         extra={"claim": claim["claimId"], "resources": len(documents), "verified": sum(c.ok for c in checked)},
     )
-    return all(c.ok for c in checked)
+    # Nothing disclosed is no documentation: a review passes on records that prove themselves, never on none.
+    return bool(checked) and all(c.ok for c in checked)
 
 
 @contextlib.contextmanager
@@ -133,6 +134,8 @@ class Pending:
     claim: dict[str, Any]
     lines: list[dict[str, Any]]
     coverage: str = ""  # the provider's reference to the Coverage, as the claim's private detail has it
+    edits: list[dict[str, Any]] = field(default_factory=list)  # front-end edits on chain (CARC 16, 18, ...)
+    duplicate_of: str = ""  # the claim this one exactly duplicates, as the Claims contract found
     decision: rules.Decision | None = None
 
 
@@ -140,7 +143,10 @@ def load_lines(ctx: OrgContext, claim: dict[str, Any]) -> Pending | str:
     """The claim's lines, or a word saying why there is nothing to decide."""
     try:
         detail = ctx.run(ctx.ledger.claim_lines(claim["claimId"]))
-        return Pending(claim, detail["lines"], str(detail.get("coverage") or ""))
+        edits = list(detail.get("edits") or [])
+        return Pending(
+            claim, detail["lines"], str(detail.get("coverage") or ""), edits, str(detail.get("duplicateOf") or "")
+        )
     except LedgerNotFound as e:
         if "purged" in e.message:
             return "its lines are purged"  # long settled
@@ -160,7 +166,9 @@ def _decide(ctx: OrgContext, claims: list[Pending]) -> None:
             if q is not p and q.decision is not None and q.claim["patient"] == patient
             for line in q.lines
         ]
-        p.decision = rules.decide(ctx.settings.rules, p.claim, p.lines, coverages_of(ctx, patient), history, disclosed)
+        p.decision = rules.decide(
+            ctx.settings.rules, p.claim, p.lines, coverages_of(ctx, patient), history, disclosed, p.edits
+        )
 
 
 def _ledger_body(ctx: OrgContext, decision: rules.Decision) -> dict[str, Any]:
@@ -183,8 +191,10 @@ def _answer(ctx: OrgContext, on_chain: dict[str, Any], p: Pending, recorded: dic
                 return "its lines are purged"
             raise NotYetAvailable(e.message) from None
     _remember(ctx, on_chain, p.lines)
-    keep(ctx, claim_response.adjudicated(on_chain, p.lines, recorded), on_chain["patient"])
-    keep(ctx, claim_response.explanation_of_benefit(on_chain, p.lines, recorded, p.coverage), on_chain["patient"])
+    edits = claim_response.Edits(p.edits, p.duplicate_of)
+    keep(ctx, claim_response.adjudicated(on_chain, p.lines, recorded, edits), on_chain["patient"])
+    eob = claim_response.explanation_of_benefit(on_chain, p.lines, recorded, p.coverage, edits)
+    keep(ctx, eob, on_chain["patient"])
     log.info("claim adjudicated", extra={"claim": on_chain["claimId"], "outcome": on_chain["outcome"]})
     return str(on_chain["outcome"])
 

@@ -4,10 +4,12 @@ Settings for no loss and no duplicate effect:
 - `task_acks_late` + `task_reject_on_worker_lost`: a message is acknowledged after its task finished; a worker
   that dies mid-task leaves it unacknowledged, and it is delivered again.
 - `worker_prefetch_multiplier = 1`: a worker reserves only what it is about to run, so a crash strands little.
-- `visibility_timeout` (CARELEDGER_VISIBILITY_TIMEOUT, default 60 s): how long an unacknowledged message waits
-  before Redis hands it out again. It must exceed the longest task including its retries' countdowns (about 30 s
-  here), or a slow task would be run twice; twice is still harmless because every task is idempotent, but it is work.
-  After a crash, the stranded messages come back once this much time has passed.
+- `visibility_timeout` (CARELEDGER_VISIBILITY_TIMEOUT, default 20 s) is a lease: a worker renews the lease of every
+  message it holds (running, waiting for its countdown, or reserved) every LEASE_RENEW_S seconds (`renew_leases`), so
+  kombu restores to the queue only a message whose worker is gone: killed, or cut off by a Redis restart, which makes
+  its consumer drop what it had reserved. Any live worker's consumer looks for such messages every second, so a
+  killed worker's tasks run again within about this long, however long a task itself runs.
+- A retry that cannot be sent (Redis away) puts the message back (`Task.retry`); Celery would drop it.
 - No result backend: a task's effect is on chain and in the org's store, so nothing reads Celery results.
 - Tasks are idempotent: each is keyed by (transaction id, event, task) and the ledger refuses repeats.
 
@@ -26,11 +28,15 @@ import json
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import redis
 from celery import Celery
+from celery import Task as CeleryTask
+from celery.exceptions import Reject
 from celery.signals import worker_ready
+from celery.worker import state as worker_state
 
 from consortium import topology as topo
 from consortium.redis_keys import OrgKeys
@@ -38,9 +44,26 @@ from consortium.redis_keys import OrgKeys
 log = logging.getLogger("careledger.workers")
 HEARTBEAT_S = 5.0  # a worker's heartbeat key is renewed this often and expires after three missed beats
 
-VISIBILITY_TIMEOUT_S = float(os.environ.get("CARELEDGER_VISIBILITY_TIMEOUT") or 60)
+VISIBILITY_TIMEOUT_S = float(os.environ.get("CARELEDGER_VISIBILITY_TIMEOUT") or 20)
+LEASE_RENEW_S = min(5.0, VISIBILITY_TIMEOUT_S / 4)
+UNACKED_INDEX = "unacked_index"  # kombu's sorted set of unacknowledged messages by when their lease was renewed
 
-app = Celery("careledger", include=["workers.tasks", "workers.subscriptions"])
+
+class Task(CeleryTask):  # type: ignore[misc]
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery rejects a message for good when its retry cannot be published (Redis away): the task would be
+        lost. Put it back instead: into its queue now, or, with Redis still away, it stays unacknowledged and comes
+        back when its lease runs out."""
+        try:
+            return super().retry(*args, **kwargs)
+        except Reject as e:
+            if e.requeue:
+                raise
+            log.warning("retry not sent; the task goes back to its queue", extra={"error": str(e.reason)[:200]})
+            raise Reject(e.reason, requeue=True) from None
+
+
+app = Celery("careledger", include=["workers.tasks", "workers.subscriptions"], task_cls=Task)
 _topology = topo.load()
 _org = os.environ.get("CARELEDGER_ORG")
 # Every key Celery writes for an org lives under the org's own prefix (see consortium.redis_keys).
@@ -57,8 +80,12 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     broker_transport_options={
         "visibility_timeout": VISIBILITY_TIMEOUT_S,
+        "unacked_index_key": UNACKED_INDEX,
         "unacked_restore_interval": 1,
         "unacked_restore_throttle": 1,
+        # The lock of the restore sweep: a worker killed (or cut off) while holding it must not stop every sweep
+        # for kombu's default five minutes; two sweeps at once are safe (each message is moved in a transaction).
+        "unacked_mutex_expire": 10,
         **_prefix,
     },
     broker_connection_retry_on_startup=True,
@@ -70,6 +97,11 @@ app.conf.update(
     worker_hijack_root_logger=False,
     task_default_queue="careledger.default",
 )
+
+
+def org_redis() -> tuple[str, str] | None:
+    """(MSP id, Redis URL) of the org whose worker this process is; None in a process that is no org's."""
+    return (_topology.org(_org).msp_id, _broker_url) if _org else None
 
 
 def heartbeat(url: str, key: str, stop: threading.Event, **facts: Any) -> None:
@@ -86,10 +118,51 @@ def heartbeat(url: str, key: str, stop: threading.Event, **facts: Any) -> None:
             return
 
 
+def held_delivery_tags() -> list[str]:
+    """The delivery tags of the messages this worker process holds: running, waiting for their countdown, or
+    reserved. Celery's sets change under other threads; a copy is taken until one goes through."""
+    while True:
+        try:
+            held = {*worker_state.active_requests, *worker_state.reserved_requests, *worker_state.scheduled_requests}
+            break
+        except RuntimeError:  # changed size during the copy
+            continue
+    tags = []
+    for request in held:
+        message = getattr(request, "message", None)
+        tag = getattr(message, "delivery_tag", None)
+        if tag is not None:
+            tags.append(str(tag))
+    return tags
+
+
+def renew_leases(client: redis.Redis, index: str, tags: list[str]) -> int:
+    """Renew the lease of each held message that is still unacknowledged (ZADD XX: an acknowledged one is not
+    added back). Returns how many were renewed."""
+    if not tags:
+        return 0
+    now = time.time()
+    renewed = client.zadd(index, dict.fromkeys(tags, now), xx=True, ch=True)
+    return int(renewed or 0)
+
+
+def keep_leases(url: str, index: str, stop: threading.Event) -> None:
+    """Renew this worker's leases every LEASE_RENEW_S seconds until `stop` is set; Redis errors are logged and the
+    renewal goes on (messages whose lease ran out meanwhile are run again: tasks are idempotent)."""
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    while not stop.wait(LEASE_RENEW_S):
+        try:
+            renew_leases(client, index, held_delivery_tags())
+        except redis.RedisError as e:
+            log.warning("lease renewal failed", extra={"error": str(e)[:200]})
+
+
 @worker_ready.connect
 def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     if _org:
-        key = OrgKeys(_topology.org(_org).msp_id).alive("worker")
+        keys = OrgKeys(_topology.org(_org).msp_id)
         hostname = str(getattr(sender, "hostname", ""))
-        args = (_broker_url, key, threading.Event())
+        args = (_broker_url, keys.alive("worker"), threading.Event())
         threading.Thread(target=heartbeat, args=args, kwargs={"hostname": hostname}, daemon=True).start()
+        lease = (_broker_url, keys.celery_prefix + UNACKED_INDEX, threading.Event())
+        threading.Thread(target=keep_leases, args=lease, name="leases", daemon=True).start()

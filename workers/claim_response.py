@@ -9,6 +9,7 @@ what the Coverage says); `request` names the provider's Claim by id.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +19,37 @@ from records.routes import CLAIM_KEY_SYSTEM
 PSEUDONYM_SYSTEM = "urn:careledger:patient-pseudonym"
 
 CARC_SYSTEM = "https://x12.org/codes/claim-adjustment-reason-codes"
+RARC_SYSTEM = "https://x12.org/codes/remittance-advice-remark-codes"
 ADJUDICATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/adjudication"
+
+
+@dataclass(frozen=True)
+class Edits:
+    """The front-end edits a claim went on chain with (its private detail): each a CARC and, where it has one, a
+    RARC, for a line or (sequence 0) the whole claim; and the claim an exact duplicate duplicates."""
+
+    edits: list[dict[str, Any]] = field(default_factory=list)
+    duplicate_of: str = ""
+
+    def errors(self) -> list[dict[str, Any]]:
+        """The edits as ClaimResponse.error: what the payer's front end found, answered with its codes."""
+        out = []
+        for e in self.edits:
+            codes = [{"system": CARC_SYSTEM, "code": str(e["reason"])}]
+            if e.get("remark"):
+                codes.append({"system": RARC_SYSTEM, "code": str(e["remark"])})
+            seq = int(e.get("sequence") or 0)
+            out.append(({"itemSequence": seq} if seq else {}) | {"code": {"coding": codes}})
+        return out
+
+    def notes(self) -> list[dict[str, Any]]:
+        if not self.duplicate_of:
+            return []
+        text = f"exact duplicate of claim {self.duplicate_of} (same patient, provider, service date and codes)"
+        return [{"number": 1, "type": "display", "text": text}]
+
+
+NO_EDITS = Edits()
 
 
 def now() -> str:
@@ -49,8 +80,11 @@ def _common(claim: dict[str, Any], created: str) -> dict[str, Any]:
     }
 
 
-def adjudicated(claim: dict[str, Any], lines: list[dict[str, Any]], adjudication: dict[str, Any]) -> dict[str, Any]:
-    """The ClaimResponse for an adjudicated claim: per item what was billed, what is paid, and why not all."""
+def adjudicated(
+    claim: dict[str, Any], lines: list[dict[str, Any]], adjudication: dict[str, Any], edits: Edits = NO_EDITS
+) -> dict[str, Any]:
+    """The ClaimResponse for an adjudicated claim: per item what was billed, what is paid, and why not all; the
+    claim's front-end edits as its errors (an exact duplicate also as a note naming the claim it duplicates)."""
     currency = str(claim["currency"])
     billed = {int(line["sequence"]): int(line["netCents"]) for line in lines}
     items = []
@@ -73,22 +107,29 @@ def adjudicated(claim: dict[str, Any], lines: list[dict[str, Any]], adjudication
         ]
         items.append({"itemSequence": seq, "adjudication": entries})
     outcome = str(adjudication["outcome"])
-    return _common(claim, str(claim["adjudicatedAt"])[:19] + "Z") | {
-        "outcome": "complete",
-        "disposition": f"{outcome}: {int(claim['approvedCents']) / 100:.2f} of"
-        f" {int(claim['totalCents']) / 100:.2f} {currency}",
-        "item": items,
-        "total": [
-            {
-                "category": {"coding": [{"system": ADJUDICATION_SYSTEM, "code": "submitted"}]},
-                "amount": _money(int(claim["totalCents"]), currency),
-            },
-            {
-                "category": {"coding": [{"system": ADJUDICATION_SYSTEM, "code": "benefit"}]},
-                "amount": _money(int(claim["approvedCents"]), currency),
-            },
-        ],
-    }
+    found = ({"error": errors} if (errors := edits.errors()) else {}) | (
+        {"processNote": notes} if (notes := edits.notes()) else {}
+    )
+    return (
+        found
+        | _common(claim, str(claim["adjudicatedAt"])[:19] + "Z")
+        | {
+            "outcome": "complete",
+            "disposition": f"{outcome}: {int(claim['approvedCents']) / 100:.2f} of"
+            f" {int(claim['totalCents']) / 100:.2f} {currency}",
+            "item": items,
+            "total": [
+                {
+                    "category": {"coding": [{"system": ADJUDICATION_SYSTEM, "code": "submitted"}]},
+                    "amount": _money(int(claim["totalCents"]), currency),
+                },
+                {
+                    "category": {"coding": [{"system": ADJUDICATION_SYSTEM, "code": "benefit"}]},
+                    "amount": _money(int(claim["approvedCents"]), currency),
+                },
+            ],
+        }
+    )
 
 
 def _coverage(reference: str) -> dict[str, Any]:
@@ -107,7 +148,11 @@ def _amount(code: str, cents: int, currency: str) -> dict[str, Any]:
 
 
 def explanation_of_benefit(
-    claim: dict[str, Any], lines: list[dict[str, Any]], adjudication: dict[str, Any], coverage: str
+    claim: dict[str, Any],
+    lines: list[dict[str, Any]],
+    adjudication: dict[str, Any],
+    coverage: str,
+    edits: Edits = NO_EDITS,
 ) -> dict[str, Any]:
     """The ExplanationOfBenefit of an adjudicated claim: each line's code, billed and allowed amounts and the
     reasons (CARC) for any difference, the totals, and the payment due."""
@@ -129,8 +174,8 @@ def explanation_of_benefit(
                 "adjudication": [_amount("submitted", int(line["netCents"]), currency), benefit],
             }
         )
-    response = adjudicated(claim, lines, adjudication)
-    return {
+    response = adjudicated(claim, lines, adjudication, edits)
+    return ({"processNote": response["processNote"]} if "processNote" in response else {}) | {
         "resourceType": "ExplanationOfBenefit",
         "id": response["id"],
         "identifier": response["identifier"],

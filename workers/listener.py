@@ -1,14 +1,19 @@
 """`careledger worker listen --org X`: chain events → Celery tasks, with a durable checkpoint in Redis.
 
-For each chaincode event on the org's `claims` channel, `tasks_for` names the tasks it means for this org; each is
-published to the org's queue (written down in its outbox first, see workers/outbox.py) with a task id made of
-(org, transaction id, event, task). Only then does the
-checkpoint (block, transaction id) move, so a crash between the two re-publishes on restart: never a gap, at worst
-a repeat, which the tasks absorb (they are idempotent). On a fresh start with no checkpoint, it reads from the
-channel's first block, so nothing that happened before the listener existed is missed either.
+The peer sends the events a block at a time. For each block's events on the org's `claims` channel,
+`block_dispatches` names the tasks they mean for this org (the claims one provider submitted in the block are
+adjudicated by one task, in one transaction); each is published to the org's queue (written down in its outbox
+first, see workers/outbox.py) with a task id made of (org, transaction id, event, task). Only then does the
+checkpoint move past the block, so a crash between the two re-publishes on restart: never a gap, at worst a repeat,
+which the tasks absorb (they are idempotent). On a fresh start with no checkpoint, it reads from the channel's first
+block, so nothing that happened before the listener existed is missed either.
 
 Neither a broken event stream nor Redis going away (a restart, a network blip) ends the listener: it waits, with
-backoff doubling from half a second to ten, and resumes from the checkpoint.
+backoff doubling from half a second to ten, and resumes from the checkpoint. A Redis restart can also go unseen (the
+client reconnects by itself) and still have rolled back the latest writes, the tasks and the checkpoint with them
+(the checkpoint is written after its tasks, so it never survives without them): the checkpoint is moved only from
+the one this listener saved last, and when the stored one is different the listener resumes from it, replaying what
+was lost.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +30,8 @@ import redis
 from kombu.exceptions import OperationalError
 
 from consortium import connect
-from fabric_gateway import FabricError
-from fabric_gateway.checkpoint import RedisCheckpointer, after_event
+from fabric_gateway import ChaincodeEvent, FabricError
+from fabric_gateway.checkpoint import RedisCheckpointer, after_block
 from ledger.contracts import CLAIMS
 from workers import outbox, schedule, subscriptions
 from workers.app import heartbeat
@@ -33,9 +39,16 @@ from workers.settings import WorkerSettings
 
 log = logging.getLogger("careledger.listener")
 
+
+class CheckpointMoved(Exception):
+    """The stored checkpoint is not the one this listener saved last: Redis lost writes (or another listener of the
+    org moved it). Resume from the stored one."""
+
+
 # What the listener rides out: the peer's event stream breaking, and Redis (checkpoints, outbox, the broker) going away.
-RECOVERABLE = (FabricError, redis.RedisError, OperationalError)
+RECOVERABLE = (FabricError, redis.RedisError, OperationalError, CheckpointMoved)
 BACKOFF_S = (0.5, 10.0)  # first and longest wait before reconnecting
+MAX_BATCH_CLAIMS = 500  # decisions the contract takes in one Claims:AdjudicateBatch
 
 
 @dataclass(frozen=True)
@@ -109,6 +122,40 @@ def dispatches(msp: str, event: str, tx_id: str, block: int, payload: bytes) -> 
     return out
 
 
+ADJUDICATIONS = ("careledger.adjudicate", "careledger.adjudicate_batch")
+
+
+def block_dispatches(msp: str, events: Sequence[ChaincodeEvent]) -> list[Dispatch]:
+    """Every task one block's claim events mean for the org. The claims of one provider submitted in the block, in
+    however many transactions, are adjudicated together: one task, so one Claims:AdjudicateBatch transaction (one
+    provider per batch, so that one provider's peer being down holds up only its own claims)."""
+    out: list[Dispatch] = []
+    adjudications: dict[str, list[Dispatch]] = {}
+    for event in events:
+        if not event.name.startswith("Claims."):
+            continue
+        for d in dispatches(msp, event.name, event.tx_id, event.block_number, event.payload):
+            if d.task in ADJUDICATIONS:
+                adjudications.setdefault(_claims_of(d)[0]["provider"], []).append(d)
+            else:
+                out.append(d)
+    decide: list[Dispatch] = []
+    for provider, found in adjudications.items():
+        claims = [c for d in found for c in _claims_of(d)]
+        if len(found) == 1:
+            decide.append(found[0])  # as the event alone means it (and with the same task id)
+            continue
+        for n, start in enumerate(range(0, len(claims), MAX_BATCH_CLAIMS)):
+            # A replay of the block (a restart before its checkpoint moved) gives the same ids.
+            task_id = f"{found[0].task_id}:block-{events[0].block_number}:{provider}:{n}"
+            decide.append(Dispatch("careledger.adjudicate_batch", [claims[start : start + MAX_BATCH_CLAIMS]], task_id))
+    return decide + out
+
+
+def _claims_of(d: Dispatch) -> list[dict[str, Any]]:
+    return list(d.args[0]) if d.task == "careledger.adjudicate_batch" else [d.args[0]]
+
+
 def listen(settings: WorkerSettings, stop: threading.Event | None = None) -> None:
     """Run until `stop` is set (or forever), reconnecting after Fabric errors."""
     t, org = settings.topology, settings.org
@@ -118,7 +165,9 @@ def listen(settings: WorkerSettings, stop: threading.Event | None = None) -> Non
     url = t.redis_url_for(org)
     r = redis.Redis.from_url(url)
     checkpointer = RedisCheckpointer(r, settings.keys.listener_checkpoint_name(CLAIMS))
-    jobs = schedule.jobs_for(settings, r)
+    watch = schedule.RedisWatch(url)
+    threading.Thread(target=watch.run, args=(stop or threading.Event(),), name="redis-watch", daemon=True).start()
+    jobs = schedule.jobs_for(settings, r, watch)
     threading.Thread(target=schedule.run, args=(jobs, stop), name="schedule", daemon=True).start()
     beat = (url, settings.keys.alive("listener"), stop or threading.Event())
     threading.Thread(target=heartbeat, args=beat, name="heartbeat", daemon=True).start()
@@ -134,16 +183,27 @@ def listen(settings: WorkerSettings, stop: threading.Event | None = None) -> Non
                 start = 0 if checkpoint.is_empty else None
                 log.info("listening", extra={"org": org.name, "block": checkpoint.block_number})
                 events = gw.network(CLAIMS).chaincode_events(t.chaincode_name, start_block=start, checkpoint=checkpoint)
-                for event in events:
-                    if event.name.startswith("Claims."):
-                        for d in dispatches(org.msp_id, event.name, event.tx_id, event.block_number, event.payload):
-                            outbox.publish(r, org.msp_id, settings.queue, d.task, d.args, d.task_id)
-                    checkpointer.save(after_event(event))
+                for block in events.blocks():
+                    for d in block_dispatches(org.msp_id, block):
+                        outbox.publish(r, org.msp_id, settings.queue, d.task, d.args, d.task_id)
+                    if block:
+                        handled = after_block(block[-1].block_number)
+                        if not checkpointer.move(checkpoint, handled):
+                            raise CheckpointMoved(
+                                f"expected block {checkpoint.block_number}, tx {checkpoint.tx_id[:12]}"
+                            )
+                        checkpoint = handled
                     wait = BACKOFF_S[0]
                     if stop is not None and stop.is_set():
                         return
         except RECOVERABLE as e:
-            what = "event stream broke" if isinstance(e, FabricError) else "redis is unavailable"
+            what = (
+                "event stream broke"
+                if isinstance(e, FabricError)
+                else "the checkpoint is not where this listener left it; resuming from it"
+                if isinstance(e, CheckpointMoved)
+                else "redis is unavailable"
+            )
             log.warning(f"{what}; reconnecting", extra={"error": str(e)[:200], "retry_in_s": wait})
             if stop is not None and stop.wait(wait):
                 return

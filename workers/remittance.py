@@ -6,14 +6,19 @@ payment reference, per-claim amounts, a total that reconciles; the insurer keeps
 payment with one detail per claim, and the provider fetches it when its listener sees the payment event.
 
 Idempotent by construction: the payment reference is derived from the claims it pays, and the contract answers a
-repeated PayBatch with the payment it recorded. So a cycle that crashed after paying and before emptying its queue
-pays nothing twice when it runs again.
+repeated PayBatch with the payment it recorded. Before a payment is sent, its reference and claims are written down
+(`payment_under_way`); a cycle finds a payment under way and finishes THAT one before starting another. So a cycle
+that crashed (or lost Redis) after paying and before keeping the PaymentReconciliation and emptying its queue pays
+nothing twice, and the payment's PaymentReconciliation is still kept, even if more claims were queued meanwhile.
+Which claims leave the queue is decided by the chain: a claim the contract refused stays queued while the chain
+shows it approved and unpaid (a peer behind), and leaves once the chain shows it paid, denied or cancelled.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import time
 from typing import Any
@@ -26,7 +31,10 @@ from workers.context import OrgContext
 
 log = logging.getLogger("careledger.workers")
 
-DIRECTORY = "org-directory"  # what an org keeps that belongs to no patient is filed under this name in its store
+DIRECTORY = "org-directory"
+# A cycle's lock expires by itself after this long, so a worker killed during a cycle holds up payments no longer.
+# A cycle that outlasts it and meets another is still safe: both finish the same payment under way.
+REMIT_LOCK_S = 30  # what an org keeps that belongs to no patient is filed under this name in its store
 
 
 def payment_ref(provider: str, claim_ids: list[str]) -> str:
@@ -62,31 +70,62 @@ def due(ctx: OrgContext) -> list[str]:
 
 
 def remit(ctx: OrgContext, provider: str) -> str | None:
-    """Pay the provider's oldest queued claims in one transaction; keep the PaymentReconciliation. Returns the
-    payment reference, or None when there was nothing to pay."""
-    key = ctx.settings.keys.to_pay(provider)
-    claims = [
-        c.decode() if isinstance(c, bytes) else str(c)
-        for c in ctx.redis.zrange(key, 0, ctx.settings.remittance.max_claims - 1)
-    ]
-    if not claims:
-        return None
-    ref = payment_ref(provider, claims)
+    """Pay the provider's oldest queued claims in one transaction, or first finish the payment under way; keep the
+    PaymentReconciliation. Returns the payment reference, or None when there was nothing to pay."""
+    keys = ctx.settings.keys
+    key, under_way = keys.to_pay(provider), keys.payment_under_way(provider)
+    started = ctx.redis.get(under_way)
+    if started is not None:
+        intent = json.loads(started)
+        ref, claims = str(intent["ref"]), [str(c) for c in intent["claims"]]
+    else:
+        claims = [
+            c.decode() if isinstance(c, bytes) else str(c)
+            for c in ctx.redis.zrange(key, 0, ctx.settings.remittance.max_claims - 1)
+        ]
+        if not claims:
+            return None
+        ref = payment_ref(provider, claims)
+        ctx.redis.set(under_way, json.dumps({"ref": ref, "claims": claims}))
     try:
         payment: dict[str, Any] = ctx.run(ctx.ledger.pay_batch(provider, ref, claims)).result
-    except LedgerConflict:  # none of them payable (paid by an earlier cycle, or not payable at all): read why
+    except LedgerConflict:  # none of them payable now: the chain says which are done with (below)
         payment = {"paymentRef": ref, "lines": [], "refused": [{"claimId": c} for c in claims]}
     if payment["lines"]:
-        ctx.run(ctx.records.keep(claim_response.remittance(payment, claim_response.now()), DIRECTORY))
-    done = [line["claimId"] for line in payment["lines"]] + [r["claimId"] for r in payment.get("refused") or []]
-    ctx.redis.zrem(key, *done)
+        # Made from what the chain recorded only (its time too), so keeping it again changes nothing.
+        created = str(payment.get("paidAt") or claim_response.now())
+        ctx.run(ctx.records.keep(claim_response.remittance(payment, created), DIRECTORY))
+    refused = [str(r["claimId"]) for r in payment.get("refused") or []]
+    done = [str(line["claimId"]) for line in payment["lines"]] + [c for c in refused if not _still_payable(ctx, c)]
+    _finish(ctx, key, under_way, ref, done)
     log.info("remittance", extra={"provider": provider, "ref": ref, "paid": len(payment["lines"])})
     return ref if payment["lines"] else None
 
 
+def _still_payable(ctx: OrgContext, claim_id: str) -> bool:
+    """Whether the chain shows the claim approved and not paid: a refusal of it came from a peer behind."""
+    claim = ctx.run(ctx.ledger.claim(claim_id))
+    return claim.get("status") == "adjudicated" and int(claim.get("approvedCents") or 0) > 0
+
+
+def _finish(ctx: OrgContext, key: str, under_way: str, ref: str, done: list[str]) -> None:
+    """Take the paid (and unpayable) claims off the queue and cross the payment out, together; the payment under
+    way is crossed out only if it is still this one."""
+
+    def finish(pipe: redis.client.Pipeline) -> None:
+        current = pipe.get(under_way)
+        pipe.multi()
+        if done:
+            pipe.zrem(key, *done)
+        if current is not None and json.loads(current)["ref"] == ref:
+            pipe.delete(under_way)
+
+    ctx.redis.transaction(finish, under_way)
+
+
 def remit_due(ctx: OrgContext) -> list[str]:
     """One cycle: every provider that is due, one payment each. One cycle runs at a time (a lock that expires)."""
-    lock = ctx.redis.lock(ctx.settings.keys.remit_lock, timeout=120, blocking_timeout=0)
+    lock = ctx.redis.lock(ctx.settings.keys.remit_lock, timeout=REMIT_LOCK_S, blocking_timeout=0)
     if not lock.acquire():
         return []
     try:

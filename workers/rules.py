@@ -6,6 +6,8 @@ claim adjustment reason codes (CARC):
 
 | rule | outcome | CARC |
 |---|---|---|
+| an exact duplicate of another claim (the Claims contract's edit) | every line denied | 18 exact duplicate |
+| a front-end edit on a line (no charge: 16 with RARC M79) | line denied | the edit's CARC |
 | no Coverage of the member with this insurer | every line denied | 31 patient cannot be identified as our insured |
 | no Coverage active on the service date | every line denied | 27 after coverage terminated (26: before it began) |
 | provider not in network | every line denied | 242 services not provided by network providers |
@@ -121,6 +123,20 @@ def _coverage_reason(coverages: list[dict[str, Any]], insurer: str, service_date
     return reason
 
 
+def duplicate_edit(edits: list[dict[str, Any]]) -> bool:
+    """Whether the claim carries the Claims contract's whole-claim edit for an exact duplicate (CARC 18)."""
+    return any(int(e.get("sequence") or 0) == 0 and str(e.get("reason")) == DUPLICATE for e in edits)
+
+
+def line_edits(edits: list[dict[str, Any]]) -> dict[int, list[str]]:
+    """The CARCs of the front-end edits on each line (sequence > 0), by line."""
+    out: dict[int, list[str]] = {}
+    for e in edits:
+        if int(e.get("sequence") or 0) > 0:
+            out.setdefault(int(e["sequence"]), []).append(str(e["reason"]))
+    return out
+
+
 def _days_apart(a: str, b: str) -> int:
     return abs((date.fromisoformat(a) - date.fromisoformat(b)).days)
 
@@ -132,22 +148,30 @@ def decide(
     coverages: list[dict[str, Any]],
     history: list[PriorLine],
     records_disclosed: bool | None = None,
+    edits: list[dict[str, Any]] | None = None,
 ) -> Decision:
     """Adjudicate a claim: `claim` is the ledger's public summary, `lines` the private lines; `records_disclosed`
-    says whether the provider let the insurer read the patient's record (None: nobody asked)."""
+    says whether the provider let the insurer read the patient's record (None: nobody asked); `edits` the front-end
+    edits the claim went on chain with (CARC, RARC; sequence 0 for the whole claim)."""
     service_date = str(claim["serviceDate"])
 
     def all_denied(reason: str, note: str) -> Decision:
         return Decision([LineDecision(int(x["sequence"]), "denied", 0, [reason]) for x in lines], note=note)
 
+    if duplicate_edit(edits or []):
+        return all_denied(DUPLICATE, "an exact duplicate of a claim filed before")
     if (reason := _coverage_reason(coverages, str(claim["insurer"]), service_date)) is not None:
         return all_denied(reason, "no active coverage on the service date")
     if rules.network_providers and claim["provider"] not in rules.network_providers:
         return all_denied(OUT_OF_NETWORK, f"{claim['provider']} is not in network")
     decided: list[LineDecision] = []
+    edited = line_edits(edits or [])
     for line in lines:
         seq, code, qty = int(line["sequence"]), str(line["code"]), int(line["quantity"])
         billed = int(line["netCents"])
+        if seq in edited:  # what the front end found (a line without a charge) is answered as such
+            decided.append(LineDecision(seq, "denied", 0, edited[seq]))
+            continue
         if code in rules.prior_auth_codes:
             if rules.prior_auth_action == "pend":
                 return Decision([], pended=True, note=f"code {code} needs prior authorisation: pended for review")

@@ -2,11 +2,14 @@
 
 | job | every | who |
 |---|---|---|
-| re-send tasks written down and never finished (the outbox) | 5 s | every org |
+| re-send tasks written down and never finished (the outbox), and right after a Redis outage | 5 s | every org |
 | a remittance cycle: pay each provider's due claims in one transaction | `remittance.cycle_seconds` | insurers |
 | purge the private lines of claims whose retention has passed | `remittance.purge_every_seconds` | insurers |
 
 A job that triggers work only publishes a task (through the outbox); the org's Celery workers do the work.
+
+`RedisWatch` pings Redis twice a second with a client that does not retry by itself (redis-py's own retries would
+hide a short restart), so the listener knows when Redis was away and can re-send what may have been lost with it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from dataclasses import dataclass
 
 import redis
 from kombu.exceptions import OperationalError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from workers import outbox
 from workers.settings import WorkerSettings
@@ -34,12 +39,61 @@ class Job:
     next_at: float = 0.0
 
 
-def jobs_for(settings: WorkerSettings, r: redis.Redis) -> list[Job]:
+class RedisWatch:
+    """Whether Redis went away: `outage()` is when the current or last unsettled outage was first noticed (a Unix
+    time), until `settled` is told that what was written before it was dealt with."""
+
+    def __init__(self, url: str, every_s: float = 0.5) -> None:
+        self.client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+        self.every_s = every_s
+        self._lock = threading.Lock()
+        self._down_since: float | None = None  # Redis is away now, since then
+        self._unsettled: float | None = None  # an outage that ended, noticed first then
+
+    def probe(self) -> bool:
+        """Ping once; True when Redis answered."""
+        try:
+            self.client.ping()
+        except redis.RedisError:  # refused, timed out, or loading its data after a restart
+            with self._lock:
+                self._down_since = self._down_since or time.time()
+            return False
+        with self._lock:
+            if self._down_since is not None:
+                self._unsettled = min(self._unsettled or self._down_since, self._down_since)
+                self._down_since = None
+        return True
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.every_s):
+            self.probe()
+
+    def outage(self) -> float | None:
+        """When the last outage that ended and is not settled yet was first noticed."""
+        with self._lock:
+            return self._unsettled
+
+    def settled(self, noticed: float) -> None:
+        with self._lock:
+            if self._unsettled == noticed:
+                self._unsettled = None
+
+
+def jobs_for(settings: WorkerSettings, r: redis.Redis, watch: RedisWatch | None = None) -> list[Job]:
     msp, queue = settings.org.msp_id, settings.queue
 
     def resend() -> None:
         if resent := outbox.sweep(r, msp):
             log.warning("re-sent unfinished tasks", extra={"org": msp, "tasks": resent})
+
+    def resend_after_outage() -> None:
+        noticed = watch.outage() if watch is not None else None
+        if noticed is None:
+            return
+        resent = outbox.sweep(r, msp, written_before=noticed)
+        log.warning("redis was away: re-sent the tasks in flight then", extra={"org": msp, "tasks": resent})
+        assert watch is not None
+        watch.settled(noticed)
 
     def trigger(task: str, every_s: float) -> Callable[[], None]:
         def publish() -> None:
@@ -49,6 +103,8 @@ def jobs_for(settings: WorkerSettings, r: redis.Redis) -> list[Job]:
         return publish
 
     jobs = [Job("outbox", 5.0, resend)]
+    if watch is not None:
+        jobs.append(Job("outbox after a Redis outage", 0.5, resend_after_outage))
     if settings.rules is not None:
         cycle = settings.remittance
         if cycle.mode == "batch":

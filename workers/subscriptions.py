@@ -47,7 +47,7 @@ log = logging.getLogger("careledger.subscriptions")
 
 ATTEMPTS = int(os.environ.get("CARELEDGER_SUBSCRIPTION_ATTEMPTS") or 6)  # per notification, then status error
 BACKOFF_S = float(os.environ.get("CARELEDGER_SUBSCRIPTION_BACKOFF") or 1.0)  # doubled after every failed attempt
-BACKOFF_MAX_S = 30.0  # well under the broker's visibility timeout (workers.app), so a waiting retry is not re-sent
+BACKOFF_MAX_S = 30.0  # a waiting retry's message keeps its lease (workers.app), so it is not sent again meanwhile
 TICK_S = float(os.environ.get("CARELEDGER_SUBSCRIPTION_TICK") or 2.0)
 EVENT_MARKER_S = 30 * 24 * 3600  # how long an event's number is remembered against reruns of its task
 HANDSHAKE_PENDING_S = 900  # a handshake on its way (retries included) is not sent again before it finished or this

@@ -19,13 +19,14 @@ import hashlib
 import hmac
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import redis
 from celery import states
 from celery.exceptions import MaxRetriesExceededError
 from celery.signals import task_postrun
+from kombu.exceptions import OperationalError
 
 from fabric_gateway import FabricError
 from ledger.contracts import CLAIMS
@@ -39,11 +40,20 @@ log = logging.getLogger("careledger.workers")
 
 
 # A wait on the ledger that timed out is an unknown outcome, not a failure of the work: the task runs again and the
-# chain's state decides what is left to do.
-TRANSIENT = (FabricError, TimeoutError, httpx.TransportError, redis.ConnectionError, NotYetAvailable)
+# chain's state decides what is left to do. Redis away (a task's own keys, or the broker when it sends a task) is not
+# a failure of the work either.
+TRANSIENT = (
+    FabricError,
+    TimeoutError,
+    httpx.TransportError,
+    redis.ConnectionError,
+    redis.TimeoutError,
+    OperationalError,
+    NotYetAvailable,
+)
 # Backoff 1 s, 2 s, 4 s, 8 s, 8 s, ... (Celery's smallest factor is one second; shorter waits are explicit below).
-# The purge lock is a lease its holder renews before each claim: a worker killed in the middle of a purge blocks the
-# next ones for this long at most, not for as long as a whole backlog may take.
+# The purge's lock is a lease, renewed after each claim purged: a worker killed while purging holds purges up no
+# longer than this (it was ten minutes, and a kill at the wrong moment stopped every purge for that long).
 PURGE_LEASE_S = 30
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": True, "retry_backoff_max": 8, "retry_jitter": False}
 
@@ -102,6 +112,8 @@ def pay(self: Any, claim: dict[str, Any]) -> str:
         return "nothing to pay"
     caught_up(ctx, claim)
     if ctx.settings.remittance.mode == "batch":
+        if ctx.run(ctx.ledger.claim(claim["claimId"]))["status"] == "paid":  # a repeat after its payment
+            return "paid already"
         remittance.queue(ctx, claim)
         return "queued for the next remittance"
     ref = f"PAY-{claim['claimId']}"
@@ -141,9 +153,8 @@ def purge_due(self: Any) -> int:
         due = ctx.run(ctx.ledger.due_for_purge(claim_response.now()))
         for n, claim in enumerate(due):
             try:
-                lock.reacquire()
-            except redis.exceptions.LockNotOwnedError:
-                log.info("purge lease lost; the next period goes on", extra={"done": n, "due": len(due)})
+                lock.reacquire()  # the lease renewed; lost (it ran out and another purge took it): leave the rest to it
+            except redis.exceptions.LockError:
                 return n
             try:
                 ctx.run(ctx.ledger.purge_lines(claim["claimId"]))
@@ -220,11 +231,18 @@ def notify(self: Any, event: str, claim: dict[str, Any], delivery_id: str) -> st
     """Put the event on the org's Redis stream (once per delivery id) and hand it to webhook delivery."""
     ctx = current()
     marker = ctx.settings.keys.done(f"stream:{delivery_id}")
-    if ctx.redis.set(marker, 1, nx=True):
-        ctx.redis.xadd(
-            ctx.settings.keys.stream(CLAIMS),
-            {"event": event, "claimId": claim.get("claimId", ""), "delivery": delivery_id, "claim": json.dumps(claim)},
-        )
+    entry = {"event": event, "claimId": claim.get("claimId", ""), "delivery": delivery_id, "claim": json.dumps(claim)}
+
+    def append_once(pipe: redis.client.Pipeline) -> None:
+        # The marker and the entry in one MULTI/EXEC: a connection lost (or Redis killed) between the two would
+        # otherwise leave the marker without its entry, and every rerun would skip the entry for good.
+        done = pipe.exists(marker)
+        pipe.multi()
+        if not done:
+            pipe.set(marker, 1)
+            pipe.xadd(ctx.settings.keys.stream(CLAIMS), cast(Any, entry))
+
+    ctx.redis.transaction(append_once, marker)
     if ctx.settings.webhook.url:
         msp, queue = ctx.settings.org.msp_id, ctx.settings.queue
         outbox.publish(
@@ -234,7 +252,20 @@ def notify(self: Any, event: str, claim: dict[str, Any], delivery_id: str) -> st
     return "notified"
 
 
-@app.task(bind=True, name="careledger.deliver", max_retries=None, acks_late=True)
+# Redis or the broker away while a webhook delivery reads or sets its marker, or sends its retry: tried again.
+REDIS_AWAY = (redis.ConnectionError, redis.TimeoutError, OperationalError)
+
+
+@app.task(
+    bind=True,
+    name="careledger.deliver",
+    max_retries=None,
+    acks_late=True,
+    autoretry_for=REDIS_AWAY,
+    retry_backoff=True,
+    retry_backoff_max=8,
+    retry_jitter=False,
+)
 def deliver(self: Any, event: str, claim: dict[str, Any], delivery_id: str) -> str:
     """POST the event to the org's webhook: signed, retried with doubling backoff, dead-lettered after the configured
     number of attempts. Receivers can drop repeats by X-CareLedger-Delivery (a crash right after a successful POST

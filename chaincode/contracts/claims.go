@@ -112,7 +112,14 @@ type ClaimDetail struct {
 	Coverage string      `json:"coverage"` // reference to the insurer's Coverage, e.g. "Coverage/123"
 	Salt     string      `json:"salt"`
 	Edits    []ClaimEdit `json:"edits,omitempty" metadata:",optional"`
+	// DuplicateOf is set by the contract, never by the provider: the claim this one exactly duplicates (same
+	// patient, provider, service date and line codes). The claim is filed with a whole-claim edit, CARC 18 (exact
+	// duplicate claim/service), which the insurer answers by denying it, as a payer answers a duplicate.
+	DuplicateOf string `json:"duplicateOf,omitempty" metadata:",optional"`
 }
+
+// DuplicateReason is the X12 claim adjustment reason code of an exact duplicate claim.
+const DuplicateReason = "18"
 
 // ClaimEdit is a front-end edit the provider's gateway found in the claim as the EHR sent it (a line without a
 // price, a total that is not the sum of its lines), as a payer's front end reports them: an X12 claim adjustment
@@ -121,7 +128,7 @@ type ClaimDetail struct {
 type ClaimEdit struct {
 	Sequence int    `json:"sequence"` // the line it is about; 0: the whole claim
 	Reason   string `json:"reason"`   // CARC, e.g. 16 (claim lacks information)
-	Remark   string `json:"remark"`   // RARC, e.g. M79 (missing charge), M54 (missing/invalid total charges)
+	Remark   string `json:"remark"`   // RARC, e.g. M79 (missing charge), M54 (missing/invalid total charges); none on a duplicate (18)
 }
 
 // Claim is the public state of a claim or prior authorisation request.
@@ -251,6 +258,9 @@ func (d ClaimDetail) validate(claimID string, totalCents int64) error {
 	if d.ClaimID != claimID {
 		return invalid("transient claim.claimId %q does not match %q", d.ClaimID, claimID)
 	}
+	if d.DuplicateOf != "" {
+		return invalid("claim.duplicateOf is the contract's finding, not the provider's")
+	}
 	if err := matches(saltPattern, "claim.salt", d.Salt, "32 to 128 hex characters of randomness"); err != nil {
 		return err
 	}
@@ -315,6 +325,14 @@ func (d ClaimDetail) validateEdits() (map[int]bool, error) {
 		edited[e.Sequence] = true
 	}
 	return edited, nil
+}
+
+// duplicateOf is the detail of a claim that exactly duplicates `original`: filed, not refused, with a whole-claim
+// edit CARC 18, so the insurer answers it with a denial as a payer answers a duplicate claim.
+func (d ClaimDetail) duplicateOf(original string) ClaimDetail {
+	d.Edits = append(append([]ClaimEdit{}, d.Edits...), ClaimEdit{Sequence: 0, Reason: DuplicateReason})
+	d.DuplicateOf = original
+	return d
 }
 
 // codesKey is the sorted list of line codes: what makes two claims of a patient on one day the same claim.
@@ -469,10 +487,13 @@ func (b *claimBatch) add(ctx contractapi.TransactionContextInterface, s ClaimSub
 		codes := detail.codesKey()
 		for _, e := range index.Entries {
 			if e.ServiceDate == s.ServiceDate && e.Codes == codes {
-				return conflict("duplicate claim: %s has the same patient, provider, service date and line codes", e.ClaimID)
+				detail = detail.duplicateOf(e.ClaimID)
+				break
 			}
 		}
-		index.Entries = append(index.Entries, claimIndexEntry{ClaimID: s.ClaimID, ServiceDate: s.ServiceDate, Codes: codes, Salt: detail.Salt})
+		if detail.DuplicateOf == "" { // the original stays the one a later copy duplicates
+			index.Entries = append(index.Entries, claimIndexEntry{ClaimID: s.ClaimID, ServiceDate: s.ServiceDate, Codes: codes, Salt: detail.Salt})
+		}
 	}
 	cl := &Claim{
 		ClaimID: s.ClaimID, Use: use, Provider: b.provider, Insurer: s.Insurer, Patient: s.Patient, Status: StatusSubmitted,

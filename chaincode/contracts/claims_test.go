@@ -31,6 +31,17 @@ func submit(t *testing.T, w *world, a actor, s ClaimSubmission, d ClaimDetail) (
 	})
 }
 
+// privateDetail is a claim's private detail as its insurer reads it.
+func privateDetail(t *testing.T, w *world, id string) *ClaimDetail {
+	t.Helper()
+	c := newClaims(testConfig)
+	got, err := call(w, client(t, "InsurerMSP"), c, nil, func(ctx contractapi.TransactionContextInterface) (*ClaimDetail, error) {
+		return c.Lines(ctx, ref(id))
+	})
+	mustOK(t, err)
+	return got
+}
+
 func adjudicate(t *testing.T, w *world, a actor, id string, in AdjudicationInput) (*Claim, error) {
 	t.Helper()
 	c := newClaims(testConfig)
@@ -170,11 +181,31 @@ func TestClaimsDuplicates(t *testing.T) {
 	_, err = submit(t, w, hospital, submission("cl-1"), detail("cl-1"))
 	wantErr(t, err, CodeConflict, "exists already")
 
-	// Same patient, provider, date and codes (in another order) under a new id: a duplicate.
+	// Same patient, provider, date and codes (in another order) under a new id: an exact duplicate, filed with the
+	// whole-claim edit CARC 18 and the claim it duplicates, so the insurer answers it as a payer does (denied).
 	d := detail("cl-2")
 	d.Lines[0], d.Lines[1] = d.Lines[1], d.Lines[0]
-	_, err = submit(t, w, hospital, submission("cl-2"), d)
-	wantErr(t, err, CodeConflict, "duplicate claim: "+ref("cl-1"))
+	cl, err := submit(t, w, hospital, submission("cl-2"), d)
+	mustOK(t, err)
+	if cl.Status != StatusSubmitted {
+		t.Fatalf("duplicate not filed: %+v", cl)
+	}
+	if got := privateDetail(t, w, "cl-2"); got.DuplicateOf != ref("cl-1") || len(got.Edits) != 1 || got.Edits[0] != (ClaimEdit{Sequence: 0, Reason: "18"}) {
+		t.Fatalf("duplicate's detail: %+v", got)
+	}
+	if got := privateDetail(t, w, "cl-1"); got.DuplicateOf != "" || len(got.Edits) != 0 {
+		t.Fatalf("the original is no duplicate: %+v", got)
+	}
+	// A third copy duplicates the original too; the provider cannot name a duplicate itself.
+	_, err = submit(t, w, hospital, submission("cl-2b"), detail("cl-2b"))
+	mustOK(t, err)
+	if got := privateDetail(t, w, "cl-2b"); got.DuplicateOf != ref("cl-1") {
+		t.Fatalf("third copy: %+v", got)
+	}
+	claimed := detail("cl-2c")
+	claimed.DuplicateOf = ref("cl-1")
+	_, err = submit(t, w, hospital, submission("cl-2c"), claimed)
+	wantErr(t, err, CodeInvalid, "duplicateOf")
 
 	// Another day, or another provider, is not a duplicate.
 	s := submission("cl-3")
@@ -478,7 +509,6 @@ func TestClaimsAttacks(t *testing.T) {
 			})
 			return err
 		}, code: CodeInvalid, msg: "not a member of channel \"claims\""},
-		{name: "provider files the same claim again under a new id", move: sub(hospital, submission("cl-dup")), code: CodeConflict, msg: "duplicate claim"},
 		{name: "peer identity adjudicates", move: adj(as("InsurerMSP", "peer"), "cl-sub"), code: CodeForbidden, msg: "may not submit"},
 		{name: "provider adjudicates its own claim", move: adj(hospital, "cl-sub"), code: CodeForbidden, msg: "only insurer orgs"},
 		{name: "another insurer adjudicates the claim", move: adj(client(t, "Insurer2MSP"), "cl-sub"), code: CodeForbidden, msg: "addressed to InsurerMSP"},

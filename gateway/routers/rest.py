@@ -61,7 +61,7 @@ async def bundle(svc: ServicesDep, client: ClientDep, body: BodyDep, key: Reques
         written = await svc.records.transaction(fv.transaction_entries(env), limit, key)
         entries = [{"response": entry_response(w)} for w in written]
         return FhirResponse({"resourceType": "Bundle", "type": "transaction-response", "entry": entries})
-    answers = (_batch_entry(svc.records, raw, i, limit, f"{key}e{i}") for i, raw in enumerate(env.raw_entries))
+    answers = (_batch_entry(svc.records, raw, i, limit, key.part(f"e{i}")) for i, raw in enumerate(env.raw_entries))
     entries = list(await asyncio.gather(*answers))
     return FhirResponse({"resourceType": "Bundle", "type": "batch-response", "entry": entries})
 

@@ -185,9 +185,13 @@ class Store:
 
     # ----- writes ----------------------------------------------------------------------------------------------
 
-    def stage(self, batch: str, rows: Sequence[Row], claims: Sequence[OutboxClaim] = ()) -> None:
+    def stage(
+        self, batch: str, rows: Sequence[Row], claims: Sequence[OutboxClaim] = (), committed: bool = False
+    ) -> None:
         """Encrypt and insert rows as pending, all or none. VersionTaken when another writer has a version.
-        `claims`: claims among the rows to submit on chain once the batch commits (the claim outbox)."""
+        `claims`: claims among the rows to submit on chain once the batch commits (the claim outbox).
+        `committed`: rows no ledger write stands behind (kept here only) are committed in the same transaction, so
+        a process killed in between leaves both or neither, never a pending row holding the version for good."""
         rows = sorted(rows, key=lambda r: (r.type, r.id, r.version))  # one lock order for every writer
         patients = sorted({r.patient for r in rows})
         with self._issued_lock:
@@ -229,6 +233,8 @@ class Store:
                             for c in claims
                         ],
                     )
+                if committed:
+                    self._commit(sql, batch, "")
         except Duplicate as e:
             raise VersionTaken(str(e)) from None
 
@@ -236,31 +242,34 @@ class Store:
         """The batch's rows become readable, each the newest version of its resource: a row is written once here,
         and a resource's previous newest version once more when the batch updates it."""
         with self._db.write() as sql:
-            committed = sql.run(
-                "UPDATE resources SET state = 'committed', tx_id = ?, newest = CASE WHEN NOT EXISTS"
-                " (SELECT 1 FROM resources x WHERE x.type = resources.type AND x.id = resources.id"
-                " AND (x.state = 'committed' OR x.batch = ?) AND x.version > resources.version) THEN 1 ELSE 0 END"
-                " WHERE batch = ? AND state = 'pending'",
-                (tx_id, batch, batch),
+            self._commit(sql, batch, tx_id)
+
+    def _commit(self, sql: Sql, batch: str, tx_id: str) -> None:
+        committed = sql.run(
+            "UPDATE resources SET state = 'committed', tx_id = ?, newest = CASE WHEN NOT EXISTS"
+            " (SELECT 1 FROM resources x WHERE x.type = resources.type AND x.id = resources.id"
+            " AND (x.state = 'committed' OR x.batch = ?) AND x.version > resources.version) THEN 1 ELSE 0 END"
+            " WHERE batch = ? AND state = 'pending'",
+            (tx_id, batch, batch),
+        )
+        if not committed:
+            return
+        sql.run(
+            "UPDATE claim_outbox SET state = CASE state WHEN 'staged' THEN 'queued' ELSE 'held' END, updated = ?"
+            " WHERE batch = ? AND state IN ('staged', 'staged-held')",
+            (time.time(), batch),
+        )
+        # Resources the batch gives a next version: the older versions stop being the newest. Row by row on the
+        # primary key, so that the plan never depends on the database's statistics.
+        later = sql.rows(
+            "SELECT type, id, MAX(version) FROM resources WHERE batch = ? AND version > 1 GROUP BY type, id",
+            (batch,),
+        )
+        if later:
+            sql.many(
+                "UPDATE resources SET newest = 0 WHERE type = ? AND id = ? AND version < ? AND newest = 1",
+                later,
             )
-            if not committed:
-                return
-            sql.run(
-                "UPDATE claim_outbox SET state = CASE state WHEN 'staged' THEN 'queued' ELSE 'held' END, updated = ?"
-                " WHERE batch = ? AND state IN ('staged', 'staged-held')",
-                (time.time(), batch),
-            )
-            # Resources the batch gives a next version: the older versions stop being the newest. Row by row on the
-            # primary key, so that the plan never depends on the database's statistics.
-            later = sql.rows(
-                "SELECT type, id, MAX(version) FROM resources WHERE batch = ? AND version > 1 GROUP BY type, id",
-                (batch,),
-            )
-            if later:
-                sql.many(
-                    "UPDATE resources SET newest = 0 WHERE type = ? AND id = ? AND version < ? AND newest = 1",
-                    later,
-                )
 
     def discard(self, batch: str) -> None:
         """Delete the batch's pending rows, and the key of a patient that has no rows left (a refused first write)."""

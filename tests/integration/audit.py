@@ -5,6 +5,8 @@ per event. Findings are collected, not asserted one by one, so a test can report
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import threading
 import time
@@ -205,3 +207,56 @@ def audit_claims(
     for org, wanted in (("InsurerOrg", "Claims.Submitted"), ("HospitalOrg", "Claims.Adjudicated")):
         for c in ours:
             found.count(len(deliveries[(org, wanted, c)]), f"{wanted} {c[:12]} delivered to {org}'s webhook")
+
+
+# ----- where an unfinished claim's tasks are ---------------------------------------------------------------------
+
+
+def whereabouts(t: Topology, claims: set[str], limit: int = 12) -> list[str]:
+    """For claims whose work did not finish: every place in Redis that still names them (the outbox, Celery's
+    queues and unacknowledged messages, the failed list, the remittance queues), so a failure says where the work
+    stopped. Only for reports: it reads every key of the two orgs."""
+    admin = redis.Redis.from_url(t.redis_admin_url)
+    out: list[str] = []
+    for claim in sorted(claims)[:limit]:
+        places = []
+        for msp in KEYS:
+            for raw_key in admin.scan_iter(match=f"{KEYS[msp].prefix}*", count=1000):
+                key = raw_key.decode()
+                kind = admin.type(raw_key).decode()
+                values: list[tuple[bytes, bytes]] = []  # (hash field or b"", value)
+                if kind == "hash":
+                    values = list(admin.hgetall(raw_key).items())
+                elif kind == "list":
+                    values = [(b"", v) for v in admin.lrange(raw_key, 0, -1)]
+                elif kind == "zset":
+                    values = [(b"", v) for v in admin.zrange(raw_key, 0, -1)]
+                hits = [
+                    (name, field.decode(errors="replace") + text)
+                    for field, v in values
+                    for name, text in [_readable(v)]
+                ]
+                hits = [h for h in hits if claim in h[1]]
+                if hits:
+                    tasks = sorted({name for name, _ in hits})
+                    places.append(f"{key.removeprefix(KEYS[msp].prefix)} x{len(hits)} {tasks}")
+        out.append(f"claim {claim[:12]}: " + ("; ".join(places) if places else "named nowhere in Redis"))
+    return out
+
+
+def _readable(raw: bytes) -> tuple[str, str]:
+    """(task name, text to search) of a stored value: a kombu message's body is base64 JSON, decoded here."""
+    text = raw.decode(errors="replace")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return "", text
+    if isinstance(data, list) and data and isinstance(data[0], dict):  # kombu's unacked entry: [message, ex, rk]
+        data = data[0]
+    if not isinstance(data, dict):
+        return "", text
+    if "body" in data and isinstance(data.get("headers"), dict):
+        with contextlib.suppress(ValueError):
+            text += base64.b64decode(data["body"]).decode(errors="replace")
+        return str(data["headers"].get("task", "")), text
+    return str(data.get("task", "")), text

@@ -279,17 +279,14 @@ def test_claim_submit_adjudicate_pay_with_private_lines(gateway_as: GatewayAs) -
     assert contract_error(clinic_read.value) == "FORBIDDEN"
     assert ask(clinic, "claims", "Claims:Get", claim_id)["totalCents"] == 27500  # the public summary is shared
 
-    # The same claim again under a new id is a duplicate.
+    # The same claim again under a new id is an exact duplicate: filed, with the whole-claim edit CARC 18 and the
+    # claim it duplicates in its private lines.
     dup = {**submission, "claimId": opaque_key()}
-    with pytest.raises(EndorseError) as duplicate:
-        call(
-            hospital,
-            "claims",
-            "Claims:Submit",
-            json.dumps(dup),
-            transient={"claim": {**lines, "claimId": dup["claimId"]}},
-        )
-    assert contract_error(duplicate.value) == "CONFLICT" and "duplicate claim" in str(duplicate.value)
+    call(
+        hospital, "claims", "Claims:Submit", json.dumps(dup), transient={"claim": {**lines, "claimId": dup["claimId"]}}
+    )
+    dup_lines = ask(insurer, "claims", "Claims:Lines", dup["claimId"])
+    assert dup_lines["duplicateOf"] == claim_id and dup_lines["edits"][-1]["reason"] == "18"
 
     # Only the insurer adjudicates, once.
     decision = {

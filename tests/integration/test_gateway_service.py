@@ -6,17 +6,25 @@ from __future__ import annotations
 import datetime
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from fhirpy import SyncFHIRClient
 
+from consortium.topology import Topology
 from fabric_gateway import Gateway
 from records import synthetic
-from tests.conftest import GatewayHttp, claim_key
+from tests.conftest import GatewayHttp, claim_key, org_processes_on
 
 pytestmark = pytest.mark.network
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, network: Topology) -> Iterator[str]:
+    """The tests of records (not the supply API's) run twice: the gateways keep them in SQLite, then in PostgreSQL."""
+    with org_processes_on(network, request.param) as found:
+        yield found
 
 
 def location_id(response_entry: dict[str, Any]) -> str:
@@ -33,7 +41,7 @@ def new_patient(gw: GatewayHttp, n: int = 5, seed: int | None = None) -> tuple[s
     return location_id(entries[0]), mpi, [e["response"]["location"].split("/_history")[0] for e in entries]
 
 
-def test_everything_across_orgs_follows_consent_and_is_audited(gateways: dict[str, GatewayHttp]) -> None:
+def test_everything_across_orgs_follows_consent_and_is_audited(store: str, gateways: dict[str, GatewayHttp]) -> None:
     hospital, clinic = gateways["HospitalOrg"], gateways["ClinicOrg"]
     patient_id, mpi, locations = new_patient(hospital, 6)
     everything = f"/Patient/$everything?identifier={synthetic.MPI_SYSTEM}|{mpi}&purpose=TREAT"
@@ -81,7 +89,7 @@ def test_member_calls_need_a_member_certificate(gateways: dict[str, GatewayHttp]
     assert r.status_code == 401 and r.json()["issue"][0]["code"] == "login"
 
 
-def test_search_paging_and_conditional_create(gateways: dict[str, GatewayHttp]) -> None:
+def test_search_paging_and_conditional_create(store: str, gateways: dict[str, GatewayHttp]) -> None:
     hospital = gateways["HospitalOrg"]
     patient_id, _, locations = new_patient(hospital, 8)
     page = hospital.get("/Observation", params={"patient": f"Patient/{patient_id}", "_count": "3"})
@@ -113,7 +121,7 @@ def test_search_paging_and_conditional_create(gateways: dict[str, GatewayHttp]) 
     assert first.json()["id"] == second.json()["id"]
 
 
-def test_fhirpy_creates_reads_and_searches(gateways: dict[str, GatewayHttp]) -> None:
+def test_fhirpy_creates_reads_and_searches(store: str, gateways: dict[str, GatewayHttp]) -> None:
     hospital = gateways["HospitalOrg"]
     client = SyncFHIRClient(
         hospital.base, authorization=f"Bearer {hospital.token()}", requests_config={"verify": hospital.ca}
@@ -137,7 +145,7 @@ def test_fhirpy_creates_reads_and_searches(gateways: dict[str, GatewayHttp]) -> 
 
 
 def test_claims_and_coverage_go_where_they_belong(
-    gateways: dict[str, GatewayHttp], gateway_as: Callable[..., Gateway]
+    store: str, gateways: dict[str, GatewayHttp], gateway_as: Callable[..., Gateway]
 ) -> None:
     hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
     patient_id, mpi, _ = new_patient(hospital, 2)
@@ -168,10 +176,14 @@ def test_claims_and_coverage_go_where_they_belong(
     assert [(line["code"], line["netCents"]) for line in lines["lines"]] == [("99213", 12500), ("85025", 6100)]
     assert hospital.get(f"/Claim/{claim_id}/$verify").json()["parameter"][0]["valueBoolean"] is True
 
-    # The same claim again is a duplicate the contract refuses, and nothing is stored for it.
+    # The same claim again is a second claim, an exact duplicate: the contract files it with the whole-claim edit
+    # CARC 18 and the claim it duplicates (private, for the insurer to deny it as a payer does), not refused.
     dup = hospital.post("/Claim", claim)
-    assert dup.status_code == 409 and "duplicate" in dup.json()["issue"][0]["diagnostics"]
-    assert hospital.get("/Claim", params={"patient": patient_id}).json()["total"] == 1
+    assert dup.status_code == 201, dup.text
+    dup_lines = json.loads(claims.evaluate("Claims:Lines", args=[claim_key(dup.json())]))
+    assert dup_lines["duplicateOf"] == key and {"sequence": 0, "reason": "18", "remark": ""} in dup_lines["edits"]
+    assert "duplicateOf" not in json.loads(claims.evaluate("Claims:Lines", args=[key]))
+    assert hospital.get("/Claim", params={"patient": patient_id}).json()["total"] == 2
 
     # Before adjudication the provider may withdraw it: the Claim updated to cancelled cancels it on chain. Any
     # other change to a submitted claim is refused.

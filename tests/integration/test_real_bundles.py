@@ -42,11 +42,12 @@ from records.service import Custodian, Records
 from records.sharing import Sharing
 from records.store import Store
 from records.validation import Entry
-from tests.conftest import CLAIM_KEY_SYSTEM, GatewayHttp, claim_key
+from tests.conftest import CLAIM_KEY_SYSTEM, TEST_STORE, GatewayHttp, claim_key, org_processes_on
 from workers import cli as worker_cli
 
 pytestmark = pytest.mark.network
 
+CARC_SYSTEM = "https://x12.org/codes/claim-adjustment-reason-codes"
 SSN_SYSTEM = "http://hl7.org/fhir/sid/us-ssn"  # the consortium identifier system Synthea patients carry
 # Types the hospital files as its own directory records, not under the patient (records.compartments).
 DIRECTORY_TYPES = {"Organization", "Practitioner", "PractitionerRole", "Location", "Medication"}
@@ -131,9 +132,17 @@ def post_as_published(gateway: GatewayHttp, raw: bytes) -> httpx.Response:
         time.sleep(float(r.headers.get("retry-after") or 1))
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, network: Topology) -> Iterator[str]:
+    """Every test here runs twice: the gateways and workers keep their records in SQLite, then in PostgreSQL."""
+    with org_processes_on(network, request.param) as found:
+        yield found
+
+
 @pytest.fixture(scope="module")
-def claim_workers(network: Topology, gateway_clients: dict[str, GatewayHttp]) -> Iterator[Topology]:
-    """Every gateway, and the listeners and workers of the orgs on `claims`, running before any bundle is posted."""
+def claim_workers(network: Topology, gateway_clients: dict[str, GatewayHttp], store: str) -> Iterator[Topology]:
+    """Every gateway, and the listeners and workers of the orgs on `claims`, running before any bundle is posted,
+    on the module's store."""
     from network import control
 
     for org in gateway_clients:
@@ -233,10 +242,7 @@ def test_a_sample_of_every_type_verifies_against_the_ledger(
             for _, location in (samples[0], samples[-1]):
                 if rtype == "Claim":  # on chain once the claim outbox filed it, after the bundle committed
                     state = wait_for(partial(filed, hospital, location), 300, f"{location} filed")
-                    if state["state"] != "submitted":  # refused as a duplicate (submitted_claims): not on chain
-                        r = hospital.get(f"/{location}/$verify")
-                        assert r.status_code == 409 and "not on chain" in r.text, (location, r.text[:500])
-                        continue
+                    assert state["state"] == "submitted", state
                 r = hospital.get(f"/{location}/$verify")
                 assert r.status_code == 200, (p.name, location, r.text[:500])
                 result = {x["name"]: x for x in r.json()["parameter"]}
@@ -271,6 +277,10 @@ def test_the_clinic_gets_every_resource_once_the_patient_consents(
         wanted = {loc for p in of_patient for loc in p.locations if loc.split("/")[0] not in DIRECTORY_TYPES}
         assert wanted <= got, sorted(wanted - got)[:20]
         assert f"Consent/{granted.json()['id']}" in got
+        # Revoked, the clinic is refused again (and the module's run on the other store starts without consent).
+        revoked = hospital.put(f"/Consent/{granted.json()['id']}", granted.json() | {"status": "inactive"})
+        assert revoked.status_code == 200, revoked.text
+        assert clinic.get(query).status_code == 403
 
 
 def submission(gateway: GatewayHttp, claim_location: str) -> dict[str, Any]:
@@ -295,25 +305,54 @@ def kept_response(hospital: GatewayHttp, claim_id: str) -> dict[str, Any] | None
 
 
 def submitted_claims(hospital: GatewayHttp, posted: list[Posted]) -> list[tuple[Posted, list[str]]]:
-    """Every bundle's Claims once the claim outbox settled them, and which were submitted. A claim that bills what an
-    earlier one billed (same patient, provider, service date and line codes) is refused by the Claims contract as a
-    duplicate: Synthea bills some services twice on one day, and the fixtures are one synthetic patient as two
-    exporter releases wrote them, so the second bundle bills the first one's encounters again. Every other claim is
-    submitted, and the first bundle of each patient has submitted claims."""
-    seen: set[str] = set()
+    """Every bundle's Claims once the claim outbox settled them: every one submitted. A claim that bills what an
+    earlier one billed (same patient, provider, service date and line codes) is filed as its exact duplicate, for
+    the insurer to deny with CARC 18 (`test_an_exact_duplicate_bundle_claim_is_denied_with_carc_18`): the fixtures
+    are one synthetic patient as two exporter releases wrote them, so the second bundle bills the first one's
+    encounters again."""
     out = []
     for p in posted:
         submitted = []
         for _, location in p.of_type("Claim"):
             state = wait_for(partial(filed, hospital, location), 300, f"{location} filed")
-            if state["state"] == "submitted":
-                submitted.append(location)
-            else:
-                assert state["state"] == "refused" and str(state.get("reason")).startswith("duplicate claim"), state
-        assert submitted or p.ssn in seen, p.name
+            assert state["state"] == "submitted", state
+            submitted.append(location)
         out.append((p, submitted))
-        seen.add(p.ssn)
     return out
+
+
+def billed(claim: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """What makes two claims of one patient and provider the same claim: service date and line codes."""
+    start = str((claim.get("billablePeriod") or {}).get("start") or claim["item"][0].get("servicedDate"))[:10]
+    return start, tuple(sorted(str(i["productOrService"]["coding"][0]["code"]) for i in claim["item"]))
+
+
+def test_an_exact_duplicate_bundle_claim_is_denied_with_carc_18(
+    gateways: dict[str, GatewayHttp], posted: list[Posted], store: str
+) -> None:
+    """A later bundle's Claim billing what an earlier bundle's billed is answered as a payer answers an exact
+    duplicate: a ClaimResponse with every line denied, CARC 18, naming the claim it duplicates."""
+    hospital = gateways["HospitalOrg"]
+    first, *later = [p for p in posted if p.ssn == posted[0].ssn]
+    if not later:
+        pytest.skip("one bundle of the patient: no claim billed twice across bundles")
+    earlier: dict[tuple[str, tuple[str, ...]], str] = {}
+    for c, loc in first.of_type("Claim"):
+        earlier.setdefault(billed(c), loc)  # Synthea bills some services twice on one day: the first is the original
+    again = next(((c, loc) for p in later for c, loc in p.of_type("Claim") if billed(c) in earlier), None)
+    assert again is not None, "the second release of the patient bills none of the first one's claims again"
+    claim, location = again
+    wait_for(partial(filed, hospital, location), 300, f"{location} filed")
+    response = wait_for(partial(kept_response, hospital, location.split("/")[1]), 300, f"the answer to {location}")
+    assert {"code": {"coding": [{"system": CARC_SYSTEM, "code": "18"}]}} in response["error"], response
+    # The original is the earlier bundle's claim, or the same claim filed by this module's run on the other store.
+    note = response["processNote"][0]["text"]
+    assert note.startswith("exact duplicate of claim "), note
+    if store == TEST_STORE:
+        assert submission(hospital, earlier[billed(claim)])["claimKey"] in note, note
+    for item in response["item"]:
+        benefit = item["adjudication"][1]
+        assert benefit["amount"]["value"] == 0 and {"system": CARC_SYSTEM, "code": "18"} in benefit["reason"]["coding"]
 
 
 def test_the_bundles_claims_are_filed_and_adjudicated(gateways: dict[str, GatewayHttp], posted: list[Posted]) -> None:
@@ -345,6 +384,37 @@ def test_an_adjudicated_bundle_claim_gets_an_explanation_of_benefit(
             assert eob["claim"] == {"identifier": {"system": CLAIM_KEY_SYSTEM, "value": key}}
             assert eob["claimResponse"] == {"reference": f"ClaimResponse/{response['id']}"}
             assert eob["outcome"] == "complete" and eob["item"] and eob["total"], eob
+
+
+def test_a_claim_naming_no_payer_is_filed_with_the_insurer_of_the_patients_coverage(
+    gateways: dict[str, GatewayHttp], posted: list[Posted]
+) -> None:
+    """A Claim whose insurer and coverage name no payer of the consortium (Synthea's "NO_INSURANCE") is filed
+    with the payer of the patient's Coverage the hospital holds, found through the payer directory by its payor's
+    name, and the insurer answers it."""
+    hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
+    patient_id = posted[0].locations[0].split("/")[1]
+    coverage = {
+        "resourceType": "Coverage",
+        "status": "active",
+        "beneficiary": {"reference": f"Patient/{patient_id}"},
+        "payor": [{"display": "Humana"}],  # a name of InsurerMSP in the consortium's payer directory
+    }
+    assert hospital.post("/Coverage", coverage).status_code == 201
+    claim = synthetic.claim(patient_id, "-", [("99214", 1, "180.00")], "2025-06-17", "-")
+    claim |= {"insurer": {"display": "NO_INSURANCE"}}
+    claim["insurance"] = [{"sequence": 1, "focal": True, "coverage": {"display": "NO_INSURANCE"}}]
+    r = hospital.post("/Claim", claim)
+    assert r.status_code == 201, r.text[:2000]
+    key = claim_key(r.json())
+
+    def answered() -> dict[str, Any] | None:
+        found = insurer.get(f"/ClaimResponse/{key}")
+        return found.json() if found.status_code == 200 else None
+
+    response = wait_for(answered, 300, "the insurer's ClaimResponse")
+    assert response["insurer"] == {"identifier": {"system": "urn:careledger:msp", "value": "InsurerMSP"}}
+    assert response["outcome"] == "complete", response
 
 
 class FixedIds(Records):

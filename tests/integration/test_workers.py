@@ -146,7 +146,7 @@ def workers(
     """Listeners and workers of every org on `claims`, configured to post to the receiver; claim lines purgeable
     seconds after adjudication and purged every 2 s; a killed worker's tasks back soon."""
     env: dict[str, str | None] = {
-        "CARELEDGER_VISIBILITY_TIMEOUT": "12",  # a killed worker's tasks come back soon, yet after any task
+        "CARELEDGER_VISIBILITY_TIMEOUT": "12",  # a killed worker's tasks come back within this lease
         "CARELEDGER_REDELIVER_AFTER": "20",  # unfinished tasks are re-sent from the outbox after 20 s
     }
     with running_workers(

@@ -255,3 +255,43 @@ def test_disclose_and_verify_disclosure_routes(tmp_path: Path) -> None:
         gw.run(scenario)
     finally:
         gw.close()
+
+
+def test_the_root_is_the_commitments_root_for_every_published_resource() -> None:
+    """`root` (what every write registers) takes a shorter way than `commit` (what a disclosure needs): for every
+    resource of the published Synthea bundles, and for JSON values of every kind, both give the same tree."""
+    from consortium.topology import REPO_ROOT
+
+    resources = [
+        e["resource"]
+        for path in sorted((REPO_ROOT / "tests" / "data" / "synthea").glob("*.json"))
+        for e in json.loads(path.read_text())["entry"]
+    ]
+    odd = {"a": [True, False, None, 0, -3, 10**30, 2.0, 1e-7, 1.5e300, 'é\u2028"\\'], "b": {}, "c": []}
+    for i, resource in enumerate([*resources, {"resourceType": "Basic", **odd}]):
+        assert (
+            disclosure.root(resource, b"s" * 32, "ab" * 32, i % 3 + 1)
+            == disclosure.commit(resource, b"s" * 32, "ab" * 32, i % 3 + 1).root
+        )
+    assert (
+        disclosure.canonical(odd) == json.dumps(odd, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    )
+    assert [disclosure.canonical(v) for v in odd["a"]] == [json.dumps(v, ensure_ascii=False).encode() for v in odd["a"]]
+
+
+def test_the_v2_root_of_a_known_resource_stays_what_verifiers_compute() -> None:
+    """Pinned: the root the construction of DISCLOSURE.md gives for this resource, salt key and version. A change
+    to how roots are computed must not change a single byte of them (digests on chain must keep verifying)."""
+    resource = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+        "valueQuantity": {"value": 13.2, "unit": "g/dL"},
+        "issued": None,
+        "note": [],
+        "x": True,
+        "n": 7,
+    }
+    root = "c3bb9aef86abb17c1e9b011640ee9f8f1350bc55ba9d1d984099865ceb86cbb6"
+    assert disclosure.root(resource, bytes(range(32)), "ab" * 32, 2) == root
+    assert disclosure.commit(resource, bytes(range(32)), "ab" * 32, 2).root == root

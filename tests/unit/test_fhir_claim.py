@@ -92,3 +92,67 @@ def test_what_r4_forbids_is_still_refused() -> None:
     bad = claim()["item"][0] | {"quantity": {"value": 2}, "unitPrice": {"value": 10.0}, "net": {"value": 25.0}}
     with pytest.raises(FhirInvalid):
         fhir_claim.for_ledger(claim(item=[bad]), "k" * 64, "p" * 64, "d" * 64, PAYERS)
+
+
+def coverage(payor: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    base = {"resourceType": "Coverage", "id": "cov-1", "status": "active", "payor": [payor]}
+    return base | changes
+
+
+def naming_nothing(**changes: Any) -> dict[str, Any]:
+    """A Claim whose own elements name no payer of the consortium (as Synthea's 'NO_INSURANCE' claims do)."""
+    return claim(insurer={}, insurance=[{"sequence": 1, "focal": True, "coverage": {"display": "NO_INSURANCE"}}]) | (
+        changes
+    )
+
+
+def insurer_of(c: dict[str, Any], held: fhir_claim.HeldHere) -> str | None:
+    found = fhir_claim.for_ledger(c, "k" * 64, "p" * 64, "d" * 64, PAYERS, held)
+    return None if found is None else str(found.submission["insurer"])
+
+
+def test_the_insurer_is_found_from_the_patients_coverage_held_here() -> None:
+    held = fhir_claim.HeldHere(coverages=lambda: [coverage({"display": "Humana"})])
+    assert insurer_of(naming_nothing(), held) == "InsurerMSP"
+
+
+def test_the_patients_coverage_is_looked_up_only_when_the_claim_names_no_payer() -> None:
+    def never() -> list[dict[str, Any]]:
+        raise AssertionError("the claim names its payer: no lookup")
+
+    assert insurer_of(claim(), fhir_claim.HeldHere(coverages=never)) == "InsurerMSP"
+
+
+def test_of_the_patients_coverages_the_one_in_force_on_the_service_date_decides() -> None:
+    elsewhere = {"display": "A payer elsewhere"}
+    ours = {"identifier": {"system": "http://payers.example", "value": "PAYER-7"}}
+    coverages = [
+        coverage(elsewhere, id="a", status="cancelled"),  # not active
+        coverage(elsewhere, id="b", period={"start": "2024-01-01"}),  # begins after the service (2023-02-01)
+        coverage(ours, id="c", period={"start": "2020-01-01", "end": "2023-12-31"}, order=2),
+    ]
+    assert insurer_of(naming_nothing(), fhir_claim.HeldHere(coverages=lambda: coverages)) == "InsurerMSP"
+    assert insurer_of(naming_nothing(), fhir_claim.HeldHere(coverages=lambda: coverages[:2])) is None
+
+
+def test_a_coverage_the_claim_references_names_the_payer_contained_or_held_here() -> None:
+    held_coverage = coverage({"reference": "Organization/org-9"}, id="cov-9")
+    payer_org = {"resourceType": "Organization", "id": "org-9", "name": "Some plan", "alias": ["CareLedger Health"]}
+    held = {"Coverage/cov-9": held_coverage, "Organization/org-9": payer_org}
+    lookup = fhir_claim.HeldHere(resource=held.get)
+    by_reference = naming_nothing(
+        insurance=[{"sequence": 1, "focal": True, "coverage": {"reference": "Coverage/cov-9"}}]
+    )
+    assert insurer_of(by_reference, lookup) == "InsurerMSP"
+    contained = naming_nothing(
+        contained=[coverage({"display": "Humana"}, id="c1")],
+        insurance=[{"sequence": 1, "focal": True, "coverage": {"reference": "#c1"}}],
+    )
+    assert insurer_of(contained, fhir_claim.NOTHING_HELD) == "InsurerMSP"
+
+
+def test_an_insurer_organization_held_here_is_found_by_its_identifier() -> None:
+    org = {"resourceType": "Organization", "identifier": [{"system": "http://payers.example", "value": "PAYER-7"}]}
+    held = fhir_claim.HeldHere(resource={"Organization/o1": org}.get)
+    assert insurer_of(naming_nothing(insurer={"reference": "Organization/o1"}), held) == "InsurerMSP"
+    assert insurer_of(naming_nothing(insurer={"reference": "Organization/o2"}), held) is None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from fabric_gateway import CommitStatusUnavailable, EndorseError, ErrorDetail
+from gateway import consistency
 from ledger.errors import LedgerConflict
 from records import synthetic
 from records.store import Query
@@ -195,7 +197,7 @@ def test_bodies_must_be_fhir_json_and_answers_are_fhir_json(gw: Gateway) -> None
             ),
             503,
         ),
-        # The chaincode server dies while the peer runs the call on it.
+        # The chaincode server is killed during the call.
         (
             EndorseError(
                 "ABORTED",
@@ -204,8 +206,7 @@ def test_bodies_must_be_fhir_json_and_answers_are_fhir_json(gw: Gateway) -> None
                     ErrorDetail(
                         "127.0.0.1:7100",
                         "HospitalMSP",
-                        "error in simulation: failed to execute transaction 2a: error sending: chaincode stream"
-                        " terminated",
+                        "error in simulation: failed to execute transaction 1f: chaincode stream terminated",
                     ),
                 ),
             ),
@@ -264,5 +265,71 @@ def test_patient_match_and_link(gw: Gateway) -> None:
         bad = {"resourceType": "Parameters", "parameter": [{"name": "identifier", "valueIdentifier": other}]}
         refused = await g.post("/fhir/Patient/ann/$link", bad)
         assert refused.status_code == 422 and refused.json()["resourceType"] == "OperationOutcome"
+
+    gw.run(scenario)
+
+
+def test_a_write_says_its_block_and_a_read_can_wait_for_one(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    waits: list[tuple[str, int]] = []
+    transport = gw.records.ledger.transport
+
+    async def wait_for_block(channel: str, block_number: int, orgs: object) -> None:
+        waits.append((channel, block_number))
+
+    monkeypatch.setattr(transport, "wait_for_block", wait_for_block)
+
+    async def scenario(g: Gateway) -> None:
+        r = await g.post("/fhir", synthetic.Synthetic.seeded(5).transaction(2))
+        assert r.status_code == 200, r.text
+        channel, _, block = r.headers["x-ledger-block"].partition(":")
+        assert channel == "providers" and int(block) >= 1
+        patient = r.json()["entry"][0]["response"]["location"].split("/")[1]
+        read = await g.get(f"/fhir/Patient/{patient}", **{"X-Ledger-Min-Block": f"providers:{block}, claims:3"})
+        assert read.status_code == 200 and "x-ledger-block" not in read.headers  # a read commits nothing
+        assert sorted(waits) == [("claims", 3), ("providers", int(block))]
+        for bad in ("providers", "providers:-1", "providers:x", "providers:1,", "Providers:1"):
+            refused = await g.get(f"/fhir/Patient/{patient}", **{"X-Ledger-Min-Block": bad})
+            assert refused.status_code == 400, bad
+            assert refused.json()["issue"][0]["diagnostics"].startswith("X-Ledger-Min-Block")
+        unknown = await g.get(f"/fhir/Patient/{patient}", **{"X-Ledger-Min-Block": "elsewhere:4"})
+        assert unknown.status_code == 400 and "elsewhere" in unknown.text
+
+    gw.run(scenario)
+
+
+def test_a_peer_that_does_not_reach_the_block_named_gets_a_503_to_retry(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def never(channel: str, block_number: int, orgs: object) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(gw.records.ledger.transport, "wait_for_block", never)
+    monkeypatch.setattr(consistency, "MIN_BLOCK_WAIT_S", 0.2)
+
+    async def scenario(g: Gateway) -> None:
+        r = await g.get("/fhir/Patient?_count=1", **{"X-Ledger-Min-Block": "providers:999"})
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert r.json()["issue"][0]["code"] == "transient"
+
+
+def test_a_claim_sent_again_with_its_idempotency_key_is_the_same_claim_not_a_duplicate(gw: Gateway) -> None:
+    """A client that lost the answer to its claim sends it again with the same Idempotency-Key: it gets the first
+    answer (the same Claim), not a second claim the insurer would deny as an exact duplicate. Without the key, the
+    same content again is a second claim, filed as the first one's duplicate (CARC 18)."""
+
+    async def scenario(g: Gateway) -> None:
+        patient = await g.post("/fhir/Patient", synthetic.Synthetic.seeded(9).transaction(0)["entry"][0]["resource"])
+        assert patient.status_code == 201, patient.text
+        claim = synthetic.claim(patient.json()["id"], "InsurerMSP", [("99213", 1, "80.00")], "2026-11-01", "C/1")
+        first = await g.post("/fhir/Claim", claim, **{"Idempotency-Key": "claim-0001"})
+        again = await g.post("/fhir/Claim", claim, **{"Idempotency-Key": "claim-0001"})
+        assert first.status_code == 201 and again.status_code in (200, 201), again.text
+        assert again.json()["id"] == first.json()["id"]
+        submitted = [p for _, _, name, p in g.world.events if name == "Claims.Submitted"]
+        assert len(submitted) == 1
+        resent = await g.post("/fhir/Claim", claim)  # no key: a new request with the same content
+        assert resent.status_code == 201 and resent.json()["id"] != first.json()["id"]
+        key = g.records.store.ledger_key("Claim", resent.json()["id"])
+        assert (await g.records.ledger.claim_lines(key))["duplicateOf"] == submitted[0]["claimId"]
 
     gw.run(scenario)

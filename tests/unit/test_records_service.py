@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from fabric_gateway import CommitStatusUnavailable
 from ledger.contracts import Ledger
-from ledger.errors import LedgerForbidden
+from ledger.errors import LedgerForbidden, LedgerNotFound
 from ledger.fake import FakeLedger, FakeTransport
 from records import synthetic
 from records import validation as fv
@@ -534,3 +535,97 @@ def test_a_coverage_an_ehr_sends_a_provider_is_a_registered_record(hospital: Rec
         {"system": fhir.MPI_SYSTEM, "value": "MPI-ANN-2"}]}), put("Coverage", "cov1", coverage, 1)]))  # fmt: skip
     stored = hospital.read("Coverage", "cov1")
     assert stored.tx_id and run(hospital.verify(stored)).ok
+
+
+def naming_no_payer(claim: dict[str, Any]) -> dict[str, Any]:
+    """The claim as an EHR may send it: no insurer, its coverage by a display no payer of the consortium has."""
+    return claim | {"insurer": {}, "insurance": [{"sequence": 1, "focal": True, "coverage": {"display": "Plan"}}]}
+
+
+def test_a_claim_naming_no_payer_is_filed_with_the_insurer_of_the_patients_coverage(hospital: Records) -> None:
+    (patient,) = run(hospital.transaction(entries({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": fhir.PATIENTS[0], "request": {"method": "PUT", "url": "Patient/pat-jane"}}
+    ]})))  # fmt: skip
+    claim = naming_no_payer(synthetic.claim(patient.id, "-", [("99213", 1, "120.00")], "2026-11-01", "-"))
+    post = fv.entry({"resource": claim, "request": {"method": "POST", "url": "Claim"}}, 0)
+    (kept,) = run(hospital.transaction([post]))  # no Coverage held yet: kept here, not filed
+    with pytest.raises(LedgerNotFound):
+        run(hospital.ledger.claim(hospital.store.ledger_key("Claim", kept.id)))
+    cov = synthetic.coverage("x", "InsurerMSP", "2026-01-01", "2026-12-31")
+    cov["beneficiary"] = {"reference": f"Patient/{patient.id}"}
+    run(hospital.transaction([fv.entry({"resource": cov, "request": {"method": "POST", "url": "Coverage"}}, 0)]))
+    again = claim | {"billablePeriod": {"start": "2026-11-02"}}
+    post = fv.entry({"resource": again, "request": {"method": "POST", "url": "Claim"}}, 0)
+    (filed,) = run(hospital.transaction([post]))
+    on_chain = run(hospital.ledger.claim(hospital.store.ledger_key("Claim", filed.id)))
+    assert (on_chain["status"], on_chain["insurer"]) == ("submitted", "InsurerMSP")
+
+
+def test_a_bundle_claim_takes_its_insurer_from_the_patients_coverage_in_the_same_bundle(
+    world: FakeLedger, hospital: Records
+) -> None:
+    bundle = visit_with_claims()
+    for e in bundle["entry"][-2:]:
+        e["resource"] = naming_no_payer(e["resource"])
+    cov = synthetic.coverage("x", "InsurerMSP", "2026-01-01", "2026-12-31")
+    cov["beneficiary"] = {"reference": bundle["entry"][0]["fullUrl"]}
+    bundle["entry"].append({"resource": cov, "request": {"method": "POST", "url": "Coverage"}})  # after the claims
+
+    async def scenario() -> list[Any]:
+        written = await hospital.transaction(entries(bundle))
+        await hospital.claims_outbox.idle()
+        return written
+
+    claims = [w for w in run(scenario()) if w.type == "Claim"]
+    assert {hospital.submission(w.id).state for w in claims} == {"submitted"}
+    for w in claims:
+        assert run(hospital.ledger.claim(hospital.store.ledger_key("Claim", w.id)))["insurer"] == "InsurerMSP"
+
+
+def test_a_claim_request_sent_again_is_the_same_claim_and_a_new_one_is_a_duplicate(
+    world: FakeLedger, hospital: Records
+) -> None:
+    """The same request (same request key) sent again while its outcome was unknown gets the first one's claim: on
+    chain once, no duplicate edit. The same claim in a new request (a resend after the answer, or by another
+    system) is a second claim, filed as the first one's exact duplicate (CARC 18), for the insurer to deny."""
+    (patient,) = run(hospital.transaction(entries({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": fhir.PATIENTS[0], "request": {"method": "PUT", "url": "Patient/pat-jane"}}
+    ]})))  # fmt: skip
+    claim = synthetic.claim(patient.id, "InsurerMSP", [("99213", 1, "120.00")], "2026-11-01", "Coverage/c1")
+    post = fv.entry({"resource": claim, "request": {"method": "POST", "url": "Claim"}}, 0)
+    world.fail_next("Claims:Submit", CommitStatusUnavailable("UNAVAILABLE", "peer gone"), committed=True)
+    with pytest.raises(StillPending):
+        run(hospital.transaction([post], request="first"))
+    (first,) = run(hospital.transaction([post], request="first"))
+    key = hospital.store.ledger_key("Claim", first.id)
+    assert len(submitted_events(world)) == 1
+    assert "duplicateOf" not in run(hospital.ledger.claim_lines(key))
+    (second,) = run(hospital.transaction([post], request="second"))
+    assert second.id != first.id and second.created
+    detail = run(hospital.ledger.claim_lines(hospital.store.ledger_key("Claim", second.id)))
+    assert detail["duplicateOf"] == key and {"sequence": 0, "reason": "18"} in detail["edits"]
+
+
+def test_a_bundle_claims_first_try_does_not_ask_the_chain_first(world: FakeLedger, hospital: Records) -> None:
+    """Never tried, a claim cannot be on chain: its first try files it without a Claims:Get round trip."""
+    for _ in range(2):
+        world.fail_next("Claims:Get", LedgerForbidden("a first try must not ask"))
+
+    async def scenario() -> list[Any]:
+        written = await hospital.transaction(entries(visit_with_claims()))
+        await hospital.claims_outbox.idle()
+        return written
+
+    claims = [w for w in run(scenario()) if w.type == "Claim"]
+    assert {hospital.submission(w.id).state for w in claims} == {"submitted"}
+    assert len([f for f in world.failures if f.function == "Claims:Get"]) == 2  # never asked
+
+
+def test_answers_to_client_keyed_requests_are_kept_a_day(tmp_path: Path) -> None:
+    pending = PendingFiles(tmp_path / "pending")
+    pending.remember("old", "batch1")
+    pending.remember("new", "batch2")
+    day_ago = time.time() - 25 * 3600
+    os.utime(tmp_path / "pending" / "old.req", (day_ago, day_ago))
+    pending.prune(24 * 3600)
+    assert pending.remembered("old") is None and pending.remembered("new") == Remembered("batch2")

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from fabric_gateway import ChaincodeEvent
 from workers import rules
-from workers.listener import claim_events, dispatches, tasks_for
+from workers.listener import block_dispatches, claim_events, dispatches, tasks_for
 
 RULES = rules.Rules(
     network_providers=frozenset({"HospitalMSP"}),
@@ -148,3 +149,64 @@ def test_a_batch_event_stands_for_each_claim_it_lists() -> None:
     assert len({d.task_id for d in insurer}) == 4
     assert [c["eventBlock"] for c in insurer[0].args[0]] == [7, 7, 7]
     assert dispatches("HospitalMSP", "Claims.SubmittedBatch", "tx9", 7, payload) == []
+
+
+def _event(tx: str, name: str, payload: dict[str, Any], block: int = 7) -> ChaincodeEvent:
+    return ChaincodeEvent(block, tx, "careledger", name, json.dumps(payload).encode())
+
+
+def _claim(cid: str, provider: str = "HospitalMSP") -> dict[str, Any]:
+    return {"claimId": cid, "insurer": "InsurerMSP", "provider": provider}
+
+
+def test_the_claims_a_provider_submits_in_one_block_are_adjudicated_together() -> None:
+    block = [
+        _event("tx1", "Claims.Submitted", _claim("a")),
+        _event("tx2", "Claims.SubmittedBatch", {"provider": "HospitalMSP", "claims": [_claim("b"), _claim("c")]}),
+        _event("tx3", "Claims.Submitted", _claim("d", provider="ClinicMSP")),
+        _event("tx4", "Claims.Submitted", _claim("e")),
+        _event("tx5", "Claims.Adjudicated", _claim("z") | {"outcome": "approved"}),
+        _event("tx6", "Records.Registered", {}),
+    ]
+    insurer = block_dispatches("InsurerMSP", block)
+    adjudications = [
+        (d.task, [c["claimId"] for c in d.args[0]] if "batch" in d.task else d.args[0]["claimId"])
+        for d in insurer
+        if "adjudicate" in d.task
+    ]
+    # one provider's claims of the block: one batch; a claim alone in the block keeps its own task (and id)
+    assert sorted(adjudications, key=str) == sorted(
+        [("careledger.adjudicate_batch", ["a", "b", "c", "e"]), ("careledger.adjudicate", "d")], key=str
+    )
+    single = next(d for d in insurer if d.task == "careledger.adjudicate")
+    assert single.task_id == "InsurerMSP:tx3:Claims.Submitted:d:adjudicate"
+    batch = next(d for d in insurer if d.task == "careledger.adjudicate_batch")
+    assert {c["eventBlock"] for c in batch.args[0]} == {7}
+    others = [d.task for d in insurer if "adjudicate" not in d.task]
+    assert others == ["careledger.notify"] * 5 + ["careledger.pay"]  # every claim still notified on its own
+    assert [d.task_id for d in block_dispatches("InsurerMSP", block)] == [d.task_id for d in insurer]  # a replay
+    assert len({d.task_id for d in insurer}) == len(insurer)
+    # the provider gets nothing to adjudicate, only what the adjudicated claim means for it
+    assert [d.task for d in block_dispatches("HospitalMSP", block)] == ["careledger.fetch_claim_response"]
+
+
+def test_a_block_of_more_claims_than_one_batch_takes_is_split() -> None:
+    block = [_event(f"tx{i}", "Claims.Submitted", _claim(f"c{i}")) for i in range(1203)]
+    batches = [d for d in block_dispatches("InsurerMSP", block) if d.task == "careledger.adjudicate_batch"]
+    assert [len(d.args[0]) for d in batches] == [500, 500, 203]
+    assert sorted(c["claimId"] for d in batches for c in d.args[0]) == sorted(f"c{i}" for i in range(1203))
+
+
+def test_front_end_edits_are_answered_before_the_other_rules() -> None:
+    lines = [line(1, "85025", 1, 100), line(2, "80053", 1, 0)]
+    duplicate = [{"sequence": 0, "reason": "18"}]
+    assert outcomes(rules.decide(RULES, CLAIM, lines, [COVERED], [], edits=duplicate)) == [
+        ("denied", 0, ["18"]),
+        ("denied", 0, ["18"]),
+    ]
+    assert outcomes(rules.decide(RULES, CLAIM, lines, [], [], edits=duplicate))[0] == ("denied", 0, ["18"])
+    no_charge = [{"sequence": 2, "reason": "16", "remark": "M79"}, {"sequence": 0, "reason": "16", "remark": "M54"}]
+    assert outcomes(rules.decide(RULES, CLAIM, lines, [COVERED], [], edits=no_charge)) == [
+        ("approved", 100, []),
+        ("denied", 0, ["16"]),
+    ]

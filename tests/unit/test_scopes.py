@@ -24,6 +24,13 @@ INTERACTIONS = {
     "everything": ("r", "*"),
     "erase": ("d", "Patient"),
     "audit": ("s", "AuditEvent"),
+    "match": ("r", "Patient"),
+    "link": ("u", "Patient"),
+    "disclose": ("r", "Observation"),
+    "preauth-submit": ("c", "Claim"),
+    "preauth-appeal": ("u", "Claim"),
+    "preauth-decide": ("u", "ClaimResponse"),
+    "subscription-create": ("c", "Subscription"),
 }
 
 SCOPES: list[tuple[str, set[str]]] = [  # a scope, and the letters it grants on Observation
@@ -86,6 +93,13 @@ async def attempt(g: Gateway, interaction: str, ids: dict[str, str], scope: str,
         "everything": ("GET", f"/fhir/Patient/{patient}/$everything", None),
         "erase": ("POST", "/fhir/Patient/does-not-exist/$erase", None),
         "audit": ("GET", f"/fhir/AuditEvent?patient={patient}", None),
+        "match": ("POST", "/fhir/Patient/$match", {"resourceType": "Parameters", "parameter": []}),
+        "link": ("POST", f"/fhir/Patient/{patient}/$link", {"resourceType": "Parameters", "parameter": []}),
+        "disclose": ("POST", f"/fhir/Observation/{obs}/$disclose", {"resourceType": "Parameters", "parameter": []}),
+        "preauth-submit": ("POST", "/fhir/Claim/$submit", {"resourceType": "Bundle", "type": "collection"}),
+        "preauth-appeal": ("POST", "/fhir/Claim/unknown/$appeal", {"resourceType": "Parameters", "parameter": []}),
+        "preauth-decide": ("POST", "/fhir/ClaimResponse/unknown/$decide", {"resourceType": "Parameters"}),
+        "subscription-create": ("POST", "/fhir/Subscription", {"resourceType": "Subscription"}),
     }
     method, path, payload = calls[interaction]
     content = json.dumps(payload).encode() if payload is not None else None

@@ -264,3 +264,12 @@ def test_the_store_url_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     )
     with pytest.raises(ValueError):
         Store("mysql://somewhere/db", b"m" * 32)
+
+
+def test_rows_kept_here_only_are_staged_and_committed_in_one_transaction(stores: Stores) -> None:
+    """A write no ledger transaction stands behind commits with its staging: nothing is left pending to hold the
+    version, so a process killed in between cannot block that version for good."""
+    store = stores.open()
+    store.stage("b1", [row("cr1")], committed=True)
+    assert store.pending_batches() == []
+    assert store.read("Observation", "cr1") is not None

@@ -4,6 +4,7 @@ what they keep goes through the records service like every other write."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -18,6 +19,7 @@ import redis
 
 from consortium import topology as topo
 from fabric_gateway import BlockWaitTimeout, CommitStatusUnavailable
+from fabric_gateway.checkpoint import Checkpoint, RedisCheckpointer
 from ledger.claim_batches import ClaimBatches
 from ledger.contracts import Ledger
 from ledger.errors import LedgerConflict, LedgerNotFound
@@ -29,11 +31,15 @@ from records.fhir_claim import claim_response_id
 from records.service import Custodian, Records
 from records.store import Store
 from tests import fhir_samples as fhir
-from workers import context, tasks
+from tests.unit.conftest import free_port
+from workers import adjudication, context, outbox, remittance, rules, schedule, tasks
+from workers import app as app_module
 from workers.adjudication import NotYetAvailable
 from workers.settings import WorkerSettings
 
 KINDS = {"HospitalMSP": "provider", "ClinicMSP": "provider", "InsurerMSP": "insurer"}
+CARC = "https://x12.org/codes/claim-adjustment-reason-codes"
+RARC = "https://x12.org/codes/remittance-advice-remark-codes"
 MPI = "MPI-55501-TT"
 
 
@@ -311,3 +317,223 @@ def test_a_claim_response_for_a_claim_still_settling_here_is_fetched_once_it_set
         context._context = None
         loop.call_soon_threadsafe(loop.stop)
         hospital.store.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (200, {"disclosures": []}, False),  # nothing disclosed is no documentation
+        (403, {"resourceType": "OperationOutcome"}, False),  # no consent for the review purpose
+        (200, {"disclosures": [{"resourceKey": "0" * 64, "version": 1}]}, False),  # a document that proves nothing
+    ],
+)
+def test_a_records_review_passes_only_on_records_that_prove_themselves(
+    insurer: Any, status: int, body: dict[str, Any], expected: bool
+) -> None:
+    _, _, ctx = insurer
+    asked: list[httpx.Request] = []
+
+    def provider(request: httpx.Request) -> httpx.Response:
+        asked.append(request)
+        return httpx.Response(status, json=body)
+
+    review = replace(ctx, members=httpx.Client(transport=httpx.MockTransport(provider)))
+    review.settings = replace(ctx.settings, rules=rules.Rules.from_config({"records_review": {"codes": ["97110"]}}))
+    claim = {"claimId": "c1", "provider": "HospitalMSP", "insurer": "InsurerMSP", "patient": "p" * 64}
+    assert adjudication._records_disclosed(review, claim) is expected
+    assert asked and asked[0].url.params["purpose"] == "HPAYMT"
+
+
+def test_an_exact_duplicate_claim_is_answered_with_carc_18_naming_the_original(insurer: Any, tmp_path: Path) -> None:
+    """The same claim filed twice (a resend, or a bundle that bills a visit twice): the Claims contract files the
+    second with the whole-claim edit CARC 18, and the insurer answers it as a payer does: every line denied with 18,
+    the edit as the ClaimResponse's error, a note naming the claim it duplicates. The original is paid."""
+    world, records, ctx = insurer
+    cover(ctx)
+    first = submit_claim(world, tmp_path, [("99213", 1, "100.00"), ("85025", 2, "15.00")])
+    again = submit_claim(world, tmp_path, [("85025", 2, "15.00"), ("99213", 1, "100.00")])  # codes in another order
+    assert tasks.adjudicate.apply(args=[first]).get() == "approved"
+    assert tasks.adjudicate.apply(args=[again]).get() == "denied"
+    response = json.loads(records.read("ClaimResponse", claim_response_id(again["claimId"])).content)
+    for item in response["item"]:
+        benefit = item["adjudication"][1]
+        assert benefit["amount"]["value"] == 0 and [c["code"] for c in benefit["reason"]["coding"]] == ["18"]
+    assert response["error"] == [{"code": {"coding": [{"system": CARC, "code": "18"}]}}]
+    assert first["claimId"] in response["processNote"][0]["text"]
+    eob = json.loads(records.read("ExplanationOfBenefit", claim_response_id(again["claimId"])).content)
+    assert eob["payment"]["amount"]["value"] == 0 and first["claimId"] in eob["processNote"][0]["text"]
+    original = json.loads(records.read("ClaimResponse", claim_response_id(first["claimId"])).content)
+    assert "error" not in original and "processNote" not in original
+
+
+def test_a_line_without_a_charge_is_answered_with_its_edit(insurer: Any, tmp_path: Path) -> None:
+    """A front-end edit the provider's gateway found (CARC 16, RARC M79: a line without a charge) is answered on
+    that line, and listed with its RARC as the ClaimResponse's error."""
+    world, records, ctx = insurer
+    cover(ctx)
+    claim = submit_claim(world, tmp_path, [("99213", 1, "100.00"), ("85025", 1, "0")])
+    assert tasks.adjudicate.apply(args=[claim]).get() == "partial"
+    response = json.loads(records.read("ClaimResponse", claim_response_id(claim["claimId"])).content)
+    second = response["item"][1]["adjudication"][1]
+    assert [c["code"] for c in second["reason"]["coding"]] == ["16"]
+    codes = [(c["system"], c["code"]) for c in response["error"][0]["code"]["coding"]]
+    assert response["error"][0]["itemSequence"] == 2 and codes == [(CARC, "16"), (RARC, "M79")]
+
+
+def test_a_payment_cut_off_before_its_reconciliation_is_finished_before_another_starts(
+    insurer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cycle pays two claims and is cut off (Redis away) before it keeps the PaymentReconciliation and empties
+    its queue; a third claim is queued meanwhile. The next cycle finishes THAT payment (same reference, its
+    reconciliation kept), and only the cycle after pays the third claim: each claim paid once, every payment
+    reconciled."""
+    world, records, ctx = insurer
+    cover(ctx)
+    claims = [submit_claim(world, tmp_path, [(code, 1, "50.00")]) for code in ("99213", "85025", "80053")]
+    for claim in claims:
+        assert tasks.adjudicate.apply(args=[claim]).get() in ("approved", "partial")  # 85025 above the schedule
+    adjudicated = {p["claimId"]: p for _, _, n, p in world.events if n == "Claims.Adjudicated"}
+    ctx.settings = replace(ctx.settings, remittance=replace(ctx.settings.remittance, cycle_seconds=0))
+    first, second, third = (adjudicated[c["claimId"]] for c in claims)
+    for claim in (first, second):
+        remittance.queue(ctx, claim)
+    keep = records.keep
+
+    async def cut_off(resource: dict[str, Any], patient: str) -> bool:
+        if resource["resourceType"] == "PaymentReconciliation":
+            raise redis.ConnectionError("Redis went away")
+        return await keep(resource, patient)
+
+    monkeypatch.setattr(records, "keep", cut_off)
+    with pytest.raises(redis.ConnectionError):
+        remittance.remit(ctx, "HospitalMSP")
+    monkeypatch.setattr(records, "keep", keep)
+    remittance.queue(ctx, third)
+    started = remittance.payment_ref("HospitalMSP", [first["claimId"], second["claimId"]])
+    assert remittance.remit(ctx, "HospitalMSP") == started
+    assert remittance.remit(ctx, "HospitalMSP") == remittance.payment_ref("HospitalMSP", [third["claimId"]])
+    assert remittance.remit(ctx, "HospitalMSP") is None
+    payments = [p for _, _, n, p in world.events if n == "Claims.PaidBatch"]
+    assert sorted(line["claimId"] for p in payments for line in p["lines"]) == sorted(c["claimId"] for c in claims)
+    for p in payments:
+        kept = json.loads(records.read("PaymentReconciliation", p["paymentRef"]).content)
+        assert [d["identifier"]["value"] for d in kept["detail"]] == [line["claimId"] for line in p["lines"]]
+    assert ctx.redis.get(ctx.settings.keys.payment_under_way("HospitalMSP")) is None
+
+
+def test_a_claim_refused_by_a_peer_behind_stays_queued_until_the_chain_shows_it_done(
+    insurer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world, _, ctx = insurer
+    cover(ctx)
+    claim = submit_claim(world, tmp_path, [("99213", 1, "50.00")])
+    assert tasks.adjudicate.apply(args=[claim]).get() == "approved"
+    ctx.settings = replace(ctx.settings, remittance=replace(ctx.settings.remittance, cycle_seconds=0))
+    remittance.queue(ctx, {**claim, "provider": "HospitalMSP"})
+    pay_batch = ctx.ledger.pay_batch
+
+    async def behind(provider: str, ref: str, claim_ids: list[str]) -> Any:
+        raise LedgerConflict("no claim of payment can be paid: claim is submitted")
+
+    monkeypatch.setattr(ctx.ledger, "pay_batch", behind)
+    assert remittance.remit(ctx, "HospitalMSP") is None
+    assert ctx.redis.zcard(ctx.settings.keys.to_pay("HospitalMSP")) == 1  # the chain says approved and unpaid
+    monkeypatch.setattr(ctx.ledger, "pay_batch", pay_batch)
+    assert remittance.remit(ctx, "HospitalMSP") is not None
+    assert ctx.redis.zcard(ctx.settings.keys.to_pay("HospitalMSP")) == 0
+
+
+def test_a_worker_renews_the_lease_of_the_messages_it_holds_only(insurer: Any) -> None:
+    """kombu restores an unacknowledged message once its score is older than the visibility timeout: the worker
+    keeps the score fresh for what it holds, and never adds back a message that was acknowledged meanwhile."""
+    _, _, ctx = insurer
+    index = ctx.settings.keys.celery_prefix + app_module.UNACKED_INDEX
+    ctx.redis.zadd(index, {"held": 1.0, "gone-worker": 1.0})
+    assert app_module.renew_leases(ctx.redis, index, ["held", "acknowledged"]) == 1
+    scores = dict(ctx.redis.zrange(index, 0, -1, withscores=True))
+    assert scores[b"gone-worker"] == 1.0 and scores[b"held"] > 1.0 and b"acknowledged" not in scores
+
+
+def test_a_listener_checkpoint_moves_only_from_the_one_it_saved_last(insurer: Any) -> None:
+    """Redis restarted and lost the latest writes (the tasks of an event and its checkpoint): the listener's next
+    move finds an older checkpoint than the one it saved, and is refused, so the listener resumes from the stored
+    one and replays the lost events' tasks."""
+    _, _, ctx = insurer
+    checkpointer = RedisCheckpointer(ctx.redis, ctx.settings.keys.listener_checkpoint_name("claims"))
+    start = checkpointer.load()
+    assert start == Checkpoint()  # a fresh start: nothing stored
+    assert checkpointer.move(start, Checkpoint(5, "tx-a"))
+    assert checkpointer.move(Checkpoint(5, "tx-a"), Checkpoint(5, "tx-b"))
+    checkpointer.save(Checkpoint(5, "tx-a"))  # the move to tx-b was lost
+    assert not checkpointer.move(Checkpoint(5, "tx-b"), Checkpoint(6, ""))
+    assert checkpointer.load() == Checkpoint(5, "tx-a")  # left as stored: the listener resumes from there
+
+
+def test_after_a_redis_outage_every_task_written_before_it_is_sent_again_at_once(
+    insurer: Any, redis_topology: topo.Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis crash can lose a message a worker had just taken, or writes not yet in the append-only file: once
+    the listener's watch saw Redis away and back, the outbox re-sends what was written before, not only after
+    its usual delay, and then goes back to the usual delay."""
+    _, _, ctx = insurer
+    sent: list[str] = []
+    monkeypatch.setattr(app_module.app, "send_task", lambda task, task_id="", **_: sent.append(task_id))
+    msp, queue = "InsurerMSP", ctx.settings.queue
+    outbox.publish(ctx.redis, msp, queue, "careledger.pay", [], "before")
+    watch = schedule.RedisWatch(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there: Redis is away
+    assert not watch.probe() and watch.outage() is None  # away, not back yet
+    watch.client = redis.Redis.from_url(redis_topology.redis_url_for("InsurerOrg"))
+    assert watch.probe()
+    noticed = watch.outage()
+    assert noticed is not None
+    outbox.publish(ctx.redis, msp, queue, "careledger.pay", [], "after")  # written once Redis was back
+    jobs = {job.name: job for job in schedule.jobs_for(ctx.settings, ctx.redis, watch)}
+    sent.clear()
+    jobs["outbox after a Redis outage"].run()
+    assert sent == ["before"] and watch.outage() is None
+    jobs["outbox after a Redis outage"].run()
+    jobs["outbox"].run()
+    assert sent == ["before"]  # once; the others wait for the usual delay
+
+
+def test_a_notification_cut_off_between_its_marker_and_its_stream_entry_is_not_lost(
+    insurer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream entry and its once-only marker are written in one MULTI/EXEC: a connection lost after the
+    marker and before the entry (Redis killed) cannot leave a marker that makes every rerun skip the entry."""
+    _, _, ctx = insurer
+    monkeypatch.setattr(app_module.app, "send_task", lambda *a, **k: None)
+    stream = ctx.settings.keys.stream("claims")
+    claim = {"claimId": "c1", "insurer": "InsurerMSP", "provider": "HospitalMSP"}
+
+    def cut_off(*args: Any, **kwargs: Any) -> Any:
+        raise redis.ConnectionError("Connection closed by server.")
+
+    monkeypatch.setattr(ctx.redis, "xadd", cut_off)  # a separate XADD after the marker would fail here
+    with contextlib.suppress(redis.ConnectionError):
+        tasks.notify.run("Claims.Submitted", claim, "d1")
+    monkeypatch.undo()
+    monkeypatch.setattr(app_module.app, "send_task", lambda *a, **k: None)
+    tasks.notify.run("Claims.Submitted", claim, "d1")  # the rerun
+    tasks.notify.run("Claims.Submitted", claim, "d1")
+    assert [f[b"delivery"] for _, f in ctx.redis.xrange(stream)] == [b"d1"]
+
+
+def test_a_worker_that_starts_sends_again_what_was_unfinished_before_it(
+    insurer: Any, redis_topology: topo.Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed right after kombu took a message off the queue, before it recorded it, leaves that task in
+    the outbox only: the worker process started in its place sends every unfinished task written before it
+    started, once, instead of leaving it for the outbox's usual delay."""
+    _, _, ctx = insurer
+    sent: list[str] = []
+    monkeypatch.setattr(app_module.app, "send_task", lambda task, task_id="", **_: sent.append(task_id))
+    outbox.publish(ctx.redis, "InsurerMSP", ctx.settings.queue, "careledger.deliver", [], "taken-by-the-dead-one")
+    sent.clear()
+    url = redis_topology.redis_url_for("InsurerOrg")
+    monkeypatch.setattr(app_module, "org_redis", lambda: ("InsurerMSP", url))
+    outbox._resend_at_start()
+    started = time.monotonic()
+    while not sent and time.monotonic() - started < 10:
+        time.sleep(0.01)
+    assert sent == ["taken-by-the-dead-one"]

@@ -1,0 +1,54 @@
+"""Read-your-writes across orgs at the HTTP edge (ledger.position holds the why and the header format).
+
+- Every response to a request that committed transactions says where: `X-Ledger-Block: providers:57`.
+- A request that names blocks (`X-Ledger-Min-Block: providers:57`) is answered only once this org's own peer has
+  committed them, so what another org just wrote (a consent, a claim) is there when this org decides; a peer that
+  does not get there within MIN_BLOCK_WAIT_S gets a 503 with Retry-After, never an answer from an older state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+
+from gateway.deps import ServicesDep
+from gateway.outcome import HttpProblem
+from ledger import position
+
+BLOCK, MIN_BLOCK = position.BLOCK_HEADER, position.MIN_BLOCK_HEADER
+MIN_BLOCK_WAIT_S = 10.0
+
+
+def report_blocks(app: FastAPI) -> None:
+    """Add the X-Ledger-Block header to responses whose request committed transactions."""
+
+    @app.middleware("http")
+    async def report(request: Request, call_next: Any) -> Response:
+        with position.tracking() as written:
+            response: Response = await call_next(request)
+        if written:
+            response.headers[BLOCK] = position.render(written)
+        return response
+
+
+async def caught_up(request: Request, svc: ServicesDep) -> None:
+    """Wait until this org's peer has the blocks the request names (a dependency of every FHIR route)."""
+    value = request.headers.get(MIN_BLOCK)
+    if not value:
+        return
+    try:
+        wanted = position.parse(value)
+    except position.BadPosition as e:
+        raise HttpProblem(400, "value", f"{MIN_BLOCK}: {e}") from None
+    unknown = sorted(set(wanted) - svc.config.channels)
+    if unknown:
+        raise HttpProblem(400, "value", f"{MIN_BLOCK}: this org is not on channel {', '.join(unknown)}")
+    position.require(wanted)  # a member asked on the request's behalf (federation) waits for them too
+    try:
+        async with asyncio.timeout(MIN_BLOCK_WAIT_S):
+            for channel, block in sorted(wanted.items()):
+                await svc.records.ledger.wait_for_block(channel, block, [])
+    except TimeoutError:
+        raise HttpProblem(503, "transient", f"this org's peer has not reached {value} yet; retry") from None

@@ -1,0 +1,68 @@
+"""Claims filed together go in one transaction, and a patient is never in two batches in flight at once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ledger.claim_batches import ClaimBatches
+from ledger.contracts import Committed
+from ledger.transport import OnPrepared
+
+
+class _Ledger:
+    """Records each batch sent and which patients were in flight together; answers once `gate` opens."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.batches: list[list[str]] = []
+        self.in_flight: list[set[str]] = []
+
+    async def submit_claims(
+        self, submissions: Sequence[Mapping[str, Any]], details: Mapping[str, Any], on_prepared: OnPrepared | None
+    ) -> Committed:
+        patients = {str(s["patient"]) for s in submissions}
+        for others in self.in_flight:
+            assert not patients & others, f"patients {patients & others} in two batches in flight"
+        self.in_flight.append(patients)
+        self.batches.append([str(s["claimId"]) for s in submissions])
+        await self.gate.wait()
+        self.in_flight.remove(patients)
+        claims = [{"claimId": s["claimId"], "status": "submitted"} for s in submissions]
+        return Committed(f"tx{len(self.batches)}", {"claims": claims}, len(self.batches))
+
+    async def submit_claim_now(
+        self, submission: Mapping[str, Any], detail: Mapping[str, Any], on_prepared: OnPrepared | None
+    ) -> Committed:
+        answer = await self.submit_claims([submission], {str(submission["claimId"]): detail}, on_prepared)
+        return Committed(answer.tx_id, answer.result["claims"][0], answer.block_number)
+
+
+def test_a_patients_next_claim_waits_for_the_batch_in_flight_and_every_claim_is_answered() -> None:
+    async def until(condition: Any) -> None:
+        while not condition():
+            await asyncio.sleep(0.001)
+
+    async def scenario() -> tuple[_Ledger, list[Committed]]:
+        ledger = _Ledger()
+        batches = ClaimBatches(ledger, window_s=0.01)  # type: ignore[arg-type]
+
+        def file(claim: str, patient: str) -> asyncio.Task[Committed]:
+            return asyncio.create_task(batches.submit({"claimId": claim, "patient": patient}, {}))
+
+        filed = [file(f"c0-{p}", f"p{p}") for p in range(3)]
+        await until(lambda: len(ledger.batches) == 1)  # the first wave is in flight
+        filed += [file(f"c{wave}-{p}", f"p{p}") for wave in (1, 2, 3) for p in range(3)]  # the same patients again
+        filed.append(file("other", "p9"))
+        await until(lambda: len(ledger.batches) == 2)
+        ledger.gate.set()
+        return ledger, list(await asyncio.wait_for(asyncio.gather(*filed), 5))
+
+    ledger, answers = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert sorted(a.result["claimId"] for a in answers) == sorted(
+        [f"c{w}-{p}" for w in range(4) for p in range(3)] + ["other"]
+    )
+    assert sorted(c for b in ledger.batches for c in b) == sorted(a.result["claimId"] for a in answers)  # each once
+    assert len(ledger.batches) < len(answers)  # batched, not one by one
+    assert ledger.batches[1] == ["other"]  # another patient's claim did not wait behind the first wave
