@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import ssl
+import stat
 import time
 import urllib.request
 from collections.abc import Callable
@@ -36,7 +37,9 @@ def up(topology: Topology, progress: Progress = print) -> None:
     def step(msg: str) -> None:
         progress(f"[{time.monotonic() - started:6.1f}s] {msg}")
 
-    private_dir(topology.home)  # nothing in the run folder is for other users (PostgreSQL's user may pass through)
+    # Nothing in the run folder is for other users; PostgreSQL's own user passes through it (o+x, see
+    # postgres_server), and a PostgreSQL already running must keep that passage while the network is brought up again.
+    private_dir(topology.home, keep=stat.S_IXOTH)
     fabric = binaries.ensure(step)
     step(f"Fabric {topology.fabric_version} binaries ready")
     if crypto.ensure(topology, fabric):
