@@ -26,10 +26,10 @@ def read_secret(path: Path, what: str) -> bytes:
         raise SecretMissing(path, what) from None
 
 
-def private_dir(path: Path) -> None:
-    """Create `path` and any missing parents; the folder itself is 0700."""
+def private_dir(path: Path, keep: int = 0) -> None:
+    """Create `path` and any missing parents; the folder itself is 0700, plus the bits of `keep` it already has."""
     path.mkdir(parents=True, exist_ok=True)
-    path.chmod(0o700)
+    path.chmod(0o700 | (path.stat().st_mode & keep))
 
 
 def replace_secret(path: Path, data: bytes) -> None:

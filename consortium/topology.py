@@ -29,6 +29,7 @@ import contextlib
 import copy
 import fcntl
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -574,8 +575,9 @@ class Topology:
         return self.home / "config"
 
     def make_private(self) -> None:
-        """The run folder and every org's home: 0700."""
-        private_dir(self.home)
+        """The run folder and every org's home: 0700; the run folder keeps the passage (o+x) it may have given
+        PostgreSQL's own user."""
+        private_dir(self.home, keep=stat.S_IXOTH)
         for org in self.all_orgs:
             private_dir(self.org_home(org))
 

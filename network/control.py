@@ -47,7 +47,9 @@ def up(topology: Topology, progress: Progress = print) -> None:
     def step(msg: str) -> None:
         progress(f"[{time.monotonic() - started:6.1f}s] {msg}")
 
-    # Nothing in the run folder is for other users (PostgreSQL's user may pass through); each org's home is its own.
+    # Nothing in the run folder is for other users, and each org's home is its own; PostgreSQL's own user passes
+    # through the run folder (o+x, see postgres_server), and a PostgreSQL already running keeps that passage while the
+    # network is brought up again.
     topology.make_private()
     fabric = binaries.ensure(step)
     step(f"Fabric {topology.fabric_version} binaries ready")

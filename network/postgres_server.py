@@ -216,12 +216,12 @@ def _write_hba(topology: Topology, user: str | None) -> None:
 def start(topology: Topology) -> bool:
     """Start the run folder's PostgreSQL unless it runs (making its cluster on first use). True when started."""
     proc = process(topology)
+    user = _run_as()
+    if user is not None:  # also for a server already running: it opens its files for as long as it runs
+        _let_through(topology, topology.data_dir(NAME))
     if proc.running():
         return False
     binaries = bindir()
-    user = _run_as()
-    if user is not None:
-        _let_through(topology, topology.data_dir(NAME))
     _initdb(topology, user)
     _write_hba(topology, user)
     ensure_port_free(NAME, topology.services_host, topology.postgres_port, wait=5)

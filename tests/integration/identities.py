@@ -36,14 +36,18 @@ def minted(network: Topology, org_name: str, name: str, *, patient: bool = False
             x509.NameAttribute(NameOID.COMMON_NAME, f"{name}-{secrets.token_hex(4)}@{org.domain}"),
         ]
     )
+    # Fabric's MSP checks a chain at the moment one second after the certificate's notBefore, not at the current
+    # time; cryptogen rounds its CA's notBefore to the minute (up to 30 s later than five minutes ago), so a
+    # certificate issued from "five minutes ago" in the first half-minute of a network's life would predate its CA.
     now = datetime.datetime.now(datetime.UTC)
+    not_before = max(now - datetime.timedelta(minutes=5), ca_cert.not_valid_before_utc)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_before(not_before)
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
