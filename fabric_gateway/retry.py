@@ -1,4 +1,5 @@
-"""Retrying transactions that lost a read-write race (MVCC / phantom read conflicts).
+"""Retrying transactions that did not commit for a reason that passes: a lost read-write race (MVCC / phantom read
+conflicts), or endorsers that were briefly unavailable.
 
 Such a transaction did not commit (`NotCommitted`), so the retry builds and submits a NEW one: `attempt` must make a
 new proposal each call. For an unknown outcome (`CommitUnknown`) do not retry this way: look the transaction up, or
@@ -9,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from fabric_gateway.errors import CommitError, EndorseError, FabricError
+from fabric_gateway.errors import CommitError, EndorseError, FabricError, GatewayError
 
 T = TypeVar("T")
 
@@ -31,6 +33,26 @@ def is_read_race(err: FabricError) -> bool:
     if isinstance(err, EndorseError):
         return any("ProposalResponsePayloads do not match" in m for m in err.chaincode_messages)
     return False
+
+
+# What endorsing peers answer when they cannot reach another peer or the chaincode server (Fabric's own wording:
+# core/chaincode; the last three when the chaincode server dies during the call, its stream ending or never answering).
+_UNREACHABLE = re.compile(
+    r"code = Unavailable|could not launch chaincode|connection refused"
+    r"|chaincode stream terminated|timeout expired while executing transaction|\] error sending",
+    re.IGNORECASE,
+)
+UNAVAILABLE_RETRY_S = 8.0  # how long an endorsement that met unavailable endorsers is tried again before giving up
+
+
+def is_unavailable(err: GatewayError) -> bool:
+    """The ledger could not run the call because something it needs is down or not ready, not because of the call:
+    no set of live peers meets the endorsement policy (a member's peer is down, or discovery does not yet see the
+    chaincode on a new member's peer just after a chaincode definition changed), or a peer could not reach another
+    peer or the chaincode server. Nothing was written, and the same request succeeds once they are back."""
+    if err.stage == "endorse" and err.code == "FAILED_PRECONDITION":  # no combination of peers meets the policy
+        return True
+    return any(_UNREACHABLE.search(d.message) for d in err.details)
 
 
 def _backoff(err: CommitError | EndorseError, attempt: int, attempts: int, base_delay: float) -> float:
@@ -59,3 +81,19 @@ async def retry_conflicts_async(attempt: Callable[[], Awaitable[T]], attempts: i
         except (CommitError, EndorseError) as e:
             await asyncio.sleep(_backoff(e, n, attempts, base_delay))
     raise AssertionError("unreachable")
+
+
+async def retry_unavailable_async(attempt: Callable[[], Awaitable[T]], within_s: float = UNAVAILABLE_RETRY_S) -> T:
+    """Run `attempt` (which must build a NEW proposal each call) again while its endorsement meets unavailable
+    endorsers (`is_unavailable`), for at most `within_s`; then the last error is raised. A peer that restarts, or
+    discovery that lags a chaincode definition by a gossip round, is ridden out instead of failing the request."""
+    deadline = time.monotonic() + within_s
+    pause = 0.2
+    while True:
+        try:
+            return await attempt()
+        except EndorseError as e:
+            if not is_unavailable(e) or time.monotonic() + pause > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 2.0)

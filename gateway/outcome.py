@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
@@ -29,11 +28,10 @@ from fabric_gateway import (
     EndorseError,
     EvaluateError,
     FabricError,
-    GatewayError,
     GatewayTimeout,
     GatewayUnavailable,
 )
-from fabric_gateway.retry import is_read_race
+from fabric_gateway.retry import is_read_race, is_unavailable
 from ledger.errors import LedgerConflict, LedgerForbidden, LedgerInvalid, LedgerNotFound, LedgerRefused
 from records.errors import (
     FhirInvalid,
@@ -107,24 +105,6 @@ KNOWN_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-# What endorsing peers answer when they cannot reach another peer or the chaincode server (Fabric's own wording:
-# core/chaincode; the last three when the chaincode server dies during the call, its stream ending or never answering).
-_UNREACHABLE = re.compile(
-    r"code = Unavailable|could not launch chaincode|connection refused"
-    r"|chaincode stream terminated|timeout expired while executing transaction|\] error sending",
-    re.IGNORECASE,
-)
-
-
-def unreachable(err: GatewayError) -> bool:
-    """The ledger could not run the call because something it needs is down, not because of the call: no set of live
-    peers meets the endorsement policy (a member's peer is down), or a peer could not reach another peer or the
-    chaincode server. Nothing was written, and the same request succeeds once they are back."""
-    if err.stage == "endorse" and err.code == "FAILED_PRECONDITION":  # no combination of peers meets the policy
-        return True
-    return any(_UNREACHABLE.search(d.message) for d in err.details)
-
-
 def problem(err: Exception) -> tuple[int, dict[str, Any]] | None:
     """The status and OperationOutcome for an error the gateway knows, or None for a bug (500 upstream)."""
     if isinstance(err, FhirInvalid):
@@ -144,7 +124,7 @@ def problem(err: Exception) -> tuple[int, dict[str, Any]] | None:
     if isinstance(err, (CommitError, EndorseError)) and is_read_race(err):
         # Concurrent writes to the same records kept winning, even after retries: nothing was written; try again.
         return 503, operation_outcome([Issue("transient", "", f"busy, nothing was written; retry: {err}")])
-    if isinstance(err, (EndorseError, EvaluateError)) and unreachable(err):
+    if isinstance(err, (EndorseError, EvaluateError)) and is_unavailable(err):
         return 503, operation_outcome([Issue("transient", "", f"the ledger is unavailable now, retry: {err}")])
     for cls, status, code in _STATUS:
         if isinstance(err, cls):

@@ -30,7 +30,7 @@ from fabric_gateway import (
     EvaluateError,
     SubmitRefused,
 )
-from fabric_gateway.retry import retry_conflicts_async
+from fabric_gateway.retry import UNAVAILABLE_RETRY_S, retry_conflicts_async, retry_unavailable_async
 from ledger.errors import refusal
 
 CHAINCODE = "careledger"
@@ -104,11 +104,16 @@ class FabricTransport:
     """Contract calls as one org's identity through its own peer's Gateway."""
 
     def __init__(
-        self, gateway: AsyncGateway, chaincode: str = CHAINCODE, deadline_s: float = UNKNOWN_OUTCOME_DEADLINE_S
+        self,
+        gateway: AsyncGateway,
+        chaincode: str = CHAINCODE,
+        deadline_s: float = UNKNOWN_OUTCOME_DEADLINE_S,
+        unavailable_retry_s: float = UNAVAILABLE_RETRY_S,
     ) -> None:
         self.gateway = gateway
         self.chaincode = chaincode
         self.deadline_s = deadline_s
+        self.unavailable_retry_s = unavailable_retry_s
         self._contracts: dict[str, AsyncContract] = {}
 
     def contract(self, channel: str) -> AsyncContract:
@@ -137,8 +142,9 @@ class FabricTransport:
                 on_prepared(prepared)
             return await self._until_known(tx, prepared)
 
-        # A transaction that lost a read race did not commit: submitting a new one is safe.
-        return await retry_conflicts_async(attempt)
+        # A transaction that lost a read race, or met endorsers that were unavailable, did not commit: submitting a new
+        # one is safe.
+        return await retry_conflicts_async(lambda: retry_unavailable_async(attempt, self.unavailable_retry_s))
 
     async def settle(self, prepared: Prepared) -> Sent:
         return await self._until_known(self.gateway.transaction_from_bytes(prepared.signed), prepared, sent_before=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from fabric_gateway.errors import (
     from_rpc_error,
 )
 from fabric_gateway.identity import P256_ORDER, Identity, ecdsa_signer
-from fabric_gateway.retry import retry_conflicts
+from fabric_gateway.retry import is_unavailable, retry_conflicts, retry_unavailable_async
 from fabric_gateway.wire import varint
 from tests.unit.fake_gateway import FakeRpcError
 
@@ -198,3 +199,49 @@ def test_retry_conflicts_retries_endorsers_that_disagree_but_not_chaincode_error
 
     with pytest.raises(EndorseError):
         retry_conflicts(refused)
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "unavailable"),
+    [
+        # discovery lags a chaincode definition that added a member, by a gossip round
+        ("FAILED_PRECONDITION", "required chaincodes are not installed on sufficient peers", True),
+        ("FAILED_PRECONDITION", "no peer combination can satisfy the endorsement policy", True),
+        ("ABORTED", "chaincode stream terminated", True),
+        ("ABORTED", "error validating proposal: access denied: creator is malformed", False),
+        ("ABORTED", "chaincode response 500, CONFLICT: taken", False),
+    ],
+)
+def test_endorsers_that_are_down_or_not_ready_are_tried_again_for_a_while(
+    code: str, message: str, unavailable: bool
+) -> None:
+    err = EndorseError(code, "failed", (ErrorDetail("p:1", "ClinicMSP", message),), "tx")
+    assert is_unavailable(err) is unavailable
+    calls: list[int] = []
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise err
+        return "done"
+
+    if unavailable:
+        assert asyncio.run(retry_unavailable_async(flaky, within_s=5.0)) == "done"
+        assert len(calls) == 3
+    else:
+        with pytest.raises(EndorseError):
+            asyncio.run(retry_unavailable_async(flaky, within_s=5.0))
+        assert len(calls) == 1
+
+
+def test_endorsers_that_stay_down_fail_the_call_once_the_time_is_up() -> None:
+    err = EndorseError("FAILED_PRECONDITION", "no peers", (), "tx")
+    calls: list[int] = []
+
+    async def down() -> str:
+        calls.append(1)
+        raise err
+
+    with pytest.raises(EndorseError):
+        asyncio.run(retry_unavailable_async(down, within_s=0.5))
+    assert 1 < len(calls) <= 3
