@@ -203,12 +203,18 @@ def fmt(seconds: float) -> str:
     return "  >60 s" if math.isinf(seconds) else f"{seconds:5.2f} s"
 
 
+def _settled(offered: Offered, arrivals: Arrivals) -> bool:
+    """Every claim offered is answered, and every answered claim (not a prior authorisation) is paid."""
+    with arrivals.lock:
+        if not all(c in arrivals.answered for c in offered.started):
+            return False
+        paid_local = {arrivals.adjudicated_key.get(k) for k in arrivals.paid}
+        return all(c in paid_local for c in offered.started if c not in offered.preauth)
+
+
 def report(offered: Offered, arrivals: Arrivals) -> list[str]:
     deadline = time.monotonic() + ANSWER_WAIT_S
-    while time.monotonic() < deadline:
-        with arrivals.lock:
-            if all(c in arrivals.answered for c in offered.started):
-                break
+    while time.monotonic() < deadline and not _settled(offered, arrivals):
         time.sleep(0.2)
     with arrivals.lock:
         answered = dict(arrivals.answered)
@@ -250,9 +256,16 @@ def cpu_by_process(t: Topology) -> dict[str, float]:
         if (pid := proc.pid()) is not None:
             out[proc.name] = cpu_seconds(pid)
     for org in worker_cli.orgs_with_workers(t):
-        for name, p in (("worker", worker_cli.worker_process(t, org)),):
+        for name, p in (
+            ("worker", worker_cli.worker_process(t, org)),
+            ("listener", worker_cli.listener_process(t, org)),
+        ):
             if (pid := p.pid()) is not None:
                 out[f"{name}-{org}"] = cpu_seconds(pid)
+    for org in gateway_cli.orgs_with_gateways(t):
+        if (pid := gateway_cli.process(t, org).pid()) is not None:
+            out[f"gateway-{org}"] = cpu_seconds(pid)
+    out["bench client"] = cpu_seconds(os.getpid())  # offering the load costs this machine's CPU too
     return out
 
 
