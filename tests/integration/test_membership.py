@@ -40,6 +40,7 @@ from network.admin import Admin
 from records import synthetic
 from tests.conftest import GatewayHttp, claim_key
 from tests.integration.load import TODAY, Load, start_services
+from tests.waiting import wait_for
 from workers import cli as worker_cli
 
 pytestmark = [pytest.mark.network, pytest.mark.membership]
@@ -63,15 +64,6 @@ def cli(t: Topology, *args: str, ok: bool = True) -> subprocess.CompletedProcess
 
 def last_line(done: subprocess.CompletedProcess[str]) -> str:
     return done.stdout.strip().splitlines()[-1]
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
@@ -27,6 +26,7 @@ from network import control
 from records import synthetic
 from tests.conftest import TEST_PORT_BASE, GatewayHttp, claim_key
 from tests.integration.load import start_services
+from tests.waiting import wait_for
 
 pytestmark = [
     pytest.mark.network,
@@ -77,15 +77,6 @@ def remove_hosts() -> None:
         ip("netns", "del", ns, check=False)  # its veth end goes with it, and the pair, once nothing runs in it
         ip("link", "del", f"cl{TAG}v{i}", check=False)  # at once, even if a process still holds the namespace
     ip("link", "del", BRIDGE, check=False)
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -43,6 +43,7 @@ from records.sharing import Sharing
 from records.store import Store
 from records.validation import Entry
 from tests.conftest import CLAIM_KEY_SYSTEM, TEST_STORE, GatewayHttp, claim_key, org_processes_on
+from tests.waiting import wait_for
 from workers import cli as worker_cli
 
 pytestmark = pytest.mark.network
@@ -82,15 +83,6 @@ def bundle_files() -> list[Path]:
     for folder in filter(None, (os.environ.get("CARELEDGER_EXTRA_BUNDLES") or "").split(os.pathsep)):
         files += sorted(Path(folder).glob("*.json"))
     return files
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @dataclass

@@ -10,7 +10,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -22,6 +22,7 @@ from gateway import cli as gateway_cli
 from records import synthetic
 from tests.conftest import GatewayHttp, claim_key
 from tests.subscription_samples import event_numbers, parameters, subscription
+from tests.waiting import wait_for
 from workers import cli as worker_cli
 
 pytestmark = pytest.mark.network
@@ -108,15 +109,6 @@ def workers(network: Topology, gateway_clients: dict[str, GatewayHttp]) -> Itera
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def subscribe(gw: GatewayHttp, resource: dict[str, Any]) -> str:
