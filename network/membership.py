@@ -439,15 +439,20 @@ def _majority(n: int) -> int:
     return n // 2 + 1
 
 
-def approve_chaincode(admin: Admin, channel: str, org_name: str) -> str:
-    """As a member: approve the definition the channel's membership calls for (next sequence), after giving the
-    org's chaincode server the consortium config it will need."""
+def _definitions(admin: Admin, channel: str, org_name: str) -> tuple[Topology, Org, cc.Target, cc.Definition | None]:
+    """As a member of the channel (refused otherwise), with the membership as it is now: the chaincode definition
+    the channel's members call for, and the one in force (None before the first)."""
     t = admin.topology
     t.refresh()
     org = t.org(org_name)
     _member_of(t, org, channel)
-    goal = cc.target(t, channel)
-    now = cc.current(admin, org, channel)
+    return t, org, cc.target(t, channel), cc.current(admin, org, channel)
+
+
+def approve_chaincode(admin: Admin, channel: str, org_name: str) -> str:
+    """As a member: approve the definition the channel's membership calls for (next sequence), after giving the
+    org's chaincode server the consortium config it will need."""
+    t, org, goal, now = _definitions(admin, channel, org_name)
     pkg, _ = cc.prepare_org(admin, org)
     if now is not None and now.version == goal.version:
         if cc.approved_in_force(admin, org, channel, now.sequence):
@@ -463,12 +468,7 @@ def approve_chaincode(admin: Admin, channel: str, org_name: str) -> str:
 
 def commit_chaincode(admin: Admin, channel: str, org_name: str) -> str:
     """As a member: commit the definition once a majority of the members approved it; else say who has not."""
-    t = admin.topology
-    t.refresh()
-    org = t.org(org_name)
-    _member_of(t, org, channel)
-    goal = cc.target(t, channel)
-    now = cc.current(admin, org, channel)
+    t, org, goal, now = _definitions(admin, channel, org_name)
     if now is not None and now.version == goal.version:
         return f"{channel}: {goal.version} is in force already (sequence {now.sequence})"
     sequence = now.sequence + 1 if now else 1
