@@ -317,7 +317,8 @@ def test_a_claim_sent_again_with_its_idempotency_key_is_the_same_claim_not_a_dup
 
 
 def test_an_idempotency_key_sent_with_a_different_request_is_refused_and_writes_nothing(gw: Gateway) -> None:
-    """A key names one request: the same key with another body is a client error, 422, and nothing is written; the first request sent again with it still gets its first answer."""
+    """A key names one request: the same key with another body is a client error, 422, and nothing is written;
+    the first request sent again with it still gets its first answer."""
 
     async def scenario(g: Gateway) -> None:
         patient = await g.post("/fhir/Patient", synthetic.Synthetic.seeded(9).transaction(0)["entry"][0]["resource"])

@@ -25,7 +25,7 @@ from records.service import Custodian, Records
 from records.sharing import Sharing
 from records.store import Row
 from tests import fhir_samples as fhir
-from tests.unit.conftest import Stores
+from tests.stores import Stores
 
 T = TypeVar("T")
 KINDS = {"HospitalMSP": "provider", "ClinicMSP": "provider", "InsurerMSP": "insurer"}
