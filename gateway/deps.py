@@ -151,9 +151,11 @@ def request_key(request: Request, body: BodyDep) -> RequestKey:
     its method, path and body. A write answered "still pending" and sent again settles to the first one's result;
     one the client keyed is answered again for a day after that (records.pending.RequestKey)."""
     given = request.headers.get("idempotency-key")
-    basis = f"key {given}" if given else f"{request.method} {request.url.path}\n"
-    digest = hashlib.sha256(basis.encode() + (b"" if given else body)).hexdigest()
-    return RequestKey(f"{svc_org(request)}{digest}", client_chosen=bool(given))
+    content = hashlib.sha256(f"{request.method} {request.url.path}\n".encode() + body).hexdigest()
+    if not given:
+        return RequestKey(f"{svc_org(request)}{content}")
+    digest = hashlib.sha256(f"key {given}".encode()).hexdigest()
+    return RequestKey(f"{svc_org(request)}{digest}", client_chosen=True, content=content)
 
 
 def svc_org(request: Request) -> str:

@@ -8,6 +8,7 @@
 | records.Refused (no consent) | 403 | forbidden |
 | records.NotOnChain ($verify of a Claim still queued, held or refused: see Claim/$submission) | 409 | not-found |
 | records.StillPending (sent, outcome not known yet) | 503 with Retry-After: the same request again | transient |
+| records.KeyReused (an Idempotency-Key sent again with a different request) | 422 | business-rule |
 | Fabric timeouts | 504 with Retry-After | timeout |
 | ledger refusals CONFLICT / FORBIDDEN / NOT_FOUND / INVALID_ARGUMENT | 409 / 403 / 404 / 422 | |
 | a write that kept losing read races, an unreachable peer | 503 with Retry-After | transient |
@@ -36,6 +37,7 @@ from ledger.errors import LedgerConflict, LedgerForbidden, LedgerInvalid, Ledger
 from records.errors import (
     FhirInvalid,
     Issue,
+    KeyReused,
     Malformed,
     NotHeld,
     NotKeptHere,
@@ -86,6 +88,7 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (OutsideCompartment, 403, "forbidden"),
     (Tampered, 500, "exception"),
     (StillPending, 503, "transient"),
+    (KeyReused, 422, "business-rule"),
     (LedgerConflict, 409, "conflict"),
     (LedgerForbidden, 403, "forbidden"),
     (LedgerNotFound, 404, "not-found"),

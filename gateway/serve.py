@@ -56,7 +56,6 @@ log = logging.getLogger("careledger.gateway")
 
 RECONCILE_EVERY_S = 5.0
 STARTED_ENV = "CARELEDGER_GATEWAY_STARTED"  # when this start of the gateway's processes began (Unix time)
-CLAIM_WINDOW_S = 0.02  # claims filed within this long of each other are submitted in one transaction
 WRITE_DEADLINE_S = 15.0  # a write whose outcome is still unknown then is answered 503 and settled in the background
 # An idle client connection is kept this long. Longer than clients keep theirs (httpx and most HTTP clients: 5 s),
 # so the client closes an idle connection first: a server that closes one just as the client sends on it makes the
@@ -108,7 +107,7 @@ async def serve(settings: GatewaySettings, first: bool = True) -> None:
     fed = Federation.for_org(settings.topology, settings.org)
     async with connect.async_gateway(settings.topology, settings.org) as gw:
         transport = FabricTransport(gw, settings.topology.chaincode_name, deadline_s=WRITE_DEADLINE_S)
-        records = Records.open(settings.custodian, Ledger(transport, claim_window_s=CLAIM_WINDOW_S))
+        records = Records.open(settings.custodian, Ledger(transport, claim_window_s=settings.claim_window_s))
         store = records.store
         reconciler = asyncio.create_task(_reconcile_forever(records))
         console = open_console(settings, gw)

@@ -73,6 +73,17 @@ class StillPending(RecordsError):
         self.batch = batch
 
 
+class KeyReused(RecordsError):
+    """The client's Idempotency-Key names an earlier request that asked something else (another body, path or
+    method): it is not a retry of it, and nothing is written."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this Idempotency-Key was used for a different request within the last day; a retry must send the same"
+            " request, and a new request needs a new key"
+        )
+
+
 class NotOnChain(RecordsError):
     """The resource is held here but the ledger has no record of it to compare with: a Claim of a bundle that is
     still queued for its own transaction, or that names no payer of the consortium, or that the contract refused."""

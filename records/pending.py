@@ -27,19 +27,27 @@ CLIENT_KEYS_KEPT_S = 24 * 3600.0  # how long the answer to a request the client 
 class RequestKey(str):
     """A request's key. `client_chosen`: the client named the request (an Idempotency-Key): its answer is kept for
     CLIENT_KEYS_KEPT_S after it is definite, so a retry after a lost response gets it again instead of writing anew
-    (a second claim would be an exact duplicate, CARC 18). A key made from the request's content is forgotten once
-    answered: the same content sent again is a new write, as in FHIR."""
+    (a second claim would be an exact duplicate, CARC 18); `content` is then a digest of what was asked (method,
+    path, body), so the same key on a different request is told apart. A key made from the request's content is
+    forgotten once answered: the same content sent again is a new write, as in FHIR."""
 
     client_chosen: bool
+    content: str
 
-    def __new__(cls, value: str, client_chosen: bool = False) -> RequestKey:
+    def __new__(cls, value: str, client_chosen: bool = False, content: str = "") -> RequestKey:
         key = super().__new__(cls, value)
         key.client_chosen = client_chosen
+        key.content = content
         return key
 
     def part(self, suffix: str) -> RequestKey:
         """The key of one part of the request (a batch entry), as chosen as the request's."""
-        return RequestKey(f"{self}{suffix}", self.client_chosen)
+        return RequestKey(f"{self}{suffix}", self.client_chosen, self.content)
+
+
+def content_of(request: str) -> str:
+    """What a request asked (its digest), when its key does not already say so; "" otherwise."""
+    return request.content if isinstance(request, RequestKey) else ""
 
 
 def kept_once_answered(request: str) -> bool:
@@ -53,6 +61,11 @@ class Remembered:
 
     batch: str
     answer: tuple[Version, ...] | None = None
+    content: str = ""  # what the request asked, for a key the client chose ("" when not kept)
+
+    def asked_otherwise(self, request: str) -> bool:
+        """The same key, a different request: a client reusing an Idempotency-Key for something else."""
+        return bool(self.content) and bool(content_of(request)) and self.content != content_of(request)
 
 
 class PendingTransactions(Protocol):
@@ -84,7 +97,7 @@ class PendingInMemory:
         self._requests: dict[str, Remembered] = {}
 
     def remember(self, request: str, batch: str, answer: tuple[Version, ...] | None = None) -> None:
-        self._requests[request] = Remembered(batch, answer)
+        self._requests[request] = Remembered(batch, answer, content_of(request))
 
     def remembered(self, request: str) -> Remembered | None:
         return self._requests.get(request)
@@ -118,7 +131,11 @@ class PendingFiles:
         return self.folder / f"{batch}{suffix}"
 
     def remember(self, request: str, batch: str, answer: tuple[Version, ...] | None = None) -> None:
-        record = {"batch": batch, "answer": [list(v) for v in answer] if answer is not None else None}
+        record = {
+            "batch": batch,
+            "answer": [list(v) for v in answer] if answer is not None else None,
+            "content": content_of(request),
+        }
         self._path(request, ".req").write_text(json.dumps(record))
 
     def remembered(self, request: str) -> Remembered | None:
@@ -131,7 +148,7 @@ class PendingFiles:
         record = json.loads(text)
         answer = record.get("answer")
         versions = tuple((str(t), str(i), int(v)) for t, i, v in answer) if answer is not None else None
-        return Remembered(str(record["batch"]), versions)
+        return Remembered(str(record["batch"]), versions, str(record.get("content") or ""))
 
     def forget(self, request: str) -> None:
         with contextlib.suppress(FileNotFoundError):

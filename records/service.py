@@ -43,6 +43,7 @@ from records.compartments import DIRECTORY, EITHER, PATIENT_ELEMENTS, in_compart
 from records.errors import (
     FhirInvalid,
     Issue,
+    KeyReused,
     NotHeld,
     NotKeptHere,
     NotOnChain,
@@ -234,6 +235,8 @@ class Records:
         remembered = self.pending.remembered(request)
         if remembered is None:
             return None
+        if remembered.asked_otherwise(request):
+            raise KeyReused()
         batch = remembered.batch
         if (writing := self._in_flight.get(batch)) is not None:  # the first one is still being written here
             await writing.wait()

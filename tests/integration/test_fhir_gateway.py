@@ -1,13 +1,13 @@
-"""The FHIR gateway's HTTP API, in process, on the real network: bundles, validation, verify, erase, tokens."""
+"""The FHIR gateway's HTTP API, in process, on the real network: bundles, validation, verify, erase, tokens. Each test
+runs with the custodian store in SQLite and in PostgreSQL (the test network's own cluster)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +26,14 @@ from gateway.auth import TokenPolicy
 from gateway.deps import GatewayConfig, Services
 from ledger.contracts import Ledger
 from ledger.transport import FabricTransport
+from network import postgres_server
 from records.service import Custodian, Records
 from records.sharing import Sharing
-from records.store import Store
 from tests import fhir_samples as fhir
+from tests.stores import Stores
 
 pytestmark = pytest.mark.network
+DATABASE = "gateway_tests"  # one schema per test in it
 
 ISSUER, AUDIENCE = "https://auth.hospital.test", "https://fhir.hospital.test"
 SIGNING_KEY = ec.generate_private_key(ec.SECP256R1())
@@ -47,11 +49,26 @@ def token(scope: str = "system/*.read system/*.write") -> str:
     return jwt.encode(claims, SIGNING_KEY, algorithm="ES256")
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def stores(request: pytest.FixtureRequest, network: Topology, tmp_path: Path) -> Iterator[Stores]:
+    pg = None
+    if request.param == "postgresql":
+        postgres_server.ensure_databases(network, [DATABASE])
+        pg = network
+    found = Stores(request.param, tmp_path, pg, DATABASE)
+    yield found
+    found.cleanup()
+
+
 @dataclass
 class Stack:
     http: httpx.AsyncClient
     records: Records
-    db_path: Path
+    stores: Stores
+
+    def rows(self) -> int:
+        """The resource rows in the store, read behind its back."""
+        return int(self.stores.sql("SELECT COUNT(*) FROM resources")[0][0])
 
     async def post(self, path: str, body: Any, scope: str | None = None) -> httpx.Response:
         headers = {
@@ -65,22 +82,21 @@ class Stack:
 
 
 @asynccontextmanager
-async def hospital_gateway(network: Topology, tmp_path: Path) -> AsyncIterator[Stack]:
-    db_path = tmp_path / "store.sqlite"
-    store = Store(db_path, b"m" * 32)
+async def hospital_gateway(network: Topology, stores: Stores) -> AsyncIterator[Stack]:
+    store = stores.open()
     async with connect.async_gateway(network, "HospitalOrg") as gw:
         custodian = Custodian("HospitalMSP", "provider")
         records = Records(store, Ledger(FabricTransport(gw)), fhir.CONSORTIUM_KEY, fhir.MPI_SYSTEM, custodian)
         config = GatewayConfig("HospitalMSP", TokenPolicy(PUBLIC_PEM, AUDIENCE, ISSUER))
         app = create_app(Services(config, records, Sharing(records, None)))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
-            yield Stack(http, records, db_path)
+            yield Stack(http, records, stores)
     store.close()
 
 
-def run(network: Topology, tmp_path: Path, scenario: Callable[[Stack], Awaitable[None]]) -> None:
+def run(network: Topology, stores: Stores, scenario: Callable[[Stack], Awaitable[None]]) -> None:
     async def main() -> None:
-        async with hospital_gateway(network, tmp_path) as stack:
+        async with hospital_gateway(network, stores) as stack:
             await scenario(stack)
 
     asyncio.run(main())
@@ -116,7 +132,7 @@ def synthetic_bundle(n_observations: int, mpi_value: str | None = None) -> dict[
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
-def test_transaction_bundle_of_100_commits_atomically_and_reads_back(network: Topology, tmp_path: Path) -> None:
+def test_transaction_bundle_of_100_commits_atomically_and_reads_back(network: Topology, stores: Stores) -> None:
     async def scenario(s: Stack) -> None:
         bundle = synthetic_bundle(99)
         r = await s.post("/fhir", bundle)
@@ -137,10 +153,10 @@ def test_transaction_bundle_of_100_commits_atomically_and_reads_back(network: To
         page = await s.records.ledger.evaluate("providers", "Records:PatientIndex", stored.patient, "1000", "")
         assert len(page["records"]) == 100 and len({rec["txId"] for rec in page["records"]}) == 1
 
-    run(network, tmp_path, scenario)
+    run(network, stores, scenario)
 
 
-def test_a_bundle_with_one_bad_entry_commits_nothing(network: Topology, tmp_path: Path) -> None:
+def test_a_bundle_with_one_bad_entry_commits_nothing(network: Topology, stores: Stores) -> None:
     async def scenario(s: Stack) -> None:
         cases = [
             (
@@ -183,16 +199,15 @@ def test_a_bundle_with_one_bad_entry_commits_nothing(network: Topology, tmp_path
             outcome = r.json()
             assert outcome["resourceType"] == "OperationOutcome", name
             assert outcome["issue"][0]["expression"] == [expression], (name, outcome)
-        rows = sqlite3.connect(s.db_path).execute("SELECT COUNT(*) FROM resources").fetchone()[0]
-        assert rows == 0
+        assert s.rows() == 0
 
         # The ledger refusing (a PUT of another org's resource id would be one; here: a registered version reused)
         # also leaves nothing: the staged rows are discarded.
         first = await s.post("/fhir", synthetic_bundle(2))
         assert first.status_code == 200
-        count = sqlite3.connect(s.db_path).execute("SELECT COUNT(*) FROM resources").fetchone()[0]
+        count = s.rows()
         obs_id = first.json()["entry"][1]["response"]["location"].split("/")[1]
-        sqlite3.connect(s.db_path).execute("DELETE FROM resources WHERE id = ?", (obs_id,)).connection.commit()
+        s.stores.sql("DELETE FROM resources WHERE id = ?", (obs_id,))
         obs = fhir.observation("x", obs_id, "718-7", 1.0, "g/dL")
         obs["subject"] = {"reference": first.json()["entry"][0]["response"]["location"].split("/_history")[0]}
         put = {
@@ -202,13 +217,12 @@ def test_a_bundle_with_one_bad_entry_commits_nothing(network: Topology, tmp_path
         }
         r = await s.post("/fhir", put)
         assert r.status_code == 409, r.text  # version 1 is registered with another digest
-        after = sqlite3.connect(s.db_path).execute("SELECT COUNT(*) FROM resources").fetchone()[0]
-        assert after == count - 1
+        assert s.rows() == count - 1
 
-    run(network, tmp_path, scenario)
+    run(network, stores, scenario)
 
 
-def test_verify_catches_tampering_and_erase_makes_content_unreadable(network: Topology, tmp_path: Path) -> None:
+def test_verify_catches_tampering_and_erase_makes_content_unreadable(network: Topology, stores: Stores) -> None:
     async def scenario(s: Stack) -> None:
         r = await s.post("/fhir", synthetic_bundle(2))
         locs = [e["response"]["location"].split("/_history")[0] for e in r.json()["entry"]]
@@ -216,11 +230,10 @@ def test_verify_catches_tampering_and_erase_makes_content_unreadable(network: To
         assert ok.json()["parameter"][0]["valueBoolean"] is True
 
         # Someone with database access flips a byte of a ciphertext.
-        db = sqlite3.connect(s.db_path)
         rtype, rid = locs[1].split("/")
-        (ct,) = db.execute("SELECT ciphertext FROM resources WHERE type = ? AND id = ?", (rtype, rid)).fetchone()
-        db.execute("UPDATE resources SET ciphertext = ? WHERE id = ?", (bytes([ct[0] ^ 1]) + ct[1:], rid))
-        db.commit()
+        ((ct,),) = s.stores.sql("SELECT ciphertext FROM resources WHERE type = ? AND id = ?", (rtype, rid))
+        ct = bytes(ct)
+        s.stores.sql("UPDATE resources SET ciphertext = ? WHERE id = ?", (bytes([ct[0] ^ 1]) + ct[1:], rid))
         bad = await s.get(f"/fhir/{locs[1]}/$verify")
         assert bad.json()["parameter"][0]["valueBoolean"] is False
         assert "changed in the store" in bad.json()["parameter"][1]["valueString"]
@@ -231,8 +244,7 @@ def test_verify_catches_tampering_and_erase_makes_content_unreadable(network: To
         stored = s.records.read(*locs[2].split("/"))
         assert stored is not None
         changed = json.loads(stored.content) | {"status": "entered-in-error"}
-        db.execute("DELETE FROM resources WHERE id = ?", (stored.id,))
-        db.commit()
+        s.stores.sql("DELETE FROM resources WHERE id = ?", (stored.id,))
         s.records.store.stage(
             "forged",
             [Row(stored.type, stored.id, 1, stored.patient, stored.last_updated, json.dumps(changed).encode())],
@@ -247,10 +259,10 @@ def test_verify_catches_tampering_and_erase_makes_content_unreadable(network: To
         assert gone.status_code == 410 and gone.json()["resourceType"] == "OperationOutcome"
         assert (await s.get(f"/fhir/{locs[2]}")).status_code == 410
 
-    run(network, tmp_path, scenario)
+    run(network, stores, scenario)
 
 
-def test_tokens_and_scopes(network: Topology, tmp_path: Path) -> None:
+def test_tokens_and_scopes(network: Topology, stores: Stores) -> None:
     async def scenario(s: Stack) -> None:
         no_token = await s.http.post("/fhir", content=json.dumps(synthetic_bundle(1)))
         assert no_token.status_code == 401 and no_token.json()["issue"][0]["code"] == "login"
@@ -270,4 +282,4 @@ def test_tokens_and_scopes(network: Topology, tmp_path: Path) -> None:
         meta = await s.http.get("/fhir/metadata")
         assert meta.json()["resourceType"] == "CapabilityStatement"
 
-    run(network, tmp_path, scenario)
+    run(network, stores, scenario)

@@ -314,3 +314,26 @@ def test_a_claim_sent_again_with_its_idempotency_key_is_the_same_claim_not_a_dup
         assert (await g.records.ledger.claim_lines(key))["duplicateOf"] == submitted[0]["claimId"]
 
     gw.run(scenario)
+
+
+def test_an_idempotency_key_sent_with_a_different_request_is_refused_and_writes_nothing(gw: Gateway) -> None:
+    """A key names one request: the same key with another body is a client error, 422, and nothing is written;
+    the first request sent again with it still gets its first answer."""
+
+    async def scenario(g: Gateway) -> None:
+        patient = await g.post("/fhir/Patient", synthetic.Synthetic.seeded(9).transaction(0)["entry"][0]["resource"])
+        assert patient.status_code == 201, patient.text
+        claim = synthetic.claim(patient.json()["id"], "InsurerMSP", [("99213", 1, "80.00")], "2026-11-01", "C/1")
+        other = synthetic.claim(patient.json()["id"], "InsurerMSP", [("99214", 1, "90.00")], "2026-11-01", "C/1")
+        first = await g.post("/fhir/Claim", claim, **{"Idempotency-Key": "claim-0002"})
+        assert first.status_code == 201, first.text
+        events = len(g.world.events)
+        reused = await g.post("/fhir/Claim", other, **{"Idempotency-Key": "claim-0002"})
+        assert reused.status_code == 422, reused.text
+        assert reused.json()["resourceType"] == "OperationOutcome"
+        assert reused.json()["issue"][0]["code"] == "business-rule"
+        assert len(g.world.events) == events  # nothing reached the ledger
+        again = await g.post("/fhir/Claim", claim, **{"Idempotency-Key": "claim-0002"})
+        assert again.status_code in (200, 201) and again.json()["id"] == first.json()["id"]
+
+    gw.run(scenario)

@@ -28,7 +28,7 @@ from records.service import Custodian, Records, now_instant
 from records.sharing import Sharing
 from records.store import Row
 from tests import fhir_samples as fhir
-from tests.unit.conftest import Stores
+from tests.stores import Stores
 
 ISSUER, AUDIENCE = "https://auth.test", "https://gateway.test/fhir"
 KEY = ec.generate_private_key(ec.SECP256R1())

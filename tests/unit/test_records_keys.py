@@ -18,7 +18,7 @@ from records import validation as fv
 from records.errors import StillPending
 from records.service import Custodian, Records
 from tests import fhir_samples as fhir
-from tests.unit.conftest import Stores
+from tests.stores import Stores
 
 
 @pytest.fixture

@@ -20,12 +20,12 @@ from ledger.fake import FakeLedger, FakeTransport
 from records import synthetic
 from records import validation as fv
 from records.errors import FhirInvalid, NotKeptHere, NotOnChain, PreconditionFailed, Refused, StillPending
-from records.pending import PendingFiles, Remembered
+from records.pending import PendingFiles, Remembered, RequestKey
 from records.service import Custodian, Records
 from records.sharing import Sharing
 from records.store import Row
 from tests import fhir_samples as fhir
-from tests.unit.conftest import Stores
+from tests.stores import Stores
 
 T = TypeVar("T")
 KINDS = {"HospitalMSP": "provider", "ClinicMSP": "provider", "InsurerMSP": "insurer"}
@@ -373,6 +373,12 @@ def test_a_remembered_request_keeps_its_answer_on_disk(tmp_path: Path) -> None:
     assert pending.remembered("req4") == Remembered("batch4")
     pending.forget("req3")
     assert pending.remembered("req3") is None
+    keyed = RequestKey("req5", client_chosen=True, content="abc")
+    pending.remember(keyed, "batch5")
+    kept = pending.remembered("req5")
+    assert kept == Remembered("batch5", None, "abc")
+    assert not kept.asked_otherwise(keyed) and not kept.asked_otherwise("req5")  # a content key carries no content
+    assert kept.asked_otherwise(RequestKey("req5", client_chosen=True, content="abd"))
 
 
 # ----- claims inside transaction bundles (the claim outbox) --------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from consortium import topology as topo
 from records.settings import store_url
 from records.store import Cursor, PatientErased, Query, Row, Store, Tampered, VersionTaken
-from tests.unit.conftest import Stores
+from tests.stores import Stores
 
 PATIENT = "a" * 64
 BASE = datetime(2026, 1, 1, tzinfo=UTC)

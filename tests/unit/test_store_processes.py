@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from records.store import Row, Store, VersionTaken
-from tests.unit.conftest import Stores
+from tests.stores import Stores
 
 KEY = b"p" * 32
 PROCESSES = 3
