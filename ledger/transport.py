@@ -42,6 +42,11 @@ UNKNOWN_OUTCOME_DEADLINE_S = 60.0  # how long one submit keeps resolving an unkn
 ATTEMPT_S = (8.0, 16.0)
 SUBMIT_S = 10.0  # one Submit call (the orderer's acknowledgement)
 LOOKUP_S = 3.0  # one look-up of the commit status by transaction id
+# How often a transaction that lost a read race is built again (backoff doubling from 50 ms with full jitter: about
+# 6 s in all, at most 13). Besides concurrent writers, a peer that was just restarted (a renewal, a crash) answers
+# from an older state until it has caught up, and endorsers then disagree ("ProposalResponsePayloads do not match")
+# for a few seconds: five tries (under a second) gave up while it caught up.
+READ_RACE_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,9 @@ class FabricTransport:
 
         # A transaction that lost a read race, or met endorsers that were unavailable, did not commit: submitting a new
         # one is safe.
-        return await retry_conflicts_async(lambda: retry_unavailable_async(attempt, self.unavailable_retry_s))
+        return await retry_conflicts_async(
+            lambda: retry_unavailable_async(attempt, self.unavailable_retry_s), attempts=READ_RACE_ATTEMPTS
+        )
 
     async def settle(self, prepared: Prepared) -> Sent:
         return await self._until_known(self.gateway.transaction_from_bytes(prepared.signed), prepared, sent_before=True)
