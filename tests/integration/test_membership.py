@@ -256,12 +256,13 @@ def test_members_join_and_leave_under_load(
 
 
 @pytest.mark.xfail(
-    reason="a few requests fail or time out while the orderers restart with renewed certificates (open)", strict=False
+    reason="a request may still fail while a node restarts with renewed certificates (open)", strict=False
 )
 def test_no_request_fails_while_certificates_are_renewed() -> None:
     """The load of the join-and-leave test, while the orderers' and an insurer's certificates were renewed: not one
-    request may fail. Known open defect: each orderer's restart stalls or fails a few requests (7 of 2,741 in one
-    run); the fix is to wait for Raft leadership to settle before each restart, or for gateways to fail over."""
+    request may fail. Seen: 7 of 2,741 requests failed as the orderers restarted, in an early run; 1 of 172 in a
+    later one, a claim whose endorsers disagreed while the insurer's restarted peer caught up (read races are now
+    retried for about 6 s). Not yet shown to hold every run, so it is not yet required."""
     assert "renewal_s (OrdererOrg then InsurerOrg)" in FIGURES, "the join-and-leave test did not reach the renewal"
     assert not RENEWAL_FAILURES, RENEWAL_FAILURES[:10]
 
