@@ -1,6 +1,7 @@
 """Read-your-writes across orgs at the HTTP edge (ledger.position holds the why and the header format).
 
-- Every response to a request that committed transactions says where: `X-Ledger-Block: providers:57`.
+- Every response to a request that committed transactions says where: `X-Ledger-Block: providers:57` (not to
+  another member's request: see `report_blocks`).
 - A request that names blocks (`X-Ledger-Min-Block: providers:57`) is answered only once this org's own peer has
   committed them, so what another org just wrote (a consent, a claim) is there when this org decides; a peer that
   does not get there within MIN_BLOCK_WAIT_S gets a 503 with Retry-After, never an answer from an older state.
@@ -19,16 +20,19 @@ from ledger import position
 
 BLOCK, MIN_BLOCK = position.BLOCK_HEADER, position.MIN_BLOCK_HEADER
 MIN_BLOCK_WAIT_S = 10.0
+MEMBER_ROUTES = "/federation/"  # org-to-org calls (gateway.routers.federation, disclosure, research)
 
 
 def report_blocks(app: FastAPI) -> None:
-    """Add the X-Ledger-Block header to responses whose request committed transactions."""
+    """Add the X-Ledger-Block header to responses whose request committed transactions. Not to another member's
+    request (`/federation/...`): what commits there is this org's own access log entry, which the asking member
+    never waits for, and a header only a held patient's answer carried would tell it whom this org treats."""
 
     @app.middleware("http")
     async def report(request: Request, call_next: Any) -> Response:
         with position.tracking() as written:
             response: Response = await call_next(request)
-        if written:
+        if written and not request.url.path.startswith(MEMBER_ROUTES):
             response.headers[BLOCK] = position.render(written)
         return response
 

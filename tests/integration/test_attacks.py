@@ -18,6 +18,9 @@ import json
 import secrets
 import socket
 import ssl
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -31,6 +34,7 @@ from hypothesis import strategies as st
 from consortium import connect, tls
 from consortium.topology import Topology
 from fabric_gateway import Endpoint, Gateway, GatewayError, Identity, load_msp
+from gateway import cli as gateway_cli
 from gateway.dev_issuer import dev_token
 from records import digests, synthetic
 from records.store import open_backend
@@ -146,7 +150,7 @@ def refused_with(code: str, attempt: Callable[[], object], says: str = "") -> Ga
 def audit_log(gw: Gateway, patient: str) -> list[dict[str, Any]]:
     now = datetime.datetime.now(datetime.UTC)
     start, end = iso(now - datetime.timedelta(hours=1)), iso(now + datetime.timedelta(hours=1))
-    return list(ask(gw, "providers", "Audit:ByPatient", patient, start, end, "1000", "")["entries"])
+    return list(ask(gw, "providers", "Audit:ByPatient", patient, start, end, "1000", "")["entries"] or [])
 
 
 def federation_url(network: Topology, custodian_msp: str, patient: str) -> str:
@@ -390,6 +394,153 @@ def test_if_none_exist_in_transactions_creates_one_patient_sequential_or_paralle
     assert observations["total"] == 5 * 2
 
 
+def at_once(gw: GatewayHttp, bundles: list[dict[str, Any]]) -> list[httpx.Response]:
+    """Post every bundle to the org's gateway together: one thread each, all released by one barrier. The answers
+    come back in the bundles' order."""
+    start = threading.Barrier(len(bundles))
+
+    def send(bundle: dict[str, Any]) -> httpx.Response:
+        start.wait()
+        return gw.post("", bundle)
+
+    with ThreadPoolExecutor(len(bundles)) as pool:
+        return list(pool.map(send, bundles))
+
+
+def one_won(answers: list[httpx.Response], condition: str) -> int:
+    """Exactly one answer is a transaction-response; every other is 412 with one `conflict` issue naming the failed
+    `condition` of entry 0. The winner's position."""
+    assert sorted(a.status_code for a in answers) == [200] + [412] * (len(answers) - 1), [
+        (a.status_code, a.text[:300]) for a in answers
+    ]
+    for lost in (a for a in answers if a.status_code == 412):
+        outcome = lost.json()
+        assert outcome["resourceType"] == "OperationOutcome", lost.text
+        assert [i["code"] for i in outcome["issue"]] == ["conflict"], lost.text
+        assert f"Bundle.entry[0].request.{condition}" in outcome["issue"][0]["diagnostics"], lost.text
+    (won,) = [n for n, a in enumerate(answers) if a.status_code == 200]
+    assert answers[won].json()["type"] == "transaction-response"
+    return won
+
+
+def stored_versions(gw: GatewayHttp, location: str) -> list[dict[str, Any]]:
+    """Every version the org's gateway holds of `Type/id`, oldest first."""
+    history = gw.get(f"/{location}/_history")
+    assert history.status_code == 200, history.text
+    return sorted((e["resource"] for e in history.json()["entry"]), key=lambda r: int(r["meta"]["versionId"]))
+
+
+def registered_versions(gw: GatewayHttp, ledger: Gateway, location: str) -> list[int]:
+    """Every version of `Type/id` registered on chain (Records:History under the key the org derives for it)."""
+    rtype, rid = location.split("/")
+    store = gw.settings.custodian.open_store()
+    try:
+        key = store.ledger_key(rtype, rid)
+    finally:
+        store.close()
+    return [int(r["version"]) for r in ask(ledger, "providers", "Records:History", key)]
+
+
+def verified(gw: GatewayHttp, location: str) -> bool:
+    """$verify: the version the gateway holds is the one registered on chain, digest for digest."""
+    r = gw.get(f"/{location}/$verify")
+    assert r.status_code == 200, r.text
+    return bool(r.json()["parameter"][0]["valueBoolean"])
+
+
+def test_if_match_in_concurrent_transactions_lets_one_update_of_a_version_through(
+    gateways: dict[str, GatewayHttp], gateway_as: GatewayAs
+) -> None:
+    """Five transactions sent at once each update the same Observation naming its version 1 in `request.ifMatch`,
+    and each also creates an Observation of its own. Exactly one commits: its update is version 2, in the store and
+    on chain, and its new Observation is stored. The four others are answered 412 and write nothing, not even their
+    unconditional entry. Naming the version that is current then goes through: the 412s were the condition's."""
+    hospital = gateways["HospitalOrg"]
+    patient_id, _, held = new_patient(hospital, 3)
+    target = next(x for x in held if x.startswith("Observation/"))
+    current = hospital.get(f"/{target}").json()
+    assert current["meta"]["versionId"] == "1"
+
+    def observations() -> int:
+        found = hospital.get("/Observation", params={"patient": patient_id, "_count": "100"})
+        return int(found.json()["total"])
+
+    def contender(n: int, if_match: str) -> dict[str, Any]:
+        update = {**current, "note": [{"text": f"contender {n}"}]}
+        extra = synthetic.Synthetic.seeded(n).clinical(f"Patient/{patient_id}", 0)
+        return {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {"resource": update, "request": {"method": "PUT", "url": target, "ifMatch": if_match}},
+                {"resource": extra, "request": {"method": "POST", "url": "Observation"}},
+            ],
+        }
+
+    before, observations_before = rows(hospital), observations()
+    answers = at_once(hospital, [contender(n, 'W/"1"') for n in range(5)])
+    won = one_won(answers, "ifMatch")
+    written = [e["response"] for e in answers[won].json()["entry"]]
+    assert [(w["status"], w["etag"]) for w in written] == [("200 OK", 'W/"2"'), ("201 Created", 'W/"1"')]
+
+    # One new version of the target and one new Observation: the winner's, nothing of the others.
+    assert rows(hospital) == before + 2
+    assert observations() == observations_before + 1
+    versions = stored_versions(hospital, target)
+    assert [v["meta"]["versionId"] for v in versions] == ["1", "2"]
+    assert versions[1]["note"] == [{"text": f"contender {won}"}]
+    assert registered_versions(hospital, gateway_as("HospitalOrg"), target) == [1, 2]
+    assert verified(hospital, target)
+
+    # The control: an update naming the current version is taken.
+    then = hospital.post("", contender(99, 'W/"2"'))
+    assert then.status_code == 200, then.text
+    assert then.json()["entry"][0]["response"]["etag"] == 'W/"3"'
+    assert registered_versions(hospital, gateway_as("HospitalOrg"), target) == [1, 2, 3]
+
+
+def test_if_none_match_star_in_concurrent_transactions_creates_a_resource_once(
+    gateways: dict[str, GatewayHttp], gateway_as: GatewayAs
+) -> None:
+    """Five transactions sent at once each PUT the same new Observation id with `request.ifNoneMatch: *` (create
+    only), each with its own content. Exactly one creates it (version 1, in the store and on chain, with that
+    transaction's content); the four others are answered 412 and write nothing. Sent again afterwards the create-only
+    PUT is refused 412 too, while the same PUT without the condition updates it."""
+    hospital = gateways["HospitalOrg"]
+    patient_id, _, _ = new_patient(hospital, 2)
+    rid = f"create-once-{secrets.token_hex(6)}"
+    target = f"Observation/{rid}"
+
+    def contender(n: int, **condition: str) -> dict[str, Any]:
+        obs = synthetic.Synthetic.seeded(n).clinical(f"Patient/{patient_id}", 0)
+        obs |= {"id": rid, "note": [{"text": f"contender {n}"}]}
+        request = {"method": "PUT", "url": target, **condition}
+        return {"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": obs, "request": request}]}
+
+    before = rows(hospital)
+    answers = at_once(hospital, [contender(n, ifNoneMatch="*") for n in range(5)])
+    won = one_won(answers, "ifNoneMatch")
+    (written,) = [e["response"] for e in answers[won].json()["entry"]]
+    assert (written["status"], written["location"]) == ("201 Created", f"{target}/_history/1")
+    for lost in (a for a in answers if a.status_code == 412):
+        assert f"{target} exists" in lost.json()["issue"][0]["diagnostics"], lost.text
+
+    assert rows(hospital) == before + 1
+    versions = stored_versions(hospital, target)
+    assert [(v["meta"]["versionId"], v["note"]) for v in versions] == [("1", [{"text": f"contender {won}"}])]
+    assert registered_versions(hospital, gateway_as("HospitalOrg"), target) == [1]
+    assert verified(hospital, target)
+
+    # Sequentially: create-only is refused once the resource exists; the plain PUT updates it.
+    again = hospital.post("", contender(98, ifNoneMatch="*"))
+    assert again.status_code == 412, again.text
+    assert rows(hospital) == before + 1
+    update = hospital.post("", contender(99))
+    assert update.status_code == 200, update.text
+    assert update.json()["entry"][0]["response"]["etag"] == 'W/"2"'
+    assert registered_versions(hospital, gateway_as("HospitalOrg"), target) == [1, 2]
+
+
 # ----- 6. inputs that once gave 500, and a fuzz run over HTTPS --------------------------------------------------------
 
 
@@ -491,6 +642,83 @@ def test_federation_answers_a_held_and_an_unknown_patient_alike(
     # The held patient's refusals are on chain, decided and logged by the custodian.
     log = audit_log(gateway_as("HospitalOrg"), held)
     assert [(e["accessor"], e["decision"]) for e in log] == [("ClinicMSP", "deny"), ("InsurerMSP", "deny")]
+
+
+class GatewayLog:
+    """The JSON lines an org's gateway writes to its log (run/logs/gateway-<org>.log, where its supervisor copies
+    the gateway's output) from the moment this is made."""
+
+    def __init__(self, network: Topology, org: str) -> None:
+        self.path = gateway_cli.process(network, org).log_file
+        self.offset = self.path.stat().st_size
+
+    def lines(self) -> list[dict[str, Any]]:
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        out: list[dict[str, Any]] = []
+        for raw in data.splitlines():
+            try:
+                line = json.loads(raw)
+            except ValueError:  # not a JSON line (a partly copied one is read whole next time)
+                continue
+            if isinstance(line, dict):
+                out.append(line)
+        return out
+
+    def awaited(
+        self, wanted: Callable[[dict[str, Any]], bool], count: int, within_s: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """The first `count` wanted lines. The gateway writes a line before it answers the request it is about, and
+        the supervisor copies it to the file a moment later: wait (bounded) until it has."""
+        deadline = time.monotonic() + within_s
+        while len(found := [line for line in self.lines() if wanted(line)]) < count:
+            assert time.monotonic() < deadline, (f"{count} lines wanted in {self.path}", found)
+            time.sleep(0.05)
+        return found[:count]
+
+
+def test_every_federation_request_is_logged_for_a_held_and_an_unknown_patient(
+    gateways: dict[str, GatewayHttp], gateway_as: GatewayAs, member_client: MemberClient, network: Topology
+) -> None:
+    """A member asks HospitalOrg's gateway for a patient it holds (no consent) and for one it does not hold, as a
+    provider (ClinicOrg) and as an org off `providers` (InsurerOrg). The two answers are the same in every byte and
+    header but the date, and every one of the four requests is logged by the custodian, in order: the held patient's
+    as its access decision on chain (`Audit:RecordAccess`) and a log line naming that transaction, the unknown
+    patient's as a log line of a refusal (nothing on chain names that patient, so nothing is written there)."""
+    hospital_http = gateways["HospitalOrg"]
+    _, mpi, _ = new_patient(hospital_http, 2)
+    held = pseudonym(hospital_http, mpi)
+    unknown = pseudonym(hospital_http, synthetic.Synthetic.seeded(None).mpi_value())
+    log = GatewayLog(network, "HospitalOrg")
+
+    for org in ("ClinicOrg", "InsurerOrg"):
+        client = member_client(org)
+        answers = [
+            client.get(federation_url(network, "HospitalMSP", p), params={"purpose": "TREAT"}) for p in (held, unknown)
+        ]
+        assert answers[0].status_code == 403, answers[0].text
+        assert answers[0].json()["issue"][0]["code"] == "forbidden"
+        assert answers[0].content == answers[1].content, org
+        headers = [{k: v for k, v in a.headers.items() if k != "date"} for a in answers]
+        assert headers[0] == headers[1], org
+
+    # On chain: the held patient's two refusals, decided by the custodian; nothing for the unknown one.
+    hospital = gateway_as("HospitalOrg")
+    decided = [(e["accessor"], e["decision"], e["txId"]) for e in audit_log(hospital, held)]
+    assert [d[:2] for d in decided] == [("ClinicMSP", "deny"), ("InsurerMSP", "deny")]
+    assert audit_log(hospital, unknown) == []
+
+    # In the custodian's log: one line per request, in the order asked; a held patient's names its decision's
+    # transaction.
+    lines = log.awaited(lambda x: (x.get("logger"), x.get("msg")) == ("careledger.sharing", "disclosure"), 4)
+    said = [(x.get("accessor"), x.get("decision"), x.get("tx"), x.get("reason")) for x in lines]
+    assert said == [
+        ("ClinicMSP", "deny", decided[0][2], None),
+        ("ClinicMSP", "deny", None, "not held"),
+        ("InsurerMSP", "deny", decided[1][2], None),
+        ("InsurerMSP", "deny", None, "not held"),
+    ], said
 
 
 # ----- 8. content negotiation -----------------------------------------------------------------------------------------
@@ -760,6 +988,83 @@ def test_a_patient_certificate_does_not_act_for_its_org_on_the_pharma_channel(
     assert (unit["state"], unit["custodian"]) == ("active", "HospitalMSP")
     history = ask(hospital, "pharma", "Supply:History", gtin, serial)
     assert [e["bizStep"] for e in history] == ["commissioning", "shipping", "receiving"]
+
+
+# ----- 11. a refused bundle lists every problem -----------------------------------------------------------------------
+
+
+def test_a_transaction_with_several_invalid_entries_is_refused_once_with_every_problem(
+    gateways: dict[str, GatewayHttp],
+) -> None:
+    """One transaction, eight distinct problems in seven entries (a bad code, two bad elements of one Patient, a PUT
+    to a non-id, a reference to no entry, a DELETE, a repeated fullUrl, an entry that is no object) beside a valid
+    Patient: one 422 OperationOutcome lists every problem, each with the expression of its element, and nothing of
+    the bundle is stored, not even the valid entry. Past 100 problems the list is capped, its last issue saying how
+    many more there are."""
+    hospital = gateways["HospitalOrg"]
+    gen = synthetic.Synthetic.seeded(None)
+    mpi = gen.mpi_value()
+    patient_entry, observation_entry = gen.transaction(2, mpi)["entry"]
+
+    def observation(**changes: Any) -> dict[str, Any]:
+        entry: dict[str, Any] = json.loads(json.dumps(observation_entry))
+        entry["fullUrl"] = f"urn:uuid:{uuid.uuid4()}"
+        entry["resource"] |= changes
+        return entry
+
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            patient_entry,  # valid
+            observation(status="bogus"),
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": {**gen.patient(), "gender": "robot", "birthDate": "not-a-date"},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {"resource": gen.patient(), "request": {"method": "PUT", "url": "Patient/a b"}},
+            observation(subject={"reference": f"urn:uuid:{uuid.uuid4()}"}),
+            {"resource": gen.patient(), "request": {"method": "DELETE", "url": "Patient/x"}},
+            {**patient_entry, "resource": gen.patient()},  # the first entry's fullUrl again
+            5,
+        ],
+    }
+    before = rows(hospital)
+    refused = hospital.post("", bundle)
+    assert refused.status_code == 422, refused.text
+    outcome = refused.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    issues = outcome["issue"]
+    assert all(i["severity"] == "error" and i["diagnostics"] for i in issues), issues
+    assert all(len(i.get("expression", [])) == 1 for i in issues), issues
+    assert sorted((i["expression"][0], i["code"]) for i in issues) == [
+        ("Bundle.entry[1].resource.status", "code-invalid"),
+        ("Bundle.entry[2].resource.birthDate", "structure"),
+        ("Bundle.entry[2].resource.gender", "code-invalid"),
+        ("Bundle.entry[3].request.url", "value"),
+        ("Bundle.entry[4].resource.subject.reference", "invariant"),
+        ("Bundle.entry[5].request.method", "not-supported"),
+        ("Bundle.entry[6].fullUrl", "invariant"),
+        ("Bundle.entry[7]", "structure"),
+    ]
+    assert rows(hospital) == before
+    found = hospital.get("/Patient", params={"identifier": f"{MPI}|{mpi}"})
+    assert found.status_code == 200 and found.json()["total"] == 0, found.text
+
+    # 150 bad entries: 99 listed, each its own, and a last issue that says 51 more are not.
+    many = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [observation(status="bogus", subject={"reference": "Patient/x"}) for _ in range(150)],
+    }
+    capped = hospital.post("", many)
+    assert capped.status_code == 422, capped.text
+    issues = capped.json()["issue"]
+    assert len(issues) == 100
+    assert [i["expression"] for i in issues[:99]] == [[f"Bundle.entry[{n}].resource.status"] for n in range(99)]
+    assert issues[99]["code"] == "too-costly" and "51 more" in issues[99]["diagnostics"], issues[99]
+    assert rows(hospital) == before
 
 
 # ----- 3. erasure of one patient and everyone's search ----------------------------------------------------------------
