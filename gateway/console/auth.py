@@ -1,7 +1,7 @@
 """Who is looking: the console admits the same org-scoped callers as the API. A bearer token of the org's issuer (the
 Authorization header, or the cookie the login page sets from a token pasted into it), or a TLS client certificate
 issued by the org's own TLS CA. Every page shows only what the org's own peer holds for it; sections also need the
-token's read scope on their FHIR type (a client certificate is the org itself and may see all its sections)."""
+token's `system/` read scope on their FHIR type (a client certificate is the org itself, and sees all its sections)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from gateway.auth import Client, authenticate
+from gateway.auth import WHAT, Client, authenticate
 from gateway.console.service import SECTIONS, Console
 from gateway.deps import ServicesDep
 from gateway.outcome import HttpProblem
@@ -26,7 +26,12 @@ class Viewer:
     client: Client | None
 
     def may(self, resource_type: str, letter: str = "r") -> bool:
-        return self.client is None or self.client.grant(resource_type, letter) is not None
+        """Whether the viewer may see the org's data of this type. A section shows every patient's data the org
+        holds, so a `patient/` scope (one patient's compartment) opens none: only a `system/` scope does."""
+        if self.client is None:
+            return True
+        grant = self.client.grant(resource_type, letter)
+        return grant is not None and grant.patient is None
 
 
 def _own_certificate(request: Request, svc: ServicesDep) -> bool:
@@ -60,16 +65,28 @@ def console_of(svc: ServicesDep) -> Console:
 ConsoleDep = Annotated[Console, Depends(console_of)]
 
 
+# What a section's pages read beyond its FHIR type: the consent section's access log searches AuditEvent.
+ALSO_NEEDED = {"consent": (("AuditEvent", "s"),)}
+
+
+def _not_allowed(who: Viewer, section: str) -> str:
+    """What the viewer may not do that the section needs ("" when nothing)."""
+    for rtype, letter in ((SECTIONS[section][1], "r"), *ALSO_NEEDED.get(section, ())):
+        if not who.may(rtype, letter):
+            return f"{WHAT[letter]} of {rtype}"
+    return ""
+
+
 def sections(console: Console, who: Viewer) -> list[str]:
-    """The sections this viewer sees, in menu order."""
-    return [s for s, (_, rtype) in SECTIONS.items() if console.has_section(s) and who.may(rtype)]
+    """The sections this viewer sees, in menu order: those it may open."""
+    return [s for s in SECTIONS if console.has_section(s) and not _not_allowed(who, s)]
 
 
 def require_section(console: Console, who: Viewer, section: str) -> None:
     if not console.has_section(section):
         raise HttpProblem(404, "not-found", f"{console.org.name} has no {section} section")
-    if not who.may(SECTIONS[section][1]):
-        raise HttpProblem(403, "forbidden", f"the token's scopes do not allow reading {SECTIONS[section][1]}")
+    if missing := _not_allowed(who, section):
+        raise HttpProblem(403, "forbidden", f"the token's scopes do not allow {missing}")
 
 
 def require_channel(console: Console, channel: str) -> None:

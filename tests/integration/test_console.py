@@ -1,24 +1,32 @@
 """The web console in a real browser (Debian's headless chromium, driven by Playwright) against the running gateways
 of the test network: each org logs in and sees only its part, a new block appears without a reload, a claim's
-timeline matches the chain. Every page visited is saved as a screenshot in run/test/screenshots."""
+timeline matches the chain. Every page visited is saved as a screenshot in run/test/screenshots. Logging in with
+the org's TLS client certificate, and the scopes a token needs per section, are checked over plain HTTPS."""
 
 from __future__ import annotations
 
 import datetime
 import json
 import os
+import re
 import shutil
+import ssl
 import time
 from collections.abc import Callable, Iterator
+from html import unescape
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from careledger import demo
 from consortium import topology as topo
 from fabric_gateway import Gateway
 from fabric_gateway.blocks import processed_transaction
 from gateway import cli as gateway_cli
+from gateway.console.auth import COOKIE
+from gateway.dev_issuer import dev_token
 from records import synthetic
 from tests.conftest import GatewayHttp, claim_key
 
@@ -121,17 +129,19 @@ def adjudicate(insurer: Gateway, claim_id: str) -> None:
         contract.submit("Claims:Adjudicate", args=[claim_id], transient={"adjudication": json.dumps(decision).encode()})
 
 
+MENU = {  # the console's menu, per org: every section its kind has
+    "HospitalOrg": ["Network", "Claims", "Consent & audit", "Supply"],
+    "ClinicOrg": ["Network", "Claims", "Consent & audit", "Supply"],
+    "InsurerOrg": ["Network", "Claims"],
+    "PharmaOrg": ["Network", "Supply"],
+}
+
+
 def test_each_org_sees_its_own_channels_and_sections(consoles: dict[str, Console], network: topo.Topology) -> None:
-    expected_sections = {
-        "HospitalOrg": ["Network", "Claims", "Consent & audit", "Supply"],
-        "ClinicOrg": ["Network", "Claims", "Consent & audit", "Supply"],
-        "InsurerOrg": ["Network", "Claims"],
-        "PharmaOrg": ["Network", "Supply"],
-    }
     for org, c in consoles.items():
         page = c.go("/console/network")
         assert c.texts("[data-testid=org]")[0].startswith(org)
-        assert c.texts("header nav a") == expected_sections[org]
+        assert c.texts("header nav a") == MENU[org]
         channels = sorted(page.locator("[data-testid=channels] tr[data-channel]").evaluate_all(
             "rows => rows.map(r => r.dataset.channel)"
         ))  # fmt: skip
@@ -282,3 +292,138 @@ def test_a_packs_custody_path_and_flags(consoles: dict[str, Console], gateway_cl
         assert "recalled" in c.texts("[data-testid=flags]")[0]
         c.shot("supply")
     assert len(os.listdir(SHOTS)) >= 10
+
+
+# ----- Logging in without a browser: the org's client certificate, and tokens of different scopes ------------------
+
+
+def menu(html: str) -> list[str]:
+    """The section links of a console page's menu (the header's nav)."""
+    nav = re.search(r"<header>.*?<nav>(.*?)</nav>", html, re.S)
+    assert nav is not None, html[:300]
+    return [unescape(text).strip() for text in re.findall(r"<a [^>]*>(.*?)</a>", nav.group(1), re.S)]
+
+
+def viewer_of(html: str) -> str:
+    """Who the page says is logged in."""
+    who = re.search(r'<span class="who">(.*?)</span>', html, re.S)
+    assert who is not None, html[:300]
+    return unescape(who.group(1)).strip()
+
+
+def listed_claims(html: str) -> set[str]:
+    return set(re.findall(r'<tr class="claim-row" data-claim="([^"]+)"', html))
+
+
+def test_the_orgs_client_certificate_is_a_login_to_its_own_console_only(
+    network: topo.Topology, gateways: dict[str, GatewayHttp], member_client: Callable[[str], httpx.Client]
+) -> None:
+    """Mutual TLS with the certificate the org's TLS CA issued (the one its gateway presents to other members) logs
+    in to the org's console without a token: the viewer is the org itself, with every section of its kind and only
+    its own channels; its claims queue lists the org's own claims and a claim between two other members is not
+    found. Another member's certificate is no login at this org's console: the login page, nothing of the org."""
+    channels: dict[str, list[str]] = {}
+    for org, gw in gateways.items():
+        page = member_client(org).get(f"{gw.settings.url}/console/network")
+        assert page.status_code == 200, page.text[:500]
+        assert viewer_of(page.text) == "client certificate"
+        assert menu(page.text) == MENU[org]
+        channels[org] = sorted(re.findall(r'<tr data-channel="([^"]+)"', page.text))
+        assert channels[org] == sorted(network.channels_of(network.org(org)))
+        for other in gateways:
+            if other == org:
+                continue
+            for path in ("/console/network", "/console/claims", "/console/claims/queue"):
+                refused = member_client(other).get(f"{gw.settings.url}{path}")
+                assert (refused.status_code, refused.headers.get("location")) == (303, "/console/login"), (org, other)
+    assert "providers" not in channels["InsurerOrg"] and "providers" in channels["HospitalOrg"]
+
+    # Claims: the clinic's claim is filed first, so the hospital's index has passed it once it lists its own.
+    hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
+    clinic_claim = file_claim(gateways["ClinicOrg"], insurer, "99211")
+    hospital_claim = file_claim(hospital, insurer, "99212")
+    as_hospital, as_insurer = member_client("HospitalOrg"), member_client("InsurerOrg")
+
+    def queue_of(client: httpx.Client, gw: GatewayHttp) -> set[str]:
+        answer = client.get(f"{gw.settings.url}/console/claims/queue")
+        assert answer.status_code == 200, answer.text[:500]
+        return listed_claims(answer.text)
+
+    def hospital_queue() -> set[str] | None:
+        queue = queue_of(as_hospital, hospital)
+        return queue if hospital_claim in queue else None
+
+    assert clinic_claim not in wait_for(hospital_queue, "the hospital's claim in its queue")
+    wait_for(lambda: {clinic_claim, hospital_claim} <= queue_of(as_insurer, insurer), "both claims at the insurer")
+    assert as_hospital.get(f"{hospital.settings.url}/console/claims/{hospital_claim}").status_code == 200
+    assert as_hospital.get(f"{hospital.settings.url}/console/claims/{clinic_claim}").status_code == 404
+
+
+def test_a_section_needs_a_system_read_scope_on_its_type(gateways: dict[str, GatewayHttp]) -> None:
+    """A token of the org's issuer opens the console, and each section only with a `system/` read scope on the
+    section's FHIR type (the consent section also searches AuditEvent): without it the section is refused (403) and
+    left out of the menu. A `patient/` scope, limited to one patient's compartment, opens no section: each shows
+    every patient the org holds. The same holds for a token pasted into the login page (kept in a cookie)."""
+    hospital = gateways["HospitalOrg"]
+    base = f"{hospital.settings.url}/console"
+    sections = {"Claims": "/claims", "Consent & audit": "/consent", "Supply": "/supply"}
+    http = httpx.Client(verify=ssl.create_default_context(cafile=hospital.ca), timeout=30)
+
+    def as_token(scope: str, patient: str = "") -> dict[str, str]:
+        """A token with these scopes (and, given a patient, that patient as its launch context)."""
+        if patient:
+            return {"Authorization": f"Bearer {dev_token(hospital.settings, 'console-test', scope, patient=patient)}"}
+        return {"Authorization": f"Bearer {dev_token(hospital.settings, 'console-test', scope)}"}
+
+    def opens(headers: dict[str, str]) -> list[str]:
+        """The sections the token opens; the menu offers exactly those."""
+        network = http.get(f"{base}/network", headers=headers)
+        assert network.status_code == 200, network.text[:500]
+        opened = []
+        for name, path in sections.items():
+            status = http.get(f"{base}{path}", headers=headers).status_code
+            assert status in (200, 403), (name, status)
+            if status == 200:
+                opened.append(name)
+        assert menu(network.text) == ["Network", *opened]
+        return opened
+
+    assert opens(as_token("system/Patient.read")) == []
+    assert opens(as_token("system/Claim.write")) == []  # write is not read
+    assert opens(as_token("system/Claim.read")) == ["Claims"]
+    assert opens(as_token("system/Consent.read")) == []  # the access log needs AuditEvent search too
+    assert opens(as_token("system/Consent.read system/AuditEvent.read")) == ["Consent & audit"]
+    assert opens(as_token("system/Medication.read")) == ["Supply"]
+    assert opens(as_token("system/*.read")) == ["Claims", "Consent & audit", "Supply"]
+    patient_scopes = "patient/Claim.read patient/Consent.read patient/AuditEvent.read patient/Medication.read"
+    assert opens(as_token(patient_scopes, patient="console-test-patient")) == []
+    refused = http.get(f"{base}/claims/queue", headers=as_token(patient_scopes, patient="console-test-patient"))
+    assert refused.status_code == 403
+
+    token = dev_token(hospital.settings, "console-test", "system/Patient.read")
+    login = http.post(f"{base}/login", data={"token": token})
+    assert (login.status_code, login.headers.get("location")) == (303, "/console/"), login.text[:500]
+    assert login.cookies.get(COOKIE) == token
+    assert opens({"Cookie": f"{COOKIE}={token}"}) == []
+    full = dev_token(hospital.settings, "console-test", "system/Claim.read")
+    assert http.post(f"{base}/login", data={"token": full}).status_code == 303
+    assert opens({"Cookie": f"{COOKIE}={full}"}) == ["Claims"]
+    http.close()
+
+
+def test_the_demo_prints_each_orgs_console_address(
+    network: topo.Topology, gateways: dict[str, GatewayHttp], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`careledger demo` ends with the console address of every member org: each printed address answers with that
+    org's console (its login page) over TLS that the printed CA file vouches for."""
+    demo.console_addresses(network)
+    printed = capsys.readouterr().out
+    addresses = dict(re.findall(r"^\s+(\w+)\s+(https://\S+/console)$", printed, re.M))
+    assert sorted(addresses) == sorted(gateways)
+    ca = re.search(r"trust the org's TLS CA, e\.g\. (\S+)$", printed, re.M)
+    assert ca is not None and Path(ca.group(1)).exists()
+    for org, url in addresses.items():
+        trusted = ssl.create_default_context(cafile=str(network.tls_ca_cert(network.org(org))))
+        with httpx.Client(verify=trusted, timeout=30) as http:
+            page = http.get(f"{url}/login")
+        assert page.status_code == 200 and f"{org} console" in page.text, (org, page.status_code)

@@ -1,22 +1,29 @@
 """Privacy on the real network, through the gateways as their own processes (mutual TLS between members):
 minimum necessary under consents of different scopes, selective disclosure checked against the chain, a
-de-identified research export anchored and verified, and blobs streamed through a gateway and through the
-development S3-compatible server (with the figures: MiB/s both ways and the gateway's peak RSS for 1 GiB)."""
+de-identified research export anchored and verified, blobs streamed through a gateway and through the
+development S3-compatible server (with the figures: MiB/s both ways and the gateway's peak RSS for 1 GiB), blobs
+erased with the patient on either backend, and the insurer's records review receiving selected elements only."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import datetime
 import hashlib
 import json
 import os
+import re
 import ssl
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -27,9 +34,11 @@ from fabric_gateway import Gateway
 from gateway import cli as gateway_cli
 from network import s3_server
 from records import blobs, deidentify, disclosure, synthetic
+from records.errors import PatientErased
 from records.s3 import S3Backend, S3Config
 from records.settings import CustodianSettings
-from tests.conftest import GatewayHttp
+from tests.conftest import GatewayHttp, claim_key
+from workers import cli as worker_cli
 
 pytestmark = pytest.mark.network
 
@@ -64,7 +73,6 @@ def record_of(gw: GatewayHttp, mpi: str) -> tuple[str, dict[str, str]]:
     """Post a patient with two lab and one vital-sign Observations, two Immunizations and a Condition; returns
     the Patient's id and {Type/id: what it is}."""
     gen = synthetic.Synthetic.seeded(hash(mpi) % 1000)
-    patient = gen.patient(mpi)
     resources = [
         ("lab", obs("urn:uuid:p", "laboratory", "718-7", 13.1, "2026-03-01T10:00:00Z")),
         ("lab", obs("urn:uuid:p", "laboratory", "2345-7", 5.4, "2026-03-01T10:05:00Z")),
@@ -73,16 +81,23 @@ def record_of(gw: GatewayHttp, mpi: str) -> tuple[str, dict[str, str]]:
         ("imm", immunization("urn:uuid:p", "208")),
         ("cond", gen.clinical("urn:uuid:p", 7)),
     ]
+    patient_id, locations = record_with(gw, gen.patient(mpi), [r for _, r in resources])
+    what = {loc: kind for loc, (kind, _) in zip(locations, resources, strict=True)}
+    return patient_id, {f"Patient/{patient_id}": "patient", **what}
+
+
+def record_with(gw: GatewayHttp, patient: dict[str, Any], resources: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """Post a patient and these resources of theirs (referring to the patient as `urn:uuid:p`) in one transaction;
+    returns the Patient's id and each resource's `Type/id`, in order."""
     entries = [{"fullUrl": "urn:uuid:p", "resource": patient, "request": {"method": "POST", "url": "Patient"}}]
     entries += [
         {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": r, "request": {"method": "POST", "url": r["resourceType"]}}
-        for _, r in resources
+        for r in resources
     ]
     r = gw.post("", {"resourceType": "Bundle", "type": "transaction", "entry": entries})
     assert r.status_code == 200, r.text
     locations = [e["response"]["location"].split("/_history")[0] for e in r.json()["entry"]]
-    what = {loc: kind for loc, (kind, _) in zip(locations[1:], resources, strict=True)}
-    return locations[0].split("/")[1], {locations[0]: "patient", **what}
+    return locations[0].split("/")[1], locations[1:]
 
 
 def consent(patient_id: str, grantee: str, purpose: str, types: list[str], categories: list[str]) -> dict[str, Any]:
@@ -364,3 +379,303 @@ def test_blobs_on_the_development_s3_server(network: Topology) -> None:
 
 async def body_of(data: bytes) -> Any:
     yield data
+
+
+# ----- Blobs erased with the patient, on the filesystem and on S3 ----------------------------------------------------
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BlobPlace:
+    """Where the hospital's gateway keeps its blobs during a test, as this process reaches them: a backend like the
+    gateway's, and where a blob lies (the gateway's folder, or its S3 bucket listed directly)."""
+
+    open: Callable[[], blobs.BlobBackend]
+    folder: Path | None = None
+    bucket_url: str = ""
+
+    def objects(self) -> set[str]:
+        """Every object key in the bucket (ListObjectsV2; the development server asks no signature for it)."""
+        listed = httpx.get(self.bucket_url, params={"list-type": "2"}, timeout=30)
+        assert listed.status_code == 200, listed.text
+        return set(re.findall(r"<Key>([^<]+)</Key>", listed.text))
+
+    def holds(self, name: str) -> bool:
+        """Whether the blob of this name is there, by the layout docs/BLOBS.md gives (not through the backend)."""
+        if self.folder is not None:
+            return (self.folder / name[:2] / name[2:4] / name).is_file()
+        return f"blobs/{name}" in self.objects()
+
+    def run(self, use: Callable[[blobs.BlobBackend], Awaitable[T]]) -> T:
+        """`use` a backend of its own (an S3 client belongs to one event loop)."""
+
+        async def scenario() -> T:
+            backend = self.open()
+            try:
+                return await use(backend)
+            finally:
+                if isinstance(backend, S3Backend):
+                    await backend.aclose()
+
+        return asyncio.run(scenario())
+
+
+@contextmanager
+def gateway_with_env(network: Topology, org: str, env: dict[str, str]) -> Iterator[None]:
+    """The org's gateway restarted with these environment variables, and restarted without them afterwards."""
+    saved = {k: os.environ.get(k) for k in env}
+    gateway_cli.process(network, org).stop()
+    os.environ.update(env)
+    try:
+        gateway_cli.start(network, org)
+        yield
+    finally:
+        gateway_cli.process(network, org).stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        gateway_cli.start(network, org)
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def hospital_blobs(
+    request: pytest.FixtureRequest, network: Topology, gateways: dict[str, GatewayHttp]
+) -> Iterator[BlobPlace]:
+    """The hospital's gateway keeping blobs in its default folder, or restarted for the test with
+    `CARELEDGER_BLOBS=s3://<a bucket of its own>` on the development S3 server (docs/BLOBS.md)."""
+    if request.param == "filesystem":
+        folder = network.gateway_home(network.org("HospitalOrg")) / "blobs"
+        yield BlobPlace(lambda: blobs.FileBackend(folder), folder=folder)
+        return
+    if not s3_server.answering(network):
+        pytest.fail("the development S3 server is not running: scripts/bootstrap installs it, network up starts it")
+    bucket = f"careledger-hospital-{uuid.uuid4().hex[:8]}"
+    endpoint = s3_server.endpoint(network)
+    env = {
+        "CARELEDGER_BLOBS": f"s3://{bucket}",
+        "CARELEDGER_S3_ENDPOINT": endpoint,
+        "CARELEDGER_S3_ACCESS_KEY": s3_server.ACCESS_KEY,
+        "CARELEDGER_S3_SECRET_KEY": s3_server.SECRET_KEY,
+    }
+    config = S3Config(endpoint, bucket, s3_server.ACCESS_KEY, s3_server.SECRET_KEY)
+    with gateway_with_env(network, "HospitalOrg", env):
+        yield BlobPlace(lambda: S3Backend(config), bucket_url=f"{endpoint}/{bucket}")
+
+
+def test_blobs_are_kept_encrypted_and_erased_with_the_patient(
+    network: Topology, gateways: dict[str, GatewayHttp], hospital_blobs: BlobPlace
+) -> None:
+    """A Binary streamed to the hospital's gateway, and a DiagnosticReport's inline attachment, become blobs where the
+    gateway keeps them (its folder, or its S3 bucket): sealed there, read back identical through the gateway, and
+    opened by the patient's key in the org's store. Erasing the patient deletes both blobs and destroys that key:
+    the Binaries are gone (410), and a copy of the sealed blobs kept from before opens no more."""
+    hospital, place = gateways["HospitalOrg"], hospital_blobs
+    gen = synthetic.Synthetic.seeded(None)
+    patient_id, _ = record_with(hospital, gen.patient(f"MPI-BE-{uuid.uuid4().hex[:8]}"), [])
+    token = {"Authorization": f"Bearer {hospital.token()}"}
+    scan = os.urandom(2 * MiB + 5)  # three chunks, the last one short
+    sent = {**token, "Content-Type": "application/dicom", "X-Security-Context": f"Patient/{patient_id}"}
+    up = hospital.http.post("/Binary", content=scan, headers=sent)
+    assert up.status_code == 201, up.text
+    text = b"Impression: no acute cardiopulmonary findings. Dictated for the record."
+    report = {
+        "resourceType": "DiagnosticReport",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "18748-4"}]},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "presentedForm": [{"contentType": "text/plain", "data": base64.b64encode(text).decode()}],
+    }
+    made = hospital.post("/DiagnosticReport", report)
+    assert made.status_code == 201, made.text
+    attachment = hospital.get(f"/DiagnosticReport/{made.json()['id']}").json()["presentedForm"][0]
+    assert "data" not in attachment and attachment["url"].startswith("Binary/") and attachment["size"] == len(text)
+    contents = {up.json()["id"]: scan, attachment["url"].removeprefix("Binary/"): text}
+
+    def read(binary_id: str, accept: str = "*/*") -> httpx.Response:
+        return hospital.http.get(f"/Binary/{binary_id}", headers={**token, "Accept": accept})
+
+    names: dict[str, str] = {}
+    for binary_id, content in contents.items():
+        assert read(binary_id).content == content
+        pointer = blobs.blob_of(read(binary_id, "application/fhir+json").json())
+        assert pointer is not None
+        name = blobs.name_of(str(pointer["url"]))
+        assert name is not None and place.holds(name), binary_id
+        names[binary_id] = name
+    if place.bucket_url:
+        assert place.objects() == {f"blobs/{name}" for name in names.values()}  # nothing else, no leftover parts
+
+    store = CustodianSettings.load(network, "HospitalOrg").open_store()
+    head = store.head("Binary", up.json()["id"])
+    assert head is not None
+    patient_key = head[1]  # the pseudonym the patient's data is kept under
+
+    async def sealed(backend: blobs.BlobBackend) -> dict[str, bytes]:
+        return {binary_id: b"".join([piece async for piece in backend.get(name)]) for binary_id, name in names.items()}
+
+    async def opened(backend: blobs.BlobBackend) -> dict[str, bytes]:
+        keyed = blobs.Blobs(backend, store.digest_key)
+        return {
+            binary_id: b"".join([piece async for piece in keyed.get(patient_key, name)])
+            for binary_id, name in names.items()
+        }
+
+    kept = place.run(sealed)
+    for binary_id, content in contents.items():
+        assert kept[binary_id].startswith(blobs.MAGIC) and content[:32] not in kept[binary_id]
+    assert place.run(opened) == contents
+
+    erased = hospital.post(f"/Patient/{patient_id}/$erase", {})
+    assert erased.status_code == 200, erased.text
+    for binary_id, name in names.items():
+        assert read(binary_id).status_code == 410
+        assert not place.holds(name)
+    if place.bucket_url:
+        assert place.objects() == set()
+
+    async def restored(backend: blobs.BlobBackend) -> None:
+        """Put the kept copies back, as from a backup, and try to open them."""
+        for binary_id, name in names.items():
+            await backend.publish(await backend.put(body_of(kept[binary_id])), name)
+        try:
+            with pytest.raises(PatientErased):
+                await opened(backend)
+        finally:
+            for name in names.values():
+                await backend.delete(name)
+
+    place.run(restored)
+    store.close()
+
+
+# ----- The insurer's records review -------------------------------------------------------------------------------
+
+REVIEW_CODE = "97110"  # config/workers/InsurerOrg.yaml: a line with this code is paid after a records review
+REVIEWED = {  # what a records review needs of the record: these elements, of these types only
+    "Observation.code",
+    "Observation.status",
+    "Observation.value[x]",
+    "Observation.effective[x]",
+    "Procedure.code",
+    "Procedure.status",
+    "Procedure.performed[x]",
+}
+PERFORMER = "Dr. Quill Hartwell"
+NOTE = "the patient's neighbour drove her in"
+
+
+def wait_until(check: Callable[[], T | None], timeout: float, what: str) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (result := check()) is not None:
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@contextmanager
+def insurer_workers(network: Topology) -> Iterator[Path]:
+    """The insurer's chain-event listener and Celery worker with the insurer's own settings (config/workers),
+    stopped afterwards if started here; yields the worker's log file."""
+    started = worker_cli.start_listener(network, "InsurerOrg"), worker_cli.start_worker(network, "InsurerOrg")
+    try:
+        yield worker_cli.worker_process(network, "InsurerOrg").log_file
+    finally:
+        if started[0]:
+            worker_cli.listener_process(network, "InsurerOrg").stop()
+        if started[1]:
+            worker_cli.worker_process(network, "InsurerOrg").stop(timeout=30)
+
+
+def test_the_insurers_records_review_receives_only_the_elements_a_claim_line_needs(
+    network: Topology,
+    gateways: dict[str, GatewayHttp],
+    gateway_as: Callable[..., Gateway],
+    member_client: Callable[[str], httpx.Client],
+) -> None:
+    """A claim line whose code needs a records review is decided by the insurer's worker once the provider has
+    disclosed what the review needs. The patient let the insurer read the whole record for payment, yet the request
+    the worker sent (as its log names it) asks only for the Observations' and Procedures' code, status, value and
+    date, and what the provider answers it (asked again with the insurer's certificate) holds exactly those elements
+    of exactly the patient's Observations and Procedure: each proven against its digest on chain, and never a
+    performer, a note, the subject, or another resource of the record. The line is paid, and the provider's access
+    log on chain shows the insurer's reads, permitted."""
+    hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
+    mpi = f"MPI-RR-{uuid.uuid4().hex[:8]}"
+    gen = synthetic.Synthetic.seeded(hash(mpi) % 1000)
+    patient = gen.patient(mpi)
+    lab = obs("urn:uuid:p", "laboratory", "718-7", 13.1, "2026-03-01T10:00:00Z")
+    vital = obs("urn:uuid:p", "vital-signs", "8867-4", 71.0, "2026-03-01T09:55:00Z")
+    for o, text in ((lab, "Hemoglobin"), (vital, "Heart rate")):
+        o["code"]["text"] = text
+        o["performer"] = [{"display": PERFORMER}]
+    procedure = gen.clinical("urn:uuid:p", 8) | {
+        "performedDateTime": "2026-03-01T11:00:00Z",
+        "performer": [{"actor": {"display": PERFORMER}}],
+        "note": [{"text": NOTE}],
+    }
+    others = [immunization("urn:uuid:p", "140"), gen.clinical("urn:uuid:p", 7)]
+    patient_id, locations = record_with(hospital, patient, [lab, vital, procedure, *others])
+    reviewable = locations[:3]
+    granted = hospital.post("/Consent", synthetic.consent(patient_id, "InsurerMSP", "HPAYMT"))  # the whole record
+    assert granted.status_code == 201, granted.text
+    year = datetime.date.today().year
+    covered = insurer.post("/Coverage", synthetic.coverage(mpi, "InsurerMSP", f"{year}-01-01", f"{year + 1}-12-31"))
+    assert covered.status_code == 201, covered.text
+    today = datetime.date.today().isoformat()
+    filed = hospital.post(
+        "/Claim", synthetic.claim(patient_id, "InsurerMSP", [(REVIEW_CODE, 1, "60.00")], today, "Coverage/t")
+    )
+    assert filed.status_code == 201, filed.text
+    claim_id = claim_key(filed.json())
+    claims = gateway_as("InsurerOrg").network("claims").contract("careledger")
+
+    def decided() -> dict[str, Any] | None:
+        on_chain: dict[str, Any] = json.loads(claims.evaluate("Claims:Get", args=[claim_id]))
+        return None if on_chain["status"] == "submitted" else on_chain
+
+    with insurer_workers(network) as worker_log:
+        on_chain = wait_until(decided, 240, "the insurer's worker to decide the claim")
+    assert on_chain["status"] in ("adjudicated", "paid") and on_chain["outcome"] == "approved", on_chain
+    lines = json.loads(claims.evaluate("Claims:AdjudicationOf", args=[claim_id]))["lines"]
+    assert [(line["outcome"], line.get("reasons") or []) for line in lines] == [("approved", [])]
+
+    # The worker's request, as its log has it (httpx logs each request it sends).
+    request = re.compile(
+        r"HTTP Request: GET (\S+/federation/disclosures/"
+        + re.escape(on_chain["patient"])
+        + r'\?\S+) "HTTP/[\d.]+ (\d+)'
+    )
+    sent = [m.groups() for line in worker_log.read_text(errors="replace").splitlines() if (m := request.search(line))]
+    assert sent, f"{worker_log} names no disclosure request for the claim's patient"
+    url, status = sent[-1]
+    assert status == "200"
+    asked = parse_qs(urlsplit(url).query)
+    assert asked["purpose"] == ["HPAYMT"]
+    assert sorted(asked["element"]) == sorted(REVIEWED)
+    audit = hospital.get("/AuditEvent", params={"patient": patient_id}).json()["entry"]
+    reads = {(e["resource"]["outcome"], e["resource"]["agent"][0]["who"]["identifier"]["value"]) for e in audit}
+    assert reads == {("0", "InsurerMSP")}
+
+    answer = member_client("InsurerOrg").get(url)
+    assert answer.status_code == 200, answer.text
+    for secret in (PERFORMER, NOTE, mpi, patient["birthDate"]):
+        assert secret not in answer.text
+    store = CustodianSettings.load(network, "HospitalOrg").open_store()
+    expected_keys = {store.ledger_key(*loc.split("/")) for loc in reviewable}
+    store.close()
+    documents = answer.json()["disclosures"]
+    assert sorted(d["resourceKey"] for d in documents) == sorted(expected_keys)
+    elements = {
+        "Observation": {"resourceType", "code", "status", "valueQuantity", "effectiveDateTime"},
+        "Procedure": {"resourceType", "code", "status", "performedDateTime"},
+    }
+    providers = gateway_as("HospitalOrg").network("providers").contract("careledger")
+    for document in documents:
+        record = json.loads(providers.evaluate("Records:Get", args=[document["resourceKey"], str(document["version"])]))
+        checked = disclosure.verify(document, record)
+        assert checked.ok, checked.reason
+        assert set(checked.resource) == elements[document["resourceType"]], checked.resource
