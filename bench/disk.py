@@ -91,7 +91,7 @@ def wal_per_channel(t: Topology, node: Node) -> dict[str, int]:
 
 
 def channel_blocks(t: Topology, node: Node, channel: str) -> int:
-    return size(t.node_data_dir(node) / "ledger" / "chains" / "chains" / channel)
+    return size(t.node_data_dir(node) / "ledger" / "chains" / channel)
 
 
 async def ingest(settings: GatewaySettings, bundle: int, clients: int, until: float, stop: asyncio.Event) -> int:
