@@ -67,8 +67,8 @@ from tests.integration.test_workers import (  # noqa: F401 (receiver is a fixtur
     enrol,
     receiver,
     running_workers,
-    wait_for,
 )
+from tests.waiting import wait_for
 from workers import cli as worker_cli
 
 pytestmark = [pytest.mark.network, pytest.mark.faults]

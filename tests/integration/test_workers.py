@@ -35,6 +35,7 @@ from gateway import cli as gateway_cli
 from records import synthetic
 from tests.conftest import GatewayHttp, claim_key
 from tests.integration.audit import PAID, ChainLog, Findings, audit_claims, chain_height, claim_ids
+from tests.waiting import wait_for
 from workers import cli as worker_cli
 from workers.settings import CONFIG_DIR
 
@@ -193,15 +194,6 @@ def submit(hospital: GatewayHttp, member: Member, lines: list[tuple[str, int, st
     key = claim_key(r.json())
     LOCAL_IDS[key] = str(r.json()["id"])
     return key
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def fetched(gateway: GatewayHttp, path: str) -> dict[str, Any] | None:
