@@ -182,9 +182,7 @@ def _initdb(topology: Topology, user: str | None) -> None:
         "--no-instructions",
     ]  # fmt: skip
     try:
-        done = subprocess.run(
-            argv, user=user, group=user, extra_groups=[] if user else None, capture_output=True, text=True, check=False
-        )
+        done = subprocess.run(as_user(user, argv), capture_output=True, text=True, check=False)
     finally:
         pwfile.unlink(missing_ok=True)
     if done.returncode != 0:
