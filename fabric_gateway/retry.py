@@ -36,10 +36,12 @@ def is_read_race(err: FabricError) -> bool:
 
 
 # What endorsing peers answer when they cannot reach another peer or the chaincode server (Fabric's own wording:
-# core/chaincode; the last three when the chaincode server dies during the call, its stream ending or never answering).
+# core/chaincode; the next three when the chaincode server dies during the call, its stream ending or never answering),
+# or when a new chaincode definition was committed while they ran the call (their cache caught up mid-call).
 _UNREACHABLE = re.compile(
     r"code = Unavailable|could not launch chaincode|connection refused"
-    r"|chaincode stream terminated|timeout expired while executing transaction|\] error sending",
+    r"|chaincode stream terminated|timeout expired while executing transaction|\] error sending"
+    r"|chaincode definition for '[^']*' changed during invoke",
     re.IGNORECASE,
 )
 UNAVAILABLE_RETRY_S = 8.0  # how long an endorsement that met unavailable endorsers is tried again before giving up

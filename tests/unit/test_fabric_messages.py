@@ -208,6 +208,14 @@ def test_retry_conflicts_retries_endorsers_that_disagree_but_not_chaincode_error
         ("FAILED_PRECONDITION", "required chaincodes are not installed on sufficient peers", True),
         ("FAILED_PRECONDITION", "no peer combination can satisfy the endorsement policy", True),
         ("ABORTED", "chaincode stream terminated", True),
+        # a chaincode definition committed while the peer ran the call (a member joining)
+        (
+            "ABORTED",
+            "make sure the chaincode careledger has been successfully defined on channel claims and try again:"
+            " chaincode cache at sequence 5 but current sequence is 4,"
+            " chaincode definition for 'careledger' changed during invoke",
+            True,
+        ),
         ("ABORTED", "error validating proposal: access denied: creator is malformed", False),
         ("ABORTED", "chaincode response 500, CONFLICT: taken", False),
     ],
