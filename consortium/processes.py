@@ -158,7 +158,7 @@ def ensure_port_free(owner: str, host: str, port: int, wait: float = 0.0) -> Non
             except OSError as e:
                 if e.errno == errno.EADDRNOTAVAIL:
                     # The address is another host's or another network namespace's: ask it instead.
-                    if not _answers(host, port):
+                    if not accepts(host, port):
                         return
                 elif e.errno != errno.EADDRINUSE:
                     raise
@@ -167,7 +167,8 @@ def ensure_port_free(owner: str, host: str, port: int, wait: float = 0.0) -> Non
         time.sleep(0.1)
 
 
-def _answers(host: str, port: int) -> bool:
+def accepts(host: str, port: int) -> bool:
+    """Something accepts TCP connections on host:port (within a second)."""
     try:
         with socket.create_connection((host, port), timeout=1):
             return True

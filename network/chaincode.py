@@ -22,7 +22,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import tarfile
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from consortium.errors import BuildFailed, CommandFailed, NetworkError
-from consortium.processes import ManagedProcess, ensure_port_free
+from consortium.processes import ManagedProcess, accepts, ensure_port_free
 from consortium.secrets import replace_secret
 from consortium.topology import REPO_ROOT, Org, Topology
 from network import chaincode_config, crypto
@@ -247,17 +246,9 @@ def ensure_server(topology: Topology, org: Org, pkg: Package) -> str | None:
         "CARELEDGER_CHAINCODE_CONFIG_FILE": str(config_file(topology, org)),
     }
     proc.start([str(binary)], env, launcher=topology.launcher_of(org))
-    proc.wait_until(lambda: _accepts(host, int(port)), "listening", 20)
+    proc.wait_until(lambda: accepts(host, int(port)), "listening", 20)
     serving.write_text(pkg.package_id + "\n")
     return f"{proc.name} serving {pkg.label} at {topology.chaincode_address(org)}"
-
-
-def _accepts(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 # ----- definitions ---------------------------------------------------------------------------------------------

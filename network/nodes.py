@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from consortium.processes import ManagedProcess, ensure_port_free
+from consortium.processes import ManagedProcess, accepts, ensure_port_free
 from consortium.secrets import private_dir
 from consortium.topology import Node, Topology
 from network.binaries import FabricBinaries
@@ -182,14 +182,6 @@ def start(topology: Topology, binaries: FabricBinaries, node: Node) -> bool:
         private_dir(data / "ledger" / "lifecycle" / "chaincodes")
         proc.start([binaries.tool("peer"), "node", "start"], peer_env(topology, binaries, node), launcher=launcher)
     return True
-
-
-def accepts(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def serving(topology: Topology, node: Node) -> bool:

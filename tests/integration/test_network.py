@@ -23,7 +23,7 @@ from fabric_protos.common import common_pb2, configtx_pb2
 from fabric_protos.orderer import configuration_pb2
 from fabric_protos.orderer.etcdraft import configuration_pb2 as etcdraft_pb2
 
-from consortium import readiness
+from consortium import processes, readiness
 from consortium.errors import CommandFailed, PortInUse
 from consortium.secrets import is_key_file
 from consortium.topology import Node, Topology
@@ -98,7 +98,7 @@ def test_a_resumed_orderer_answers_its_admin_port_when_up_returns(network: Topol
     assert any(f"starting orderer {orderer.name}" in ln for ln in lines), lines
     assert channels.orderer_channels(admin, orderer) == set(network.channels)
     for n in network.nodes:
-        assert all(nodes.accepts(n.host, p) for p in n.ports), n.name
+        assert all(processes.accepts(n.host, p) for p in n.ports), n.name
 
 
 def test_channels_survive_the_loss_of_one_orderer(network: Topology, admin: Admin) -> None:
