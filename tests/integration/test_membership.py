@@ -224,6 +224,7 @@ def test_members_join_and_leave_under_load(
     ]
     RENEWAL_FAILURES[:] = [f"{r.kind} {r.org} {r.status} {r.detail}"[:300] for r in renewing]
     FIGURES["failed_during_renewal"] = len(renewing)
+    FIGURES["renewal_failures"] = RENEWAL_FAILURES[:10]  # printed with the figures, so a run shows what failed
     others = [r for r in overall.failures if r not in renewing]
     assert not others, [(r.kind, r.org, r.status, r.detail) for r in others[:10]]
     # Every claim the load filed was decided, the update notwithstanding.
