@@ -393,8 +393,8 @@ def validate_resource(data: Any, path: str, supported: Collection[str] = STORED_
     a Subscription is checked with its own list by `records.subscriptions`).
 
     The structure is checked by `fhir_structure.conforms`, which walks the JSON with rules read from the model; only
-    when it finds a problem or meets something it cannot vouch for does the model itself parse the resource (ten
-    times slower), which decides and words the errors. No caller needs the parsed model."""
+    when it finds a problem or meets something it cannot vouch for does the model itself parse the resource (four to
+    seven times slower), which decides and words the errors. No caller needs the parsed model."""
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
         raise Malformed([Issue("structure", path, "a resource is a JSON object with a resourceType")])
     resource_type: str = data["resourceType"]
