@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import hmac
 import json
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 from typing import Any
 
 FORMAT = "careledger-disclosure/1"
@@ -40,6 +40,7 @@ HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)  # made once, not per value
+_quoted: Callable[[str], str] = encode_basestring  # a JSON string, non-ASCII kept (ensure_ascii=False)
 
 
 def canonical(value: Any) -> bytes:
@@ -48,6 +49,8 @@ def canonical(value: Any) -> bytes:
         return b"true" if value else b"false" if value is False else b"null"
     if type(value) is int:
         return str(value).encode()  # as json writes an int
+    if type(value) is str:
+        return _quoted(value).encode()  # what the encoder itself calls for a string, without its dispatch
     return _CANONICAL.encode(value).encode()
 
 
@@ -87,18 +90,29 @@ def elements(resource: Mapping[str, Any]) -> list[tuple[str, bytes]]:
 
 
 def _keyed(salt_key: bytes, label: bytes, resource_key: str, version: int) -> Callable[[bytes], bytes]:
-    """HMAC-SHA-256 under the salt key of label ‖ 0 ‖ resource key ‖ 0 ‖ version ‖ 0 ‖ what is given: the common
-    prefix is hashed once, each call only adds its own end (the same bytes as hashing the whole message)."""
-    prefix = hmac.new(
-        salt_key, label + b"\x00" + resource_key.encode() + b"\x00" + str(version).encode() + b"\x00", "sha256"
-    )
+    """HMAC-SHA-256 under the salt key of label ‖ 0 ‖ resource key ‖ 0 ‖ version ‖ 0 ‖ what is given. HMAC (RFC 2104)
+    is SHA-256(K ⊕ opad ‖ SHA-256(K ⊕ ipad ‖ message)): both pads and the common prefix are hashed once, and each call
+    only copies the two hash states and adds its own end (the same bytes as `hmac`, in half the time: it runs for
+    every element of every resource written)."""
+    key = salt_key if len(salt_key) <= _BLOCK else hashlib.sha256(salt_key).digest()
+    key = key.ljust(_BLOCK, b"\x00")
+    inner = hashlib.sha256(key.translate(_IPAD))
+    inner.update(label + b"\x00" + resource_key.encode() + b"\x00" + str(version).encode() + b"\x00")
+    outer = hashlib.sha256(key.translate(_OPAD))
 
     def of(end: bytes) -> bytes:
-        h = prefix.copy()
+        h = inner.copy()
         h.update(end)
-        return h.digest()
+        o = outer.copy()
+        o.update(h.digest())
+        return o.digest()
 
     return of
+
+
+_BLOCK = 64  # SHA-256's block size, in bytes
+_IPAD = bytes(b ^ 0x36 for b in range(256))  # translation tables: each key byte XOR the pad byte
+_OPAD = bytes(b ^ 0x5C for b in range(256))
 
 
 def salt(salt_key: bytes, resource_key: str, version: int, path: str) -> bytes:
@@ -147,10 +161,11 @@ def _leaves(
     pairs = elements(resource)
     salt_of = _keyed(salt_key, SALT_LABEL, resource_key, version)
     hashed = {}
+    sha256 = hashlib.sha256
     for path, value in pairs:  # leaf_hash(salt(path), path, value), written out: it runs for every element
         p = path.encode()
-        hashed[path] = hashlib.sha256(
-            LEAF_PREFIX + salt_of(p) + len(p).to_bytes(4, "big") + p + len(value).to_bytes(4, "big") + value
+        hashed[path] = sha256(
+            b"".join((LEAF_PREFIX, salt_of(p), len(p).to_bytes(4, "big"), p, len(value).to_bytes(4, "big"), value))
         ).digest()
     size = MIN_LEAVES
     while size < len(pairs):
@@ -161,7 +176,9 @@ def _leaves(
 
 
 def _above(below: list[bytes]) -> list[bytes]:
-    return [node_hash(below[i], below[i + 1]) for i in range(0, len(below), 2)]
+    """The level above: `node_hash` of each pair, written out (it runs for every node of every tree)."""
+    sha256 = hashlib.sha256
+    return [sha256(NODE_PREFIX + left + right).digest() for left, right in zip(below[::2], below[1::2], strict=True)]
 
 
 def commit(resource: Mapping[str, Any], salt_key: bytes, resource_key: str, version: int) -> Commitment:
