@@ -29,6 +29,41 @@ def can_endorse(topology: Topology, org: Org, channel: str) -> str | None:
         return str(e)
 
 
+def can_reach(topology: Topology, org: Org, channel: str, endorsers: list[Org]) -> str | None:
+    """None when the org's Gateway had each of `endorsers`' peers endorse a probe on the channel (one org at a time,
+    named as the endorsing org, so discovery must know that org's peer with the chaincode in force), else the first
+    reason it could not."""
+    try:
+        with connect.gateway(topology, org, timeouts=PROBE_TIMEOUTS) as gw:
+            contract = gw.network(channel).contract(topology.chaincode_name)
+            for endorser in endorsers:
+                contract.new_proposal(
+                    "Probe:Write", args=["endorsers-ready", "-"], endorsing_orgs=[endorser.msp_id]
+                ).endorse()
+        return None
+    except GatewayError as e:
+        return str(e)
+
+
+def wait_until_reaches_all(
+    topology: Topology, channel: str, gateways: list[Org] | None = None, timeout: float = 90.0
+) -> None:
+    """Until each of `gateways` (default: every member of the channel) reaches every member's peer on the channel.
+    After a chaincode definition changes (a member joins or leaves), each peer learns through gossip, a few seconds
+    apart, which other peers run the chaincode in force; until then a Gateway cannot plan an endorsement that needs a
+    peer it has not heard from yet (a claim its new insurer must endorse), though a probe that any majority may
+    endorse already passes."""
+    members = topology.channels[channel]
+    deadline = time.monotonic() + timeout
+    for org in gateways if gateways is not None else members:
+        while (reason := can_reach(topology, org, channel, members)) is not None:
+            if time.monotonic() > deadline:
+                raise NetworkError(
+                    f"{org.name}'s Gateway cannot reach every member's peer on {channel} after {timeout:.0f}s: {reason}"
+                )
+            time.sleep(0.25)
+
+
 def wait_until_endorses(topology: Topology, org: Org, channel: str, timeout: float = 90.0) -> None:
     """Until the org's own Gateway endorses a probe on the channel (a joining org's first endorsement)."""
     deadline = time.monotonic() + timeout

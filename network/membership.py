@@ -590,8 +590,12 @@ def add_org(
     mark = timings.mark("chaincode definitions", mark)
     for ch in channel_names:
         endorsers.wait_until_endorses(t, org, ch)
-    timings.mark("first endorsement", mark)
+    mark = timings.mark("first endorsement", mark)
     progress(f"{org.name} endorses on {', '.join(channel_names)}: {timings.total:.1f}s from the first proposal")
+    for ch in channel_names:
+        endorsers.wait_until_reaches_all(t, ch)
+    timings.mark("every gateway reaches every peer", mark)
+    progress(f"every member's Gateway reaches every member's peer on {', '.join(channel_names)}")
     return org, timings
 
 
