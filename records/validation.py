@@ -443,6 +443,21 @@ def references(node: Any, path: str) -> Iterator[tuple[str, str]]:
             )
 
 
+def reference_values(node: Any) -> Iterator[str]:
+    """Every Reference.reference in a JSON tree, without paths: the cheap look that `references` (which writes out
+    where each one is) follows only when one of them is wrong."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if type(current) is dict:
+            ref = current.get("reference")
+            if type(ref) is str:
+                yield ref
+            stack.extend(v for v in current.values() if type(v) is dict or type(v) is list)
+        elif type(current) is list:
+            stack.extend(v for v in current if type(v) is dict or type(v) is list)
+
+
 def entry(raw: Any, i: int) -> Entry:
     """Check one Bundle entry: a POST or PUT of a supported, valid resource; every problem of the entry at once."""
     at = f"Bundle.entry[{i}]"
@@ -529,6 +544,8 @@ def transaction_entries(env: Envelope) -> list[Entry]:
             issues.append(Issue("invariant", where, f"{checked.full_url} repeats entry {first}"))
         seen[checked.full_url] = checked.index
     for checked in entries:
+        if all(ref in seen or not ref.startswith("urn:uuid:") for ref in reference_values(checked.resource)):
+            continue
         for ref, where in references(checked.resource, f"Bundle.entry[{checked.index}].resource"):
             if ref.startswith("urn:uuid:") and ref not in seen:
                 issues.append(Issue("invariant", where, f"{ref} names no entry of this bundle"))
