@@ -189,9 +189,9 @@ def stage_breakdown(rounds: int = 20, bodies: list[bytes] | None = None) -> list
             t1 = time.perf_counter()
             key = store.digest_key("p" * 64)
             contents = []
-            for e in entries:
+            for i, e in enumerate(entries):  # as the write path does for a record: its v2 (element) digest
                 contents.append(digests.canonical_json(e.resource))
-                digests.resource_digest(key, e.resource)
+                digests.digest(digests.V2, key, e.resource, f"{e.resource['resourceType']}/{n}-{i}", 1)
             t2 = time.perf_counter()
             rows = [
                 Row("Observation", f"{n}-{i}", 1, "p" * 64, "2026-01-01T00:00:00Z", c) for i, c in enumerate(contents)
