@@ -23,6 +23,7 @@ from fabric_gateway.checkpoint import (
 )
 from fabric_gateway.client import ChaincodeEvents, Commit, Contract, Gateway, Network, Proposal, Transaction
 from fabric_gateway.connection import Endpoint
+from fabric_gateway.discovery import DiscoveredPeer, discover_peers
 from fabric_gateway.errors import (
     BlockWaitTimeout,
     CommitError,
@@ -30,6 +31,7 @@ from fabric_gateway.errors import (
     CommitStatusTimeout,
     CommitStatusUnavailable,
     CommitUnknown,
+    DiscoveryError,
     EndorseError,
     EndorseTimeout,
     EndorseUnavailable,
@@ -76,6 +78,8 @@ __all__ = [
     "CommitStatusUnavailable",
     "CommitUnknown",
     "Contract",
+    "DiscoveredPeer",
+    "DiscoveryError",
     "EndorseError",
     "EndorseTimeout",
     "EndorseUnavailable",
@@ -108,6 +112,7 @@ __all__ = [
     "Submitted",
     "Timeouts",
     "Transaction",
+    "discover_peers",
     "ecdsa_signer",
     "is_read_race",
     "load_msp",

@@ -55,6 +55,16 @@ class NotCommitted(FabricError):
     """The transaction did not commit and never will; building and submitting a new one is safe."""
 
 
+class DiscoveryError(FabricError):
+    """The peer's discovery service refused a query; `code` is the gRPC status name (UNKNOWN for a refusal in the
+    answer itself)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"discovery failed ({code}): {message}")
+
+
 class GatewayError(FabricError):
     """A Gateway call failed. `stage` says which, `code` is the gRPC status name, `details` what each peer said."""
 

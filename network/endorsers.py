@@ -13,7 +13,7 @@ import time
 from consortium import connect
 from consortium.errors import NetworkError
 from consortium.topology import Org, Topology
-from fabric_gateway import GatewayError, Timeouts
+from fabric_gateway import DiscoveryError, GatewayError, Timeouts, discover_peers, load_msp
 
 PROBE_TIMEOUTS = Timeouts(evaluate=5.0, endorse=5.0, submit=5.0, commit_status=5.0)
 
@@ -29,37 +29,33 @@ def can_endorse(topology: Topology, org: Org, channel: str) -> str | None:
         return str(e)
 
 
-def can_reach(topology: Topology, org: Org, channel: str, endorsers: list[Org]) -> str | None:
-    """None when the org's Gateway had each of `endorsers`' peers endorse a probe on the channel (one org at a time,
-    named as the endorsing org, so discovery must know that org's peer with the chaincode in force), else the first
-    reason it could not."""
-    try:
-        with connect.gateway(topology, org, timeouts=PROBE_TIMEOUTS) as gw:
-            contract = gw.network(channel).contract(topology.chaincode_name)
-            for endorser in endorsers:
-                contract.new_proposal(
-                    "Probe:Write", args=["endorsers-ready", "-"], endorsing_orgs=[endorser.msp_id]
-                ).endorse()
-        return None
-    except GatewayError as e:
-        return str(e)
+def unheard(topology: Topology, org: Org, channel: str, sequence: int) -> list[str]:
+    """The members whose peer the org's peer has not yet heard announce the chaincode at the definition in force
+    (peers gossip a _lifecycle chaincode's sequence as its version); the org's discovery service tells. A Gateway
+    plans endorsements from this view, so a write that needs such a peer is refused until it is heard."""
+    endpoint = connect.endpoint(topology, org)
+    identity, signer = load_msp(topology.user_dir(org, "User1") / "msp", org.msp_id)
+    with endpoint.channel() as grpc_channel:
+        try:
+            peers = discover_peers(grpc_channel, identity, signer, channel, endpoint.tls_cert_hash)
+        except DiscoveryError as e:
+            return [f"(discovery: {e})"]
+    heard = {p.msp_id for p in peers if p.chaincodes.get(topology.chaincode_name) == str(sequence)}
+    return [m.name for m in topology.channels[channel] if m.msp_id not in heard]
 
 
-def wait_until_reaches_all(
-    topology: Topology, channel: str, gateways: list[Org] | None = None, timeout: float = 90.0
-) -> None:
-    """Until each of `gateways` (default: every member of the channel) reaches every member's peer on the channel.
-    After a chaincode definition changes (a member joins or leaves), each peer learns through gossip, a few seconds
-    apart, which other peers run the chaincode in force; until then a Gateway cannot plan an endorsement that needs a
-    peer it has not heard from yet (a claim its new insurer must endorse), though a probe that any majority may
-    endorse already passes."""
-    members = topology.channels[channel]
+def wait_until_heard(topology: Topology, channel: str, sequence: int, timeout: float = 90.0) -> None:
+    """Until every member's peer has heard every member's peer announce the definition in force (`sequence`).
+    After a definition changes (a member joins or leaves), peers republish their chaincodes through gossip and hear
+    each other seconds apart; until then a claim between a provider and a new insurer, which only those two may
+    endorse (their collection), is refused with "no combination of peers can be derived"."""
     deadline = time.monotonic() + timeout
-    for org in gateways if gateways is not None else members:
-        while (reason := can_reach(topology, org, channel, members)) is not None:
+    for org in topology.channels[channel]:
+        while lacking := unheard(topology, org, channel, sequence):
             if time.monotonic() > deadline:
                 raise NetworkError(
-                    f"{org.name}'s Gateway cannot reach every member's peer on {channel} after {timeout:.0f}s: {reason}"
+                    f"{org.name}'s peer has not heard {', '.join(lacking)} run sequence {sequence} of the chaincode"
+                    f" on {channel} after {timeout:.0f}s (gossip: see the peer logs)"
                 )
             time.sleep(0.25)
 

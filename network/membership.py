@@ -593,9 +593,13 @@ def add_org(
     mark = timings.mark("first endorsement", mark)
     progress(f"{org.name} endorses on {', '.join(channel_names)}: {timings.total:.1f}s from the first proposal")
     for ch in channel_names:
-        endorsers.wait_until_reaches_all(t, ch)
-    timings.mark("every gateway reaches every peer", mark)
-    progress(f"every member's Gateway reaches every member's peer on {', '.join(channel_names)}")
+        in_force = cc.current(admin, org, ch)
+        if in_force is not None:
+            endorsers.wait_until_heard(t, ch, in_force.sequence)
+    timings.mark("every peer heard every peer", mark)
+    progress(
+        f"every member's peer has heard every member's peer run the definition in force on {', '.join(channel_names)}"
+    )
     return org, timings
 
 
