@@ -47,6 +47,8 @@ class ManagedProcess:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 return None
+            if not any(cmdline):
+                return pid  # in the middle of the launcher's exec of the program: /proc shows no arguments then
             real = os.path.realpath(exe.strip())
             # The program may be named by a link (a virtualenv's python): compare where each argument leads.
             if not any(os.path.realpath(a.decode(errors="replace")) == real for a in cmdline if a.startswith(b"/")):

@@ -24,6 +24,7 @@ import os
 import signal
 import subprocess
 import tarfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -98,11 +99,21 @@ def source_digest() -> str:
     return h.hexdigest()[:12]
 
 
+_BUILDING = threading.Lock()  # the orgs' servers are prepared in parallel: one build, which the others wait for
+
+
 def build_server() -> Path:
     """Compile the chaincode server once per source digest, into the cache."""
     binary = cache_root() / "chaincode" / source_digest() / "careledger-chaincode"
-    if binary.exists():
-        return binary
+    with _BUILDING:
+        if not binary.exists():
+            _build(binary)
+    return binary
+
+
+def _build(binary: Path) -> None:
+    """Build into a file of this process's own, then rename it into place: another checkout sharing the cache may
+    build the same source at the same time, and a server must never start from a half-written file."""
     binary.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "CGO_ENABLED": "0"}
     tmp = binary.with_name(f".build-{os.getpid()}")
@@ -115,7 +126,6 @@ def build_server() -> Path:
     except FileNotFoundError:  # the cache is shared by checkouts: another one built the same source meanwhile
         if not binary.exists():
             raise
-    return binary
 
 
 def _tls_files(topology: Topology, org: Org) -> dict[str, Path]:

@@ -1,7 +1,11 @@
 """Managed processes: pid files, stopping, log tails, and the fail-fast port check."""
 
+import os
+import shutil
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,3 +62,21 @@ def test_port_in_use_is_reported_with_the_address() -> None:
         port = s.getsockname()[1]
         with pytest.raises(PortInUse, match=f"127.0.0.1:{port} is already in use"):
             ensure_port_free("o1.orderer", "127.0.0.1", port)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2's ip")
+def test_a_program_started_through_ip_netns_exec_is_running_from_the_start(tmp_path: Path) -> None:
+    """While `ip netns exec` execs the program, /proc shows the launcher's executable and no arguments for a moment;
+    that moment is not an exit (seen: a chaincode server declared dead one second before it served)."""
+    netns = f"careledger-unit-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        for n in range(30):
+            proc = ManagedProcess(f"s{n}", tmp_path / "pids" / f"{n}.pid", tmp_path / "logs" / f"{n}.log")
+            proc.start(["/bin/sleep", "30"], {"PATH": "/usr/bin:/bin"}, launcher=["ip", "netns", "exec", netns])
+            deadline = time.monotonic() + 0.2
+            while time.monotonic() < deadline:
+                assert proc.running(), f"start {n}: seen as not running"
+            proc.stop(timeout=5)
+    finally:
+        subprocess.run(["ip", "netns", "delete", netns], check=False)
