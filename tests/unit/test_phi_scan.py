@@ -100,6 +100,9 @@ def test_needles_find_whole_strings_only() -> None:
     assert needles.find(b"MIIBKaloxQ+/Kalo9") == set()  # inside base64 or other words: not a name
     assert needles.find(b"Observation/MRN-1234\x00") == {"MRN-1234"}
     assert needles.find(b"MRN-12345") == set()
+    # Inside a signature's random bytes, between two bytes that are neither letters nor printable: not a name.
+    assert needles.find(b"0D\x02 I<V\xd7<EB\x91\xb7\x9eKalo\xda_oF\xc2") == set()
+    assert needles.find(b"\x00\x91Patient\x00Kalo\x00\xb7") == {"Kalo"}  # a composite key in binary
     assert needles.find('"Zoë"'.encode()) == {"Zoë"}
     assert needles.find(b'"Zo\\u00eb"') == {"Zoë"}  # as Python's JSON writes it
     assert needles.find(b'"\\u003cb\\u003e"') == {"<b>"}  # as Go's JSON writes it
