@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from consortium.topology import Org, Topology
-from fabric_gateway import DEFAULT_TIMEOUTS, AsyncGateway, Endpoint, Gateway, Timeouts, load_msp
+from fabric_gateway import DEFAULT_TIMEOUTS, AsyncGateway, Endpoint, Gateway, Identity, Signer, Timeouts, load_msp
 
 
 def endpoint(topology: Topology, org: Org, user: str = "User1") -> Endpoint:
@@ -12,11 +12,15 @@ def endpoint(topology: Topology, org: Org, user: str = "User1") -> Endpoint:
     return Endpoint.from_files(peer.address, topology.own_tls_ca_cert(org), tls / "client.crt", tls / "client.key")
 
 
+def identity(topology: Topology, org: Org, user: str = "User1") -> tuple[Identity, Signer]:
+    """The user's identity and signer, from its MSP folder in the org's home."""
+    return load_msp(topology.user_dir(org, user) / "msp", org.msp_id)
+
+
 def gateway(topology: Topology, org: Org | str, user: str = "User1", timeouts: Timeouts = DEFAULT_TIMEOUTS) -> Gateway:
     """A Gateway for `user` of `org`, connected to that org's own peer."""
     org = topology.org(org) if isinstance(org, str) else org
-    identity, signer = load_msp(topology.user_dir(org, user) / "msp", org.msp_id)
-    return Gateway(endpoint(topology, org, user), identity, signer, timeouts)
+    return Gateway(endpoint(topology, org, user), *identity(topology, org, user), timeouts)
 
 
 def async_gateway(
@@ -24,5 +28,4 @@ def async_gateway(
 ) -> AsyncGateway:
     """The asyncio form of `gateway`; create it inside the event loop that will use it."""
     org = topology.org(org) if isinstance(org, str) else org
-    identity, signer = load_msp(topology.user_dir(org, user) / "msp", org.msp_id)
-    return AsyncGateway(endpoint(topology, org, user), identity, signer, timeouts)
+    return AsyncGateway(endpoint(topology, org, user), *identity(topology, org, user), timeouts)

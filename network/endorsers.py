@@ -13,7 +13,7 @@ import time
 from consortium import connect
 from consortium.errors import NetworkError
 from consortium.topology import Org, Topology
-from fabric_gateway import DiscoveryError, GatewayError, Timeouts, discover_peers, load_msp
+from fabric_gateway import DiscoveryError, GatewayError, Timeouts, discover_peers
 
 PROBE_TIMEOUTS = Timeouts(evaluate=5.0, endorse=5.0, submit=5.0, commit_status=5.0)
 
@@ -34,7 +34,7 @@ def unheard(topology: Topology, org: Org, channel: str, sequence: int) -> list[s
     (peers gossip a _lifecycle chaincode's sequence as its version); the org's discovery service tells. A Gateway
     plans endorsements from this view, so a write that needs such a peer is refused until it is heard."""
     endpoint = connect.endpoint(topology, org)
-    identity, signer = load_msp(topology.user_dir(org, "User1") / "msp", org.msp_id)
+    identity, signer = connect.identity(topology, org)
     with endpoint.channel() as grpc_channel:
         try:
             peers = discover_peers(grpc_channel, identity, signer, channel, endpoint.tls_cert_hash)
