@@ -13,6 +13,7 @@ that must survive a crash in between gets the signed bytes before they are sent 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from fabric_gateway import (
 )
 from fabric_gateway.retry import UNAVAILABLE_RETRY_S, retry_conflicts_async, retry_unavailable_async
 from ledger.errors import refusal
+
+log = logging.getLogger("careledger.ledger")
 
 CHAINCODE = "careledger"
 UNKNOWN_OUTCOME_DEADLINE_S = 60.0  # how long one submit keeps resolving an unknown outcome before it says so
@@ -179,7 +182,8 @@ class FabricTransport:
             except CommitStatusTimeout as e:
                 # Not committed at our peer within this send's wait: send it again at once, waiting longer next time.
                 if time.monotonic() >= deadline:
-                    raise OutcomeUnknown(prepared, e) from e
+                    raise self._unknown(prepared, e, deadline) from e
+                self._again(prepared, e, deadline)
                 if time.monotonic() - began < wait:  # answered before the wait was over: do not send in a loop
                     await asyncio.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
                     pause = min(pause * 2, 2.0)
@@ -189,7 +193,8 @@ class FabricTransport:
                 sent_before = True
                 if (found := await self._looked_up(prepared, deadline)) is None:
                     if time.monotonic() + pause > deadline:
-                        raise OutcomeUnknown(prepared, e) from e
+                        raise self._unknown(prepared, e, deadline) from e
+                    self._again(prepared, e, deadline)
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, 2.0)
                     continue
@@ -199,6 +204,23 @@ class FabricTransport:
             if not status.successful:
                 raise CommitError(prepared.tx_id, status.code, status.block_number)
             return Sent(prepared.tx_id, tx.result, status.block_number)
+
+    def _again(self, prepared: Prepared, cause: Exception, deadline: float) -> None:
+        log.info(
+            "transaction not committed yet: sending it again",
+            extra={**self._where(prepared, deadline), "cause": type(cause).__name__, "detail": str(cause)[:200]},
+        )
+
+    def _unknown(self, prepared: Prepared, cause: Exception, deadline: float) -> OutcomeUnknown:
+        log.warning(
+            "transaction outcome unknown at its deadline",
+            extra={**self._where(prepared, deadline), "cause": type(cause).__name__, "detail": str(cause)[:200]},
+        )
+        return OutcomeUnknown(prepared, cause)
+
+    def _where(self, prepared: Prepared, deadline: float) -> dict[str, object]:
+        elapsed = self.deadline_s - (deadline - time.monotonic())
+        return {"tx_id": prepared.tx_id, "channel": prepared.channel, "elapsed_s": round(elapsed, 1)}
 
     @staticmethod
     def _within(deadline: float, limit: float) -> float:

@@ -1,15 +1,21 @@
 """Every certificate the consortium's orgs hold, with its expiry; and renewing an org's node and TLS certificates
 while the network runs.
 
-Renewal issues new leaf certificates (and new keys) from the org's own CAs, in its own home, with cryptogen's
-profile (network/crypto.py), and puts them to use one node at a time:
+Renewal issues new leaf certificates from the org's own CAs, in its own home, with cryptogen's profile
+(network/crypto.py), and puts them to use one node at a time. By default each certificate is re-issued for the key it
+certifies (a renewal before expiry); with `new_keys` every node also gets new key pairs (after a key may have leaked).
 
-- a peer: new enrolment and TLS pair, then one restart (its TLS certificate chains to the org's TLS root in the
-  channel configuration, which does not change); the org's gateway re-reads its renewed TLS pair without a restart;
-- an orderer: new enrolment and TLS pair; its TLS certificate is also its consenter identity, written in every
+- a peer: new enrolment and TLS certificates, then one restart (its TLS certificate chains to the org's TLS root in
+  the channel configuration, which does not change); the org's gateway re-reads its renewed TLS pair without a
+  restart;
+- an orderer: new enrolment and TLS certificates; its TLS certificate is also its consenter identity, written in every
   channel's configuration, so first a config update of the consenter set on every channel (signed by the ordering
   org's admin), then a restart, then the next orderer once this one serves and a Raft leader exists again. Two of
-  three consenters keep ordering throughout.
+  three consenters keep ordering throughout. Orderers recognise each other's cluster connections by public key, so a
+  renewed certificate for the same key is accepted both before and after the update, and nothing the orderer takes
+  in meanwhile is lost. A new key is another matter: from the update on, the other consenters refuse the orderer's
+  connections until it restarts with its new pair, so transactions it took in that window (a few seconds) never reach
+  the Raft leader and are sent again by their clients (who wait for the commit, never for the orderer's receipt).
 
 Not renewed here, though listed and warned about like any other: CA certificates (a new root is a new org definition
 and a channel config update of its MSP), admin and client certificates (people's and applications' identities,
@@ -105,20 +111,25 @@ def inventory(topology: Topology, only: list[Org] | None = None) -> list[CertInf
 # ----- renewal ---------------------------------------------------------------------------------------------------
 
 
-def _renew_node_files(topology: Topology, node: Node) -> None:
-    """New enrolment certificate and key, new TLS pair, for one node (files replaced atomically, key first)."""
+def _renew_node_files(topology: Topology, node: Node, new_keys: bool) -> None:
+    """New enrolment and TLS certificates for one node, for its keys or for new ones (files replaced atomically,
+    key first)."""
     org = node.org
     d = topology.node_dir(node)
     enrol_ca = crypto.load_ca(topology.org_dir(org) / "ca")
     tls_ca = crypto.load_ca(topology.own_tls_ca_cert(org).parent)
-    cert, key = crypto.issue(enrol_ca, node.tls_hostname, tls=False, ou=node.kind)
+    enrol_key = d / "msp" / "keystore" / "priv_sk"  # cryptogen's name for the key
+    kept = None if new_keys else crypto.load_key(enrol_key)
+    cert, key = crypto.issue(enrol_ca, node.tls_hostname, tls=False, ou=node.kind, key=kept)
     signcert = _signcert(d / "msp")
-    replace_secret(d / "msp" / "keystore" / "priv_sk", crypto.key_pem(key))  # cryptogen's name for the key
+    if new_keys:
+        replace_secret(enrol_key, crypto.key_pem(key))
     tmp = signcert.with_name(f".{signcert.name}.new")
     tmp.write_bytes(crypto.pem(cert))
     tmp.replace(signcert)
     san = [node.tls_hostname, node.short, *crypto.sans(org)]
-    tls_cert, tls_key = crypto.issue(tls_ca, node.tls_hostname, tls=True, san=san)
+    kept = None if new_keys else crypto.load_key(d / "tls" / "server.key")
+    tls_cert, tls_key = crypto.issue(tls_ca, node.tls_hostname, tls=True, san=san, key=kept)
     crypto.write_pair(d / "tls", "server", tls_cert, tls_key)
 
 
@@ -148,31 +159,32 @@ def _orderer_height(admin: Admin, orderer: Node, channel: str) -> int:
     return int(json.loads(out[out.index("{") :])["height"])
 
 
-def renew(admin: Admin, org_name: str, progress: Progress = print) -> list[CertInfo]:
+def renew(admin: Admin, org_name: str, progress: Progress = print, new_keys: bool = False) -> list[CertInfo]:
     """Renew the org's node and TLS certificates (and its gateway's TLS pair), one node at a time, without
-    stopping the consortium. Returns the certificates as they are afterwards."""
+    stopping the consortium; `new_keys`: with new key pairs. Returns the certificates as they are afterwards."""
     t = admin.topology
     org = t.any_org(org_name)
     if org.is_orderer:
         for node in t.orderers:
-            _renew_orderer(admin, node, progress)
+            _renew_orderer(admin, node, progress, new_keys)
     else:
         for node in t.nodes_of(org):
-            _renew_node_files(t, node)
+            _renew_node_files(t, node, new_keys)
             _restart(admin, node)
-            progress(f"{node.name}: new enrolment and TLS certificates, restarted, healthy")
+            progress(f"{node.name}: new enrolment and TLS certificates{_keys(new_keys)}, restarted, healthy")
         tls_ca = crypto.load_ca(t.own_tls_ca_cert(org).parent)
-        name = f"gateway.{org.domain}"
-        cert, key = crypto.issue(tls_ca, name, tls=True, san=[name, *crypto.sans(org)])
-        crypto.write_pair(t.gateway_tls_dir(org), "server", cert, key)
+        name, out = f"gateway.{org.domain}", t.gateway_tls_dir(org)
+        kept = None if new_keys else crypto.load_key(out / "server.key")
+        cert, key = crypto.issue(tls_ca, name, tls=True, san=[name, *crypto.sans(org)], key=kept)
+        crypto.write_pair(out, "server", cert, key)
         progress(f"{org.name}'s gateway TLS pair re-issued (a running gateway takes it without a restart)")
     orgdef.publish(t, org)
     return of_org(t, org)
 
 
-def _renew_orderer(admin: Admin, node: Node, progress: Progress) -> None:
+def _renew_orderer(admin: Admin, node: Node, progress: Progress, new_keys: bool) -> None:
     t = admin.topology
-    _renew_node_files(t, node)
+    _renew_node_files(t, node, new_keys)
     new_tls = (t.node_dir(node) / "tls" / "server.crt").read_bytes()
     for channel in t.channels:
         update = membership.propose_consenter_cert(admin, channel, node.host, node.port, new_tls)
@@ -183,4 +195,11 @@ def _renew_orderer(admin: Admin, node: Node, progress: Progress) -> None:
         progress(f"{channel}: consenter {node.name} now known by its new TLS certificate")
     _restart(admin, node)
     _wait_orderer_back(admin, node)
-    progress(f"{node.name}: restarted with its new certificates, caught up; Raft has a leader on every channel")
+    progress(
+        f"{node.name}: restarted with its new certificates{_keys(new_keys)}, caught up; Raft has a leader on every"
+        " channel"
+    )
+
+
+def _keys(new_keys: bool) -> str:
+    return " (new keys)" if new_keys else " (same keys)"

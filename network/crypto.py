@@ -81,9 +81,15 @@ def load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
     """A cryptogen CA folder (ca/ or tlsca/): its certificate and its key (priv_sk)."""
     cert_file = next(p for p in sorted(ca_dir.glob("*-cert.pem")))
     cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
-    key = serialization.load_pem_private_key((ca_dir / "priv_sk").read_bytes(), password=None)
-    assert isinstance(key, ec.EllipticCurvePrivateKey)
-    return cert, key
+    return cert, load_key(ca_dir / "priv_sk")
+
+
+def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """An unencrypted PEM EC private key, as cryptogen and `write_pair` write them."""
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{path} does not hold an EC private key")
+    return key
 
 
 def _general_names(names: list[str]) -> list[x509.GeneralName]:

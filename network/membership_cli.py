@@ -82,10 +82,11 @@ def list_command(as_json: bool) -> None:
 
 @org.command(name="renew")
 @click.option("--org", "org_name", required=True, help="the org whose node and TLS certificates are re-issued")
-def renew_command(org_name: str) -> None:
+@click.option("--new-keys", is_flag=True, help="new key pairs too (when a key may have leaked); default: same keys")
+def renew_command(org_name: str, new_keys: bool) -> None:
     """Re-issue the org's node and TLS certificates from its own CAs, one node at a time, without stopping the
     consortium (orderers: the consenter set is updated on every channel first)."""
-    for c in certs.renew(admin_for(topo.load()), org_name, progress=click.echo):
+    for c in certs.renew(admin_for(topo.load()), org_name, progress=click.echo, new_keys=new_keys):
         click.echo(f"  {c.kind:22} {c.subject:42} until {c.not_after:%Y-%m-%d}")
 
 

@@ -12,6 +12,7 @@ These tests change the consortium, so they run last (tests/conftest.py orders th
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -26,12 +27,14 @@ from typing import Any
 
 import pytest
 import redis
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from consortium import connect
 from consortium.redis_keys import OrgKeys
 from consortium.supervision import program_env
 from consortium.topology import REPO_ROOT, Org, Topology
-from fabric_gateway import Gateway, GatewayError
+from fabric_gateway import Contract, Gateway, GatewayError
 from gateway import cli as gateway_cli
 from gateway.settings import GatewaySettings
 from network import certs, channels, endorsers, membership, nodes
@@ -85,6 +88,25 @@ def new_patient(gw: GatewayHttp, n: int, mpi: str) -> str:
     r = gw.post("", synthetic.Synthetic.seeded(None).transaction(n, mpi))
     assert r.status_code == 200, r.text
     return str(r.json()["entry"][0]["response"]["location"].split("/")[1])
+
+
+def public_keys(t: Topology, orgs: list[Org]) -> dict[tuple[str, str, str], bytes]:
+    """Each certificate's public key, by (org, kind, subject)."""
+    der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return {
+        (c.org, c.kind, c.subject): x509.load_pem_x509_certificate(c.path.read_bytes())
+        .public_key()
+        .public_bytes(der, spki)
+        for c in certs.inventory(t, orgs)
+    }
+
+
+def _written(contract: Contract, key: str) -> bool:
+    try:
+        contract.submit("Probe:Write", args=[key, "x"])
+    except GatewayError:
+        return False
+    return True
 
 
 FIGURES: dict[str, Any] = {}
@@ -201,21 +223,26 @@ def test_members_join_and_leave_under_load(
         assert kept, collections
         assert not any("Clinic2MSP" in c["policy"] for c in collections), collections
 
-        # ----- certificates renewed while the load runs: the orderers' (consenter set updated on every channel,
-        # one orderer at a time) and an insurer's (its peer restarted; claims endorse with any two members) ---------
+        # ----- certificates renewed while the load runs: the orderers' before they expire (same keys; consenter set
+        # updated on every channel, one orderer at a time) and an insurer's with new keys (its peer restarted; claims
+        # endorse with any two members) -------------------------------------------------------------------------------
         started = time.monotonic()
-        before = {
-            (c.org, c.kind, c.subject): c.serial for c in certs.inventory(t, [t.orderer_org, t.org("InsurerOrg")])
-        }
+        renewing_orgs = [t.orderer_org, t.org("InsurerOrg")]
+        before = {(c.org, c.kind, c.subject): c.serial for c in certs.inventory(t, renewing_orgs)}
+        keys_before = public_keys(t, renewing_orgs)
         cli(t, "org", "renew", "--org", "OrdererOrg")
-        cli(t, "org", "renew", "--org", "InsurerOrg")
+        cli(t, "org", "renew", "--org", "InsurerOrg", "--new-keys")
         renewal_span = (started, time.monotonic())
         renewal = renewal_span[1] - started
         renewal_window = load.figures(*renewal_span)
-        after = {(c.org, c.kind, c.subject): c.serial for c in certs.inventory(t, [t.orderer_org, t.org("InsurerOrg")])}
+        after = {(c.org, c.kind, c.subject): c.serial for c in certs.inventory(t, renewing_orgs)}
         renewed = {k for k in before if k in after and after[k] != before[k]}
         node_kinds = {"orderer", "orderer tls", "peer", "peer tls", "gateway tls"}
         assert {k for k in before if k[1] in node_kinds} <= renewed, sorted(before.keys() - renewed)
+        keys_after = public_keys(t, renewing_orgs)
+        nodes_renewed = {k for k in renewed if k[1] in node_kinds}
+        same_key = {k for k in nodes_renewed if keys_after[k] == keys_before[k]}
+        assert same_key == {k for k in nodes_renewed if k[0] == "OrdererOrg"}, sorted(same_key)
         assert not any(k[1] in ("ca", "tls ca") for k in renewed)  # roots stay: no new org definition needed
         listed = cli(t, "network", "certs").stdout
         assert "o1.orderer.careledger.local" in listed and "Insurer2Org" in listed
@@ -243,6 +270,15 @@ def test_members_join_and_leave_under_load(
         time.sleep(20)
         undecided = [k for k in undecided if claim_status(gw, k) not in ("adjudicated", "paid")]
     assert not undecided, f"{len(undecided)} of {len(load.claims)} claims not decided"
+
+    # New keys for the orderers (after a suspected leak): the consenter set follows them and every channel orders.
+    orderer_keys = public_keys(t, [t.orderer_org])
+    cli(t, "org", "renew", "--org", "OrdererOrg", "--new-keys")
+    rekeyed = public_keys(t, [t.orderer_org])
+    assert all(rekeyed[k] != v for k, v in orderer_keys.items() if k[1] in ("orderer", "orderer tls"))
+    for channel in ("providers", "claims"):
+        probe = functools.partial(_written, gw.network(channel).contract("careledger"), "after-new-orderer-keys")
+        wait_for(probe, 60, f"a write on {channel}")
     FIGURES.update(
         {
             "insurer2_join_s (CLI steps: propose -> first endorsement)": round(insurer2_join, 1),
