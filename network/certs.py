@@ -12,8 +12,10 @@ certifies (a renewal before expiry); with `new_keys` every node also gets new ke
   channel's configuration, so first a config update of the consenter set on every channel (signed by the ordering
   org's admin), then a restart, then the next orderer once this one serves and a Raft leader exists again. Two of
   three consenters keep ordering throughout. Orderers recognise each other's cluster connections by public key, so a
-  renewed certificate for the same key is accepted both before and after the update, and nothing the orderer takes
-  in meanwhile is lost. A new key is another matter: from the update on, the other consenters refuse the orderer's
+  renewed certificate for the same key is accepted both before and after the update and the orderer is never cut
+  off (Fabric still treats the update as a rotation: a renewed Raft leader hands leadership over, and the others
+  reconnect to the orderer, a moment in which a transaction may be dropped and is sent again). A new key is another
+  matter: from the update on, the other consenters refuse the orderer's
   connections until it restarts with its new pair, so transactions it took in that window (a few seconds) never reach
   the Raft leader and are sent again by their clients (who wait for the commit, never for the orderer's receipt).
 
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from consortium.errors import NetworkError
 from consortium.secrets import replace_secret
@@ -119,18 +122,23 @@ def _renew_node_files(topology: Topology, node: Node, new_keys: bool) -> None:
     enrol_ca = crypto.load_ca(topology.org_dir(org) / "ca")
     tls_ca = crypto.load_ca(topology.own_tls_ca_cert(org).parent)
     enrol_key = d / "msp" / "keystore" / "priv_sk"  # cryptogen's name for the key
-    kept = None if new_keys else crypto.load_key(enrol_key)
+    kept = _kept_key(enrol_key, new_keys)
     cert, key = crypto.issue(enrol_ca, node.tls_hostname, tls=False, ou=node.kind, key=kept)
     signcert = _signcert(d / "msp")
-    if new_keys:
+    if kept is None:
         replace_secret(enrol_key, crypto.key_pem(key))
-    tmp = signcert.with_name(f".{signcert.name}.new")
+    tmp = d / "msp" / f".{signcert.name}.new"  # not in signcerts/, where the node reads every file
     tmp.write_bytes(crypto.pem(cert))
     tmp.replace(signcert)
     san = [node.tls_hostname, node.short, *crypto.sans(org)]
-    kept = None if new_keys else crypto.load_key(d / "tls" / "server.key")
+    kept = _kept_key(d / "tls" / "server.key", new_keys)
     tls_cert, tls_key = crypto.issue(tls_ca, node.tls_hostname, tls=True, san=san, key=kept)
     crypto.write_pair(d / "tls", "server", tls_cert, tls_key)
+
+
+def _kept_key(path: Path, new_keys: bool) -> ec.EllipticCurvePrivateKey | None:
+    """The key a renewed certificate certifies again; None for a new one (asked for, or there is none yet)."""
+    return None if new_keys or not path.exists() else crypto.load_key(path)
 
 
 def _restart(admin: Admin, node: Node) -> None:
@@ -174,7 +182,7 @@ def renew(admin: Admin, org_name: str, progress: Progress = print, new_keys: boo
             progress(f"{node.name}: new enrolment and TLS certificates{_keys(new_keys)}, restarted, healthy")
         tls_ca = crypto.load_ca(t.own_tls_ca_cert(org).parent)
         name, out = f"gateway.{org.domain}", t.gateway_tls_dir(org)
-        kept = None if new_keys else crypto.load_key(out / "server.key")
+        kept = _kept_key(out / "server.key", new_keys)
         cert, key = crypto.issue(tls_ca, name, tls=True, san=[name, *crypto.sans(org)], key=kept)
         crypto.write_pair(out, "server", cert, key)
         progress(f"{org.name}'s gateway TLS pair re-issued (a running gateway takes it without a restart)")

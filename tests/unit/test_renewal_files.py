@@ -78,3 +78,12 @@ def test_a_renewed_node_keeps_its_keys_unless_asked_for_new_ones(
         assert crypto.load_key(key_file).public_key().public_bytes(der, spki_format) == _spki(cert_file)
     renewed = x509.load_pem_x509_certificate(signcert.read_bytes())
     assert renewed.issuer == enrol_ca[0].subject
+
+
+def test_a_missing_key_is_made_rather_than_renewal_stopping(tmp_path: Path) -> None:
+    assert certs._kept_key(tmp_path / "server.key", new_keys=False) is None
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "server.key").write_bytes(crypto.key_pem(key))
+    kept = certs._kept_key(tmp_path / "server.key", new_keys=False)
+    assert kept is not None and kept.private_numbers() == key.private_numbers()
+    assert certs._kept_key(tmp_path / "server.key", new_keys=True) is None
