@@ -15,9 +15,9 @@ certifies (a renewal before expiry); with `new_keys` every node also gets new ke
   renewed certificate for the same key is accepted both before and after the update and the orderer is never cut
   off (Fabric still treats the update as a rotation: a renewed Raft leader hands leadership over, and the others
   reconnect to the orderer, a moment in which a transaction may be dropped and is sent again). A new key is another
-  matter: from the update on, the other consenters refuse the orderer's
-  connections until it restarts with its new pair, so transactions it took in that window (a few seconds) never reach
-  the Raft leader and are sent again by their clients (who wait for the commit, never for the orderer's receipt).
+  matter: from the update on, the other consenters refuse the orderer's connections until it restarts with its new
+  pair, so transactions it took in that window (a few seconds) never reach the Raft leader and are sent again by their
+  clients (who wait for the commit, never for the orderer's receipt).
 
 Not renewed here, though listed and warned about like any other: CA certificates (a new root is a new org definition
 and a channel config update of its MSP), admin and client certificates (people's and applications' identities,
