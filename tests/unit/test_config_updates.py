@@ -4,14 +4,10 @@ exactly as the orderer would, and what is missing is named."""
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from fabric_protos.common import configtx_pb2, policies_pb2
 from fabric_protos.msp import msp_principal_pb2
 
@@ -19,32 +15,14 @@ from fabric_gateway.identity import Identity, ecdsa_signer
 from network import configupdate as cu
 from network import crypto
 from network.orgdef import BadDefinition, Endpoint, OrgDefinition
-
-
-def _ca(name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
+from tests.unit import made_certs
 
 
 class Org:
     def __init__(self, name: str, msp: str) -> None:
         self.name, self.msp = name, msp
-        self.ca = _ca(f"ca.{name}")
-        self.tlsca = _ca(f"tlsca.{name}")
+        self.ca = made_certs.ca(f"ca.{name}")
+        self.tlsca = made_certs.ca(f"tlsca.{name}")
         self.admin_cert, self.admin_key = crypto.issue(self.ca, f"Admin@{name}", tls=False, ou="admin")
         self.client_cert, self.client_key = crypto.issue(self.ca, f"User1@{name}", tls=False, ou="client")
 
