@@ -206,21 +206,22 @@ class FabricTransport:
             return Sent(prepared.tx_id, tx.result, status.block_number)
 
     def _again(self, prepared: Prepared, cause: Exception, deadline: float) -> None:
-        log.info(
-            "transaction not committed yet: sending it again",
-            extra={**self._where(prepared, deadline), "cause": type(cause).__name__, "detail": str(cause)[:200]},
-        )
+        log.info("transaction not committed yet: sending it again", extra=self._where(prepared, cause, deadline))
 
     def _unknown(self, prepared: Prepared, cause: Exception, deadline: float) -> OutcomeUnknown:
-        log.warning(
-            "transaction outcome unknown at its deadline",
-            extra={**self._where(prepared, deadline), "cause": type(cause).__name__, "detail": str(cause)[:200]},
-        )
+        log.warning("transaction outcome unknown at its deadline", extra=self._where(prepared, cause, deadline))
         return OutcomeUnknown(prepared, cause)
 
-    def _where(self, prepared: Prepared, deadline: float) -> dict[str, object]:
-        elapsed = self.deadline_s - (deadline - time.monotonic())
-        return {"tx_id": prepared.tx_id, "channel": prepared.channel, "elapsed_s": round(elapsed, 1)}
+    def _where(self, prepared: Prepared, cause: Exception, deadline: float) -> dict[str, object]:
+        """What a log line of a send says: the transaction, how long it has been under way, and the last failure."""
+        elapsed = round(self.deadline_s - (deadline - time.monotonic()), 1)
+        return {
+            "tx_id": prepared.tx_id,
+            "channel": prepared.channel,
+            "elapsed_s": elapsed,
+            "cause": type(cause).__name__,
+            "detail": str(cause)[:200],
+        }
 
     @staticmethod
     def _within(deadline: float, limit: float) -> float:

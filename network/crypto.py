@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from consortium.errors import CommandFailed
+from consortium.errors import CommandFailed, NetworkError
 from consortium.secrets import private_dir, replace_secret, tighten_tree
 from consortium.topology import Org, Topology
 from network.binaries import FabricBinaries
@@ -88,7 +88,7 @@ def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """An unencrypted PEM EC private key, as cryptogen and `write_pair` write them."""
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{path} does not hold an EC private key")
+        raise NetworkError(f"{path} does not hold an EC private key")
     return key
 
 
