@@ -96,14 +96,18 @@ class Submitted:
 
 
 class Session:
-    """What every object of one Gateway shares: who signs, and the default deadlines."""
+    """What every object of one Gateway shares: who signs, the default deadlines, and the chain heights its peers
+    were last seen at."""
 
-    __slots__ = ("identity", "signer", "timeouts")
+    __slots__ = ("heights", "identity", "signer", "timeouts")
 
     def __init__(self, identity: Identity, signer: Signer | None, timeouts: Timeouts) -> None:
         self.identity = identity
         self.signer = signer
         self.timeouts = timeouts
+        # (channel, org) -> the highest height that org's peer answered with: a ledger only grows, so a wait for a
+        # block below it is over without asking again.
+        self.heights: dict[tuple[str, str], int] = {}
 
     def sign(self, value: m.ProposalState | m.TransactionState | m.CommitState) -> None:
         """Sign a value that is not signed yet (a signature given offline is kept)."""
@@ -200,6 +204,8 @@ def wait_for_block(
     qscc = m.Target(channel, "qscc")
     deadline = time.monotonic() + timeout
     for org in orgs:
+        if session.heights.get((channel, org), 0) > block_number:
+            continue  # seen holding it already
         pause, height = 0.005, None
         failure: EvaluateError | None = None
         while True:
@@ -214,6 +220,7 @@ def wait_for_block(
                     raise
                 failure = e
             if height is not None and height > block_number:
+                session.heights[(channel, org)] = max(height, session.heights.get((channel, org), 0))
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -41,7 +41,7 @@ class Services:
         return self.sharing.federation
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
     found: Services = request.app.state.services
     return found
 
@@ -49,7 +49,7 @@ def services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(services)]
 
 
-def authenticated(request: Request, svc: ServicesDep) -> Client:
+async def authenticated(request: Request, svc: ServicesDep) -> Client:
     """The EHR client named by the request's bearer token (401 without a valid one)."""
     return authenticate(svc.config.tokens, request.headers.get("authorization"))
 
@@ -66,7 +66,7 @@ class Scope:
         self.letter = letter
         self.resource_type = resource_type
 
-    def __call__(self, request: Request, client: ClientDep) -> Grant:
+    async def __call__(self, request: Request, client: ClientDep) -> Grant:
         rtype = self.resource_type or str(request.path_params.get("rtype") or "*")
         return require(client, rtype, self.letter)
 
@@ -96,7 +96,7 @@ def _media_types(header: str) -> list[str]:
     return [part.split(";")[0].strip().lower() for part in header.split(",") if part.strip()]
 
 
-def negotiate(request: Request) -> None:
+async def negotiate(request: Request) -> None:
     """406 when the client accepts nothing this server writes (FHIR JSON); `_format` is honoured the same way."""
     accept = request.query_params.get("_format") or request.headers.get("accept") or ""
     wanted = _media_types(accept.replace("json", "application/json") if accept == "json" else accept)
@@ -131,7 +131,7 @@ async def fhir_body(request: Request, svc: ServicesDep) -> bytes:
 BodyDep = Annotated[bytes, Depends(fhir_body)]
 
 
-def member_caller(request: Request, svc: ServicesDep) -> str:
+async def member_caller(request: Request, svc: ServicesDep) -> str:
     """The member org calling, named by the CA of its TLS client certificate."""
     if svc.federation is None:
         raise HttpProblem(404, "not-supported", "this gateway does not answer other members")
@@ -146,7 +146,7 @@ def member_caller(request: Request, svc: ServicesDep) -> str:
 MemberDep = Annotated[str, Depends(member_caller)]
 
 
-def request_key(request: Request, body: BodyDep) -> RequestKey:
+async def request_key(request: Request, body: BodyDep) -> RequestKey:
     """What makes a write request the same request when it is sent again: the client's Idempotency-Key, or else
     its method, path and body. A write answered "still pending" and sent again settles to the first one's result;
     one the client keyed is answered again for a day after that (records.pending.RequestKey)."""
@@ -159,7 +159,8 @@ def request_key(request: Request, body: BodyDep) -> RequestKey:
 
 
 def svc_org(request: Request) -> str:
-    return "".join(c for c in services(request).config.org if c.isalnum())
+    svc: Services = request.app.state.services
+    return "".join(c for c in svc.config.org if c.isalnum())
 
 
 RequestKeyDep = Annotated[RequestKey, Depends(request_key)]

@@ -45,7 +45,7 @@ ORG_COMMANDS = [
     "hset", "hget", "hdel", "hlen", "hgetall", "hexists",
     "sadd", "srem", "smembers",
     "zadd", "zrem", "zrange",
-    "set", "get", "del", "exists", "expire", "pexpire",
+    "set", "get", "mget", "del", "exists", "expire", "pexpire",
     "multi", "exec", "discard", "watch", "unwatch",
     # redis-py locks (the restore mutex, one adjudication per member) release and extend with Lua scripts
     "evalsha", "script|load",

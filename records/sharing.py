@@ -235,6 +235,23 @@ class Sharing:
             await asyncio.sleep(0.05)
         return self.records.read(rtype, rid)
 
+    async def claim_responses_for(self, claim_ids: list[str], caller: str) -> list[Stored]:
+        """The ClaimResponses to many claims of the caller's, in the order asked, waiting a little for those not
+        kept yet (as `claim_response_for`); those still missing, or to another provider's claims, are left out, so
+        the answer says nothing about claims that are not the caller's."""
+        ids = [claim_response_id(c) for c in claim_ids]
+        deadline = time.monotonic() + CLAIM_RESPONSE_WAIT_S
+        while time.monotonic() < deadline and any(self.records.store.head("ClaimResponse", i) is None for i in ids):
+            await asyncio.sleep(0.05)
+        found = []
+        for rid in ids:
+            if self.records.store.head("ClaimResponse", rid) is None:
+                continue
+            stored = self.records.read("ClaimResponse", rid)
+            if json.loads(stored.content).get("requestor", {}).get("identifier", {}).get("value") == caller:
+                found.append(stored)
+        return found
+
     async def claim_response_for(self, claim_id: str, caller: str) -> Stored:
         """The ClaimResponse to a claim, for the claim's provider only. The provider asks as soon as the adjudication
         commits, while this org's worker may still be storing the response: wait for it a little here rather than

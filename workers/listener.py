@@ -2,11 +2,12 @@
 
 The peer sends the events a block at a time. For each block's events on the org's `claims` channel,
 `block_dispatches` names the tasks they mean for this org (the claims one provider submitted in the block are
-adjudicated by one task, in one transaction); each is published to the org's queue (written down in its outbox
-first, see workers/outbox.py) with a task id made of (org, transaction id, event, task). Only then does the
-checkpoint move past the block, so a crash between the two re-publishes on restart: never a gap, at worst a repeat,
-which the tasks absorb (they are idempotent). On a fresh start with no checkpoint, it reads from the channel's first
-block, so nothing that happened before the listener existed is missed either.
+adjudicated by one task, in one transaction; its notifications, payments and answers to fetch are one task of each
+kind); each is published to the org's queue (written down in its outbox first, see workers/outbox.py) with a task
+id made of (org, transaction id, event, task). Only then does the checkpoint move past the block, so a crash
+between the two re-publishes on restart: never a gap, at worst a repeat, which the tasks absorb (they are
+idempotent). On a fresh start with no checkpoint, it reads from the channel's first block, so nothing that happened
+before the listener existed is missed either.
 
 Neither a broken event stream nor Redis going away (a restart, a network blip) ends the listener: it waits, with
 backoff doubling from half a second to ten, and resumes from the checkpoint. A Redis restart can also go unseen (the
@@ -149,7 +150,39 @@ def block_dispatches(msp: str, events: Sequence[ChaincodeEvent]) -> list[Dispatc
             # A replay of the block (a restart before its checkpoint moved) gives the same ids.
             task_id = f"{found[0].task_id}:block-{events[0].block_number}:{provider}:{n}"
             decide.append(Dispatch("careledger.adjudicate_batch", [claims[start : start + MAX_BATCH_CLAIMS]], task_id))
-    return decide + out
+    return decide + _merged(out, events[0].block_number if events else 0)
+
+
+# Tasks of which one block's many become one task: notifications, payments, and the answers fetched from one insurer.
+MERGED = {
+    "careledger.notify": "careledger.notify_many",
+    "careledger.pay": "careledger.pay_many",
+    "careledger.fetch_claim_response": "careledger.fetch_claim_responses",
+}
+
+
+def _merged(dispatches: list[Dispatch], block: int) -> list[Dispatch]:
+    """The block's tasks with those of one kind (answers: from one insurer) as one task each, which handles each
+    claim as its own task would: fewer tasks to send, run and cross out when many claims move at once. A kind with
+    a single task keeps it as it is."""
+    out: list[Dispatch] = []
+    groups: dict[tuple[str, str], list[Dispatch]] = {}
+    for d in dispatches:
+        if d.task not in MERGED:
+            out.append(d)
+        else:
+            insurer = str(d.args[0].get("insurer", "")) if d.task == "careledger.fetch_claim_response" else ""
+            groups.setdefault((d.task, insurer), []).append(d)
+    for (task, _), found in groups.items():
+        if len(found) == 1:
+            out.append(found[0])
+            continue
+        for n, start in enumerate(range(0, len(found), MAX_BATCH_CLAIMS)):
+            part = found[start : start + MAX_BATCH_CLAIMS]
+            args = [d.args[0] for d in part] if task == "careledger.pay" else [d.args for d in part]
+            # A replay of the block (a restart before its checkpoint moved) gives the same ids.
+            out.append(Dispatch(MERGED[task], [args], f"{part[0].task_id}:block-{block}:{n}"))
+    return out
 
 
 def _claims_of(d: Dispatch) -> list[dict[str, Any]]:

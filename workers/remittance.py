@@ -43,12 +43,13 @@ def payment_ref(provider: str, claim_ids: list[str]) -> str:
     return f"REM-{digest[:40]}"
 
 
-def queue(ctx: OrgContext, claim: dict[str, Any]) -> None:
-    """Put an adjudicated claim in its provider's queue for the next remittance (once: a repeat changes nothing)."""
-    keys = ctx.settings.keys
+def queue(ctx: OrgContext, *claims: dict[str, Any]) -> None:
+    """Put adjudicated claims in their providers' queues for the next remittance (once: a repeat changes nothing)."""
+    keys, at = ctx.settings.keys, time.time()
     pipe = ctx.redis.pipeline()
-    pipe.zadd(keys.to_pay(claim["provider"]), {claim["claimId"]: time.time()}, nx=True)
-    pipe.sadd(keys.paying, claim["provider"])
+    for claim in claims:
+        pipe.zadd(keys.to_pay(claim["provider"]), {claim["claimId"]: at}, nx=True)
+        pipe.sadd(keys.paying, claim["provider"])
     pipe.execute()
 
 

@@ -274,21 +274,34 @@ def happened(ctx: OrgContext, topic: sub.Topic, claim: dict[str, Any]) -> Happen
 # ----- from chain events to notifications ---------------------------------------------------------------------------
 
 
+def live(ctx: OrgContext) -> list[sub.Subscription]:
+    """The org's live subscriptions."""
+    return [s for s in sub.all_subscriptions(ctx.records) if s.live]
+
+
 def _live(ctx: OrgContext, topics: list[sub.Topic]) -> list[sub.Subscription]:
-    return [s for s in sub.all_subscriptions(ctx.records) if s.live and s.topic in topics]
+    return [s for s in live(ctx) if s.topic in topics]
 
 
-def announce(ctx: OrgContext, event: str, claim: dict[str, Any], delivery_id: str) -> None:
+def announce(
+    ctx: OrgContext,
+    event: str,
+    claim: dict[str, Any],
+    delivery_id: str,
+    subscribed: list[sub.Subscription] | None = None,
+) -> None:
     """Hand a claim event to the org's subscriptions, as a task of its own (a subscriber's trouble never holds up the
-    org's stream or webhook). Nothing when no live subscription has one of the event's topics."""
+    org's stream or webhook). Nothing when no live subscription has one of the event's topics. `subscribed`: the
+    live subscriptions, when the caller read them already (for many events)."""
     msp = ctx.settings.org.msp_id
     if event == "Claims.PaidBatch" and "claimId" not in claim:  # one payment of many claims: an event per claim
         shared = {k: v for k, v in claim.items() if k != "lines"}
+        subscribed = live(ctx) if subscribed is None else subscribed
         for line in claim.get("lines") or []:
-            announce(ctx, event, {**shared, **line}, f"{delivery_id}:{line['claimId']}")
+            announce(ctx, event, {**shared, **line}, f"{delivery_id}:{line['claimId']}", subscribed)
         return
     topics = sub.topics_of_event(event, claim, msp)
-    if topics and _live(ctx, topics):
+    if topics and any(s.topic in topics for s in (live(ctx) if subscribed is None else subscribed)):
         args = [event, claim, delivery_id]
         outbox.publish(ctx.redis, msp, ctx.settings.queue, EVENT_TASK, args, f"{delivery_id}:subscriptions")
 

@@ -8,6 +8,10 @@
   provider) and `notify` to the provider's EHR;
 - provider, Claims.Paid / insurer, Claims.Cancelled → `notify`.
 
+When one block moves many claims, the listener sends one task for each kind instead of one per claim
+(`notify_many`, `pay_many`, and `fetch_claim_responses` per insurer), which does for each claim what its own task
+would: at payer load, most of a worker's time went to receiving, running and crossing out tasks, not to the work.
+
 Transient failures (Fabric unavailable or timing out, an MVCC conflict, the network) are retried with backoff. A
 contract's CONFLICT on adjudicate or pay means an earlier run already did it: that is success.
 """
@@ -34,7 +38,7 @@ from ledger.errors import LedgerConflict, LedgerNotFound
 from workers import adjudication, claim_response, outbox, preauth, remittance, subscriptions
 from workers.adjudication import NotYetAvailable, caught_up, keep
 from workers.app import app
-from workers.context import current
+from workers.context import OrgContext, current
 
 log = logging.getLogger("careledger.workers")
 
@@ -116,6 +120,27 @@ def pay(self: Any, claim: dict[str, Any]) -> str:
             return "paid already"
         remittance.queue(ctx, claim)
         return "queued for the next remittance"
+    return _pay_now(ctx, claim)
+
+
+@app.task(bind=True, name="careledger.pay_many", max_retries=8, **RETRY)
+def pay_many(self: Any, claims: list[dict[str, Any]]) -> str:
+    """`pay` for the claims one block adjudicated. In batch mode they are queued together, without reading each
+    back from the chain first: a repeat that queues a claim paid since is refused by the next remittance's payment,
+    and the chain's state then takes it off the queue (workers.remittance)."""
+    ctx = current()
+    payable = [c for c in claims if c["insurer"] == ctx.settings.org.msp_id and c["outcome"] != "denied"]
+    if not payable:
+        return "nothing to pay"
+    if ctx.settings.remittance.mode == "batch":
+        remittance.queue(ctx, *payable)
+        return f"{len(payable)} queued for the next remittance"
+    caught_up(ctx, payable[0])  # one block: the same for all
+    return ", ".join(_pay_now(ctx, claim) for claim in payable)
+
+
+def _pay_now(ctx: OrgContext, claim: dict[str, Any]) -> str:
+    """Pay one claim now, with a payment reference derived from its id, which the contract refuses to pay twice."""
     ref = f"PAY-{claim['claimId']}"
     try:
         paid = ctx.run(ctx.ledger.pay(claim["claimId"], ref)).result
@@ -180,6 +205,68 @@ def fetch_claim_response(self: Any, claim: dict[str, Any], delivery_id: str) -> 
     if r.status_code == 404:  # the insurer stores it right after the commit that woke us: ask again very soon
         raise self.retry(countdown=0.1 * 2**self.request.retries, max_retries=10)
     r.raise_for_status()
+    if not _final(claim, r.json()):  # the insurer is still keeping it
+        raise self.retry(countdown=0.1 * 2**self.request.retries, max_retries=10)
+    kept = _keep_answer(ctx, claim, r.json())
+    if isinstance(kept, str):
+        return kept
+    msp, queue = ctx.settings.org.msp_id, ctx.settings.queue
+    outbox.publish(ctx.redis, msp, queue, "careledger.notify", [_answered(claim), kept, delivery_id], delivery_id)
+    return "kept"
+
+
+CLAIM_RESPONSES_PER_REQUEST = 100  # what the insurer's gateway answers in one request
+
+
+@app.task(bind=True, name="careledger.fetch_claim_responses", max_retries=10, **RETRY)
+def fetch_claim_responses(self: Any, items: list[list[Any]]) -> str:
+    """`fetch_claim_response` for the claims one block answered from one insurer, each as [claim, delivery id]:
+    their responses in one request, their notifications in one task. Those not answered yet are asked for again,
+    alone; those answered are not fetched twice."""
+    ctx = current()
+    ours = [(dict(c), str(d)) for c, d in items if c["provider"] == ctx.settings.org.msp_id]
+    responses: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(ours), CLAIM_RESPONSES_PER_REQUEST):
+        part = ours[start : start + CLAIM_RESPONSES_PER_REQUEST]
+        url = f"{ctx.member_url(part[0][0]['insurer'])}/federation/claim-responses"
+        r = ctx.members.get(url, params={"claim": [c["claimId"] for c, _ in part]})
+        r.raise_for_status()
+        for entry in r.json().get("entry") or []:
+            responses[str(entry["resource"]["request"]["reference"]).removeprefix("Claim/")] = entry["resource"]
+    notices: list[list[Any]] = []
+    later: list[list[Any]] = []
+    for claim, delivery_id in ours:
+        response = responses.get(claim["claimId"])
+        try:
+            if response is None or not _final(claim, response):
+                raise NotYetAvailable("not answered yet")
+            kept = _keep_answer(ctx, claim, response)
+        except NotYetAvailable:
+            later.append([claim, delivery_id])
+            continue
+        if not isinstance(kept, str):
+            notices.append([_answered(claim), kept, delivery_id])
+    if notices:
+        msp, queue = ctx.settings.org.msp_id, ctx.settings.queue
+        task_id = "notify-many:" + hashlib.sha256("|".join(n[2] for n in notices).encode()).hexdigest()[:32]
+        outbox.publish(ctx.redis, msp, queue, "careledger.notify_many", [notices], task_id)
+    if later:
+        raise self.retry(args=[later], countdown=0.1 * 2**self.request.retries, max_retries=10)
+    return f"kept {len(notices)}"
+
+
+def _final(claim: dict[str, Any], response: dict[str, Any]) -> bool:
+    """Whether the response is the answer the event announced (a prior authorisation decided, not still queued)."""
+    return not (claim.get("status") == "decided" and response.get("outcome") == "queued")
+
+
+def _answered(claim: dict[str, Any]) -> str:
+    return "Claims.PreauthDecided" if claim.get("use") == "preauthorization" else "Claims.Adjudicated"
+
+
+def _keep_answer(ctx: OrgContext, claim: dict[str, Any], response: dict[str, Any]) -> dict[str, Any] | str:
+    """Keep the insurer's response to one of this provider's claims; the EHR's notification of it, or why nothing
+    was kept. NotYetAvailable: the Claim is not committed here yet."""
     local = ctx.records.by_ledger_key("Claim", claim["claimId"])
     if local is None:
         if ctx.records.store.is_erased(claim["patient"]):
@@ -187,17 +274,11 @@ def fetch_claim_response(self: Any, claim: dict[str, Any], delivery_id: str) -> 
         # Filed here and on chain, but its write not settled here yet (its outcome was unknown to the gateway,
         # whose reconciler commits it as soon as the ledger answers): ask again shortly.
         raise NotYetAvailable("the Claim is not committed here yet")
-    if claim.get("status") == "decided" and r.json().get("outcome") == "queued":  # the insurer is still keeping it
-        raise self.retry(countdown=0.1 * 2**self.request.retries, max_retries=10)
     # Kept as ClaimResponse/<the provider's own Claim id>, pointing at that Claim, so the EHR finds it by its id.
-    response = {**r.json(), "id": local.id, "request": {"reference": f"Claim/{local.id}"}}
-    response.pop("meta", None)
-    keep(ctx, response, local.patient)
-    summary = {**claim, "claim": f"Claim/{local.id}", "claimResponse": f"ClaimResponse/{local.id}"}
-    msp, queue = ctx.settings.org.msp_id, ctx.settings.queue
-    event = "Claims.PreauthDecided" if claim.get("use") == "preauthorization" else "Claims.Adjudicated"
-    outbox.publish(ctx.redis, msp, queue, "careledger.notify", [event, summary, delivery_id], delivery_id)
-    return "kept"
+    kept = {**response, "id": local.id, "request": {"reference": f"Claim/{local.id}"}}
+    kept.pop("meta", None)
+    keep(ctx, kept, local.patient)
+    return {**claim, "claim": f"Claim/{local.id}", "claimResponse": f"ClaimResponse/{local.id}"}
 
 
 @app.task(bind=True, name="careledger.fetch_payment", max_retries=10, **RETRY)
@@ -229,26 +310,38 @@ def signature(secret: bytes, body: bytes) -> str:
 @app.task(bind=True, name="careledger.notify", max_retries=8, **RETRY)
 def notify(self: Any, event: str, claim: dict[str, Any], delivery_id: str) -> str:
     """Put the event on the org's Redis stream (once per delivery id) and hand it to webhook delivery."""
-    ctx = current()
-    marker = ctx.settings.keys.done(f"stream:{delivery_id}")
-    entry = {"event": event, "claimId": claim.get("claimId", ""), "delivery": delivery_id, "claim": json.dumps(claim)}
+    return _notify(current(), [(event, claim, delivery_id)])
+
+
+@app.task(bind=True, name="careledger.notify_many", max_retries=8, **RETRY)
+def notify_many(self: Any, items: list[list[Any]]) -> str:
+    """`notify` for the events of one block (or one batch of answers), each as [event, claim, delivery id]."""
+    return _notify(current(), [(str(event), dict(claim), str(delivery)) for event, claim, delivery in items])
+
+
+def _notify(ctx: OrgContext, items: list[tuple[str, dict[str, Any], str]]) -> str:
+    markers = [ctx.settings.keys.done(f"stream:{delivery_id}") for _, _, delivery_id in items]
+    stream = ctx.settings.keys.stream(CLAIMS)
 
     def append_once(pipe: redis.client.Pipeline) -> None:
-        # The marker and the entry in one MULTI/EXEC: a connection lost (or Redis killed) between the two would
+        # Each marker and its entry in one MULTI/EXEC: a connection lost (or Redis killed) between the two would
         # otherwise leave the marker without its entry, and every rerun would skip the entry for good.
-        done = pipe.exists(marker)
+        done = pipe.mget(markers)
         pipe.multi()
-        if not done:
-            pipe.set(marker, 1)
-            pipe.xadd(ctx.settings.keys.stream(CLAIMS), cast(Any, entry))
+        for (event, claim, delivery_id), marker, was in zip(items, markers, done, strict=True):
+            if was is None:
+                entry = {"event": event, "claimId": claim.get("claimId", ""), "delivery": delivery_id}
+                pipe.set(marker, 1)
+                pipe.xadd(stream, cast(Any, entry | {"claim": json.dumps(claim)}))
 
-    ctx.redis.transaction(append_once, marker)
-    if ctx.settings.webhook.url:
-        msp, queue = ctx.settings.org.msp_id, ctx.settings.queue
-        outbox.publish(
-            ctx.redis, msp, queue, "careledger.deliver", [event, claim, delivery_id], f"{delivery_id}:webhook"
-        )
-    subscriptions.announce(ctx, event, claim, delivery_id)  # FHIR topic-based subscriptions (workers/subscriptions.py)
+    ctx.redis.transaction(append_once, *markers)
+    msp, queue = ctx.settings.org.msp_id, ctx.settings.queue
+    live = subscriptions.live(ctx)  # read once for all the events
+    for event, claim, delivery_id in items:
+        if ctx.settings.webhook.url:
+            args = [event, claim, delivery_id]
+            outbox.publish(ctx.redis, msp, queue, "careledger.deliver", args, f"{delivery_id}:webhook")
+        subscriptions.announce(ctx, event, claim, delivery_id, live)  # FHIR topic-based subscriptions
     return "notified"
 
 

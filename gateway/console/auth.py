@@ -40,7 +40,7 @@ def _own_certificate(request: Request, svc: ServicesDep) -> bool:
     return bool(chain) and svc.federation is not None and svc.federation.caller(chain[0]) == svc.config.org
 
 
-def viewer(request: Request, svc: ServicesDep) -> Viewer:
+async def viewer(request: Request, svc: ServicesDep) -> Viewer:
     """The logged-in viewer, or 401 (the console answers it with the login page)."""
     if _own_certificate(request, svc):
         return Viewer(svc.config.org, "client certificate", "certificate", None)
@@ -56,7 +56,7 @@ def viewer(request: Request, svc: ServicesDep) -> Viewer:
 ViewerDep = Annotated[Viewer, Depends(viewer)]
 
 
-def console_of(svc: ServicesDep) -> Console:
+async def console_of(svc: ServicesDep) -> Console:
     if svc.console is None:
         raise HttpProblem(404, "not-supported", "this gateway runs without a console")
     return svc.console

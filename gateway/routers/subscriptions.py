@@ -34,8 +34,8 @@ def _system(grant: Grant) -> Grant:
 
 
 class SystemScope(Scope):
-    def __call__(self, request: Request, client: ClientDep) -> Grant:
-        return _system(super().__call__(request, client))
+    async def __call__(self, request: Request, client: ClientDep) -> Grant:
+        return _system(await super().__call__(request, client))
 
 
 Reader = Annotated[Grant, Depends(SystemScope("r", "Subscription"))]

@@ -212,8 +212,15 @@ def test_wait_for_block_polls_each_orgs_peer_until_it_has_the_block(fake: FakeGa
     asked = [(c.args, c.orgs) for c in fake.calls]
     assert asked[0] == ([b"GetChainInfo", b"claims"], ["HospitalMSP"])
     assert asked[1:] == [([b"GetChainInfo", b"claims"], ["InsurerMSP"])] * 4
-    claims.wait_for_block(7)  # this identity's own org by default
-    assert fake.calls[-1].orgs == ["HospitalMSP"]
+    asked_before = len(fake.calls)
+    claims.wait_for_block(7)  # this identity's own org by default: seen holding block 7 already, so not asked
+    claims.wait_for_block(6, orgs=["InsurerMSP"])
+    assert len(fake.calls) == asked_before
+    fake.heights["HospitalMSP"] = [9]
+    claims.wait_for_block(8)  # above what was seen: asked
+    assert (len(fake.calls), fake.calls[-1].orgs) == (asked_before + 1, ["HospitalMSP"])
+    gw.network("providers").wait_for_block(7)  # heights are per channel
+    assert (len(fake.calls), fake.calls[-1].args) == (asked_before + 2, [b"GetChainInfo", b"providers"])
     with pytest.raises(BlockWaitTimeout) as err:
         claims.wait_for_block(9, orgs=["InsurerMSP"], timeout=0.05)
     assert (err.value.msp_id, err.value.block_number, err.value.height) == ("InsurerMSP", 9, 8)

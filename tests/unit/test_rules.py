@@ -182,12 +182,36 @@ def test_the_claims_a_provider_submits_in_one_block_are_adjudicated_together() -
     assert single.task_id == "InsurerMSP:tx3:Claims.Submitted:d:adjudicate"
     batch = next(d for d in insurer if d.task == "careledger.adjudicate_batch")
     assert {c["eventBlock"] for c in batch.args[0]} == {7}
-    others = [d.task for d in insurer if "adjudicate" not in d.task]
-    assert others == ["careledger.notify"] * 5 + ["careledger.pay"]  # every claim still notified on its own
+    # the block's five notifications in one task, each as its own task would have it; the one payment as it is
+    others = {d.task: d for d in insurer if "adjudicate" not in d.task}
+    assert sorted(others) == ["careledger.notify_many", "careledger.pay"]
+    notified = others["careledger.notify_many"].args[0]
+    assert sorted(c["claimId"] for _, c, _ in notified) == ["a", "b", "c", "d", "e"]
+    assert len({delivery for _, _, delivery in notified}) == 5
     assert [d.task_id for d in block_dispatches("InsurerMSP", block)] == [d.task_id for d in insurer]  # a replay
     assert len({d.task_id for d in insurer}) == len(insurer)
     # the provider gets nothing to adjudicate, only what the adjudicated claim means for it
     assert [d.task for d in block_dispatches("HospitalMSP", block)] == ["careledger.fetch_claim_response"]
+
+
+def test_the_answers_of_one_block_are_fetched_per_insurer_and_paid_together() -> None:
+    def adjudicated(cid: str, insurer: str = "InsurerMSP") -> dict[str, Any]:
+        return _claim(cid) | {"insurer": insurer, "outcome": "approved"}
+
+    block = [
+        _event("tx1", "Claims.AdjudicatedBatch", {"claims": [adjudicated("a"), adjudicated("b")]}),
+        _event("tx2", "Claims.Adjudicated", adjudicated("c")),
+        _event("tx3", "Claims.Adjudicated", adjudicated("d", insurer="OtherInsurerMSP")),
+    ]
+    hospital = block_dispatches("HospitalMSP", block)
+    fetches = {d.task: d for d in hospital}
+    assert sorted(fetches) == ["careledger.fetch_claim_response", "careledger.fetch_claim_responses"]
+    many = fetches["careledger.fetch_claim_responses"].args[0]
+    assert [c["claimId"] for c, _ in many] == ["a", "b", "c"]  # one insurer's answers in one task
+    assert fetches["careledger.fetch_claim_response"].args[0]["claimId"] == "d"  # the other insurer's alone
+    assert [d.task_id for d in block_dispatches("HospitalMSP", block)] == [d.task_id for d in hospital]
+    (pay,) = block_dispatches("InsurerMSP", block)
+    assert (pay.task, [c["claimId"] for c in pay.args[0]]) == ("careledger.pay_many", ["a", "b", "c"])
 
 
 def test_a_block_of_more_claims_than_one_batch_takes_is_split() -> None:

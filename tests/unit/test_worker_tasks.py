@@ -174,11 +174,17 @@ def test_claims_filed_together_are_adjudicated_together_and_paid_in_one_remittan
     assert tasks.adjudicate_batch.apply(args=[batch["claims"]]).get() == outcomes  # a rerun changes nothing
     assert [n for _, _, n, _ in world.events].count("Claims.AdjudicatedBatch") == 1
     (adjudicated,) = [p for _, _, name, p in world.events if name == "Claims.AdjudicatedBatch"]
-    for claim in adjudicated["claims"]:
-        assert tasks.pay.apply(args=[{**claim, "eventBlock": 0}]).get() == "queued for the next remittance"
+    assert tasks.pay_many.apply(args=[adjudicated["claims"]]).get() == "5 queued for the next remittance"
     ctx.settings = replace(ctx.settings, remittance=replace(ctx.settings.remittance, cycle_seconds=0))
     (ref,) = tasks.remit.apply().get()
     assert tasks.remit.apply().get() == []  # nothing left to pay
+    # A repeat of the block's payment task after the payment (a replay) queues them again, unread: the next
+    # remittance asks to pay the same claims under the same reference, the contract answers with the payment it
+    # recorded, and they leave the queue, paid once.
+    tasks.pay_many.apply(args=[adjudicated["claims"]]).get()
+    assert tasks.remit.apply().get() == [ref]
+    assert [n for _, _, n, _ in world.events].count("Claims.PaidBatch") == 1
+    assert ctx.redis.zcard(ctx.settings.keys.to_pay("HospitalMSP")) == 0
     (payment,) = [p for _, _, name, p in world.events if name == "Claims.PaidBatch"]
     assert payment["paymentRef"] == ref and len(payment["lines"]) == 5
     reconciliation = json.loads(records.read("PaymentReconciliation", ref).content)
@@ -317,6 +323,92 @@ def test_a_claim_response_for_a_claim_still_settling_here_is_fetched_once_it_set
         context._context = None
         loop.call_soon_threadsafe(loop.stop)
         hospital.store.close()
+
+
+def test_the_answers_of_one_block_are_fetched_in_one_request_and_those_not_kept_yet_asked_for_again(
+    redis_topology: topo.Topology, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = FakeLedger(KINDS)
+    hospital = records_of(world, tmp_path, "HospitalMSP")
+    patient = {**fhir.PATIENTS[0], "id": "p1", "identifier": [{"system": fhir.MPI_SYSTEM, "value": MPI}]}
+    claims = [
+        synthetic.claim("p1", "InsurerMSP", [(code, 1, "100.00")], "2026-11-02", "Coverage/c1")
+        for code in ("99213", "85025")
+    ]
+
+    async def file() -> None:
+        await hospital.transaction(
+            [fv.entry({"resource": patient, "request": {"method": "PUT", "url": "Patient/p1"}}, 0)]
+        )
+        for claim in claims:
+            await hospital.transaction(
+                [fv.entry({"resource": claim, "request": {"method": "POST", "url": "Claim"}}, 0)]
+            )
+
+    asyncio.run(file())
+    submitted = [p for _, _, name, p in world.events if name == "Claims.Submitted"]
+    first, second = (s["claimId"] for s in submitted)
+    asked: list[list[str]] = []
+
+    def insurer_gateway(request: httpx.Request) -> httpx.Response:
+        wanted = request.url.params.get_list("claim")
+        asked.append(wanted)
+        kept = [first] if len(asked) == 1 else wanted  # the second answer is not kept at the insurer at first
+        entries = [
+            {"resource": {"resourceType": "ClaimResponse", "id": "x", "outcome": "complete",
+                          "request": {"reference": f"Claim/{c}"}}}
+            for c in wanted if c in kept
+        ]  # fmt: skip
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "entry": entries})
+
+    published: list[tuple[str, list[Any], str]] = []
+    monkeypatch.setattr(tasks.outbox, "publish", lambda r, m, q, task, args, tid: published.append((task, args, tid)))
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    members = httpx.Client(transport=httpx.MockTransport(insurer_gateway))
+    r = redis.Redis.from_url(redis_topology.redis_url_for("HospitalOrg"))
+    settings = WorkerSettings.load(redis_topology, "HospitalOrg")
+    context._context = context.OrgContext(settings, hospital, r, members, httpx.Client(), loop)
+    try:
+        items = [[{**s, "status": "adjudicated", "outcome": "approved"}, f"d-{s['claimId']}"] for s in submitted]
+        tasks.fetch_claim_responses.apply(args=[items])  # retried at once when run eagerly
+        assert asked == [[first, second], [second]]  # one request for both; then only what was missing
+        notified = [(task, [(event, n["claimId"], d) for event, n, d in args[0]]) for task, args, _ in published]
+        assert notified == [
+            ("careledger.notify_many", [("Claims.Adjudicated", first, f"d-{first}")]),
+            ("careledger.notify_many", [("Claims.Adjudicated", second, f"d-{second}")]),
+        ]
+        for s in submitted:
+            local = hospital.by_ledger_key("Claim", s["claimId"])
+            assert local is not None
+            kept = json.loads(hospital.read("ClaimResponse", local.id).content)
+            assert kept["request"] == {"reference": f"Claim/{local.id}"}
+    finally:
+        context._context = None
+        loop.call_soon_threadsafe(loop.stop)
+        hospital.store.close()
+
+
+def test_an_insurer_answers_many_claim_responses_to_their_provider_only(
+    insurer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from records import sharing as sharing_module
+
+    _, records, ctx = insurer
+    monkeypatch.setattr(sharing_module, "CLAIM_RESPONSE_WAIT_S", 0.2)
+    for claim_id, provider in (("a" * 64, "HospitalMSP"), ("b" * 64, "ClinicMSP")):
+        response = {
+            "resourceType": "ClaimResponse",
+            "id": claim_response_id(claim_id),
+            "status": "active",
+            "requestor": {"identifier": {"system": "urn:careledger:msp", "value": provider}},
+            "request": {"reference": f"Claim/{claim_id}"},
+        }
+        ctx.run(records.keep(response, "p" * 64))
+    sharing = sharing_module.Sharing(records, None)
+    asked = ["c" * 64, "b" * 64, "a" * 64]  # one not kept, one of another provider's, one of the caller's
+    found = ctx.run(sharing.claim_responses_for(asked, "HospitalMSP"))
+    assert [json.loads(s.content)["request"]["reference"] for s in found] == [f"Claim/{'a' * 64}"]
 
 
 @pytest.mark.parametrize(
@@ -537,3 +629,18 @@ def test_a_worker_that_starts_sends_again_what_was_unfinished_before_it(
     while not sent and time.monotonic() - started < 10:
         time.sleep(0.01)
     assert sent == ["taken-by-the-dead-one"]
+
+
+def test_notifications_sent_together_are_each_on_the_stream_once(insurer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, _, ctx = insurer
+    monkeypatch.setattr(app_module.app, "send_task", lambda *a, **k: None)
+    claims = [{"claimId": c, "insurer": "InsurerMSP", "provider": "HospitalMSP"} for c in ("c1", "c2", "c3")]
+    tasks.notify.run("Claims.Submitted", claims[0], "d1")  # one of them notified on its own before
+    items = [["Claims.Submitted", c, f"d{n}"] for n, c in enumerate(claims, start=1)]
+    tasks.notify_many.run(items)
+    tasks.notify_many.run(items)  # a repeat
+    entries = [
+        (f[b"delivery"], json.loads(f[b"claim"])["claimId"])
+        for _, f in ctx.redis.xrange(ctx.settings.keys.stream("claims"))
+    ]
+    assert entries == [(b"d1", "c1"), (b"d2", "c2"), (b"d3", "c3")]
