@@ -6,7 +6,7 @@
 | token verification key | run/orgs/<org>/gateway/token-issuer.pub (development) | CARELEDGER_TOKEN_PUBLIC_KEY_FILE |
 | token issuer / audience | https://auth.<domain> / https://gateway.<domain>/fhir | CARELEDGER_TOKEN_ISSUER, _AUDIENCE |
 | processes serving the port | 1 | CARELEDGER_GATEWAY_PROCESSES |
-| claims filed within this many ms of each other go to the ledger in one transaction | 20 | CARELEDGER_CLAIM_WINDOW_MS |
+| claims filed within this many ms of each other go to the ledger in one transaction | 150 | CARELEDGER_CLAIM_WINDOW_MS |
 
 Several processes share the org's port (SO_REUSEPORT: the kernel spreads connections over them) and its store
 (SQLite in WAL mode with BEGIN IMMEDIATE, or PostgreSQL: both safe for several writers). Parsing FHIR is CPU-bound,
@@ -36,7 +36,7 @@ class GatewaySettings:
     issuer: str
     audience: str
     processes: int = 1
-    claim_window_s: float = 0.02
+    claim_window_s: float = 0.15
 
     @classmethod
     def load(cls, topology: Topology, org_name: str) -> GatewaySettings:
@@ -52,7 +52,7 @@ class GatewaySettings:
             issuer=env("CARELEDGER_TOKEN_ISSUER") or f"https://auth.{org.domain}",
             audience=env("CARELEDGER_TOKEN_AUDIENCE") or f"https://gateway.{org.domain}/fhir",
             processes=max(1, int(env("CARELEDGER_GATEWAY_PROCESSES") or 1)),
-            claim_window_s=max(0.0, float(env("CARELEDGER_CLAIM_WINDOW_MS") or 20) / 1000),
+            claim_window_s=max(0.0, float(env("CARELEDGER_CLAIM_WINDOW_MS") or 150) / 1000),
         )
 
     @property
