@@ -41,6 +41,17 @@ BY_CODE: dict[str, type[LedgerRefused]] = {
 }
 
 
+def refused(code: str, message: str) -> LedgerRefused:
+    """The exception a single call raises for this code and message, for a batch read that reports a refusal per
+    item instead of raising it (an unknown code stays a LedgerRefused that carries it)."""
+    cls = BY_CODE.get(code)
+    if cls is not None:
+        return cls(message)
+    unknown = LedgerRefused(message)
+    unknown.code = code
+    return unknown
+
+
 def refusal(chaincode_messages: Iterable[str]) -> LedgerRefused | None:
     """The contract's refusal among the peers' messages, or None when the failure is not the contract's answer."""
     for message in chaincode_messages:

@@ -584,10 +584,46 @@ def _marked_if_duplicate(call: Call, claim: Json, detail: Json) -> Json:
     return detail
 
 
-def _lines(call: Call) -> Json:
-    _claim(call)
-    lines: Json = call.get(f"lines/{call.args[0]}")
+def _lines(call: Call, claim_id: str | None = None) -> Json:
+    """A claim's private lines, refused as the contract refuses them: unknown, not the caller's, purged after
+    retention (a claim marked `linesPurged` whose lines are gone), or not on this peer (lines never stored)."""
+    claim = _claim(call, claim_id)
+    cid = claim["claimId"]
+    lines: Json | None = call.get(f"lines/{cid}")
+    if lines is None and claim.get("linesPurged"):
+        raise LedgerNotFound(f"the private part of claim {cid} was purged after retention")
+    if lines is None:
+        raise LedgerNotFound(f"claim {cid} has no lines on this peer")
     return lines
+
+
+def _lines_batch(call: Call) -> list[Json]:
+    """Claims:LinesBatch: each claim as _lines reads it, its refusal reported in its result; only a malformed list
+    refuses the call."""
+    try:
+        ids = json.loads(call.args[0])
+    except ValueError:
+        raise LedgerInvalid("claimIds is not valid JSON of the expected shape") from None
+    if ids is None:
+        ids = []
+    if not isinstance(ids, list) or not all(isinstance(cid, str) for cid in ids):
+        raise LedgerInvalid("claimIds is not valid JSON of the expected shape")
+    if not 1 <= len(ids) <= 500:
+        raise LedgerInvalid(f"a batch reads 1 to 500 claims, not {len(ids)}")
+    seen: set[str] = set()
+    for i, cid in enumerate(ids):
+        if len(cid) != 64 or not set(cid) <= set("0123456789abcdef"):
+            raise LedgerInvalid(f"claimIds[{i}] must be an opaque key (64 lower-case hex characters), not a client id")
+        if cid in seen:
+            raise LedgerInvalid(f"claimIds[{i}]: claim {cid} appears twice")
+        seen.add(cid)
+    results: list[Json] = []
+    for cid in ids:
+        try:
+            results.append({"claimId": cid, "detail": _lines(call, cid), "code": "", "message": ""})
+        except LedgerRefused as e:
+            results.append({"claimId": cid, "code": e.code, "message": e.message})
+    return results
 
 
 def _adjudicate(call: Call) -> Json:
@@ -714,6 +750,7 @@ _CLAIMS: dict[str, Handler] = {
     "Claims:Submit": _submit_claim,
     "Claims:Get": _claim,
     "Claims:Lines": _lines,
+    "Claims:LinesBatch": _lines_batch,
     "Claims:Adjudicate": _adjudicate,
     "Claims:AdjudicationOf": _adjudication,
     "Claims:Pay": _pay,

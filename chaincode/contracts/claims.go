@@ -926,6 +926,11 @@ func (c *Claims) Get(ctx contractapi.TransactionContextInterface, claimID string
 
 // Lines returns a claim's private lines; only the provider's and the insurer's peers hold them.
 func (c *Claims) Lines(ctx contractapi.TransactionContextInterface, claimID string) (*ClaimDetail, error) {
+	return c.lines(ctx, claimID)
+}
+
+// lines is Lines for one claim, also for each claim LinesBatch is asked.
+func (c *Claims) lines(ctx contractapi.TransactionContextInterface, claimID string) (*ClaimDetail, error) {
 	cl, _, err := c.load(ctx, claimID)
 	if err != nil {
 		return nil, err

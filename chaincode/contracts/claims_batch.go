@@ -45,6 +45,15 @@ type AdjudicatedBatch struct {
 	Claims  []Claim       `json:"claims"`  // the claims adjudicated, in claim id order
 }
 
+// ClaimLines is what LinesBatch found for one claim: its private detail, or why the caller does not get it (the
+// code and message Lines would refuse it with).
+type ClaimLines struct {
+	ClaimID string       `json:"claimId"`
+	Detail  *ClaimDetail `json:"detail,omitempty" metadata:",optional"` // absent when refused
+	Code    string       `json:"code"`
+	Message string       `json:"message"`
+}
+
 // PaymentLine is one claim paid by a payment.
 type PaymentLine struct {
 	ClaimID     string `json:"claimId"`
@@ -197,6 +206,45 @@ func refusal(claimID string, err error) (ClaimResult, bool) {
 		return ClaimResult{}, false
 	}
 	return ClaimResult{ClaimID: claimID, Status: "refused", Code: ce.Code, Message: ce.Message}, true
+}
+
+// LinesBatch returns the private lines of many claims in one read (an insurer deciding a batch of claims asks once,
+// not once per claim): one result per claim id asked (claimIdsJSON: a JSON array of 1 to 500 distinct claim ids),
+// in the order asked. Each claim is read as Lines reads it, with exactly its checks: a claim that is unknown, whose
+// lines were purged or are not on this peer, that the caller's org is not a party to, or asked with a patient's
+// certificate is reported in its result with the code and message Lines would refuse it with, and the others are
+// returned. The call itself is refused only for a malformed list (not JSON, empty, more than 500, an id twice, an id
+// that is not an opaque key).
+func (c *Claims) LinesBatch(ctx contractapi.TransactionContextInterface, claimIDsJSON string) ([]ClaimLines, error) {
+	var ids []string
+	if err := decode("claimIds", claimIDsJSON, &ids); err != nil {
+		return nil, err
+	}
+	if len(ids) == 0 || len(ids) > maxBatchClaims {
+		return nil, invalid("a batch reads 1 to %d claims, not %d", maxBatchClaims, len(ids))
+	}
+	seen := make(map[string]bool, len(ids))
+	for i, id := range ids {
+		if err := opaqueKey(sprintf("claimIds[%d]", i), id); err != nil {
+			return nil, err
+		}
+		if seen[id] {
+			return nil, invalid("claimIds[%d]: claim %s appears twice", i, id)
+		}
+		seen[id] = true
+	}
+	out := make([]ClaimLines, 0, len(ids))
+	for _, id := range ids {
+		d, err := c.lines(ctx, id)
+		if r, refusedHere := refusal(id, err); refusedHere {
+			out = append(out, ClaimLines{ClaimID: id, Code: r.Code, Message: r.Message})
+			continue
+		} else if err != nil {
+			return nil, err
+		}
+		out = append(out, ClaimLines{ClaimID: id, Detail: d})
+	}
+	return out, nil
 }
 
 // PayBatch records one payment (paymentRef) from the caller (insurer) to one provider covering many adjudicated

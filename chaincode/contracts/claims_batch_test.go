@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hyperledger/fabric-chaincode-go/v2/shim"
 	"github.com/hyperledger/fabric-contract-api-go/v2/contractapi"
 )
 
@@ -37,6 +38,19 @@ func payBatch(t *testing.T, w *world, a actor, provider, paymentRef string, name
 	c := newClaims(testConfig)
 	return call(w, a, c, nil, func(ctx contractapi.TransactionContextInterface) (*Payment, error) {
 		return c.PayBatch(ctx, provider, paymentRef, mustJSON(t, ids))
+	})
+}
+
+// linesBatch reads the lines of the named claims (names, or raw ids when they are keys already) in one call.
+func linesBatch(t *testing.T, w *world, a actor, names ...string) ([]ClaimLines, error) {
+	t.Helper()
+	ids := make([]string, len(names))
+	for i, n := range names {
+		ids[i] = ref(n)
+	}
+	c := newClaims(testConfig)
+	return call(w, a, c, nil, func(ctx contractapi.TransactionContextInterface) ([]ClaimLines, error) {
+		return c.LinesBatch(ctx, mustJSON(t, ids))
 	})
 }
 
@@ -280,6 +294,146 @@ func TestClaimsAdjudicateBatch(t *testing.T) {
 			return c.AdjudicateBatch(ctx)
 		})
 	refused(t, w, err, CodeInvalid, "unknown field")
+}
+
+func TestClaimsLinesBatch(t *testing.T) {
+	hospital, clinic, insurer := client(t, "HospitalMSP"), client(t, "ClinicMSP"), client(t, "InsurerMSP")
+	patient := patientCert(t, "HospitalMSP", "patient-app")
+	w := newWorld("claims")
+	subs := []ClaimSubmission{dated("l-1", 1), dated("l-2", 2), dated("l-purged", 3), dated("l-gone", 4), dated("l-ins2", 5)}
+	subs[4].Insurer = "Insurer2MSP"
+	d := map[string]ClaimDetail{}
+	for _, s := range subs {
+		d[s.ClaimID] = detail(s.ClaimID)
+	}
+	d[ref("l-2")] = func() ClaimDetail { x := detail("l-2"); x.Coverage = "Coverage/cov-2"; return x }()
+	_, err := submitBatch(t, w, hospital, subs, d)
+	mustOK(t, err)
+	_, err = submit(t, w, clinic, dated("l-clinic", 1), detail("l-clinic"))
+	mustOK(t, err)
+	_, err = adjudicate(t, w, insurer, "l-purged", approveAll(0))
+	mustOK(t, err)
+	_, err = claimStep(w, insurer, func(c *Claims, ctx contractapi.TransactionContextInterface) (*Claim, error) {
+		return c.PurgeLines(ctx, ref("l-purged"))
+	})
+	mustOK(t, err)
+	// l-gone's lines are not on this peer (not disseminated to it yet): the claim is there, its lines are not.
+	linesKey, err := shim.CreateCompositeKey(keyClaimLines, []string{ref("l-gone")})
+	mustOK(t, err)
+	delete(w.private[LinesCollection("HospitalMSP", "InsurerMSP")], linesKey)
+
+	found := "found"
+	cases := []struct {
+		name   string
+		caller actor
+		asked  []string
+		want   []string // per claim, in the order asked: found, or the start of "CODE: message"
+	}{
+		{"the insurer's batch: each claim as Lines reads it, in the order asked", insurer,
+			[]string{"l-2", "l-missing", "l-1", "l-purged", "l-ins2", "l-clinic", "l-gone"}, []string{
+				found,
+				"NOT_FOUND: claim " + ref("l-missing") + " does not exist",
+				found,
+				"NOT_FOUND: the private part of claim " + ref("l-purged") + " was purged after retention",
+				"FORBIDDEN: the private part of claim " + ref("l-ins2") + " is shared by HospitalMSP and Insurer2MSP only",
+				found,
+				"NOT_FOUND: claim " + ref("l-gone") + " has no lines on this peer",
+			}},
+		{"the provider reads its own claims, not another provider's", hospital, []string{"l-clinic", "l-ins2", "l-1"}, []string{
+			"FORBIDDEN: the private part of claim " + ref("l-clinic") + " is shared by ClinicMSP and InsurerMSP only",
+			found,
+			found,
+		}},
+		{"one claim", clinic, []string{"l-clinic"}, []string{found}},
+		{"an org party to none", client(t, "Insurer2MSP"), []string{"l-1", "l-missing"}, []string{
+			"FORBIDDEN: the private part of claim " + ref("l-1") + " is shared by HospitalMSP and InsurerMSP only",
+			"NOT_FOUND: claim " + ref("l-missing") + " does not exist",
+		}},
+		{"a patient's certificate of the provider", patient, []string{"l-1", "l-missing"}, []string{
+			"FORBIDDEN: reading the private part of claim " + ref("l-1") + ": this certificate is a patient's own identity",
+			"NOT_FOUND: claim " + ref("l-missing") + " does not exist",
+		}},
+		{"the peer's own identity reads as Lines does", peerOf(t, "InsurerMSP"), []string{"l-1"}, []string{found}},
+	}
+	c := newClaims(testConfig)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := linesBatch(t, w, tc.caller, tc.asked...)
+			mustOK(t, err)
+			wroteNothing(t, w)
+			if len(out) != len(tc.asked) {
+				t.Fatalf("%d results for %d claims", len(out), len(tc.asked))
+			}
+			for i, r := range out {
+				if r.ClaimID != ref(tc.asked[i]) {
+					t.Fatalf("result %d is claim %s, asked %s", i, r.ClaimID, tc.asked[i])
+				}
+				got := found
+				if r.Detail == nil {
+					got = r.Code + ": " + r.Message
+				} else if r.Code != "" || r.Message != "" {
+					t.Errorf("%s: a detail with a refusal: %+v", tc.asked[i], r)
+				}
+				if !strings.HasPrefix(got, tc.want[i]) {
+					t.Errorf("%s: got %q, want %q", tc.asked[i], got, tc.want[i])
+				}
+				// The same answer as Lines, claim by claim: the same detail, or the same code and message.
+				one, err := call(w, tc.caller, c, nil, func(ctx contractapi.TransactionContextInterface) (*ClaimDetail, error) {
+					return c.Lines(ctx, ref(tc.asked[i]))
+				})
+				var ce *ContractError
+				switch {
+				case r.Detail != nil && (err != nil || mustJSON(t, one) != mustJSON(t, r.Detail)):
+					t.Errorf("%s: batch %+v, Lines %+v %v", tc.asked[i], r.Detail, one, err)
+				case r.Detail == nil && (!asContractError(err, &ce) || ce.Code != r.Code || ce.Message != r.Message):
+					t.Errorf("%s: batch %s: %s, Lines %v", tc.asked[i], r.Code, r.Message, err)
+				}
+			}
+		})
+	}
+	out, err := linesBatch(t, w, insurer, "l-1", "l-2")
+	mustOK(t, err)
+	if out[0].Detail.Coverage != "Coverage/cov-1" || out[1].Detail.Coverage != "Coverage/cov-2" || len(out[1].Detail.Lines) != 2 {
+		t.Fatalf("details %+v %+v", out[0].Detail, out[1].Detail)
+	}
+
+	many := make([]string, maxBatchClaims+1)
+	for i := range many {
+		many[i] = ref(fmt.Sprint("many-", i))
+	}
+	limits := []struct {
+		name string
+		ids  string
+		msg  string
+	}{
+		{"no claims", `[]`, "1 to 500 claims, not 0"},
+		{"null", `null`, "1 to 500 claims, not 0"},
+		{"more than 500 claims", mustJSON(t, many), "1 to 500 claims, not 501"},
+		{"a claim twice", mustJSON(t, []string{ref("l-1"), ref("l-2"), ref("l-1")}), "claimIds[2]: claim " + ref("l-1") + " appears twice"},
+		{"a client claim number", mustJSON(t, []string{ref("l-1"), "CLM-1"}), "claimIds[1] must be an opaque key"},
+		{"an upper-case key", mustJSON(t, []string{strings.ToUpper(ref("l-1"))}), "claimIds[0] must be an opaque key"},
+		{"not JSON", `[` + ref("l-1"), "claimIds is not valid JSON"},
+		{"an object", `{"claimIds": []}`, "claimIds is not valid JSON"},
+		{"numbers", `[1, 2]`, "claimIds is not valid JSON"},
+		{"trailing data", mustJSON(t, []string{ref("l-1")}) + `[]`, "trailing data"},
+	}
+	for _, tc := range limits {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := call(w, insurer, c, nil, func(ctx contractapi.TransactionContextInterface) ([]ClaimLines, error) {
+				return c.LinesBatch(ctx, tc.ids)
+			})
+			refused(t, w, err, CodeInvalid, tc.msg)
+		})
+	}
+	t.Run("exactly 500 claims", func(t *testing.T) {
+		out, err := call(w, insurer, c, nil, func(ctx contractapi.TransactionContextInterface) ([]ClaimLines, error) {
+			return c.LinesBatch(ctx, mustJSON(t, many[:maxBatchClaims]))
+		})
+		mustOK(t, err)
+		if len(out) != maxBatchClaims || out[maxBatchClaims-1].ClaimID != many[maxBatchClaims-1] || out[0].Code != CodeNotFound {
+			t.Fatalf("%d results, last %+v", len(out), out[len(out)-1])
+		}
+	})
 }
 
 func TestClaimsPayBatch(t *testing.T) {

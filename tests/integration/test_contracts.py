@@ -320,6 +320,19 @@ def test_claim_submit_adjudicate_pay_with_private_lines(gateway_as: GatewayAs) -
             ask(gw, "claims", "Claims:Lines", claim_id)
         assert contract_error(gone.value) == "NOT_FOUND" and "purged" in str(gone.value)
 
+    # Many claims' lines in one read, in the order asked: each as Claims:Lines reads it, a refusal per claim.
+    unknown = opaque_key()
+    batch = ask(insurer, "claims", "Claims:LinesBatch", json.dumps([dup["claimId"], claim_id, unknown]))
+    assert [r["claimId"] for r in batch] == [dup["claimId"], claim_id, unknown]
+    assert batch[0]["detail"]["duplicateOf"] == claim_id and batch[0]["code"] == ""
+    assert (batch[1]["code"], "detail" in batch[1]) == ("NOT_FOUND", False) and "purged" in batch[1]["message"]
+    assert batch[2]["code"] == "NOT_FOUND" and "does not exist" in batch[2]["message"]
+    (theirs,) = ask(clinic, "claims", "Claims:LinesBatch", json.dumps([dup["claimId"]]))
+    assert theirs["code"] == "FORBIDDEN" and "detail" not in theirs
+    with pytest.raises(EvaluateError) as twice:
+        ask(insurer, "claims", "Claims:LinesBatch", json.dumps([claim_id, claim_id]))
+    assert contract_error(twice.value) == "INVALID_ARGUMENT" and "appears twice" in str(twice.value)
+
 
 def test_counterfeit_packs_are_detected(gateway_as: GatewayAs) -> None:
     pharma, hospital, clinic = gateway_as("PharmaOrg"), gateway_as("HospitalOrg"), gateway_as("ClinicOrg")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from fabric_gateway import BlockWaitTimeout, CommitStatusUnavailable
 from fabric_gateway.checkpoint import Checkpoint, RedisCheckpointer
 from ledger.claim_batches import ClaimBatches
 from ledger.contracts import Ledger
-from ledger.errors import LedgerConflict, LedgerNotFound
+from ledger.errors import LedgerConflict, LedgerInvalid, LedgerNotFound
 from ledger.fake import FakeLedger
 from records import synthetic
 from records import validation as fv
@@ -190,6 +191,145 @@ def test_claims_filed_together_are_adjudicated_together_and_paid_in_one_remittan
     reconciliation = json.loads(records.read("PaymentReconciliation", ref).content)
     assert len(reconciliation["detail"]) == 5
     assert sum(d["amount"]["value"] for d in reconciliation["detail"]) == reconciliation["paymentAmount"]["value"]
+
+
+def counted(world: FakeLedger, *functions: str) -> dict[str, int]:
+    """Count the calls of these contract functions from now on."""
+    calls = dict.fromkeys(functions, 0)
+    for function in functions:
+        handler = world.handlers[function]
+
+        def counting(call: Any, function: str = function, handler: Any = handler) -> Any:
+            calls[function] += 1
+            return handler(call)
+
+        world.handlers[function] = counting
+    return calls
+
+
+def purge_lines(world: FakeLedger, claim_id: str) -> None:
+    """What a purge leaves on the insurer's peer: the claim marked, its private lines gone."""
+    world.state[f"claim/{claim_id}"] = {**world.state[f"claim/{claim_id}"], "linesPurged": True}
+    del world.state[f"lines/{claim_id}"]
+
+
+def test_a_batch_reads_every_claims_lines_in_one_read(insurer: Any, tmp_path: Path) -> None:
+    """The claims of a batch have their lines read in one Claims:LinesBatch, never one Claims:Lines each; a claim
+    whose lines are purged is answered with the word a single read gives, and the others are adjudicated."""
+    world, _, ctx = insurer
+    cover(ctx)
+    claims = [
+        submit_claim(world, tmp_path, [(code, 1, price)])
+        for code, price in (("99213", "100.00"), ("85025", "20.00"), ("71046", "80.00"))
+    ]
+    purge_lines(world, claims[1]["claimId"])
+    calls = counted(world, "Claims:Lines", "Claims:LinesBatch")
+    outcomes = tasks.adjudicate_batch.apply(args=[claims]).get()
+    assert outcomes == {
+        claims[0]["claimId"]: "approved",
+        claims[1]["claimId"]: "its lines are purged",
+        claims[2]["claimId"]: "approved",
+    }
+    assert calls == {"Claims:Lines": 0, "Claims:LinesBatch": 1}
+    (batch,) = [p for _, _, name, p in world.events if name == "Claims.AdjudicatedBatch"]
+    assert {c["claimId"] for c in batch["claims"]} == {claims[0]["claimId"], claims[2]["claimId"]}
+
+
+def test_a_batch_with_a_claim_not_on_the_peer_yet_is_tried_again_whole(insurer: Any, tmp_path: Path) -> None:
+    """One claim's lines not on the insurer's peer yet: the batch waits (NotYetAvailable, as the claim's own read
+    would raise) and records nothing; once the lines are there, the whole batch is adjudicated."""
+    world, _, ctx = insurer
+    cover(ctx)
+    claims = [submit_claim(world, tmp_path, [(code, 1, "20.00")]) for code in ("85025", "80053")]
+    late = world.state.pop(f"lines/{claims[1]['claimId']}")
+    with pytest.raises(NotYetAvailable, match="has no lines on this peer"):
+        adjudication.adjudicate_batch(ctx, claims)
+    assert not [name for _, _, name, _ in world.events if name.startswith("Claims.Adjudicated")]
+    world.state[f"lines/{claims[1]['claimId']}"] = late
+    assert set(adjudication.adjudicate_batch(ctx, claims).values()) == {"approved"}
+
+
+def unknown(world: FakeLedger, claim_id: str) -> None:
+    del world.state[f"claim/{claim_id}"]
+
+
+def not_on_this_peer(world: FakeLedger, claim_id: str) -> None:
+    del world.state[f"lines/{claim_id}"]
+
+
+def another_insurers(world: FakeLedger, claim_id: str) -> None:
+    world.state[f"claim/{claim_id}"] = {**world.state[f"claim/{claim_id}"], "insurer": "ClinicMSP"}
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (None, "lines 99213"),
+        (purge_lines, "its lines are purged"),
+        (not_on_this_peer, "NotYetAvailable: claim {id} has no lines on this peer"),
+        (unknown, "NotYetAvailable: claim {id} does not exist"),
+        (another_insurers, "LedgerForbidden: InsurerMSP is not a party to claim {id}"),
+    ],
+)
+def test_a_batch_read_gives_each_claim_what_its_own_read_gives(
+    insurer: Any, tmp_path: Path, change: Any, expected: str
+) -> None:
+    """load_lines_batch maps each result's code and message to what load_lines makes of the same claim's own
+    Claims:Lines: its lines, the same word, or the same exception with the same message."""
+    world, _, ctx = insurer
+    claim = submit_claim(world, tmp_path, [("99213", 1, "100.00")])
+    if change is not None:
+        change(world, claim["claimId"])
+
+    def outcome(load: Any) -> str:
+        try:
+            found = load()
+        except Exception as e:
+            return f"{type(e).__name__}: {e}"
+        if isinstance(found, str):
+            return found
+        return "lines " + " ".join(line["code"] for line in found.lines)
+
+    single = outcome(lambda: adjudication.load_lines(ctx, claim))
+    batch = outcome(lambda: adjudication.load_lines_batch(ctx, [claim])[0])
+    assert single == expected.format(id=claim["claimId"])
+    assert batch == single
+
+
+def test_a_batch_read_keeps_each_claims_detail(insurer: Any, tmp_path: Path) -> None:
+    """Read together, each claim gets its own coverage, edits and duplicate mark, in the order of the batch (and a
+    claim listed twice is asked for once)."""
+    world, _, ctx = insurer
+    first = submit_claim(world, tmp_path, [("99213", 1, "100.00")])
+    duplicate = submit_claim(world, tmp_path, [("99213", 1, "100.00")])  # same patient, day and code: CARC 18
+    calls = counted(world, "Claims:LinesBatch")
+    loaded = adjudication.load_lines_batch(ctx, [duplicate, first, duplicate])
+    assert calls == {"Claims:LinesBatch": 1}
+    assert all(isinstance(p, adjudication.Pending) for p in loaded)
+    pending = [p for p in loaded if isinstance(p, adjudication.Pending)]
+    assert [p.claim["claimId"] for p in pending] == [duplicate["claimId"], first["claimId"], duplicate["claimId"]]
+    assert [p.duplicate_of for p in pending] == [first["claimId"], "", first["claimId"]]
+    assert [e["reason"] for e in pending[0].edits] == ["18"] and pending[1].edits == []
+    assert pending[0].coverage == pending[1].coverage == "Coverage/c1"
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        ([], "1 to 500 claims, not 0"),
+        (["a" * 64] * 501, "1 to 500 claims, not 501"),
+        (["a" * 64, "b" * 64, "a" * 64], "claimIds[2]: claim " + "a" * 64 + " appears twice"),
+        (["CLM-1"], "claimIds[0] must be an opaque key"),
+        (["A" * 64], "claimIds[0] must be an opaque key"),
+    ],
+)
+def test_the_in_memory_lines_batch_refuses_a_malformed_list_whole(insurer: Any, ids: list[str], message: str) -> None:
+    """As the contract does: only a malformed list refuses the call; an unknown claim is a result."""
+    _, records, _ = insurer
+    with pytest.raises(LedgerInvalid, match=re.escape(message)):
+        asyncio.run(records.ledger.claim_lines_batch(ids))
+    (result,) = asyncio.run(records.ledger.claim_lines_batch(["c" * 64]))
+    assert (result["code"], "detail" in result) == ("NOT_FOUND", False)
 
 
 def test_a_repeat_that_finds_the_claim_decided_and_purged_since_is_done(insurer: Any, tmp_path: Path) -> None:
