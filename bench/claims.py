@@ -47,7 +47,7 @@ from records import synthetic
 from workers import cli as worker_cli
 
 RATES = [10, 50, 100]
-MEMBERS = 60
+MEMBERS = 60  # default; a payer's claims at tens a second come from far more members (--members)
 ANSWER_WAIT_S = 60.0
 WARM_UP = (5, 10.0)  # claims/s, seconds
 SAMPLE_EVERY_S = 5.0
@@ -93,17 +93,20 @@ def client(t: Topology, org: str) -> httpx.AsyncClient:
 
 
 async def enrol(hospital: httpx.AsyncClient, insurer: httpx.AsyncClient, n: int) -> list[str]:
-    """n covered members; returns their Patient ids at the hospital."""
+    """n covered members (enrolled a few at a time); returns their Patient ids at the hospital."""
     gen = synthetic.Synthetic.seeded(None)  # new members every run, also on a reused network
-    ids = []
-    for _ in range(n):
+    gate = asyncio.Semaphore(8)
+
+    async def one() -> str:
         mpi = gen.mpi_value()
-        r = await hospital.post("", content=json.dumps(gen.transaction(1, mpi)))
-        r.raise_for_status()
-        ids.append(r.json()["entry"][0]["response"]["location"].split("/")[1])
-        coverage = synthetic.coverage(mpi, "InsurerMSP", "2026-01-01", "2027-12-31")
-        (await insurer.post("/Coverage", content=json.dumps(coverage))).raise_for_status()
-    return ids
+        async with gate:
+            r = await hospital.post("", content=json.dumps(gen.transaction(1, mpi)))
+            r.raise_for_status()
+            coverage = synthetic.coverage(mpi, "InsurerMSP", "2026-01-01", "2027-12-31")
+            (await insurer.post("/Coverage", content=json.dumps(coverage))).raise_for_status()
+        return str(r.json()["entry"][0]["response"]["location"].split("/")[1])
+
+    return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
 class Arrivals:
@@ -314,9 +317,9 @@ def cpu_report(before: dict[str, float], after: dict[str, float], wall: float) -
     return f"      cpu {100 * total / wall:.0f}% of {100 * CORES}% ({CORES} cores): {parts}"
 
 
-async def run(t: Topology, seconds: float, rates: list[int], preauth: float) -> None:
+async def run(t: Topology, seconds: float, rates: list[int], preauth: float, n_members: int = MEMBERS) -> None:
     hospital, insurer = client(t, "HospitalOrg"), client(t, "InsurerOrg")
-    members = await enrol(hospital, insurer, MEMBERS)
+    members = await enrol(hospital, insurer, n_members)
     arrivals = Arrivals(t)
     poster = Poster(t, "HospitalOrg")
     await offered_load(poster, members, WARM_UP[0], WARM_UP[1], preauth, arrivals)  # warm-up, not reported
@@ -339,6 +342,8 @@ def main() -> None:
     parser.add_argument("--rates", type=int, nargs="+", default=RATES, help="offered claims per second")
     parser.add_argument("--preauth", type=float, default=0.0, help="share of prior authorisation requests (0-1)")
     parser.add_argument("--port-base", type=int, default=24000, help="first port of the bench's own network")
+    parser.add_argument("--members", type=int, default=MEMBERS, help="covered members the claims are spread over")
+    parser.add_argument("--keep", action="store_true", help="leave run/bench (its logs) when done; remove it after")
     args = parser.parse_args()
     t = (
         topo.load()
@@ -353,12 +358,16 @@ def main() -> None:
     for org in worker_cli.orgs_with_workers(t):
         worker_cli.start_worker(t, org)
         worker_cli.start_listener(t, org)
-    print(f"{CORES} cores; {args.seconds:.0f} s per rate; prior authorisation share {args.preauth:.0%}", flush=True)
+    print(
+        f"{CORES} cores; {args.seconds:.0f} s per rate; {args.members} members;"
+        f" prior authorisation share {args.preauth:.0%}",
+        flush=True,
+    )
     try:
-        asyncio.run(run(t, args.seconds, args.rates, args.preauth))
+        asyncio.run(run(t, args.seconds, args.rates, args.preauth, args.members))
     finally:
         if not args.reuse_network:
-            control.down(t, purge=True, progress=lambda _m: None)
+            control.down(t, purge=not args.keep, progress=lambda _m: None)
 
 
 if __name__ == "__main__":
