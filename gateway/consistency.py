@@ -10,9 +10,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.deps import ServicesDep
 from gateway.outcome import HttpProblem
@@ -27,14 +28,29 @@ def report_blocks(app: FastAPI) -> None:
     """Add the X-Ledger-Block header to responses whose request committed transactions. Not to another member's
     request (`/federation/...`): what commits there is this org's own access log entry, which the asking member
     never waits for, and a header only a held patient's answer carried would tell it whom this org treats."""
+    app.add_middleware(BlocksReported)
 
-    @app.middleware("http")
-    async def report(request: Request, call_next: Any) -> Response:
+
+class BlocksReported:
+    """ASGI middleware: the blocks a request's transactions committed in, noted while it runs (ledger.position),
+    go into its response's headers."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         with position.tracking() as written:
-            response: Response = await call_next(request)
-        if written and not request.url.path.startswith(MEMBER_ROUTES):
-            response.headers[BLOCK] = position.render(written)
-        return response
+
+            async def sending(message: Message) -> None:
+                member = str(scope["path"]).startswith(MEMBER_ROUTES)
+                if message["type"] == "http.response.start" and written and not member:
+                    MutableHeaders(scope=message).append(BLOCK, position.render(written))
+                await send(message)
+
+            await self.app(scope, receive, sending)
 
 
 async def caught_up(request: Request, svc: ServicesDep) -> None:

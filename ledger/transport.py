@@ -146,8 +146,8 @@ class FabricTransport:
                 raise (refusal(e.chaincode_messages) or e) from None
             tx.sign()
             prepared = Prepared(channel, tx.tx_id, tx.to_bytes())
-            if on_prepared is not None:
-                on_prepared(prepared)
+            if on_prepared is not None:  # off the event loop: it writes (and syncs) files, and a slow disk under
+                await asyncio.to_thread(on_prepared, prepared)  # load held up every request of the process
             return await self._until_known(tx, prepared)
 
         # A transaction that lost a read race, or met endorsers that were unavailable, did not commit: submitting a new

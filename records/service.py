@@ -419,7 +419,9 @@ class Records:
         # Kept here only (nothing to register): staged and committed at once, so a crash cannot leave a pending row
         # that holds the version while nothing will ever settle it (a worker killed between the two left a
         # ClaimResponse that every rerun took as "kept by a concurrent run", and nobody ever committed).
-        self.store.stage(batch, rows, claims, committed=submit is None)
+        # The store's writes and the pending files' syncs wait on the disk: in a thread, so that other requests go
+        # on meanwhile (on the event loop they held up every request of the process under load).
+        await asyncio.to_thread(self.store.stage, batch, rows, claims, committed=submit is None)
         if submit is not None:
             await self._settle(batch, submit, request, answer)
         if claims:
@@ -635,19 +637,30 @@ class Records:
             committed = await submit(keep)
         except OutcomeUnknown:
             self._unknown.add(batch)
+            self._in_flight.pop(batch).set()
             raise StillPending(batch) from None
         except BaseException:
-            self.store.discard(batch)
-            self.pending.remove(batch)
-            if request is not None:
-                self.pending.forget(request)
+            try:
+                await asyncio.to_thread(self._discarded, batch, request)
+            finally:
+                self._in_flight.pop(batch).set()
             raise
+        try:
+            await asyncio.to_thread(self._committed, batch, committed.tx_id, request)
         finally:
             self._in_flight.pop(batch).set()
-        self.store.commit(batch, committed.tx_id)
+
+    def _committed(self, batch: str, tx_id: str, request: str | None) -> None:
+        self.store.commit(batch, tx_id)
         self.pending.remove(batch)
         if request is not None and not kept_once_answered(request):
             self.pending.forget(request)  # answered: the same content sent again is a new write, as in FHIR
+
+    def _discarded(self, batch: str, request: str | None) -> None:
+        self.store.discard(batch)
+        self.pending.remove(batch)
+        if request is not None:
+            self.pending.forget(request)
 
     async def reconcile_pending(
         self,
