@@ -3,12 +3,14 @@ insurer's ClaimResponse is stored at the hospital (its worker announces that on 
 fixed offered rates; and from adjudication until the claim is paid (the remittance reaches the hospital).
 
     .venv/bin/python bench/claims.py [--reuse-network] [--seconds 60] [--rates 10 50 100] [--preauth 0.3]
+                                     [--members 600] [--keep]
 
 Every claim offered counts: a POST that is not 201, and a claim not answered within 60 s of the end of its rate,
 are failures, and they count in the percentiles as slower than anything answered (an unanswered claim is not a fast
 one). A warm-up at a low rate runs first and is not reported. `--preauth 0.3`: 30 % of what is offered are prior
 authorisation requests (`Claim/$submit`), timed until their decision arrives at the hospital. The backlog (offered
-and not yet answered) is sampled every 5 s; a backlog that keeps growing means the rate is above capacity.
+and not yet answered, POSTs still in flight included) is sampled every 5 s; a backlog that keeps growing means the
+rate is above capacity. Besides POST -> answer it reports POST -> 201, the part spent before the claim is on chain.
 
 Starts its own network, gateways, listeners and workers in run/bench (ports from --port-base, 24000) unless
 --reuse-network.
@@ -47,7 +49,7 @@ from records import synthetic
 from workers import cli as worker_cli
 
 RATES = [10, 50, 100]
-MEMBERS = 60  # default; a payer's claims at tens a second come from far more members (--members)
+MEMBERS = 600  # a payer taking tens of claims a second has far more members; 60 put ~1 claim a second on each
 ANSWER_WAIT_S = 60.0
 WARM_UP = (5, 10.0)  # claims/s, seconds
 SAMPLE_EVERY_S = 5.0

@@ -341,18 +341,39 @@ class Records:
     async def keep(self, resource: dict[str, Any], patient: str) -> bool:
         """Keep a resource this org's own workers made (a ClaimResponse, a PaymentReconciliation) as its next version,
         unless the newest version says the same. True when something was stored."""
+        version = self._next_version(resource)
+        if version is None:
+            return False
+        try:
+            await self._write(route_of(resource["resourceType"]), [resource], [(*version, patient)])
+        except VersionTaken:
+            return False  # a concurrent run kept it first
+        return True
+
+    async def keep_many(self, kept: list[tuple[dict[str, Any], str]]) -> list[bool]:
+        """`keep` for many resources kept here only (the answers to the claims of one batch): one write to the store
+        for all of them. Should a concurrent run keep one of them first, each is kept on its own instead."""
+        changed = [(r, p, v) for r, p in kept if (v := self._next_version(r)) is not None]
+        if any(route_of(r["resourceType"]) is not HELD for r, _, _ in changed):
+            return [await self.keep(r, p) for r, p in kept]
+        if changed:
+            try:
+                await self._write(HELD, [r for r, _, _ in changed], [(*v, p) for _, p, v in changed])
+            except VersionTaken:
+                return [await self.keep(r, p) for r, p in kept]
+        stored = {id(r) for r, _, _ in changed}
+        return [id(r) in stored for r, _ in kept]
+
+    def _next_version(self, resource: dict[str, Any]) -> tuple[str, str, int] | None:
+        """(type, id, the version to write) of a resource to keep; None when its newest version says the same."""
         rtype, rid = resource["resourceType"], resource["id"]
         newest = self.store.read(rtype, rid)
         if newest is not None:
             previous = json.loads(newest.content)
             previous.pop("meta", None)
             if previous == resource:
-                return False
-        try:
-            await self._write(route_of(rtype), [resource], [(rtype, rid, newest.version + 1 if newest else 1, patient)])
-        except VersionTaken:
-            return False  # a concurrent run kept it first
-        return True
+                return None
+        return rtype, rid, newest.version + 1 if newest else 1
 
     async def _write(
         self,

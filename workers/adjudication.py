@@ -207,9 +207,16 @@ def _ledger_body(ctx: OrgContext, decision: rules.Decision) -> dict[str, Any]:
     return {"lines": [d.as_ledger() for d in decision.lines], "retentionSeconds": ctx.settings.rules.retention_seconds}
 
 
-def _answer(ctx: OrgContext, on_chain: dict[str, Any], p: Pending, recorded: dict[str, Any] | None = None) -> str:
+def _answer(
+    ctx: OrgContext,
+    on_chain: dict[str, Any],
+    p: Pending,
+    recorded: dict[str, Any] | None = None,
+    keeping: list[tuple[dict[str, Any], str]] | None = None,
+) -> str:
     """Keep the ClaimResponse and the ExplanationOfBenefit built from what the chain recorded (`recorded`: the
-    decision this run recorded; None: read it from the chain), never from a fresh decision."""
+    decision this run recorded; None: read it from the chain), never from a fresh decision. `keeping`: add them
+    there, for the caller to keep with the others of its batch."""
     if on_chain["status"] == "cancelled":
         return "cancelled"
     if on_chain["status"] == "submitted":
@@ -223,9 +230,13 @@ def _answer(ctx: OrgContext, on_chain: dict[str, Any], p: Pending, recorded: dic
             raise NotYetAvailable(e.message) from None
     _remember(ctx, on_chain, p.lines)
     edits = claim_response.Edits(p.edits, p.duplicate_of)
-    keep(ctx, claim_response.adjudicated(on_chain, p.lines, recorded, edits), on_chain["patient"])
+    response = claim_response.adjudicated(on_chain, p.lines, recorded, edits)
     eob = claim_response.explanation_of_benefit(on_chain, p.lines, recorded, p.coverage, edits)
-    keep(ctx, eob, on_chain["patient"])
+    if keeping is not None:
+        keeping += [(response, on_chain["patient"]), (eob, on_chain["patient"])]
+    else:
+        keep(ctx, response, on_chain["patient"])
+        keep(ctx, eob, on_chain["patient"])
     log.info("claim adjudicated", extra={"claim": on_chain["claimId"], "outcome": on_chain["outcome"]})
     return str(on_chain["outcome"])
 
@@ -274,12 +285,16 @@ def adjudicate_batch(ctx: OrgContext, claims: list[dict[str, Any]]) -> dict[str,
         if to_record:
             bodies = {cid: _ledger_body(ctx, p.decision) for cid, p in to_record.items() if p.decision}
             result = ctx.run(ctx.ledger.adjudicate_batch(bodies)).result
-            for r in result["results"]:
-                cid, pending = r["claimId"], to_record[r["claimId"]]
-                if r["status"] == "adjudicated":
-                    recorded = {"outcome": r["claim"]["outcome"], "lines": bodies[cid]["lines"]}
-                    outcomes[cid] = _answer(ctx, r["claim"], pending, recorded)
-                else:  # refused: an earlier run (or a cancel) came first, and the chain's state says which
-                    log.info("claim refused in batch", extra={"claim": cid, "code": r["code"]})
-                    outcomes[cid] = _answer(ctx, ctx.run(ctx.ledger.claim(cid)), pending)
+            keeping: list[tuple[dict[str, Any], str]] = []
+            try:
+                for r in result["results"]:
+                    cid, pending = r["claimId"], to_record[r["claimId"]]
+                    if r["status"] == "adjudicated":
+                        recorded = {"outcome": r["claim"]["outcome"], "lines": bodies[cid]["lines"]}
+                        outcomes[cid] = _answer(ctx, r["claim"], pending, recorded, keeping)
+                    else:  # refused: an earlier run (or a cancel) came first, and the chain's state says which
+                        log.info("claim refused in batch", extra={"claim": cid, "code": r["code"]})
+                        outcomes[cid] = _answer(ctx, ctx.run(ctx.ledger.claim(cid)), pending, keeping=keeping)
+            finally:  # the answers made so far are kept even when a later claim has to be tried again
+                ctx.run(ctx.records.keep_many(keeping))
     return outcomes

@@ -207,11 +207,13 @@ def fetch_claim_response(self: Any, claim: dict[str, Any], delivery_id: str) -> 
     r.raise_for_status()
     if not _final(claim, r.json()):  # the insurer is still keeping it
         raise self.retry(countdown=0.1 * 2**self.request.retries, max_retries=10)
-    kept = _keep_answer(ctx, claim, r.json())
-    if isinstance(kept, str):
-        return kept
+    answer = _answer_here(ctx, claim, r.json())
+    if isinstance(answer, str):
+        return answer
+    response, patient, notice = answer
+    keep(ctx, response, patient)
     msp, queue = ctx.settings.org.msp_id, ctx.settings.queue
-    outbox.publish(ctx.redis, msp, queue, "careledger.notify", [_answered(claim), kept, delivery_id], delivery_id)
+    outbox.publish(ctx.redis, msp, queue, "careledger.notify", [_answered(claim), notice, delivery_id], delivery_id)
     return "kept"
 
 
@@ -233,6 +235,7 @@ def fetch_claim_responses(self: Any, items: list[list[Any]]) -> str:
         r.raise_for_status()
         for entry in r.json().get("entry") or []:
             responses[str(entry["resource"]["request"]["reference"]).removeprefix("Claim/")] = entry["resource"]
+    keeping: list[tuple[dict[str, Any], str]] = []
     notices: list[list[Any]] = []
     later: list[list[Any]] = []
     for claim, delivery_id in ours:
@@ -240,12 +243,14 @@ def fetch_claim_responses(self: Any, items: list[list[Any]]) -> str:
         try:
             if response is None or not _final(claim, response):
                 raise NotYetAvailable("not answered yet")
-            kept = _keep_answer(ctx, claim, response)
+            answer = _answer_here(ctx, claim, response)
         except NotYetAvailable:
             later.append([claim, delivery_id])
             continue
-        if not isinstance(kept, str):
-            notices.append([_answered(claim), kept, delivery_id])
+        if not isinstance(answer, str):
+            keeping.append(answer[:2])
+            notices.append([_answered(claim), answer[2], delivery_id])
+    ctx.run(ctx.records.keep_many(keeping))  # one write to the store for all of them
     if notices:
         msp, queue = ctx.settings.org.msp_id, ctx.settings.queue
         task_id = "notify-many:" + hashlib.sha256("|".join(n[2] for n in notices).encode()).hexdigest()[:32]
@@ -264,9 +269,11 @@ def _answered(claim: dict[str, Any]) -> str:
     return "Claims.PreauthDecided" if claim.get("use") == "preauthorization" else "Claims.Adjudicated"
 
 
-def _keep_answer(ctx: OrgContext, claim: dict[str, Any], response: dict[str, Any]) -> dict[str, Any] | str:
-    """Keep the insurer's response to one of this provider's claims; the EHR's notification of it, or why nothing
-    was kept. NotYetAvailable: the Claim is not committed here yet."""
+def _answer_here(
+    ctx: OrgContext, claim: dict[str, Any], response: dict[str, Any]
+) -> tuple[dict[str, Any], str, dict[str, Any]] | str:
+    """The insurer's response to one of this provider's claims as kept here, the patient it is filed under and the
+    EHR's notification of it; or why nothing is kept. NotYetAvailable: the Claim is not committed here yet."""
     local = ctx.records.by_ledger_key("Claim", claim["claimId"])
     if local is None:
         if ctx.records.store.is_erased(claim["patient"]):
@@ -277,8 +284,7 @@ def _keep_answer(ctx: OrgContext, claim: dict[str, Any], response: dict[str, Any
     # Kept as ClaimResponse/<the provider's own Claim id>, pointing at that Claim, so the EHR finds it by its id.
     kept = {**response, "id": local.id, "request": {"reference": f"Claim/{local.id}"}}
     kept.pop("meta", None)
-    keep(ctx, kept, local.patient)
-    return {**claim, "claim": f"Claim/{local.id}", "claimResponse": f"ClaimResponse/{local.id}"}
+    return kept, local.patient, {**claim, "claim": f"Claim/{local.id}", "claimResponse": f"ClaimResponse/{local.id}"}
 
 
 @app.task(bind=True, name="careledger.fetch_payment", max_retries=10, **RETRY)

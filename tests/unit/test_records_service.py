@@ -158,6 +158,37 @@ def test_keep_writes_a_new_version_only_when_the_content_changes(hospital: Recor
     assert [s.version for s in hospital.history("ClaimResponse", "cr-1")] == [2, 1]
 
 
+def test_keep_many_writes_what_changed_in_one_batch(hospital: Records, monkeypatch: pytest.MonkeyPatch) -> None:
+    def response(rid: str, outcome: str) -> dict[str, Any]:
+        return {"resourceType": "ClaimResponse", "id": rid, "status": "active", "outcome": outcome}
+
+    run(hospital.keep(response("cr-1", "complete"), "a" * 64))
+    staged: list[int] = []
+    stage = hospital.store.stage
+    monkeypatch.setattr(
+        hospital.store, "stage", lambda batch, rows, *a, **k: (staged.append(len(rows)), stage(batch, rows, *a, **k))[1]
+    )
+    kept = run(
+        hospital.keep_many(
+            [
+                (response("cr-1", "complete"), "a" * 64),
+                (response("cr-2", "queued"), "a" * 64),
+                (response("cr-3", "complete"), "b" * 64),
+            ]
+        )
+    )
+    assert kept == [False, True, True] and staged == [2]  # the unchanged one left alone, the others in one write
+    assert hospital.store.head("ClaimResponse", "cr-3") == (1, "b" * 64)
+    # The same resource twice (a version the batch would write twice): each kept on its own instead, in order.
+    twice = run(hospital.keep_many([(response("cr-2", "complete"), "a" * 64), (response("cr-2", "denied"), "a" * 64)]))
+    assert twice == [True, True]
+    assert [json.loads(s.content)["outcome"] for s in hospital.history("ClaimResponse", "cr-2")] == [
+        "denied",
+        "complete",
+        "queued",
+    ]
+
+
 def conditional_create(resource: dict[str, Any], condition: str) -> fv.Entry:
     request = {"method": "POST", "url": resource["resourceType"], "ifNoneExist": condition}
     return fv.entry({"resource": resource, "request": request}, 0)
