@@ -13,11 +13,12 @@ that must survive a crash in between gets the signed bytes before they are sent 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from fabric_gateway import (
     AsyncContract,
@@ -35,6 +36,7 @@ from fabric_gateway.retry import UNAVAILABLE_RETRY_S, retry_conflicts_async, ret
 from ledger.errors import refusal
 
 log = logging.getLogger("careledger.ledger")
+T = TypeVar("T")
 
 CHAINCODE = "careledger"
 UNKNOWN_OUTCOME_DEADLINE_S = 60.0  # how long one submit keeps resolving an unknown outcome before it says so
@@ -108,6 +110,19 @@ class Transport(Protocol):
         ...
 
 
+async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """fn(*args, **kwargs) in a thread, off the event loop. A cancellation of the caller waits for the thread to
+    finish before it goes on: what the thread writes (a kept transaction, a store commit) must never land after the
+    caller has moved on to undo it."""
+    running = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await running
+        raise
+
+
 class FabricTransport:
     """Contract calls as one org's identity through its own peer's Gateway."""
 
@@ -147,7 +162,7 @@ class FabricTransport:
             tx.sign()
             prepared = Prepared(channel, tx.tx_id, tx.to_bytes())
             if on_prepared is not None:  # off the event loop: it writes (and syncs) files, and a slow disk under
-                await asyncio.to_thread(on_prepared, prepared)  # load held up every request of the process
+                await in_thread(on_prepared, prepared)  # load held up every request of the process
             return await self._until_known(tx, prepared)
 
         # A transaction that lost a read race, or met endorsers that were unavailable, did not commit: submitting a new

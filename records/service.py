@@ -24,7 +24,7 @@ from typing import Any
 from fabric_gateway import NotCommitted
 from ledger.contracts import Committed, Ledger
 from ledger.errors import LedgerNotFound
-from ledger.transport import UNKNOWN_OUTCOME_DEADLINE_S, OutcomeUnknown, Prepared
+from ledger.transport import UNKNOWN_OUTCOME_DEADLINE_S, OutcomeUnknown, Prepared, in_thread
 from records import digests, disclosure, fhir_claim
 from records.blobs import (
     BLOB_EXTENSION,
@@ -442,7 +442,8 @@ class Records:
         # ClaimResponse that every rerun took as "kept by a concurrent run", and nobody ever committed).
         # The store's writes and the pending files' syncs wait on the disk: in a thread, so that other requests go
         # on meanwhile (on the event loop they held up every request of the process under load).
-        await asyncio.to_thread(self.store.stage, batch, rows, claims, committed=submit is None)
+        issued = self.store.issued(digest_keys)  # taken now: the keys these digests were made with
+        await in_thread(self.store.stage, batch, rows, claims, committed=submit is None, issued=issued)
         if submit is not None:
             await self._settle(batch, submit, request, answer)
         if claims:
@@ -662,12 +663,12 @@ class Records:
             raise StillPending(batch) from None
         except BaseException:
             try:
-                await asyncio.to_thread(self._discarded, batch, request)
+                await in_thread(self._discarded, batch, request)
             finally:
                 self._in_flight.pop(batch).set()
             raise
         try:
-            await asyncio.to_thread(self._committed, batch, committed.tx_id, request)
+            await in_thread(self._committed, batch, committed.tx_id, request)
         finally:
             self._in_flight.pop(batch).set()
 

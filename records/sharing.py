@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from records import deidentify
-from records.errors import NotHeld, NotKeptHere, Refused
+from records.errors import NotHeld, NotKeptHere, PatientErased, Refused
 from records.federation import Disclosed, Federation, Withheld
 from records.fhir_claim import claim_response_id
 from records.service import Records
@@ -237,17 +237,24 @@ class Sharing:
 
     async def claim_responses_for(self, claim_ids: list[str], caller: str) -> list[Stored]:
         """The ClaimResponses to many claims of the caller's, in the order asked, waiting a little for those not
-        kept yet (as `claim_response_for`); those still missing, or to another provider's claims, are left out, so
-        the answer says nothing about claims that are not the caller's."""
+        kept yet (as `claim_response_for`); those still missing, erased since, or to another provider's claims are
+        left out, so the answer says nothing about claims that are not the caller's."""
         ids = [claim_response_id(c) for c in claim_ids]
         deadline = time.monotonic() + CLAIM_RESPONSE_WAIT_S
-        while time.monotonic() < deadline and any(self.records.store.head("ClaimResponse", i) is None for i in ids):
+        missing = set(ids)
+        while True:
+            missing = {i for i in missing if self.records.store.head("ClaimResponse", i) is None}
+            if not missing or time.monotonic() >= deadline:
+                break
             await asyncio.sleep(0.05)
         found = []
         for rid in ids:
-            if self.records.store.head("ClaimResponse", rid) is None:
+            if rid in missing:
                 continue
-            stored = self.records.read("ClaimResponse", rid)
+            try:
+                stored = self.records.read("ClaimResponse", rid)
+            except (NotHeld, PatientErased):
+                continue
             if json.loads(stored.content).get("requestor", {}).get("identifier", {}).get("value") == caller:
                 found.append(stored)
         return found

@@ -127,7 +127,7 @@ def pay(self: Any, claim: dict[str, Any]) -> str:
 def pay_many(self: Any, claims: list[dict[str, Any]]) -> str:
     """`pay` for the claims one block adjudicated. In batch mode they are queued together, without reading each
     back from the chain first: a repeat that queues a claim paid since is refused by the next remittance's payment,
-    and the chain's state then takes it off the queue (workers.remittance)."""
+    and the chain's state then takes it off the queue (workers.remittance). Paid one by one, each is a `pay` task."""
     ctx = current()
     payable = [c for c in claims if c["insurer"] == ctx.settings.org.msp_id and c["outcome"] != "denied"]
     if not payable:
@@ -135,8 +135,10 @@ def pay_many(self: Any, claims: list[dict[str, Any]]) -> str:
     if ctx.settings.remittance.mode == "batch":
         remittance.queue(ctx, *payable)
         return f"{len(payable)} queued for the next remittance"
-    caught_up(ctx, payable[0])  # one block: the same for all
-    return ", ".join(_pay_now(ctx, claim) for claim in payable)
+    msp, queue = ctx.settings.org.msp_id, ctx.settings.queue
+    for claim in payable:  # paid one by one: each its own task, so one that cannot be paid holds up no other
+        outbox.publish(ctx.redis, msp, queue, "careledger.pay", [claim], f"{self.request.id}:{claim['claimId']}")
+    return f"{len(payable)} sent to be paid"
 
 
 def _pay_now(ctx: OrgContext, claim: dict[str, Any]) -> str:
@@ -228,10 +230,18 @@ def fetch_claim_responses(self: Any, items: list[list[Any]]) -> str:
     ctx = current()
     ours = [(dict(c), str(d)) for c, d in items if c["provider"] == ctx.settings.org.msp_id]
     responses: dict[str, dict[str, Any]] = {}
+    msp, queue = ctx.settings.org.msp_id, ctx.settings.queue
+    handed_off: set[str] = set()
     for start in range(0, len(ours), CLAIM_RESPONSES_PER_REQUEST):
         part = ours[start : start + CLAIM_RESPONSES_PER_REQUEST]
         url = f"{ctx.member_url(part[0][0]['insurer'])}/federation/claim-responses"
         r = ctx.members.get(url, params={"claim": [c["claimId"] for c, _ in part]})
+        if 400 <= r.status_code < 500:  # an insurer's gateway without this form (an older one), or one refusing it:
+            for claim, delivery_id in part:  # each claim fetched on its own, as it was before
+                args = [claim, delivery_id]
+                outbox.publish(ctx.redis, msp, queue, "careledger.fetch_claim_response", args, f"{delivery_id}:alone")
+                handed_off.add(delivery_id)
+            continue
         r.raise_for_status()
         for entry in r.json().get("entry") or []:
             responses[str(entry["resource"]["request"]["reference"]).removeprefix("Claim/")] = entry["resource"]
@@ -239,6 +249,8 @@ def fetch_claim_responses(self: Any, items: list[list[Any]]) -> str:
     notices: list[list[Any]] = []
     later: list[list[Any]] = []
     for claim, delivery_id in ours:
+        if delivery_id in handed_off:
+            continue
         response = responses.get(claim["claimId"])
         try:
             if response is None or not _final(claim, response):
@@ -252,7 +264,6 @@ def fetch_claim_responses(self: Any, items: list[list[Any]]) -> str:
             notices.append([_answered(claim), answer[2], delivery_id])
     ctx.run(ctx.records.keep_many(keeping))  # one write to the store for all of them
     if notices:
-        msp, queue = ctx.settings.org.msp_id, ctx.settings.queue
         task_id = "notify-many:" + hashlib.sha256("|".join(n[2] for n in notices).encode()).hexdigest()[:32]
         outbox.publish(ctx.redis, msp, queue, "careledger.notify_many", [notices], task_id)
     if later:

@@ -7,7 +7,7 @@ import hmac
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -185,17 +185,29 @@ class Store:
 
     # ----- writes ----------------------------------------------------------------------------------------------
 
+    def issued(self, patients: Iterable[str]) -> dict[str, bytes]:
+        """The data keys `digest_key` handed out for these patients, taken: for a write that stages in another
+        thread, taken right after its digests were made, before another write of the same patient can ask."""
+        with self._issued_lock:
+            return {p: k for p in set(patients) if (k := self._issued.pop(p, None)) is not None}
+
     def stage(
-        self, batch: str, rows: Sequence[Row], claims: Sequence[OutboxClaim] = (), committed: bool = False
+        self,
+        batch: str,
+        rows: Sequence[Row],
+        claims: Sequence[OutboxClaim] = (),
+        committed: bool = False,
+        issued: dict[str, bytes] | None = None,
     ) -> None:
         """Encrypt and insert rows as pending, all or none. VersionTaken when another writer has a version.
         `claims`: claims among the rows to submit on chain once the batch commits (the claim outbox).
         `committed`: rows no ledger write stands behind (kept here only) are committed in the same transaction, so
-        a process killed in between leaves both or neither, never a pending row holding the version for good."""
+        a process killed in between leaves both or neither, never a pending row holding the version for good.
+        `issued`: the keys the rows' digests were made with (`issued`); by default those handed out last."""
         rows = sorted(rows, key=lambda r: (r.type, r.id, r.version))  # one lock order for every writer
         patients = sorted({r.patient for r in rows})
-        with self._issued_lock:
-            issued = {p: k for p in patients if (k := self._issued.pop(p, None)) is not None}
+        if issued is None:
+            issued = self.issued(patients)
         now = time.time()
         try:
             with self._db.write() as sql:

@@ -273,3 +273,19 @@ def test_rows_kept_here_only_are_staged_and_committed_in_one_transaction(stores:
     store.stage("b1", [row("cr1")], committed=True)
     assert store.pending_batches() == []
     assert store.read("Observation", "cr1") is not None
+
+
+def test_writes_of_one_process_stage_with_the_keys_their_own_digests_were_made_with(stores: Stores) -> None:
+    """Two writes of one process (one store) that stage in threads: each takes the key its digests were made with
+    as soon as it has made them, so a later write's key is never mistaken for an earlier one's."""
+    store = stores.open()
+    store.digest_key(PATIENT)  # the first write's digests use this key
+    first = store.issued([PATIENT])
+    store.stage("b0", [row("o0")], issued=store.issued([PATIENT]) or None)  # another write, refused: key dropped
+    store.discard("b0")
+    store.digest_key(PATIENT)  # a third write makes its digests with a new key
+    with pytest.raises(VersionTaken):  # the first write's digests were made with the dropped key: prepared again
+        store.stage("b1", [row("o1")], issued=first)
+    store.stage("b3", [row("o3")])  # the third write stages with the key it was handed
+    store.commit("b3", "tx")
+    assert store.read("Observation", "o3") is not None

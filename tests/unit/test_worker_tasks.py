@@ -529,6 +529,34 @@ def test_the_answers_of_one_block_are_fetched_in_one_request_and_those_not_kept_
         hospital.store.close()
 
 
+def test_an_insurer_gateway_without_the_many_claims_form_gets_each_claim_asked_on_its_own(
+    redis_topology: topo.Topology, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = FakeLedger(KINDS)
+    hospital = records_of(world, tmp_path, "HospitalMSP")
+    published: list[tuple[str, list[Any], str]] = []
+    monkeypatch.setattr(tasks.outbox, "publish", lambda r, m, q, task, args, tid: published.append((task, args, tid)))
+    older = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(404, json={})))
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    r = redis.Redis.from_url(redis_topology.redis_url_for("HospitalOrg"))
+    context._context = context.OrgContext(
+        WorkerSettings.load(redis_topology, "HospitalOrg"), hospital, r, older, httpx.Client(), loop
+    )
+    try:
+        claims = [{"claimId": c, "insurer": "InsurerMSP", "provider": "HospitalMSP", "patient": "p"} for c in "ab"]
+        items = [[c, f"d-{c['claimId']}"] for c in claims]
+        assert tasks.fetch_claim_responses.apply(args=[items]).get() == "kept 0"
+        assert published == [
+            ("careledger.fetch_claim_response", [claims[0], "d-a"], "d-a:alone"),
+            ("careledger.fetch_claim_response", [claims[1], "d-b"], "d-b:alone"),
+        ]
+    finally:
+        context._context = None
+        loop.call_soon_threadsafe(loop.stop)
+        hospital.store.close()
+
+
 def test_an_insurer_answers_many_claim_responses_to_their_provider_only(
     insurer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
