@@ -223,15 +223,8 @@ func (c *Claims) LinesBatch(ctx contractapi.TransactionContextInterface, claimID
 	if len(ids) == 0 || len(ids) > maxBatchClaims {
 		return nil, invalid("a batch reads 1 to %d claims, not %d", maxBatchClaims, len(ids))
 	}
-	seen := make(map[string]bool, len(ids))
-	for i, id := range ids {
-		if err := opaqueKey(sprintf("claimIds[%d]", i), id); err != nil {
-			return nil, err
-		}
-		if seen[id] {
-			return nil, invalid("claimIds[%d]: claim %s appears twice", i, id)
-		}
-		seen[id] = true
+	if err := distinctClaimIDs(ids); err != nil {
+		return nil, err
 	}
 	out := make([]ClaimLines, 0, len(ids))
 	for _, id := range ids {
@@ -272,15 +265,8 @@ func (c *Claims) PayBatch(ctx contractapi.TransactionContextInterface, provider,
 	if len(ids) == 0 || len(ids) > maxPaymentClaims {
 		return nil, invalid("a payment covers 1 to %d claims, not %d", maxPaymentClaims, len(ids))
 	}
-	seen := map[string]bool{}
-	for i, id := range ids {
-		if err := opaqueKey(sprintf("claimIds[%d]", i), id); err != nil {
-			return nil, err
-		}
-		if seen[id] {
-			return nil, invalid("claimIds[%d]: claim %s appears twice", i, id)
-		}
-		seen[id] = true
+	if err := distinctClaimIDs(ids); err != nil {
+		return nil, err
 	}
 	pk, err := key(ctx, keyPayment, paymentRef)
 	if err != nil {
@@ -422,4 +408,19 @@ func (c *Claims) DueForPurge(ctx contractapi.TransactionContextInterface, before
 	}
 	prefix := purgeIndex + caller.MSP + "/"
 	return c.claimsInRange(ctx, prefix, prefix+timeText(before.Add(time.Nanosecond)), pageSize, bookmark)
+}
+
+// distinctClaimIDs refuses a list of claim ids with a malformed id or an id twice, naming the first at fault.
+func distinctClaimIDs(ids []string) error {
+	seen := make(map[string]bool, len(ids))
+	for i, id := range ids {
+		if err := opaqueKey(sprintf("claimIds[%d]", i), id); err != nil {
+			return err
+		}
+		if seen[id] {
+			return invalid("claimIds[%d]: claim %s appears twice", i, id)
+		}
+		seen[id] = true
+	}
+	return nil
 }

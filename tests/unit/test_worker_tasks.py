@@ -88,6 +88,24 @@ def submit_claim(world: FakeLedger, tmp_path: Path, lines: list[tuple[str, int, 
     return next(p for _, _, name, p in world.events if name == "Claims.Submitted" and p["claimId"] == claim_id)
 
 
+@contextlib.contextmanager
+def hospital_worker(
+    redis_topology: topo.Topology, hospital: Records, members: httpx.Client
+) -> Iterator[asyncio.AbstractEventLoop]:
+    """The hospital's worker context over these records, asking other members through `members`; its loop."""
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    r = redis.Redis.from_url(redis_topology.redis_url_for("HospitalOrg"))
+    settings = WorkerSettings.load(redis_topology, "HospitalOrg")
+    context._context = context.OrgContext(settings, hospital, r, members, httpx.Client(), loop)
+    try:
+        yield loop
+    finally:
+        context._context = None
+        loop.call_soon_threadsafe(loop.stop)
+        hospital.store.close()
+
+
 def cover(ctx: context.OrgContext) -> None:
     coverage = {**synthetic.coverage(MPI, "InsurerMSP", "2026-01-01", "2026-12-31"), "id": "c1"}
     patient = ctx.records.pseudonym_of_identifier(fhir.MPI_SYSTEM, MPI)
@@ -445,13 +463,8 @@ def test_a_claim_response_for_a_claim_still_settling_here_is_fetched_once_it_set
     submitted = next(p for _, _, name, p in world.events if name == "Claims.Submitted")
     response = {"resourceType": "ClaimResponse", "id": "cr", "status": "active", "outcome": "complete"}
     members = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200, json=response)))
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-    r = redis.Redis.from_url(redis_topology.redis_url_for("HospitalOrg"))
-    settings = WorkerSettings.load(redis_topology, "HospitalOrg")
     monkeypatch.setattr(tasks.outbox, "publish", lambda *args: None)  # the EHR's notification: not this test's
-    context._context = context.OrgContext(settings, hospital, r, members, httpx.Client(), loop)
-    try:
+    with hospital_worker(redis_topology, hospital, members) as loop:
         adjudicated = {**submitted, "status": "adjudicated", "outcome": "approved"}
         early = tasks.fetch_claim_response.apply(args=[adjudicated, "delivery-1"])
         assert early.state == "FAILURE" and isinstance(early.result, NotYetAvailable)  # asked again, not given up
@@ -459,10 +472,6 @@ def test_a_claim_response_for_a_claim_still_settling_here_is_fetched_once_it_set
         assert tasks.fetch_claim_response.apply(args=[adjudicated, "delivery-1"]).get() == "kept"
         local = hospital.by_ledger_key("Claim", submitted["claimId"])
         assert local is not None and hospital.store.read("ClaimResponse", local.id) is not None
-    finally:
-        context._context = None
-        loop.call_soon_threadsafe(loop.stop)
-        hospital.store.close()
 
 
 def test_the_answers_of_one_block_are_fetched_in_one_request_and_those_not_kept_yet_asked_for_again(
@@ -503,13 +512,8 @@ def test_the_answers_of_one_block_are_fetched_in_one_request_and_those_not_kept_
 
     published: list[tuple[str, list[Any], str]] = []
     monkeypatch.setattr(tasks.outbox, "publish", lambda r, m, q, task, args, tid: published.append((task, args, tid)))
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
     members = httpx.Client(transport=httpx.MockTransport(insurer_gateway))
-    r = redis.Redis.from_url(redis_topology.redis_url_for("HospitalOrg"))
-    settings = WorkerSettings.load(redis_topology, "HospitalOrg")
-    context._context = context.OrgContext(settings, hospital, r, members, httpx.Client(), loop)
-    try:
+    with hospital_worker(redis_topology, hospital, members):
         items = [[{**s, "status": "adjudicated", "outcome": "approved"}, f"d-{s['claimId']}"] for s in submitted]
         tasks.fetch_claim_responses.apply(args=[items])  # retried at once when run eagerly
         assert asked == [[first, second], [second]]  # one request for both; then only what was missing
@@ -523,10 +527,6 @@ def test_the_answers_of_one_block_are_fetched_in_one_request_and_those_not_kept_
             assert local is not None
             kept = json.loads(hospital.read("ClaimResponse", local.id).content)
             assert kept["request"] == {"reference": f"Claim/{local.id}"}
-    finally:
-        context._context = None
-        loop.call_soon_threadsafe(loop.stop)
-        hospital.store.close()
 
 
 def test_an_insurer_gateway_without_the_many_claims_form_gets_each_claim_asked_on_its_own(
@@ -537,13 +537,7 @@ def test_an_insurer_gateway_without_the_many_claims_form_gets_each_claim_asked_o
     published: list[tuple[str, list[Any], str]] = []
     monkeypatch.setattr(tasks.outbox, "publish", lambda r, m, q, task, args, tid: published.append((task, args, tid)))
     older = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(404, json={})))
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-    r = redis.Redis.from_url(redis_topology.redis_url_for("HospitalOrg"))
-    context._context = context.OrgContext(
-        WorkerSettings.load(redis_topology, "HospitalOrg"), hospital, r, older, httpx.Client(), loop
-    )
-    try:
+    with hospital_worker(redis_topology, hospital, older):
         claims = [{"claimId": c, "insurer": "InsurerMSP", "provider": "HospitalMSP", "patient": "p"} for c in "ab"]
         items = [[c, f"d-{c['claimId']}"] for c in claims]
         assert tasks.fetch_claim_responses.apply(args=[items]).get() == "kept 0"
@@ -551,10 +545,6 @@ def test_an_insurer_gateway_without_the_many_claims_form_gets_each_claim_asked_o
             ("careledger.fetch_claim_response", [claims[0], "d-a"], "d-a:alone"),
             ("careledger.fetch_claim_response", [claims[1], "d-b"], "d-b:alone"),
         ]
-    finally:
-        context._context = None
-        loop.call_soon_threadsafe(loop.stop)
-        hospital.store.close()
 
 
 def test_an_insurer_answers_many_claim_responses_to_their_provider_only(
