@@ -1,7 +1,10 @@
 """Claims a provider files at about the same time go to the ledger together: one Claims:SubmitBatch transaction
 instead of one transaction per claim, while each caller still gets its own answer.
 
-A batch is sent when its window has passed since its first claim, or when it holds `max_claims`. A claim whose
+A batch is sent when its window has passed since its first claim, or when it holds `max_claims`. A batch holds the
+claims of one insurer: its endorsement needs the peers of the provider-insurer pair's private collection, so an
+insurer whose peers cannot endorse yet (just after it joined, or while its peer is down) fails its own claims only,
+never another insurer's that happened to arrive in the same window. A claim whose
 patient is in a batch still on its way waits for the next one: the contract reads and writes a duplicate index per
 patient, so two batches in flight with the same patient would have one fail on an MVCC read conflict at commit (and
 at many claims a second, a retry would meet the next batch). The contract takes
@@ -37,6 +40,10 @@ def _patient(filed: _Filed) -> str:
     return str(filed.submission.get("patient") or "")
 
 
+def _insurer(filed: _Filed) -> str:
+    return str(filed.submission.get("insurer") or "")
+
+
 class ClaimBatches:
     def __init__(self, ledger: Ledger, window_s: float = 0.02, max_claims: int = 200) -> None:
         self.ledger = ledger
@@ -61,11 +68,24 @@ class ClaimBatches:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        batch = [f for f in self._waiting if not self._in_flight[_patient(f)]][: self.max_claims]
-        if batch:
+        for batch in self._ready_batches():
             sent = {id(f) for f in batch}
             self._waiting = [f for f in self._waiting if id(f) not in sent]
             asyncio.get_running_loop().create_task(self._in_turn(batch))
+
+    def _ready_batches(self) -> list[list[_Filed]]:
+        """The waiting claims that can go now, one batch per insurer, in the order they were filed. A patient goes in
+        one batch only (the first insurer's that takes it), and not at all while a batch with it is in flight."""
+        batches: dict[str, list[_Filed]] = {}
+        taken_by: dict[str, str] = {}  # patient -> the insurer whose batch holds it in this round
+        for f in self._waiting:
+            patient, insurer = _patient(f), _insurer(f)
+            if self._in_flight[patient] or taken_by.setdefault(patient, insurer) != insurer:
+                continue
+            batch = batches.setdefault(insurer, [])
+            if len(batch) < self.max_claims:
+                batch.append(f)
+        return list(batches.values())
 
     async def _in_turn(self, batch: list[_Filed]) -> None:
         """Send the batch, its patients marked in flight until it is answered; then whatever waited for them."""

@@ -66,3 +66,34 @@ def test_a_patients_next_claim_waits_for_the_batch_in_flight_and_every_claim_is_
     assert sorted(c for b in ledger.batches for c in b) == sorted(a.result["claimId"] for a in answers)  # each once
     assert len(ledger.batches) < len(answers)  # batched, not one by one
     assert ledger.batches[1] == ["other"]  # another patient's claim did not wait behind the first wave
+
+
+class _OneInsurerDown(_Ledger):
+    """Endorsement of any transaction holding a claim for "down" fails as unavailable endorsers do (the pair's
+    collection has no peers that can endorse yet)."""
+
+    async def submit_claims(
+        self, submissions: Sequence[Mapping[str, Any]], details: Mapping[str, Any], on_prepared: OnPrepared | None
+    ) -> Committed:
+        if any(s["insurer"] == "down" for s in submissions):
+            self.batches.append([str(s["claimId"]) for s in submissions])
+            raise ConnectionError("endorse failed: no combination of peers can endorse")
+        return await super().submit_claims(submissions, details, on_prepared)
+
+
+def test_a_batch_holds_one_insurers_claims_so_an_insurer_that_cannot_endorse_fails_only_its_own() -> None:
+    async def scenario() -> list[Committed | BaseException]:
+        ledger = _OneInsurerDown()
+        ledger.gate.set()
+        batches = ClaimBatches(ledger, window_s=0.05)  # type: ignore[arg-type]
+        claims = [("a1", "p1", "up"), ("d1", "p2", "down"), ("a2", "p3", "up"), ("d2", "p4", "down")]
+        claims.append(("a3", "p2", "up"))  # p2 is in the "down" batch: this one waits for it, then goes alone
+        filed = [batches.submit({"claimId": c, "patient": p, "insurer": i}, {}) for c, p, i in claims]
+        answers = await asyncio.gather(*filed, return_exceptions=True)
+        assert ledger.batches[:2] == [["a1", "a2"], ["d1", "d2"]]
+        assert ledger.batches[2:] == [["a3"]]
+        return answers
+
+    answers = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert [isinstance(a, ConnectionError) for a in answers] == [False, True, False, True, False]
+    assert [a.result["claimId"] for a in answers if isinstance(a, Committed)] == ["a1", "a2", "a3"]
