@@ -24,9 +24,12 @@ only, which the first page's caller may read anyway. A page of own resources cos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +42,9 @@ from records.service import Records
 from records.store import Cursor, Page, Stored
 
 CLAIM_RESPONSE_WAIT_S = 5.0
+# A member's requests that may wait for a response still being kept here at once; its further ones are answered at
+# once with what is kept (a member that asks in a loop costs one store read per request, not 5 s of polling each).
+WAITS_PER_CALLER = 8
 EVERYTHING_COUNT, EVERYTHING_MAX_COUNT = 100, 1000  # own resources per $everything page: default, most
 RESEARCH_PURPOSE = "HRESCH"
 log = logging.getLogger("careledger.sharing")
@@ -103,6 +109,7 @@ class Sharing:
     def __init__(self, records: Records, federation: Federation | None) -> None:
         self.records = records
         self.federation = federation  # None: this org neither asks nor answers other members
+        self._waiting: Counter[str] = Counter()  # callers' requests waiting in `_patience`
 
     @property
     def org(self) -> str:
@@ -223,16 +230,31 @@ class Sharing:
     async def payment_for(self, payment_ref: str, caller: str) -> Stored:
         """The PaymentReconciliation of a batch payment, for the provider it paid only (waiting a little, as for a
         ClaimResponse, while this org's worker keeps it)."""
-        stored = await self._appearing("PaymentReconciliation", payment_ref)
+        stored = await self._appearing("PaymentReconciliation", payment_ref, caller)
         requestor = json.loads(stored.content).get("requestor", {}).get("identifier", {}).get("value")
         if caller != requestor:
             raise Refused(f"payment {payment_ref} is not a payment to {caller}")
         return stored
 
-    async def _appearing(self, rtype: str, rid: str) -> Stored:
-        deadline = time.monotonic() + CLAIM_RESPONSE_WAIT_S
-        while self.records.store.read(rtype, rid) is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+    @contextlib.contextmanager
+    def _patience(self, caller: str) -> Iterator[float]:
+        """Until when a caller's request may wait for what it asks to be kept here: CLAIM_RESPONSE_WAIT_S from now,
+        or not at all while the caller already has WAITS_PER_CALLER requests waiting."""
+        if self._waiting[caller] >= WAITS_PER_CALLER:
+            yield time.monotonic()
+            return
+        self._waiting[caller] += 1
+        try:
+            yield time.monotonic() + CLAIM_RESPONSE_WAIT_S
+        finally:
+            self._waiting[caller] -= 1
+            if not self._waiting[caller]:
+                del self._waiting[caller]
+
+    async def _appearing(self, rtype: str, rid: str, caller: str) -> Stored:
+        with self._patience(caller) as deadline:
+            while self.records.store.read(rtype, rid) is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
         return self.records.read(rtype, rid)
 
     async def claim_responses_for(self, claim_ids: list[str], caller: str) -> list[Stored]:
@@ -240,13 +262,13 @@ class Sharing:
         kept yet (as `claim_response_for`); those still missing, erased since, or to another provider's claims are
         left out, so the answer says nothing about claims that are not the caller's."""
         ids = [claim_response_id(c) for c in claim_ids]
-        deadline = time.monotonic() + CLAIM_RESPONSE_WAIT_S
         missing = set(ids)
-        while True:
-            missing = {i for i in missing if self.records.store.head("ClaimResponse", i) is None}
-            if not missing or time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(0.05)
+        with self._patience(caller) as deadline:
+            while True:
+                missing = {i for i in missing if self.records.store.head("ClaimResponse", i) is None}
+                if not missing or time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.05)
         found = []
         for rid in ids:
             if rid in missing:
@@ -263,7 +285,7 @@ class Sharing:
         """The ClaimResponse to a claim, for the claim's provider only. The provider asks as soon as the adjudication
         commits, while this org's worker may still be storing the response: wait for it a little here rather than
         have the provider poll."""
-        stored = await self._appearing("ClaimResponse", claim_response_id(claim_id))
+        stored = await self._appearing("ClaimResponse", claim_response_id(claim_id), caller)
         # The requestor was written from the claim on chain when the response was built.
         requestor = json.loads(stored.content).get("requestor", {}).get("identifier", {}).get("value")
         if caller != requestor:

@@ -569,6 +569,39 @@ def test_an_insurer_answers_many_claim_responses_to_their_provider_only(
     assert [json.loads(s.content)["request"]["reference"] for s in found] == [f"Claim/{'a' * 64}"]
 
 
+def test_a_member_that_asks_in_a_loop_gets_answers_at_once_beyond_its_share_of_waits(
+    insurer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from records import sharing as sharing_module
+
+    _, records, ctx = insurer
+    monkeypatch.setattr(sharing_module, "CLAIM_RESPONSE_WAIT_S", 3.0)
+    sharing = sharing_module.Sharing(records, None)
+    never = ["d" * 64]  # a claim no response will be kept for
+
+    async def scenario() -> tuple[float, float, int]:
+        waiting = [
+            asyncio.create_task(sharing.claim_responses_for(never, "HospitalMSP"))
+            for _ in range(sharing_module.WAITS_PER_CALLER)
+        ]
+        await asyncio.sleep(0.1)
+        t0 = time.monotonic()
+        assert await sharing.claim_responses_for(never, "HospitalMSP") == []  # one more: answered with what is kept
+        beyond = time.monotonic() - t0
+        other = asyncio.create_task(sharing.claim_responses_for(never, "ClinicMSP"))  # another member still waits
+        await asyncio.sleep(0.3)
+        other_waits = not other.done()
+        for task in [*waiting, other]:
+            task.cancel()
+        await asyncio.gather(*waiting, other, return_exceptions=True)
+        return beyond, float(other_waits), len(sharing._waiting)
+
+    beyond, other_waits, left = ctx.run(scenario())
+    assert beyond < 0.5
+    assert other_waits
+    assert left == 0  # every wait gave its place back, cancelled ones included
+
+
 @pytest.mark.parametrize(
     ("status", "body", "expected"),
     [
