@@ -232,7 +232,7 @@ class Records:
 
     async def _earlier(self, request: str) -> list[Written] | None:
         """The result of the same request sent before and not answered for sure: settled now, or still pending."""
-        remembered = self.pending.remembered(request)
+        remembered = await in_thread(self.pending.remembered, request)  # a file read: off the event loop
         if remembered is None:
             return None
         if remembered.asked_otherwise(request):
