@@ -151,6 +151,11 @@ class Ledger:
     async def decide_preauth(self, claim_id: str, decision: Mapping[str, Any]) -> Committed:
         return await self.submit(CLAIMS, "Claims:DecidePreauth", claim_id, json.dumps(decision))
 
+    async def decide_preauth_batch(self, decisions: Mapping[str, Mapping[str, Any]]) -> Committed:
+        """Many prior-authorisation decisions in one transaction; each request's result says whether its decision
+        was recorded or why not."""
+        return await self.submit(CLAIMS, "Claims:DecidePreauthBatch", transient={"decisions": decisions})
+
     async def appeal_preauth(self, claim_id: str, documentation_digest: str) -> Committed:
         """The provider's one appeal of a denied prior authorisation, with the keyed digest of its documentation."""
         return await self.submit(CLAIMS, "Claims:AppealPreauth", claim_id, documentation_digest)

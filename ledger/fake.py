@@ -705,6 +705,60 @@ def _adjudicate_batch(call: Call) -> Json:
     return payload
 
 
+def _preauth_decided(call: Call, claim: Json, d: Json) -> Json:
+    """A prior-authorisation request with the insurer's decision, refused as the contract refuses it."""
+    cid, decisions = claim["claimId"], list(claim.get("decisions") or [])
+    if claim["insurer"] != call.msp:
+        raise LedgerForbidden(f"claim {cid} is addressed to {claim['insurer']}")
+    if d.get("decision") not in ("approved", "denied", "pended") or (d["decision"] == "denied" and not d.get("reason")):
+        raise LedgerInvalid(f"decision {d.get('decision')!r} is not a decision with its reason")
+    if claim.get("use") != "preauthorization":
+        raise LedgerConflict(f"claim {cid} is not a prior authorisation request; adjudicate it")
+    if claim["status"] not in ("submitted", "pended", "appealed"):
+        raise LedgerConflict(f"prior authorisation {cid} is {claim['status']}; there is nothing to decide")
+    if "decisionsSeen" in d and d["decisionsSeen"] != len(decisions):
+        raise LedgerConflict(f"prior authorisation {cid} has had {len(decisions)} decisions")
+    made = {"decision": d["decision"], "reason": d.get("reason", ""), "at": call.now, "txId": call.tx_id}
+    out = {**claim, "decisions": [*decisions, made]}
+    if d["decision"] == "pended":
+        return {**out, "status": "pended"}
+    denied = d["decision"] == "denied"
+    return {
+        **out,
+        "status": "decided",
+        "outcome": d["decision"],
+        "preAuthRef": d.get("preAuthRef", ""),
+        "denialReason": d["reason"] if denied else "",
+        "approvedCents": 0 if denied else claim["totalCents"],
+        "decidedAt": call.now,
+    }
+
+
+def _decide_preauth(call: Call) -> Json:
+    _must_be(call, "insurer", "Claims.DecidePreauth")
+    return _save(call, _preauth_decided(call, _claim(call), json.loads(call.args[1])), "Claims.PreauthDecided")
+
+
+def _decide_preauth_batch(call: Call) -> Json:
+    _must_be(call, "insurer", "Claims.DecidePreauthBatch")
+    decisions = call.transient_json("decisions")
+    results: list[Json] = []
+    claims: list[Json] = []
+    for claim_id in sorted(decisions):
+        try:
+            claim = {**_preauth_decided(call, _claim(call, claim_id), decisions[claim_id]), "txId": call.tx_id}
+        except LedgerRefused as e:
+            results.append({"claimId": claim_id, "status": "refused", "code": e.code, "message": e.message})
+            continue
+        call.put(f"claim/{claim_id}", claim)
+        results.append({"claimId": claim_id, "status": claim["status"], "code": "", "message": "", "claim": claim})
+        claims.append(claim)
+    payload = {"insurer": call.msp, "txId": call.tx_id, "results": results, "claims": claims}
+    if claims:
+        call.emit("Claims.PreauthDecidedBatch", payload)
+    return payload
+
+
 def _pay_batch(call: Call) -> Json:
     _must_be(call, "insurer", "Claims.PayBatch")
     provider, ref, claim_ids = call.args[0], call.args[1], json.loads(call.args[2])
@@ -755,4 +809,6 @@ _CLAIMS: dict[str, Handler] = {
     "Claims:AdjudicationOf": _adjudication,
     "Claims:Pay": _pay,
     "Claims:Cancel": _cancel,
+    "Claims:DecidePreauth": _decide_preauth,
+    "Claims:DecidePreauthBatch": _decide_preauth_batch,
 }

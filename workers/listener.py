@@ -49,7 +49,7 @@ class CheckpointMoved(Exception):
 # What the listener rides out: the peer's event stream breaking, and Redis (checkpoints, outbox, the broker) going away.
 RECOVERABLE = (FabricError, redis.RedisError, OperationalError, CheckpointMoved)
 BACKOFF_S = (0.5, 10.0)  # first and longest wait before reconnecting
-MAX_BATCH_CLAIMS = 500  # decisions the contract takes in one Claims:AdjudicateBatch
+MAX_BATCH_CLAIMS = 500  # decisions the contract takes in one Claims:AdjudicateBatch or DecidePreauthBatch
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,15 @@ class Dispatch:
     task_id: str
 
 
-BATCHES = {"Claims.SubmittedBatch": "Claims.Submitted", "Claims.AdjudicatedBatch": "Claims.Adjudicated"}
+BATCHES = {
+    "Claims.SubmittedBatch": "Claims.Submitted",
+    "Claims.AdjudicatedBatch": "Claims.Adjudicated",
+    "Claims.PreauthDecidedBatch": "Claims.PreauthDecided",
+}
+
+
+def _preauth(claim: dict[str, Any]) -> bool:
+    return claim.get("use") == "preauthorization"
 
 
 def batch_tasks_for(msp: str, event: str, tx_id: str, payload: dict[str, Any]) -> list[Dispatch]:
@@ -67,7 +75,7 @@ def batch_tasks_for(msp: str, event: str, tx_id: str, payload: dict[str, Any]) -
     a provider fetches the remittance of a batch payment to it."""
     key = f"{msp}:{tx_id}:{event}"
     if event == "Claims.SubmittedBatch":
-        ours = [c for c in payload.get("claims") or [] if c.get("insurer") == msp]
+        ours = [c for c in payload.get("claims") or [] if c.get("insurer") == msp and not _preauth(c)]
         return [Dispatch("careledger.adjudicate_batch", [ours], f"{key}:adjudicate")] if ours else []
     if event == "Claims.PaidBatch" and payload.get("provider") == msp:
         return [Dispatch("careledger.fetch_payment", [payload, f"{key}:notify"], f"{key}:fetch")]
@@ -75,12 +83,15 @@ def batch_tasks_for(msp: str, event: str, tx_id: str, payload: dict[str, Any]) -
 
 
 def claim_events(event: str, payload: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """One (event, claim) per claim: a batch event stands for the single event of each claim it lists (a batch
-    payment is handled as a whole: batch_tasks_for)."""
+    """One (event, claim) per claim: a batch event stands for the single event of each claim it lists (a prior
+    authorisation request submitted in a batch: Claims.PreauthSubmitted; a batch payment is handled as a whole:
+    batch_tasks_for)."""
     if event == "Claims.PaidBatch":
         return []
     if event in BATCHES:
-        return [(BATCHES[event], {**claim, "inBatch": True}) for claim in payload.get("claims") or []]
+        requested = "Claims.PreauthSubmitted" if event == "Claims.SubmittedBatch" else BATCHES[event]
+        claims = payload.get("claims") or []
+        return [(requested if _preauth(c) else BATCHES[event], {**c, "inBatch": True}) for c in claims]
     return [(event, payload)]
 
 
@@ -102,7 +113,7 @@ def tasks_for(msp: str, event: str, tx_id: str, claim: dict[str, Any]) -> list[D
         out.append(Dispatch("careledger.decide_preauth", [claim], f"{key}:decide"))
         out.append(Dispatch("careledger.notify", [event, claim, f"{key}:notify"], f"{key}:notify"))
     elif event == "Claims.PreauthDecided":
-        if insurer:  # a decision a person recorded through the gateway: keep its ClaimResponse
+        if insurer and not claim.get("inBatch"):  # a person's decision (a batch's are kept by the worker that made it)
             out.append(Dispatch("careledger.keep_preauth", [claim], f"{key}:keep"))
         if provider:
             out.append(Dispatch("careledger.fetch_claim_response", [claim, f"{key}:notify"], f"{key}:fetch"))
@@ -123,25 +134,32 @@ def dispatches(msp: str, event: str, tx_id: str, block: int, payload: bytes) -> 
     return out
 
 
-ADJUDICATIONS = ("careledger.adjudicate", "careledger.adjudicate_batch")
+# Decisions of which one block's many (of one provider) become one task, so one transaction: adjudications and
+# prior-authorisation decisions; each kind's batch task.
+DECISIONS = {
+    "careledger.adjudicate": "careledger.adjudicate_batch",
+    "careledger.adjudicate_batch": "careledger.adjudicate_batch",
+    "careledger.decide_preauth": "careledger.decide_preauth_batch",
+}
 
 
 def block_dispatches(msp: str, events: Sequence[ChaincodeEvent]) -> list[Dispatch]:
     """Every task one block's claim events mean for the org. The claims of one provider submitted in the block, in
     however many transactions, are adjudicated together: one task, so one Claims:AdjudicateBatch transaction (one
-    provider per batch, so that one provider's peer being down holds up only its own claims)."""
+    provider per batch, so that one provider's peer being down holds up only its own claims); its prior
+    authorisation requests likewise, in one Claims:DecidePreauthBatch."""
     out: list[Dispatch] = []
-    adjudications: dict[str, list[Dispatch]] = {}
+    decisions: dict[tuple[str, str], list[Dispatch]] = {}
     for event in events:
         if not event.name.startswith("Claims."):
             continue
         for d in dispatches(msp, event.name, event.tx_id, event.block_number, event.payload):
-            if d.task in ADJUDICATIONS:
-                adjudications.setdefault(_claims_of(d)[0]["provider"], []).append(d)
+            if d.task in DECISIONS:
+                decisions.setdefault((DECISIONS[d.task], _claims_of(d)[0]["provider"]), []).append(d)
             else:
                 out.append(d)
     decide: list[Dispatch] = []
-    for provider, found in adjudications.items():
+    for (task, provider), found in decisions.items():
         claims = [c for d in found for c in _claims_of(d)]
         if len(found) == 1:
             decide.append(found[0])  # as the event alone means it (and with the same task id)
@@ -149,7 +167,7 @@ def block_dispatches(msp: str, events: Sequence[ChaincodeEvent]) -> list[Dispatc
         for n, start in enumerate(range(0, len(claims), MAX_BATCH_CLAIMS)):
             # A replay of the block (a restart before its checkpoint moved) gives the same ids.
             task_id = f"{found[0].task_id}:block-{events[0].block_number}:{provider}:{n}"
-            decide.append(Dispatch("careledger.adjudicate_batch", [claims[start : start + MAX_BATCH_CLAIMS]], task_id))
+            decide.append(Dispatch(task, [claims[start : start + MAX_BATCH_CLAIMS]], task_id))
     return decide + _merged(out, events[0].block_number if events else 0)
 
 
@@ -186,7 +204,7 @@ def _merged(dispatches: list[Dispatch], block: int) -> list[Dispatch]:
 
 
 def _claims_of(d: Dispatch) -> list[dict[str, Any]]:
-    return list(d.args[0]) if d.task == "careledger.adjudicate_batch" else [d.args[0]]
+    return list(d.args[0]) if d.task.endswith("_batch") else [d.args[0]]
 
 
 def listen(settings: WorkerSettings, stop: threading.Event | None = None) -> None:

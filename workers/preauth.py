@@ -3,6 +3,11 @@
 (Claims:DecidePreauth, no PHI) with the time it was due (72 hours expedited, 7 calendar days standard), and the
 ClaimResponse is built from what the chain recorded. A pended request is decided later by a person through the
 insurer's gateway (`ClaimResponse/{id}/$decide`), which records the same way.
+
+Requests that arrive together (one block) are decided together: their lines read in one Claims:LinesBatch, their
+decisions recorded in one Claims:DecidePreauthBatch. Each decision names how many decisions the request had when it
+was made (`decisionsSeen`), so a rerun of the task (a redelivery, a replayed block) after the chain has moved on is
+refused for that request and answered as the chain has it, never recorded twice.
 """
 
 from __future__ import annotations
@@ -10,10 +15,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ledger.errors import LedgerConflict
+from ledger.errors import LedgerConflict, refused
 from records.fhir_claim import preauth_ref
 from workers import claim_response, rules
-from workers.adjudication import caught_up, coverages_of, keep, load_lines, member_locks
+from workers.adjudication import caught_up, coverages_of, keep, load_lines, load_lines_batch, member_locks
 from workers.context import OrgContext
 
 log = logging.getLogger("careledger.workers")
@@ -21,9 +26,14 @@ log = logging.getLogger("careledger.workers")
 UNDECIDED = {"submitted", "appealed"}
 
 
-def decision_body(ctx: OrgContext, claim_id: str, decision: str, reason: str = "") -> dict[str, Any]:
+def decision_body(
+    ctx: OrgContext, claim_id: str, decision: str, reason: str = "", seen: int | None = None
+) -> dict[str, Any]:
+    """The decision as the contract takes it; `seen`: record it only if the request still has that many decisions."""
     assert ctx.settings.rules is not None
     body: dict[str, Any] = {"decision": decision, "reason": reason, "retentionSeconds": 0}
+    if seen is not None:
+        body["decisionsSeen"] = seen
     if decision == "approved":
         body["preAuthRef"] = preauth_ref(claim_id)
     if decision != "pended":
@@ -53,9 +63,56 @@ def decide(ctx: OrgContext, claim: dict[str, Any]) -> str:
         return answer(ctx, on_chain)
 
 
-def answer(ctx: OrgContext, on_chain: dict[str, Any]) -> str:
-    """Keep the ClaimResponse to a request as the chain has it now."""
-    keep(ctx, claim_response.preauth(on_chain), on_chain["patient"])
+def decide_batch(ctx: OrgContext, claims: list[dict[str, Any]]) -> dict[str, str]:
+    """Decide requests that arrived together (new or appealed, as their events showed them) and record every
+    decision in ONE transaction; returns each request's state (or why it was not decided here)."""
+    assert ctx.settings.rules is not None
+    if not claims:
+        return {}
+    caught_up(ctx, claims[0])
+    states: dict[str, str] = {}
+    with member_locks(ctx, {c["patient"] for c in claims}):
+        bodies: dict[str, dict[str, Any]] = {}
+        for claim, loaded in zip(claims, load_lines_batch(ctx, claims), strict=True):
+            if isinstance(loaded, str):
+                states[claim["claimId"]] = loaded
+                continue
+            coverages = coverages_of(ctx, claim["patient"])
+            verdict = rules.decide_preauth(ctx.settings.rules, claim, loaded.lines, coverages)
+            seen = len(claim.get("decisions") or [])
+            bodies[claim["claimId"]] = decision_body(ctx, claim["claimId"], verdict.decision, verdict.reason, seen)
+        if not bodies:
+            return states
+        result = ctx.run(ctx.ledger.decide_preauth_batch(bodies)).result
+        keeping: list[tuple[dict[str, Any], str]] = []
+        try:
+            for r in result["results"]:
+                states[r["claimId"]] = answer(ctx, _recorded(ctx, r), keeping)
+        finally:  # the answers made so far are kept even when a later one has to be tried again
+            ctx.run(ctx.records.keep_many(keeping))
+    return states
+
+
+def _recorded(ctx: OrgContext, result: dict[str, Any]) -> dict[str, Any]:
+    """The request as the chain has it after the batch: as recorded, or, when the contract refused the decision
+    because the request was decided meanwhile (a rerun, a person), as the chain has it now. Any other refusal is a
+    decision this worker should not have made, raised as it is (the task fails, loudly)."""
+    if result["status"] != "refused":
+        return dict(result["claim"])
+    if result["code"] != "CONFLICT":
+        raise refused(result["code"], result["message"])
+    log.info("prior authorisation decided meanwhile", extra={"claim": result["claimId"]})
+    return ctx.run(ctx.ledger.claim(result["claimId"]))
+
+
+def answer(ctx: OrgContext, on_chain: dict[str, Any], keeping: list[tuple[dict[str, Any], str]] | None = None) -> str:
+    """Keep the ClaimResponse to a request as the chain has it now (`keeping`: add it there, for the caller to keep
+    with the others of its batch)."""
+    response = claim_response.preauth(on_chain)
+    if keeping is not None:
+        keeping.append((response, on_chain["patient"]))
+    else:
+        keep(ctx, response, on_chain["patient"])
     state = str(on_chain.get("outcome") or on_chain["status"])
     log.info("prior authorisation", extra={"claim": on_chain["claimId"], "state": state})
     return state

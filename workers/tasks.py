@@ -99,6 +99,19 @@ def decide_preauth(self: Any, claim: dict[str, Any]) -> str:
         raise self.retry(countdown=min(0.1 * 2**self.request.retries, 0.5), max_retries=240) from None
 
 
+@app.task(bind=True, name="careledger.decide_preauth_batch", max_retries=8, **RETRY)
+def decide_preauth_batch(self: Any, claims: list[dict[str, Any]]) -> dict[str, str]:
+    """Decide the prior-authorisation requests of one block and record the decisions in one transaction."""
+    ctx = current()
+    ours = [c for c in claims if c["insurer"] == ctx.settings.org.msp_id]
+    if ctx.settings.rules is None or not ours:
+        return {}
+    try:
+        return preauth.decide_batch(ctx, ours)
+    except NotYetAvailable:
+        raise self.retry(countdown=min(0.1 * 2**self.request.retries, 0.5), max_retries=240) from None
+
+
 @app.task(bind=True, name="careledger.keep_preauth", max_retries=8, **RETRY)
 def keep_preauth(self: Any, claim: dict[str, Any]) -> str:
     """Keep the ClaimResponse to a request a person decided (the decision is on chain already)."""

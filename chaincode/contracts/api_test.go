@@ -175,6 +175,12 @@ func TestContractAPIClaims(t *testing.T) {
 		{who: insurer, fn: "Claims:DecidePreauth", args: []string{ref("pa-1"), js(t, deny)}, want: `"denialReason":"N386"`},
 		{who: hospital, fn: "Claims:AppealPreauth", args: []string{ref("pa-1"), digest2}, want: `"status":"appealed"`},
 		{who: insurer, fn: "Claims:DecidePreauth", args: []string{ref("pa-1"), js(t, approve)}, want: `"onAppeal":true`},
+		{who: hospital, fn: "Claims:SubmitBatch", args: []string{js(t, []ClaimSubmission{preauth("pa-2", "standard"), preauth("pa-3", "standard")})},
+			transient: map[string]any{"claims": map[string]ClaimDetail{ref("pa-2"): detail("pa-2"), ref("pa-3"): detail("pa-3")}},
+			want:      `"use":"preauthorization"`},
+		{who: insurer, fn: "Claims:DecidePreauthBatch", transient: map[string]any{"decisions": map[string]PreauthDecisionInput{
+			ref("pa-2"): seen(0, approve), ref("pa-3"): seen(1, pend),
+		}}, want: `"status":"decided"`},
 		{who: insurer, fn: "Claims:PreauthsByPeriod", args: []string{"InsurerMSP", "2026-03-01T00:00:00Z", "2026-04-01T00:00:00Z", "10", ""}, want: `"preAuthRef":"PA-1"`},
 		{who: insurer, fn: "Claims:DueForPurge", args: []string{"2027-01-01T00:00:00Z", "10", ""}, want: `"claims":[{`},
 		{who: hospital, fn: "Claims:Lines", args: []string{ref("c-1")}, want: `"code":"99213"`},

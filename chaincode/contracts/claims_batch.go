@@ -10,8 +10,8 @@ import (
 
 // Claims at payer scale: many claims in one transaction. Fabric keeps one event per transaction, so each batch
 // emits one batch event listing every claim it changed; listeners handle both the per-claim events
-// (Claims.Submitted, Claims.Adjudicated, Claims.Paid) and the batch ones (Claims.SubmittedBatch,
-// Claims.AdjudicatedBatch, Claims.PaidBatch).
+// (Claims.Submitted, Claims.PreauthSubmitted, Claims.Adjudicated, Claims.PreauthDecided, Claims.Paid) and the batch
+// ones (Claims.SubmittedBatch, Claims.AdjudicatedBatch, Claims.PreauthDecidedBatch, Claims.PaidBatch).
 
 const (
 	maxBatchClaims    = 500
@@ -31,7 +31,7 @@ type SubmittedBatch struct {
 // refusal of a single call would say).
 type ClaimResult struct {
 	ClaimID string `json:"claimId"`
-	Status  string `json:"status"` // adjudicated | refused
+	Status  string `json:"status"` // adjudicated (AdjudicateBatch) | decided or pended (DecidePreauthBatch) | refused
 	Code    string `json:"code"`
 	Message string `json:"message"`
 	Claim   *Claim `json:"claim,omitempty" metadata:",optional"` // absent when refused
@@ -84,7 +84,9 @@ type Payment struct {
 // SubmitBatch files many claims of the caller's (provider) org in one transaction: the public summaries as a JSON
 // array, each claim's lines in the transient map "claims" (claimId -> the detail Submit takes as "claim"). All or
 // nothing: one invalid or duplicate claim refuses the whole batch (the gateway validates before it submits), and the
-// refusal names the claim. Prior authorisation requests are submitted one at a time with Submit.
+// refusal names the claim. Prior authorisation requests go in a batch like claims (with their priority and due time;
+// never deduplicated); the batch event lists them with their use, and the insurer decides them (DecidePreauth,
+// DecidePreauthBatch) instead of adjudicating them.
 func (c *Claims) SubmitBatch(ctx contractapi.TransactionContextInterface, submissionsJSON string) (*SubmittedBatch, error) {
 	caller, err := writerOfKind(ctx, c.cfg, KindProvider, "Claims.SubmitBatch")
 	if err != nil {
@@ -109,9 +111,6 @@ func (c *Claims) SubmitBatch(ctx contractapi.TransactionContextInterface, submis
 		return nil, err
 	}
 	for i, s := range subs {
-		if s.Use == UsePreauth {
-			return nil, invalid("submissions[%d]: submit a prior authorisation request on its own, with Submit", i)
-		}
 		d, ok := details[s.ClaimID]
 		if !ok {
 			return nil, invalid("submissions[%d]: transient claims has no detail for claim %s", i, s.ClaimID)

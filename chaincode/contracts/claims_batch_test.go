@@ -20,6 +20,15 @@ func submitBatch(t *testing.T, w *world, a actor, subs []ClaimSubmission, detail
 	})
 }
 
+// details gives each submission its lines.
+func details(subs []ClaimSubmission) map[string]ClaimDetail {
+	out := map[string]ClaimDetail{}
+	for _, s := range subs {
+		out[s.ClaimID] = detail(s.ClaimID)
+	}
+	return out
+}
+
 func adjudicateBatch(t *testing.T, w *world, a actor, decisions map[string]AdjudicationInput) (*AdjudicatedBatch, error) {
 	t.Helper()
 	c := newClaims(testConfig)
@@ -78,15 +87,6 @@ func TestClaimsSubmitBatch(t *testing.T) {
 	ofB := dated("b-4", 1)
 	ofB.Patient = patientB
 	good := []ClaimSubmission{dated("b-1", 1), dated("b-2", 2), toInsurer2, ofB}
-	details := func(subs []ClaimSubmission) map[string]ClaimDetail {
-		out := map[string]ClaimDetail{}
-		for _, s := range subs {
-			d := detail(s.ClaimID)
-			out[s.ClaimID] = d
-		}
-		return out
-	}
-
 	w := newWorld("claims")
 	out, err := submitBatch(t, w, hospital, good, details(good))
 	mustOK(t, err)
@@ -155,11 +155,6 @@ func TestClaimsSubmitBatch(t *testing.T) {
 			return map[string]ClaimDetail{ref("x-1"): detail("x-1"), ref("x-3"): detail("x-3")}
 		}, CodeInvalid, "2 details for 1 claims"},
 		{"one invalid claim", hospital, []ClaimSubmission{dated("x-1", 5), func() ClaimSubmission { s := dated("x-2", 6); s.Currency = "usd"; return s }()}, details, CodeInvalid, "submissions[1]: currency"},
-		{"a prior authorisation in a batch", hospital, []ClaimSubmission{func() ClaimSubmission {
-			s := dated("x-1", 5)
-			s.Use, s.Priority = UsePreauth, "standard"
-			return s
-		}()}, details, CodeInvalid, "on its own"},
 		{"an empty batch", hospital, []ClaimSubmission{}, details, CodeInvalid, "1 to 500 claims"},
 		{"insurer submits a batch", client(t, "InsurerMSP"), []ClaimSubmission{dated("x-1", 5)}, details, CodeForbidden, "only provider orgs"},
 		{"peer identity submits a batch", peerOf(t, "HospitalMSP"), []ClaimSubmission{dated("x-1", 5)}, details, CodeForbidden, "may not submit"},

@@ -2,6 +2,7 @@ package contracts
 
 import (
 	"encoding/json"
+	"sort"
 	"time"
 
 	"github.com/hyperledger/fabric-contract-api-go/v2/contractapi"
@@ -24,6 +25,7 @@ var preauthWindows = map[string]time.Duration{
 const (
 	preauthIndex       = "preauth/" // plain key preauth/<insurer>/<submittedAt>/<claimId> -> claimId
 	maxPreauthDecision = 20
+	transientPreauth   = "decisions" // DecidePreauthBatch: claimId -> PreauthDecisionInput
 )
 
 // Prior authorisation decisions.
@@ -55,6 +57,18 @@ type PreauthDecisionInput struct {
 	Reason           string `json:"reason"`
 	PreAuthRef       string `json:"preAuthRef"`
 	RetentionSeconds int64  `json:"retentionSeconds"` // approvals and denials: how long the lines are kept
+	// The number of decisions the request had when this one was made: when given, the decision is recorded only if
+	// the request still has that many (CONFLICT otherwise), so a decision task run again after the request moved
+	// on (pended by its first run, decided by a person) records nothing twice.
+	DecisionsSeen *int `json:"decisionsSeen,omitempty" metadata:",optional"`
+}
+
+// PreauthDecidedBatch answers DecidePreauthBatch and is the payload of Claims.PreauthDecidedBatch.
+type PreauthDecidedBatch struct {
+	Insurer string        `json:"insurer"`
+	TxID    string        `json:"txId"`
+	Results []ClaimResult `json:"results"` // one per request asked, in claim id order
+	Claims  []Claim       `json:"claims"`  // the requests decided, in claim id order
 }
 
 // ClaimPage is one page of claims.
@@ -96,7 +110,7 @@ func (in PreauthDecisionInput) validate() error {
 // authorisation number), denied (with a reason code) or pended (decided later). A submitted, pended or appealed
 // request can be decided; a decided one cannot (CONFLICT), so a retried decision task treats CONFLICT as done.
 func (c *Claims) DecidePreauth(ctx contractapi.TransactionContextInterface, claimID, decisionJSON string) (*Claim, error) {
-	cl, k, err := c.partyClaim(ctx, claimID, KindInsurer, "Claims.DecidePreauth")
+	caller, err := writerOfKind(ctx, c.cfg, KindInsurer, "Claims.DecidePreauth")
 	if err != nil {
 		return nil, err
 	}
@@ -104,8 +118,105 @@ func (c *Claims) DecidePreauth(ctx contractapi.TransactionContextInterface, clai
 	if err := decode("decision", decisionJSON, &in); err != nil {
 		return nil, err
 	}
+	now, err := txTime(ctx)
+	if err != nil {
+		return nil, err
+	}
+	d, err := c.preparePreauthDecision(ctx, caller, claimID, in, now)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.applyPreauthDecision(ctx, d); err != nil {
+		return nil, err
+	}
+	return d.claim, emit(ctx, "Claims.PreauthDecided", d.claim)
+}
+
+// DecidePreauthBatch records the caller's (insurer) decisions on many prior authorisation requests in one
+// transaction, from the transient map "decisions" (claimId -> the decision DecidePreauth takes as decisionJSON).
+// Each request is decided on its own, with exactly DecidePreauth's checks: one that cannot be decided (not addressed
+// to the caller, not a request, decided already, decided since the decision was made, an invalid decision) is
+// reported in its result and skipped, and the others are recorded. The call itself is refused only for the caller,
+// a malformed map, or more than 500 decisions. Claims.PreauthDecidedBatch lists the requests decided; when none was,
+// nothing is written and no event is emitted.
+func (c *Claims) DecidePreauthBatch(ctx contractapi.TransactionContextInterface) (*PreauthDecidedBatch, error) {
+	caller, err := writerOfKind(ctx, c.cfg, KindInsurer, "Claims.DecidePreauthBatch")
+	if err != nil {
+		return nil, err
+	}
+	var decisions map[string]PreauthDecisionInput
+	if err := transient(ctx, transientPreauth, &decisions); err != nil {
+		return nil, err
+	}
+	if len(decisions) == 0 || len(decisions) > maxBatchClaims {
+		return nil, invalid("a batch holds 1 to %d decisions, not %d", maxBatchClaims, len(decisions))
+	}
+	now, err := txTime(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, 0, len(decisions))
+	for id := range decisions {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids) // map order is random; endorsers must agree
+	out := &PreauthDecidedBatch{Insurer: caller.MSP, TxID: ctx.GetStub().GetTxID(), Results: []ClaimResult{}, Claims: []Claim{}}
+	var ready []*preauthDecision
+	for _, id := range ids {
+		d, err := c.preparePreauthDecision(ctx, caller, id, decisions[id], now)
+		if r, refusedHere := refusal(id, err); refusedHere {
+			out.Results = append(out.Results, r)
+			continue
+		} else if err != nil {
+			return nil, err
+		}
+		ready = append(ready, d)
+		out.Results = append(out.Results, ClaimResult{ClaimID: id, Claim: d.claim})
+	}
+	if len(ready) == 0 {
+		return out, nil
+	}
+	err = batched(ctx, func() error {
+		for _, d := range ready {
+			if err := c.applyPreauthDecision(ctx, d); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for i := range out.Results {
+		if r := &out.Results[i]; r.Claim != nil {
+			r.Status = r.Claim.Status
+		}
+	}
+	for _, d := range ready {
+		out.Claims = append(out.Claims, *d.claim)
+	}
+	return out, emit(ctx, "Claims.PreauthDecidedBatch", out)
+}
+
+// preauthDecision is one decision checked against its request, ready to apply.
+type preauthDecision struct {
+	claim *Claim
+	key   string
+	in    PreauthDecisionInput
+	now   time.Time
+}
+
+// preparePreauthDecision checks a decision and its request; it writes nothing.
+func (c *Claims) preparePreauthDecision(ctx contractapi.TransactionContextInterface, caller Caller, claimID string, in PreauthDecisionInput, now time.Time) (*preauthDecision, error) {
 	if err := in.validate(); err != nil {
 		return nil, err
+	}
+	cl, k, err := c.load(ctx, claimID)
+	if err != nil {
+		return nil, err
+	}
+	if cl.Insurer != caller.MSP {
+		return nil, forbidden("claim %s is addressed to %s", claimID, cl.Insurer)
 	}
 	if !cl.preauth() {
 		return nil, conflict("claim %s is not a prior authorisation request; adjudicate it", claimID)
@@ -113,13 +224,19 @@ func (c *Claims) DecidePreauth(ctx contractapi.TransactionContextInterface, clai
 	if cl.Status != StatusSubmitted && cl.Status != StatusPended && cl.Status != StatusAppealed {
 		return nil, conflict("prior authorisation %s is %s; there is nothing to decide", claimID, cl.Status)
 	}
+	if in.DecisionsSeen != nil && *in.DecisionsSeen != len(cl.Decisions) {
+		return nil, conflict("prior authorisation %s has had %d decisions, not the %d this decision was made on", claimID, len(cl.Decisions), *in.DecisionsSeen)
+	}
 	if len(cl.Decisions) >= maxPreauthDecision {
 		return nil, conflict("prior authorisation %s has had %d decisions; decide it finally", claimID, len(cl.Decisions))
 	}
-	now, err := txTime(ctx)
-	if err != nil {
-		return nil, err
-	}
+	return &preauthDecision{claim: cl, key: k, in: in, now: now}, nil
+}
+
+// applyPreauthDecision records a checked decision on its request: the decision appended, the status and outcome
+// set, the lines' retention for a final decision; it emits nothing (the caller's transaction does, once).
+func (c *Claims) applyPreauthDecision(ctx contractapi.TransactionContextInterface, d *preauthDecision) error {
+	cl, in, now := d.claim, d.in, d.now
 	due, _ := time.Parse(time.RFC3339Nano, cl.DueAt)
 	onAppeal := cl.AppealedAt != ""
 	cl.Decisions = append(cl.Decisions, PreauthDecision{
@@ -128,7 +245,7 @@ func (c *Claims) DecidePreauth(ctx contractapi.TransactionContextInterface, clai
 	})
 	if in.Decision == DecisionPended {
 		cl.Status = StatusPended
-		return cl, c.save(ctx, k, cl, "Claims.PreauthDecided")
+		return c.store(ctx, d.key, cl)
 	}
 	cl.Status, cl.Outcome, cl.PreAuthRef, cl.DenialReason, cl.ApprovedCents = StatusDecided, in.Decision, in.PreAuthRef, "", cl.TotalCents
 	if in.Decision == DecisionDenied {
@@ -140,9 +257,9 @@ func (c *Claims) DecidePreauth(ctx contractapi.TransactionContextInterface, clai
 		cl.DecidedAt = timeText(now)
 	}
 	if err := c.setPurgeAfter(ctx, cl, now.Add(time.Duration(in.RetentionSeconds)*time.Second)); err != nil {
-		return nil, err
+		return err
 	}
-	return cl, c.save(ctx, k, cl, "Claims.PreauthDecided")
+	return c.store(ctx, d.key, cl)
 }
 
 // AppealPreauth is the provider's one appeal of a denied prior authorisation request, with the digest of the

@@ -2,6 +2,7 @@ package contracts
 
 import (
 	"encoding/json"
+	"fmt"
 	"sort"
 	"strings"
 	"testing"
@@ -322,5 +323,192 @@ func TestPreauthMetricsFromTheChain(t *testing.T) {
 	raw, _ := json.Marshal(all[0])
 	if !strings.Contains(string(raw), `"decisions":[`) {
 		t.Fatalf("a decided request's JSON %s", raw)
+	}
+}
+
+func decideBatch(t *testing.T, w *world, a actor, decisions map[string]PreauthDecisionInput) (*PreauthDecidedBatch, error) {
+	t.Helper()
+	c := newClaims(testConfig)
+	tm := map[string][]byte{transientPreauth: []byte(mustJSON(t, decisions))}
+	return call(w, a, c, tm, func(ctx contractapi.TransactionContextInterface) (*PreauthDecidedBatch, error) {
+		return c.DecidePreauthBatch(ctx)
+	})
+}
+
+func seen(n int, in PreauthDecisionInput) PreauthDecisionInput {
+	in.DecisionsSeen = &n
+	return in
+}
+
+func TestPreauthRequestsInABatch(t *testing.T) {
+	hospital := client(t, "HospitalMSP")
+	w := newWorld("claims")
+	// A claim and requests filed together: each request gets its due time and its index entry; the same service
+	// asked twice is not a duplicate, whereas a claim billed twice is.
+	subs := []ClaimSubmission{preauth("pb-1", "expedited"), preauth("pb-2", "standard"), preauth("pb-3", "standard"),
+		submission("cb-1"), submission("cb-2")}
+	_, err := submitBatch(t, w, hospital, subs, details(subs))
+	mustOK(t, err)
+	ev := lastEvent(t, w)
+	var batch SubmittedBatch
+	mustOK(t, json.Unmarshal(ev.Payload, &batch))
+	if ev.Name != "Claims.SubmittedBatch" || len(batch.Claims) != 5 || batch.Claims[0].Use != UsePreauth {
+		t.Fatalf("event %s %s", ev.Name, ev.Payload)
+	}
+	for _, tc := range []struct {
+		name string
+		due  time.Duration
+	}{{"pb-1", 72 * time.Hour}, {"pb-2", 7 * 24 * time.Hour}, {"pb-3", 7 * 24 * time.Hour}} {
+		if cl := getClaim(t, w, tc.name); cl.Use != UsePreauth || cl.DueAt != timeText(w.now.Add(tc.due)) {
+			t.Errorf("%s: %+v", tc.name, cl)
+		}
+		if d := privateDetail(t, w, tc.name); d.DuplicateOf != "" {
+			t.Errorf("%s is not a duplicate: %+v", tc.name, d)
+		}
+	}
+	if d := privateDetail(t, w, "cb-2"); d.DuplicateOf != ref("cb-1") {
+		t.Fatalf("cb-2 duplicates cb-1: %+v", d)
+	}
+	c := newClaims(testConfig)
+	page, err := call(w, hospital, c, nil, func(ctx contractapi.TransactionContextInterface) (*ClaimPage, error) {
+		return c.PreauthsByPeriod(ctx, "InsurerMSP", timeText(w.now.Add(-time.Hour)), timeText(w.now.Add(time.Hour)), 10, "")
+	})
+	mustOK(t, err)
+	if len(page.Claims) != 3 {
+		t.Fatalf("indexed %d requests", len(page.Claims))
+	}
+}
+
+func TestPreauthDecidedInABatch(t *testing.T) {
+	hospital, insurer := client(t, "HospitalMSP"), client(t, "InsurerMSP")
+	w := newWorld("claims")
+	start := w.now
+	subs := []ClaimSubmission{preauth("d-approve", "standard"), preauth("d-deny", "standard"),
+		preauth("d-pend", "standard"), preauth("d-done", "standard"), preauth("d-invalid", "standard"),
+		preauth("d-moved", "standard"), preauth("d-late", "expedited"), preauth("d-appealed", "standard"),
+		submission("d-claim")}
+	other := preauth("d-other", "standard")
+	other.Insurer = "Insurer2MSP"
+	subs = append(subs, other)
+	_, err := submitBatch(t, w, hospital, subs[:len(subs)-1], details(subs[:len(subs)-1]))
+	mustOK(t, err)
+	_, err = submit(t, w, hospital, other, detail("d-other"))
+	mustOK(t, err)
+	for _, name := range []string{"d-done", "d-appealed"} {
+		_, err = decide(t, w, insurer, name, deny)
+		mustOK(t, err)
+	}
+	_, err = appeal(w, hospital, "d-appealed")
+	mustOK(t, err)
+	_, err = decide(t, w, insurer, "d-moved", pend) // pended by a first run; a rerun's decision saw none
+	mustOK(t, err)
+
+	w.now = start.Add(80 * time.Hour) // the expedited request is decided late
+	decisions := map[string]PreauthDecisionInput{
+		ref("d-approve"): seen(0, approve), ref("d-deny"): deny, ref("d-pend"): seen(0, pend),
+		ref("d-done"): approve, ref("d-invalid"): {Decision: DecisionDenied}, ref("d-moved"): seen(0, pend),
+		ref("d-late"): approve, ref("d-appealed"): seen(1, approve), ref("d-claim"): approve,
+		ref("d-other"): approve, ref("d-missing"): approve,
+	}
+	out, err := decideBatch(t, w, insurer, decisions)
+	mustOK(t, err)
+	want := map[string]string{
+		ref("d-approve"):  StatusDecided,
+		ref("d-deny"):     StatusDecided,
+		ref("d-pend"):     StatusPended,
+		ref("d-late"):     StatusDecided,
+		ref("d-appealed"): StatusDecided,
+		ref("d-done"):     "CONFLICT: prior authorisation " + ref("d-done") + " is decided",
+		ref("d-invalid"):  "INVALID_ARGUMENT: a denial carries a specific reason code",
+		ref("d-moved"):    "CONFLICT: prior authorisation " + ref("d-moved") + " has had 1 decisions, not the 0",
+		ref("d-claim"):    "CONFLICT: claim " + ref("d-claim") + " is not a prior authorisation request",
+		ref("d-other"):    "FORBIDDEN: claim " + ref("d-other") + " is addressed to Insurer2MSP",
+		ref("d-missing"):  "NOT_FOUND: claim " + ref("d-missing") + " does not exist",
+	}
+	if len(out.Results) != len(want) {
+		t.Fatalf("%d results", len(out.Results))
+	}
+	for i, r := range out.Results {
+		if i > 0 && out.Results[i-1].ClaimID > r.ClaimID {
+			t.Fatalf("results are not in claim id order")
+		}
+		got := r.Status
+		if r.Status == "refused" {
+			got = r.Code + ": " + r.Message
+		}
+		if !strings.HasPrefix(got, want[r.ClaimID]) {
+			t.Errorf("%s: got %q, want %q", r.ClaimID, got, want[r.ClaimID])
+		}
+		if (r.Status != "refused") != (r.Claim != nil) {
+			t.Errorf("%s: result %+v", r.ClaimID, r)
+		}
+	}
+	last := w.calls[len(w.calls)-1]
+	if len(last.events) != 1 || last.events[0].Name != "Claims.PreauthDecidedBatch" {
+		t.Fatalf("wrote %s", last.wrote())
+	}
+	var ev PreauthDecidedBatch
+	mustOK(t, json.Unmarshal(last.events[0].Payload, &ev))
+	if len(ev.Claims) != 5 || len(ev.Results) != 11 || ev.Claims[0].TxID != last.txID || ev.Insurer != "InsurerMSP" {
+		t.Fatalf("event %+v", ev)
+	}
+	checks := []struct {
+		name string
+		ok   func(*Claim) bool
+	}{
+		{"d-approve", func(cl *Claim) bool {
+			return cl.Outcome == DecisionApproved && cl.PreAuthRef == "PA-1" && cl.ApprovedCents == cl.TotalCents && cl.DecidedAt != ""
+		}},
+		{"d-deny", func(cl *Claim) bool {
+			return cl.Outcome == DecisionDenied && cl.DenialReason == "N386" && cl.ApprovedCents == 0
+		}},
+		{"d-pend", func(cl *Claim) bool { return cl.Status == StatusPended && cl.DecidedAt == "" && len(cl.Decisions) == 1 }},
+		{"d-late", func(cl *Claim) bool { return cl.Decisions[0].Late }},
+		{"d-approve", func(cl *Claim) bool { return !cl.Decisions[0].Late }},
+		{"d-appealed", func(cl *Claim) bool {
+			return cl.Outcome == DecisionApproved && cl.AppealDecidedAt == timeText(w.now) && cl.Decisions[1].OnAppeal
+		}},
+		{"d-moved", func(cl *Claim) bool { return cl.Status == StatusPended && len(cl.Decisions) == 1 }}, // unchanged
+		{"d-invalid", func(cl *Claim) bool { return cl.Status == StatusSubmitted && len(cl.Decisions) == 0 }},
+		{"d-done", func(cl *Claim) bool { return cl.Outcome == DecisionDenied && len(cl.Decisions) == 1 }},
+	}
+	for _, tc := range checks {
+		if cl := getClaim(t, w, tc.name); !tc.ok(cl) {
+			t.Errorf("%s: %+v", tc.name, cl)
+		}
+	}
+
+	// Nothing decidable: the results say why, nothing is written, nothing is emitted.
+	out, err = decideBatch(t, w, insurer, map[string]PreauthDecisionInput{ref("d-approve"): approve})
+	mustOK(t, err)
+	wroteNothing(t, w)
+	if len(out.Results) != 1 || out.Results[0].Code != CodeConflict || len(out.Claims) != 0 {
+		t.Fatalf("%+v", out)
+	}
+	many := map[string]PreauthDecisionInput{}
+	for i := 0; i < 501; i++ {
+		many[ref(fmt.Sprint("m-", i))] = approve
+	}
+	c := newClaims(testConfig)
+	for _, tc := range []struct {
+		name   string
+		caller actor
+		tm     map[string][]byte
+		code   string
+		msg    string
+	}{
+		{"a provider", hospital, map[string][]byte{transientPreauth: []byte(mustJSON(t, decisions))}, CodeForbidden, "only insurer orgs"},
+		{"a peer", peerOf(t, "InsurerMSP"), map[string][]byte{transientPreauth: []byte(mustJSON(t, decisions))}, CodeForbidden, "may not submit"},
+		{"no decisions", insurer, map[string][]byte{transientPreauth: []byte(`{}`)}, CodeInvalid, "1 to 500 decisions, not 0"},
+		{"too many", insurer, map[string][]byte{transientPreauth: []byte(mustJSON(t, many))}, CodeInvalid, "1 to 500 decisions, not 501"},
+		{"unknown field", insurer, map[string][]byte{transientPreauth: []byte(`{"x": {"decision": "approved", "extra": 1}}`)}, CodeInvalid, "unknown field"},
+		{"missing", insurer, nil, CodeInvalid, `transient data "decisions" is missing`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := call(w, tc.caller, c, tc.tm, func(ctx contractapi.TransactionContextInterface) (*PreauthDecidedBatch, error) {
+				return c.DecidePreauthBatch(ctx)
+			})
+			refused(t, w, err, tc.code, tc.msg)
+		})
 	}
 }

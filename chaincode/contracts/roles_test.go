@@ -173,6 +173,10 @@ func writes(t *testing.T) []write {
 			_, err := decide(t, w, a, "pa-1", deny)
 			return err
 		}},
+		{"Claims.DecidePreauthBatch", "claims", "InsurerMSP", preauthSubmitted, func(t *testing.T, w *world, a actor) error {
+			_, err := decideBatch(t, w, a, map[string]PreauthDecisionInput{ref("pa-1"): deny})
+			return err
+		}},
 		{"Claims.AppealPreauth", "claims", "HospitalMSP", func(t *testing.T, w *world) {
 			preauthSubmitted(t, w)
 			_, err := decide(t, w, insurer, "pa-1", deny)

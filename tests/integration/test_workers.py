@@ -595,6 +595,53 @@ def test_prior_authorisation_is_decided_by_rules_or_by_a_person(
     assert int(row[1]) >= 2 and int(row[2]) >= 1 and int(row[4]) >= 1
 
 
+def test_prior_authorisations_filed_together_are_submitted_and_decided_in_batches(
+    workers: Topology, gateways: dict[str, GatewayHttp], gateway_as: Callable[..., Gateway]
+) -> None:
+    """Concurrent requests at the hospital go on chain in one Claims:SubmitBatch (with claims, when any arrive
+    with them); the insurer decides the requests of one block in one Claims:DecidePreauthBatch, and each answer
+    reaches the hospital."""
+    hospital, insurer = gateways["HospitalOrg"], gateways["InsurerOrg"]
+    member = enrol(hospital, insurer)
+
+    def request(code: str) -> str:
+        claim = synthetic.claim(member.patient_id, "InsurerMSP", [(code, 1, "700.00")], TODAY, "Coverage/test")
+        r = hospital.post("/Claim", claim | {"use": "preauthorization"})
+        assert r.status_code == 201, r.text
+        key = claim_key(r.json())
+        LOCAL_IDS[key] = str(r.json()["id"])
+        return key
+
+    codes = [f"8{n:04d}" for n in range(6)]
+    with ThreadPoolExecutor(len(codes)) as pool:
+        keys = list(pool.map(request, codes))
+    answers = [
+        wait_for(lambda k=k: (c := claim_response(hospital, k)) and c.get("outcome") == "complete" and c, 60, k)
+        for k in keys
+    ]
+    assert all(a["preAuthRef"].startswith("PA-") and not a.get("error") for a in answers)
+
+    def decided_in(name: str, p: dict[str, Any]) -> list[str]:
+        if name == "Claims.PreauthDecidedBatch":
+            return [c["claimId"] for c in p["claims"]]
+        return [p["claimId"]] if name == "Claims.PreauthDecided" else []
+
+    ours, undecided = set(keys), set(keys)
+
+    def all_decided(name: str, p: dict[str, Any]) -> bool:
+        undecided.difference_update(decided_in(name, p))
+        return not undecided
+
+    events = chain_events(gateway_as("InsurerOrg"), all_decided, timeout=60)
+    submitted = [
+        p for name, p in events if name == "Claims.SubmittedBatch" and {c["claimId"] for c in p["claims"]} & ours
+    ]
+    assert submitted and max(len(b["claims"]) for b in submitted) > 1, "concurrent requests were not batched"
+    decided = [[k for k in decided_in(name, p) if k in ours] for name, p in events]
+    assert max(len(d) for d in decided) > 1, "requests submitted together were not decided together"
+    assert sorted(k for d in decided for k in d) == sorted(keys)  # each decided once
+
+
 def test_claim_lines_are_purged_when_their_retention_passes(
     workers: Topology, gateways: dict[str, GatewayHttp], gateway_as: Callable[..., Gateway]
 ) -> None:

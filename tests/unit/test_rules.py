@@ -214,6 +214,48 @@ def test_the_answers_of_one_block_are_fetched_per_insurer_and_paid_together() ->
     assert (pay.task, [c["claimId"] for c in pay.args[0]]) == ("careledger.pay_many", ["a", "b", "c"])
 
 
+def test_the_prior_authorisations_of_one_block_are_decided_together() -> None:
+    def request(cid: str, provider: str = "HospitalMSP") -> dict[str, Any]:
+        return _claim(cid, provider) | {"use": "preauthorization", "status": "submitted"}
+
+    block = [
+        _event("tx1", "Claims.SubmittedBatch", {"claims": [_claim("a"), request("p1"), request("p2")]}),
+        _event("tx2", "Claims.PreauthSubmitted", request("p3")),
+        _event("tx3", "Claims.PreauthAppealed", request("p4") | {"status": "appealed", "decisions": [{}]}),
+        _event("tx4", "Claims.PreauthSubmitted", request("p5", provider="ClinicMSP")),
+    ]
+    insurer = block_dispatches("InsurerMSP", block)
+    decided = {d.task: d for d in insurer if "adjudicate" in d.task or "preauth" in d.task}
+    # the claim of the batch is adjudicated on its own; one provider's requests of the block are decided in one task
+    # (new and appealed alike); the other provider's request keeps its own task
+    assert [c["claimId"] for c in decided["careledger.adjudicate_batch"].args[0]] == ["a"]
+    assert [c["claimId"] for c in decided["careledger.decide_preauth_batch"].args[0]] == ["p1", "p2", "p3", "p4"]
+    assert decided["careledger.decide_preauth"].args[0]["claimId"] == "p5"
+    assert [d.task_id for d in block_dispatches("InsurerMSP", block)] == [d.task_id for d in insurer]  # a replay
+    notified = next(d for d in insurer if d.task == "careledger.notify_many").args[0]
+    assert sorted((event, c["claimId"]) for event, c, _ in notified) == [
+        ("Claims.PreauthAppealed", "p4"),
+        ("Claims.PreauthSubmitted", "p1"),
+        ("Claims.PreauthSubmitted", "p2"),
+        ("Claims.PreauthSubmitted", "p3"),
+        ("Claims.PreauthSubmitted", "p5"),
+        ("Claims.Submitted", "a"),
+    ]
+    # decisions made in a batch: the provider fetches each answer, the insurer's worker kept them already; a
+    # decision a person made alone is kept by the insurer from its event
+    decisions = [
+        _event("tx5", "Claims.PreauthDecidedBatch", {"claims": [request("p1") | {"status": "decided"}]}),
+        _event("tx6", "Claims.PreauthDecided", request("p2") | {"status": "decided"}),
+    ]
+    assert [(d.task, d.args[0]["claimId"]) for d in block_dispatches("InsurerMSP", decisions)] == [
+        ("careledger.keep_preauth", "p2")
+    ]
+    fetched = block_dispatches("HospitalMSP", decisions)
+    assert [(d.task, [c["claimId"] for c, _ in d.args[0]]) for d in fetched] == [
+        ("careledger.fetch_claim_responses", ["p1", "p2"])
+    ]
+
+
 def test_a_block_of_more_claims_than_one_batch_takes_is_split() -> None:
     block = [_event(f"tx{i}", "Claims.Submitted", _claim(f"c{i}")) for i in range(1203)]
     batches = [d for d in block_dispatches("InsurerMSP", block) if d.task == "careledger.adjudicate_batch"]

@@ -211,6 +211,64 @@ def test_claims_filed_together_are_adjudicated_together_and_paid_in_one_remittan
     assert sum(d["amount"]["value"] for d in reconciliation["detail"]) == reconciliation["paymentAmount"]["value"]
 
 
+def test_prior_authorisations_filed_together_are_decided_in_one_transaction(insurer: Any, tmp_path: Path) -> None:
+    world, records, ctx = insurer
+    cover(ctx)
+    hospital = records_of(world, tmp_path, "HospitalMSP")
+    hospital.ledger.claim_batches = ClaimBatches(hospital.ledger, window_s=0.05)
+
+    async def file_together() -> None:
+        patient = {**fhir.PATIENTS[0], "id": "p1", "identifier": [{"system": fhir.MPI_SYSTEM, "value": MPI}]}
+        await hospital.transaction(
+            [fv.entry({"resource": patient, "request": {"method": "PUT", "url": "Patient/p1"}}, 0)]
+        )
+        requests = [  # approved by the rules, pended for a person, denied with its reason; and a claim
+            synthetic.claim("p1", "InsurerMSP", [(code, 1, "900.00")], "2026-11-02", "Coverage/c1")
+            | {"use": "preauthorization"}
+            for code in ("70553", "27447", "S9987")
+        ] + [synthetic.claim("p1", "InsurerMSP", [("99213", 1, "50.00")], "2026-11-02", "Coverage/c1")]
+        entries = [fv.entry({"resource": c, "request": {"method": "POST", "url": "Claim"}}, 0) for c in requests]
+        await asyncio.gather(*(hospital.transaction([e]) for e in entries))
+
+    asyncio.run(file_together())
+    hospital.store.close()
+    (batch,) = [p for _, _, name, p in world.events if name == "Claims.SubmittedBatch"]  # one transaction, 4 claims
+    requests = [c for c in batch["claims"] if c.get("use") == "preauthorization"]
+    assert len(requests) == 3 and len(batch["claims"]) == 4
+    codes = {c["claimId"]: world.state[f"lines/{c['claimId']}"]["lines"][0]["code"] for c in requests}
+    calls = counted(world, "Claims:LinesBatch", "Claims:DecidePreauthBatch", "Claims:DecidePreauth")
+    states = tasks.decide_preauth_batch.apply(args=[requests]).get()
+    assert {codes[cid]: state for cid, state in states.items()} == {
+        "70553": "approved",
+        "27447": "pended",
+        "S9987": "denied",
+    }
+    assert calls == {"Claims:LinesBatch": 1, "Claims:DecidePreauthBatch": 1, "Claims:DecidePreauth": 0}
+    # A rerun (a redelivery, a replayed block) records nothing: the pended request, decidable again by a person, is
+    # not pended a second time, because the decision names the decisions it saw.
+    assert tasks.decide_preauth_batch.apply(args=[requests]).get() == states
+    assert [n for _, _, n, _ in world.events].count("Claims.PreauthDecidedBatch") == 1
+    assert all(len(world.state[f"claim/{cid}"]["decisions"]) == 1 for cid in codes)
+    for cid, state in states.items():
+        response = json.loads(records.read("ClaimResponse", cid).content)
+        assert response["outcome"] == ("queued" if state == "pended" else "complete")
+        assert bool(response.get("preAuthRef")) is (state == "approved")
+
+
+def test_a_prior_authorisation_batch_fails_loudly_on_a_refusal_other_than_a_decision_made_meanwhile(
+    insurer: Any, tmp_path: Path
+) -> None:
+    world, _, ctx = insurer
+    cover(ctx)
+    claim = submit_claim(world, tmp_path, [("70553", 1, "900.00")])  # a decision the contract finds invalid
+    world.state[f"claim/{claim['claimId']}"] |= {"use": "preauthorization"}
+    world.handlers["Claims:DecidePreauthBatch"] = lambda call: {
+        "results": [{"claimId": claim["claimId"], "status": "refused", "code": "INVALID_ARGUMENT", "message": "no"}]
+    }
+    with pytest.raises(LedgerInvalid):
+        tasks.decide_preauth_batch.apply(args=[[claim | {"use": "preauthorization"}]]).get()
+
+
 def counted(world: FakeLedger, *functions: str) -> dict[str, int]:
     """Count the calls of these contract functions from now on."""
     calls = dict.fromkeys(functions, 0)
