@@ -352,18 +352,36 @@ func TestPreauthRequestsInABatch(t *testing.T) {
 	ev := lastEvent(t, w)
 	var batch SubmittedBatch
 	mustOK(t, json.Unmarshal(ev.Payload, &batch))
-	if ev.Name != "Claims.SubmittedBatch" || len(batch.Claims) != 5 || batch.Claims[0].Use != UsePreauth {
+	if ev.Name != "Claims.SubmittedBatch" || len(batch.Claims) != 5 {
 		t.Fatalf("event %s %s", ev.Name, ev.Payload)
 	}
-	for _, tc := range []struct {
-		name string
-		due  time.Duration
-	}{{"pb-1", 72 * time.Hour}, {"pb-2", 7 * 24 * time.Hour}, {"pb-3", 7 * 24 * time.Hour}} {
-		if cl := getClaim(t, w, tc.name); cl.Use != UsePreauth || cl.DueAt != timeText(w.now.Add(tc.due)) {
+	for i, tc := range []struct {
+		name     string
+		priority string
+		due      time.Duration
+	}{{"pb-1", "expedited", 72 * time.Hour}, {"pb-2", "standard", 7 * 24 * time.Hour}, {"pb-3", "standard", 7 * 24 * time.Hour}} {
+		dueAt := timeText(w.now.Add(tc.due))
+		// The event lists the request as filed (in submission order), so a listener sees its use and due time.
+		if e := batch.Claims[i]; e.ClaimID != ref(tc.name) || e.Use != UsePreauth || e.Priority != tc.priority || e.DueAt != dueAt {
+			t.Errorf("%s in the event: %+v", tc.name, e)
+		}
+		cl := getClaim(t, w, tc.name)
+		if cl.Use != UsePreauth || cl.Priority != tc.priority || cl.DueAt != dueAt {
 			t.Errorf("%s: %+v", tc.name, cl)
 		}
-		if d := privateDetail(t, w, tc.name); d.DuplicateOf != "" {
+		if got := string(w.state[preauthKey(cl)]); got != cl.ClaimID {
+			t.Errorf("%s: index entry %q holds %q", tc.name, preauthKey(cl), got)
+		}
+		if d := privateDetail(t, w, tc.name); d.DuplicateOf != "" || len(d.Edits) != 0 {
 			t.Errorf("%s is not a duplicate: %+v", tc.name, d)
+		}
+	}
+	for _, name := range []string{"cb-1", "cb-2"} {
+		if cl := getClaim(t, w, name); cl.Use != UseClaim || cl.Priority != "" || cl.DueAt != "" {
+			t.Errorf("%s: %+v", name, cl)
+		}
+		if _, indexed := w.state[preauthKey(getClaim(t, w, name))]; indexed {
+			t.Errorf("claim %s is in the prior authorisation index", name)
 		}
 	}
 	if d := privateDetail(t, w, "cb-2"); d.DuplicateOf != ref("cb-1") {
@@ -449,8 +467,37 @@ func TestPreauthDecidedInABatch(t *testing.T) {
 	}
 	var ev PreauthDecidedBatch
 	mustOK(t, json.Unmarshal(last.events[0].Payload, &ev))
-	if len(ev.Claims) != 5 || len(ev.Results) != 11 || ev.Claims[0].TxID != last.txID || ev.Insurer != "InsurerMSP" {
+	if len(ev.Results) != 11 || ev.TxID != last.txID || ev.Insurer != "InsurerMSP" {
 		t.Fatalf("event %+v", ev)
+	}
+	// The event and the answer list the recorded requests only, in claim id order, as the results call them.
+	recorded := []string{ref("d-approve"), ref("d-deny"), ref("d-pend"), ref("d-late"), ref("d-appealed")}
+	sort.Strings(recorded)
+	if len(ev.Claims) != len(recorded) || len(out.Claims) != len(recorded) {
+		t.Fatalf("event lists %d claims, answer %d; want %d", len(ev.Claims), len(out.Claims), len(recorded))
+	}
+	for i, id := range recorded {
+		if ev.Claims[i].ClaimID != id || out.Claims[i].ClaimID != id || ev.Claims[i].TxID != last.txID {
+			t.Errorf("claims[%d]: event %s answer %s, want %s", i, ev.Claims[i].ClaimID, out.Claims[i].ClaimID, id)
+		}
+	}
+	// Only the recorded requests were written (the claim, their purge index entries): a refused one is untouched.
+	for k := range last.writes {
+		ofRecorded := false
+		for _, id := range recorded {
+			ofRecorded = ofRecorded || strings.Contains(k, id)
+		}
+		if !ofRecorded {
+			t.Errorf("the batch wrote %q, which is no recorded request's", k)
+		}
+	}
+	get := newClaims(testConfig)
+	_, err = call(w, insurer, get, nil, func(ctx contractapi.TransactionContextInterface) (*Claim, error) {
+		return get.Get(ctx, ref("d-missing"))
+	})
+	wantErr(t, err, CodeNotFound, "does not exist") // a decision on an unknown id creates nothing
+	if len(last.pwrites) != 0 {
+		t.Errorf("the batch wrote private data: %s", last.wrote())
 	}
 	checks := []struct {
 		name string
@@ -471,6 +518,10 @@ func TestPreauthDecidedInABatch(t *testing.T) {
 		{"d-moved", func(cl *Claim) bool { return cl.Status == StatusPended && len(cl.Decisions) == 1 }}, // unchanged
 		{"d-invalid", func(cl *Claim) bool { return cl.Status == StatusSubmitted && len(cl.Decisions) == 0 }},
 		{"d-done", func(cl *Claim) bool { return cl.Outcome == DecisionDenied && len(cl.Decisions) == 1 }},
+		{"d-claim", func(cl *Claim) bool {
+			return cl.Status == StatusSubmitted && cl.Outcome == "" && len(cl.Decisions) == 0
+		}},
+		{"d-other", func(cl *Claim) bool { return cl.Status == StatusSubmitted && len(cl.Decisions) == 0 }},
 	}
 	for _, tc := range checks {
 		if cl := getClaim(t, w, tc.name); !tc.ok(cl) {
