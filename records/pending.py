@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,9 @@ from ledger.transport import Prepared
 Version = tuple[str, str, int]  # (type, id, version)
 
 CLIENT_KEYS_KEPT_S = 24 * 3600.0  # how long the answer to a request the client keyed (Idempotency-Key) is kept
+HEAD_BYTES = 96  # enough of a kept transaction's file to hold its txId
+TX_ID_AT_HEAD = re.compile(rb'\{"txId": "([0-9a-f]{1,64})"')
+ORPHAN_SIGNED_S = 3600.0  # a signed transaction no batch links to, this old, was left by a crash
 
 
 class RequestKey(str):
@@ -119,7 +124,11 @@ class PendingInMemory:
 
 
 class PendingFiles:
-    """One file per batch in a private folder beside the store: written to a temporary name, fsynced, renamed."""
+    """One file per batch in a private folder beside the store. A signed transaction is written once (to a
+    temporary name, fsynced, renamed) as `<txId>.signed`, and each batch it carries is a hard link to it,
+    `<batch>.tx`: a transaction that carries many writes (the claims of one batch submission) costs one durable write
+    of its bytes, not one per write. The `.signed` name goes with the last batch removed (or, left by a crash, with
+    the next prune)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -160,16 +169,31 @@ class PendingFiles:
             with contextlib.suppress(FileNotFoundError):
                 if path.stat().st_mtime < since:
                     path.unlink()
+        for path in self.folder.glob("*.signed"):  # left by a process killed between a batch's removal and its own
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < time.time() - ORPHAN_SIGNED_S:
+                    self._drop_unlinked(path)
 
     def save(self, batch: str, prepared: Prepared) -> None:
-        record = {"channel": prepared.channel, "txId": prepared.tx_id, "signed": prepared.signed.hex()}
-        tmp = self._path(batch).with_suffix(f".{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self._path(batch))
+        signed = self._path(prepared.tx_id, ".signed")
+        if not signed.exists():
+            # txId first: `remove` reads it from the head of a batch's file
+            record = {"txId": prepared.tx_id, "channel": prepared.channel, "signed": prepared.signed.hex()}
+            tmp = signed.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(record, f)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(signed)
+        replaced = self._tx_of(batch)  # a batch sent again in another transaction (its first one refused)
+        link = self._path(batch).with_suffix(f".{os.getpid()}-{threading.get_ident()}.link")
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+        os.link(signed, link)
+        link.replace(self._path(batch))
+        if replaced not in (None, prepared.tx_id):
+            self._drop_unlinked(self._path(replaced, ".signed"))
 
     def load(self, batch: str) -> Prepared | None:
         try:
@@ -179,5 +203,24 @@ class PendingFiles:
         return Prepared(str(record["channel"]), str(record["txId"]), bytes.fromhex(record["signed"]))
 
     def remove(self, batch: str) -> None:
+        tx_id = self._tx_of(batch)
         with contextlib.suppress(FileNotFoundError):
             self._path(batch).unlink()
+        if tx_id is not None:  # the transaction's own name goes when no batch links to it any more
+            self._drop_unlinked(self._path(tx_id, ".signed"))
+
+    def _tx_of(self, batch: str) -> str | None:
+        """The id of the transaction a batch's file holds, read from its head (None: no file, or one written
+        before transactions were kept once for all their batches)."""
+        try:
+            with self._path(batch).open("rb") as f:
+                found = TX_ID_AT_HEAD.match(f.read(HEAD_BYTES))
+        except FileNotFoundError:
+            return None
+        return found.group(1).decode() if found is not None else None
+
+    @staticmethod
+    def _drop_unlinked(signed: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if signed.stat().st_nlink == 1:
+                signed.unlink()

@@ -17,6 +17,7 @@ from fabric_gateway import CommitStatusUnavailable
 from ledger.contracts import Ledger
 from ledger.errors import LedgerForbidden, LedgerNotFound
 from ledger.fake import FakeLedger, FakeTransport
+from ledger.transport import Prepared
 from records import synthetic
 from records import validation as fv
 from records.errors import FhirInvalid, NotKeptHere, NotOnChain, PreconditionFailed, Refused, StillPending
@@ -656,6 +657,39 @@ def test_a_bundle_claims_first_try_does_not_ask_the_chain_first(world: FakeLedge
     claims = [w for w in run(scenario()) if w.type == "Claim"]
     assert {hospital.submission(w.id).state for w in claims} == {"submitted"}
     assert len([f for f in world.failures if f.function == "Claims:Get"]) == 2  # never asked
+
+
+def test_a_transaction_carrying_many_writes_is_kept_once_for_all_of_them(tmp_path: Path) -> None:
+    folder = tmp_path / "pending"
+    pending = PendingFiles(folder)
+    batch_tx = Prepared("claims", "ab12" * 16, b"\x01" * 5000)  # one submission of three claims' writes
+    for batch in ("w1", "w2", "w3"):
+        pending.save(batch, batch_tx)
+    assert sorted(p.name for p in folder.iterdir()) == [f"{batch_tx.tx_id}.signed", "w1.tx", "w2.tx", "w3.tx"]
+    assert all(pending.load(b) == batch_tx for b in ("w1", "w2", "w3"))
+    # w3 refused with the others, then sent on its own in a transaction of its own
+    alone = Prepared("claims", "cd34" * 16, b"\x02" * 100)
+    pending.save("w3", alone)
+    assert pending.load("w3") == alone
+    pending.remove("w1")
+    assert pending.load("w2") == batch_tx and (folder / f"{batch_tx.tx_id}.signed").exists()
+    pending.remove("w2")  # the last batch of the shared transaction: its bytes go too
+    pending.remove("w3")
+    assert list(folder.iterdir()) == []
+    # a file written before transactions were kept once (channel first, no shared name) still loads and goes
+    (folder / "old.tx").write_text(json.dumps({"channel": "claims", "txId": "ef56", "signed": "0102"}))
+    assert pending.load("old") == Prepared("claims", "ef56", b"\x01\x02")
+    pending.remove("old")
+    assert list(folder.iterdir()) == []
+    # one left by a process killed between a batch's removal and its own: an hour later, a prune takes it
+    pending.save("w4", alone)
+    (folder / "w4.tx").unlink()
+    pending.prune(24 * 3600)
+    assert (folder / f"{alone.tx_id}.signed").exists()
+    hour_ago = time.time() - 3601
+    os.utime(folder / f"{alone.tx_id}.signed", (hour_ago, hour_ago))
+    pending.prune(24 * 3600)
+    assert list(folder.iterdir()) == []
 
 
 def test_answers_to_client_keyed_requests_are_kept_a_day(tmp_path: Path) -> None:
