@@ -126,9 +126,9 @@ class PendingInMemory:
 class PendingFiles:
     """One file per batch in a private folder beside the store. A signed transaction is written once (to a
     temporary name, fsynced, renamed) as `<txId>.signed`, and each batch it carries is a hard link to it,
-    `<batch>.tx`: a transaction that carries many writes (the claims of one batch submission) costs one durable write
-    of its bytes, not one per write. The `.signed` name goes with the last batch removed (or, left by a crash, with
-    the next prune)."""
+    `<batch>.tx`, the folder synced after it: a transaction that carries many writes (the claims of one batch
+    submission) costs one durable write of its bytes, not one per write. The `.signed` name goes with the last batch
+    removed (or, left by a crash, with the next prune)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -169,10 +169,16 @@ class PendingFiles:
             with contextlib.suppress(FileNotFoundError):
                 if path.stat().st_mtime < since:
                     path.unlink()
-        for path in self.folder.glob("*.signed"):  # left by a process killed between a batch's removal and its own
-            with contextlib.suppress(FileNotFoundError):
-                if path.stat().st_mtime < time.time() - ORPHAN_SIGNED_S:
-                    self._drop_unlinked(path)
+        # What a process killed half way through left: temporary names, and a transaction no batch links to.
+        orphaned = time.time() - ORPHAN_SIGNED_S
+        for pattern in ("*.tmp", "*.link", "*.signed"):
+            for path in self.folder.glob(pattern):
+                with contextlib.suppress(FileNotFoundError):
+                    if path.stat().st_mtime < orphaned:
+                        if pattern == "*.signed":
+                            self._drop_unlinked(path)
+                        else:
+                            path.unlink()
 
     def save(self, batch: str, prepared: Prepared) -> None:
         signed = self._path(prepared.tx_id, ".signed")
@@ -192,6 +198,7 @@ class PendingFiles:
             link.unlink()
         os.link(signed, link)
         link.replace(self._path(batch))
+        self._sync_folder()  # the names too (the transaction's and the batch's) must outlive a power cut
         if replaced not in (None, prepared.tx_id):
             self._drop_unlinked(self._path(replaced, ".signed"))
 
@@ -218,6 +225,13 @@ class PendingFiles:
         except FileNotFoundError:
             return None
         return found.group(1).decode() if found is not None else None
+
+    def _sync_folder(self) -> None:
+        fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _drop_unlinked(signed: Path) -> None:

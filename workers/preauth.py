@@ -55,7 +55,8 @@ def decide(ctx: OrgContext, claim: dict[str, Any]) -> str:
             verdict = rules.decide_preauth(
                 ctx.settings.rules, on_chain, loaded.lines, coverages_of(ctx, claim["patient"])
             )
-            body = decision_body(ctx, claim["claimId"], verdict.decision, verdict.reason)
+            seen = len(on_chain.get("decisions") or [])
+            body = decision_body(ctx, claim["claimId"], verdict.decision, verdict.reason, seen)
             try:
                 on_chain = ctx.run(ctx.ledger.decide_preauth(claim["claimId"], body)).result
             except LedgerConflict:  # decided meanwhile (a rerun, a person): the chain's state stands
@@ -85,24 +86,21 @@ def decide_batch(ctx: OrgContext, claims: list[dict[str, Any]]) -> dict[str, str
             return states
         result = ctx.run(ctx.ledger.decide_preauth_batch(bodies)).result
         keeping: list[tuple[dict[str, Any], str]] = []
+        unexpected: list[Exception] = []
         try:
             for r in result["results"]:
-                states[r["claimId"]] = answer(ctx, _recorded(ctx, r), keeping)
+                if r["status"] != "refused":
+                    states[r["claimId"]] = answer(ctx, r["claim"], keeping)
+                elif r["code"] == "CONFLICT":  # decided meanwhile (a rerun, a person): the chain's state stands
+                    log.info("prior authorisation decided meanwhile", extra={"claim": r["claimId"]})
+                    states[r["claimId"]] = answer(ctx, ctx.run(ctx.ledger.claim(r["claimId"])), keeping)
+                else:  # a decision this worker should not have made: the others are answered, then the task fails
+                    unexpected.append(refused(r["code"], r["message"]))
         finally:  # the answers made so far are kept even when a later one has to be tried again
             ctx.run(ctx.records.keep_many(keeping))
+        if unexpected:
+            raise unexpected[0]
     return states
-
-
-def _recorded(ctx: OrgContext, result: dict[str, Any]) -> dict[str, Any]:
-    """The request as the chain has it after the batch: as recorded, or, when the contract refused the decision
-    because the request was decided meanwhile (a rerun, a person), as the chain has it now. Any other refusal is a
-    decision this worker should not have made, raised as it is (the task fails, loudly)."""
-    if result["status"] != "refused":
-        return dict(result["claim"])
-    if result["code"] != "CONFLICT":
-        raise refused(result["code"], result["message"])
-    log.info("prior authorisation decided meanwhile", extra={"claim": result["claimId"]})
-    return ctx.run(ctx.ledger.claim(result["claimId"]))
 
 
 def answer(ctx: OrgContext, on_chain: dict[str, Any], keeping: list[tuple[dict[str, Any], str]] | None = None) -> str:

@@ -708,9 +708,9 @@ func judge(detail ClaimDetail, in AdjudicationInput) (string, int64, error) {
 }
 
 func (l LineAdjudication) check(i int, billed int64) error {
-	for _, r := range l.Reasons {
-		if !reasonPattern.MatchString(r) {
-			return invalid("adjudication.lines[%d]: reason %q is not a claim adjustment reason code", i, r)
+	for j, r := range l.Reasons {
+		if !reasonPattern.MatchString(r) { // named by position: a batch's result is public, and the text is the caller's
+			return invalid("adjudication.lines[%d].reasons[%d] is not a claim adjustment reason code (1 to 5 of A-Z 0-9)", i, j)
 		}
 	}
 	switch l.Outcome {

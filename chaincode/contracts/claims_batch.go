@@ -160,11 +160,10 @@ func (c *Claims) AdjudicateBatch(ctx contractapi.TransactionContextInterface) (*
 	if err != nil {
 		return nil, err
 	}
-	ids := make([]string, 0, len(decisions))
-	for id := range decisions {
-		ids = append(ids, id)
+	ids, err := batchIDs(decisions)
+	if err != nil {
+		return nil, err
 	}
-	sort.Strings(ids) // map order is random; endorsers must agree
 	out := &AdjudicatedBatch{Insurer: caller.MSP, TxID: ctx.GetStub().GetTxID(), Results: []ClaimResult{}, Claims: []Claim{}}
 	var ready []*adjudication
 	for _, id := range ids {
@@ -196,6 +195,23 @@ func (c *Claims) AdjudicateBatch(ctx contractapi.TransactionContextInterface) (*
 		out.Claims = append(out.Claims, *d.claim)
 	}
 	return out, emit(ctx, "Claims.AdjudicatedBatch", out)
+}
+
+// batchIDs are a batch's claim ids in order (map order is random; endorsers must agree), each an opaque key: a
+// malformed one refuses the whole call, so that no result (public, in the transaction and its event) ever echoes a
+// caller's text in place of a claim id.
+func batchIDs[T any](byID map[string]T) ([]string, error) {
+	ids := make([]string, 0, len(byID))
+	for id := range byID {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		if err := opaqueKey("claimId", id); err != nil {
+			return nil, err
+		}
+	}
+	return ids, nil
 }
 
 // refusal turns a contract error about one claim into its result; other errors (the peer failing) fail the call.

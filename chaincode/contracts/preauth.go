@@ -2,7 +2,6 @@ package contracts
 
 import (
 	"encoding/json"
-	"sort"
 	"time"
 
 	"github.com/hyperledger/fabric-contract-api-go/v2/contractapi"
@@ -134,10 +133,11 @@ func (c *Claims) DecidePreauth(ctx contractapi.TransactionContextInterface, clai
 
 // DecidePreauthBatch records the caller's (insurer) decisions on many prior authorisation requests in one
 // transaction, from the transient map "decisions" (claimId -> the decision DecidePreauth takes as decisionJSON).
-// Each request is decided on its own, with exactly DecidePreauth's checks: one that cannot be decided (not addressed
-// to the caller, not a request, decided already, decided since the decision was made, an invalid decision) is
-// reported in its result and skipped, and the others are recorded. The call itself is refused only for the caller,
-// a malformed map, or more than 500 decisions. Claims.PreauthDecidedBatch lists the requests decided; when none was,
+// Each request is decided on its own, with exactly DecidePreauth's checks: one that cannot be decided (unknown, not
+// addressed to the caller, not a request, decided already, decided since the decision was made) is reported in its
+// result and skipped, and the others are recorded. The call itself is refused for the caller, a malformed map, more
+// than 500 decisions, a claim id that is not an opaque key, or an invalid decision (the caller's own input: nothing
+// of it reaches the chain as a public result). Claims.PreauthDecidedBatch lists the requests decided; when none was,
 // nothing is written and no event is emitted.
 func (c *Claims) DecidePreauthBatch(ctx contractapi.TransactionContextInterface) (*PreauthDecidedBatch, error) {
 	caller, err := writerOfKind(ctx, c.cfg, KindInsurer, "Claims.DecidePreauthBatch")
@@ -155,11 +155,15 @@ func (c *Claims) DecidePreauthBatch(ctx contractapi.TransactionContextInterface)
 	if err != nil {
 		return nil, err
 	}
-	ids := make([]string, 0, len(decisions))
-	for id := range decisions {
-		ids = append(ids, id)
+	ids, err := batchIDs(decisions)
+	if err != nil {
+		return nil, err
 	}
-	sort.Strings(ids) // map order is random; endorsers must agree
+	for _, id := range ids { // the caller's own input: an invalid decision refuses the call, never a public result
+		if err := decisions[id].validate(); err != nil {
+			return nil, prefixed(err, "decisions[%s]: ", id)
+		}
+	}
 	out := &PreauthDecidedBatch{Insurer: caller.MSP, TxID: ctx.GetStub().GetTxID(), Results: []ClaimResult{}, Claims: []Claim{}}
 	var ready []*preauthDecision
 	for _, id := range ids {

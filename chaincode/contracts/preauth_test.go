@@ -424,7 +424,7 @@ func TestPreauthDecidedInABatch(t *testing.T) {
 	w.now = start.Add(80 * time.Hour) // the expedited request is decided late
 	decisions := map[string]PreauthDecisionInput{
 		ref("d-approve"): seen(0, approve), ref("d-deny"): deny, ref("d-pend"): seen(0, pend),
-		ref("d-done"): approve, ref("d-invalid"): {Decision: DecisionDenied}, ref("d-moved"): seen(0, pend),
+		ref("d-done"): approve, ref("d-moved"): seen(0, pend),
 		ref("d-late"): approve, ref("d-appealed"): seen(1, approve), ref("d-claim"): approve,
 		ref("d-other"): approve, ref("d-missing"): approve,
 	}
@@ -437,7 +437,6 @@ func TestPreauthDecidedInABatch(t *testing.T) {
 		ref("d-late"):     StatusDecided,
 		ref("d-appealed"): StatusDecided,
 		ref("d-done"):     "CONFLICT: prior authorisation " + ref("d-done") + " is decided",
-		ref("d-invalid"):  "INVALID_ARGUMENT: a denial carries a specific reason code",
 		ref("d-moved"):    "CONFLICT: prior authorisation " + ref("d-moved") + " has had 1 decisions, not the 0",
 		ref("d-claim"):    "CONFLICT: claim " + ref("d-claim") + " is not a prior authorisation request",
 		ref("d-other"):    "FORBIDDEN: claim " + ref("d-other") + " is addressed to Insurer2MSP",
@@ -467,7 +466,7 @@ func TestPreauthDecidedInABatch(t *testing.T) {
 	}
 	var ev PreauthDecidedBatch
 	mustOK(t, json.Unmarshal(last.events[0].Payload, &ev))
-	if len(ev.Results) != 11 || ev.TxID != last.txID || ev.Insurer != "InsurerMSP" {
+	if len(ev.Results) != 10 || ev.TxID != last.txID || ev.Insurer != "InsurerMSP" {
 		t.Fatalf("event %+v", ev)
 	}
 	// The event and the answer list the recorded requests only, in claim id order, as the results call them.
@@ -554,6 +553,13 @@ func TestPreauthDecidedInABatch(t *testing.T) {
 		{"too many", insurer, map[string][]byte{transientPreauth: []byte(mustJSON(t, many))}, CodeInvalid, "1 to 500 decisions, not 501"},
 		{"unknown field", insurer, map[string][]byte{transientPreauth: []byte(`{"x": {"decision": "approved", "extra": 1}}`)}, CodeInvalid, "unknown field"},
 		{"missing", insurer, nil, CodeInvalid, `transient data "decisions" is missing`},
+		// The caller's own text is refused with the call, never echoed in a public result.
+		{"a client's claim number", insurer, map[string][]byte{transientPreauth: []byte(mustJSON(t, map[string]PreauthDecisionInput{
+			ref("d-invalid"): approve, "MRN-12345": approve,
+		}))}, CodeInvalid, "claimId must be an opaque key"},
+		{"an invalid decision", insurer, map[string][]byte{transientPreauth: []byte(mustJSON(t, map[string]PreauthDecisionInput{
+			ref("d-invalid"): {Decision: DecisionDenied, Reason: "patient Jane Doe"}, ref("d-late"): approve,
+		}))}, CodeInvalid, "decisions[" + ref("d-invalid") + "]: reason"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := call(w, tc.caller, c, tc.tm, func(ctx contractapi.TransactionContextInterface) (*PreauthDecidedBatch, error) {

@@ -682,12 +682,16 @@ def test_a_transaction_carrying_many_writes_is_kept_once_for_all_of_them(tmp_pat
     pending.remove("old")
     assert list(folder.iterdir()) == []
     # one left by a process killed between a batch's removal and its own: an hour later, a prune takes it
+    # (and the temporary names of one killed while it wrote or linked)
     pending.save("w4", alone)
     (folder / "w4.tx").unlink()
+    os.link(folder / f"{alone.tx_id}.signed", folder / "w5.123-456.link")
+    (folder / f"{alone.tx_id}.789-1.tmp").write_text("{")
     pending.prune(24 * 3600)
-    assert (folder / f"{alone.tx_id}.signed").exists()
+    assert len(list(folder.iterdir())) == 3
     hour_ago = time.time() - 3601
-    os.utime(folder / f"{alone.tx_id}.signed", (hour_ago, hour_ago))
+    for path in folder.iterdir():
+        os.utime(path, (hour_ago, hour_ago))
     pending.prune(24 * 3600)
     assert list(folder.iterdir()) == []
 

@@ -23,7 +23,7 @@ from fabric_gateway import BlockWaitTimeout, CommitStatusUnavailable
 from fabric_gateway.checkpoint import Checkpoint, RedisCheckpointer
 from ledger.claim_batches import ClaimBatches
 from ledger.contracts import Ledger
-from ledger.errors import LedgerConflict, LedgerInvalid, LedgerNotFound
+from ledger.errors import LedgerConflict, LedgerForbidden, LedgerInvalid, LedgerNotFound
 from ledger.fake import FakeLedger
 from records import synthetic
 from records import validation as fv
@@ -255,18 +255,27 @@ def test_prior_authorisations_filed_together_are_decided_in_one_transaction(insu
         assert bool(response.get("preAuthRef")) is (state == "approved")
 
 
-def test_a_prior_authorisation_batch_fails_loudly_on_a_refusal_other_than_a_decision_made_meanwhile(
+def test_a_prior_authorisation_batch_answers_the_others_then_fails_on_a_refusal_it_did_not_expect(
     insurer: Any, tmp_path: Path
 ) -> None:
-    world, _, ctx = insurer
+    world, records, ctx = insurer
     cover(ctx)
-    claim = submit_claim(world, tmp_path, [("70553", 1, "900.00")])  # a decision the contract finds invalid
-    world.state[f"claim/{claim['claimId']}"] |= {"use": "preauthorization"}
-    world.handlers["Claims:DecidePreauthBatch"] = lambda call: {
-        "results": [{"claimId": claim["claimId"], "status": "refused", "code": "INVALID_ARGUMENT", "message": "no"}]
-    }
-    with pytest.raises(LedgerInvalid):
-        tasks.decide_preauth_batch.apply(args=[[claim | {"use": "preauthorization"}]]).get()
+    claims = [submit_claim(world, tmp_path, [(code, 1, "900.00")]) for code in ("70553", "72148")]
+    for c in claims:
+        world.state[f"claim/{c['claimId']}"] |= {"use": "preauthorization"}
+    odd, fine = sorted(claims, key=lambda c: str(c["claimId"]))  # the refused one comes first in the results
+    decide_batch = world.handlers["Claims:DecidePreauthBatch"]
+
+    def refusing_the_first(call: Any) -> Any:
+        out = decide_batch(call)
+        first = {"claimId": odd["claimId"], "status": "refused", "code": "FORBIDDEN", "message": "not yours"}
+        return {**out, "results": [first, *(r for r in out["results"] if r["claimId"] != odd["claimId"])]}
+
+    world.handlers["Claims:DecidePreauthBatch"] = refusing_the_first
+    with pytest.raises(LedgerForbidden):
+        tasks.decide_preauth_batch.apply(args=[[c | {"use": "preauthorization"} for c in claims]]).get()
+    kept = json.loads(records.read("ClaimResponse", fine["claimId"]).content)  # the other one is answered
+    assert kept["outcome"] == "complete" and kept["preAuthRef"]
 
 
 def counted(world: FakeLedger, *functions: str) -> dict[str, int]:
