@@ -145,56 +145,98 @@ func prefixed(err error, format string, a ...any) error {
 // the caller, a malformed map, or more than 500 claims. Claims.AdjudicatedBatch lists the claims adjudicated; when
 // none was, nothing is written and no event is emitted.
 func (c *Claims) AdjudicateBatch(ctx contractapi.TransactionContextInterface) (*AdjudicatedBatch, error) {
-	caller, err := writerOfKind(ctx, c.cfg, KindInsurer, "Claims.AdjudicateBatch")
+	b, err := newInsurerBatch[AdjudicationInput](ctx, c.cfg, "Claims.AdjudicateBatch", transientDecision)
 	if err != nil {
 		return nil, err
 	}
-	var decisions map[string]AdjudicationInput
-	if err := transient(ctx, transientDecision, &decisions); err != nil {
-		return nil, err
-	}
-	if len(decisions) == 0 || len(decisions) > maxBatchClaims {
-		return nil, invalid("a batch holds 1 to %d decisions, not %d", maxBatchClaims, len(decisions))
-	}
-	now, err := txTime(ctx)
+	results, claims, err := decideEach(ctx, b,
+		func(id string, in AdjudicationInput) (*adjudication, error) {
+			return c.prepareAdjudication(ctx, b.caller, id, in, b.now)
+		},
+		func(d *adjudication) error { return c.applyAdjudication(ctx, d) },
+		func(d *adjudication) *Claim { return d.claim })
 	if err != nil {
 		return nil, err
 	}
-	ids, err := batchIDs(decisions)
-	if err != nil {
-		return nil, err
-	}
-	out := &AdjudicatedBatch{Insurer: caller.MSP, TxID: ctx.GetStub().GetTxID(), Results: []ClaimResult{}, Claims: []Claim{}}
-	var ready []*adjudication
-	for _, id := range ids {
-		d, err := c.prepareAdjudication(ctx, caller, id, decisions[id], now)
-		if r, refusedHere := refusal(id, err); refusedHere {
-			out.Results = append(out.Results, r)
-			continue
-		} else if err != nil {
-			return nil, err
-		}
-		ready = append(ready, d)
-		out.Results = append(out.Results, ClaimResult{ClaimID: id, Status: StatusAdjudicated, Claim: d.claim})
-	}
-	if len(ready) == 0 {
+	out := &AdjudicatedBatch{Insurer: b.caller.MSP, TxID: ctx.GetStub().GetTxID(), Results: results, Claims: claims}
+	if len(claims) == 0 {
 		return out, nil
 	}
-	err = batched(ctx, func() error {
+	return out, emit(ctx, "Claims.AdjudicatedBatch", out)
+}
+
+// insurerBatch is what a batch of an insurer's decisions starts from: the caller, its decisions by claim id (from a
+// transient map of 1 to maxBatchClaims), their ids in order, and the transaction's time.
+type insurerBatch[T any] struct {
+	caller Caller
+	byID   map[string]T
+	ids    []string
+	now    time.Time
+}
+
+func newInsurerBatch[T any](ctx contractapi.TransactionContextInterface, cfg Config, action, transientName string) (*insurerBatch[T], error) {
+	caller, err := writerOfKind(ctx, cfg, KindInsurer, action)
+	if err != nil {
+		return nil, err
+	}
+	b := &insurerBatch[T]{caller: caller}
+	if err := transient(ctx, transientName, &b.byID); err != nil {
+		return nil, err
+	}
+	if len(b.byID) == 0 || len(b.byID) > maxBatchClaims {
+		return nil, invalid("a batch holds 1 to %d decisions, not %d", maxBatchClaims, len(b.byID))
+	}
+	if b.now, err = txTime(ctx); err != nil {
+		return nil, err
+	}
+	if b.ids, err = batchIDs(b.byID); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// decideEach decides each claim of a batch on its own: prepare checks one decision against its claim (a contract
+// refusal becomes the claim's result, and the claim is skipped), and the prepared ones are applied in one write
+// batch. It returns a result per claim, in id order (a decided one with the claim's new status), and the claims
+// changed, in id order.
+func decideEach[T, D any](ctx contractapi.TransactionContextInterface, b *insurerBatch[T],
+	prepare func(string, T) (D, error), apply func(D) error, claimOf func(D) *Claim) ([]ClaimResult, []Claim, error) {
+	results, claims := []ClaimResult{}, []Claim{}
+	var ready []D
+	for _, id := range b.ids {
+		d, err := prepare(id, b.byID[id])
+		if r, refusedHere := refusal(id, err); refusedHere {
+			results = append(results, r)
+			continue
+		} else if err != nil {
+			return nil, nil, err
+		}
+		ready = append(ready, d)
+		results = append(results, ClaimResult{ClaimID: id, Claim: claimOf(d)})
+	}
+	if len(ready) == 0 {
+		return results, claims, nil
+	}
+	err := batched(ctx, func() error {
 		for _, d := range ready {
-			if err := c.applyAdjudication(ctx, d); err != nil {
+			if err := apply(d); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	for i := range results {
+		if r := &results[i]; r.Claim != nil {
+			r.Status = r.Claim.Status
+		}
 	}
 	for _, d := range ready {
-		out.Claims = append(out.Claims, *d.claim)
+		claims = append(claims, *claimOf(d))
 	}
-	return out, emit(ctx, "Claims.AdjudicatedBatch", out)
+	return results, claims, nil
 }
 
 // batchIDs are a batch's claim ids in order (map order is random; endorsers must agree), each an opaque key: a

@@ -29,6 +29,30 @@ func details(subs []ClaimSubmission) map[string]ClaimDetail {
 	return out
 }
 
+// wantResults checks a batch's results, in claim id order: each decided claim's status, or each refused one's
+// "CODE: message" beginning with what is wanted.
+func wantResults(t *testing.T, results []ClaimResult, want map[string]string) {
+	t.Helper()
+	if len(results) != len(want) {
+		t.Fatalf("%d results", len(results))
+	}
+	for i, r := range results {
+		if i > 0 && results[i-1].ClaimID > r.ClaimID {
+			t.Fatalf("results are not in claim id order")
+		}
+		got := r.Status
+		if r.Status == "refused" {
+			got = r.Code + ": " + r.Message
+		}
+		if !strings.HasPrefix(got, want[r.ClaimID]) {
+			t.Errorf("%s: got %q, want %q", r.ClaimID, got, want[r.ClaimID])
+		}
+		if (r.Status != "refused") != (r.Claim != nil) {
+			t.Errorf("%s: result %+v", r.ClaimID, r)
+		}
+	}
+}
+
 func adjudicateBatch(t *testing.T, w *world, a actor, decisions map[string]AdjudicationInput) (*AdjudicatedBatch, error) {
 	t.Helper()
 	c := newClaims(testConfig)
@@ -224,24 +248,7 @@ func TestClaimsAdjudicateBatch(t *testing.T) {
 		ref("a-missing"):   "NOT_FOUND: claim " + ref("a-missing") + " does not exist",
 		ref("a-preauth"):   "CONFLICT: claim " + ref("a-preauth") + " is a prior authorisation request",
 	}
-	if len(out.Results) != len(want) {
-		t.Fatalf("%d results", len(out.Results))
-	}
-	for i, r := range out.Results {
-		if i > 0 && out.Results[i-1].ClaimID > r.ClaimID {
-			t.Fatalf("results are not in claim id order")
-		}
-		got := r.Status
-		if r.Status == "refused" {
-			got = r.Code + ": " + r.Message
-		}
-		if !strings.HasPrefix(got, want[r.ClaimID]) {
-			t.Errorf("%s: got %q, want %q", r.ClaimID, got, want[r.ClaimID])
-		}
-		if (r.Status == StatusAdjudicated) != (r.Claim != nil) {
-			t.Errorf("%s: result %+v", r.ClaimID, r)
-		}
-	}
+	wantResults(t, out.Results, want)
 	if len(out.Claims) != 2 {
 		t.Fatalf("adjudicated %+v", out.Claims)
 	}

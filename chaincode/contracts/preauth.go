@@ -140,64 +140,27 @@ func (c *Claims) DecidePreauth(ctx contractapi.TransactionContextInterface, clai
 // of it reaches the chain as a public result). Claims.PreauthDecidedBatch lists the requests decided; when none was,
 // nothing is written and no event is emitted.
 func (c *Claims) DecidePreauthBatch(ctx contractapi.TransactionContextInterface) (*PreauthDecidedBatch, error) {
-	caller, err := writerOfKind(ctx, c.cfg, KindInsurer, "Claims.DecidePreauthBatch")
+	b, err := newInsurerBatch[PreauthDecisionInput](ctx, c.cfg, "Claims.DecidePreauthBatch", transientPreauth)
 	if err != nil {
 		return nil, err
 	}
-	var decisions map[string]PreauthDecisionInput
-	if err := transient(ctx, transientPreauth, &decisions); err != nil {
-		return nil, err
-	}
-	if len(decisions) == 0 || len(decisions) > maxBatchClaims {
-		return nil, invalid("a batch holds 1 to %d decisions, not %d", maxBatchClaims, len(decisions))
-	}
-	now, err := txTime(ctx)
-	if err != nil {
-		return nil, err
-	}
-	ids, err := batchIDs(decisions)
-	if err != nil {
-		return nil, err
-	}
-	for _, id := range ids { // the caller's own input: an invalid decision refuses the call, never a public result
-		if err := decisions[id].validate(); err != nil {
+	for _, id := range b.ids { // the caller's own input: an invalid decision refuses the call, never a public result
+		if err := b.byID[id].validate(); err != nil {
 			return nil, prefixed(err, "decisions[%s]: ", id)
 		}
 	}
-	out := &PreauthDecidedBatch{Insurer: caller.MSP, TxID: ctx.GetStub().GetTxID(), Results: []ClaimResult{}, Claims: []Claim{}}
-	var ready []*preauthDecision
-	for _, id := range ids {
-		d, err := c.preparePreauthDecision(ctx, caller, id, decisions[id], now)
-		if r, refusedHere := refusal(id, err); refusedHere {
-			out.Results = append(out.Results, r)
-			continue
-		} else if err != nil {
-			return nil, err
-		}
-		ready = append(ready, d)
-		out.Results = append(out.Results, ClaimResult{ClaimID: id, Claim: d.claim})
-	}
-	if len(ready) == 0 {
-		return out, nil
-	}
-	err = batched(ctx, func() error {
-		for _, d := range ready {
-			if err := c.applyPreauthDecision(ctx, d); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	results, claims, err := decideEach(ctx, b,
+		func(id string, in PreauthDecisionInput) (*preauthDecision, error) {
+			return c.preparePreauthDecision(ctx, b.caller, id, in, b.now)
+		},
+		func(d *preauthDecision) error { return c.applyPreauthDecision(ctx, d) },
+		func(d *preauthDecision) *Claim { return d.claim })
 	if err != nil {
 		return nil, err
 	}
-	for i := range out.Results {
-		if r := &out.Results[i]; r.Claim != nil {
-			r.Status = r.Claim.Status
-		}
-	}
-	for _, d := range ready {
-		out.Claims = append(out.Claims, *d.claim)
+	out := &PreauthDecidedBatch{Insurer: b.caller.MSP, TxID: ctx.GetStub().GetTxID(), Results: results, Claims: claims}
+	if len(claims) == 0 {
+		return out, nil
 	}
 	return out, emit(ctx, "Claims.PreauthDecidedBatch", out)
 }

@@ -442,24 +442,7 @@ func TestPreauthDecidedInABatch(t *testing.T) {
 		ref("d-other"):    "FORBIDDEN: claim " + ref("d-other") + " is addressed to Insurer2MSP",
 		ref("d-missing"):  "NOT_FOUND: claim " + ref("d-missing") + " does not exist",
 	}
-	if len(out.Results) != len(want) {
-		t.Fatalf("%d results", len(out.Results))
-	}
-	for i, r := range out.Results {
-		if i > 0 && out.Results[i-1].ClaimID > r.ClaimID {
-			t.Fatalf("results are not in claim id order")
-		}
-		got := r.Status
-		if r.Status == "refused" {
-			got = r.Code + ": " + r.Message
-		}
-		if !strings.HasPrefix(got, want[r.ClaimID]) {
-			t.Errorf("%s: got %q, want %q", r.ClaimID, got, want[r.ClaimID])
-		}
-		if (r.Status != "refused") != (r.Claim != nil) {
-			t.Errorf("%s: result %+v", r.ClaimID, r)
-		}
-	}
+	wantResults(t, out.Results, want)
 	last := w.calls[len(w.calls)-1]
 	if len(last.events) != 1 || last.events[0].Name != "Claims.PreauthDecidedBatch" {
 		t.Fatalf("wrote %s", last.wrote())
