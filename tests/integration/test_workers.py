@@ -345,18 +345,24 @@ def chain_events(gw: Gateway, wanted: Callable[[str, dict[str, Any]], bool], tim
 
 
 def _settle(t: Topology, claims: dict[str, str], log: ChainLog, hospital: GatewayHttp, timeout: float = 120) -> None:
-    """Wait until every claim is adjudicated and paid, and the hospital keeps each payment's PaymentReconciliation."""
+    """Wait until every claim is adjudicated and paid, the hospital keeps each payment's PaymentReconciliation and
+    each claim's ClaimResponse. (A payment can come before the answer: a worker killed while it held a member's lock
+    delays the answers to that member's claims until the lock expires, by which time the claim may be paid.)"""
 
     def settled() -> bool:
         events = log.snapshot()
         paid = [e for e in events if e.name in PAID and set(claim_ids(e)) & set(claims)]
-        return set(claims) <= {c for e in paid for c in claim_ids(e)} and all(
-            hospital.get(f"/PaymentReconciliation/{e.payload['paymentRef']}").status_code == 200
-            for e in paid
-            if e.name == "Claims.PaidBatch"
+        return (
+            set(claims) <= {c for e in paid for c in claim_ids(e)}
+            and all(
+                hospital.get(f"/PaymentReconciliation/{e.payload['paymentRef']}").status_code == 200
+                for e in paid
+                if e.name == "Claims.PaidBatch"
+            )
+            and all(hospital.get(f"/ClaimResponse/{local}").status_code == 200 for local in claims.values())
         )
 
-    wait_for(settled, timeout, "every claim adjudicated, paid and its remittance at the hospital")
+    wait_for(settled, timeout, "every claim adjudicated, answered, paid and its remittance at the hospital")
     time.sleep(3)  # a repeat (a second adjudication, payment, stream entry or delivery) would show up too
 
 
