@@ -6,7 +6,7 @@ the time of one 100-entry bundle goes, stage by stage, measured in this process 
     .venv/bin/python bench/ingest.py --real [--processes 1,2] [--stores sqlite,postgresql]
 
 --real: the published Synthea bundles of tests/data/synthea (and of the folders CARELEDGER_EXTRA_BUNDLES names),
-POSTed as published, by 1 and by 4 clients, for each gateway process count and each store (the gateway is
+POSTed as published, by 1 and by 4 clients (--clients), for each gateway process count and each store (the gateway is
 restarted for each); a resource counts once its bundle is answered 200.
 
 Starts its own network and gateway in run/bench (ports from CARELEDGER_TEST_PORT_BASE, else 37000) unless
@@ -35,14 +35,13 @@ from gateway.cli import process, start
 from gateway.dev_issuer import dev_token
 from gateway.settings import GatewaySettings
 from network import control
-from records import digests
+from records import digests, json_form
 from records import validation as fv
 from records.store import Row, Store
 from records.synthetic import Synthetic
 
 ORG = "HospitalOrg"
 SCENARIOS = [(1, 32), (10, 16), (100, 8)]  # (entries per bundle, concurrent clients)
-REAL_CLIENTS = (1, 4)
 FIXTURES = topo.REPO_ROOT / "tests" / "data" / "synthea"
 
 
@@ -92,8 +91,10 @@ async def post_for(
     return committed, latencies, failures, elapsed
 
 
-def real_scenarios(t: topo.Topology, processes: list[int], stores: list[str], seconds: float) -> None:
-    """The published bundles by 1 and 4 clients, for each store and gateway process count."""
+def real_scenarios(
+    t: topo.Topology, processes: list[int], stores: list[str], clients_counts: list[int], seconds: float
+) -> None:
+    """The published bundles by each count of clients, for each store and gateway process count."""
     bodies = [(b, len(json.loads(b)["entry"])) for b in real_bundles()]
     print(f"real bundles: {len(bodies)} published Synthea bundles, {sum(n for _, n in bodies)} entries", flush=True)
     for store in stores:
@@ -107,7 +108,7 @@ def real_scenarios(t: topo.Topology, processes: list[int], stores: list[str], se
             start(t, ORG)
             settings = GatewaySettings.load(t, ORG)
             asyncio.run(post_for(settings, bodies[:1], 1, 1))  # warm up: one bundle
-            for clients in REAL_CLIENTS:
+            for clients in clients_counts:
                 n, latencies, failures, elapsed = asyncio.run(post_for(settings, bodies, clients, seconds))
                 p50 = statistics.median(latencies) if latencies else 0.0
                 print(
@@ -190,7 +191,7 @@ def stage_breakdown(rounds: int = 20, bodies: list[bytes] | None = None) -> list
             key = store.digest_key("p" * 64)
             contents = []
             for i, e in enumerate(entries):  # as the write path does for a record: its v2 (element) digest
-                contents.append(digests.canonical_json(e.resource))
+                contents.append(json_form.stored(e.resource))
                 digests.digest(digests.V2, key, e.resource, f"{e.resource['resourceType']}/{n}-{i}", 1)
             t2 = time.perf_counter()
             rows = [
@@ -214,6 +215,7 @@ def main() -> None:
     parser.add_argument("--real", action="store_true", help="the published Synthea bundles instead")
     parser.add_argument("--processes", default="1,2", help="gateway process counts of --real")
     parser.add_argument("--stores", default="sqlite,postgresql", help="stores of --real")
+    parser.add_argument("--clients", default="1,4", help="concurrent clients of --real")
     args = parser.parse_args()
     home = topo.REPO_ROOT / "run" / "bench"
     t = topo.load() if args.reuse_network else topo.load(home=home, port_base=args.port_base)
@@ -222,7 +224,9 @@ def main() -> None:
     control.up(t, progress=lambda _m: None)
     if args.real:
         try:
-            real_scenarios(t, [int(p) for p in args.processes.split(",")], args.stores.split(","), args.seconds)
+            processes = [int(p) for p in args.processes.split(",")]
+            clients = [int(c) for c in args.clients.split(",")]
+            real_scenarios(t, processes, args.stores.split(","), clients, args.seconds)
         finally:
             if not args.reuse_network:
                 control.down(t, purge=True, progress=lambda _m: None)

@@ -25,7 +25,7 @@ from fabric_gateway import NotCommitted
 from ledger.contracts import Committed, Ledger
 from ledger.errors import LedgerNotFound
 from ledger.transport import UNKNOWN_OUTCOME_DEADLINE_S, OutcomeUnknown, Prepared, in_thread
-from records import digests, disclosure, fhir_claim
+from records import digests, disclosure, fhir_claim, json_form
 from records.blobs import (
     BLOB_EXTENSION,
     BlobBackend,
@@ -402,7 +402,7 @@ class Records:
             key = self.store.ledger_key(rtype, rid)
             meta = {**(resource.get("meta") or {}), "versionId": str(version), "lastUpdated": stamp}
             resource = (CLAIM if at in outboxed else route).stamp({**resource, "id": rid, "meta": meta}, key)
-            content = digests.canonical_json(resource)
+            content = json_form.stored(resource)
             # Records get element digests (v2); claims and consents keep their v1 digests.
             scheme = digests.V2 if route is RECORDS and at not in outboxed else digests.V1
             if patient not in digest_keys:
@@ -463,7 +463,7 @@ class Records:
         for resource, (rtype, rid, version, patient) in zip(resources, versions, strict=True):
             found = attachments(resource)
             if found:
-                resource = json.loads(json.dumps(resource))
+                resource = json_form.copied(resource)
                 found = attachments(resource)
             for i, att in enumerate(found):
                 where = f"{rtype}.attachment[{i}]"

@@ -13,7 +13,6 @@ to `records.errors.MAX_ISSUES`), so an integrator fixes a bundle in one round tr
 from __future__ import annotations
 
 import functools
-import json
 import re
 import typing
 from collections.abc import Collection, Iterator
@@ -24,7 +23,7 @@ import pydantic
 from fhir.resources.R4B import get_fhir_model_class
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 
-from records import fhir_structure
+from records import fhir_structure, json_form
 from records.errors import FhirInvalid, Issue, Malformed, TooCostly
 
 NOT_STORED = {  # resource types that are not records, and why
@@ -266,7 +265,7 @@ def parse_json(body: bytes, limits: Limits) -> Any:
             [Issue("too-costly", "Bundle", f"the request is {len(body)} bytes; at most {limits.max_bytes}")]
         )
     try:
-        data = json.loads(body)
+        data = json_form.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise Malformed([Issue("structure", "", f"the body is not JSON: {e}")]) from None
     except RecursionError:

@@ -1,0 +1,54 @@
+"""The JSON forms of ingest: the same values as the standard library's, faster."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from records import json_form
+
+SAMPLES: list[Any] = [
+    {"resourceType": "Observation", "valueQuantity": {"value": 7.2, "unit": "mmol/L"}, "id": "o1"},
+    {"b": "é ✓ 漢字 \u2028", "a": [1, -2, 0.1, 1e-05, 2.5e-07, 1e16, 100.0, True, False, None], "c": {}},
+    {"text": 'quote " backslash \\ controls \n\r\t\b\f \x01 \x1f del \x7f'},
+    {"big": 123456789012345678901234567890, "neg": -98765432109876543210},
+]
+
+
+@pytest.mark.parametrize("value", SAMPLES)
+def test_parsing_gives_the_values_the_standard_library_gives(value: Any) -> None:
+    body = json.dumps(value, ensure_ascii=False).encode()
+    assert json_form.loads(body) == json.loads(body)
+    assert json_form.loads(json.dumps(value).encode()) == value  # \u escapes too
+
+
+def test_an_integer_beyond_64_bits_stays_an_integer() -> None:
+    parsed = json_form.loads(b'{"value": 123456789012345678901234567890}')
+    assert parsed["value"] == 123456789012345678901234567890 and type(parsed["value"]) is int
+
+
+@pytest.mark.parametrize("body", [b"{", b'{"a": NaN}', b'{"a": Infinity}', b'["\\ud800"]', b"\xff\xfe"])
+def test_what_is_not_json_is_a_value_error(body: bytes) -> None:
+    with pytest.raises(ValueError):
+        json_form.loads(body)
+
+
+@pytest.mark.parametrize("value", SAMPLES)
+def test_the_stored_form_sorts_keys_and_reads_back_as_the_same_value(value: Any) -> None:
+    stored = json_form.stored(value)
+    assert json.loads(stored) == value
+    assert list(json.loads(stored)) == sorted(value)
+    assert (
+        json_form.stored({"b": [1, {"d": None, "c": 2.5}], "a": "é"}) == '{"a":"é","b":[1,{"c":2.5,"d":null}]}'.encode()
+    )
+
+
+@pytest.mark.parametrize("value", SAMPLES)
+def test_a_copy_is_equal_and_shares_nothing(value: Any) -> None:
+    copied = json_form.copied(value)
+    assert copied == value
+    for key, item in value.items():
+        if isinstance(item, (dict, list)):
+            assert copied[key] is not item
