@@ -23,7 +23,6 @@ import asyncio
 import datetime
 import json
 import math
-import os
 import ssl
 import threading
 import time
@@ -35,16 +34,15 @@ from typing import Any
 import aiohttp
 import httpx
 import redis
+from cpu_use import CORES, cpu_by_process, cpu_report  # bench/cpu_use.py
 
 from consortium import topology as topo
-from consortium.processes import cpu_seconds
 from consortium.redis_keys import OrgKeys
 from consortium.topology import Topology
 from gateway import cli as gateway_cli
 from gateway.dev_issuer import dev_token
 from gateway.settings import GatewaySettings
 from network import control
-from network.control import managed_processes
 from records import synthetic
 from workers import cli as worker_cli
 
@@ -53,7 +51,6 @@ MEMBERS = 600  # a payer taking tens of claims a second has far more members; 60
 ANSWER_WAIT_S = 60.0
 WARM_UP = (5, 10.0)  # claims/s, seconds
 SAMPLE_EVERY_S = 5.0
-CORES = os.cpu_count() or 1
 
 
 class Poster:
@@ -290,33 +287,6 @@ def report(offered: Offered, arrivals: Arrivals) -> list[str]:
         trail = ", ".join(f"{t:.0f}s:{n}" for t, n in offered.backlog)
         lines.append(f"      backlog (offered, not yet answered) every {SAMPLE_EVERY_S:.0f} s: {trail}")
     return lines
-
-
-def cpu_by_process(t: Topology) -> dict[str, float]:
-    out = {}
-    for proc in managed_processes(t):
-        if (pid := proc.pid()) is not None:
-            out[proc.name] = cpu_seconds(pid)
-    for org in worker_cli.orgs_with_workers(t):
-        for name, p in (
-            ("worker", worker_cli.worker_process(t, org)),
-            ("listener", worker_cli.listener_process(t, org)),
-        ):
-            if (pid := p.pid()) is not None:
-                out[f"{name}-{org}"] = cpu_seconds(pid)
-    for org in gateway_cli.orgs_with_gateways(t):
-        if (pid := gateway_cli.process(t, org).pid()) is not None:
-            out[f"gateway-{org}"] = cpu_seconds(pid)
-    out["bench client"] = cpu_seconds(os.getpid())  # offering the load costs this machine's CPU too
-    return out
-
-
-def cpu_report(before: dict[str, float], after: dict[str, float], wall: float) -> str:
-    """Where the CPU went: each process's share of one core over the run, largest first."""
-    used = sorted(((after[n] - before.get(n, 0.0), n) for n in after), reverse=True)
-    total = sum(u for u, _ in used)
-    parts = ", ".join(f"{n} {100 * u / wall:.0f}%" for u, n in used if u / wall >= 0.03)
-    return f"      cpu {100 * total / wall:.0f}% of {100 * CORES}% ({CORES} cores): {parts}"
 
 
 async def run(t: Topology, seconds: float, rates: list[int], preauth: float, n_members: int = MEMBERS) -> None:

@@ -36,7 +36,7 @@ log = logging.getLogger("careledger.gateway")
 def create_app(services: Services) -> FastAPI:
     app = FastAPI(title=f"CareLedger FHIR gateway ({services.config.org})", docs_url=None, redoc_url=None)
     app.state.services = services
-    metrics.instrument(app)
+    metrics.instrument(app, services.records.store.claims_queued)
     consistency.report_blocks(app)
     # Specific paths first: the REST router's `/fhir/{rtype}` routes would otherwise take them.
     for router in (

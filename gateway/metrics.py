@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("careledger.gateway")
 
 
-def instrument(app: FastAPI) -> None:
-    """Count and time every request, log it, and serve `/metrics`."""
+def instrument(app: FastAPI, claims_queued: Callable[[], int]) -> None:
+    """Count and time every request, log it, and serve `/metrics`; with the claim outbox's backlog, read when
+    scraped (`claims_queued`: claims of committed bundles not yet submitted on chain)."""
     registry = CollectorRegistry()
     requests = Counter("fhir_requests", "FHIR requests", ["method", "route", "status"], registry=registry)
     latency = Histogram("fhir_request_seconds", "FHIR request latency", ["method", "route"], registry=registry)
+    queued = Gauge("claim_outbox_queued", "Claims of committed bundles waiting to be submitted", registry=registry)
+    queued.set_function(claims_queued)
     app.add_middleware(Measured, requests=requests, latency=latency)
 
     @app.get("/metrics", include_in_schema=False)

@@ -341,6 +341,12 @@ class Store:
                 )
         return [_outbox_claim(r) for r in rows]
 
+    def claims_queued(self) -> int:
+        """How many claims of committed bundles wait to be submitted on chain (the outbox's backlog)."""
+        with self._db.read() as sql:
+            row = sql.one("SELECT COUNT(*) FROM claim_outbox WHERE state = 'queued'", ())
+        return int(row[0]) if row else 0
+
     def outbox_claim(self, claim_id: str) -> OutboxClaim | None:
         """The outbox entry of a Claim held here (None: the claim was not filed through the outbox)."""
         with self._db.read() as sql:

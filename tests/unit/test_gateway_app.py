@@ -224,6 +224,8 @@ def test_a_bundles_claims_answer_201_and_say_where_they_stand(gw: Gateway) -> No
         state = await g.get(f"/fhir/{location.rsplit('/', 2)[0]}/$submission")
         params = {p["name"]: next(v for k, v in p.items() if k.startswith("value")) for p in state.json()["parameter"]}
         assert params["state"] == "submitted" and params["transaction"]
+        metrics = (await g.get("/metrics")).text
+        assert "claim_outbox_queued 0.0" in metrics.splitlines(), metrics
 
     gw.run(scenario)
 

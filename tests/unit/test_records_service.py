@@ -477,9 +477,11 @@ def test_a_claim_whose_submission_outcome_was_unknown_is_filed_exactly_once(
     claims = [w for w in run(scenario()) if w.type == "Claim"]
     assert {hospital.submission(w.id).state for w in claims} == {"queued"}
     assert {hospital.submission(w.id).attempts for w in claims} == {1}
+    assert hospital.store.claims_queued() == 2  # the outbox's backlog, as the gateway's metrics report it
     assert run(hospital.claims_outbox.submit_due(retry_after_s=0)) == {"submitted": 2}
     assert len(submitted_events(world)) == 2  # each claim on chain once, whether the first try committed or not
     assert all(hospital.submission(w.id).state == "submitted" for w in claims)
+    assert hospital.store.claims_queued() == 0
 
 
 def test_a_bundle_claim_naming_no_consortium_payer_is_kept_and_held(world: FakeLedger, hospital: Records) -> None:
