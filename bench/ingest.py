@@ -3,11 +3,14 @@
 the time of one 100-entry bundle goes, stage by stage, measured in this process on the same code.
 
     .venv/bin/python bench/ingest.py [--reuse-network] [--seconds 20] [--port-base N]
-    .venv/bin/python bench/ingest.py --real [--processes 1,2] [--stores sqlite,postgresql]
+    .venv/bin/python bench/ingest.py --real [--processes 1,2] [--stores sqlite,postgresql] [--clients 1,4]
+        [--patients N]
 
 --real: the published Synthea bundles of tests/data/synthea (and of the folders CARELEDGER_EXTRA_BUNDLES names),
 POSTed as published, by 1 and by 4 clients (--clients), for each gateway process count and each store (the gateway is
-restarted for each); a resource counts once its bundle is answered 200.
+restarted for each); a resource counts once its bundle is answered 200. Each scenario then waits until the bundles'
+Claims are on chain (the claim outbox submits them after their bundle) and says how long that took. --patients N
+adds copies of the bundles with their Patient's identifiers changed, so that N patients are written.
 
 Starts its own network and gateway in run/bench (ports from CARELEDGER_TEST_PORT_BASE, else 37000) unless
 --reuse-network.
@@ -46,10 +49,22 @@ SCENARIOS = [(1, 32), (10, 16), (100, 8)]  # (entries per bundle, concurrent cli
 FIXTURES = topo.REPO_ROOT / "tests" / "data" / "synthea"
 
 
-def real_bundles() -> list[bytes]:
-    """The published bundles, byte for byte as published."""
+def real_bundles(patients: int = 1) -> list[bytes]:
+    """The published bundles, byte for byte as published; with `patients` > 1, also copies of each whose Patient
+    identifiers carry a suffix per copy, so that the bundles write that many different patients (the fixtures hold
+    one patient's record, and bundles of one patient queue behind each other, as an EHR feed of many does not)."""
     folders = [FIXTURES] + [Path(p) for p in os.environ.get("CARELEDGER_EXTRA_BUNDLES", "").split(os.pathsep) if p]
-    return [f.read_bytes() for folder in folders for f in sorted(folder.glob("*.json"))]
+    published = [f.read_bytes() for folder in folders for f in sorted(folder.glob("*.json"))]
+    copies = []
+    for n in range(1, patients):
+        for body in published:
+            bundle = json.loads(body)
+            for entry in bundle["entry"]:
+                if entry["resource"]["resourceType"] == "Patient":
+                    for identifier in entry["resource"].get("identifier", []):
+                        identifier["value"] = f"{identifier['value']}-{n}"
+            copies.append(json.dumps(bundle).encode())
+    return published + copies
 
 
 async def post_for(
@@ -93,11 +108,18 @@ async def post_for(
 
 
 def real_scenarios(
-    t: topo.Topology, processes: list[int], stores: list[str], clients_counts: list[int], seconds: float
+    t: topo.Topology,
+    processes: list[int],
+    stores: list[str],
+    clients_counts: list[int],
+    seconds: float,
+    patients: int = 1,
 ) -> None:
     """The published bundles by each count of clients, for each store and gateway process count."""
-    bodies = [(b, len(json.loads(b)["entry"])) for b in real_bundles()]
-    print(f"real bundles: {len(bodies)} published Synthea bundles, {sum(n for _, n in bodies)} entries", flush=True)
+    bodies = [(b, len(json.loads(b)["entry"])) for b in real_bundles(patients)]
+    copies = " and copies" if patients > 1 else ""
+    entries = sum(n for _, n in bodies)
+    print(f"real bundles: {len(bodies)} (published{copies}), {patients} patient(s), {entries} entries", flush=True)
     for store in stores:
         for count in processes:
             os.environ["CARELEDGER_GATEWAY_PROCESSES"] = str(count)
@@ -234,6 +256,7 @@ def main() -> None:
     parser.add_argument("--processes", default="1,2", help="gateway process counts of --real")
     parser.add_argument("--stores", default="sqlite,postgresql", help="stores of --real")
     parser.add_argument("--clients", default="1,4", help="concurrent clients of --real")
+    parser.add_argument("--patients", type=int, default=1, help="patients --real writes (copies of the bundles)")
     args = parser.parse_args()
     home = topo.REPO_ROOT / "run" / "bench"
     t = topo.load() if args.reuse_network else topo.load(home=home, port_base=args.port_base)
@@ -244,7 +267,7 @@ def main() -> None:
         try:
             processes = [int(p) for p in args.processes.split(",")]
             clients = [int(c) for c in args.clients.split(",")]
-            real_scenarios(t, processes, args.stores.split(","), clients, args.seconds)
+            real_scenarios(t, processes, args.stores.split(","), clients, args.seconds, args.patients)
         finally:
             if not args.reuse_network:
                 control.down(t, purge=True, progress=lambda _m: None)

@@ -28,7 +28,7 @@ import hmac
 import os
 import struct
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -102,7 +102,16 @@ class Blobs:
     async def put(self, patient: str, stream: AsyncIterator[bytes], max_bytes: int | None = None) -> BlobInfo:
         """Encrypt and store a stream for the patient; returns its name, size and hash. ValueError past
         `max_bytes` (nothing is kept)."""
-        blob_key, name_key = self._keys(patient)
+        return await self._put(self._keys(patient), stream, max_bytes)
+
+    async def put_all(self, contents: Sequence[tuple[str, bytes]]) -> list[BlobInfo]:
+        """Store contents held in memory, (patient, content) each (a bundle's inline attachments): the keys are
+        derived once per patient, and the blobs written together, so that their writes to disk overlap."""
+        keys = {patient: self._keys(patient) for patient in {p for p, _ in contents}}
+        return list(await asyncio.gather(*(self._put(keys[p], one_shot(raw), None) for p, raw in contents)))
+
+    async def _put(self, keys: tuple[bytes, bytes], stream: AsyncIterator[bytes], max_bytes: int | None) -> BlobInfo:
+        blob_key, name_key = keys
         salt = os.urandom(32)
         header = MAGIC + bytes([VERSION]) + struct.pack(">I", CHUNK) + salt
         aead = AESGCM(hmac.new(blob_key, FILE_KEY_LABEL + salt, hashlib.sha256).digest())

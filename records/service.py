@@ -36,7 +36,6 @@ from records.blobs import (
     backend_from_env,
     blob_of,
     name_of,
-    one_shot,
 )
 from records.claim_outbox import ClaimOutbox, held_here
 from records.compartments import DIRECTORY, EITHER, PATIENT_ELEMENTS, in_compartment, patient_references
@@ -430,7 +429,7 @@ class Records:
                 }
             )
         together = [(w.resource, v[3]) for w, v in zip(written, versions, strict=True)]
-        claims = [self._outbox_claim(c, together) for c in claims]
+        claims = self._outbox_claims(claims, together)
         first = next((at for at in range(len(written)) if at not in outboxed), None)
         submit = None
         if first is not None:
@@ -494,7 +493,7 @@ class Records:
         """Store each inline content, (attachment, content, patient, "Type/id" of its resource), as a blob and point
         its attachment at a new Binary; the Binary resources to write, with their patients. The blobs are stored
         together, so their writes to disk overlap."""
-        infos = await asyncio.gather(*(self.blobs.put(patient, one_shot(raw)) for _, raw, patient, _ in inline))
+        infos = await self.blobs.put_all([(patient, raw) for _, raw, patient, _ in inline])
         binaries = []
         for (att, _, patient, context), info in zip(inline, infos, strict=True):
             binary_id = str(uuid.uuid4())
@@ -510,20 +509,23 @@ class Records:
         (written,) = await self._write(RECORDS, [binary], [("Binary", binary["id"], 1, patient)])
         return written
 
-    def _outbox_claim(self, claim: OutboxClaim, together: list[tuple[dict[str, Any], str]]) -> OutboxClaim:
-        """A new Claim of a bundle, checked now as the Claims contract will take it (what R4 forbids is refused with
-        the bundle), queued for its own transaction after the bundle's (`together`: the bundle's resources, which
-        may name its payer, with the patients they are filed under)."""
-        resource = next(r for r, _ in together if r["resourceType"] == "Claim" and r["id"] == claim.id)
-        found = fhir_claim.for_ledger(
-            resource,
-            claim.key,
-            claim.patient,
-            claim.digest,
-            self.payers,
-            held_here(self.store, claim.patient, together),
-        )
-        return replace(claim, state="held" if found is None else "queued")
+    def _outbox_claims(
+        self, claims: list[OutboxClaim], together: list[tuple[dict[str, Any], str]]
+    ) -> list[OutboxClaim]:
+        """The new Claims of a bundle, each checked now as the Claims contract will take it (what R4 forbids is
+        refused with the bundle), queued for its own transaction after the bundle's (`together`: the bundle's
+        resources, which may name a claim's payer, with the patients they are filed under)."""
+        resources = {r["id"]: r for r, _ in together if r["resourceType"] == "Claim"}
+        held: dict[str, fhir_claim.HeldHere] = {}  # one look at what is held per patient, not one per claim
+        out = []
+        for claim in claims:
+            if claim.patient not in held:
+                held[claim.patient] = held_here(self.store, claim.patient, together)
+            found = fhir_claim.for_ledger(
+                resources[claim.id], claim.key, claim.patient, claim.digest, self.payers, held[claim.patient]
+            )
+            out.append(replace(claim, state="held" if found is None else "queued"))
+        return out
 
     def _route(self, entries: list[Entry]) -> tuple[Route, frozenset[int]]:
         """The route of the entries' ledger transaction, and which of them are Claims filed through the claim

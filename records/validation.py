@@ -365,8 +365,9 @@ def _model_of(node: dict[str, Any], declared: type[FHIRAbstractModel]) -> type[F
 def binding_issues(node: dict[str, Any], model: type[FHIRAbstractModel], path: str) -> Iterator[Issue]:
     """Coded elements with a required binding whose value is not one of the bound codes, at any depth, read from
     the JSON as sent. Only the elements present are visited, so this costs a fraction of the model's own parse,
-    and it reports bindings even when the model refuses the resource for other reasons (every problem at once)."""
-    stack: list[tuple[dict[str, Any], type[FHIRAbstractModel], str]] = [(node, model, path)]
+    and it reports bindings even when the model refuses the resource for other reasons (every problem at once).
+    A path is written out only for an issue found (the parts on the way are kept as a tuple until then)."""
+    stack: list[tuple[dict[str, Any], type[FHIRAbstractModel], tuple[str, ...]]] = [(node, model, (path,))]
     while stack:
         current, current_model, at = stack.pop()
         elements = _elements(current_model)
@@ -374,16 +375,16 @@ def binding_issues(node: dict[str, Any], model: type[FHIRAbstractModel], path: s
             element = elements.get(key)
             if element is None:
                 continue
-            many = isinstance(value, list)
-            for i, item in enumerate(value if many else [value]):
-                where = f"{at}.{key}" + (f"[{i}]" if many else "")
-                if element.codes is not None and isinstance(item, str) and item not in element.codes:
+            many = type(value) is list
+            for i, item in enumerate(value if many else (value,)):
+                if element.codes is not None and type(item) is str and item not in element.codes:
+                    where = "".join(at) + f".{key}" + (f"[{i}]" if many else "")
                     codes = ", ".join(element.codes)
                     yield Issue("code-invalid", where, f"{item!r} is not one of the required codes: {codes}")
-                elif element.model is not None and isinstance(item, dict):
+                elif element.model is not None and type(item) is dict:
                     inner = _model_of(item, element.model)
                     if inner is not None:
-                        stack.append((item, inner, where))
+                        stack.append((item, inner, (*at, f".{key}[{i}]" if many else f".{key}")))
 
 
 def validate_resource(data: Any, path: str, supported: Collection[str] = STORED_TYPES) -> str:
