@@ -35,9 +35,9 @@ def tree_cpu_seconds(pid: int, children: dict[int, list[int]]) -> float:
 def cpu_by_process(t: Topology) -> dict[str, float]:
     children = _children()
     out = {}
-    for proc in managed_processes(t):  # supervisord on its own: what it runs is counted below
+    for proc in managed_processes(t):  # PostgreSQL with its server processes; supervisord alone (its are below)
         if (pid := proc.pid()) is not None:
-            out[proc.name] = cpu_seconds(pid)
+            out[proc.name] = cpu_seconds(pid) if proc.name == "supervisord" else tree_cpu_seconds(pid, children)
     for org in worker_cli.orgs_with_workers(t):
         for name, p in (
             ("worker", worker_cli.worker_process(t, org)),

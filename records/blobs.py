@@ -291,6 +291,28 @@ def attachments(resource: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+def with_own_attachments(resource: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the resource whose Attachment objects, and the objects and arrays on the way to them, are its own
+    (changing them leaves the resource given as it was); everything else is shared with it."""
+    out = dict(resource)
+    for element, sub in ATTACHMENTS.get(str(resource.get("resourceType")), ()):
+        value = out.get(element)
+        if isinstance(value, list):
+            out[element] = [_own_item(item, sub) for item in value]
+        elif isinstance(value, dict):
+            out[element] = _own_item(value, sub)
+    return out
+
+
+def _own_item(item: Any, sub: str | None) -> Any:
+    if not isinstance(item, dict):
+        return item
+    item = dict(item)
+    if sub and isinstance(item.get(sub), dict):
+        item[sub] = dict(item[sub])
+    return item
+
+
 async def one_shot(data: bytes) -> AsyncIterator[bytes]:
     for i in range(0, len(data), CHUNK):
         yield data[i : i + CHUNK]

@@ -1,4 +1,4 @@
-"""JSON at ingest speed: parsing request bodies, the form a resource is stored in, and copies of parsed resources.
+"""JSON at ingest speed: parsing request bodies and the form a resource is stored in.
 
 A 300-entry EHR bundle is almost a megabyte of JSON; the standard library's parser and encoder cost several
 milliseconds of it per request, orjson a fraction. orjson reads and writes the same JSON with two exceptions, and
@@ -10,7 +10,6 @@ Digests never use this module: their byte forms are fixed (`records.digests`, `r
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from typing import Any
@@ -33,11 +32,3 @@ def stored(resource: Any) -> bytes:
         return orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # an integer beyond 64 bits (orjson.JSONEncodeError is a TypeError)
         return json.dumps(resource, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def copied(resource: Any) -> Any:
-    """A deep copy of a parsed JSON value (through orjson: several times faster than `copy.deepcopy`)."""
-    try:
-        return orjson.loads(orjson.dumps(resource))
-    except TypeError:
-        return copy.deepcopy(resource)

@@ -36,6 +36,7 @@ from records.blobs import (
     backend_from_env,
     blob_of,
     name_of,
+    with_own_attachments,
 )
 from records.claim_outbox import ClaimOutbox, held_here
 from records.compartments import DIRECTORY, EITHER, PATIENT_ELEMENTS, in_compartment, patient_references
@@ -462,7 +463,7 @@ class Records:
         for resource, (rtype, rid, version, patient) in zip(resources, versions, strict=True):
             found = attachments(resource)
             if found:
-                resource = json_form.copied(resource)
+                resource = with_own_attachments(resource)
                 found = attachments(resource)
             for i, att in enumerate(found):
                 where = f"{rtype}.attachment[{i}]"

@@ -77,6 +77,37 @@ def test_content_addressed_per_patient(store: tuple[Blobs, Keys, Path]) -> None:
         asyncio.run(collect(b.get("b" * 64, one.name)))
 
 
+def test_contents_stored_together_are_each_their_patient_s_blob(store: tuple[Blobs, Keys, Path]) -> None:
+    b, _, _ = store
+    contents = [("a" * 64, b"note one"), ("b" * 64, b"note one"), ("a" * 64, b"note two"), ("a" * 64, b"")]
+    infos = asyncio.run(b.put_all(contents))
+    singly = [asyncio.run(b.put(patient, pieces(raw))) for patient, raw in contents]
+    assert [i.name for i in infos] == [i.name for i in singly] and len({i.name for i in infos}) == 4
+    for (patient, raw), info in zip(contents, infos, strict=True):
+        assert asyncio.run(collect(b.get(patient, info.name))) == raw
+
+
+def test_a_copy_with_its_own_attachments_leaves_the_resource_as_it_was() -> None:
+    report = {
+        "resourceType": "DiagnosticReport",
+        "code": {"text": "shared"},
+        "presentedForm": [{"contentType": "text/plain", "data": "aGk="}],
+    }
+    document = {"resourceType": "DocumentReference", "content": [{"attachment": {"data": "aGk="}, "format": {}}]}
+    for resource in (report, document):
+        before = json.loads(json.dumps(resource))
+        copy = blobs.with_own_attachments(resource)
+        for att in blobs.attachments(copy):
+            att["url"] = "Binary/x"
+            del att["data"]
+        assert resource == before and copy != before
+        assert all(
+            att == {"url": "Binary/x"} | {k: v for k, v in att.items() if k == "contentType"}
+            for att in blobs.attachments(copy)
+        )
+    assert blobs.with_own_attachments(report)["code"] is report["code"]  # what holds no attachment is shared
+
+
 def test_every_kind_of_tampering_is_detected(store: tuple[Blobs, Keys, Path]) -> None:
     b, _, root = store
     data = os.urandom(3 * CHUNK + 100)

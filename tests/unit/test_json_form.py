@@ -43,12 +43,3 @@ def test_the_stored_form_sorts_keys_and_reads_back_as_the_same_value(value: Any)
     assert (
         json_form.stored({"b": [1, {"d": None, "c": 2.5}], "a": "é"}) == '{"a":"é","b":[1,{"c":2.5,"d":null}]}'.encode()
     )
-
-
-@pytest.mark.parametrize("value", SAMPLES)
-def test_a_copy_is_equal_and_shares_nothing(value: Any) -> None:
-    copied = json_form.copied(value)
-    assert copied == value
-    for key, item in value.items():
-        if isinstance(item, (dict, list)):
-            assert copied[key] is not item
