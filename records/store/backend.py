@@ -41,6 +41,8 @@ class Backend(ABC):
     # Row locks for key rows (PostgreSQL); SQLite serialises writers instead and has no such clause.
     share_lock: str = ""
     update_lock: str = ""
+    # Rows taken off a queue: each writer takes rows no other is taking (PostgreSQL); SQLite's writers take turns.
+    take_lock: str = ""
 
     @abstractmethod
     def read(self) -> AbstractContextManager[Sql]:

@@ -331,7 +331,7 @@ class Store:
         with self._db.write() as sql:
             rows = sql.rows(
                 OUTBOX + " WHERE state = 'queued' AND ((attempts = 0 AND reason IS NULL) OR updated < ?)"
-                " ORDER BY updated LIMIT ?",
+                f" ORDER BY updated LIMIT ?{self._db.take_lock}",
                 (now - retry_after_s, limit),
             )
             if rows:

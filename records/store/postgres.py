@@ -116,6 +116,7 @@ class PostgresBackend(Backend):
     name = "postgresql"
     share_lock = " FOR SHARE"
     update_lock = " FOR UPDATE"
+    take_lock = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 
 from consortium import topology as topo
 from records.settings import store_url
-from records.store import Cursor, PatientErased, Query, Row, Store, Tampered, VersionTaken
+from records.store import Cursor, OutboxClaim, PatientErased, Query, Row, Store, Tampered, VersionTaken
 from tests.stores import Stores
 
 PATIENT = "a" * 64
@@ -289,3 +291,33 @@ def test_writes_of_one_process_stage_with_the_keys_their_own_digests_were_made_w
     store.stage("b3", [row("o3")])  # the third write stages with the key it was handed
     store.commit("b3", "tx")
     assert store.read("Observation", "o3") is not None
+
+
+def taken(store: Store, ready: threading.Barrier) -> list[str]:
+    ready.wait()
+    return [c.key for c in store.claims_due(6, 60)]
+
+
+def test_processes_taking_due_claims_at_the_same_moment_take_each_claim_once(stores: Stores) -> None:
+    """Two gateway processes (two stores on one database) drain the claim outbox at once: each claim is taken by one
+    of them (PostgreSQL's writers would otherwise both read the same due rows before either marks them taken)."""
+    first = stores.open()
+    second = Store(stores.location(), b"m" * 32)
+    try:
+        for n in range(20):
+            claims = [OutboxClaim(f"k{n}-{i}", f"c{n}-{i}", PATIENT, "d" * 64) for i in range(10)]
+            rows = [row(f"c{n}-{i}", rtype="Claim") for i in range(10)]
+            first.stage(f"b{n}", rows, claims)
+            first.commit(f"b{n}", f"tx-{n}")
+            ready = threading.Barrier(2)
+            with ThreadPoolExecutor(2) as pool:
+                one, two = pool.map(taken, (first, second), (ready, ready))
+            assert not set(one) & set(two), (n, one, two)
+            assert len(one) + len(two) == 10, (n, one, two)  # 6 and 4: what one takes the other finds not due
+            rest = first.claims_due(100, 60)
+            assert sorted(one + two + [c.key for c in rest]) == sorted(c.key for c in claims)
+            for key in one + two + [c.key for c in rest]:
+                first.claim_settled(key, "submitted", "tx")
+    finally:
+        second.close()
+        first.close()
