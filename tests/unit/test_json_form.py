@@ -24,9 +24,28 @@ def test_parsing_gives_the_values_the_standard_library_gives(value: Any) -> None
     assert json_form.loads(json.dumps(value).encode()) == value  # \u escapes too
 
 
-def test_an_integer_beyond_64_bits_stays_an_integer() -> None:
-    parsed = json_form.loads(b'{"value": 123456789012345678901234567890}')
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"value": 123456789012345678901234567890}',
+        b'{"text": "seed: 3457288435413077439", "value": 123456789012345678901234567890}',
+        b'{"text": "a \\" quote, a \\\\ backslash", "value": 123456789012345678901234567890}',
+        b'{"text": "' + b" 12345678901234567890" * 20 + b'", "value": 123456789012345678901234567890}',
+    ],
+)
+def test_an_integer_beyond_64_bits_stays_an_integer(body: bytes) -> None:
+    parsed = json_form.loads(body)
     assert parsed["value"] == 123456789012345678901234567890 and type(parsed["value"]) is int
+    assert parsed == json.loads(body)
+
+
+def test_long_numbers_inside_strings_leave_the_fast_parser_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(_body: bytes) -> None:
+        raise AssertionError("parsed by the standard library")
+
+    monkeypatch.setattr(json, "loads", refused)
+    body = b'{"div": "Person seed: 3457288435413077439", "note": "\\"9999999999999999999\\"", "n": 1}'
+    assert json_form.loads(body) == {"div": "Person seed: 3457288435413077439", "note": '"9999999999999999999"', "n": 1}
 
 
 @pytest.mark.parametrize("body", [b"{", b'{"a": NaN}', b'{"a": Infinity}', b'["\\ud800"]', b"\xff\xfe"])
