@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -20,12 +21,21 @@ def instrument(app: FastAPI, claims_queued: Callable[[], int]) -> None:
     requests = Counter("fhir_requests", "FHIR requests", ["method", "route", "status"], registry=registry)
     latency = Histogram("fhir_request_seconds", "FHIR request latency", ["method", "route"], registry=registry)
     queued = Gauge("claim_outbox_queued", "Claims of committed bundles waiting to be submitted", registry=registry)
-    queued.set_function(claims_queued)
+    queued.set_function(lambda: _or_nan(claims_queued))
     app.add_middleware(Measured, requests=requests, latency=latency)
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    def metrics() -> Response:  # in a worker thread: the outbox's count reads the store
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _or_nan(read: Callable[[], int]) -> float:
+    """A reading, or NaN when the store cannot give it: the other metrics are still served."""
+    try:
+        return float(read())
+    except Exception as e:
+        log.warning("a metric could not be read", extra={"error": type(e).__name__})
+        return math.nan
 
 
 class Measured:

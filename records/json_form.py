@@ -11,6 +11,7 @@ Digests never use this module: their byte forms are fixed (`records.digests`, `r
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import orjson
@@ -21,7 +22,10 @@ MAX_LOOKS = 8  # long digit runs looked at, each costing a pass over the text be
 
 
 def loads(body: bytes) -> Any:
-    """The JSON value of a UTF-8 body. ValueError if it is not JSON (a lone surrogate, NaN or Infinity included)."""
+    """The JSON value of a body. ValueError if it is not JSON, or holds NaN, an infinite number or a lone surrogate
+    (which no FHIR value can be)."""
+    if body[:1] in (b"\xef", b"\xfe", b"\xff") or b"\x00" in body[:4]:
+        return _standard(body)  # a byte order mark, or UTF-16/32: the standard library reads those, orjson does not
     digits = body.translate(_DIGITS_ONLY)  # a run of digits found with bytes.find: a regex takes 5 times as long
     at = digits.find(_LONG_RUN)
     for _ in range(MAX_LOOKS):
@@ -31,7 +35,25 @@ def loads(body: bytes) -> Any:
             break
         end = digits.find(b" ", at)  # past this run of digits
         at = -1 if end == -1 else digits.find(_LONG_RUN, end)
-    return json.loads(body)  # a long number, or many long runs of digits (not worth looking where each one is)
+    return _standard(body)  # a long number, or many long runs of digits (not worth looking where each one is)
+
+
+def _standard(body: bytes) -> Any:
+    """The standard library's parse, refusing what orjson refuses."""
+    data = json.loads(body, parse_constant=_refused, parse_float=_finite)
+    json.dumps(data, ensure_ascii=False).encode()  # UnicodeEncodeError (a ValueError) for a lone surrogate
+    return data
+
+
+def _refused(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is beyond what a number here can hold")
+    return value
 
 
 def _in_string(body: bytes, at: int) -> bool:

@@ -517,7 +517,7 @@ class Records:
         refused with the bundle), queued for its own transaction after the bundle's (`together`: the bundle's
         resources, which may name a claim's payer, with the patients they are filed under)."""
         resources = {r["id"]: r for r, _ in together if r["resourceType"] == "Claim"}
-        held: dict[str, fhir_claim.HeldHere] = {}  # one look at what is held per patient, not one per claim
+        held: dict[str, fhir_claim.HeldHere] = {}  # built once per patient (it indexes the whole bundle)
         out = []
         for claim in claims:
             if claim.patient not in held:

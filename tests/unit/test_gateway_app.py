@@ -6,10 +6,12 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from fastapi import FastAPI
 
 from fabric_gateway import CommitStatusUnavailable, EndorseError, ErrorDetail
-from gateway import consistency
+from gateway import consistency, metrics
 from ledger.errors import LedgerConflict
 from records import synthetic
 from records.store import Query
@@ -339,3 +341,19 @@ def test_an_idempotency_key_sent_with_a_different_request_is_refused_and_writes_
         assert again.status_code in (200, 201) and again.json()["id"] == first.json()["id"]
 
     gw.run(scenario)
+
+
+def test_metrics_are_served_when_the_outbox_count_cannot_be_read() -> None:
+    def unreachable() -> int:
+        raise ConnectionError("the store's database is down")
+
+    app = FastAPI()
+    metrics.instrument(app, unreachable)
+
+    async def scrape() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
+            return await http.get("/metrics")
+
+    r = asyncio.run(scrape())
+    assert r.status_code == 200 and "claim_outbox_queued NaN" in r.text.splitlines(), r.text
+    assert "fhir_request_seconds" in r.text

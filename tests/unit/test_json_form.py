@@ -48,10 +48,28 @@ def test_long_numbers_inside_strings_leave_the_fast_parser_in_use(monkeypatch: p
     assert json_form.loads(body) == {"div": "Person seed: 3457288435413077439", "note": '"9999999999999999999"', "n": 1}
 
 
-@pytest.mark.parametrize("body", [b"{", b'{"a": NaN}', b'{"a": Infinity}', b'["\\ud800"]', b"\xff\xfe"])
-def test_what_is_not_json_is_a_value_error(body: bytes) -> None:
+BIG = b"123456789012345678901234567890"  # sends the body to the standard library's parser
+
+
+@pytest.mark.parametrize("tail", [b"", b', "big": ' + BIG])
+@pytest.mark.parametrize(
+    "head", [b'{"a": ', b'{"a": NaN', b'{"a": -Infinity', b'{"a": 1e400', b'{"a": ["\\ud800"]', b'{"a": "\xff"']
+)
+def test_what_is_not_json_or_no_fhir_value_is_a_value_error_on_either_parser(head: bytes, tail: bytes) -> None:
     with pytest.raises(ValueError):
-        json_form.loads(body)
+        json_form.loads(head + tail + b"}")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '\ufeff{"a": "é"}'.encode(),  # a byte order mark, as some clients send
+        '{"a": "é"}'.encode("utf-16"),
+        '{"a": "é"}'.encode("utf-32-le"),
+    ],
+)
+def test_a_byte_order_mark_or_utf_16_32_body_reads_as_the_standard_library_reads_it(body: bytes) -> None:
+    assert json_form.loads(body) == {"a": "é"}
 
 
 @pytest.mark.parametrize("value", SAMPLES)
