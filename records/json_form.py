@@ -1,11 +1,13 @@
 """JSON at ingest speed: parsing request bodies and the form a resource is stored in.
 
 A 300-entry EHR bundle is almost a megabyte of JSON; the standard library's parser and encoder cost several
-milliseconds of it per request, orjson a fraction. orjson reads and writes the same JSON with two exceptions, and
-each is routed to the standard library here so that no value changes:
-- it turns an integer beyond 64 bits into a float: a body with a number of more than 18 digits is parsed by `json`;
-- it cannot write such an integer: a resource holding one is written by `json`.
-Digests never use this module: their byte forms are fixed (`records.digests`, `records.disclosure`).
+milliseconds of it per request, orjson a fraction. The standard library takes over where orjson would change a value
+or not read what JSON allows, so that both give the same values:
+- a number of more than 18 digits outside a string (orjson makes an integer beyond 64 bits a float);
+- a body with a byte order mark, or in UTF-16/32;
+- a resource holding an integer beyond 64 bits is written in the canonical form (`digests.canonical_json`).
+Both parsers refuse NaN, infinite numbers and lone surrogates, which no FHIR value can be. Digests never use orjson:
+their byte forms are fixed (`records.digests`, `records.disclosure`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import math
 from typing import Any
 
 import orjson
+
+from records import digests
 
 _DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))  # digits "0", the rest " "
 _LONG_RUN = b"0" * 19  # 19 digits may exceed a signed 64-bit integer
@@ -69,4 +73,4 @@ def stored(resource: Any) -> bytes:
     try:
         return orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # an integer beyond 64 bits (orjson.JSONEncodeError is a TypeError)
-        return json.dumps(resource, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        return digests.canonical_json(resource)
