@@ -364,33 +364,34 @@ def test_no_org_process_opens_another_orgs_files(
     t.refresh()
     orgs = [o for o in ("HospitalOrg", "InsurerOrg", "Insurer2Org", "Clinic2Org") if t.has_org(o)]
     traced: dict[str, list[tuple[subprocess.Popen[bytes], Path]]] = {o: [] for o in orgs}
-    # The processes, as supervisord would run them, each under strace.
-    for org in orgs:
-        gateway_cli.process(t, org).stop()
-        env = program_env(t)
-        out = tmp_path / f"gateway-{org}.trace"
-        argv = [sys.executable, "-m", "careledger.cli", "gateway", "serve", "--org", org]
-        traced[org].append((_traced(argv, env, out), out))
-        if org in worker_cli.orgs_with_workers(t):
-            worker_cli.worker_process(t, org).stop()
-            worker_cli.listener_process(t, org).stop()
-            wenv = program_env(t, CARELEDGER_ORG=org)
-            out = tmp_path / f"worker-{org}.trace"
-            traced[org].append((_traced(worker_cli.celery_argv(t, org), wenv, out), out))
-            out = tmp_path / f"listener-{org}.trace"
-            argv = [sys.executable, "-m", "careledger.cli", "worker", "listen", "--org", org]
-            traced[org].append((_traced(argv, wenv, out), out))
-    # And one org's peer: restarted under strace.
+    # One org's peer, restarted under strace first: an org's gateway and workers refuse to start while their peer
+    # does not answer, and nothing here restarts them as supervisord would.
     peer = t.peer_of(t.org("Insurer2Org"))
     nodes.process(t, peer).stop()
     peer_trace = tmp_path / "peer.trace"
     peer_env = nodes.peer_env(t, admin.binaries, peer)
     peer_proc = _traced([admin.binaries.tool("peer"), "node", "start"], peer_env, peer_trace)
     try:
+        wait_for(lambda: nodes.ready(t, peer), 120, "the traced peer")
+        # The processes, as supervisord would run them, each under strace.
+        for org in orgs:
+            gateway_cli.process(t, org).stop()
+            env = program_env(t)
+            out = tmp_path / f"gateway-{org}.trace"
+            argv = [sys.executable, "-m", "careledger.cli", "gateway", "serve", "--org", org]
+            traced[org].append((_traced(argv, env, out), out))
+            if org in worker_cli.orgs_with_workers(t):
+                worker_cli.worker_process(t, org).stop()
+                worker_cli.listener_process(t, org).stop()
+                wenv = program_env(t, CARELEDGER_ORG=org)
+                out = tmp_path / f"worker-{org}.trace"
+                traced[org].append((_traced(worker_cli.celery_argv(t, org), wenv, out), out))
+                out = tmp_path / f"listener-{org}.trace"
+                argv = [sys.executable, "-m", "careledger.cli", "worker", "listen", "--org", org]
+                traced[org].append((_traced(argv, wenv, out), out))
         for org in orgs:
             settings = GatewaySettings.load(t, org)
             wait_for(lambda s=settings: gateway_cli.healthy(s), 120, f"{org}'s traced gateway")
-        wait_for(lambda: nodes.ready(t, peer), 120, "the traced peer")
         endorsers.wait_until_endorses(t, t.org("Insurer2Org"), "claims")
         # A cross-org flow: a claim to the new insurer (its listener and worker, the hospital's fetching from it).
         hospital, ins2 = services["HospitalOrg"], GatewayHttp(GatewaySettings.load(t, "Insurer2Org"))
