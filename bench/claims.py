@@ -10,7 +10,8 @@ are failures, and they count in the percentiles as slower than anything answered
 one). A warm-up at a low rate runs first and is not reported. `--preauth 0.3`: 30 % of what is offered are prior
 authorisation requests (`Claim/$submit`), timed until their decision arrives at the hospital. The backlog (offered
 and not yet answered, POSTs still in flight included) is sampled every 5 s; a backlog that keeps growing means the
-rate is above capacity. Besides POST -> answer it reports POST -> 201, the part spent before the claim is on chain.
+rate is above capacity: its trend (the least-squares slope, claims/s) is printed too. Besides POST -> answer it
+reports POST -> 201, the part spent before the claim is on chain.
 
 Starts its own network, gateways, listeners and workers in run/bench (ports from --port-base, 24000) unless
 --reuse-network.
@@ -286,7 +287,20 @@ def report(offered: Offered, arrivals: Arrivals) -> list[str]:
     if offered.backlog:
         trail = ", ".join(f"{t:.0f}s:{n}" for t, n in offered.backlog)
         lines.append(f"      backlog (offered, not yet answered) every {SAMPLE_EVERY_S:.0f} s: {trail}")
+        lines.append(f"      backlog trend: {trend(offered.backlog):+.1f} claims/s (least squares over the samples)")
     return lines
+
+
+def trend(samples: list[tuple[float, int]]) -> float:
+    """How fast the backlog grew, in claims a second: the slope of the least-squares line through the samples. A
+    rate the stack keeps up with has a trend near 0 however much its backlog wobbles; above capacity it is the
+    shortfall (offered minus answered per second)."""
+    if len(samples) < 2:
+        return 0.0
+    mean_t = sum(t for t, _ in samples) / len(samples)
+    mean_n = sum(n for _, n in samples) / len(samples)
+    spread = sum((t - mean_t) ** 2 for t, _ in samples)
+    return sum((t - mean_t) * (n - mean_n) for t, n in samples) / spread if spread else 0.0
 
 
 async def run(t: Topology, seconds: float, rates: list[int], preauth: float, n_members: int = MEMBERS) -> None:

@@ -6,7 +6,7 @@
 | token verification key | run/orgs/<org>/gateway/token-issuer.pub (development) | CARELEDGER_TOKEN_PUBLIC_KEY_FILE |
 | token issuer / audience | https://auth.<domain> / https://gateway.<domain>/fhir | CARELEDGER_TOKEN_ISSUER, _AUDIENCE |
 | processes serving the port | 1 | CARELEDGER_GATEWAY_PROCESSES |
-| claims filed within this many ms of each other go to the ledger together | 150 | CARELEDGER_CLAIM_WINDOW_MS |
+| claims filed this close (ms) go in one batch; longer under load | 150 | CARELEDGER_CLAIM_WINDOW_MS |
 
 Several processes share the org's port (SO_REUSEPORT: the kernel spreads connections over them) and its store
 (SQLite in WAL mode with BEGIN IMMEDIATE, or PostgreSQL: both safe for several writers). Parsing FHIR is CPU-bound,

@@ -544,8 +544,11 @@ def _submit_claim(call: Call) -> Json:
     detail = call.transient_json("claim")
     if call.get(f"claim/{s['claimId']}") is not None:
         raise LedgerConflict(f"claim {s['claimId']} exists")
-    if sum(int(line["netCents"]) for line in detail["lines"]) != s["totalCents"]:
-        raise LedgerInvalid("totalCents is not the sum of the lines")
+    edited = {int(e["sequence"]) for e in detail.get("edits") or []}
+    if sum(int(line["netCents"]) for line in detail["lines"]) != s["totalCents"] and 0 not in edited:
+        raise LedgerInvalid("totalCents is not the sum of the lines")  # unless an edit of the whole claim says so
+    if any(int(line["netCents"]) == 0 and int(line["sequence"]) not in edited for line in detail["lines"]):
+        raise LedgerInvalid("a line has no charge and no edit that says so")
     claim = {
         **s,
         "provider": call.msp,

@@ -22,7 +22,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal, DecimalException
 from typing import Any
 
 from records.errors import FhirInvalid, Issue
@@ -36,14 +36,27 @@ class ClaimForLedger:
     detail: dict[str, Any]  # transient "claim"
 
 
-def _cents(value: Any, where: str) -> int:
+HALF_CENT = Decimal("0.005")  # amounts closer than this are the same amount in cents
+LARGEST = Decimal(1_000_000_000)  # the Claims contract takes amounts up to a billion (in cents: 10^11)
+
+
+def _amount(value: Any, where: str) -> Decimal:
+    """An amount as the exact decimal it was written as. R4 allows any precision in Money.value, and exporters write
+    sums of binary floats (Synthea's 2021 releases put totals such as 410.20000000000005 in one Claim in ten)."""
     try:
-        amount = Decimal(str(value)) * 100
-    except InvalidOperation:
+        amount = Decimal(str(value))
+    except DecimalException:
         raise FhirInvalid([Issue("value", where, f"{value!r} is not an amount")]) from None
-    if amount != amount.to_integral_value():
-        raise FhirInvalid([Issue("value", where, f"{value} has more than two decimals")])
-    return int(amount)
+    if not amount.is_finite():
+        raise FhirInvalid([Issue("value", where, f"{value!r} is not an amount")])
+    if abs(amount) > LARGEST:
+        raise FhirInvalid([Issue("value", where, f"{value} is more than the claims channel takes ({LARGEST:,})")])
+    return amount
+
+
+def _cents(amount: Decimal) -> int:
+    """Whole cents, rounded half to even: the ledger and the remittance keep cents, as an X12 835 does."""
+    return int((amount * 100).to_integral_value(ROUND_HALF_EVEN))
 
 
 @dataclass(frozen=True)
@@ -190,41 +203,49 @@ MISSING_CHARGE = ("16", "M79")  # CARC 16 claim lacks information; RARC M79 miss
 TOTAL_MISMATCH = ("16", "M54")  # RARC M54 missing/incomplete/invalid total charges
 
 
-def _line(item: dict[str, Any], where: str) -> tuple[dict[str, Any], str, bool]:
-    """One billed line (net, else quantity x unitPrice), its currency, and whether it has a charge at all."""
+def _line(item: dict[str, Any], where: str) -> tuple[dict[str, Any], Decimal, str]:
+    """One billed line (net, else quantity x unitPrice x factor), its exact amount, and its currency. The amounts are
+    compared exactly and rounded to cents only once: the unit price goes on chain only when quantity times its cents
+    is the line's cents (the contract checks that), so a unit price of a fraction of a cent is billed right."""
     codings = (item.get("productOrService") or {}).get("coding") or []
     if not codings or not codings[0].get("code"):
         raise FhirInvalid([Issue("required", f"{where}.productOrService.coding", "a billed line needs a code")])
-    quantity = Decimal(str((item.get("quantity") or {}).get("value", 1)))
+    quantity = _amount((item.get("quantity") or {}).get("value", 1), f"{where}.quantity.value")
     if quantity != quantity.to_integral_value() or quantity < 1:
         raise FhirInvalid([Issue("value", f"{where}.quantity", "quantities are whole numbers of at least 1")])
     price, net = item.get("unitPrice") or {}, item.get("net") or {}
-    unit = _cents(price["value"], f"{where}.unitPrice.value") if "value" in price else 0
-    net_cents = _cents(net["value"], f"{where}.net.value") if "value" in net else int(quantity) * unit
-    if unit and net_cents != int(quantity) * unit:
-        raise FhirInvalid([Issue("invariant", f"{where}.net", "net is not quantity x unitPrice")])
+    unit = _amount(price["value"], f"{where}.unitPrice.value") if "value" in price else None
+    factor = _amount(item.get("factor", 1), f"{where}.factor")
+    priced = None if unit is None else quantity * unit * factor
+    exact = _amount(net["value"], f"{where}.net.value") if "value" in net else (priced or Decimal(0))
+    if priced is not None and abs(exact - priced) >= HALF_CENT:
+        raise FhirInvalid([Issue("invariant", f"{where}.net", "net is not quantity x unitPrice x factor")])
+    net_cents = _cents(exact)
+    unit_cents = _cents(unit) if unit is not None else 0
     line = {
         "sequence": int(item["sequence"]),
         "code": str(codings[0]["code"])[:32],
         "quantity": int(quantity),
-        "unitPriceCents": unit,
+        "unitPriceCents": unit_cents if unit_cents * int(quantity) == net_cents else 0,
         "netCents": net_cents,
     }
-    return line, str(net.get("currency") or price.get("currency") or ""), net_cents > 0
+    return line, exact, str(net.get("currency") or price.get("currency") or "")
 
 
-def _lines(claim: dict[str, Any]) -> tuple[list[dict[str, Any]], str, list[dict[str, Any]]]:
-    """The billed lines, their currency, and the front-end edits a payer would answer (a line without a charge, a
-    total its lines do not add up to) — edits, not refusals: R4 allows both."""
+def _lines(claim: dict[str, Any]) -> tuple[list[dict[str, Any]], Decimal, str, list[dict[str, Any]]]:
+    """The billed lines, the exact sum of their amounts, their currency, and the front-end edits a payer would
+    answer (a line without a charge, a total its lines do not add up to) — edits, not refusals: R4 allows both."""
     lines: list[dict[str, Any]] = []
     edits: list[dict[str, Any]] = []
     currencies: set[str] = set()
+    exact_sum = Decimal(0)
     for i, item in enumerate(claim.get("item") or []):
-        line, currency, charged = _line(item, f"Claim.item[{i}]")
+        line, exact, currency = _line(item, f"Claim.item[{i}]")
         lines.append(line)
+        exact_sum += exact
         if currency:
             currencies.add(currency)
-        if not charged:
+        if line["netCents"] <= 0:
             edits.append({"sequence": line["sequence"], "reason": MISSING_CHARGE[0], "remark": MISSING_CHARGE[1]})
     if not lines:
         raise FhirInvalid([Issue("required", "Claim.item", "a claim bills at least one item")])
@@ -233,7 +254,7 @@ def _lines(claim: dict[str, Any]) -> tuple[list[dict[str, Any]], str, list[dict[
         currencies.add(str(total["currency"]))
     if len(currencies) > 1:
         raise FhirInvalid([Issue("value", "Claim.item.net.currency", "every amount names one and the same currency")])
-    return lines, currencies.pop() if currencies else "USD", edits
+    return lines, exact_sum, currencies.pop() if currencies else "USD", edits
 
 
 def for_ledger(
@@ -252,12 +273,12 @@ def for_ledger(
     insurer = insurer_msp(claim, payers, held)
     if insurer is None:
         return None
-    lines, currency, edits = _lines(claim)
-    total = sum(line["netCents"] for line in lines)
+    lines, exact_sum, currency, edits = _lines(claim)
+    total = sum(line["netCents"] for line in lines)  # what the contract checks the total against
     if claim.get("total") and "value" in claim["total"]:
-        billed = _cents(claim["total"]["value"], "Claim.total.value")
-        if billed != total:
-            total = billed
+        billed = _amount(claim["total"]["value"], "Claim.total.value")
+        if abs(billed - exact_sum) >= HALF_CENT:
+            total = _cents(billed)
             edits.append({"sequence": 0, "reason": TOTAL_MISMATCH[0], "remark": TOTAL_MISMATCH[1]})
     submission = {
         "claimId": claim_id,

@@ -15,10 +15,11 @@ import json
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from fabric_gateway import NotCommitted
@@ -117,6 +118,13 @@ class Custodian:
 
 
 PRUNE_EVERY_S = 600.0
+
+
+def _placed(issue: Issue, root: str, place: str) -> Issue:
+    """The issue named where its resource is in the request: `Claim.total` at `Bundle.entry[3].resource.total`."""
+    if issue.expression == root or issue.expression.startswith(root + "."):
+        return replace(issue, expression=place + issue.expression[len(root) :])
+    return issue
 
 
 class Records:
@@ -323,7 +331,8 @@ class Records:
             versions = [(*ids[e.index], patients[e.index]) for e in to_write]
             found = {i: (s.type, s.id, s.version) for i, s in existing.items()}
             answer = tuple(found.get(e.index) or ids[e.index] for e in entries)
-            done = await self._write(route, resources, versions, outboxed, request, answer)
+            places = {at: f"Bundle.entry[{to_write[at].index}].resource" for at in outboxed}
+            done = await self._write(route, resources, versions, places, request, answer)
             written |= {e.index: w for e, w in zip(to_write, done, strict=True)}
             for w, (_, _, _, filed) in zip(done, versions, strict=True):
                 if w.type == "Patient":
@@ -380,13 +389,14 @@ class Records:
         route: Route,
         resources: list[dict[str, Any]],
         versions: list[tuple[str, str, int, str]],
-        outboxed: frozenset[int] = frozenset(),
+        outboxed: Mapping[int, str] = MappingProxyType({}),
         request: str | None = None,
         answer: tuple[Version, ...] | None = None,
     ) -> list[Written]:
         """The one write path: version and stamp each resource, stage its encrypted row, register the write on
         chain (unless the route keeps it here only), then commit the rows, or discard them when the ledger refuses.
-        `outboxed`: positions of new Claims that go through the claim outbox, each submitted after the commit.
+        `outboxed`: positions of new Claims that go through the claim outbox, each submitted after the commit, with
+        where each is in the request (the FHIRPath its problems are named under).
         `request`: the key of the request it answers, remembered with the signed transaction (see `transaction`)
         together with `answer`, the versions the request is answered with, in its entry order."""
         stamp = now_instant()
@@ -396,6 +406,7 @@ class Records:
         rows: list[Row] = []
         entries: list[dict[str, Any]] = []
         claims: list[OutboxClaim] = []
+        places: list[str] = []  # of each claim
         written: list[Written] = []
         digest_keys: dict[str, bytes] = {}  # one look-up per patient of the write, not one per resource
         for at, (resource, (rtype, rid, version, patient)) in enumerate(zip(resources, versions, strict=True)):
@@ -415,6 +426,7 @@ class Records:
             written.append(Written(rtype, rid, version, stamp, version == 1, resource))
             if at in outboxed:
                 claims.append(OutboxClaim(key, rid, patient, digest))
+                places.append(outboxed[at])
                 continue
             entries.append(
                 {
@@ -430,7 +442,7 @@ class Records:
                 }
             )
         together = [(w.resource, v[3]) for w, v in zip(written, versions, strict=True)]
-        claims = self._outbox_claims(claims, together)
+        claims = self._outbox_claims(claims, places, together)
         first = next((at for at in range(len(written)) if at not in outboxed), None)
         submit = None
         if first is not None:
@@ -511,21 +523,28 @@ class Records:
         return written
 
     def _outbox_claims(
-        self, claims: list[OutboxClaim], together: list[tuple[dict[str, Any], str]]
+        self, claims: list[OutboxClaim], places: list[str], together: list[tuple[dict[str, Any], str]]
     ) -> list[OutboxClaim]:
         """The new Claims of a bundle, each checked now as the Claims contract will take it (what R4 forbids is
-        refused with the bundle), queued for its own transaction after the bundle's (`together`: the bundle's
-        resources, which may name a claim's payer, with the patients they are filed under)."""
+        refused with the bundle: the problems of every claim, each named at its entry, `places`), queued for its own
+        transaction after the bundle's (`together`: the bundle's resources, which may name a claim's payer, with the
+        patients they are filed under)."""
         resources = {r["id"]: r for r, _ in together if r["resourceType"] == "Claim"}
         held: dict[str, fhir_claim.HeldHere] = {}  # built once per patient (it indexes the whole bundle)
-        out = []
-        for claim in claims:
+        out, issues = [], []
+        for claim, place in zip(claims, places, strict=True):
             if claim.patient not in held:
                 held[claim.patient] = held_here(self.store, claim.patient, together)
-            found = fhir_claim.for_ledger(
-                resources[claim.id], claim.key, claim.patient, claim.digest, self.payers, held[claim.patient]
-            )
+            try:
+                found = fhir_claim.for_ledger(
+                    resources[claim.id], claim.key, claim.patient, claim.digest, self.payers, held[claim.patient]
+                )
+            except FhirInvalid as e:
+                issues += [_placed(issue, "Claim", place) for issue in e.issues]
+                continue
             out.append(replace(claim, state="held" if found is None else "queued"))
+        if issues:
+            raise FhirInvalid(issues)
         return out
 
     def _route(self, entries: list[Entry]) -> tuple[Route, frozenset[int]]:

@@ -4,6 +4,10 @@
 - Every write transaction starts with `BEGIN IMMEDIATE`, so it takes the file's write lock before it reads
   anything: two writers never hold read snapshots that each must upgrade (the deadlock SQLite answers with an
   immediate SQLITE_BUSY); the second simply waits, up to the busy timeout, and then sees the first one's rows.
+- Writers of one process queue on a lock of their own before `BEGIN IMMEDIATE`. SQLite's busy handler waits by
+  sleeping, in steps that grow to 100 ms, and does not wake when the lock frees: in a profile of a gateway taking a
+  hundred claims a second, a quarter of its threads' samples were in that wait. Only writers of different processes
+  still meet in the busy handler.
 - Connections come from a small pool, one per thread at a time, so a thread never reads inside another's
   transaction.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +26,15 @@ from typing import Any
 from records.store.backend import Args, Backend, Duplicate, Exclusive, Pool, Sql
 
 BUSY_TIMEOUT_S = 30.0
+
+_writers: dict[Path, threading.RLock] = {}  # one per store file in this process
+_writers_guard = threading.Lock()
+
+
+def _writer_lock(path: Path) -> threading.RLock:
+    with _writers_guard:
+        return _writers.setdefault(path.resolve(), threading.RLock())
+
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS patient_keys (
@@ -122,6 +136,7 @@ class SqliteBackend(Backend):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self._writer = _writer_lock(path)
         self._pool: Pool[sqlite3.Connection] = Pool(self._connect, lambda db: not db.in_transaction, _close)
         with self._pool.connection() as db:
             db.execute("PRAGMA journal_mode=WAL")  # kept in the file: every later connection uses it
@@ -148,14 +163,19 @@ class SqliteBackend(Backend):
 
     @contextmanager
     def write(self) -> Iterator[Sql]:
-        with self._pool.connection() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield _Statements(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        if not self._writer.acquire(timeout=BUSY_TIMEOUT_S):
+            raise sqlite3.OperationalError("database is locked")  # as the busy handler says after its timeout
+        try:
+            with self._pool.connection() as db:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield _Statements(db)
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+        finally:
+            self._writer.release()
 
     def exclusive(self) -> Exclusive:
         """An flock on `<store>.lock` beside the file: every process that opens the file on this machine (SQLite

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pytest
+
 from ledger.claim_batches import ClaimBatches
 from ledger.contracts import Committed
 from ledger.transport import OnPrepared
@@ -97,3 +99,19 @@ def test_a_batch_holds_one_insurers_claims_so_an_insurer_that_cannot_endorse_fai
     answers = asyncio.run(asyncio.wait_for(scenario(), 10))
     assert [isinstance(a, ConnectionError) for a in answers] == [False, True, False, True, False]
     assert [a.result["claimId"] for a in answers if isinstance(a, Committed)] == ["a1", "a2", "a3"]
+
+
+def test_the_window_grows_with_the_rate_claims_arrive_at_up_to_its_longest() -> None:
+    batches = ClaimBatches(_Ledger(), window_s=0.1, busy_rate=40, max_window_s=0.4)  # type: ignore[arg-type]
+    assert batches.window(at=1000.0) == 0.1  # idle: the shortest window
+    for n in range(20):  # 20 claims in the first half of a second
+        batches.rate.add(1000.0 + n / 40)
+    assert batches.window(at=1000.5) == 0.1  # 20 a second: below the busy rate
+    for n in range(60):  # 60 more in the second half
+        batches.rate.add(1000.5 + n / 120)
+    assert batches.window(at=1000.99) == pytest.approx(0.2)  # 80 a second: twice the busy rate, twice the window
+    for n in range(200):  # 200 in the next second
+        batches.rate.add(1001.0 + n / 200)
+    assert batches.window(at=1001.999) == 0.4  # 200 a second: the longest window, never longer
+    assert batches.window(at=1002.5) == pytest.approx(0.25)  # none since: half of the last second, 100 a second
+    assert batches.window(at=1003.5) == 0.1  # quiet again

@@ -94,6 +94,42 @@ def test_what_r4_forbids_is_still_refused() -> None:
         fhir_claim.for_ledger(claim(item=[bad]), "k" * 64, "p" * 64, "d" * 64, PAYERS)
 
 
+def test_amounts_with_binary_float_noise_are_kept_in_whole_cents() -> None:
+    """Synthea's 2021 releases total a Claim as a sum of doubles: R4 allows any precision, the ledger keeps cents."""
+    c = submitted(claim(total={"value": 140.00000000000003, "currency": "USD"}))
+    assert c.submission["totalCents"] == 14000
+    assert "edits" not in c.detail  # the total still agrees with its lines
+    items = [claim()["item"][0] | {"net": {"value": 129.15999999999997}}, claim()["item"][1]]
+    assert [line["netCents"] for line in submitted(claim(item=items)).detail["lines"]] == [12916, 1084]
+
+
+def test_a_unit_price_of_a_fraction_of_a_cent_is_multiplied_before_it_is_rounded() -> None:
+    item = {"sequence": 1, "productOrService": {"coding": [{"code": "J1100"}]}, "quantity": {"value": 30}}
+    c = submitted(claim(item=[item | {"unitPrice": {"value": 0.125}}], total={"value": 3.75}))
+    assert c.detail["lines"][0]["netCents"] == 375  # 30 x 0.125, not 30 x 12 cents
+    assert c.detail["lines"][0]["unitPriceCents"] == 0  # 12.5 cents has no exact form on chain: the net says it
+    assert c.submission["totalCents"] == 375 and "edits" not in c.detail
+    thirds = item | {"quantity": {"value": 3}, "unitPrice": {"value": 129.16 / 3}, "net": {"value": 129.16}}
+    c = submitted(claim(item=[thirds], total={"value": 129.16}))
+    assert (c.detail["lines"][0]["netCents"], c.detail["lines"][0]["unitPriceCents"]) == (12916, 0)
+    whole = item | {"quantity": {"value": 3}, "unitPrice": {"value": 2.5}}
+    assert submitted(claim(item=[whole], total={"value": 7.5})).detail["lines"][0]["unitPriceCents"] == 250
+
+
+def test_a_total_is_compared_with_the_exact_sum_of_its_lines() -> None:
+    item = {"sequence": 1, "productOrService": {"coding": [{"code": "J1100"}]}, "net": {"value": 0.333}}
+    items = [item, item | {"sequence": 2}, item | {"sequence": 3}]
+    c = submitted(claim(item=items, total={"value": 0.999}))
+    assert "edits" not in c.detail  # 0.999 is what the lines add up to, whatever their cents
+    assert c.submission["totalCents"] == sum(line["netCents"] for line in c.detail["lines"]) == 99
+
+
+@pytest.mark.parametrize("value", ["Infinity", "NaN", "ten", "1e999999"])
+def test_an_amount_that_is_not_a_number_is_refused(value: str) -> None:
+    with pytest.raises(FhirInvalid):
+        fhir_claim.for_ledger(claim(total={"value": value}), "k" * 64, "p" * 64, "d" * 64, PAYERS)
+
+
 def coverage(payor: dict[str, Any], **changes: Any) -> dict[str, Any]:
     base = {"resourceType": "Coverage", "id": "cov-1", "status": "active", "payor": [payor]}
     return base | changes

@@ -496,8 +496,14 @@ def test_a_bundle_claim_naming_no_consortium_payer_is_kept_and_held(world: FakeL
 
 
 def test_a_bundle_claim_r4_forbids_refuses_the_whole_bundle(world: FakeLedger, hospital: Records) -> None:
-    with pytest.raises(FhirInvalid):
-        run(hospital.transaction(entries(visit_with_claims(status="draft"))))
+    bundle = visit_with_claims(status="draft")
+    with pytest.raises(FhirInvalid) as refused:
+        run(hospital.transaction(entries(bundle)))
+    n = len(bundle["entry"])  # the two Claims are the last entries: each problem is named at its own entry
+    assert [(i.expression, i.code) for i in refused.value.issues] == [
+        (f"Bundle.entry[{n - 2}].resource.status", "value"),
+        (f"Bundle.entry[{n - 1}].resource.status", "value"),
+    ]
     assert hospital.store.search(fv_query("Patient"))[0] == 0
     assert not [p for p in world.events if p[2] == "Records.Registered"]
 
