@@ -64,7 +64,7 @@ func (r *reloadable) load(raw []byte) error {
 	if err != nil {
 		return err
 	}
-	cc, err := contractapi.NewChaincode(contracts.All(cfg)...)
+	cc, err := contracts.Served(cfg)
 	if err != nil {
 		return fmt.Errorf("building chaincode: %w", err)
 	}

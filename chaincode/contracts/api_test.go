@@ -20,16 +20,24 @@ import (
 // validated against their schema, where every field is required unless tagged optional and null is not a list.
 
 var (
-	apiOnce sync.Once
-	apiCC   *contractapi.ContractChaincode
-	apiErr  error
+	apiOnce           sync.Once
+	apiCC, servedCC   *contractapi.ContractChaincode
+	apiErr, servedErr error
 )
 
-func chaincode(t *testing.T) *contractapi.ContractChaincode {
+// chaincode is the contracts behind the contract API: the one that checks return values against their schema, or
+// the one the server serves (which does not).
+func chaincode(t *testing.T, served bool) *contractapi.ContractChaincode {
 	t.Helper()
-	apiOnce.Do(func() { apiCC, apiErr = contractapi.NewChaincode(All(testConfig)...) })
-	if apiErr != nil {
-		t.Fatalf("the contract API rejects the contracts: %v", apiErr)
+	apiOnce.Do(func() {
+		apiCC, apiErr = contractapi.NewChaincode(All(testConfig)...)
+		servedCC, servedErr = Served(testConfig)
+	})
+	if apiErr != nil || servedErr != nil {
+		t.Fatalf("the contract API rejects the contracts: %v %v", apiErr, servedErr)
+	}
+	if served {
+		return servedCC
 	}
 	return apiCC
 }
@@ -46,7 +54,7 @@ func invoke(t *testing.T, w *world, a actor, transient map[string][]byte, fn str
 	stub := &fakeStub{w: w, txID: fmt.Sprintf("tx%d", w.txs), transient: transient, writes: map[string][]byte{},
 		pwrites: map[string]map[string][]byte{}, fn: fn, args: args, creator: creator}
 	w.calls = append(w.calls, stub)
-	resp := chaincode(t).Invoke(stub)
+	resp := chaincode(t, w.served).Invoke(stub)
 	if resp.Status != shim.OK {
 		return "", errors.New(resp.Message)
 	}
@@ -66,8 +74,15 @@ type apiStep struct {
 	code      string // the error code expected instead
 }
 
+// runAPI runs the steps on a fresh world through the checking chaincode, and the same steps on a twin world
+// through the chaincode as served, which must answer each step exactly as the checking one does.
 func runAPI(t *testing.T, w *world, steps []apiStep) {
 	t.Helper()
+	if w.txs != 0 {
+		t.Fatal("runAPI starts from a fresh world")
+	}
+	twin := newWorld(w.channel)
+	twin.now, twin.served = w.now, true
 	for i, s := range steps {
 		var tm map[string][]byte
 		if s.transient != nil {
@@ -77,7 +92,12 @@ func runAPI(t *testing.T, w *world, steps []apiStep) {
 			}
 		}
 		w.now = w.now.Add(time.Second)
+		twin.now = w.now
 		out, err := invoke(t, w, s.who, tm, s.fn, s.args...)
+		servedOut, servedErr := invoke(t, twin, s.who, tm, s.fn, s.args...)
+		if servedOut != out || fmt.Sprint(servedErr) != fmt.Sprint(err) {
+			t.Fatalf("step %d %s: served %q / %v, checked %q / %v", i, s.fn, servedOut, servedErr, out, err)
+		}
 		switch {
 		case s.code != "" && (err == nil || !strings.HasPrefix(err.Error(), s.code+": ")):
 			t.Fatalf("step %d %s: want %s, got %v / %s", i, s.fn, s.code, err, out)

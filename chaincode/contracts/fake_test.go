@@ -36,6 +36,7 @@ type world struct {
 	events  []fakeEvent                  // events of committed transactions
 	calls   []*fakeStub                  // every call, committed or not, in order
 	txs     int
+	served  bool // calls through the contract API go to the chaincode as served (Served), not the checking one
 }
 
 type fakeEvent struct {
