@@ -15,8 +15,8 @@ batch still on its way waits for the next one: the contract reads and writes a d
 batches in flight with the same patient would have one fail on an MVCC read conflict at commit (and at many claims a
 second, a retry would meet the next batch). The contract takes a batch all or nothing; so when it refuses one (a
 duplicate, an invalid claim), each claim of it is submitted again on its own, and only the faulty one fails. The
-signed batch transaction is given to every caller's `on_prepared`: each keeps it, and settling any of them settles
-all (it commits once).
+signed batch transaction is given to every caller's `on_prepared`: each keeps it (made durable once for all, see
+`ledger.transport.kept`), and settling any of them settles all (it commits once).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ledger.errors import LedgerRefused
-from ledger.transport import OnPrepared, Prepared
+from ledger.transport import OnPrepared, Prepared, kept
 
 if TYPE_CHECKING:
     from ledger.contracts import Committed, Ledger
@@ -149,9 +149,7 @@ class ClaimBatches:
             return await self._alone(batch[0])
 
         def keep_everywhere(prepared: Prepared) -> None:
-            for f in batch:
-                if f.on_prepared is not None:
-                    f.on_prepared(prepared)
+            kept(prepared, *(f.on_prepared for f in batch))
 
         submissions = [f.submission for f in batch]
         details = {str(f.submission["claimId"]): f.detail for f in batch}

@@ -25,7 +25,7 @@ from typing import Any
 
 from fabric_gateway import CommitError, CommitUnknown
 from ledger.errors import LedgerConflict, LedgerForbidden, LedgerInvalid, LedgerNotFound, LedgerRefused
-from ledger.transport import OnPrepared, OutcomeUnknown, Prepared, Sent
+from ledger.transport import OnPrepared, OutcomeUnknown, Prepared, Sent, kept
 
 Json = dict[str, Any]
 
@@ -156,8 +156,7 @@ class FakeTransport:
         tx_id = uuid.uuid4().hex
         prepared = Prepared(channel, tx_id, json.dumps([self.msp, function, list(args)]).encode())
         self.world.prepared[tx_id] = (self.msp, function, list(args), dict(transient or {}))
-        if on_prepared is not None:
-            on_prepared(prepared)
+        kept(prepared, on_prepared)
         return self.world.run(self.msp, function, args, transient or {}, write=True, tx_id=tx_id, prepared=prepared)
 
     async def settle(self, prepared: Prepared) -> Sent:

@@ -81,7 +81,21 @@ class OutcomeUnknown(CommitUnknown):
         self.prepared = prepared
 
 
-OnPrepared = Callable[[Prepared], None]
+# Keeps a signed transaction before it is sent. It may return a function that makes what it kept durable (a folder
+# sync); `kept` calls each distinct one once after every callback, so a transaction kept for many writes (the claims
+# of one batch) costs one sync, not one per write.
+OnPrepared = Callable[[Prepared], Callable[[], None] | None]
+
+
+def kept(prepared: Prepared, *callbacks: OnPrepared | None) -> None:
+    """Give the transaction to each callback, then make what they kept durable: each distinct function they
+    returned is called once, after them all."""
+    finishing: list[Callable[[], None]] = []
+    for keep in callbacks:
+        if keep is not None and (finish := keep(prepared)) is not None and finish not in finishing:
+            finishing.append(finish)
+    for finish in finishing:
+        finish()
 
 
 class Transport(Protocol):
@@ -162,7 +176,7 @@ class FabricTransport:
             tx.sign()
             prepared = Prepared(channel, tx.tx_id, tx.to_bytes())
             if on_prepared is not None:  # off the event loop: it writes (and syncs) files, and a slow disk under
-                await in_thread(on_prepared, prepared)  # load held up every request of the process
+                await in_thread(kept, prepared, on_prepared)  # load held up every request of the process
             return await self._until_known(tx, prepared)
 
         # A transaction that lost a read race, or met endorsers that were unavailable, did not commit: submitting a new

@@ -74,7 +74,12 @@ class Remembered:
 
 
 class PendingTransactions(Protocol):
-    def save(self, batch: str, prepared: Prepared) -> None: ...
+    def save(self, batch: str, prepared: Prepared, durable: bool = True) -> None:
+        """Keep the batch's signed transaction. `durable=False`: the caller calls `make_durable` before the
+        transaction is sent (once for many saves)."""
+        ...
+
+    def make_durable(self) -> None: ...
 
     def load(self, batch: str) -> Prepared | None: ...
 
@@ -113,8 +118,11 @@ class PendingInMemory:
     def prune(self, older_than_s: float) -> None:
         pass  # a test's process does not live that long
 
-    def save(self, batch: str, prepared: Prepared) -> None:
+    def save(self, batch: str, prepared: Prepared, durable: bool = True) -> None:
         self._kept[batch] = prepared
+
+    def make_durable(self) -> None:
+        pass
 
     def load(self, batch: str) -> Prepared | None:
         return self._kept.get(batch)
@@ -126,8 +134,9 @@ class PendingInMemory:
 class PendingFiles:
     """One file per batch in a private folder beside the store. A signed transaction is written once (to a
     temporary name, fsynced, renamed) as `<txId>.signed`, and each batch it carries is a hard link to it,
-    `<batch>.tx`, the folder synced after it: a transaction that carries many writes (the claims of one batch
-    submission) costs one durable write of its bytes, not one per write. The `.signed` name goes with the last batch
+    `<batch>.tx`, the folder synced after it (after all of them, for many saves with `durable=False` and one
+    `make_durable`): a transaction that carries many writes (the claims of one batch submission) costs one durable
+    write of its bytes and one folder sync, not one of each per write. The `.signed` name goes with the last batch
     removed (or, left by a crash, with the next prune)."""
 
     def __init__(self, folder: Path) -> None:
@@ -180,7 +189,7 @@ class PendingFiles:
                         else:
                             path.unlink()
 
-    def save(self, batch: str, prepared: Prepared) -> None:
+    def save(self, batch: str, prepared: Prepared, durable: bool = True) -> None:
         signed = self._path(prepared.tx_id, ".signed")
         if not signed.exists():
             # txId first: `remove` reads it from the head of a batch's file
@@ -198,7 +207,8 @@ class PendingFiles:
             link.unlink()
         os.link(signed, link)
         link.replace(self._path(batch))
-        self._sync_folder()  # the names too (the transaction's and the batch's) must outlive a power cut
+        if durable or replaced not in (None, prepared.tx_id):
+            self.make_durable()
         if replaced not in (None, prepared.tx_id):
             self._drop_unlinked(self._path(replaced, ".signed"))
 
@@ -226,7 +236,8 @@ class PendingFiles:
             return None
         return found.group(1).decode() if found is not None else None
 
-    def _sync_folder(self) -> None:
+    def make_durable(self) -> None:
+        """Sync the folder: the names saved (the transactions' and the batches') then outlive a power cut."""
         fd = os.open(self.folder, os.O_RDONLY)
         try:
             os.fsync(fd)

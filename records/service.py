@@ -15,7 +15,7 @@ import json
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,6 +55,7 @@ from records.errors import (
     VersionTaken,
 )
 from records.fhir_claim import PayerDirectory
+from records.group_commit import GroupCommit
 from records.identity import DEMOGRAPHICS_SYSTEM, IdentitySystems, demographic_token
 from records.pending import (
     CLIENT_KEYS_KEPT_S,
@@ -149,6 +150,8 @@ class Records:
         self.claims_outbox = ClaimOutbox(store, ledger, self.payers)
         self._conditional_writes = asyncio.Lock()
         self._in_flight: dict[str, asyncio.Event] = {}  # batches this process is writing now (set when done)
+        # Writes whose transactions committed together (the claims of one batch) commit their rows together.
+        self._commit_rows = GroupCommit(self._committed)
         self._unknown: set[str] = set()  # batches this process sent and gave up waiting for: settled at once
         self._pruned_at = -PRUNE_EVERY_S
         # Binary content and attachments, encrypted under the patient's key, off the chain (`records.blobs`).
@@ -672,10 +675,11 @@ class Records:
         reconciler settles it, and the request sent again finds it)."""
         self._in_flight[batch] = asyncio.Event()
 
-        def keep(prepared: Prepared) -> None:
-            self.pending.save(batch, prepared)
+        def keep(prepared: Prepared) -> Callable[[], None]:
+            self.pending.save(batch, prepared, durable=False)  # made durable by the sender, once for all it keeps
             if request is not None:  # before it is sent: whatever happens next, a retry finds this write
                 self.pending.remember(request, batch, answer)
+            return self.pending.make_durable
 
         try:
             committed = await submit(keep)
@@ -690,15 +694,18 @@ class Records:
                 self._in_flight.pop(batch).set()
             raise
         try:
-            await in_thread(self._committed, batch, committed.tx_id, request)
+            await self._commit_rows((batch, committed.tx_id, request))
         finally:
             self._in_flight.pop(batch).set()
 
-    def _committed(self, batch: str, tx_id: str, request: str | None) -> None:
-        self.store.commit(batch, tx_id)
-        self.pending.remove(batch)
-        if request is not None and not kept_once_answered(request):
-            self.pending.forget(request)  # answered: the same content sent again is a new write, as in FHIR
+    def _committed(self, writes: list[tuple[str, str, str | None]]) -> None:
+        """Commit the rows of writes whose transactions committed (batch, tx id, request), in one store
+        transaction."""
+        self.store.commit_many([(batch, tx_id) for batch, tx_id, _ in writes])
+        for batch, _, request in writes:
+            self.pending.remove(batch)
+            if request is not None and not kept_once_answered(request):
+                self.pending.forget(request)  # answered: the same content sent again is a new write, as in FHIR
 
     def _discarded(self, batch: str, request: str | None) -> None:
         self.store.discard(batch)

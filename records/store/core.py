@@ -253,8 +253,13 @@ class Store:
     def commit(self, batch: str, tx_id: str) -> None:
         """The batch's rows become readable, each the newest version of its resource: a row is written once here,
         and a resource's previous newest version once more when the batch updates it."""
+        self.commit_many([(batch, tx_id)])
+
+    def commit_many(self, batches: Sequence[tuple[str, str]]) -> None:
+        """`commit` of each (batch, tx id), in one store transaction."""
         with self._db.write() as sql:
-            self._commit(sql, batch, tx_id)
+            for batch, tx_id in batches:
+                self._commit(sql, batch, tx_id)
 
     def _commit(self, sql: Sql, batch: str, tx_id: str) -> None:
         committed = sql.run(

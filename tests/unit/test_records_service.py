@@ -372,6 +372,54 @@ def test_a_claim_is_submitted_and_verifies(hospital: Records) -> None:
     assert run(hospital.verify(hospital.read("Claim", written.id))).ok
 
 
+class _CountedSyncs(PendingFiles):
+    syncs = 0
+
+    def make_durable(self) -> None:
+        self.syncs += 1
+        super().make_durable()
+
+
+def test_claims_filed_together_are_kept_with_one_sync_and_committed_in_one_store_transaction(
+    world: FakeLedger, tmp_path: Path
+) -> None:
+    assert _stores is not None
+    store = _stores.open(b"h" * 32, name="HospitalMSP")
+    pending = _CountedSyncs(tmp_path / "pending")
+    ledger = Ledger(world.member("HospitalMSP"), claim_window_s=0.05)
+    hospital = Records(
+        store, ledger, fhir.CONSORTIUM_KEY, fhir.MPI_SYSTEM, Custodian("HospitalMSP", "provider"), pending
+    )
+    commits: list[list[tuple[str, str]]] = []
+    commit_many = store.commit_many
+    store.commit_many = lambda batches: (commits.append(list(batches)), commit_many(batches))[1]  # type: ignore[method-assign]
+    patients = [
+        w.id
+        for seed in (11, 12, 13)
+        for w in run(hospital.transaction(entries(visit(1, seed=seed))))
+        if w.type == "Patient"
+    ]
+    syncs, commits[:] = pending.syncs, []
+
+    def posted(patient: str) -> fv.Entry:
+        claim = synthetic.claim(patient, "InsurerMSP", [("99213", 1, "120.00")], "2026-11-01", "Coverage/c1")
+        return fv.entry({"resource": claim, "request": {"method": "POST", "url": "Claim"}}, 0)
+
+    async def file_together() -> list[Any]:
+        return list(await asyncio.gather(*(hospital.transaction([posted(p)]) for p in patients)))
+
+    written = [w for (w,) in run(file_together())]
+    calls = [call for _, call, _, _ in world.prepared.values()]
+    assert calls.count("Claims:SubmitBatch") == 1 and "Claims:Submit" not in calls  # the three in one transaction
+    assert pending.syncs - syncs == 1  # one folder sync for the three writes it carries
+    assert [len(c) for c in commits] == [3]  # their rows committed in one store transaction
+    assert not store.pending_batches() and not list((tmp_path / "pending").iterdir())
+    for w in written:
+        assert run(hospital.ledger.claim(store.ledger_key("Claim", w.id)))["status"] == "submitted"
+        assert run(hospital.verify(hospital.read("Claim", w.id))).ok
+    store.close()
+
+
 def test_disclosure_follows_the_custodians_own_consent(world: FakeLedger, tmp_path: Path, hospital: Records) -> None:
     run(hospital.transaction(entries(visit(3, seed=7))))
     (patient,) = hospital.store.search(fv_query("Patient"))[1]

@@ -68,3 +68,25 @@ def test_no_wait_outlasts_the_deadline_and_the_signed_transaction_is_handed_back
     assert 2 <= len(fake.submitted) < 20  # sent again, not in a tight loop
     assert {r.SerializeToString() for r in fake.submitted} == {fake.submitted[0].SerializeToString()}
     assert all(t is not None and t <= 3.0 for t in stub.status_timeouts)
+
+
+def test_a_transaction_kept_by_many_is_made_durable_once_by_each_distinct_keeper_after_all_of_them() -> None:
+    prepared = tr.Prepared("claims", "t1", b"signed")
+    done: list[str] = []
+
+    def syncing(name: str) -> tr.OnPrepared:
+        def keep(p: tr.Prepared) -> Any:
+            assert p == prepared and not any(d.startswith("sync") for d in done)  # every save before any sync
+            done.append(f"save {name}")
+            return done_syncing
+
+        return keep
+
+    def done_syncing() -> None:
+        done.append("sync")
+
+    def plain(p: tr.Prepared) -> None:
+        done.append("plain")
+
+    tr.kept(prepared, syncing("a"), None, plain, syncing("b"))
+    assert done == ["save a", "plain", "save b", "sync"]
