@@ -1,7 +1,7 @@
 """How an insurer pays: like a payer's remittance (X12 835), one payment per provider covers many claims.
 
-Adjudicated claims to pay wait in a per-provider queue (a Redis sorted set by time). Every cycle (or as soon as a
-queue holds `max_claims`), the oldest claims of each provider are paid in ONE Claims:PayBatch transaction: one
+Adjudicated claims to pay wait in a per-provider queue (a Redis sorted set by time). Every cycle, the oldest claims
+of each provider (up to `max_claims`) are paid in ONE Claims:PayBatch transaction: one
 payment reference, per-claim amounts, a total that reconciles; the insurer keeps one PaymentReconciliation per
 payment with one detail per claim, and the provider fetches it when its listener sees the payment event.
 
@@ -54,19 +54,19 @@ def queue(ctx: OrgContext, *claims: dict[str, Any]) -> None:
 
 
 def due(ctx: OrgContext) -> list[str]:
-    """Providers whose oldest queued claim waited a cycle, or whose queue is full."""
-    r, cycle, keys = ctx.redis, ctx.settings.remittance, ctx.settings.keys
+    """Providers with claims queued: a cycle pays each of them, so a claim waits at most one cycle for its payment.
+    (Waiting until the oldest claim had waited a whole cycle made it up to two, checked once a cycle.)"""
+    r, keys = ctx.redis, ctx.settings.keys
     out = []
     for member in r.smembers(keys.paying):
         provider = member.decode() if isinstance(member, bytes) else str(member)
         queued = keys.to_pay(provider)
-        oldest = r.zrange(queued, 0, 0, withscores=True)
-        if not oldest:
-            r.srem(keys.paying, provider)
-            if r.zcard(queued):  # a claim was queued meanwhile: keep the provider listed
-                r.sadd(keys.paying, provider)
-        elif time.time() - float(oldest[0][1]) >= cycle.cycle_seconds or r.zcard(queued) >= cycle.max_claims:
+        if r.zcard(queued):
             out.append(provider)
+            continue
+        r.srem(keys.paying, provider)
+        if r.zcard(queued):  # a claim was queued meanwhile: keep the provider listed
+            r.sadd(keys.paying, provider)
     return out
 
 
@@ -103,6 +103,17 @@ def remit(ctx: OrgContext, provider: str) -> str | None:
     return ref if payment["lines"] else None
 
 
+def _remit_all(ctx: OrgContext, provider: str) -> list[str]:
+    """Pay the provider's queue: one payment, and another while a full payment's worth is still queued (a cycle
+    never leaves more behind than one payment holds)."""
+    refs: list[str] = []
+    while (ref := remit(ctx, provider)) is not None:
+        refs.append(ref)
+        if ctx.redis.zcard(ctx.settings.keys.to_pay(provider)) < ctx.settings.remittance.max_claims:
+            break
+    return refs
+
+
 def _still_payable(ctx: OrgContext, claim_id: str) -> bool:
     """Whether the chain shows the claim approved and not paid: a refusal of it came from a peer behind."""
     claim = ctx.run(ctx.ledger.claim(claim_id))
@@ -125,12 +136,13 @@ def _finish(ctx: OrgContext, key: str, under_way: str, ref: str, done: list[str]
 
 
 def remit_due(ctx: OrgContext) -> list[str]:
-    """One cycle: every provider that is due, one payment each. One cycle runs at a time (a lock that expires)."""
+    """One cycle: every provider with claims queued is paid (one payment, more while a full payment's worth is still
+    queued). One cycle runs at a time (a lock that expires)."""
     lock = ctx.redis.lock(ctx.settings.keys.remit_lock, timeout=REMIT_LOCK_S, blocking_timeout=0)
     if not lock.acquire():
         return []
     try:
-        return [ref for provider in due(ctx) if (ref := remit(ctx, provider))]
+        return [ref for provider in due(ctx) for ref in _remit_all(ctx, provider)]
     finally:
         with contextlib.suppress(redis.exceptions.LockError):  # it expired: another cycle may hold it now
             lock.release()

@@ -36,8 +36,8 @@ class Remittance:
     """How an insurer pays: one remittance per provider per cycle (batch), or claim by claim."""
 
     mode: str  # batch | per-claim
-    cycle_seconds: float  # a batch is paid at least this often ...
-    max_claims: int  # ... or as soon as it holds this many claims
+    cycle_seconds: float  # every cycle, each provider's queued claims are paid ...
+    max_claims: int  # ... at most this many in one payment (the rest the next cycle)
     purge_every_seconds: float  # how often claims whose retention has passed are purged
 
     @classmethod

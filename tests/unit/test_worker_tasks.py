@@ -194,8 +194,8 @@ def test_claims_filed_together_are_adjudicated_together_and_paid_in_one_remittan
     assert [n for _, _, n, _ in world.events].count("Claims.AdjudicatedBatch") == 1
     (adjudicated,) = [p for _, _, name, p in world.events if name == "Claims.AdjudicatedBatch"]
     assert tasks.pay_many.apply(args=[adjudicated["claims"]]).get() == "5 queued for the next remittance"
-    ctx.settings = replace(ctx.settings, remittance=replace(ctx.settings.remittance, cycle_seconds=0))
-    (ref,) = tasks.remit.apply().get()
+    assert ctx.settings.remittance.cycle_seconds == 2
+    (ref,) = tasks.remit.apply().get()  # the next cycle pays them, however short a time they were queued
     assert tasks.remit.apply().get() == []  # nothing left to pay
     # A repeat of the block's payment task after the payment (a replay) queues them again, unread: the next
     # remittance asks to pay the same claims under the same reference, the contract answers with the payment it
@@ -769,6 +769,25 @@ def test_a_payment_cut_off_before_its_reconciliation_is_finished_before_another_
         kept = json.loads(records.read("PaymentReconciliation", p["paymentRef"]).content)
         assert [d["identifier"]["value"] for d in kept["detail"]] == [line["claimId"] for line in p["lines"]]
     assert ctx.redis.get(ctx.settings.keys.payment_under_way("HospitalMSP")) is None
+
+
+def test_a_cycle_pays_every_queued_claim_in_payments_of_at_most_max_claims(insurer: Any, tmp_path: Path) -> None:
+    world, _, ctx = insurer
+    cover(ctx)
+    codes = ("99213", "99214", "99215", "85025", "80053")
+    claims = [submit_claim(world, tmp_path, [(code, 1, "50.00")]) for code in codes]
+    for claim in claims:
+        assert tasks.adjudicate.apply(args=[claim]).get() in ("approved", "partial")
+    adjudicated = [p for _, _, n, p in world.events if n == "Claims.Adjudicated"]
+    remittance.queue(ctx, *adjudicated)  # just now: the next cycle pays them all the same
+    ctx.settings = replace(ctx.settings, remittance=replace(ctx.settings.remittance, max_claims=2))
+    assert len(remittance.remit_due(ctx)) == 2  # 2 claims, and 2 more: a full payment's worth was still queued
+    assert ctx.redis.zcard(ctx.settings.keys.to_pay("HospitalMSP")) == 1  # less than that: the next cycle
+    assert len(remittance.remit_due(ctx)) == 1
+    assert remittance.remit_due(ctx) == []
+    paid = [p for _, _, n, p in world.events if n == "Claims.PaidBatch"]
+    assert [len(p["lines"]) for p in paid] == [2, 2, 1]
+    assert sorted(line["claimId"] for p in paid for line in p["lines"]) == sorted(c["claimId"] for c in adjudicated)
 
 
 def test_a_claim_refused_by_a_peer_behind_stays_queued_until_the_chain_shows_it_done(
