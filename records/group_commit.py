@@ -9,19 +9,22 @@ one turn of the event loop and does it in one call, in a thread.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from ledger.transport import in_thread
 
+log = logging.getLogger("careledger.records")
 T = TypeVar("T")
 
 
 class GroupCommit(Generic[T]):
     """`await group(item)` returns once `work` has run over a list holding the item (and whatever else was handed in
-    the same turn of the event loop), and raises what `work` raised. A caller cancelled meanwhile waits for its
-    group's work to finish before it goes on, as `in_thread` does: its item is done all the same."""
+    the same turn of the event loop), and raises what `work` raised for it. `work` must be safe to run again for an
+    item: when a group fails, each of its items is done again on its own, so that one item's fault fails that item
+    only. A caller cancelled meanwhile (however often) waits for its item to be done before it goes on, as
+    `in_thread` does; the others of its group never wait on it. One event loop uses a group at a time."""
 
     def __init__(self, work: Callable[[list[T]], None]) -> None:
         self.work = work
@@ -34,12 +37,15 @@ class GroupCommit(Generic[T]):
         self._waiting.append((item, done))
         if len(self._waiting) == 1:  # the first of this turn: the group goes once the turn's callers have joined
             loop.call_soon(self._start)
-        try:
-            await asyncio.shield(done)
-        except asyncio.CancelledError:
-            with contextlib.suppress(BaseException):
-                await done
-            raise
+        cancelled = False
+        while not done.done():
+            try:
+                await asyncio.shield(done)
+            except asyncio.CancelledError:
+                cancelled = True  # the item is being done: wait for it all the same, then say so
+        if cancelled:
+            raise asyncio.CancelledError
+        done.result()
 
     def _start(self) -> None:
         group, self._waiting = self._waiting, []
@@ -48,15 +54,29 @@ class GroupCommit(Generic[T]):
         task.add_done_callback(self._running.discard)
 
     async def _run(self, group: list[tuple[T, asyncio.Future[None]]]) -> None:
+        outcomes: list[BaseException | None] = [None] * len(group)
         try:
-            await in_thread(self.work, [item for item, _ in group])
-        except Exception as e:
-            for _, done in group:
-                done.set_exception(e)
-        except BaseException:
-            for _, done in group:
-                done.cancel()
+            try:
+                await in_thread(self.work, [item for item, _ in group])
+            except Exception as e:
+                if len(group) == 1:
+                    outcomes = [e]
+                else:
+                    log.warning("a group commit failed: each of its items again on its own", exc_info=True)
+                    outcomes = [await self._alone(item) for item, _ in group]
+        except BaseException as e:  # cancelled (the loop is closing): every caller hears it
+            outcomes = [e] * len(group)
             raise
-        else:
-            for _, done in group:
-                done.set_result(None)
+        finally:
+            for (_, done), outcome in zip(group, outcomes, strict=True):
+                if outcome is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(outcome)
+
+    async def _alone(self, item: T) -> Exception | None:
+        try:
+            await in_thread(self.work, [item])
+        except Exception as e:
+            return e
+        return None

@@ -687,6 +687,10 @@ class Records:
             self._unknown.add(batch)
             self._in_flight.pop(batch).set()
             raise StillPending(batch) from None
+        except asyncio.CancelledError:  # the transaction may be on its way or committed: the reconciler finds out
+            self._unknown.add(batch)
+            self._in_flight.pop(batch).set()
+            raise
         except BaseException:
             try:
                 await in_thread(self._discarded, batch, request)

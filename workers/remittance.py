@@ -31,10 +31,12 @@ from workers.context import OrgContext
 
 log = logging.getLogger("careledger.workers")
 
-DIRECTORY = "org-directory"
+DIRECTORY = "org-directory"  # what an org keeps that belongs to no patient is filed under this name in its store
 # A cycle's lock expires by itself after this long, so a worker killed during a cycle holds up payments no longer.
-# A cycle that outlasts it and meets another is still safe: both finish the same payment under way.
-REMIT_LOCK_S = 30  # what an org keeps that belongs to no patient is filed under this name in its store
+# A cycle that outlasts it and meets another is still safe: a payment is written down only when none is under way
+# (SET NX), and both finish the one under way.
+REMIT_LOCK_S = 30
+MAX_ROUNDS = 5  # payments per provider in one cycle, at most (a fuller queue waits for the next cycle)
 
 
 def payment_ref(provider: str, claim_ids: list[str]) -> str:
@@ -87,7 +89,8 @@ def remit(ctx: OrgContext, provider: str) -> str | None:
         if not claims:
             return None
         ref = payment_ref(provider, claims)
-        ctx.redis.set(under_way, json.dumps({"ref": ref, "claims": claims}))
+        if not ctx.redis.set(under_way, json.dumps({"ref": ref, "claims": claims}), nx=True):
+            return remit(ctx, provider)  # another cycle wrote its payment down meanwhile: finish that one first
     try:
         payment: dict[str, Any] = ctx.run(ctx.ledger.pay_batch(provider, ref, claims)).result
     except LedgerConflict:  # none of them payable now: the chain says which are done with (below)
@@ -101,17 +104,6 @@ def remit(ctx: OrgContext, provider: str) -> str | None:
     _finish(ctx, key, under_way, ref, done)
     log.info("remittance", extra={"provider": provider, "ref": ref, "paid": len(payment["lines"])})
     return ref if payment["lines"] else None
-
-
-def _remit_all(ctx: OrgContext, provider: str) -> list[str]:
-    """Pay the provider's queue: one payment, and another while a full payment's worth is still queued (a cycle
-    never leaves more behind than one payment holds)."""
-    refs: list[str] = []
-    while (ref := remit(ctx, provider)) is not None:
-        refs.append(ref)
-        if ctx.redis.zcard(ctx.settings.keys.to_pay(provider)) < ctx.settings.remittance.max_claims:
-            break
-    return refs
 
 
 def _still_payable(ctx: OrgContext, claim_id: str) -> bool:
@@ -136,13 +128,30 @@ def _finish(ctx: OrgContext, key: str, under_way: str, ref: str, done: list[str]
 
 
 def remit_due(ctx: OrgContext) -> list[str]:
-    """One cycle: every provider with claims queued is paid (one payment, more while a full payment's worth is still
-    queued). One cycle runs at a time (a lock that expires)."""
+    """One cycle: every provider with claims queued is paid, one payment each per round; a provider whose queue still
+    holds a full payment's worth (`max_claims`) is paid again in the next round, up to MAX_ROUNDS, so a busy
+    provider neither falls behind nor holds up the others. One cycle runs at a time: a lock that expires, renewed
+    before each payment (a cycle that lost it stops; the one that holds it goes on)."""
     lock = ctx.redis.lock(ctx.settings.keys.remit_lock, timeout=REMIT_LOCK_S, blocking_timeout=0)
     if not lock.acquire():
         return []
+    refs: list[str] = []
     try:
-        return [ref for provider in due(ctx) for ref in _remit_all(ctx, provider)]
+        providers = due(ctx)
+        for _ in range(MAX_ROUNDS):
+            full = []
+            for provider in providers:
+                lock.reacquire()  # LockNotOwnedError: it expired and another cycle took over
+                if (ref := remit(ctx, provider)) is not None:
+                    refs.append(ref)
+                    if ctx.redis.zcard(ctx.settings.keys.to_pay(provider)) >= ctx.settings.remittance.max_claims:
+                        full.append(provider)
+            if not (providers := full):
+                break
+        return refs
+    except redis.exceptions.LockNotOwnedError:
+        log.warning("remittance cycle overran its lock: the next cycle goes on", extra={"paid": len(refs)})
+        return refs
     finally:
         with contextlib.suppress(redis.exceptions.LockError):  # it expired: another cycle may hold it now
             lock.release()

@@ -115,3 +115,25 @@ def test_the_window_grows_with_the_rate_claims_arrive_at_up_to_its_longest() -> 
     assert batches.window(at=1001.999) == 0.4  # 200 a second: the longest window, never longer
     assert batches.window(at=1002.5) == pytest.approx(0.25)  # none since: half of the last second, 100 a second
     assert batches.window(at=1003.5) == 0.1  # quiet again
+
+
+def test_a_caller_cancelled_while_its_batch_is_on_its_way_holds_up_nobody() -> None:
+    async def scenario() -> None:
+        ledger = _Ledger()
+        batches = ClaimBatches(ledger, window_s=0.01)  # type: ignore[arg-type]
+        filed = [asyncio.create_task(batches.submit({"claimId": c, "patient": c}, {})) for c in ("a", "b", "c")]
+        while not ledger.batches:
+            await asyncio.sleep(0.001)
+        filed[0].cancel()
+        await asyncio.sleep(0)
+        filed[0].cancel()
+        await asyncio.sleep(0.01)
+        assert not filed[0].done()  # it waits for its claim's answer, which the batch shares
+        ledger.gate.set()
+        answers = await asyncio.wait_for(asyncio.gather(filed[1], filed[2]), 5)
+        assert [a.result["claimId"] for a in answers] == ["b", "c"]
+        with pytest.raises(asyncio.CancelledError):
+            await filed[0]
+        assert ledger.batches == [["a", "b", "c"]]
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))

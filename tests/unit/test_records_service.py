@@ -420,6 +420,55 @@ def test_claims_filed_together_are_kept_with_one_sync_and_committed_in_one_store
     store.close()
 
 
+class _AnswerHeld:
+    """A member's transport whose submits commit at once and whose answers wait until `release` is set."""
+
+    def __init__(self, inner: FakeTransport) -> None:
+        self.inner = inner
+        self.committed = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def submit(self, *args: Any, **kwargs: Any) -> Any:
+        sent = await self.inner.submit(*args, **kwargs)
+        self.committed.set()
+        await self.release.wait()
+        return sent
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_write_cancelled_after_its_transaction_left_is_settled_by_the_chain_not_discarded(
+    world: FakeLedger, tmp_path: Path
+) -> None:
+    assert _stores is not None
+    store = _stores.open(b"h" * 32, name="HospitalMSP")
+    transport = _AnswerHeld(world.member("HospitalMSP"))
+    hospital = Records(
+        store,
+        Ledger(transport),  # type: ignore[arg-type]
+        fhir.CONSORTIUM_KEY,
+        fhir.MPI_SYSTEM,
+        Custodian("HospitalMSP", "provider"),
+        PendingFiles(tmp_path / "pending"),
+    )
+
+    async def scenario() -> dict[str, int]:
+        writing = asyncio.create_task(hospital.transaction(entries(visit(2, seed=21))))
+        await transport.committed.wait()  # on chain; the gateway has not heard yet
+        writing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await writing
+        assert store.pending_batches()  # kept to be settled, not discarded
+        transport.release.set()
+        return await hospital.reconcile_pending()
+
+    assert run(scenario()) == {"committed": 1, "discarded": 0, "unknown": 0}
+    written = store.search(fv_query("Observation"))[1]
+    assert written and all(run(hospital.verify(w)).ok for w in written)
+    store.close()
+
+
 def test_disclosure_follows_the_custodians_own_consent(world: FakeLedger, tmp_path: Path, hospital: Records) -> None:
     run(hospital.transaction(entries(visit(3, seed=7))))
     (patient,) = hospital.store.search(fv_query("Patient"))[1]
