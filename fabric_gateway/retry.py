@@ -44,7 +44,10 @@ _UNREACHABLE = re.compile(
     r"|chaincode definition for '[^']*' changed during invoke",
     re.IGNORECASE,
 )
-UNAVAILABLE_RETRY_S = 8.0  # how long an endorsement that met unavailable endorsers is tried again before giving up
+# How long an endorsement that met unavailable endorsers is tried again before giving up. A member's peer restarted
+# with new keys (a certificate renewal) is a new gossip member: the other orgs' peers list it for endorsement only
+# once its alive messages (every 5 s) have reached them, which took more than 6 s for one of them under load.
+UNAVAILABLE_RETRY_S = 20.0
 
 
 def is_unavailable(err: GatewayError) -> bool:
@@ -95,7 +98,8 @@ async def retry_unavailable_async(attempt: Callable[[], Awaitable[T]], within_s:
         try:
             return await attempt()
         except EndorseError as e:
-            if not is_unavailable(e) or time.monotonic() + pause > deadline:
+            left = deadline - time.monotonic()
+            if not is_unavailable(e) or left <= 0:
                 raise
-        await asyncio.sleep(pause)
+        await asyncio.sleep(min(pause, left))  # the last try at the deadline itself, not a pause before it
         pause = min(pause * 2, 2.0)
