@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ledger.errors import LedgerRefused
-from ledger.transport import OnPrepared, Prepared, kept
+from ledger.transport import OnPrepared, Prepared, kept, outcome_of
 
 if TYPE_CHECKING:
     from ledger.contracts import Committed, Ledger
@@ -101,17 +101,7 @@ class ClaimBatches:
             self._send_now()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.window(), self._send_now)
-        # A caller cancelled meanwhile (however often) still waits for its claim's answer, as `in_thread` does: the
-        # claim goes in its batch all the same, and the answer is shared with the batch's other claims.
-        cancelled = False
-        while not filed.answer.done():
-            try:
-                await asyncio.shield(filed.answer)
-            except asyncio.CancelledError:
-                cancelled = True
-        if cancelled:
-            raise asyncio.CancelledError
-        return filed.answer.result()
+        return await outcome_of(filed.answer)  # the claim goes in its batch even if its caller is cancelled
 
     def window(self, at: float | None = None) -> float:
         """How long the next batch waits for more claims (at the event loop's time `at`, now by default): longer

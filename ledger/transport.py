@@ -137,6 +137,21 @@ async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise
 
 
+async def outcome_of(shared: asyncio.Future[T]) -> T:
+    """The result of a future other callers wait on too (a batch's answer, a group's commit), waited for through any
+    number of cancellations: the future itself is never cancelled, so the others always get it. A caller cancelled
+    meanwhile gets CancelledError once the future is done, as `in_thread` does."""
+    cancelled = False
+    while not shared.done():
+        try:
+            await asyncio.shield(shared)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return shared.result()
+
+
 class FabricTransport:
     """Contract calls as one org's identity through its own peer's Gateway."""
 

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from ledger.transport import in_thread
+from ledger.transport import in_thread, outcome_of
 
 log = logging.getLogger("careledger.records")
 T = TypeVar("T")
@@ -37,15 +37,7 @@ class GroupCommit(Generic[T]):
         self._waiting.append((item, done))
         if len(self._waiting) == 1:  # the first of this turn: the group goes once the turn's callers have joined
             loop.call_soon(self._start)
-        cancelled = False
-        while not done.done():
-            try:
-                await asyncio.shield(done)
-            except asyncio.CancelledError:
-                cancelled = True  # the item is being done: wait for it all the same, then say so
-        if cancelled:
-            raise asyncio.CancelledError
-        done.result()
+        await outcome_of(done)
 
     def _start(self) -> None:
         group, self._waiting = self._waiting, []
